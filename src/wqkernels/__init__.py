@@ -1,0 +1,19 @@
+"""wqkernels: fast, exact pruning and quantization of neural-network weights on the CPU.
+
+Kernels are Cython loops over float32 buffers with the GIL released (OpenMP where available);
+every public function has a pure-NumPy twin in :mod:`wqkernels.reference`.
+"""
+from ._version import __version__
+from .packing import pack_bits, packed_size, unpack_bits
+from .quantization import QuantizedArray, dequantize, fake_quantize, quantize
+
+__all__ = [
+    "__version__",
+    "QuantizedArray",
+    "quantize",
+    "dequantize",
+    "fake_quantize",
+    "pack_bits",
+    "unpack_bits",
+    "packed_size",
+]

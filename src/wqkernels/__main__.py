@@ -1,0 +1,7 @@
+"""``python -m wqkernels``: the same as the ``wqkernels`` command."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Argument checks shared by the public functions: one-line errors that name the parameter."""
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+
+def as_float32(x, name: str = "x") -> np.ndarray:
+    """``x`` as a C-contiguous float32 array (no copy when it already is one).
+
+    Real floating arrays (float16/32/64, longdouble) are accepted; anything else raises TypeError.
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be an array of real floats, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def check_float_array(x, name: str = "x") -> np.ndarray:
+    """``x`` as an ndarray of real floats, of any of the float dtypes, unconverted."""
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be an array of real floats, got dtype {arr.dtype}")
+    return arr
+
+
+def nonfinite_error(x: np.ndarray, name: str = "x") -> ValueError:
+    """The error for an array holding NaN or infinity: how many, and where the first is."""
+    bad = ~np.isfinite(x)
+    count = int(np.count_nonzero(bad))
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad.ravel())), x.shape))
+    where = f"at index {first}" if x.ndim else "(a 0-d array)"
+    return ValueError(f"{name} has {count} NaN or infinite value{'s' if count != 1 else ''}; the first is {x[first]!r} {where}")
+
+
+def check_finite(x: np.ndarray, name: str = "x") -> None:
+    """Raise ValueError when x holds NaN or infinity."""
+    if x.size and not np.isfinite(x).all():
+        raise nonfinite_error(x, name)
+
+
+def check_int(value, name: str, low: int | None = None, high: int | None = None) -> int:
+    """An integer parameter (bools refused) within [low, high]."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = operator.index(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {span}, got {value}")
+    return value
+
+
+def check_bits(bits) -> int:
+    """Bit widths the kernels support: 2 to 8."""
+    return check_int(bits, "bits", 2, 8)
+
+
+def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
+    """A valid axis index in [0, ndim); negative values count from the end."""
+    axis = check_int(axis, name)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name} {axis} is out of bounds for an array of dimension {ndim}")
+    return axis % ndim
+
+
+def check_fraction(value, name: str) -> float:
+    """A real number in [0, 1]."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    return value

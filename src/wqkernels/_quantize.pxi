@@ -1,0 +1,237 @@
+# Quantization kernels: group statistics, scale search, quantize, fake-quantize, dequantize.
+
+from libc.stdlib cimport malloc, free
+
+cdef extern from "_loops.h" nogil:
+    uint32_t wqk_max_abs_bits(const uint32_t* x, Py_ssize_t n, uint32_t acc)
+    void wqk_max_abs_bits_lanes(const uint32_t* x, Py_ssize_t n, uint32_t* acc)
+    void wqk_key_range(const uint32_t* x, Py_ssize_t n, int32_t* lo, int32_t* hi)
+    void wqk_key_range_lanes(const uint32_t* x, Py_ssize_t n, int32_t* lo, int32_t* hi)
+    int32_t wqk_key(uint32_t b)
+    float wqk_code(float x, float s, float zp, float lo, float hi)
+    void wqk_quantize_uniform(const float* x, uint8_t* q, Py_ssize_t n, float s, float zp, float qmin, float qmax)
+    void wqk_quantize_lanes(const float* x, uint8_t* q, Py_ssize_t n, const float* s, const float* zp, float qmin, float qmax)
+    void wqk_fake_quantize_uniform(const float* x, float* y, Py_ssize_t n, float s, float zp, float qmin, float qmax)
+    void wqk_fake_quantize_lanes(const float* x, float* y, Py_ssize_t n, const float* s, const float* zp, float qmin, float qmax)
+    void wqk_dequantize_uniform(const uint8_t* q, float* y, Py_ssize_t n, float s, float zp, int is_signed)
+    void wqk_dequantize_lanes(const uint8_t* q, float* y, Py_ssize_t n, const float* s, const float* zp, int is_signed)
+    void wqk_candidate_errors(const float* x, Py_ssize_t n, int ncand, const float* inv, const float* s, const float* zp, float qmin, float qmax, double* acc)
+    void wqk_candidate_errors_lanes(const float* x, Py_ssize_t w, int ncand, const float* inv, const float* s, const float* lo, const float* hi, float* acc)
+
+cdef enum:
+    LANE_WIDTH = 1024       # lanes per unit for streaming loops
+    SEARCH_WIDTH = 64       # lanes per unit in the scale search (its scratch stays in L1/L2)
+    SEARCH_CHUNK = 4096     # elements of a run scored against every candidate while in cache
+
+
+cdef inline float key_to_float(int32_t k) noexcept nogil:
+    cdef uint32_t b = <uint32_t>wqk_key(<uint32_t>k)  # the key map is its own inverse
+    return (<float*>&b)[0]
+
+
+def group_stats(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner,
+                Py_ssize_t block, bint per_axis, bint asymmetric, float[::1] lo, float[::1] hi):
+    """Per group: hi = max|x| (symmetric), or lo = min x and hi = max x.  Returns all-finite."""
+    cdef Layout L = make_layout(outer, n, inner, block, per_axis, LANE_WIDTH)
+    cdef Py_ssize_t ngroups = hi.shape[0], g, u, r
+    cdef Unit U
+    cdef const uint32_t* bits = <const uint32_t*>&x[0] if x.shape[0] else NULL
+    cdef bint finite = True
+    cdef int nt = threads_for(x.shape[0])
+    # keys: order-preserving integers of the bits; a symmetric group uses khi for max|x|'s bits
+    cdef int32_t* klo = <int32_t*>malloc(sizeof(int32_t) * max(ngroups, 1))
+    cdef int32_t* khi = <int32_t*>malloc(sizeof(int32_t) * max(ngroups, 1))
+    if klo == NULL or khi == NULL:
+        free(klo); free(khi)
+        raise MemoryError()
+    with nogil:
+        for g in range(ngroups):
+            klo[g] = 0x7fffffff
+            khi[g] = -0x7fffffff - 1 if asymmetric else 0
+        for u in prange(L.count, num_threads=nt, schedule="static"):
+            U = unit_at(&L, u)
+            for r in range(U.rows):
+                if asymmetric and L.lanes:
+                    wqk_key_range_lanes(bits + U.start + r * U.stride, U.length, klo + U.group, khi + U.group)
+                elif asymmetric:
+                    wqk_key_range(bits + U.start + r * U.stride, U.length, klo + U.group, khi + U.group)
+                elif L.lanes:
+                    wqk_max_abs_bits_lanes(bits + U.start + r * U.stride, U.length, <uint32_t*>khi + U.group)
+                else:
+                    khi[U.group] = wqk_max_abs_bits(bits + U.start + r * U.stride, U.length, khi[U.group])
+        for g in range(ngroups):
+            if khi[g] >= <int32_t>0x7f800000 or (asymmetric and klo[g] <= wqk_key(0xff800000u)):
+                finite = False
+            if asymmetric:  # an empty group keeps its initial keys: report 0
+                lo[g] = key_to_float(klo[g]) if klo[g] != 0x7fffffff else 0.0
+                hi[g] = key_to_float(khi[g]) if khi[g] != -0x7fffffff - 1 else 0.0
+            else:
+                hi[g] = key_to_float(khi[g])  # non-negative bits are their own key
+    free(klo)
+    free(khi)
+    return finite
+
+
+cdef inline void group_params(float lo, float hi, float ratio, bint symmetric, float qmax,
+                              float* s, float* zp) noexcept nogil:
+    """Scale and zero point of a group clipped to ratio * its range (float32 throughout)."""
+    cdef float a, b, scale, z
+    if symmetric:  # hi is max|x|, codes in [-qmax, qmax]
+        scale = (ratio * hi) / qmax
+        s[0] = scale if scale > 0 else 1.0
+        zp[0] = 0.0
+        return
+    a = ratio * (lo if lo < 0 else 0.0)   # qmax is 2^b - 1 here
+    b = ratio * (hi if hi > 0 else 0.0)
+    scale = (b - a) / qmax
+    if scale > 3.4e38:  # b - a overflowed float32: the same quotient, taken apart
+        scale = b / qmax - a / qmax
+    if not scale > 0:
+        scale = 1.0
+    z = -a / scale
+    z = 0.0 if z < 0 else (qmax if z > qmax else z)
+    s[0] = scale
+    zp[0] = wqk_code(z, 1.0, 0.0, 0.0, qmax)
+
+
+def scales_from_stats(const float[::1] lo, const float[::1] hi, float ratio, bint symmetric,
+                      float qmax, float[::1] scale, float[::1] zero_point):
+    """The min/max scale and zero point of every group from its statistics."""
+    cdef Py_ssize_t g
+    with nogil:
+        for g in range(hi.shape[0]):
+            group_params(lo[g], hi[g], ratio, symmetric, qmax, &scale[g], &zero_point[g])
+
+
+def search_scales(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner,
+                  Py_ssize_t block, bint per_axis, const float[::1] lo, const float[::1] hi,
+                  const float[::1] ratios, bint symmetric, float qmin, float qmax,
+                  float[::1] scale, float[::1] zero_point):
+    """Per group, the clipping ratio whose fake-quantization has the least squared error."""
+    cdef Layout L = make_layout(outer, n, inner, block, per_axis, SEARCH_WIDTH)
+    cdef int ncand = ratios.shape[0]
+    cdef int nt = threads_for(x.shape[0] * ncand // 8)
+    cdef Py_ssize_t u
+    with nogil:
+        for u in prange(L.count, num_threads=nt, schedule="dynamic"):
+            search_unit(&x[0], &L, u, &lo[0], &hi[0], &ratios[0], ncand, symmetric, qmin, qmax,
+                        &scale[0], &zero_point[0])
+
+
+cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float* lo, const float* hi,
+                      const float* ratios, int ncand, bint symmetric, float qmin, float qmax,
+                      float* scale, float* zero_point) noexcept nogil:
+    cdef Unit U = unit_at(L, u)
+    cdef Py_ssize_t w = U.length if L.lanes else 1, r, i, p, c0, m
+    cdef int c, best
+    cdef float top = qmax if symmetric else qmax - qmin
+    # scratch: per candidate and lane: inverse scale, scale, zero point, lo and hi bounds, error
+    cdef float* buf = <float*>malloc(sizeof(float) * 6 * ncand * w)
+    cdef double* acc = <double*>malloc(sizeof(double) * ncand)
+    cdef float *inv = buf, *s = buf + ncand * w, *zp = buf + 2 * ncand * w
+    cdef float *blo = buf + 3 * ncand * w, *bhi = buf + 4 * ncand * w, *err = buf + 5 * ncand * w
+    cdef double e
+    if buf == NULL or acc == NULL:
+        free(buf); free(acc)
+        return  # out of memory: the caller's min/max scales stay in place
+    for c in range(ncand):
+        for i in range(w):
+            group_params(lo[U.group + i], hi[U.group + i], ratios[c], symmetric, top,
+                         &s[c * w + i], &zp[c * w + i])
+            inv[c * w + i] = 1.0 / s[c * w + i]
+            blo[c * w + i] = qmin - zp[c * w + i]
+            bhi[c * w + i] = qmax - zp[c * w + i]
+            err[c * w + i] = 0.0
+    if L.lanes:
+        for r in range(U.rows):
+            wqk_candidate_errors_lanes(x + U.start + r * U.stride, w, ncand, inv, s, blo, bhi, err)
+        for i in range(w):
+            best = 0
+            for c in range(1, ncand):
+                if err[c * w + i] < err[best * w + i]:
+                    best = c
+            scale[U.group + i] = s[best * w + i]
+            zero_point[U.group + i] = zp[best * w + i]
+    else:
+        for c in range(ncand):
+            acc[c] = 0.0
+        for r in range(U.rows):
+            p = U.start + r * U.stride
+            c0 = 0
+            while c0 < U.length:
+                m = min(<Py_ssize_t>SEARCH_CHUNK, U.length - c0)
+                wqk_candidate_errors(x + p + c0, m, ncand, inv, s, zp, qmin, qmax, acc)
+                c0 += m
+        best = 0
+        for c in range(1, ncand):
+            if acc[c] < acc[best]:
+                best = c
+        scale[U.group] = s[best]
+        zero_point[U.group] = zp[best]
+    free(buf)
+    free(acc)
+
+
+cdef enum Op:
+    QUANTIZE, FAKE_QUANTIZE, DEQUANTIZE
+
+
+cdef void elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t size,
+                      Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner, Py_ssize_t block,
+                      bint per_axis, const float* s, const float* zp, float qmin, float qmax,
+                      bint is_signed) noexcept nogil:
+    cdef Layout L = make_layout(outer, n, inner, block, per_axis, LANE_WIDTH)
+    cdef Py_ssize_t u, r, p, g
+    cdef Unit U
+    for u in prange(L.count, num_threads=threads_for(size), schedule="static"):
+        U = unit_at(&L, u)
+        g = U.group
+        for r in range(U.rows):
+            p = U.start + r * U.stride
+            if op == QUANTIZE:
+                if L.lanes:
+                    wqk_quantize_lanes(x + p, q + p, U.length, s + g, zp + g, qmin, qmax)
+                else:
+                    wqk_quantize_uniform(x + p, q + p, U.length, s[g], zp[g], qmin, qmax)
+            elif op == FAKE_QUANTIZE:
+                if L.lanes:
+                    wqk_fake_quantize_lanes(x + p, y + p, U.length, s + g, zp + g, qmin, qmax)
+                else:
+                    wqk_fake_quantize_uniform(x + p, y + p, U.length, s[g], zp[g], qmin, qmax)
+            elif L.lanes:
+                wqk_dequantize_lanes(q + p, y + p, U.length, s + g, zp + g, is_signed)
+            else:
+                wqk_dequantize_uniform(q + p, y + p, U.length, s[g], zp[g], is_signed)
+
+
+def quantize_into(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_ssize_t n,
+                  Py_ssize_t inner, Py_ssize_t block, bint per_axis, const float[::1] scale,
+                  const float[::1] zero_point, float qmin, float qmax):
+    """codes = clamp(rint(x / scale) + zero_point, qmin, qmax), as bytes (two's complement)."""
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        elementwise(QUANTIZE, &x[0], &codes[0], NULL, x.shape[0], outer, n, inner, block, per_axis,
+                    &scale[0], &zero_point[0], qmin, qmax, False)
+
+
+def fake_quantize_into(const float[::1] x, float[::1] out, Py_ssize_t outer, Py_ssize_t n,
+                       Py_ssize_t inner, Py_ssize_t block, bint per_axis, const float[::1] scale,
+                       const float[::1] zero_point, float qmin, float qmax):
+    """out = (code - zero_point) * scale, in one pass."""
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        elementwise(FAKE_QUANTIZE, &x[0], NULL, &out[0], x.shape[0], outer, n, inner, block,
+                    per_axis, &scale[0], &zero_point[0], qmin, qmax, False)
+
+
+def dequantize_into(const uint8_t[::1] codes, float[::1] out, Py_ssize_t outer, Py_ssize_t n,
+                    Py_ssize_t inner, Py_ssize_t block, bint per_axis, const float[::1] scale,
+                    const float[::1] zero_point, bint is_signed):
+    """out = (code - zero_point) * scale; codes are int8 when is_signed, else uint8."""
+    if codes.shape[0] == 0:
+        return
+    with nogil:
+        elementwise(DEQUANTIZE, NULL, <uint8_t*>&codes[0], &out[0], codes.shape[0], outer, n, inner,
+                    block, per_axis, &scale[0], &zero_point[0], 0.0, 0.0, is_signed)

@@ -1,0 +1,86 @@
+# How an array is split into groups (one scale each) and into units of work.
+#
+# x is viewed as (outer, n, inner), C order, with the quantization axis in the middle.
+# per_axis: one group per index along n, shared by all of outer and inner.
+# otherwise: blocks of `block` consecutive indices along n, one group per (o, n // block, i);
+#            per-tensor work is a blocked layout too (over the flat array).
+# A unit holds whole groups, so units can run on different threads without sharing results:
+# either one group whose elements are `rows` runs of `length` (a "single" unit), or `length`
+# groups side by side, one per lane, over `rows` runs (a "lanes" unit).
+
+from cython.parallel cimport prange
+from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t
+
+cdef extern from "_loops.h" nogil:
+    int wqk_max_threads()
+    void wqk_set_max_threads(int n)
+
+cdef struct Layout:
+    Py_ssize_t outer, n, inner, block, nblocks, width, count
+    bint per_axis, lanes
+
+cdef struct Unit:
+    Py_ssize_t start, rows, length, stride, group
+
+
+cdef Layout make_layout(Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner, Py_ssize_t block,
+                        bint per_axis, Py_ssize_t width) noexcept nogil:
+    cdef Layout L
+    L.outer = outer
+    L.n = n
+    L.inner = inner
+    L.block = block if block > 0 else 1
+    L.nblocks = (n + L.block - 1) // L.block
+    L.width = width
+    L.per_axis = per_axis
+    L.lanes = (inner == 1) if per_axis else (inner > 1)
+    if per_axis:
+        L.count = (n + width - 1) // width if inner == 1 else n
+    elif inner == 1:
+        L.count = outer * L.nblocks
+    else:
+        L.count = outer * L.nblocks * ((inner + width - 1) // width)
+    return L
+
+
+cdef inline Unit unit_at(const Layout* L, Py_ssize_t u) noexcept nogil:
+    cdef Unit U
+    cdef Py_ssize_t o, j, c0, chunks
+    if L.per_axis:
+        if L.inner == 1:  # lanes: a chunk of columns, all rows
+            c0 = u * L.width
+            U.start, U.rows, U.stride, U.group = c0, L.outer, L.n, c0
+            U.length = min(L.width, L.n - c0)
+        else:  # single: index u along the axis, one run per outer index
+            U.start, U.rows, U.length, U.stride, U.group = u * L.inner, L.outer, L.inner, L.n * L.inner, u
+    elif L.inner == 1:  # single: one block of a row
+        o = u // L.nblocks
+        j = u % L.nblocks
+        U.start, U.rows, U.stride, U.group = o * L.n + j * L.block, 1, 0, u
+        U.length = min(L.block, L.n - j * L.block)
+    else:  # lanes: a chunk of columns of one block
+        chunks = (L.inner + L.width - 1) // L.width
+        c0 = (u % chunks) * L.width
+        j = (u // chunks) % L.nblocks
+        o = u // (chunks * L.nblocks)
+        U.start = (o * L.n + j * L.block) * L.inner + c0
+        U.rows = min(L.block, L.n - j * L.block)
+        U.length = min(L.width, L.inner - c0)
+        U.stride = L.inner
+        U.group = (o * L.nblocks + j) * L.inner + c0
+    return U
+
+
+cdef inline int threads_for(Py_ssize_t size) noexcept nogil:
+    """Threads worth starting for `size` elements of streaming work."""
+    return 1 if size < (1 << 17) else wqk_max_threads()
+
+
+def max_threads():
+    """The number of threads the kernels use on large arrays (OpenMP's, or 1 without OpenMP)."""
+    return wqk_max_threads()
+
+
+def set_max_threads(int n):
+    """Use at most n threads (OpenMP's omp_set_num_threads; nothing without OpenMP)."""
+    wqk_set_max_threads(max(n, 1))

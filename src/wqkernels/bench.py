@@ -1,0 +1,226 @@
+"""Speed of the kernels against NumPy, torch and the memory-bandwidth floor, as ratios.
+
+Each case builds its inputs once (fixed seed) and times every implementation in the same process,
+interleaved (A B A B ...), best of `repeat`.  ``wqkernels bench`` prints the table; the
+pytest-benchmark suite in ``benchmarks/`` times the same cases.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import _core
+from . import reference as ref
+from .packing import pack_bits
+from .quantization import dequantize, fake_quantize, quantize
+
+LARGE = 16 * 2**20  # elements: 64 MiB of float32
+SIZES = (10**3, 10**5, LARGE)
+
+
+@dataclass
+class Case:
+    """One operation at one size: a function per implementation, all on the same inputs."""
+
+    name: str
+    size: int
+    impls: dict[str, Callable[[], object]] = field(default_factory=dict)
+    baseline: str = "numpy"
+
+
+def _weights(size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(size, dtype=np.float32)
+
+
+def _matrix(size: int) -> np.ndarray:
+    side = max(32, int(round(size**0.5)) // 32 * 32)  # whole blocks of 32 along both axes
+    return _weights(side * side).reshape(side, side)
+
+
+def _torch():
+    try:
+        import warnings
+
+        import torch
+    except ImportError:
+        return None
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+    return torch
+
+
+def _onnx_quantize():
+    try:
+        from onnxruntime.quantization.quant_utils import quantize_data
+    except ImportError:
+        return None
+    return quantize_data
+
+
+def quantization_cases(size: int) -> list[Case]:
+    """The quantization cases of the foundation issue at `size` elements."""
+    x = _weights(size)
+    m = _matrix(size)
+    torch = _torch()
+    cases = []
+
+    c = Case("quantize int8 per-tensor", size)
+    c.impls["wqkernels"] = lambda: quantize(x, 8)
+    c.impls["numpy"] = lambda: np.clip(np.rint(x / (np.abs(x).max() / np.float32(127))), -127, 127).astype(np.int8)
+    c.impls["floor: max + astype"] = lambda: (x.max(), x.astype(np.int8))
+    if torch is not None:
+        t = torch.from_numpy(x)
+        c.impls["torch"] = lambda: torch.quantize_per_tensor(t, float(t.abs().max()) / 127, 0, torch.qint8)
+    quantize_data = _onnx_quantize()
+    if quantize_data is not None:
+        from onnx import TensorProto
+
+        c.impls["onnxruntime"] = lambda: quantize_data(x, TensorProto.INT8, True)
+    cases.append(c)
+
+    for axis in (0, 1):
+        c = Case(f"quantize int8 per-axis {m.shape} axis {axis}", m.size)
+        c.impls["wqkernels"] = lambda axis=axis: quantize(m, 8, axis=axis)
+        c.impls["numpy"] = lambda axis=axis: _numpy_per_axis(m, axis)
+        if torch is not None:
+            tm = torch.from_numpy(m)
+            c.impls["torch"] = lambda axis=axis: _torch_per_axis(torch, tm, axis)
+        cases.append(c)
+
+    c = Case(f"quantize int4 block 32 axis 0 + pack_bits {m.shape}", m.size)
+    c.impls["wqkernels"] = lambda: pack_bits(quantize(m, 4, axis=0, block_size=32).values, 4)
+    c.impls["numpy"] = lambda: ref.pack_bits(_numpy_blocked(m, 4, 32), 4)
+    cases.append(c)
+
+    qa = quantize(x, 8)
+    c = Case("dequantize int8 per-tensor", size)
+    c.impls["wqkernels"] = lambda: dequantize(qa)
+    c.impls["numpy"] = lambda: qa.values.astype(np.float32) * qa.scale
+    c.impls["floor: x.copy()"] = x.copy
+    cases.append(c)
+
+    c = Case("fake_quantize int8 per-tensor", size)
+    c.impls["wqkernels"] = lambda: fake_quantize(x, 8)
+    c.impls["numpy"] = lambda: _numpy_fake(x)
+    c.impls["floor: x.copy()"] = x.copy
+    if torch is not None:
+        t = torch.from_numpy(x)
+        c.impls["torch"] = lambda: torch.fake_quantize_per_tensor_affine(t, float(t.abs().max()) / 127, 0, -127, 127)
+    cases.append(c)
+
+    c = Case(f"quantize int4 per-axis mse {m.shape}", m.size, baseline="wqkernels minmax")
+    c.impls["wqkernels"] = lambda: quantize(m, 4, axis=1, method="mse")
+    c.impls["wqkernels minmax"] = lambda: quantize(m, 4, axis=1)
+    if m.size <= 10**5:
+        c.impls["numpy"] = lambda: ref.quantize(m, 4, axis=1, method="mse")
+    cases.append(c)
+    return cases
+
+
+def _numpy_per_axis(m, axis):
+    amax = np.abs(m).max(axis=1 - axis, keepdims=True)
+    s = np.where(amax > 0, amax / np.float32(127), np.float32(1))
+    return np.clip(np.rint(m / s), -127, 127).astype(np.int8)
+
+
+def _numpy_blocked(m, bits, block):
+    qmax = np.float32((1 << (bits - 1)) - 1)
+    rows, cols = m.shape
+    b = m.reshape(rows // block, block, cols)
+    amax = np.abs(b).max(axis=1, keepdims=True)
+    s = np.where(amax > 0, amax / qmax, np.float32(1))
+    return np.clip(np.rint(b / s), -qmax, qmax).astype(np.int8).reshape(m.shape)
+
+
+def _numpy_fake(x):
+    s = np.abs(x).max() / np.float32(127)
+    return np.clip(np.rint(x / s), -127, 127) * s
+
+
+def _torch_per_axis(torch, tm, axis):
+    amax = tm.abs().amax(dim=1 - axis)
+    s = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    return torch.quantize_per_channel(tm, s.double(), torch.zeros_like(s, dtype=torch.long), axis, torch.qint8)
+
+
+#: case builders; other modules append theirs (pruning, files)
+CASE_BUILDERS: list[Callable[[int], list[Case]]] = [quantization_cases]
+
+
+def time_case(case: Case, repeat: int = 7) -> dict[str, float]:
+    """Best time in seconds of each implementation, interleaved, after one warm-up call each."""
+    best = {name: float("inf") for name in case.impls}
+    for fn in case.impls.values():
+        fn()
+    for _ in range(repeat):
+        for name, fn in case.impls.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def set_threads(threads: int) -> None:
+    """Threads for our kernels (OpenMP) and for torch, if installed."""
+    _core.set_max_threads(threads)
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def run(sizes=SIZES, pattern: str = "*", threads: int = 1, repeat: int = 7, out=sys.stdout) -> list[dict]:
+    """Time every case matching `pattern` (fnmatch) and print a table of ratios."""
+    set_threads(threads)
+    rows = []
+    print(f"wqkernels bench: {threads} thread(s), best of {repeat}; "
+          "ratio = other's time / wqkernels' time (higher is better for wqkernels)", file=out)
+    for size in sizes:
+        for builder in CASE_BUILDERS:
+            for case in builder(size):
+                if not fnmatch.fnmatch(case.name, pattern):
+                    continue
+                times = time_case(case, repeat)
+                ours = times["wqkernels"]
+                row = {"case": case.name, "size": case.size, "threads": threads,
+                       "seconds": times, "ratios": {k: v / ours for k, v in times.items() if k != "wqkernels"}}
+                rows.append(row)
+                peers = "  ".join(f"{k} {v * 1e3:.3f} ms ({v / ours:.2f}x)" for k, v in times.items() if k != "wqkernels")
+                print(f"{case.name:<52} n={case.size:<9} wqkernels {ours * 1e3:.3f} ms  {peers}", file=out)
+    return rows
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="time the kernels against NumPy, torch and the bandwidth floor",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, action="append", help=f"elements (repeatable; default {SIZES})")
+    p.add_argument("--only", default="*", metavar="PATTERN", help="run the cases whose name matches this glob")
+    p.add_argument("--threads", type=int, default=1, help="threads for wqkernels and torch (default 1)")
+    p.add_argument("--repeat", type=int, default=7, help="timed runs per implementation (default 7)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(run=_main)
+
+
+def _main(args) -> int:
+    if args.threads < 1 or args.repeat < 1 or any(s < 1 for s in args.size or []):
+        from .cli import CommandError
+
+        raise CommandError("--threads, --repeat and --size must be positive")
+    rows = run(tuple(args.size or SIZES), args.only, args.threads, args.repeat)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point for ``python -m wqkernels.bench``."""
+    parser = argparse.ArgumentParser(prog="wqkernels-bench")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", *(argv or [])])
+    return _main(args)

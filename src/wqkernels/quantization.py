@@ -1,0 +1,316 @@
+"""Quantize, dequantize and fake-quantize float arrays, per tensor, per axis or in blocks.
+
+Semantics follow ONNX QuantizeLinear / DequantizeLinear (opset 21), in float32 arithmetic::
+
+    q = saturate(round_half_to_even(x / scale) + zero_point)
+    x_hat = (q - zero_point) * scale
+
+with a true division, so codes are bit-identical to NumPy's ``np.rint(np.float32(x) / scale)``.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _core
+from ._checks import as_float32, check_bits, check_int, nonfinite_error, normalize_axis
+from ._schemes import DEFAULT_PERCENTILE, MSE_RATIOS, Groups, Scheme, groups, scheme
+
+__all__ = ["QuantizedArray", "quantize", "dequantize", "fake_quantize"]
+
+METHODS = ("minmax", "mse", "percentile")
+_CHUNK = 1 << 16  # per-tensor work is cut into blocks of this many elements
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedArray:
+    """Integer codes with the scales and zero points that map them back to floats.
+
+    Attributes
+    ----------
+    values : ndarray
+        Codes with the original shape: int8 (symmetric, fixed point) or uint8 (asymmetric).
+    scale : ndarray
+        float32; shape ``()`` per tensor, ``(shape[axis],)`` per axis, or the blocked shape.
+    zero_point : ndarray
+        Same shape as `scale`, dtype of `values`.
+    bits : int
+        Bits per code, 2 to 8.
+    axis, block_size : int or None
+        The granularity: both None per tensor, `axis` alone per axis, both when blocked.
+    """
+
+    values: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray
+    bits: int
+    axis: int | None = None
+    block_size: int | None = None
+
+    @property
+    def shape(self) -> tuple:
+        """Shape of the quantized array."""
+        return self.values.shape
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the codes take once bit-packed, plus the scales and zero points."""
+        return -(-self.values.size * self.bits // 8) + self.scale.nbytes + self.zero_point.nbytes
+
+    def dequantize(self, out: np.ndarray | None = None) -> np.ndarray:
+        """``(values - zero_point) * scale`` as float32; see :func:`dequantize`."""
+        return dequantize(self, out=out)
+
+    def __repr__(self) -> str:
+        where = "per-tensor" if self.axis is None else f"axis={self.axis}"
+        if self.block_size is not None:
+            where += f", block_size={self.block_size}"
+        return f"QuantizedArray(shape={self.shape}, bits={self.bits}, {where}, dtype={self.values.dtype})"
+
+
+def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = None,
+             block_size: int | None = None, method: str = "minmax", frac_bits: int | None = None,
+             scale=None, zero_point=None, percentile: float = DEFAULT_PERCENTILE) -> QuantizedArray:
+    """Quantize a float array to `bits`-bit integer codes.
+
+    Parameters
+    ----------
+    x : array_like of float16, float32 or float64
+        Any shape and memory order; computed in float32; never modified.
+    bits : int
+        2 to 8.
+    symmetric : bool
+        True: codes in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``, zero point 0, ``scale = amax / qmax``.
+        False: codes in ``[0, 2^b - 1]`` over ``[min(x.min(), 0), max(x.max(), 0)]``.
+    axis : int, optional
+        One scale per index along `axis` (negative counts from the end); None: one scale.
+    block_size : int, optional
+        With `axis`: one scale per block of `block_size` consecutive elements along `axis`;
+        the last block may be short.
+    method : {"minmax", "mse", "percentile"}
+        How each group's clipping range is chosen: its full range; the ratio of it in (0.3, 1]
+        (64 candidates) with the least squared reconstruction error, never worse than min/max;
+        or the `percentile`-th percentile of ``|x|`` (of x's tails when asymmetric).
+    frac_bits : int, optional
+        Fixed point ``q = round(x * 2^frac_bits)``: scale ``2^-frac_bits``, zero point 0, the full
+        signed range ``[-2^(b-1), 2^(b-1) - 1]``, saturating.
+    scale, zero_point : array_like, optional
+        Given explicitly (a scalar or the granularity's shape): no search.  `zero_point`
+        defaults to 0 and must be 0 when symmetric.
+    percentile : float
+        For ``method="percentile"``, in (0, 100].
+
+    Returns
+    -------
+    QuantizedArray
+
+    Raises
+    ------
+    TypeError
+        x is not an array of real floats, or bits is not an integer.
+    ValueError
+        bits outside 2..8, a bad axis or block size, an unknown method, NaN or infinity in x
+        (the message says how many and where the first is), or a bad scale or zero point.
+
+    Examples
+    --------
+    >>> import numpy as np, wqkernels
+    >>> qa = wqkernels.quantize(np.array([-1.0, 0.0, 0.5, 1.0]), bits=8)
+    >>> qa.values
+    array([-127,    0,   64,  127], dtype=int8)
+    >>> float(qa.scale) == np.float32(1.0) / np.float32(127)
+    True
+    >>> qa.dequantize()[2] == np.float32(64) * qa.scale
+    True
+    """
+    xf, g, sch, s, zp = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
+                                 zero_point, percentile)
+    codes = np.empty(g.shape, dtype=sch.dtype)
+    _core.quantize_into(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g),
+                        _per_block(s, g), _per_block(zp, g), float(sch.qmin), float(sch.qmax))
+    return QuantizedArray(codes, s.reshape(g.scale_shape), zp.astype(sch.dtype).reshape(g.scale_shape),
+                          bits, g.axis, g.block)
+
+
+def fake_quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = None,
+                  block_size: int | None = None, method: str = "minmax", frac_bits: int | None = None,
+                  scale=None, zero_point=None, percentile: float = DEFAULT_PERCENTILE,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """Quantize and dequantize in one pass: float32 values on the quantization grid.
+
+    Takes the options of :func:`quantize` and returns, bit for bit,
+    ``quantize(x, ...).dequantize()`` without materialising the codes.  `out`, if given, is a
+    C-contiguous float32 array of x's shape to write into (it may be x itself).
+
+    Examples
+    --------
+    >>> import numpy as np, wqkernels
+    >>> x = np.linspace(-1, 1, 7, dtype=np.float32)
+    >>> y = wqkernels.fake_quantize(x, bits=3)
+    >>> bool(np.array_equal(y, wqkernels.quantize(x, bits=3).dequantize()))
+    True
+    >>> y * 3
+    array([-3., -2., -1.,  0.,  1.,  2.,  3.], dtype=float32)
+    """
+    xf, g, sch, s, zp = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
+                                 zero_point, percentile)
+    y = _output(out, g.shape)
+    _core.fake_quantize_into(xf.reshape(-1), y.reshape(-1), *_layout(g), _per_block(s, g),
+                             _per_block(zp, g), float(sch.qmin), float(sch.qmax))
+    return y
+
+
+def dequantize(qa: QuantizedArray, out: np.ndarray | None = None) -> np.ndarray:
+    """``(values - zero_point) * scale`` in float32, with the scale of each element's group.
+
+    Examples
+    --------
+    >>> import numpy as np, wqkernels
+    >>> qa = wqkernels.quantize(np.array([[0.5, -2.0], [1.0, 4.0]]), bits=4, axis=1)
+    >>> wqkernels.dequantize(qa)
+    array([[ 0.5714286, -2.       ],
+           [ 1.       ,  4.       ]], dtype=float32)
+    """
+    if not isinstance(qa, QuantizedArray):
+        raise TypeError(f"qa must be a QuantizedArray, got {type(qa).__name__}")
+    values = np.ascontiguousarray(qa.values)
+    if values.dtype not in (np.int8, np.uint8):
+        raise TypeError(f"qa.values must be int8 or uint8, got dtype {values.dtype}")
+    axis = None if qa.axis is None else normalize_axis(qa.axis, values.ndim, "qa.axis")
+    block = None if qa.block_size is None else check_int(qa.block_size, "qa.block_size", 1)
+    g = groups(values.shape, axis, block)
+    s = _given(qa.scale, g, "qa.scale")
+    zp = _given(qa.zero_point, g, "qa.zero_point")
+    y = _output(out, g.shape)
+    _core.dequantize_into(values.reshape(-1).view(np.uint8), y.reshape(-1), *_layout(g),
+                          _per_block(s, g), _per_block(zp, g), values.dtype == np.int8)
+    return y
+
+
+# ---- validation and orchestration ---------------------------------------------------------
+
+def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zero_point, percentile):
+    """Validate everything, then find each group's scale and zero point (float32, flat)."""
+    xf = as_float32(x)
+    bits = check_bits(bits)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    g = _grouping(xf.shape, axis, block_size)
+    fixed = frac_bits is not None
+    if fixed:
+        frac_bits = check_int(frac_bits, "frac_bits", -126, 126)
+        if not symmetric or scale is not None or zero_point is not None or method != "minmax":
+            raise ValueError("frac_bits sets the scale: it excludes symmetric=False, scale, "
+                             "zero_point and method")
+    sch = scheme(bits, bool(symmetric), fixed)
+    if method == "percentile":
+        if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real) \
+                or not 0 < percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
+    if scale is None and zero_point is not None:
+        raise ValueError("zero_point needs scale: give both or neither")
+
+    lo, hi = _stats(xf, g, asymmetric=not sch.symmetric)
+    if fixed:
+        s = np.full(g.count, np.float32(2.0 ** -frac_bits), dtype=np.float32)
+        zp = np.zeros(g.count, dtype=np.float32)
+    elif scale is not None:
+        s = _given(scale, g, "scale")
+        if not (np.isfinite(s).all() and (s > 0).all()):
+            raise ValueError("scale must be positive and finite")
+        zp = np.zeros(g.count, np.float32) if zero_point is None else _given(zero_point, g, "zero_point")
+        if not (np.isin(zp, np.arange(sch.qmin, sch.qmax + 1)).all() and (not sch.symmetric or not zp.any())):
+            raise ValueError(f"zero_point must be integers in [{sch.qmin}, {sch.qmax}]"
+                             + (" and 0 when symmetric" if sch.symmetric else ""))
+    else:
+        if method == "percentile":
+            lo, hi = _percentile_stats(xf, g, percentile, asymmetric=not sch.symmetric)
+        top = float(sch.qmax if sch.symmetric else sch.qmax - sch.qmin)
+        s = np.empty(g.count, np.float32)
+        zp = np.empty(g.count, np.float32)
+        _core.scales_from_stats(lo, hi, 1.0, sch.symmetric, top, s, zp)
+        if method == "mse" and xf.size:
+            _core.search_scales(xf.reshape(-1), *_layout(g, search=True), lo, hi, MSE_RATIOS,
+                                sch.symmetric, float(sch.qmin), float(sch.qmax), s, zp)
+    return xf, g, sch, s, zp
+
+
+def _grouping(shape, axis, block_size) -> Groups:
+    if axis is None:
+        if block_size is not None:
+            raise ValueError("block_size needs an axis to run along")
+        return groups(shape, None, None)
+    axis = normalize_axis(axis, len(shape))
+    block = None if block_size is None else check_int(block_size, "block_size", 1)
+    return groups(shape, axis, block)
+
+
+def _layout(g: Groups, search: bool = False) -> tuple:
+    """Kernel layout arguments (outer, n, inner, block, per_axis).
+
+    Per-tensor work is cut into blocks of _CHUNK elements (threads), except in the search, which
+    needs the whole tensor as one group.
+    """
+    if g.axis is None:
+        return (1, g.n, 1, max(g.n, 1) if search else _CHUNK, False)
+    if g.block is None:
+        return (g.outer, g.n, g.inner, 1, True)
+    return (g.outer, g.n, g.inner, g.block, False)
+
+
+def _per_block(values: np.ndarray, g: Groups) -> np.ndarray:
+    """Per-group float32 values, repeated over the blocks of per-tensor work."""
+    values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    if g.axis is None:
+        return np.full(max(-(-g.n // _CHUNK), 1), values[0], dtype=np.float32)
+    return values
+
+
+def _stats(xf: np.ndarray, g: Groups, asymmetric: bool):
+    """Per group: (min, max) or (unused, max|x|) as float32; raises on NaN or infinity."""
+    outer, n, inner, block, per_axis = _layout(g)
+    count = g.count if g.axis is not None else max(-(-n // block), 1)
+    lo = np.zeros(count, np.float32)
+    hi = np.zeros(count, np.float32)
+    if not _core.group_stats(xf.reshape(-1), outer, n, inner, block, per_axis, asymmetric, lo, hi):
+        raise nonfinite_error(xf)
+    if g.axis is None:  # combine the per-block results of the flat array
+        return lo.min(keepdims=True), hi.max(keepdims=True)
+    return lo, hi
+
+
+def _percentile_stats(xf: np.ndarray, g: Groups, p: float, asymmetric: bool):
+    """Per group: the (100 - p)-th and p-th percentiles of x, or the p-th of |x|, as float32."""
+    m = g.matrix(xf)
+    if m.size == 0 or m.shape[1] == 0:
+        return np.zeros(g.count, np.float32), np.zeros(g.count, np.float32)
+    if asymmetric:
+        lo = np.nanpercentile(m, 100 - p, axis=1)
+        hi = np.nanpercentile(m, p, axis=1)
+    else:
+        lo = np.zeros(m.shape[0])
+        hi = np.nanpercentile(np.abs(m), p, axis=1)
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def _given(value, g: Groups, name: str) -> np.ndarray:
+    """An explicit scale or zero point: a scalar, or an array of the granularity's shape."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be real numbers, got dtype {arr.dtype}")
+    if arr.ndim == 0:
+        arr = np.full(g.scale_shape, arr)
+    if arr.shape != g.scale_shape:
+        raise ValueError(f"{name} must be a scalar or of shape {g.scale_shape}, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
+
+
+def _output(out, shape) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != tuple(shape) \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable C-contiguous float32 array of shape {tuple(shape)}")
+    return out

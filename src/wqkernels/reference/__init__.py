@@ -1,0 +1,10 @@
+"""Pure-NumPy twins of every public function: simple and obviously correct.
+
+They are the test oracle (the fast functions must agree with them bit for bit) and the
+baseline of the benchmarks.  They take the same arguments as the fast functions but validate
+only what they need to compute.
+"""
+from .packing import pack_bits, unpack_bits
+from .quantization import dequantize, fake_quantize, quantize
+
+__all__ = ["quantize", "dequantize", "fake_quantize", "pack_bits", "unpack_bits"]
