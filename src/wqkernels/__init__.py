@@ -17,3 +17,6 @@ __all__ = [
     "unpack_bits",
     "packed_size",
 ]
+from .allocation import DEFAULT_MIN_SIZE, SparsityWarning, bits_for_sqnr, default_method, prune_model
+
+__all__ += ["DEFAULT_MIN_SIZE", "SparsityWarning", "default_method", "prune_model", "bits_for_sqnr"]

@@ -8,3 +8,6 @@ from .packing import pack_bits, unpack_bits
 from .quantization import dequantize, fake_quantize, quantize
 
 __all__ = ["quantize", "dequantize", "fake_quantize", "pack_bits", "unpack_bits"]
+from .allocation import bits_for_sqnr, prune_model
+
+__all__ += ["prune_model", "bits_for_sqnr"]
