@@ -19,9 +19,15 @@
 #include <string.h>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(WQK_NO_CLONES)
-#define WQK_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define WQK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define WQK_CLONES
+#endif
+/* For loops that only rank (the scale search): a multiply-add may be fused. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define WQK_RANKING __attribute__((optimize("fp-contract=fast")))
+#else
+#define WQK_RANKING
 #endif
 
 #ifdef _OPENMP
@@ -147,12 +153,13 @@ static inline float wqk_scaled_sq_error(float x, float inv, float lo, float hi) 
 }
 
 /* acc[c] += scaled squared error of candidate c over a run of one group. */
-WQK_CLONES static void wqk_candidate_errors(const float *x, ptrdiff_t n, int ncand, const float *inv,
+WQK_CLONES WQK_RANKING static void wqk_candidate_errors(const float *x, ptrdiff_t n, int ncand, const float *inv,
                                             const float *lo, const float *hi, double *acc) {
     for (int c = 0; c < ncand; c++) {
         float part[WQK_LANES] = {0}, tail = 0.0f;
         ptrdiff_t i = 0;
         for (; i + WQK_LANES <= n; i += WQK_LANES)
+#pragma GCC unroll 16
             for (int j = 0; j < WQK_LANES; j++) part[j] += wqk_scaled_sq_error(x[i + j], inv[c], lo[c], hi[c]);
         for (; i < n; i++) tail += wqk_scaled_sq_error(x[i], inv[c], lo[c], hi[c]);
         double sum = tail;
@@ -163,7 +170,7 @@ WQK_CLONES static void wqk_candidate_errors(const float *x, ptrdiff_t n, int nca
 
 /* acc[c * w + i] += scaled squared error of lane i (its own group) under candidate c, over
  * `rows` runs of w lanes spaced `stride` apart. */
-WQK_CLONES static void wqk_candidate_errors_lanes(const float *x, ptrdiff_t rows, ptrdiff_t stride,
+WQK_CLONES WQK_RANKING static void wqk_candidate_errors_lanes(const float *x, ptrdiff_t rows, ptrdiff_t stride,
                                                   ptrdiff_t w, int ncand, const float *inv,
                                                   const float *lo, const float *hi, float *acc) {
     for (int c = 0; c < ncand; c++) {
@@ -173,6 +180,7 @@ WQK_CLONES static void wqk_candidate_errors_lanes(const float *x, ptrdiff_t rows
             float part[WQK_LANES] = {0}, iv[WQK_LANES], l[WQK_LANES], h[WQK_LANES];
             for (int j = 0; j < WQK_LANES; j++) { iv[j] = inv[k + j]; l[j] = lo[k + j]; h[j] = hi[k + j]; }
             for (ptrdiff_t r = 0; r < rows; r++)
+#pragma GCC unroll 16
                 for (int j = 0; j < WQK_LANES; j++) part[j] += wqk_scaled_sq_error(x[r * stride + i0 + j], iv[j], l[j], h[j]);
             for (int j = 0; j < WQK_LANES; j++) acc[k + j] += part[j];
         }

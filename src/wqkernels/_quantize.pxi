@@ -1,6 +1,7 @@
 # Quantization kernels: group statistics, scale search, quantize, fake-quantize, dequantize.
 
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 
 cdef extern from "_loops.h" nogil:
     uint32_t wqk_max_abs_bits(const uint32_t* x, Py_ssize_t n, uint32_t acc)
@@ -19,7 +20,7 @@ cdef extern from "_loops.h" nogil:
     void wqk_candidate_errors_lanes(const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int ncand, const float* inv, const float* lo, const float* hi, float* acc)
 
 cdef enum:
-    LANE_WIDTH = 1024       # lanes per unit for streaming loops
+    LANE_WIDTH = 1024       # least lanes per unit for streaming loops
     SEARCH_WIDTH = 64       # lanes per unit in the scale search (its scratch stays in L1/L2)
     SEARCH_CHUNK = 4096     # elements of a run scored against every candidate while in cache
     SEARCH_ROWS = 64        # rows of a lanes unit scored against every candidate while in cache
@@ -33,12 +34,12 @@ cdef inline float key_to_float(int32_t k) noexcept nogil:
 def group_stats(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner,
                 Py_ssize_t block, bint per_axis, bint asymmetric, float[::1] lo, float[::1] hi):
     """Per group: hi = max|x| (symmetric), or lo = min x and hi = max x.  Returns all-finite."""
-    cdef Layout L = make_layout(outer, n, inner, block, per_axis, LANE_WIDTH)
+    cdef int nt = threads_for(x.shape[0])
+    cdef Layout L = make_layout(outer, n, inner, block, per_axis, lane_width(inner if inner > 1 else n, nt, LANE_WIDTH))
     cdef Py_ssize_t ngroups = hi.shape[0], g, u, r
     cdef Unit U
     cdef const uint32_t* bits = <const uint32_t*>&x[0] if x.shape[0] else NULL
     cdef bint finite = True
-    cdef int nt = threads_for(x.shape[0])
     # keys: order-preserving integers of the bits; a symmetric group uses khi for max|x|'s bits
     cdef int32_t* klo = <int32_t*>malloc(sizeof(int32_t) * max(ngroups, 1))
     cdef int32_t* khi = <int32_t*>malloc(sizeof(int32_t) * max(ngroups, 1))
@@ -128,8 +129,9 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
     cdef int c, best
     cdef float top = qmax if symmetric else qmax - qmin
     cdef double e, best_e
-    # scratch per candidate and lane: inverse scale, scale, zero point, code bounds, error
-    cdef float* buf = <float*>malloc(sizeof(float) * 6 * ncand * w)
+    # scratch per candidate and lane: inverse scale, scale, zero point, code bounds, error;
+    # then a tile of rows copied together (rows of a large power-of-two stride share cache sets)
+    cdef float* buf = <float*>malloc(sizeof(float) * (6 * ncand + SEARCH_ROWS) * w)
     cdef double* acc = <double*>malloc(sizeof(double) * ncand)
     if buf == NULL or acc == NULL:
         free(buf); free(acc)
@@ -140,6 +142,7 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
     cdef float* blo = buf + 3 * ncand * w
     cdef float* bhi = buf + 4 * ncand * w
     cdef float* err = buf + 5 * ncand * w
+    cdef float* tile = buf + 6 * ncand * w
     for c in range(ncand):
         acc[c] = 0.0
         for i in range(w):
@@ -153,7 +156,9 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
         r = 0
         while r < U.rows:
             m = min(<Py_ssize_t>SEARCH_ROWS, U.rows - r)
-            wqk_candidate_errors_lanes(x + U.start + r * U.stride, m, U.stride, w, ncand, inv, blo, bhi, err)
+            for k in range(m):
+                memcpy(tile + k * w, x + U.start + (r + k) * U.stride, w * sizeof(float))
+            wqk_candidate_errors_lanes(tile, m, w, w, ncand, inv, blo, bhi, err)
             r += m
     else:
         for r in range(U.rows):
@@ -184,10 +189,11 @@ cdef void elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t si
                       Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner, Py_ssize_t block,
                       bint per_axis, const float* s, const float* zp, float qmin, float qmax,
                       bint is_signed) noexcept nogil:
-    cdef Layout L = make_layout(outer, n, inner, block, per_axis, LANE_WIDTH)
+    cdef int nt = threads_for(size)
+    cdef Layout L = make_layout(outer, n, inner, block, per_axis, lane_width(inner if inner > 1 else n, nt, LANE_WIDTH))
     cdef Py_ssize_t u, r, p, g
     cdef Unit U
-    for u in prange(L.count, num_threads=threads_for(size), schedule="static"):
+    for u in prange(L.count, num_threads=nt, schedule="static"):
         U = unit_at(&L, u)
         g = U.group
         for r in range(U.rows):
