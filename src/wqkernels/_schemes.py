@@ -66,7 +66,7 @@ class Groups(NamedTuple):
         if self.axis is None:
             return x3.reshape(1, -1)
         if self.block is None:
-            return np.moveaxis(x3, 1, 0).reshape(self.n, -1)
+            return np.moveaxis(x3, 1, 0).reshape(self.n, self.outer * self.inner)
         nb = -(-self.n // self.block)
         padded = np.full((self.outer, nb * self.block, self.inner), np.nan)
         padded[:, : self.n] = x3
