@@ -14,7 +14,7 @@ import wqkernels
 from wqkernels import allocation, reference
 from wqkernels.reference import allocation as ref_allocation
 
-from .helpers import assert_bit_equal
+from helpers import assert_bit_equal
 
 
 def _model(seed=0, dtype=np.float32):
