@@ -47,7 +47,7 @@ RECIPES = [
     ("sparsity 0.5 uniform", ["--sparsity", "0.5", "--allocation", "uniform"], None),
     ("sparsity 0.75 uniform", ["--sparsity", "0.75", "--allocation", "uniform"], None),
     ("sparsity 0.9 uniform", ["--sparsity", "0.9", "--allocation", "uniform"], None),
-    ("2:4", ["--n-m", "2:4"], None),
+    ("2:4", ["--sparsity", "2:4"], None),
     ("sparsity 0.5 + int8", ["--sparsity", "0.5", "--bits", "8"], 0.5),
     ("target SQNR 20 dB", ["--target-sqnr", "20"], None),
 ]
@@ -59,7 +59,7 @@ TARGET_MODELS = ("cnn", "cnn_wide")
 # ---- the two ways of applying a recipe --------------------------------------------------------
 
 def parse_recipe(args: list[str]) -> dict:
-    """The recipe's CLI arguments as a dict (``--n-m 2:4`` -> ``{"n_m": "2:4"}``)."""
+    """The recipe's CLI arguments as a dict (``--target-sqnr 20`` -> ``{"target_sqnr": "20"}``)."""
     return {key.lstrip("-").replace("-", "_"): value for key, value in zip(args[::2], args[1::2])}
 
 
@@ -69,28 +69,28 @@ def apply_in_memory(model, recipe: dict) -> dict:
 
     weights = models.prunable_weights(model)
     arrays = {path: np.asarray(var.numpy()) for path, (var, _) in weights.items()}
-    if "sparsity" in recipe:
-        arrays = wqkernels.prune_model(arrays, float(recipe["sparsity"]),
-                                       allocation=recipe.get("allocation", "global"))
-    if "n_m" in recipe:
-        n, m = (int(v) for v in recipe["n_m"].split(":"))
-        arrays = {path: _prune_n_m(x, n, m, _input_axis(x, weights[path][1]))
-                  if x.size >= wqkernels.DEFAULT_MIN_SIZE else x for path, x in arrays.items()}
+    sparsity = recipe.get("sparsity")
+    if sparsity is not None and ":" in sparsity:  # N:M along the input axis of every kernel
+        n, m = (int(v) for v in sparsity.split(":"))
+        arrays = {path: _prune_n_m(_reduction_view(x, weights[path][1]), n, m).reshape(x.shape)
+                  for path, x in arrays.items()}
+    elif sparsity is not None:
+        arrays = wqkernels.prune_model(arrays, float(sparsity), allocation=recipe.get("allocation", "global"))
     bits_used = {}
     if "bits" in recipe or "target_sqnr" in recipe:
         block = recipe.get("granularity", "channel")
         for path, x in arrays.items():
-            axis = weights[path][1]
-            options = {"axis": axis}
-            if block.startswith("block:") and axis == x.ndim - 1:
-                options = {"axis": _input_axis(x, axis), "block_size": int(block.split(":")[1])}
+            view, options = x, {"axis": weights[path][1]}
+            if block.startswith("block:"):
+                view = _reduction_view(x, weights[path][1])
+                options = {"axis": 0, "block_size": int(block.split(":")[1])}
             if "target_sqnr" in recipe:
-                bits = wqkernels.bits_for_sqnr(x, float(recipe["target_sqnr"]), **options)
+                bits = wqkernels.bits_for_sqnr(view, float(recipe["target_sqnr"]), **options)
             else:
                 bits = int(recipe["bits"])
             bits_used[path] = bits
             method = recipe.get("method", wqkernels.default_method(bits))
-            arrays[path] = wqkernels.fake_quantize(x, bits, method=method, **options)
+            arrays[path] = wqkernels.fake_quantize(view, bits, method=method, **options).reshape(x.shape)
     for path, (var, _) in weights.items():
         var.assign(arrays[path])
     return _summary(arrays, bits_used)
@@ -128,12 +128,15 @@ def apply_with_cli(model, args: list[str], workdir: str) -> tuple:
     return loaded, _summary(arrays, {})
 
 
-def _input_axis(x: np.ndarray, channel_axis: int) -> int:
-    """The reduction axis blocks and N:M groups run along: input channels for Dense and Conv."""
-    return x.ndim - 2 if channel_axis == x.ndim - 1 else channel_axis
+def _reduction_view(x: np.ndarray, channel_axis: int) -> np.ndarray:
+    """x as (reduction, channels): the axes before the channel axis flattened, as the file layer
+    does for blocks and N:M groups (``(kh, kw, in, out)`` -> ``(kh*kw*in, out)``; a depthwise
+    ``(kh, kw, in, 1)`` -> ``(kh*kw, in)``), which then run along axis 0."""
+    lead = int(np.prod(x.shape[:channel_axis]))
+    return np.ascontiguousarray(x).reshape(lead, -1)
 
 
-def _prune_n_m(x, n, m, axis):
+def _prune_n_m(x, n, m, axis=0):
     """N:M pruning with the package's kernel (NumPy until it lands: keep the n largest |x| of m)."""
     import wqkernels
 
