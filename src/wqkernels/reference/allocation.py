@@ -29,7 +29,7 @@ def _zero_smallest(values, k):
     return mask
 
 
-def prune_model(tensors, sparsity, *, allocation="global", min_size=256):
+def prune_model(tensors, sparsity, *, allocation="global", min_size=1024):
     arrays = {name: np.asarray(x) for name, x in tensors.items()}
     total = sum(x.size for x in arrays.values())
     target = math.floor(sparsity * total)
