@@ -28,6 +28,8 @@ PRUNING = [("uniform", 0), ("uniform", 256), ("uniform", 1024),
            ("magnitude", 0), ("magnitude", 256), ("magnitude", 1024),
            ("rms", 0), ("rms", 1024),
            ("lamp", 0), ("lamp", 256), ("lamp", 512), ("lamp", 1024), ("lamp", 2048)]
+#: min_size values compared for 2:4 pruning (along the input axis of every kernel)
+N_M_MIN_SIZES = (0, 256, 1024)
 QUANT = [(bits, gran, method) for bits in (8, 5, 4, 3, 2) for gran in ("channel", "tensor")
          for method in ("minmax", "mse")]
 
@@ -64,6 +66,14 @@ def prune(arrays: dict, sparsity: float, criterion: str, min_size: int) -> dict:
         out[k] = np.where(mask[start:start + x.size].reshape(x.shape), 0, x).astype(x.dtype)
         start += x.size
     return out
+
+
+def prune_2_4(arrays: dict, axes: dict, min_size: int) -> dict:
+    """2:4 along the flattened reduction axis, as the fidelity benchmark and the CLI do."""
+    from fidelity import _prune_n_m, _reduction_view
+
+    return {k: _prune_n_m(_reduction_view(x, axes[k]), 2, 4).reshape(x.shape) if x.size >= min_size else x
+            for k, x in arrays.items()}
 
 
 def quantize(arrays: dict, axes: dict, bits: int, granularity: str, method: str) -> dict:
@@ -114,7 +124,7 @@ def main(argv=None) -> int:
     os.makedirs(args.cache, exist_ok=True)
     data = models.digits(0)
     x_test, y_test = data[1]
-    prune_acc, quant_acc, floats = {}, {}, {}
+    prune_acc, quant_acc, n_m_acc, floats = {}, {}, {}, {}
     for spec in args.models.split(","):
         name, seeds = spec.split(":")
         for seed in range(int(seeds)):
@@ -126,6 +136,8 @@ def main(argv=None) -> int:
                 for crit, min_size in PRUNING:
                     acc = ev.accuracy(prune(ev.arrays, s, crit, min_size))
                     prune_acc.setdefault((name, s, crit, min_size), []).append(acc)
+            for min_size in N_M_MIN_SIZES:
+                n_m_acc.setdefault((name, min_size), []).append(ev.accuracy(prune_2_4(ev.arrays, ev.axes, min_size)))
             for bits, gran, method in QUANT:
                 acc = ev.accuracy(quantize(ev.arrays, ev.axes, bits, gran, method))
                 quant_acc.setdefault((name, bits, gran, method), []).append(acc)
@@ -138,6 +150,11 @@ def main(argv=None) -> int:
         for crit, min_size in PRUNING:
             cells = [f"{statistics.fmean(prune_acc[(n, s, crit, min_size)]):.1f}" for n in names]
             print(f"| {crit} | {min_size} | {s} | " + " | ".join(cells) + " |")
+    print("\n## 2:4 pruning: mean test accuracy (%) over seeds\n")
+    print("| min_size | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for min_size in N_M_MIN_SIZES:
+        print(f"| {min_size} | " + " | ".join(f"{statistics.fmean(n_m_acc[(n, min_size)]):.1f}" for n in names) + " |")
     print("\n## Quantization: mean test accuracy (%) over seeds\n")
     print("| bits | granularity | method | " + " | ".join(names) + " |")
     print("|---|---|---|" + "---|" * len(names))

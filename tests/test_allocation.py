@@ -50,8 +50,7 @@ def test_exact_count_and_reference(allocation_, sparsity):
     w = _model()
     out = wqkernels.prune_model(w, sparsity, allocation=allocation_)
     assert _zeros(out) == math.floor(sparsity * _total(w))
-    _assert_same(out, ref_allocation.prune_model(w, sparsity, allocation=allocation_,
-                                                 min_size=allocation.DEFAULT_MIN_SIZE))
+    _assert_same(out, ref_allocation.prune_model(w, sparsity, allocation=allocation_))
 
 
 @st.composite
@@ -96,6 +95,20 @@ def test_min_size_keeps_small_tensors_dense():
     assert all(np.count_nonzero(out[name] == 0) for name in w)
     assert allocation.DEFAULT_MIN_SIZE > 144  # the default leaves a 3x3x16 kernel dense
     out = wqkernels.prune_model(w, 0.8)
+    assert_bit_equal(out["depthwise"], w["depthwise"], "depthwise")
+
+
+def test_default_min_size_depends_on_the_allocation():
+    assert wqkernels.default_min_size() == allocation.DEFAULT_MIN_SIZE == 256
+    assert wqkernels.default_min_size("uniform") == wqkernels.default_min_size("n:m") == 1024
+    with pytest.raises(ValueError, match="allocation"):
+        wqkernels.default_min_size("layer")
+    w = _model()
+    out = wqkernels.prune_model(w, 0.5, allocation="uniform")  # pointwise (512), logits (640) dense
+    for name in ("conv1", "depthwise", "pointwise", "logits"):
+        assert_bit_equal(out[name], w[name], name)
+    out = wqkernels.prune_model(w, 0.5)  # global: 512 and 640 are pruned
+    assert np.count_nonzero(out["pointwise"] == 0) and np.count_nonzero(out["logits"] == 0)
     assert_bit_equal(out["depthwise"], w["depthwise"], "depthwise")
 
 

@@ -17,6 +17,8 @@ __all__ = [
     "unpack_bits",
     "packed_size",
 ]
-from .allocation import DEFAULT_MIN_SIZE, SparsityWarning, bits_for_sqnr, default_method, prune_model
+from .allocation import (DEFAULT_MIN_SIZE, SparsityWarning, bits_for_sqnr, default_method, default_min_size,
+                         prune_model)
 
-__all__ += ["DEFAULT_MIN_SIZE", "SparsityWarning", "default_method", "prune_model", "bits_for_sqnr"]
+__all__ += ["DEFAULT_MIN_SIZE", "SparsityWarning", "default_method", "default_min_size", "prune_model",
+            "bits_for_sqnr"]

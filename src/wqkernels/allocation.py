@@ -15,13 +15,18 @@ one-shot pruning and quantization (``benchmarks/fidelity.py``, results in
   classifier holds 71 % of the weights, 82.0 % at 75 % against 42.2 % (raw magnitude) and 36.8 %
   (uniform).  Dividing |w| by the rms of its tensor behaves like the uniform allocation
   (41.9 / 10.1 % on the CNN with every tensor eligible).
-* Tensors below ``DEFAULT_MIN_SIZE`` (1024) elements stay dense (3x3 depthwise kernels, first
-  convolutions, small classifiers: a negligible share of the weights, and the most sensitive).
-  Every per-tensor scheme needs it: uniform 50 % / 75 % kept 98.7 / 98.0 % on the CNN with 1024
-  against 97.0 / 83.8 % with 256 and 93.5 / 35.4 % with 0, and 2:4 kept 98.4 % against 96.4 %
-  and 84.7 %.  LAMP hardly depends on it where the model still works (0 to 2048 within 0.4
-  points on the CNNs at 50-90 %); 1024 costs it only where accuracy has already collapsed
-  (MLP at 90 %: 62.5 % against 76.1 % with 256).
+* Tensors below a minimum size stay dense (3x3 depthwise kernels, first convolutions, small
+  classifiers: a negligible share of the weights, and the most sensitive).  How large depends on
+  the allocation, so :func:`default_min_size` gives one per allocation:
+
+  - ``"global"``: ``DEFAULT_MIN_SIZE`` = 256.  LAMP protects small tensors by itself: 0, 256 and
+    512 stay within 0.4 points wherever the model still works, while 1024 forces the other
+    tensors to be pruned harder: MLP at 75 / 90 % 94.9 / 62.5 % against 95.4 / 76.1 % with 256,
+    BN-CNN at 75 % 67.9 % against 82.0 %.
+  - ``"uniform"`` and N:M patterns: ``UNIFORM_MIN_SIZE`` = 1024.  Without an adaptive criterion the
+    small tensors must be left out: uniform 50 % / 75 % kept 98.7 / 98.0 % on the CNN with 1024
+    against 97.0 / 83.8 % with 256 and 93.5 / 35.4 % with 0; 2:4 kept 98.4 % against 96.4 % and
+    84.7 %.
 * ``default_method(bits)``: error-minimising clipping ("mse") at 4 bits and below, min/max at 5
   bits and above.  At 2 bits per channel mse kept 93-95 % where min/max kept 68-80 % (CNNs and
   MLP); at 3 bits it flipped 71 instead of 105 of 16173 predictions of nine models; at 4 and 5 bits
@@ -38,11 +43,14 @@ import numpy as np
 
 from ._checks import check_bits, check_float_array, check_fraction, check_int
 
-__all__ = ["DEFAULT_MIN_SIZE", "ALLOCATIONS", "SparsityWarning", "default_method", "prune_model",
-           "bits_for_sqnr", "lamp_scores"]
+__all__ = ["DEFAULT_MIN_SIZE", "UNIFORM_MIN_SIZE", "ALLOCATIONS", "SparsityWarning", "default_method",
+           "default_min_size", "prune_model", "bits_for_sqnr", "lamp_scores"]
 
-#: Tensors with fewer elements than this stay dense in :func:`prune_model`.
-DEFAULT_MIN_SIZE: int = 1024
+#: Tensors with fewer elements stay dense in :func:`prune_model` with the default "global" allocation.
+DEFAULT_MIN_SIZE: int = 256
+
+#: The same for per-tensor schemes: the "uniform" allocation and N:M patterns.
+UNIFORM_MIN_SIZE: int = 1024
 
 #: The ways :func:`prune_model` can share the sparsity among tensors.
 ALLOCATIONS = ("global", "uniform")
@@ -78,8 +86,33 @@ def default_method(bits: int) -> str:
     return "mse" if check_bits(bits) <= 4 else "minmax"
 
 
+def default_min_size(allocation: str = "global") -> int:
+    """Tensors with fewer elements stay dense by default under `allocation`.
+
+    Parameters
+    ----------
+    allocation : {"global", "uniform", "n:m"}
+        "n:m" stands for N:M structured patterns, which prune every tensor alike as "uniform" does.
+
+    Returns
+    -------
+    int
+        :data:`DEFAULT_MIN_SIZE` for "global", :data:`UNIFORM_MIN_SIZE` otherwise.
+
+    Examples
+    --------
+    >>> from wqkernels.allocation import default_min_size
+    >>> default_min_size(), default_min_size("uniform"), default_min_size("n:m")
+    (256, 1024, 1024)
+    """
+    if allocation not in ALLOCATIONS + ("n:m",):
+        raise ValueError(f"allocation must be one of {', '.join(map(repr, ALLOCATIONS + ('n:m',)))}, "
+                         f"got {allocation!r}")
+    return DEFAULT_MIN_SIZE if allocation == "global" else UNIFORM_MIN_SIZE
+
+
 def prune_model(tensors: Mapping, sparsity: float, *, allocation: str = "global",
-                min_size: int = DEFAULT_MIN_SIZE) -> dict:
+                min_size: int | None = None) -> dict:
     """Prune the prunable tensors of a model to an overall sparsity.
 
     Exactly ``floor(sparsity * total)`` of all the given weights are zero afterwards (`total`
@@ -100,8 +133,9 @@ def prune_model(tensors: Mapping, sparsity: float, *, allocation: str = "global"
         :func:`wqkernels.prune_global` on the scores (ties: dict order, then C order).
         ``"uniform"``: the same sparsity in every eligible tensor (the counts differ by at most
         one from ``floor`` so that the total is exact), each by :func:`wqkernels.prune`.
-    min_size : int
-        Tensors with fewer elements stay dense (default :data:`DEFAULT_MIN_SIZE`); 0 prunes all.
+    min_size : int, optional
+        Tensors with fewer elements stay dense; 0 prunes all.  Default: ``default_min_size(allocation)``,
+        :data:`DEFAULT_MIN_SIZE` (256) for "global", :data:`UNIFORM_MIN_SIZE` (1024) for "uniform".
 
     Returns
     -------
@@ -266,7 +300,7 @@ def _plan(tensors, sparsity, allocation, min_size):
     sparsity = check_fraction(sparsity, "sparsity")
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {', '.join(map(repr, ALLOCATIONS))}, got {allocation!r}")
-    min_size = check_int(min_size, "min_size", 0)
+    min_size = default_min_size(allocation) if min_size is None else check_int(min_size, "min_size", 0)
     arrays = {}
     for name, value in tensors.items():
         arr = check_float_array(value, f"tensors[{name!r}]")

@@ -29,7 +29,9 @@ def _zero_smallest(values, k):
     return mask
 
 
-def prune_model(tensors, sparsity, *, allocation="global", min_size=1024):
+def prune_model(tensors, sparsity, *, allocation="global", min_size=None):
+    if min_size is None:
+        min_size = 256 if allocation == "global" else 1024
     arrays = {name: np.asarray(x) for name, x in tensors.items()}
     total = sum(x.size for x in arrays.values())
     target = math.floor(sparsity * total)
