@@ -266,8 +266,8 @@ def _layout(g: Groups, search: bool = False) -> tuple:
 def _per_block(values: np.ndarray, g: Groups) -> np.ndarray:
     """Per-group float32 values, repeated over the blocks of per-tensor work."""
     values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
-    if g.axis is None:
-        return np.full(max(-(-g.n // _CHUNK), 1), values[0], dtype=np.float32)
+    if g.axis is None and g.n > _CHUNK:
+        return np.full(-(-g.n // _CHUNK), values[0], dtype=np.float32)
     return values
 
 
@@ -279,7 +279,7 @@ def _stats(xf: np.ndarray, g: Groups, asymmetric: bool):
     hi = np.zeros(count, np.float32)
     if not _core.group_stats(xf.reshape(-1), outer, n, inner, block, per_axis, asymmetric, lo, hi):
         raise nonfinite_error(xf)
-    if g.axis is None:  # combine the per-block results of the flat array
+    if g.axis is None and count > 1:  # combine the per-block results of the flat array
         return lo.min(keepdims=True), hi.max(keepdims=True)
     return lo, hi
 
