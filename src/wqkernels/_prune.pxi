@@ -26,12 +26,15 @@ ctypedef fused key_t:
     uint64_t
 
 cdef extern from "_prune_loops.h" nogil:
+    void wqk_prefetch(const void* p)
     # each name picks the loop for the element width (bytes) given first; keys pass as uint64_t
     uint64_t wqk_scan(int width, const void* x, void* y, Py_ssize_t n, uint64_t lo, uint64_t hi,
                       int64_t base, void* keys, int64_t* index, int64_t cap, int64_t* counts)
     void wqk_histogram(int width, const void* x, Py_ssize_t n, uint64_t prefix, int above, int shift,
                        uint32_t mask, int64_t* hist)
     Py_ssize_t wqk_compact(int width, const void* x, Py_ssize_t n, uint64_t prefix, int above, void* out)
+    void wqk_zero_listed(int width, void* y, const void* keys, const int64_t* index, Py_ssize_t count,
+                         uint64_t t, int64_t cut, int64_t base)
     Py_ssize_t wqk_find_equal(int width, const void* x, Py_ssize_t n, uint64_t t, int64_t* r)
     uint64_t wqk_mask_below(int width, const void* x, void* y, Py_ssize_t n, uint64_t t, Py_ssize_t cut)
     int64_t wqk_count_below(int width, const void* x, Py_ssize_t n, uint64_t t, void* top)
@@ -49,6 +52,8 @@ cdef enum:
     RADIX_BITS = 11             # bits per digit of the radix select
     MAX_PARTS = 64              # at most this many threads share a pass
     ELEMENT_CHUNK = 1 << 16     # elements per task of element-wise loops
+    SAMPLE_AHEAD = 32          # sample runs fetched ahead of use (their loads are cache misses)
+    SAMPLE_RUN = 8              # consecutive keys per sample position (one TLB miss each)
     RANK_SCRATCH = 4096         # ranks held at once by the N:M kernel (they stay in L1)
     LANE_CHUNK = 1024           # channels per task when the channel axis is the last one
 
@@ -61,8 +66,9 @@ cdef enum BitsOp:
     THRESHOLD, CLIP, SHRINK, CHECK
 
 # half-width of the sampled window in binomial standard deviations: the sample misses t with
-# probability ~1e-4 (then the exact fallback runs); wider windows copy out more keys
-cdef double WINDOW_SIGMAS = 4.0
+# probability ~0.3 % (then the exact fallback runs, ~4x slower); a wider window copies out
+# more keys on every call
+cdef double WINDOW_SIGMAS = 3.0
 
 
 cdef struct Segment:
@@ -79,12 +85,17 @@ cdef inline key_t key_inf(key_t witness) noexcept nogil:
     elif key_t is uint32_t:
         return 0x7f800000
     else:
-        return 0x7ff0000000000000
+        return <uint64_t>0x7ff0000000000000ULL
 
 
 cdef inline key_t key_max(key_t witness) noexcept nogil:
     """The largest key, ~sign: also the mask that turns bits into a key."""
     return <key_t>~(<key_t>1 << (sizeof(key_t) * 8 - 1))
+
+
+cdef inline int key_bits(key_t witness) noexcept nogil:
+    """Bits of a key: all but the sign."""
+    return sizeof(key_t) * 8 - 1
 
 
 cdef inline int parts_for(int64_t total) noexcept nogil:
@@ -111,17 +122,19 @@ cdef inline bint overlap(const Segment* s, int64_t a, int64_t b, Py_ssize_t* sta
 # ---- selection ------------------------------------------------------------------------------
 
 cdef Status radix_select(key_t witness, const Segment* runs, Py_ssize_t nruns, int64_t k,
-                         int nt, bint check, key_t* t_out, int64_t* r_out) noexcept nogil:
+                         int nt, bint check, key_t prefix, int bits, key_t* t_out,
+                         int64_t* r_out) noexcept nogil:
     """The k-th smallest key (1-based) of the runs, and its rank r among the keys equal to it.
 
     MSD radix select: a histogram of the top 11-bit digit, then of the next digit among the
     keys with the chosen prefix, and so on.  Once the keys left are a quarter or less they
-    are copied out and the remaining digits are counted on the copy.  With `check`, the first
-    histogram also tells whether any key is an infinity or NaN (NONFINITE).
+    are copied out and the remaining digits are counted on the copy.  All keys share their
+    bits above the lowest `bits` (they are `prefix`): start with prefix 0 and bits = width - 1
+    for any keys.  With `check` (from the top), the first histogram also tells whether any key
+    is an infinity or NaN (NONFINITE).
     """
     cdef int width = sizeof(key_t) * 8
-    cdef int bits = width - 1, digit, shift, above = width - 1, t, p
-    cdef key_t prefix = 0
+    cdef int digit, shift, above = bits, t, p
     cdef int64_t total = 0, below, bucket, m
     cdef Py_ssize_t i, v, start, length, nbins
     cdef int64_t* hist = <int64_t*>malloc(sizeof(int64_t) * (nt << RADIX_BITS))
@@ -230,41 +243,76 @@ cdef bint check_segments(key_t witness, const Segment* segs, Py_ssize_t nseg,
     return bad == 0
 
 
+cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
+    """A well-mixed function of z (splitmix64's finaliser): cheap, fixed pseudo-random numbers."""
+    z = (z + <uint64_t>0x9e3779b97f4a7c15ULL) * <uint64_t>0xbf58476d1ce4e5b9ULL
+    z = (z ^ (z >> 30)) * <uint64_t>0x94d049bb133111ebULL
+    return z ^ (z >> 31)
+
+
 cdef Status sample_window(key_t witness, const Segment* segs, Py_ssize_t nseg, int64_t total,
                           int64_t k, Py_ssize_t size, key_t* lo, key_t* hi,
                           int64_t* expected) noexcept nogil:
     """Keys lo <= hi such that the k-th smallest key is in [lo, hi] with high probability.
 
-    `size` keys evenly spaced over the sequence are taken; lo and hi are the sample's order
-    statistics WINDOW_SIGMAS binomial standard deviations below and above rank k * size / total.
-    `expected` is about how many keys of the whole sequence fall in the window.
+    The sequence is cut into size / SAMPLE_RUN strata and a run of SAMPLE_RUN keys (one cache
+    line) is taken at a pseudo-random place in each, so that a period in the data (such as
+    columns of different scale) cannot bias the sample; lo and hi are the sample's order
+    statistics WINDOW_SIGMAS binomial standard deviations below and above rank
+    k * size / total.  `expected` is about how many keys of the whole sequence fall in the
+    window.
     """
-    cdef key_t* sample = <key_t*>malloc(sizeof(key_t) * size)
+    cdef Py_ssize_t runs = max(size // SAMPLE_RUN, 1), i, j, s = 0, s_read = 0, s_key
+    cdef key_t* sample
+    cdef int64_t ring[SAMPLE_AHEAD]  # where the next runs start, already being fetched
+    cdef int64_t a, g, r, rank_lo, rank_hi
+    cdef uint64_t stratum
+    cdef double p, centre, spread
     cdef Segment one
-    cdef Py_ssize_t j, s = 0
-    cdef int64_t g, r, rank_lo, rank_hi
-    cdef double p = <double>k / total, centre = p * size
-    cdef double spread = WINDOW_SIGMAS * sqrt(size * p * (1.0 - p)) + 1.0
     cdef Status status = DONE
+    size = runs * SAMPLE_RUN
+    sample = <key_t*>malloc(sizeof(key_t) * size)
     if sample == NULL:
         return NO_MEMORY
-    for j in range(size):
-        g = (2 * j + 1) * total // (2 * size)
-        while segs[s].base + segs[s].n <= g:
-            s += 1
-        sample[j] = (<const key_t*>segs[s].x)[g - segs[s].base] & key_max(witness)
+    for j in range(runs + SAMPLE_AHEAD):
+        if j < runs:
+            a = j * total // runs
+            stratum = (j + 1) * total // runs - a
+            if stratum >> 32:
+                g = a + <int64_t>(mix64(j) % stratum)
+            else:  # a multiply instead of a division
+                g = a + <int64_t>(((mix64(j) >> 32) * stratum) >> 32)
+            g -= g % SAMPLE_RUN  # never below the previous run's start
+            ring[j % SAMPLE_AHEAD] = g
+            while segs[s].base + segs[s].n <= g:
+                s += 1
+            wqk_prefetch(<const key_t*>segs[s].x + (g - segs[s].base))
+        if j >= SAMPLE_AHEAD:
+            g = ring[(j - SAMPLE_AHEAD) % SAMPLE_AHEAD]
+            while segs[s_read].base + segs[s_read].n <= g:
+                s_read += 1
+            s_key = s_read
+            for i in range(SAMPLE_RUN):  # the run may cross into the next segments
+                g = min(ring[(j - SAMPLE_AHEAD) % SAMPLE_AHEAD] + i, total - 1)
+                while segs[s_key].base + segs[s_key].n <= g:
+                    s_key += 1
+                sample[(j - SAMPLE_AHEAD) * SAMPLE_RUN + i] = \
+                    (<const key_t*>segs[s_key].x)[g - segs[s_key].base] & key_max(witness)
     one.x = sample
     one.y = NULL
     one.n = size
     one.base = 0
+    p = <double>k / total
+    centre = p * size
+    spread = WINDOW_SIGMAS * sqrt(size * p * (1.0 - p)) + 1.0
     rank_lo = <int64_t>floor(centre - spread)
     rank_hi = <int64_t>ceil(centre + spread)
     lo[0] = 0
     hi[0] = key_max(witness)
     if rank_lo >= 1:
-        status = radix_select(witness, &one, 1, rank_lo, 1, False, lo, &r)
+        status = radix_select(witness, &one, 1, rank_lo, 1, False, 0, key_bits(witness), lo, &r)
     if status == DONE and rank_hi <= size:
-        status = radix_select(witness, &one, 1, rank_hi, 1, False, hi, &r)
+        status = radix_select(witness, &one, 1, rank_hi, 1, False, 0, key_bits(witness), hi, &r)
     free(sample)
     rank_lo = max(rank_lo, <int64_t>0)
     rank_hi = min(rank_hi, <int64_t>size)
@@ -275,14 +323,14 @@ cdef Status sample_window(key_t witness, const Segment* segs, Py_ssize_t nseg, i
 cdef void zero_window(key_t witness, const Segment* segs, Py_ssize_t nseg, const key_t* keys,
                       const int64_t* index, Py_ssize_t count, key_t t, int64_t cut) noexcept nogil:
     """Zero in y the window entries that go: key < t, or key == t at a position <= cut."""
-    cdef Py_ssize_t c, s = 0
-    cdef int64_t g
-    for c in range(count):
-        if keys[c] < t or (keys[c] == t and index[c] <= cut):
-            g = index[c]
-            while segs[s].base + segs[s].n <= g:
-                s += 1
-            (<key_t*>segs[s].y)[g - segs[s].base] = 0
+    cdef Py_ssize_t s, first = 0, last
+    for s in range(nseg):
+        last = first
+        while last < count and index[last] < segs[s].base + segs[s].n:
+            last += 1
+        wqk_zero_listed(sizeof(key_t), segs[s].y, keys + first, index + first, last - first, t, cut,
+                        segs[s].base)
+        first = last
 
 
 cdef Status prune_rank_segments(key_t witness, const Segment* segs, Py_ssize_t nseg,
@@ -292,7 +340,7 @@ cdef Status prune_rank_segments(key_t witness, const Segment* segs, Py_ssize_t n
 
     Returns NONFINITE (before writing anything, when in place) if a key is an infinity or NaN.
     """
-    cdef int nt = parts_for(total), p
+    cdef int nt = parts_for(total), p, bits
     cdef key_t lo, hi, t = 0, top = 0
     cdef int64_t r, cut = -1, less = 0, inside = 0, cap, expected
     cdef bint scanned_into_y = not inplace, copied_out
@@ -310,7 +358,7 @@ cdef Status prune_rank_segments(key_t witness, const Segment* segs, Py_ssize_t n
         return DONE if mask_segments(witness, segs, nseg, total, 0, -1) else NONFINITE
 
     if total < sample_min or sample_size <= 0:
-        status = radix_select(witness, segs, nseg, k, nt, True, &t, &r)
+        status = radix_select(witness, segs, nseg, k, nt, True, 0, key_bits(witness), &t, &r)
         if status == DONE:
             mask_segments(witness, segs, nseg, total, t, find_equal(witness, segs, nseg, t, r))
         return status
@@ -350,7 +398,10 @@ cdef Status prune_rank_segments(key_t witness, const Segment* segs, Py_ssize_t n
     if top >= key_inf(witness):
         status = NONFINITE
     elif less < k <= less + inside and copied_out:  # t is in the window: select there
-        status = radix_select(witness, cand, nt, k - less, 1, False, &t, &r)
+        bits = 0  # the window's keys share their bits above the highest bit where lo and hi differ
+        while (lo ^ hi) >> bits:
+            bits += 1
+        status = radix_select(witness, cand, nt, k - less, 1, False, lo >> bits, bits, &t, &r)
         for p in range(nt if status == DONE else 0):  # the entries are in sequence order
             for c in range(cand[p].n):
                 if keys[p * cap + c] == t:
@@ -366,7 +417,7 @@ cdef Status prune_rank_segments(key_t witness, const Segment* segs, Py_ssize_t n
         copied_out = False
     else:  # the sample missed, or the window overflowed: select over everything
         copied_out = False
-        status = radix_select(witness, segs, nseg, k, nt, False, &t, &r)
+        status = radix_select(witness, segs, nseg, k, nt, False, 0, key_bits(witness), &t, &r)
         if status == DONE:
             cut = find_equal(witness, segs, nseg, t, r)
     if status == DONE and copied_out and scanned_into_y:
@@ -599,7 +650,7 @@ def prune_channels_into(const key_t[::1] x, key_t[::1] y, Py_ssize_t outer, Py_s
         one.n = channels
         one.base = 0
         if k > 0:
-            status = radix_select(<uint64_t>0, &one, 1, k, 1, False, &t, &r)
+            status = radix_select(<uint64_t>0, &one, 1, k, 1, False, 0, 63, &t, &r)
             cut = find_equal(<uint64_t>0, &one, 1, t, r)
         for c in range(channels):
             keep[c] = 0 if k > 0 and ((<uint64_t*>&norms[0])[c] < t or

@@ -22,6 +22,17 @@
 
 #define WQK_INLINE static inline __attribute__((always_inline))
 
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+static inline int wqk_ctz(uint32_t v) { unsigned long i; _BitScanForward(&i, v); return (int)i; }
+#define wqk_prefetch(p) ((void)(p))
+#define wqk_prefetch_write(p) ((void)(p))
+#else
+#define wqk_ctz(v) __builtin_ctz(v)
+#define wqk_prefetch(p) __builtin_prefetch(p)
+#define wqk_prefetch_write(p) __builtin_prefetch(p, 1)
+#endif
+
 /* float16 <-> float32 for finite values, exact and round-half-to-even (F. Giesen's method;
  * no F16C needed).  NumPy computes float16 arithmetic the same way: in float32, then rounded. */
 WQK_INLINE float wqk_half_to_float(uint16_t h) {
@@ -126,6 +137,7 @@ WQK_INLINE uint64_t wqk_double_to_bits(double f) { uint64_t b; memcpy(&b, &f, 8)
 #define wqk_scan(width, ...) WQK_BY_WIDTH(wqk_scan, width, __VA_ARGS__)
 #define wqk_histogram(width, ...) WQK_BY_WIDTH(wqk_histogram, width, __VA_ARGS__)
 #define wqk_compact(width, ...) WQK_BY_WIDTH(wqk_compact, width, __VA_ARGS__)
+#define wqk_zero_listed(width, ...) WQK_BY_WIDTH(wqk_zero_listed, width, __VA_ARGS__)
 #define wqk_find_equal(width, ...) WQK_BY_WIDTH(wqk_find_equal, width, __VA_ARGS__)
 #define wqk_mask_below(width, ...) WQK_BY_WIDTH(wqk_mask_below, width, __VA_ARGS__)
 #define wqk_count_below(width, ...) WQK_BY_WIDTH(wqk_count_below, width, __VA_ARGS__)
@@ -152,7 +164,9 @@ WQK_INLINE uint64_t wqk_double_to_bits(double f) { uint64_t b; memcpy(&b, &f, 8)
  * With a window [lo, hi] of keys known (from a sample) to hold the k-th smallest key:
  * counts[0] += keys below lo, counts[1] += keys in the window, and while counts[1] <= cap the
  * window's keys and global indices are appended to keys/index.  When y is not NULL, also
- * y = (key < lo) ? +0 : x.  Returns the largest key (>= KEY_INF: a NaN or an infinity). */
+ * y = (key < lo) ? +0 : x.  Returns the largest key (>= KEY_INF: a NaN or an infinity).
+ * Blocks of 32 are vectorised into counts and a bit mask of the window's lanes; only the set
+ * bits are visited, so a sparse window costs little more than a copy. */
 WQK_INLINE K S(wqk_scan_impl)(const K *x, K *y, ptrdiff_t n, K lo, K hi, int64_t base,
                               K *keys, int64_t *index, int64_t cap, int64_t *counts,
                               const int write) {
@@ -161,37 +175,34 @@ WQK_INLINE K S(wqk_scan_impl)(const K *x, K *y, ptrdiff_t n, K lo, K hi, int64_t
     K top = 0;
     for (ptrdiff_t i0 = 0; i0 < n; i0 += BLOCK) {
         ptrdiff_t len = n - i0 < BLOCK ? n - i0 : BLOCK;
-        K below = 0, in = 0, t = 0;
+        uint32_t below = 0, mask = 0;
+        K t = 0;
         if (len == BLOCK) {
-            for (ptrdiff_t j = 0; j < BLOCK; j++) {
+            for (int j = 0; j < BLOCK; j++) {
                 K b = x[i0 + j], k = b & ABS;
-                below += (K)(k < lo);
-                in += (K)((K)(k - lo) <= width);
+                below += k < lo;
+                mask |= (uint32_t)((K)(k - lo) <= width) << j;
                 t = k > t ? k : t;
                 if (write) y[i0 + j] = k < lo ? (K)0 : b;
             }
         } else {
-            for (ptrdiff_t j = 0; j < len; j++) {
+            for (int j = 0; j < len; j++) {
                 K b = x[i0 + j], k = b & ABS;
-                below += (K)(k < lo);
-                in += (K)((K)(k - lo) <= width);
+                below += k < lo;
+                mask |= (uint32_t)((K)(k - lo) <= width) << j;
                 t = k > t ? k : t;
                 if (write) y[i0 + j] = k < lo ? (K)0 : b;
             }
         }
         less += below;
         top = t > top ? t : top;
-        if (in) {
-            for (ptrdiff_t j = 0; j < len; j++) {
-                K k = x[i0 + j] & ABS;
-                if ((K)(k - lo) <= width) {
-                    if (inside < cap) {
-                        keys[inside] = k;
-                        index[inside] = base + i0 + j;
-                    }
-                    inside++;
-                }
+        for (; mask; mask &= mask - 1) {
+            int j = wqk_ctz(mask);
+            if (inside < cap) {
+                keys[inside] = x[i0 + j] & ABS;
+                index[inside] = base + i0 + j;
             }
+            inside++;
         }
     }
     counts[0] = less;
@@ -207,6 +218,20 @@ WQK_CLONES static K S(wqk_scan)(const void *x_, void *y_, ptrdiff_t n, K lo, K h
     if (y)
         return S(wqk_scan_impl)(x, y, n, lo, hi, base, keys, index, cap, counts, 1);
     return S(wqk_scan_impl)(x, y, n, lo, hi, base, keys, index, cap, counts, 0);
+}
+
+/* For listed entries (keys and positions, positions increasing, all inside y's run that starts
+ * at position base): y = +0 where key < t, or key == t at a position <= cut.  The writes are
+ * scattered, so the cache lines a few entries ahead are fetched early. */
+WQK_CLONES static void S(wqk_zero_listed)(void *y_, const void *keys_, const int64_t *index,
+                                          ptrdiff_t count, K t, int64_t cut, int64_t base) {
+    K *y = (K *)y_;
+    const K *keys = (const K *)keys_;
+    enum { AHEAD = 16 };
+    for (ptrdiff_t c = 0; c < count; c++) {
+        if (c + AHEAD < count) wqk_prefetch_write(y + (index[c + AHEAD] - base));
+        if (keys[c] < t || (keys[c] == t && index[c] <= cut)) y[index[c] - base] = 0;
+    }
 }
 
 /* hist[(key >> shift) & mask] += 1 for the keys whose bits above `above` equal prefix. */
