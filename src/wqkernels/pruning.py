@@ -80,7 +80,7 @@ def prune(x, sparsity: float | None = None, *, threshold: float | None = None,
     --------
     >>> import numpy as np, wqkernels
     >>> x = np.array([0.5, -0.1, 0.0, 2.0, -0.1, 1.0], dtype=np.float32)
-    >>> wqkernels.prune(x, sparsity=0.3)  # floor(0.3 * 6) = 1 more zero: the first -0.1
+    >>> wqkernels.prune(x, sparsity=0.4)  # floor(0.4 * 6) = 2: the 0.0, then the first -0.1
     array([ 0.5,  0. ,  0. ,  2. , -0.1,  1. ], dtype=float32)
     >>> wqkernels.prune(x, threshold=0.5)
     array([0.5, 0. , 0. , 2. , 0. , 1. ], dtype=float32)
@@ -309,7 +309,7 @@ def _float_array(x, name: str = "x") -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype not in BITS:
         raise TypeError(f"{name} must be an array of float16, float32 or float64, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr)
+    return np.asarray(arr, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
