@@ -146,18 +146,10 @@ def _reduction_view(x: np.ndarray, channel_axis: int) -> np.ndarray:
 
 
 def _prune_n_m(x, n, m, axis=0):
-    """N:M pruning with the package's kernel (NumPy until it lands: keep the n largest |x| of m)."""
+    """N:M pruning with the package's kernel."""
     import wqkernels
 
-    if hasattr(wqkernels, "prune_n_m"):
-        return wqkernels.prune_n_m(x, n=n, m=m, axis=axis)
-    moved = np.moveaxis(x, axis, -1)
-    pad = (-moved.shape[-1]) % m
-    runs = np.concatenate([moved, np.zeros(moved.shape[:-1] + (pad,), x.dtype)], -1)
-    runs = runs.reshape(moved.shape[:-1] + (-1, m))
-    rank = np.argsort(np.argsort(-np.abs(runs), axis=-1, kind="stable"), axis=-1, kind="stable")
-    kept = np.where(rank < n, runs, 0).reshape(moved.shape[:-1] + (-1,))[..., :moved.shape[-1]]
-    return np.moveaxis(kept, -1, axis).astype(x.dtype)
+    return wqkernels.prune_n_m(x, n=n, m=m, axis=axis)
 
 
 def _summary(arrays: dict, bits_used: dict) -> dict:

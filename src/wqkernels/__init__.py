@@ -17,8 +17,13 @@ __all__ = [
     "unpack_bits",
     "packed_size",
 ]
-from .allocation import (DEFAULT_MIN_SIZE, SparsityWarning, bits_for_sqnr, default_method, default_min_size,
-                         prune_model)
+from .pruning import clip, prune, prune_channels, prune_global, prune_n_m, shrink  # noqa: E402
+from .statistics import ErrorStats, error, sparsity  # noqa: E402
+
+__all__ += ["prune", "prune_n_m", "prune_channels", "prune_global", "clip", "shrink",
+            "sparsity", "error", "ErrorStats"]
+from .allocation import (DEFAULT_MIN_SIZE, SparsityWarning, bits_for_sqnr, default_method,  # noqa: E402
+                         default_min_size, prune_model)
 
 __all__ += ["DEFAULT_MIN_SIZE", "SparsityWarning", "default_method", "default_min_size", "prune_model",
             "bits_for_sqnr"]

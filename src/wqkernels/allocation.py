@@ -42,6 +42,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._checks import check_bits, check_float_array, check_fraction, check_int
+from .pruning import prune, prune_global
+from .quantization import fake_quantize
+from .statistics import error
 
 __all__ = ["DEFAULT_MIN_SIZE", "UNIFORM_MIN_SIZE", "ALLOCATIONS", "SparsityWarning", "default_method",
            "default_min_size", "prune_model", "bits_for_sqnr", "lamp_scores"]
@@ -182,13 +185,11 @@ def prune_model(tensors: Mapping, sparsity: float, *, allocation: str = "global"
     if not eligible:
         return out
     if allocation == "global":
-        prune_global = _kernel("prune_global")
         scores = {name: lamp_scores(arrays[name]) for name in eligible}
         kept = prune_global(scores, sparsity=_fraction(count, eligible_size))
         for name in eligible:
             np.copyto(out[name], 0, where=kept[name] == 0)
     else:
-        prune = _kernel("prune")
         for name, k in zip(eligible, _uniform_counts([arrays[n].size for n in eligible], count)):
             out[name] = prune(arrays[name], sparsity=_fraction(k, arrays[name].size))
     achieved = fixed_zeros + sum(int(np.count_nonzero(out[name] == 0)) for name in eligible)
@@ -260,9 +261,6 @@ def bits_for_sqnr(x, target_db: float, **quantize_options) -> int:
     >>> bits_for_sqnr(w, 100.0, axis=1)   # out of reach
     8
     """
-    from . import fake_quantize
-
-    error = _kernel("error")
     if isinstance(target_db, (bool, np.bool_)) or not isinstance(target_db, numbers.Real):
         raise TypeError(f"target_db must be a real number, got {target_db!r}")
     if math.isnan(target_db):
@@ -281,17 +279,6 @@ def bits_for_sqnr(x, target_db: float, **quantize_options) -> int:
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-def _kernel(name: str):
-    """The package's public kernel `name` (the NumPy stand-in until issue 3 is merged)."""
-    import wqkernels
-
-    if hasattr(wqkernels, name):
-        return getattr(wqkernels, name)
-    from . import _interim
-
-    return getattr(_interim, name)
-
 
 def _plan(tensors, sparsity, allocation, min_size):
     """Validate; return (arrays, target zeros, eligible names, zeros in the dense tensors)."""
