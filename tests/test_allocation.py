@@ -189,7 +189,7 @@ def test_lamp_scores():
     assert s.dtype == np.float32 and s.shape == x.shape
     assert_bit_equal(s, ref_allocation.lamp_scores(x), "scores")
     assert s[0, 0] == 1 and s[1, 0] == 0 and s[2, 1] == 0
-    assert s[0, 1] < s[2, 0]  # equal magnitudes: the lower flat index scores less
+    assert s[0, 1] == s[2, 0] == np.float32(1 / 15)  # equal magnitudes score alike: 1 / (9 + 4 + 1 + 1)
     rng = np.random.default_rng(1)
     y = rng.normal(size=(40, 30))
     assert_bit_equal(allocation.lamp_scores(y), ref_allocation.lamp_scores(y), "random")
@@ -257,3 +257,24 @@ def test_default_method():
 def test_reference_exports():
     assert reference.prune_model is ref_allocation.prune_model
     assert reference.bits_for_sqnr is ref_allocation.bits_for_sqnr
+
+
+def test_global_ties():
+    # equal scores: the earlier tensor first, then the smaller magnitude, then the lower index
+    w = {"a": np.ones(4, np.float32), "b": np.ones(4, np.float32)}
+    out = wqkernels.prune_model(w, 0.25, min_size=0)
+    assert_bit_equal(out["a"], np.array([0, 0, 1, 1], np.float32), "a")
+    assert_bit_equal(out["b"], w["b"], "b")
+    w = {"a": np.array([2.0, -1.0, 1.0, 0.5]), "b": np.array([3.0, 1.0])}
+    out = wqkernels.prune_model(w, 0.5, min_size=0)  # scores a: 1, 1/6.25, 1/5.25, 0.04; b: 1, 0.1
+    assert_bit_equal(out["a"], np.array([2.0, 0.0, 1.0, 0.0]), "a")
+    assert_bit_equal(out["b"], np.array([3.0, 0.0]), "b")
+    _assert_same(out, ref_allocation.prune_model(w, 0.5, min_size=0))
+
+
+def test_large_model_is_fast_enough_to_use():
+    # 50 tensors, 2^21 weights: sorting once per tensor, no per-element Python work
+    rng = np.random.default_rng(3)
+    w = {f"t{i}": rng.normal(size=(2 ** 15 + i,)).astype(np.float32) for i in range(50)}
+    out = wqkernels.prune_model(w, 0.6)
+    assert _zeros(out) == math.floor(0.6 * _total(w))

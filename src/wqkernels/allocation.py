@@ -132,8 +132,9 @@ def prune_model(tensors: Mapping, sparsity: float, *, allocation: str = "global"
     allocation : {"global", "uniform"}
         ``"global"``: one criterion across the eligible tensors, the LAMP score (each weight's
         square divided by the sum of the squares of the weights of its tensor that are not
-        smaller), so the smallest-scoring weights of the whole model go first; the selection is
-        :func:`wqkernels.prune_global` on the scores (ties: dict order, then C order).
+        smaller, see :func:`lamp_scores`), so the lowest-scoring weights of the whole model go
+        first.  Equal scores: the earlier tensor in dict order first; within a tensor the
+        smaller magnitude, then the lower flat (C-order) index.
         ``"uniform"``: the same sparsity in every eligible tensor (the counts differ by at most
         one from ``floor`` so that the total is exact), each by :func:`wqkernels.prune`.
     min_size : int, optional
@@ -156,8 +157,11 @@ def prune_model(tensors: Mapping, sparsity: float, *, allocation: str = "global"
 
     Notes
     -----
-    Scoring sorts each eligible tensor once (``O(n log n)``); the global selection is the
-    ``O(n)`` selection of :func:`wqkernels.prune_global`.
+    The score is monotone in the magnitude within a tensor, so the global selection only has to
+    decide how many weights each tensor loses: each eligible tensor's magnitudes are sorted once
+    (``np.sort``, ``O(n log n)``) and scored in that order; :func:`wqkernels.prune_global` over
+    the sorted scores picks the lowest ``count`` of them, and :func:`wqkernels.prune` then zeroes
+    that many smallest magnitudes in each tensor (``O(n)`` selections).
 
     Examples
     --------
@@ -176,51 +180,60 @@ def prune_model(tensors: Mapping, sparsity: float, *, allocation: str = "global"
     [0.5, 0.5, 0.5]
     """
     arrays, target, eligible, fixed_zeros = _plan(tensors, sparsity, allocation, min_size)
-    out = {name: np.array(x, copy=True) for name, x in arrays.items()}
+    out = {name: np.array(x, copy=True) for name, x in arrays.items() if name not in eligible}
     eligible_size = sum(arrays[name].size for name in eligible)
     wanted = target - fixed_zeros
     count = min(max(wanted, 0), eligible_size)
     if count != wanted:
         _warn_unreachable(target, fixed_zeros + count, sum(x.size for x in arrays.values()))
-    if not eligible:
-        return out
-    if allocation == "global":
-        scores = {name: lamp_scores(arrays[name]) for name in eligible}
-        kept = prune_global(scores, sparsity=_fraction(count, eligible_size))
-        for name in eligible:
-            np.copyto(out[name], 0, where=kept[name] == 0)
+    if allocation == "global" and eligible:  # how many each tensor loses: a prefix of its sorted scores
+        scores = {name: _sorted_scores(np.sort(np.abs(arrays[name]), axis=None)) for name in eligible}
+        selected = prune_global(scores, sparsity=_fraction(count, eligible_size))
+        counts = [int(np.count_nonzero(selected[name] == 0)) for name in eligible]
+        del scores, selected
     else:
-        for name, k in zip(eligible, _uniform_counts([arrays[n].size for n in eligible], count)):
-            out[name] = prune(arrays[name], sparsity=_fraction(k, arrays[name].size))
+        counts = _uniform_counts([arrays[name].size for name in eligible], count)
+    for name, k in zip(eligible, counts):
+        out[name] = prune(arrays[name], sparsity=_fraction(k, arrays[name].size))
     achieved = fixed_zeros + sum(int(np.count_nonzero(out[name] == 0)) for name in eligible)
     if achieved != target and count == wanted:
         _warn_unreachable(target, achieved, sum(x.size for x in arrays.values()))
-    return out
+    return {name: out[name] for name in arrays}
 
 
 def lamp_scores(x) -> np.ndarray:
     """The LAMP score of each element of `x`: ``x_i^2 / sum of x_j^2 over |x_j| >= |x_i|``.
 
-    Elements of equal magnitude are ranked by flat (C-order) index, the lower first, so the lower
-    one scores less; zeros score 0 and the largest element scores 1.  Computed in float64,
-    returned as float32 of x's shape.
+    Elements of equal magnitude score the same; zeros score 0 and the largest magnitude scores 1.
+    Sums in float64 over the squares in ascending order; returned as float32 of x's shape.
 
     Examples
     --------
     >>> import numpy as np
     >>> from wqkernels.allocation import lamp_scores
-    >>> lamp_scores(np.array([3.0, -1.0, 0.0, 2.0]))
-    array([1.        , 0.07142857, 0.        , 0.30769232], dtype=float32)
+    >>> lamp_scores(np.array([3.0, -1.0, 0.0, 2.0, 1.0]))
+    array([1.        , 0.06666667, 0.        , 0.30769232, 0.06666667], dtype=float32)
     """
     arr = check_float_array(x)
-    squares = np.square(arr, dtype=np.float64).reshape(-1)
-    order = np.argsort(squares, kind="stable")
-    ranked = squares[order]
-    suffix = np.cumsum(ranked[::-1])[::-1]
-    scores = np.empty_like(squares)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scores[order] = np.where(ranked > 0, ranked / suffix, 0.0)
-    return scores.astype(np.float32).reshape(arr.shape)
+    magnitudes = np.abs(arr).reshape(-1)
+    ranked = np.sort(magnitudes)
+    return _sorted_scores(ranked)[np.searchsorted(ranked, magnitudes, side="left")].reshape(arr.shape)
+
+
+def _sorted_scores(ranked: np.ndarray) -> np.ndarray:
+    """LAMP scores (float32) of magnitudes sorted ascending; equal magnitudes score alike."""
+    squares = np.square(ranked, dtype=np.float64)
+    if not squares.size:
+        return squares.astype(np.float32)
+    suffix = np.cumsum(squares[::-1])[::-1]  # suffix[i]: sum of squares[i:]
+    first = np.arange(squares.size)  # where each run of equal squares starts
+    repeated = np.empty(squares.size, dtype=bool)
+    repeated[0] = False
+    np.equal(squares[1:], squares[:-1], out=repeated[1:])
+    first[repeated] = 0
+    np.maximum.accumulate(first, out=first)
+    np.divide(squares, suffix[first], out=squares, where=squares > 0)
+    return squares.astype(np.float32)
 
 
 def bits_for_sqnr(x, target_db: float, **quantize_options) -> int:

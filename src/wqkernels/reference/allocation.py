@@ -9,16 +9,18 @@ from .quantization import fake_quantize
 
 
 def lamp_scores(x):
-    """w_i^2 / sum of the w_j^2 ranked at or after w_i (stable ascending order of w^2)."""
+    """w^2 / (sum of v^2 over |v| >= |w|), the sums taken over the squares in ascending order."""
     x = np.asarray(x)
-    a = np.square(x, dtype=np.float64).reshape(-1)
-    order = np.argsort(a, kind="stable")
-    s = a[order]
-    suffix = np.cumsum(s[::-1])[::-1]
-    scores = np.zeros_like(a)
-    nonzero = s > 0
-    scores[order[nonzero]] = s[nonzero] / suffix[nonzero]
-    return scores.astype(np.float32).reshape(x.shape)
+    magnitudes = np.abs(x).reshape(-1)
+    ranked = np.sort(magnitudes)
+    squares = ranked.astype(np.float64) ** 2
+    suffix = np.cumsum(squares[::-1])[::-1]  # suffix[i] = sum of squares[i:]
+    values, first = np.unique(squares, return_index=True)  # where each distinct value starts
+    denominators = suffix[first][np.searchsorted(values, squares)]
+    scores = np.zeros(squares.size)
+    nonzero = squares > 0
+    scores[nonzero] = squares[nonzero] / denominators[nonzero]
+    return scores.astype(np.float32)[np.searchsorted(ranked, magnitudes)].reshape(x.shape)
 
 
 def _zero_smallest(values, k):
@@ -43,8 +45,15 @@ def prune_model(tensors, sparsity, *, allocation="global", min_size=None):
     if not eligible:
         return out
     if allocation == "global":
+        # order: score, then tensor (dict order), then magnitude, then flat index;
+        # zero scores (zeros, or underflow) are taken whatever the count
         scores = np.concatenate([lamp_scores(arrays[n]).reshape(-1) for n in eligible])
-        mask = _zero_smallest(scores, count)
+        tensor = np.concatenate([np.full(size, i) for i, size in enumerate(sizes)])
+        magnitude = np.concatenate([np.abs(arrays[n]).astype(np.float64).reshape(-1) for n in eligible])
+        index = np.concatenate([np.arange(size) for size in sizes])
+        order = np.lexsort((index, magnitude, tensor, scores))
+        mask = np.zeros(scores.size, dtype=bool)
+        mask[order[:max(count, int(np.count_nonzero(scores == 0)))]] = True
         start = 0
         for n, size in zip(eligible, sizes):
             flat = out[n].reshape(-1)
