@@ -17,3 +17,7 @@ __all__ = [
     "unpack_bits",
     "packed_size",
 ]
+
+from .files import KerasFileError, Recipe, Report, WeightInfo, inspect, load_weights, restore, rewrite
+
+__all__ += ["inspect", "load_weights", "rewrite", "restore", "Recipe", "Report", "WeightInfo", "KerasFileError"]
