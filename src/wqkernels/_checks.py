@@ -15,7 +15,8 @@ def as_float32(x, name: str = "x") -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype.kind != "f":
         raise TypeError(f"{name} must be an array of real floats, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, refused by the caller
+        return np.asarray(arr, dtype=np.float32, order="C")
 
 
 def check_float_array(x, name: str = "x") -> np.ndarray:

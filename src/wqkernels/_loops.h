@@ -19,9 +19,15 @@
 #include <string.h>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(WQK_NO_CLONES)
-#define WQK_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define WQK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define WQK_CLONES
+#endif
+/* For loops that only rank (the scale search): a multiply-add may be fused. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define WQK_RANKING __attribute__((optimize("fp-contract=fast")))
+#else
+#define WQK_RANKING
 #endif
 
 #ifdef _OPENMP
@@ -132,36 +138,56 @@ WQK_CLONES static void wqk_dequantize_lanes(const uint8_t *q, float *y, ptrdiff_
 }
 
 /* ---- error-minimising scale search --------------------------------------------------------
- * The search ranks candidates by squared error computed with a multiply by 1/s (which differs
- * from true division only at exact ties): it only chooses; codes are always made by division. */
+ * Candidates are ranked by squared error in code units, (round(clamp(y)) - y)^2 with y = x / s
+ * taken as x * (1 / s); the caller multiplies by s^2.  This differs from the error of true
+ * division only at exact ties: it only ranks; codes are always made by division.  Sums run in
+ * WQK_LANES independent partial sums so that the loops vectorise without reassociation flags. */
 
-static inline float wqk_sq_error(float x, float inv, float s, float lo, float hi) {
-    float y = x * inv;
-    y = y < lo ? lo : y;
-    y = y > hi ? hi : y;
-    float e = x - ((y + WQK_MAGIC) - WQK_MAGIC) * s;
-    return e * e;
+#define WQK_LANES 16
+
+static inline float wqk_scaled_sq_error(float x, float inv, float lo, float hi) {
+    float y = x * inv, r = y < lo ? lo : y;
+    r = r > hi ? hi : r;
+    r = ((r + WQK_MAGIC) - WQK_MAGIC) - y;
+    return r * r;
 }
 
-/* acc[c] += sum over the run of the squared error of candidate c (one group). */
-WQK_CLONES static void wqk_candidate_errors(const float *x, ptrdiff_t n, int ncand, const float *inv,
-                                            const float *s, const float *zp, float qmin,
-                                            float qmax, double *acc) {
+/* acc[c] += scaled squared error of candidate c over a run of one group. */
+WQK_CLONES WQK_RANKING static void wqk_candidate_errors(const float *x, ptrdiff_t n, int ncand, const float *inv,
+                                            const float *lo, const float *hi, double *acc) {
     for (int c = 0; c < ncand; c++) {
-        float sum = 0.0f, ic = inv[c], sc = s[c], lo = qmin - zp[c], hi = qmax - zp[c];
-        for (ptrdiff_t i = 0; i < n; i++) sum += wqk_sq_error(x[i], ic, sc, lo, hi);
+        float part[WQK_LANES] = {0}, tail = 0.0f;
+        ptrdiff_t i = 0;
+        for (; i + WQK_LANES <= n; i += WQK_LANES)
+#pragma GCC unroll 16
+            for (int j = 0; j < WQK_LANES; j++) part[j] += wqk_scaled_sq_error(x[i + j], inv[c], lo[c], hi[c]);
+        for (; i < n; i++) tail += wqk_scaled_sq_error(x[i], inv[c], lo[c], hi[c]);
+        double sum = tail;
+        for (int j = 0; j < WQK_LANES; j++) sum += part[j];
         acc[c] += sum;
     }
 }
 
-/* acc[c * w + i] += squared error of lane i (its own group) under candidate c. */
-WQK_CLONES static void wqk_candidate_errors_lanes(const float *x, ptrdiff_t w, int ncand,
-                                                  const float *inv, const float *s,
+/* acc[c * w + i] += scaled squared error of lane i (its own group) under candidate c, over
+ * `rows` runs of w lanes spaced `stride` apart. */
+WQK_CLONES WQK_RANKING static void wqk_candidate_errors_lanes(const float *x, ptrdiff_t rows, ptrdiff_t stride,
+                                                  ptrdiff_t w, int ncand, const float *inv,
                                                   const float *lo, const float *hi, float *acc) {
     for (int c = 0; c < ncand; c++) {
-        const float *ic = inv + c * w, *sc = s + c * w, *lc = lo + c * w, *hc = hi + c * w;
-        float *ac = acc + c * w;
-        for (ptrdiff_t i = 0; i < w; i++) ac[i] += wqk_sq_error(x[i], ic[i], sc[i], lc[i], hc[i]);
+        ptrdiff_t i0 = 0;
+        for (; i0 + WQK_LANES <= w; i0 += WQK_LANES) {
+            const ptrdiff_t k = c * w + i0;
+            float part[WQK_LANES] = {0}, iv[WQK_LANES], l[WQK_LANES], h[WQK_LANES];
+            for (int j = 0; j < WQK_LANES; j++) { iv[j] = inv[k + j]; l[j] = lo[k + j]; h[j] = hi[k + j]; }
+            for (ptrdiff_t r = 0; r < rows; r++)
+#pragma GCC unroll 16
+                for (int j = 0; j < WQK_LANES; j++) part[j] += wqk_scaled_sq_error(x[r * stride + i0 + j], iv[j], l[j], h[j]);
+            for (int j = 0; j < WQK_LANES; j++) acc[k + j] += part[j];
+        }
+        for (; i0 < w; i0++) {
+            const ptrdiff_t k = c * w + i0;
+            for (ptrdiff_t r = 0; r < rows; r++) acc[k] += wqk_scaled_sq_error(x[r * stride + i0], inv[k], lo[k], hi[k]);
+        }
     }
 }
 
@@ -169,37 +195,66 @@ WQK_CLONES static void wqk_candidate_errors_lanes(const float *x, ptrdiff_t w, i
  * LSB-first stream: code i occupies bits [i*b, (i+1)*b).  Every 8 codes make exactly b bytes,
  * so one loop serves every width. */
 
-static inline uint32_t wqk_sign_extend(uint32_t low, int b) {
-    return (uint32_t)(uint8_t)(int8_t)((int32_t)(low << (32 - b)) >> (32 - b));
+/* Compacts the low b bits of each of the 8 bytes of w into the low 8b bits, byte 0 lowest
+ * (three rounds merging neighbouring fields), and the inverse. */
+static inline uint64_t wqk_compact8(uint64_t w, int b) {
+    w &= 0x0101010101010101ull * ((1u << b) - 1);
+    w = (w & 0x00FF00FF00FF00FFull) | ((w & 0xFF00FF00FF00FF00ull) >> (8 - b));
+    w = (w & 0x0000FFFF0000FFFFull) | ((w & 0xFFFF0000FFFF0000ull) >> (16 - 2 * b));
+    return (w & 0x00000000FFFFFFFFull) | ((w & 0xFFFFFFFF00000000ull) >> (32 - 4 * b));
 }
 
-/* Packs n codes; returns nonzero if any code does not fit in b bits (signed or unsigned). */
+static inline uint64_t wqk_expand8(uint64_t w, int b) {
+    const uint64_t m4 = ((uint64_t)1 << (4 * b)) - 1, m2 = 0x0000000100000001ull * ((1u << (2 * b)) - 1),
+                   m1 = 0x0001000100010001ull * ((1u << b) - 1);
+    w = (w & m4) | ((w >> (4 * b)) & m4) << 32;
+    w = (w & m2) | ((w >> (2 * b)) & m2) << 16;
+    return (w & m1) | ((w >> b) & m1) << 8;
+}
+
+/* Packs n codes into ceil(n * b / 8) bytes; returns nonzero if a code does not fit in b bits.
+ * Each 8 codes become b bytes; whole words store 8 bytes (the next word overwrites the spare
+ * ones) while they stay inside the output, the last word only what is its own. */
 WQK_CLONES static int wqk_pack(const uint8_t *codes, ptrdiff_t n, int b, int is_signed, uint8_t *out) {
-    const uint32_t mask = (1u << b) - 1;
-    uint32_t bad = 0;
-    for (ptrdiff_t g = 0; g * 8 < n; g++) {
+    const uint8_t bias = is_signed ? (uint8_t)(1u << (b - 1)) : 0;
+    uint8_t bad = 0;
+    for (ptrdiff_t i = 0; i < n; i++) bad |= (uint8_t)(codes[i] + bias) >> b;
+    ptrdiff_t g = 0, nbytes = (n * b + 7) / 8;
+    uint64_t w;
+    for (; (g + 1) * 8 <= n && g * b + 8 <= nbytes; g++) {
+        memcpy(&w, codes + g * 8, 8);
+        w = wqk_compact8(w, b);
+        memcpy(out + g * b, &w, 8);
+    }
+    for (; g * 8 < n; g++) {
         ptrdiff_t count = n - g * 8 < 8 ? n - g * 8 : 8;
-        uint64_t v = 0;
-        for (ptrdiff_t j = 0; j < count; j++) {
-            uint32_t c = codes[g * 8 + j], low = c & mask;
-            bad |= (is_signed ? wqk_sign_extend(low, b) : low) ^ c;
-            v |= (uint64_t)low << (j * b);
-        }
-        memcpy(out + g * b, &v, (size_t)((count * b + 7) / 8));
+        w = 0;
+        memcpy(&w, codes + g * 8, (size_t)count);
+        w = wqk_compact8(w, b);
+        memcpy(out + g * b, &w, (size_t)((count * b + 7) / 8));
     }
     return bad != 0;
 }
 
+/* Unpacks n codes of b bits; signed codes are sign-extended to bytes. */
 WQK_CLONES static void wqk_unpack(const uint8_t *packed, ptrdiff_t n, int b, int is_signed, uint8_t *codes) {
-    const uint64_t mask = ((uint64_t)1 << b) - 1;
-    for (ptrdiff_t g = 0; g * 8 < n; g++) {
+    ptrdiff_t g = 0, nbytes = (n * b + 7) / 8;
+    uint64_t w;
+    for (; (g + 1) * 8 <= n && g * b + 8 <= nbytes; g++) {
+        memcpy(&w, packed + g * b, 8);
+        w = wqk_expand8(w, b);
+        memcpy(codes + g * 8, &w, 8);
+    }
+    for (; g * 8 < n; g++) {
         ptrdiff_t count = n - g * 8 < 8 ? n - g * 8 : 8;
-        uint64_t v = 0;
-        memcpy(&v, packed + g * b, (size_t)((count * b + 7) / 8));
-        for (ptrdiff_t j = 0; j < count; j++) {
-            uint32_t low = (uint32_t)((v >> (j * b)) & mask);
-            codes[g * 8 + j] = (uint8_t)(is_signed ? wqk_sign_extend(low, b) : low);
-        }
+        w = 0;
+        memcpy(&w, packed + g * b, (size_t)((count * b + 7) / 8));
+        w = wqk_expand8(w, b);
+        memcpy(codes + g * 8, &w, (size_t)count);
+    }
+    if (is_signed) {
+        const uint8_t h = (uint8_t)(1u << (b - 1));
+        for (ptrdiff_t i = 0; i < n; i++) codes[i] = (uint8_t)((codes[i] ^ h) - h);
     }
 }
 

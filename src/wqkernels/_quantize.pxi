@@ -1,6 +1,7 @@
 # Quantization kernels: group statistics, scale search, quantize, fake-quantize, dequantize.
 
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 
 cdef extern from "_loops.h" nogil:
     uint32_t wqk_max_abs_bits(const uint32_t* x, Py_ssize_t n, uint32_t acc)
@@ -15,13 +16,14 @@ cdef extern from "_loops.h" nogil:
     void wqk_fake_quantize_lanes(const float* x, float* y, Py_ssize_t n, const float* s, const float* zp, float qmin, float qmax)
     void wqk_dequantize_uniform(const uint8_t* q, float* y, Py_ssize_t n, float s, float zp, int is_signed)
     void wqk_dequantize_lanes(const uint8_t* q, float* y, Py_ssize_t n, const float* s, const float* zp, int is_signed)
-    void wqk_candidate_errors(const float* x, Py_ssize_t n, int ncand, const float* inv, const float* s, const float* zp, float qmin, float qmax, double* acc)
-    void wqk_candidate_errors_lanes(const float* x, Py_ssize_t w, int ncand, const float* inv, const float* s, const float* lo, const float* hi, float* acc)
+    void wqk_candidate_errors(const float* x, Py_ssize_t n, int ncand, const float* inv, const float* lo, const float* hi, double* acc)
+    void wqk_candidate_errors_lanes(const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int ncand, const float* inv, const float* lo, const float* hi, float* acc)
 
 cdef enum:
-    LANE_WIDTH = 1024       # lanes per unit for streaming loops
+    LANE_WIDTH = 1024       # least lanes per unit for streaming loops
     SEARCH_WIDTH = 64       # lanes per unit in the scale search (its scratch stays in L1/L2)
     SEARCH_CHUNK = 4096     # elements of a run scored against every candidate while in cache
+    SEARCH_ROWS = 64        # rows of a lanes unit scored against every candidate while in cache
 
 
 cdef inline float key_to_float(int32_t k) noexcept nogil:
@@ -32,12 +34,12 @@ cdef inline float key_to_float(int32_t k) noexcept nogil:
 def group_stats(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner,
                 Py_ssize_t block, bint per_axis, bint asymmetric, float[::1] lo, float[::1] hi):
     """Per group: hi = max|x| (symmetric), or lo = min x and hi = max x.  Returns all-finite."""
-    cdef Layout L = make_layout(outer, n, inner, block, per_axis, LANE_WIDTH)
+    cdef int nt = threads_for(x.shape[0])
+    cdef Layout L = make_layout(outer, n, inner, block, per_axis, lane_width(inner if inner > 1 else n, nt, LANE_WIDTH))
     cdef Py_ssize_t ngroups = hi.shape[0], g, u, r
     cdef Unit U
     cdef const uint32_t* bits = <const uint32_t*>&x[0] if x.shape[0] else NULL
     cdef bint finite = True
-    cdef int nt = threads_for(x.shape[0])
     # keys: order-preserving integers of the bits; a symmetric group uses khi for max|x|'s bits
     cdef int32_t* klo = <int32_t*>malloc(sizeof(int32_t) * max(ngroups, 1))
     cdef int32_t* khi = <int32_t*>malloc(sizeof(int32_t) * max(ngroups, 1))
@@ -121,53 +123,60 @@ def search_scales(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t
 cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float* lo, const float* hi,
                       const float* ratios, int ncand, bint symmetric, float qmin, float qmax,
                       float* scale, float* zero_point) noexcept nogil:
+    """Score every candidate on each group of unit u; keep the first with the least error."""
     cdef Unit U = unit_at(L, u)
-    cdef Py_ssize_t w = U.length if L.lanes else 1, r, i, p, c0, m
+    cdef Py_ssize_t w = U.length if L.lanes else 1, r, i, k, m, c0
     cdef int c, best
     cdef float top = qmax if symmetric else qmax - qmin
-    # scratch: per candidate and lane: inverse scale, scale, zero point, lo and hi bounds, error
-    cdef float* buf = <float*>malloc(sizeof(float) * 6 * ncand * w)
+    cdef double e, best_e
+    # scratch per candidate and lane: inverse scale, scale, zero point, code bounds, error;
+    # then a tile of rows copied together (rows of a large power-of-two stride share cache sets)
+    cdef float* buf = <float*>malloc(sizeof(float) * (6 * ncand + SEARCH_ROWS) * w)
     cdef double* acc = <double*>malloc(sizeof(double) * ncand)
-    cdef float *inv = buf, *s = buf + ncand * w, *zp = buf + 2 * ncand * w
-    cdef float *blo = buf + 3 * ncand * w, *bhi = buf + 4 * ncand * w, *err = buf + 5 * ncand * w
-    cdef double e
     if buf == NULL or acc == NULL:
         free(buf); free(acc)
-        return  # out of memory: the caller's min/max scales stay in place
+        return  # out of memory: the min/max scales already in place stay
+    cdef float* inv = buf
+    cdef float* s = buf + ncand * w
+    cdef float* zp = buf + 2 * ncand * w
+    cdef float* blo = buf + 3 * ncand * w
+    cdef float* bhi = buf + 4 * ncand * w
+    cdef float* err = buf + 5 * ncand * w
+    cdef float* tile = buf + 6 * ncand * w
     for c in range(ncand):
+        acc[c] = 0.0
         for i in range(w):
-            group_params(lo[U.group + i], hi[U.group + i], ratios[c], symmetric, top,
-                         &s[c * w + i], &zp[c * w + i])
-            inv[c * w + i] = 1.0 / s[c * w + i]
-            blo[c * w + i] = qmin - zp[c * w + i]
-            bhi[c * w + i] = qmax - zp[c * w + i]
-            err[c * w + i] = 0.0
+            k = c * w + i
+            group_params(lo[U.group + i], hi[U.group + i], ratios[c], symmetric, top, &s[k], &zp[k])
+            inv[k] = 1.0 / s[k]
+            blo[k] = qmin - zp[k]
+            bhi[k] = qmax - zp[k]
+            err[k] = 0.0
     if L.lanes:
-        for r in range(U.rows):
-            wqk_candidate_errors_lanes(x + U.start + r * U.stride, w, ncand, inv, s, blo, bhi, err)
-        for i in range(w):
-            best = 0
-            for c in range(1, ncand):
-                if err[c * w + i] < err[best * w + i]:
-                    best = c
-            scale[U.group + i] = s[best * w + i]
-            zero_point[U.group + i] = zp[best * w + i]
+        r = 0
+        while r < U.rows:
+            m = min(<Py_ssize_t>SEARCH_ROWS, U.rows - r)
+            for k in range(m):
+                memcpy(tile + k * w, x + U.start + (r + k) * U.stride, w * sizeof(float))
+            wqk_candidate_errors_lanes(tile, m, w, w, ncand, inv, blo, bhi, err)
+            r += m
     else:
-        for c in range(ncand):
-            acc[c] = 0.0
         for r in range(U.rows):
-            p = U.start + r * U.stride
             c0 = 0
             while c0 < U.length:
                 m = min(<Py_ssize_t>SEARCH_CHUNK, U.length - c0)
-                wqk_candidate_errors(x + p + c0, m, ncand, inv, s, zp, qmin, qmax, acc)
+                wqk_candidate_errors(x + U.start + r * U.stride + c0, m, ncand, inv, blo, bhi, acc)
                 c0 += m
+    for i in range(w):
         best = 0
-        for c in range(1, ncand):
-            if acc[c] < acc[best]:
-                best = c
-        scale[U.group] = s[best]
-        zero_point[U.group] = zp[best]
+        best_e = 0.0
+        for c in range(ncand):
+            k = c * w + i
+            e = (err[k] if L.lanes else acc[c]) * (<double>s[k] * s[k])
+            if c == 0 or e < best_e:
+                best, best_e = c, e
+        scale[U.group + i] = s[best * w + i]
+        zero_point[U.group + i] = zp[best * w + i]
     free(buf)
     free(acc)
 
@@ -180,10 +189,11 @@ cdef void elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t si
                       Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner, Py_ssize_t block,
                       bint per_axis, const float* s, const float* zp, float qmin, float qmax,
                       bint is_signed) noexcept nogil:
-    cdef Layout L = make_layout(outer, n, inner, block, per_axis, LANE_WIDTH)
+    cdef int nt = threads_for(size)
+    cdef Layout L = make_layout(outer, n, inner, block, per_axis, lane_width(inner if inner > 1 else n, nt, LANE_WIDTH))
     cdef Py_ssize_t u, r, p, g
     cdef Unit U
-    for u in prange(L.count, num_threads=threads_for(size), schedule="static"):
+    for u in prange(L.count, num_threads=nt, schedule="static"):
         U = unit_at(&L, u)
         g = U.group
         for r in range(U.rows):

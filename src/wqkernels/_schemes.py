@@ -2,6 +2,7 @@
 grid, and how an array is cut into groups along an axis."""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -58,7 +59,7 @@ class Groups(NamedTuple):
 
     @property
     def count(self) -> int:
-        return int(np.prod(self.scale_shape, dtype=np.int64))
+        return math.prod(self.scale_shape)
 
     def matrix(self, x: np.ndarray) -> np.ndarray:
         """A (groups, elements) float64 copy of x, short blocks padded with NaN (for percentiles)."""
@@ -66,7 +67,7 @@ class Groups(NamedTuple):
         if self.axis is None:
             return x3.reshape(1, -1)
         if self.block is None:
-            return np.moveaxis(x3, 1, 0).reshape(self.n, -1)
+            return np.moveaxis(x3, 1, 0).reshape(self.n, self.outer * self.inner)
         nb = -(-self.n // self.block)
         padded = np.full((self.outer, nb * self.block, self.inner), np.nan)
         padded[:, : self.n] = x3
@@ -77,8 +78,7 @@ class Groups(NamedTuple):
 def groups(shape: tuple, axis: int | None, block: int | None) -> Groups:
     """The grouping of an array of `shape`; axis must be normalised already."""
     if axis is None:
-        size = int(np.prod(shape, dtype=np.int64))
-        return Groups(tuple(shape), None, None, 1, size, 1)
-    outer = int(np.prod(shape[:axis], dtype=np.int64))
-    inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+        return Groups(tuple(shape), None, None, 1, math.prod(shape), 1)
+    outer = math.prod(shape[:axis])
+    inner = math.prod(shape[axis + 1 :])
     return Groups(tuple(shape), axis, block, outer, shape[axis], inner)

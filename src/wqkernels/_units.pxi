@@ -71,6 +71,13 @@ cdef inline Unit unit_at(const Layout* L, Py_ssize_t u) noexcept nogil:
     return U
 
 
+cdef inline Py_ssize_t lane_width(Py_ssize_t n, int threads, Py_ssize_t least) noexcept nogil:
+    """Lanes per unit: whole rows where possible (contiguous reads), at least one unit a thread."""
+    cdef Py_ssize_t w = (n + threads - 1) // threads
+    w = (w + 15) // 16 * 16
+    return max(least, min(w, <Py_ssize_t>16384))
+
+
 cdef inline int threads_for(Py_ssize_t size) noexcept nogil:
     """Threads worth starting for `size` elements of streaming work."""
     return 1 if size < (1 << 17) else wqk_max_threads()

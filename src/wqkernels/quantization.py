@@ -120,9 +120,9 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
     >>> qa = wqkernels.quantize(np.array([-1.0, 0.0, 0.5, 1.0]), bits=8)
     >>> qa.values
     array([-127,    0,   64,  127], dtype=int8)
-    >>> float(qa.scale) == np.float32(1.0) / np.float32(127)
+    >>> bool(qa.scale == np.float32(1.0) / np.float32(127))
     True
-    >>> qa.dequantize()[2] == np.float32(64) * qa.scale
+    >>> bool(qa.dequantize()[2] == np.float32(64) * qa.scale)
     True
     """
     xf, g, sch, s, zp = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
@@ -169,13 +169,16 @@ def dequantize(qa: QuantizedArray, out: np.ndarray | None = None) -> np.ndarray:
     --------
     >>> import numpy as np, wqkernels
     >>> qa = wqkernels.quantize(np.array([[0.5, -2.0], [1.0, 4.0]]), bits=4, axis=1)
+    >>> qa.values  # 0.5 / float32(1 / 7) is 3.4999998: code 3
+    array([[ 3, -3],
+           [ 7,  7]], dtype=int8)
     >>> wqkernels.dequantize(qa)
-    array([[ 0.5714286, -2.       ],
-           [ 1.       ,  4.       ]], dtype=float32)
+    array([[ 0.42857146, -1.7142859 ],
+           [ 1.        ,  4.        ]], dtype=float32)
     """
     if not isinstance(qa, QuantizedArray):
         raise TypeError(f"qa must be a QuantizedArray, got {type(qa).__name__}")
-    values = np.ascontiguousarray(qa.values)
+    values = np.asarray(qa.values, order="C")
     if values.dtype not in (np.int8, np.uint8):
         raise TypeError(f"qa.values must be int8 or uint8, got dtype {values.dtype}")
     axis = None if qa.axis is None else normalize_axis(qa.axis, values.ndim, "qa.axis")
@@ -263,8 +266,8 @@ def _layout(g: Groups, search: bool = False) -> tuple:
 def _per_block(values: np.ndarray, g: Groups) -> np.ndarray:
     """Per-group float32 values, repeated over the blocks of per-tensor work."""
     values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
-    if g.axis is None:
-        return np.full(max(-(-g.n // _CHUNK), 1), values[0], dtype=np.float32)
+    if g.axis is None and g.n > _CHUNK:
+        return np.full(-(-g.n // _CHUNK), values[0], dtype=np.float32)
     return values
 
 
@@ -276,7 +279,7 @@ def _stats(xf: np.ndarray, g: Groups, asymmetric: bool):
     hi = np.zeros(count, np.float32)
     if not _core.group_stats(xf.reshape(-1), outer, n, inner, block, per_axis, asymmetric, lo, hi):
         raise nonfinite_error(xf)
-    if g.axis is None:  # combine the per-block results of the flat array
+    if g.axis is None and count > 1:  # combine the per-block results of the flat array
         return lo.min(keepdims=True), hi.max(keepdims=True)
     return lo, hi
 

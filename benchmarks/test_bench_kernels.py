@@ -1,0 +1,34 @@
+"""pytest-benchmark over the cases of ``wqkernels bench``: each case is a group, each
+implementation (wqkernels, numpy, torch, onnxruntime, the bandwidth floor) a member."""
+import pytest
+
+from wqkernels import bench
+
+CASES = [(size, builder) for size in bench.SIZES for builder in bench.CASE_BUILDERS]
+
+
+def _members():
+    for size, builder in CASES:
+        for case in builder(size):
+            for impl in case.impls:
+                yield pytest.param(size, builder, case.name, impl, id=f"{case.name}-{size}-{impl}")
+
+
+_cache = {}
+
+
+def _case(size, builder, name):
+    key = (size, builder, name)
+    if key not in _cache:
+        _cache.clear()  # keep one size's inputs alive at a time
+        for case in builder(size):
+            _cache[(size, builder, case.name)] = case
+    return _cache[key]
+
+
+@pytest.mark.parametrize("size, builder, name, impl", list(_members()))
+def test_kernel(benchmark, size, builder, name, impl):
+    case = _case(size, builder, name)
+    benchmark.group = f"{name} n={case.size}"
+    benchmark.extra_info["baseline"] = case.baseline
+    benchmark(case.impls[impl])

@@ -1,0 +1,341 @@
+"""quantize / dequantize / fake_quantize against the NumPy reference, bit for bit."""
+from __future__ import annotations
+
+import concurrent.futures
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import wqkernels
+import wqkernels.reference as ref
+from helpers import assert_bit_equal, axes_for, float_arrays
+
+GRANULARITIES = [dict(), dict(axis=0), dict(axis=-1), dict(axis=0, block_size=3), dict(axis=1, block_size=32)]
+
+
+@st.composite
+def quantize_cases(draw, methods=("minmax", "percentile")):
+    x = draw(float_arrays())
+    axis = draw(axes_for(x.ndim))
+    block = None if axis is None else draw(st.one_of(st.none(), st.integers(1, 12)))
+    options = dict(bits=draw(st.integers(2, 8)), symmetric=draw(st.booleans()), axis=axis,
+                   block_size=block, method=draw(st.sampled_from(methods)))
+    return x, options
+
+
+def assert_same_quantization(a, b):
+    assert_bit_equal(a.values, b.values, "values")
+    assert_bit_equal(a.scale, b.scale, "scale")
+    assert_bit_equal(a.zero_point, b.zero_point, "zero_point")
+    assert (a.bits, a.axis, a.block_size) == (b.bits, b.axis, b.block_size)
+
+
+@given(quantize_cases())
+def test_quantize_matches_reference(case):
+    x, options = case
+    original = x.copy()
+    qa = wqkernels.quantize(x, **options)
+    assert_same_quantization(qa, ref.quantize(x, **options))
+    assert_bit_equal(x, original, "input")
+
+
+@given(quantize_cases())
+def test_fake_quantize_is_quantize_then_dequantize(case):
+    x, options = case
+    qa = wqkernels.quantize(x, **options)
+    y = wqkernels.fake_quantize(x, **options)
+    assert_bit_equal(y, qa.dequantize(), "fake_quantize")
+    assert_bit_equal(y, ref.dequantize(qa), "reference dequantize")
+    assert_bit_equal(y, ref.fake_quantize(x, **options), "reference fake_quantize")
+
+
+@given(quantize_cases(methods=("minmax",)))
+def test_codes_in_range_and_error_within_half_a_step(case):
+    x, options = case
+    qa = wqkernels.quantize(x, **options)
+    bits = options["bits"]
+    if options["symmetric"]:
+        assert qa.values.dtype == np.int8 and qa.zero_point.dtype == np.int8
+        low, high = -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+        assert not qa.zero_point.any()
+    else:
+        assert qa.values.dtype == np.uint8 and qa.zero_point.dtype == np.uint8
+        low, high = 0, 2**bits - 1
+    assert qa.values.shape == x.shape and qa.scale.dtype == np.float32
+    assert qa.scale.shape == qa.zero_point.shape
+    if x.size:
+        assert low <= qa.values.min() and qa.values.max() <= high
+    # min/max clipping covers every value: the error is at most half a step (plus float32 slack)
+    xf = x.astype(np.float32)
+    scale = _scale_of_each_element(qa)
+    err = np.abs(xf.astype(np.float64) - qa.dequantize())
+    assert (err <= scale.astype(np.float64) * (0.5 + 1e-5) + 1e-30).all()
+
+
+def _scale_of_each_element(qa):
+    """Each element's scale, by dequantizing unit codes."""
+    ones = wqkernels.QuantizedArray(np.ones(qa.shape, np.int8), qa.scale, np.zeros_like(qa.scale, np.int8),
+                                    qa.bits, qa.axis, qa.block_size)
+    return ones.dequantize()
+
+
+@given(quantize_cases(methods=("mse",)))
+def test_mse_never_worse_than_minmax_and_agrees_with_reference(case):
+    x, options = case
+    qa = wqkernels.quantize(x, **options)
+    minmax = wqkernels.quantize(x, **{**options, "method": "minmax"})
+    reference = ref.quantize(x, **options)
+    xf = x.astype(np.float64)
+    for other in (minmax, reference):
+        ours, theirs = _group_errors(xf, qa), _group_errors(xf, other)
+        assert (ours <= theirs * (1 + 1e-4) + 1e-12).all()
+    # the codes are those of the chosen scales, made by true division
+    again = wqkernels.quantize(x, **{**options, "method": "minmax"}, scale=qa.scale, zero_point=qa.zero_point)
+    assert_same_quantization(qa, again)
+
+
+def _group_errors(xf, qa):
+    """Squared error summed per group (as many entries as scales)."""
+    err = (xf - qa.dequantize()) ** 2
+    owner = _scale_index(qa)
+    return np.bincount(owner.reshape(-1), err.reshape(-1), minlength=qa.scale.size)
+
+
+def _scale_index(qa):
+    """Each element's flat index into qa.scale."""
+    index = np.arange(qa.scale.size, dtype=np.float32).reshape(qa.scale.shape)
+    # scale 1 + index with zero point 0 dequantizes unit codes to the index + 1: exact below 2^24
+    probe = wqkernels.QuantizedArray(np.ones(qa.shape, np.int8), index + 1, np.zeros(qa.scale.shape, np.int8),
+                                     qa.bits, qa.axis, qa.block_size)
+    return probe.dequantize().astype(np.int64) - 1
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("method", ["minmax", "mse", "percentile"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_grid_of_options_on_weights(bits, granularity, method, symmetric):
+    x = np.random.default_rng(bits).standard_normal((40, 33)).astype(np.float32) * 0.05
+    options = dict(bits=bits, symmetric=symmetric, method=method, **granularity)
+    qa = wqkernels.quantize(x, **options)
+    assert_bit_equal(wqkernels.fake_quantize(x, **options), qa.dequantize())
+    if method != "mse":
+        assert_same_quantization(qa, ref.quantize(x, **options))
+    else:
+        assert _group_errors(x.astype(np.float64), qa).sum() <= _group_errors(
+            x.astype(np.float64), wqkernels.quantize(x, **{**options, "method": "minmax"})).sum()
+
+
+def test_semantics_by_hand():
+    x = np.array([-1.0, -0.25, 0.0, 0.5, 1.0], np.float32)
+    qa = wqkernels.quantize(x, 8)
+    assert qa.scale == np.float32(1) / np.float32(127) and qa.scale.shape == ()
+    np.testing.assert_array_equal(qa.values, [-127, -32, 0, 64, 127])  # 31.75 -> 32, 63.5 -> 64 (even)
+    asym = wqkernels.quantize(x, 8, symmetric=False)
+    assert asym.scale == np.float32(2) / np.float32(255)
+    assert asym.zero_point == np.rint(np.float32(1) / asym.scale) == 127  # 127.49999
+    assert asym.values.dtype == np.uint8 and asym.values[2] == asym.zero_point  # zero is exact
+    fixed = wqkernels.quantize(np.array([0.3, -2.0, 5.0]), 4, frac_bits=2)
+    np.testing.assert_array_equal(fixed.values, [1, -8, 7])  # round(0.3 * 4) = 1; saturates to [-8, 7]
+    assert fixed.scale == np.float32(0.25)
+
+
+def test_half_to_even_and_true_division():
+    scale = np.float32(0.1)
+    x = (np.arange(-50, 51, dtype=np.float32) + np.float32(0.5)) * scale  # near ties everywhere
+    qa = wqkernels.quantize(x, 8, scale=scale)
+    np.testing.assert_array_equal(qa.values, np.clip(np.rint(x / scale), -127, 127).astype(np.int8))
+    ties = wqkernels.quantize(np.array([0.5, 1.5, 2.5, -0.5, -1.5], np.float32), 8, scale=1.0)
+    np.testing.assert_array_equal(ties.values, [0, 2, 2, 0, -2])
+
+
+def test_block_layout_follows_onnx():
+    x = np.arange(2 * 7 * 3, dtype=np.float32).reshape(2, 7, 3) - 20
+    qa = wqkernels.quantize(x, 4, axis=1, block_size=3)
+    assert qa.scale.shape == (2, 3, 3)  # ceil(7 / 3) blocks, the last one short
+    block = x[1, 6:7, 2]
+    assert qa.scale[1, 2, 2] == np.float32(np.abs(block).max()) / np.float32(7)
+    per_axis = wqkernels.quantize(x, 4, axis=-1)
+    assert per_axis.scale.shape == (3,) and per_axis.axis == 2
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 4, 2)])
+@pytest.mark.parametrize("granularity", [dict(), dict(axis=0), dict(axis=-1, block_size=2)])
+def test_empty(shape, granularity):
+    x = np.zeros(shape, np.float32)
+    qa = wqkernels.quantize(x, 4, **granularity, method="mse")
+    assert qa.values.shape == shape
+    assert (qa.scale == 1).all()
+    assert wqkernels.fake_quantize(x, 4, **granularity).shape == shape
+
+
+def test_zero_dimensional_and_single_element():
+    qa = wqkernels.quantize(np.float64(-3.0), 8)
+    assert qa.values.shape == () and qa.values == -127 and qa.dequantize() == -3.0
+    one = wqkernels.quantize(np.array([2.0]), 2, axis=0)
+    assert one.values[0] == 1 and one.scale[0] == 2.0
+
+
+def test_all_zeros_get_scale_one():
+    qa = wqkernels.quantize(np.zeros((4, 5)), 4, axis=1, symmetric=False, method="mse")
+    assert (qa.scale == 1).all() and not qa.values.any() and not qa.zero_point.any()
+
+
+@pytest.mark.parametrize("value", [3e38, -3e38, 1e-30, 1e-40, 1e-45])
+def test_extreme_magnitudes(value):
+    x = np.array([value, -value / 3, 0.0], np.float32)
+    for symmetric in (True, False):
+        qa = wqkernels.quantize(x, 8, symmetric=symmetric)
+        assert np.isfinite(qa.scale).all() and qa.scale > 0
+        assert np.isfinite(qa.dequantize()).all()
+        assert_same_quantization(qa, ref.quantize(x, 8, symmetric=symmetric))
+
+
+def test_asymmetric_range_overflowing_float32():
+    x = np.array([3e38, -3e38], np.float32)
+    qa = wqkernels.quantize(x, 8, symmetric=False)
+    assert np.isfinite(qa.scale) and np.isfinite(qa.dequantize()).all()
+    np.testing.assert_allclose(qa.dequantize(), x, rtol=0.01)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_nan_and_inf_are_refused_with_count_and_place(bad, symmetric):
+    x = np.zeros((3, 4), np.float32)
+    x[1, 2] = bad
+    x[2, 3] = bad
+    with pytest.raises(ValueError, match=r"x has 2 NaN or infinite values; the first is .* at index \(1, 2\)"):
+        wqkernels.quantize(x, 8, symmetric=symmetric)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        wqkernels.fake_quantize(x, 4, axis=0, scale=np.ones(3))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        wqkernels.quantize(x, 4, frac_bits=3)
+
+
+def test_float64_overflowing_float32_is_refused():
+    with pytest.raises(ValueError, match="infinite"):
+        wqkernels.quantize(np.array([1e300]), 8)
+
+
+@pytest.mark.parametrize("x", [np.arange(5), np.ones(3, bool), np.ones(2, np.complex64), ["a"]])
+def test_non_float_input_is_a_type_error(x):
+    with pytest.raises(TypeError, match="x must be an array of real floats"):
+        wqkernels.quantize(x)
+    with pytest.raises(TypeError):
+        wqkernels.fake_quantize(x)
+
+
+@pytest.mark.parametrize("bits", [1, 9, 0, -3])
+def test_bits_out_of_range(bits):
+    with pytest.raises(ValueError, match=f"bits must be from 2 to 8, got {bits}"):
+        wqkernels.quantize(np.ones(3), bits)
+
+
+@pytest.mark.parametrize("bits", [4.0, "8", True])
+def test_bits_of_wrong_type(bits):
+    with pytest.raises(TypeError, match="bits must be an integer"):
+        wqkernels.quantize(np.ones(3), bits)
+
+
+def test_bad_axis_and_block_size():
+    x = np.ones((2, 3))
+    with pytest.raises(ValueError, match="axis 2 is out of bounds"):
+        wqkernels.quantize(x, axis=2)
+    with pytest.raises(ValueError, match="axis -3 is out of bounds"):
+        wqkernels.quantize(x, axis=-3)
+    with pytest.raises(ValueError, match="axis 0 is out of bounds for an array of dimension 0"):
+        wqkernels.quantize(np.float32(1), axis=0)
+    with pytest.raises(ValueError, match="block_size must be >= 1, got 0"):
+        wqkernels.quantize(x, axis=1, block_size=0)
+    with pytest.raises(ValueError, match="block_size needs an axis"):
+        wqkernels.quantize(x, block_size=4)
+    with pytest.raises(ValueError, match="method must be one of"):
+        wqkernels.quantize(x, method="kl")
+
+
+def test_block_larger_than_axis_is_one_short_block():
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    qa = wqkernels.quantize(x, 8, axis=0, block_size=100)
+    assert qa.scale.shape == (1, 3)
+    assert_bit_equal(qa.scale[0], wqkernels.quantize(x, 8, axis=1).scale)
+
+
+def test_explicit_scale_and_zero_point():
+    x = np.linspace(-1, 3, 12).reshape(3, 4)
+    qa = wqkernels.quantize(x, 8, symmetric=False, axis=0, scale=[0.1, 0.2, 0.3], zero_point=[0, 10, 255])
+    assert_same_quantization(qa, ref.quantize(x, 8, symmetric=False, axis=0, scale=[0.1, 0.2, 0.3],
+                                              zero_point=[0, 10, 255]))
+    with pytest.raises(ValueError, match=r"scale must be a scalar or of shape \(3,\)"):
+        wqkernels.quantize(x, axis=0, scale=[1.0, 2.0])
+    with pytest.raises(ValueError, match="scale must be positive and finite"):
+        wqkernels.quantize(x, scale=0.0)
+    with pytest.raises(ValueError, match="zero_point must be integers in"):
+        wqkernels.quantize(x, symmetric=False, scale=1.0, zero_point=256)
+    with pytest.raises(ValueError, match="0 when symmetric"):
+        wqkernels.quantize(x, scale=1.0, zero_point=1)
+    with pytest.raises(ValueError, match="zero_point needs scale"):
+        wqkernels.quantize(x, zero_point=0)
+    with pytest.raises(ValueError, match="frac_bits sets the scale"):
+        wqkernels.quantize(x, frac_bits=3, scale=1.0)
+
+
+def test_percentile_clips_outliers():
+    x = np.concatenate([np.linspace(-1, 1, 9999), [100.0]]).astype(np.float32)
+    qa = wqkernels.quantize(x, 8, method="percentile", percentile=99.9)
+    assert qa.scale < np.float32(100) / 127
+    with pytest.raises(ValueError, match="percentile must be in"):
+        wqkernels.quantize(x, method="percentile", percentile=0)
+
+
+def test_out_argument_and_in_place():
+    x = np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32)
+    expected = wqkernels.fake_quantize(x, 4, axis=1)
+    y = x.copy()
+    assert wqkernels.fake_quantize(y, 4, axis=1, out=y) is y
+    assert_bit_equal(y, expected)
+    with pytest.raises(ValueError, match="out must be a writeable C-contiguous float32 array"):
+        wqkernels.fake_quantize(x, out=np.empty((8, 16), np.float64))
+
+
+def test_dequantize_validates():
+    with pytest.raises(TypeError, match="qa must be a QuantizedArray"):
+        wqkernels.dequantize(np.ones(3))
+    qa = wqkernels.quantize(np.ones((2, 3)), axis=1)
+    broken = wqkernels.QuantizedArray(qa.values, qa.scale[:2], qa.zero_point[:2], 8, 1)
+    with pytest.raises(ValueError, match=r"qa.scale must be a scalar or of shape \(3,\)"):
+        broken.dequantize()
+
+
+def test_quantized_array_reports_itself():
+    qa = wqkernels.quantize(np.ones((4, 6)), 4, axis=1, block_size=2)
+    assert repr(qa) == "QuantizedArray(shape=(4, 6), bits=4, axis=1, block_size=2, dtype=int8)"
+    assert qa.nbytes == 12 + qa.scale.nbytes + qa.zero_point.nbytes
+
+
+def test_large_arrays_split_over_threads_agree_with_reference():
+    x = np.random.default_rng(5).standard_normal((300, 1200)).astype(np.float32)  # > threading threshold
+    for options in GRANULARITIES:
+        assert_same_quantization(wqkernels.quantize(x, 4, **options), ref.quantize(x, 4, **options))
+
+
+def test_kernels_release_the_gil_and_are_thread_safe():
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal((256, 512)).astype(np.float32) for _ in range(8)]
+    expected = [wqkernels.fake_quantize(a, 4, axis=0, method="mse") for a in arrays]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda a: wqkernels.fake_quantize(a, 4, axis=0, method="mse"), arrays))
+    for e, g in zip(expected, got):
+        assert_bit_equal(e, g)
+
+
+@given(st.integers(2, 8), st.booleans(), st.data())
+def test_quantized_values_pack_round_trip(bits, symmetric, data):
+    x = data.draw(float_arrays(min_dims=1))
+    assume(x.size > 0)
+    qa = wqkernels.quantize(x, bits, symmetric=symmetric)
+    packed = wqkernels.pack_bits(qa.values, bits)
+    assert packed.size == -(-x.size * bits // 8)
+    back = wqkernels.unpack_bits(packed, bits, x.size, signed=symmetric)
+    assert_bit_equal(back, qa.values.reshape(-1))
