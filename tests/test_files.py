@@ -527,3 +527,81 @@ def test_small_cnn_packed_int8_size(tmp_path):
     print(f"\nsmall CNN: {os.path.getsize(src)} -> {os.path.getsize(dst)} bytes packed int8")
     assert os.path.getsize(dst) < 120_000
     assert report.bits_per_weight == 8
+
+
+# ---- Keras 3 layouts written by h5py (no keras needed) ----------------------------------------------
+
+@pytest.fixture
+def keras3_zip(tmp_path):
+    """A .keras archive with a Keras 3 weights file (no config names: roles from group names)."""
+    rng = np.random.default_rng(3)
+    weights = tmp_path / "model.weights.h5"
+    with h5py.File(weights, "w") as f:
+        f.create_group("vars").attrs["name"] = "model"
+        for group, arrays in (("conv2d", [(3, 3, 2, 8), (8,)]), ("depthwise_conv2d", [(3, 3, 8, 1), (8,)]),
+                              ("conv2d_transpose", [(3, 3, 4, 8), (4,)]), ("embedding", [(30, 8)])):
+            g = f.create_group(f"layers/{group}/vars")
+            for i, shape in enumerate(arrays):
+                g.create_dataset(str(i), data=rng.standard_normal(shape).astype(np.float32))
+        f.create_group("optimizer/vars").create_dataset("0", data=np.int64(3))
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("metadata.json", '{"keras_version": "3.15.1"}')
+        z.writestr(zipfile.ZipInfo("config.json"), '{"class_name": "Functional", "config": {"layers": []}}',
+                   compress_type=zipfile.ZIP_DEFLATED)
+        z.write(weights, "model.weights.h5")
+    weights.unlink()
+    return path
+
+
+def test_keras3_roles_from_group_names(keras3_zip):
+    infos = {i.path: i for i in wqkernels.inspect(keras3_zip)}
+    assert infos["layers/depthwise_conv2d/vars/0"].layer_class == "DepthwiseConv2D"
+    assert [i.path for i in infos.values() if i.prunable] == [
+        "layers/conv2d/vars/0", "layers/conv2d_transpose/vars/0", "layers/depthwise_conv2d/vars/0",
+        "layers/embedding/vars/0"]
+    assert infos["optimizer/vars/0"].role == "optimizer"
+
+
+def test_keras3_zip_rewrite(keras3_zip, tmp_path):
+    dst = tmp_path / "out.keras"
+    report = wqkernels.rewrite(keras3_zip, dst, Recipe(bits=4, granularity="channel", strip_optimizer=True))
+    assert "names" in report.role_source
+    with zipfile.ZipFile(keras3_zip) as a, zipfile.ZipFile(dst) as b:
+        assert [(i.filename, i.compress_type) for i in a.infolist()] == \
+            [(i.filename, i.compress_type) for i in b.infolist()]
+        for name in ("metadata.json", "config.json"):
+            assert a.read(name) == b.read(name)
+    before, after = wqkernels.load_weights(keras3_zip), wqkernels.load_weights(dst)
+    assert "optimizer/vars/0" not in after
+    for path, axis in (("layers/conv2d/vars/0", 3), ("layers/depthwise_conv2d/vars/0", 2),
+                       ("layers/conv2d_transpose/vars/0", 2), ("layers/embedding/vars/0", 0)):
+        assert_bit_equal(after[path], reference.fake_quantize(before[path], 4, axis=axis, method="mse"), path)
+    assert_bit_equal(after["layers/conv2d/vars/1"], before["layers/conv2d/vars/1"])
+
+
+def test_keras3_zip_interrupted(keras3_zip, tmp_path, monkeypatch):
+    module = importlib.import_module("wqkernels.files.rewrite")
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(module, "quantize", interrupt)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    before = _sha(keras3_zip)
+    with pytest.raises(KeyboardInterrupt):
+        wqkernels.rewrite(keras3_zip, out_dir / "o.keras", Recipe(bits=4, storage="packed"))
+    assert _listing(out_dir) == set()
+    assert _sha(keras3_zip) == before
+
+
+def test_blocked_packed_keras3(keras3_zip, tmp_path):
+    f32, packed = tmp_path / "f.keras", tmp_path / "p.keras"
+    wqkernels.rewrite(keras3_zip, f32, Recipe(bits=4, granularity="block:8"))
+    wqkernels.rewrite(keras3_zip, packed, Recipe(bits=4, granularity="block:8", storage="packed"))
+    a, b = wqkernels.load_weights(f32), wqkernels.load_weights(packed)
+    for k in a:
+        assert_bit_equal(a[k], b[k], k)
+    source = wqkernels.load_weights(keras3_zip)["layers/conv2d/vars/0"]
+    expected = reference.fake_quantize(source.reshape(18, 8), 4, axis=0, block_size=8, method="mse")
+    assert_bit_equal(a["layers/conv2d/vars/0"], expected.reshape(3, 3, 2, 8))

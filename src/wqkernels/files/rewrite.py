@@ -113,8 +113,13 @@ class Source:
 
     @property
     def role_source(self) -> str:
-        """``config`` when the model config gave the layer classes, else ``names``."""
-        return "config" if self.config is not None else "names (no model config)"
+        """Where the layer classes came from: ``config``, ``names`` (guessed) or both."""
+        sources = {e.role_source for e in self.entries if e.role not in ("optimizer", "variable")}
+        if sources <= {"config"}:
+            return "config"
+        if self.config is None:
+            return "names (no model config)"
+        return "config, some guessed from names" if "config" in sources else "names (config not usable)"
 
     @property
     def description(self) -> str:
@@ -318,8 +323,9 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
     if recipe.strip_optimizer:
         skip = frozenset({"optimizer_weights", "optimizer"})
         report.notes.append("optimizer state removed")
-    if source.config is None:
-        report.notes.append("no model config: roles guessed from group and dataset names")
+    if source.role_source != "config":
+        report.notes.append(f"roles from {source.role_source}: layer classes guessed from group and "
+                            f"dataset names")
 
     image = io.BytesIO() if packed_out else None
     with h5py.File(image if packed_out else tmp, "w") as out:
