@@ -272,18 +272,22 @@ def test_in_place(keras20, capsys):
     assert _listing(src.parent) == {src.name}
 
 
-def test_interrupted_rewrite_leaves_nothing(keras20, tmp_path, monkeypatch):
-    src = keras20[0]
+@pytest.mark.parametrize("which,patched,recipe,suffix", [
+    ("keras20", "fake_quantize", Recipe(bits=4), ".h5"),
+    ("keras3_zip", "quantize", Recipe(bits=4, storage="packed"), ".keras"),
+])
+def test_interrupted_rewrite_leaves_nothing(which, patched, recipe, suffix, request, tmp_path, monkeypatch):
+    src = request.getfixturevalue(which)
+    src = src[0] if isinstance(src, tuple) else src
     before = _sha(src)
-    module = importlib.import_module("wqkernels.files.rewrite")
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(module, "fake_quantize", interrupt)
+    monkeypatch.setattr(importlib.import_module("wqkernels.files.rewrite"), patched, interrupt)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     with pytest.raises(KeyboardInterrupt):
-        wqkernels.rewrite(src, out_dir / "o.h5", Recipe(bits=4))
+        wqkernels.rewrite(src, out_dir / f"o{suffix}", recipe)
     assert _listing(out_dir) == set()
     assert _sha(src) == before
 
@@ -578,21 +582,6 @@ def test_keras3_zip_rewrite(keras3_zip, tmp_path):
                        ("layers/conv2d_transpose/vars/0", 2), ("layers/embedding/vars/0", 0)):
         assert_bit_equal(after[path], reference.fake_quantize(before[path], 4, axis=axis, method="mse"), path)
     assert_bit_equal(after["layers/conv2d/vars/1"], before["layers/conv2d/vars/1"])
-
-
-def test_keras3_zip_interrupted(keras3_zip, tmp_path, monkeypatch):
-    module = importlib.import_module("wqkernels.files.rewrite")
-
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(module, "quantize", interrupt)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    before = _sha(keras3_zip)
-    with pytest.raises(KeyboardInterrupt):
-        wqkernels.rewrite(keras3_zip, out_dir / "o.keras", Recipe(bits=4, storage="packed"))
-    assert _listing(out_dir) == set()
-    assert _sha(keras3_zip) == before
 
 
 def test_blocked_packed_keras3(keras3_zip, tmp_path):
