@@ -6,6 +6,7 @@ Pruning and allocation live in :mod:`wqkernels.pruning` and :mod:`wqkernels.allo
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -53,9 +54,20 @@ def sparsity(x: np.ndarray) -> float:
     return float(x.size - np.count_nonzero(x)) / x.size if x.size else 0.0
 
 
-def prune_tensors(tensors: dict, entries: list, recipe) -> dict:
+def prune_tensors(tensors: dict, entries: list, recipe, notes: list) -> dict:
     """Prune the selected tensors as the recipe says: N:M along the input axis, or `sparsity` of
-    all of them together, allocated by ``wqkernels.allocation.prune_model``."""
+    all of them together, allocated by ``wqkernels.allocation.prune_model``.
+
+    Warnings (an unreachable sparsity) are appended to `notes` instead of being printed.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _prune(tensors, entries, recipe)
+    notes.extend(str(w.message) for w in caught)
+    return out
+
+
+def _prune(tensors: dict, entries: list, recipe) -> dict:
     n_m = recipe.n_m
     if n_m is not None:
         prune_n_m = _require("prune_n_m", "N:M pruning")

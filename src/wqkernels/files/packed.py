@@ -3,14 +3,15 @@
 A packed file is an HDF5 file whose root holds only the group ``wqkernels``::
 
     wqkernels/            attrs format="wqkernels-packed", version=1
-        index             uint8, JSON: layout, recipe, and per quantized tensor its path, shape,
-                          bits, axis, block size and offsets into the three arrays below
-        skeleton          uint8, zlib-compressed image of the HDF5 weights file as the float32
+        index             uint8, zlib-compressed JSON: layout, recipe, and per quantized tensor its
+                          path, shape, bits, axis, block size and offsets into the arrays below
+        skeleton          uint8, xz-compressed image of the HDF5 weights file as the float32
                           rewrite would be, with each quantized dataset left unallocated (same
                           name, shape and attributes, no data)
         codes             uint8, the codes of all quantized tensors, bit-packed, concatenated
         scales            float32, their scales, concatenated
-        zero_points       uint8, their zero points (int8 bytes when signed), concatenated
+        zero_points       uint8, their zero points (int8 bytes when signed), concatenated;
+                          a tensor whose zero points are all 0 (symmetric) stores none
 
 Keras finds neither ``layer_names``/``model_config`` nor ``layers``/``vars`` in it, so
 ``load_model`` and ``load_weights`` raise instead of loading codes as weights.  Storing all codes
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
 import zlib
 
 import h5py
@@ -59,6 +61,8 @@ class PackedWriter:
         codes = pack_bits(qa.values, qa.bits)
         scale = np.ascontiguousarray(qa.scale, dtype=np.float32).reshape(-1)
         zero_point = np.ascontiguousarray(qa.zero_point).reshape(-1).view(np.uint8)
+        if not zero_point.any():
+            zero_point = zero_point[:0]
         self.tensors.append({
             "path": path, "shape": list(shape), "view_shape": list(qa.shape), "bits": qa.bits,
             "axis": qa.axis, "block_size": qa.block_size, "signed": qa.values.dtype == np.int8,
@@ -78,8 +82,11 @@ class PackedWriter:
         group.attrs["version"] = VERSION
         index = {"format": FORMAT, "version": VERSION, "layout": layout, "recipe": recipe,
                  "skeleton_bytes": len(skeleton), "tensors": self.tensors}
-        new_dataset(group, "index", np.frombuffer(json.dumps(index).encode(), np.uint8))
-        new_dataset(group, "skeleton", np.frombuffer(zlib.compress(skeleton, 9), np.uint8))
+        text = json.dumps(index).encode()
+        group.attrs["index_bytes"] = len(text)
+        new_dataset(group, "index", np.frombuffer(zlib.compress(text, 9), np.uint8))
+        packed = lzma.compress(skeleton, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+        new_dataset(group, "skeleton", np.frombuffer(packed, np.uint8))
         for name, parts, dtype in (("codes", self._codes, np.uint8), ("scales", self._scales, np.float32),
                                    ("zero_points", self._zero_points, np.uint8)):
             data = np.concatenate(parts) if parts else np.zeros(0, dtype)
@@ -104,20 +111,25 @@ class PackedReader:
                         or group[name].ndim != 1:
                     raise KerasFileError(f"{where}: packed container lacks a proper {name!r} dataset")
                 self._arrays[name] = group[name]
-            if self._arrays["index"].size > MAX_INDEX_BYTES:
-                raise KerasFileError(f"{where}: packed index too large")
-            index = json.loads(self._arrays["index"][()].tobytes())
+            size = int(group.attrs["index_bytes"])
+            if not 0 < size <= MAX_INDEX_BYTES or self._arrays["index"].size > MAX_INDEX_BYTES:
+                raise KerasFileError(f"{where}: packed index declares {size} bytes")
+            d = zlib.decompressobj()
+            text = d.decompress(self._arrays["index"][()].tobytes(), size)
+            if len(text) != size or d.unconsumed_tail:
+                raise KerasFileError(f"{where}: packed index is corrupt")
+            index = json.loads(text)
             size = int(index["skeleton_bytes"])
             if not 0 < size <= MAX_SKELETON_BYTES:
                 raise KerasFileError(f"{where}: packed skeleton declares {size} bytes")
-            d = zlib.decompressobj()
-            raw = d.decompress(self._arrays["skeleton"][()].tobytes(), size)
-            if len(raw) != size or d.unconsumed_tail:
+            x = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+            raw = x.decompress(self._arrays["skeleton"][()].tobytes(), size)
+            if len(raw) != size or not x.eof:
                 raise KerasFileError(f"{where}: packed skeleton is corrupt")
             self.layout = str(index["layout"])
             self.recipe = index.get("recipe", {})
             self.tensors = {t["path"]: self._check(t) for t in index["tensors"]}
-        except (KeyError, TypeError, ValueError, zlib.error) as exc:
+        except (KeyError, TypeError, ValueError, zlib.error, lzma.LZMAError, EOFError) as exc:
             if isinstance(exc, KerasFileError):
                 raise
             raise KerasFileError(f"{where}: corrupt packed container ({type(exc).__name__}: {exc})") from None
@@ -132,7 +144,7 @@ class PackedReader:
             off, n = (int(v) for v in t[name])
             if off < 0 or n < 0 or off + n > self._arrays[name].size:
                 raise KerasFileError(f"{self.where}: packed record of {t['path']!r} points outside {name!r}")
-        if _count(t["scale_shape"]) != t["scales"][1] or t["zero_points"][1] != t["scales"][1]:
+        if _count(t["scale_shape"]) != t["scales"][1] or t["zero_points"][1] not in (0, t["scales"][1]):
             raise KerasFileError(f"{self.where}: packed record of {t['path']!r} has bad scales")
         return t
 
@@ -145,7 +157,8 @@ class PackedReader:
         (co, cn), (so, sn), (zo, zn) = t["codes"], t["scales"], t["zero_points"]
         values = unpack_bits(self._arrays["codes"][co:co + cn], t["bits"], _count(t["shape"]), t["signed"])
         scale = self._arrays["scales"][so:so + sn].astype(np.float32, copy=False)
-        zero_point = self._arrays["zero_points"][zo:zo + zn].view(np.int8 if t["signed"] else np.uint8)
+        dtype = np.int8 if t["signed"] else np.uint8
+        zero_point = self._arrays["zero_points"][zo:zo + zn].view(dtype) if zn else np.zeros(sn, dtype)
         return QuantizedArray(values.reshape(t["view_shape"]), scale.reshape(t["scale_shape"]),
                               zero_point.reshape(t["scale_shape"]), t["bits"], t["axis"], t["block_size"])
 

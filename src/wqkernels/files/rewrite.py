@@ -40,7 +40,7 @@ def _as_file_errors(where: str):
     """Errors from h5py, zipfile and the OS become one-line KerasFileErrors naming the file."""
     try:
         yield
-    except KerasFileError:
+    except (KerasFileError, NotImplementedError):
         raise
     except _FILE_ERRORS as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -310,8 +310,8 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
     changes = recipe.prunes or recipe.quantizes or recipe.storage != "float32" or recipe.compress != "none"
     if not changes:
         selected = []
-    pruned = _kernels.prune_tensors({e.path: source.read(e) for e in selected}, selected, recipe) \
-        if recipe.prunes and selected else {}
+    pruned = _kernels.prune_tensors({e.path: source.read(e) for e in selected}, selected, recipe,
+                                    report.notes) if recipe.prunes and selected else {}
     writer = PackedWriter(recipe.compress) if packed_out else None
     rows = {}
     hooks = {e.path: _transform_hook(source, e, recipe, pruned, writer, rows) for e in selected}
