@@ -31,46 +31,75 @@ cdef inline float key_to_float(int32_t k) noexcept nogil:
     return (<float*>&b)[0]
 
 
+cdef inline void init_keys(int32_t* klo, int32_t* khi, Py_ssize_t count, bint asymmetric) noexcept nogil:
+    cdef Py_ssize_t g
+    for g in range(count):
+        klo[g] = 0x7fffffff
+        khi[g] = -0x7fffffff - 1 if asymmetric else 0
+
+
+cdef void unit_keys(const uint32_t* bits, const Layout* L, const Unit* U, bint asymmetric,
+                    int32_t* klo, int32_t* khi) noexcept nogil:
+    """Accumulate the keys of a unit's groups (klo, khi point at its first group)."""
+    cdef Py_ssize_t r
+    cdef const uint32_t* p
+    for r in range(U.rows):
+        p = bits + U.start + r * U.stride
+        if asymmetric and L.lanes:
+            wqk_key_range_lanes(p, U.length, klo, khi)
+        elif asymmetric:
+            wqk_key_range(p, U.length, klo, khi)
+        elif L.lanes:
+            wqk_max_abs_bits_lanes(p, U.length, <uint32_t*>khi)
+        else:
+            khi[0] = <int32_t>wqk_max_abs_bits(p, U.length, <uint32_t>khi[0])
+
+
+cdef bint keys_to_stats(const int32_t* klo, const int32_t* khi, Py_ssize_t count, bint asymmetric,
+                        float* lo, float* hi) noexcept nogil:
+    """Keys to floats: (min, max), or max|x| in hi; False if a group holds NaN or infinity."""
+    cdef Py_ssize_t g
+    cdef bint finite = True
+    for g in range(count):
+        if khi[g] >= <int32_t>0x7f800000 or (asymmetric and klo[g] <= wqk_key(0xff800000u)):
+            finite = False
+        if asymmetric:  # an empty group keeps its initial keys: report 0
+            lo[g] = key_to_float(klo[g]) if klo[g] != 0x7fffffff else 0.0
+            hi[g] = key_to_float(khi[g]) if khi[g] != -0x7fffffff - 1 else 0.0
+        else:
+            hi[g] = key_to_float(khi[g])  # non-negative bits are their own key
+    return finite
+
+
+cdef bint stats_pass(const float* x, Py_ssize_t size, const Layout* L, bint asymmetric,
+                     Py_ssize_t ngroups, float* lo, float* hi) noexcept nogil:
+    """One pass over x: every group's statistics; False if x holds NaN or infinity."""
+    cdef int32_t* klo = <int32_t*>malloc(sizeof(int32_t) * max(ngroups, 1))
+    cdef int32_t* khi = <int32_t*>malloc(sizeof(int32_t) * max(ngroups, 1))
+    cdef Py_ssize_t u
+    cdef Unit U
+    cdef bint finite
+    if klo == NULL or khi == NULL:
+        free(klo); free(khi)
+        return False
+    init_keys(klo, khi, ngroups, asymmetric)
+    for u in prange(L.count, num_threads=threads_for(size), schedule="static"):
+        U = unit_at(L, u)
+        unit_keys(<const uint32_t*>x, L, &U, asymmetric, klo + U.group, khi + U.group)
+    finite = keys_to_stats(klo, khi, ngroups, asymmetric, lo, hi)
+    free(klo)
+    free(khi)
+    return finite
+
+
 def group_stats(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner,
                 Py_ssize_t block, bint per_axis, bint asymmetric, float[::1] lo, float[::1] hi):
     """Per group: hi = max|x| (symmetric), or lo = min x and hi = max x.  Returns all-finite."""
     cdef int nt = threads_for(x.shape[0])
     cdef Layout L = make_layout(outer, n, inner, block, per_axis, lane_width(inner if inner > 1 else n, nt, LANE_WIDTH))
-    cdef Py_ssize_t ngroups = hi.shape[0], g, u, r
-    cdef Unit U
-    cdef const uint32_t* bits = <const uint32_t*>&x[0] if x.shape[0] else NULL
-    cdef bint finite = True
-    # keys: order-preserving integers of the bits; a symmetric group uses khi for max|x|'s bits
-    cdef int32_t* klo = <int32_t*>malloc(sizeof(int32_t) * max(ngroups, 1))
-    cdef int32_t* khi = <int32_t*>malloc(sizeof(int32_t) * max(ngroups, 1))
-    if klo == NULL or khi == NULL:
-        free(klo); free(khi)
-        raise MemoryError()
+    cdef bint finite
     with nogil:
-        for g in range(ngroups):
-            klo[g] = 0x7fffffff
-            khi[g] = -0x7fffffff - 1 if asymmetric else 0
-        for u in prange(L.count, num_threads=nt, schedule="static"):
-            U = unit_at(&L, u)
-            for r in range(U.rows):
-                if asymmetric and L.lanes:
-                    wqk_key_range_lanes(bits + U.start + r * U.stride, U.length, klo + U.group, khi + U.group)
-                elif asymmetric:
-                    wqk_key_range(bits + U.start + r * U.stride, U.length, klo + U.group, khi + U.group)
-                elif L.lanes:
-                    wqk_max_abs_bits_lanes(bits + U.start + r * U.stride, U.length, <uint32_t*>khi + U.group)
-                else:
-                    khi[U.group] = wqk_max_abs_bits(bits + U.start + r * U.stride, U.length, khi[U.group])
-        for g in range(ngroups):
-            if khi[g] >= <int32_t>0x7f800000 or (asymmetric and klo[g] <= wqk_key(0xff800000u)):
-                finite = False
-            if asymmetric:  # an empty group keeps its initial keys: report 0
-                lo[g] = key_to_float(klo[g]) if klo[g] != 0x7fffffff else 0.0
-                hi[g] = key_to_float(khi[g]) if khi[g] != -0x7fffffff - 1 else 0.0
-            else:
-                hi[g] = key_to_float(khi[g])  # non-negative bits are their own key
-    free(klo)
-    free(khi)
+        finite = stats_pass(&x[0] if x.shape[0] else NULL, x.shape[0], &L, asymmetric, hi.shape[0], &lo[0], &hi[0])
     return finite
 
 
@@ -184,56 +213,108 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
 cdef enum Op:
     QUANTIZE, FAKE_QUANTIZE, DEQUANTIZE
 
+cdef enum:
+    FUSE_BYTES = 1 << 20    # a unit this small is read once: its scales, then its codes, in cache
 
-cdef void elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t size,
+
+cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8_t* q, float* y,
+                    const float* s, const float* zp, float qmin, float qmax, bint is_signed) noexcept nogil:
+    """The element loop over a unit's runs (s, zp point at the unit's first group)."""
+    cdef Py_ssize_t r, p
+    for r in range(U.rows):
+        p = U.start + r * U.stride
+        if op == QUANTIZE:
+            if L.lanes:
+                wqk_quantize_lanes(x + p, q + p, U.length, s, zp, qmin, qmax)
+            else:
+                wqk_quantize_uniform(x + p, q + p, U.length, s[0], zp[0], qmin, qmax)
+        elif op == FAKE_QUANTIZE:
+            if L.lanes:
+                wqk_fake_quantize_lanes(x + p, y + p, U.length, s, zp, qmin, qmax)
+            else:
+                wqk_fake_quantize_uniform(x + p, y + p, U.length, s[0], zp[0], qmin, qmax)
+        elif L.lanes:
+            wqk_dequantize_lanes(q + p, y + p, U.length, s, zp, is_signed)
+        else:
+            wqk_dequantize_uniform(q + p, y + p, U.length, s[0], zp[0], is_signed)
+
+
+cdef bint unit_fit(const float* x, const Layout* L, const Unit* U, bint symmetric, float qmin,
+                   float qmax, float* s, float* zp) noexcept nogil:
+    """The min/max scale and zero point of a unit's groups; False if one holds NaN or infinity."""
+    cdef Py_ssize_t w = U.length if L.lanes else 1, i
+    cdef int32_t* keys = <int32_t*>malloc(sizeof(int32_t) * 2 * w)
+    cdef float* stats = <float*>malloc(sizeof(float) * 2 * w)
+    cdef bint finite = False
+    if keys != NULL and stats != NULL:
+        init_keys(keys, keys + w, w, not symmetric)
+        unit_keys(<const uint32_t*>x, L, U, not symmetric, keys, keys + w)
+        finite = keys_to_stats(keys, keys + w, w, not symmetric, stats, stats + w)
+        for i in range(w):
+            group_params(stats[i], stats[w + i], 1.0, symmetric, qmax if symmetric else qmax - qmin,
+                         &s[i], &zp[i])
+    free(keys)
+    free(stats)
+    return finite
+
+
+cdef bint elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t size,
                       Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner, Py_ssize_t block,
-                      bint per_axis, const float* s, const float* zp, float qmin, float qmax,
-                      bint is_signed) noexcept nogil:
+                      bint per_axis, float* s, float* zp, float qmin, float qmax,
+                      bint is_signed, bint fit) noexcept nogil:
+    """Quantize, fake-quantize or dequantize.  With `fit`, first set every group's min/max scale
+    (symmetric when is_signed): in the same visit of each unit when units fit in cache, else in
+    a pass of its own.  Returns False if x holds NaN or infinity (fit only)."""
     cdef int nt = threads_for(size)
     cdef Layout L = make_layout(outer, n, inner, block, per_axis, lane_width(inner if inner > 1 else n, nt, LANE_WIDTH))
-    cdef Py_ssize_t u, r, p, g
     cdef Unit U
+    cdef Py_ssize_t u, ngroups = n if per_axis else outer * L.nblocks * inner
+    cdef int bad = 0
+    cdef bint fused = fit and L.count > 0
+    if fused:
+        U = unit_at(&L, 0)
+        fused = U.rows * U.length * sizeof(float) <= FUSE_BYTES
+    if fit and not fused:
+        if not stats_pass(x, size, &L, not is_signed, ngroups, zp, s):
+            return False
+        for u in range(ngroups):
+            group_params(zp[u], s[u], 1.0, is_signed, qmax if is_signed else qmax - qmin, &s[u], &zp[u])
     for u in prange(L.count, num_threads=nt, schedule="static"):
         U = unit_at(&L, u)
-        g = U.group
-        for r in range(U.rows):
-            p = U.start + r * U.stride
-            if op == QUANTIZE:
-                if L.lanes:
-                    wqk_quantize_lanes(x + p, q + p, U.length, s + g, zp + g, qmin, qmax)
-                else:
-                    wqk_quantize_uniform(x + p, q + p, U.length, s[g], zp[g], qmin, qmax)
-            elif op == FAKE_QUANTIZE:
-                if L.lanes:
-                    wqk_fake_quantize_lanes(x + p, y + p, U.length, s + g, zp + g, qmin, qmax)
-                else:
-                    wqk_fake_quantize_uniform(x + p, y + p, U.length, s[g], zp[g], qmin, qmax)
-            elif L.lanes:
-                wqk_dequantize_lanes(q + p, y + p, U.length, s + g, zp + g, is_signed)
-            else:
-                wqk_dequantize_uniform(q + p, y + p, U.length, s[g], zp[g], is_signed)
+        if fused and not unit_fit(x, &L, &U, is_signed, qmin, qmax, s + U.group, zp + U.group):
+            bad += 1
+        unit_rows(op, &L, &U, x, q, y, s + U.group, zp + U.group, qmin, qmax, is_signed)
+    return bad == 0
 
 
 def quantize_into(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_ssize_t n,
-                  Py_ssize_t inner, Py_ssize_t block, bint per_axis, const float[::1] scale,
-                  const float[::1] zero_point, float qmin, float qmax):
-    """codes = clamp(rint(x / scale) + zero_point, qmin, qmax), as bytes (two's complement)."""
+                  Py_ssize_t inner, Py_ssize_t block, bint per_axis, float[::1] scale,
+                  float[::1] zero_point, float qmin, float qmax, bint fit=False):
+    """codes = clamp(rint(x / scale) + zero_point, qmin, qmax), as bytes (two's complement).
+
+    With fit, scale and zero_point are outputs: each group's min/max ones (symmetric when
+    qmin < 0).  Returns False if x holds NaN or infinity (then nothing written is meaningful).
+    """
+    cdef bint ok
     if x.shape[0] == 0:
-        return
+        return True
     with nogil:
-        elementwise(QUANTIZE, &x[0], &codes[0], NULL, x.shape[0], outer, n, inner, block, per_axis,
-                    &scale[0], &zero_point[0], qmin, qmax, False)
+        ok = elementwise(QUANTIZE, &x[0], &codes[0], NULL, x.shape[0], outer, n, inner, block, per_axis,
+                         &scale[0], &zero_point[0], qmin, qmax, qmin < 0, fit)
+    return ok
 
 
 def fake_quantize_into(const float[::1] x, float[::1] out, Py_ssize_t outer, Py_ssize_t n,
-                       Py_ssize_t inner, Py_ssize_t block, bint per_axis, const float[::1] scale,
-                       const float[::1] zero_point, float qmin, float qmax):
-    """out = (code - zero_point) * scale, in one pass."""
+                       Py_ssize_t inner, Py_ssize_t block, bint per_axis, float[::1] scale,
+                       float[::1] zero_point, float qmin, float qmax, bint fit=False):
+    """out = (code - zero_point) * scale, in one pass; `fit` as for quantize_into."""
+    cdef bint ok
     if x.shape[0] == 0:
-        return
+        return True
     with nogil:
-        elementwise(FAKE_QUANTIZE, &x[0], NULL, &out[0], x.shape[0], outer, n, inner, block,
-                    per_axis, &scale[0], &zero_point[0], qmin, qmax, False)
+        ok = elementwise(FAKE_QUANTIZE, &x[0], NULL, &out[0], x.shape[0], outer, n, inner, block,
+                         per_axis, &scale[0], &zero_point[0], qmin, qmax, qmin < 0, fit)
+    return ok
 
 
 def dequantize_into(const uint8_t[::1] codes, float[::1] out, Py_ssize_t outer, Py_ssize_t n,
@@ -244,4 +325,4 @@ def dequantize_into(const uint8_t[::1] codes, float[::1] out, Py_ssize_t outer, 
         return
     with nogil:
         elementwise(DEQUANTIZE, NULL, <uint8_t*>&codes[0], &out[0], codes.shape[0], outer, n, inner,
-                    block, per_axis, &scale[0], &zero_point[0], 0.0, 0.0, is_signed)
+                    block, per_axis, <float*>&scale[0], <float*>&zero_point[0], 0.0, 0.0, is_signed, False)

@@ -125,11 +125,12 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
     >>> bool(qa.dequantize()[2] == np.float32(64) * qa.scale)
     True
     """
-    xf, g, sch, s, zp = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
-                                 zero_point, percentile)
+    xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
+                                      zero_point, percentile)
     codes = np.empty(g.shape, dtype=sch.dtype)
-    _core.quantize_into(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g),
-                        _per_block(s, g), _per_block(zp, g), float(sch.qmin), float(sch.qmax))
+    if not _core.quantize_into(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g),
+                               _per_block(s, g), _per_block(zp, g), float(sch.qmin), float(sch.qmax), fit):
+        raise nonfinite_error(xf)
     return QuantizedArray(codes, s.reshape(g.scale_shape), zp.astype(sch.dtype).reshape(g.scale_shape),
                           bits, g.axis, g.block)
 
@@ -154,11 +155,12 @@ def fake_quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None 
     >>> y * 3
     array([-3., -2., -1.,  0.,  1.,  2.,  3.], dtype=float32)
     """
-    xf, g, sch, s, zp = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
-                                 zero_point, percentile)
+    xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
+                                      zero_point, percentile)
     y = _output(out, g.shape)
-    _core.fake_quantize_into(xf.reshape(-1), y.reshape(-1), *_layout(g), _per_block(s, g),
-                             _per_block(zp, g), float(sch.qmin), float(sch.qmax))
+    if not _core.fake_quantize_into(xf.reshape(-1), y.reshape(-1), *_layout(g), _per_block(s, g),
+                                    _per_block(zp, g), float(sch.qmin), float(sch.qmax), fit):
+        raise nonfinite_error(xf)
     return y
 
 
@@ -195,7 +197,11 @@ def dequantize(qa: QuantizedArray, out: np.ndarray | None = None) -> np.ndarray:
 # ---- validation and orchestration ---------------------------------------------------------
 
 def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zero_point, percentile):
-    """Validate everything, then find each group's scale and zero point (float32, flat)."""
+    """Validate everything, then find each group's scale and zero point (float32, flat).
+
+    Returns (x as float32, grouping, scheme, scale, zero point, fit): with fit, the scales are
+    left to the kernel, which finds them in the same visit of the data as the codes.
+    """
     xf = as_float32(x)
     bits = check_bits(bits)
     if method not in METHODS:
@@ -215,6 +221,8 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
     if scale is None and zero_point is not None:
         raise ValueError("zero_point needs scale: give both or neither")
 
+    if method == "minmax" and scale is None and not fixed and g.axis is not None:
+        return xf, g, sch, np.empty(g.count, np.float32), np.empty(g.count, np.float32), True
     lo, hi = _stats(xf, g, asymmetric=not sch.symmetric)
     if fixed:
         s = np.full(g.count, np.float32(2.0 ** -frac_bits), dtype=np.float32)
@@ -237,7 +245,7 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
         if method == "mse" and xf.size:
             _core.search_scales(xf.reshape(-1), *_layout(g, search=True), lo, hi, MSE_RATIOS,
                                 sch.symmetric, float(sch.qmin), float(sch.qmax), s, zp)
-    return xf, g, sch, s, zp
+    return xf, g, sch, s, zp, False
 
 
 def _grouping(shape, axis, block_size) -> Groups:
@@ -264,7 +272,8 @@ def _layout(g: Groups, search: bool = False) -> tuple:
 
 
 def _per_block(values: np.ndarray, g: Groups) -> np.ndarray:
-    """Per-group float32 values, repeated over the blocks of per-tensor work."""
+    """Per-group float32 values (the array itself when it can be), repeated over the blocks of
+    per-tensor work."""
     values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
     if g.axis is None and g.n > _CHUNK:
         return np.full(-(-g.n // _CHUNK), values[0], dtype=np.float32)
