@@ -7,6 +7,7 @@ keep no global state, so a call can run in another process (issue 6's batch rewr
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
 import os
@@ -314,7 +315,8 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
                                     report.notes) if recipe.prunes and selected else {}
     writer = PackedWriter(recipe.compress) if packed_out else None
     rows = {}
-    hooks = {e.path: _transform_hook(source, e, recipe, pruned, writer, rows) for e in selected}
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wqkernels-stats")
+    hooks = {e.path: _transform_hook(source, e, recipe, pruned, writer, rows, pool) for e in selected}
     if source.packed is not None:  # placeholders of a packed source not rewritten: dequantize
         for e in source.entries:
             if e.path in source.packed.tensors and e.path not in hooks:
@@ -328,9 +330,12 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
                             f"dataset names")
 
     image = io.BytesIO() if packed_out else None
-    with h5py.File(image if packed_out else tmp, "w") as out:
-        copy_attrs(source.root, out)
-        copy_tree(source.root, out, hooks, skip)
+    try:
+        with h5py.File(image if packed_out else tmp, "w") as out:
+            copy_attrs(source.root, out)
+            copy_tree(source.root, out, hooks, skip)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     if packed_out:
         with h5py.File(tmp, "w") as out:
             writer.write(out, image.getvalue(), source.layout, recipe.to_dict())
@@ -346,42 +351,45 @@ def _untouched_row(source: Source, e: Entry) -> WeightRow:
     return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes)
 
 
-def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writer, rows: dict):
+def _transform(x: np.ndarray, e: Entry, recipe: Recipe, packing: bool):
+    """The values to store for one kernel (float32), its QuantizedArray when packing, its bits."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not recipe.quantizes:
+        return x, None, None
+    view, options = recipe.layout_for(e)
+    xv = x.reshape(view)
+    bits = recipe.bits if recipe.bits is not None else _kernels.bits_for_sqnr(xv, recipe, options)
+    method = recipe.method_for(bits)
+    if packing:
+        qa = quantize(xv, bits, method=method, **options)
+        return qa.dequantize().reshape(e.shape), qa, bits
+    return fake_quantize(xv, bits, method=method, **options).reshape(e.shape), None, bits
+
+
+def _statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
+    """(sparsity before, sparsity after, mse, SQNR dB) of one rewritten weight."""
+    x_hat = np.asarray(stored, dtype=np.float32)
+    stats = _kernels.error(original, x_hat)
+    return _kernels.sparsity(original), _kernels.sparsity(x_hat), float(stats.mse), float(stats.sqnr_db)
+
+
+def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writer, rows: dict, pool):
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         original = source.read(e)
         x = pruned.pop(e.path, None)
-        if x is None:
-            x = original
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        bits = None
-        qa = None
-        if recipe.quantizes:
-            view, options = recipe.layout_for(e)
-            xv = x.reshape(view)
-            bits = recipe.bits if recipe.bits is not None else _kernels.bits_for_sqnr(xv, recipe, options)
-            method = recipe.method_for(bits)
-            if writer is not None:
-                qa = quantize(xv, bits, method=method, **options)
-                x = qa.dequantize().reshape(e.shape)
-            else:
-                x = fake_quantize(xv, bits, method=method, **options).reshape(e.shape)
+        stored, qa, bits = _transform(original if x is None else x, e, recipe, writer is not None)
+        if recipe.storage == "float16":
+            stored = stored.astype(np.float16)
+        # the statistics (GIL-free NumPy loops) run while the data is written
+        stats = pool.submit(_statistics, original, stored)
         if writer is not None:
             placeholder = group.create_dataset(name, shape=e.shape, dtype=np.float32)
             copy_attrs(dset, placeholder)
-            stored = x if qa is not None else None
-            if qa is None:  # packed storage of an unquantized tensor cannot happen (Recipe forbids)
-                raise KerasFileError(f"{source.path}: {e.path}: packed storage needs quantization")
             nbytes = writer.add(e.path, e.shape, qa, recipe.compress)
         else:
-            stored = x.astype(np.float16) if recipe.storage == "float16" else x
-            out = new_dataset(group, name, stored, recipe.compress, like=dset)
-            nbytes = int(out.id.get_storage_size())
-        x_hat = np.asarray(stored, dtype=np.float32)
-        stats = _kernels.error(original, x_hat)
-        rows[e.path] = WeightRow(e.path, e.role, e.shape, True, _kernels.sparsity(original),
-                                 _kernels.sparsity(x_hat), bits, float(stats.mse), float(stats.sqnr_db),
-                                 int(dset.id.get_storage_size()) if source.packed is None or
-                                 e.path not in source.packed.tensors else source.stored_bytes(e), nbytes)
+            nbytes = int(new_dataset(group, name, stored, recipe.compress, like=dset).id.get_storage_size())
+        rows[e.path] = WeightRow(e.path, e.role, e.shape, True, *stats.result()[:2], bits,
+                                 *stats.result()[2:], source.stored_bytes(e), nbytes)
     return hook
 
 
