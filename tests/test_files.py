@@ -649,3 +649,41 @@ def test_target_sqnr_chooses_bits_per_tensor(keras20, tmp_path, capsys):
         axis = axes[row["path"].split("/")[1]]
         assert row["bits"] == alloc.bits_for_sqnr(before[row["path"]], 25, axis=axis)
         assert row["sqnr_db"] >= 25 or row["bits"] == 8
+
+
+def test_nonfinite_weight_named(tmp_path, capsys):
+    src = tmp_path / "nan.h5"
+    k2.write_tfkeras_weights(src)
+    with h5py.File(src, "a") as f:
+        f["dense_1/dense_1/kernel:0"][0, 0] = np.nan
+    code, out, err = run_cli(["rewrite", src, "-o", tmp_path / "o.h5", "--bits", "8"], capsys)
+    assert code != 0 and "dense_1/dense_1/kernel:0" in err and "NaN" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("damage", ["index-size", "offsets", "skeleton", "format"])
+def test_corrupt_packed_container(damage, keras20, tmp_path, capsys):
+    packed = tmp_path / "p.h5"
+    wqkernels.rewrite(keras20[0], packed, Recipe(bits=4, storage="packed"))
+    with h5py.File(packed, "a") as f:
+        g = f["wqkernels"]
+        if damage == "index-size":
+            g.attrs["index_bytes"] = 1 << 40
+        elif damage == "format":
+            g.attrs["format"] = "something else"
+        elif damage == "skeleton":
+            data = g["skeleton"][()]
+            del g["skeleton"]
+            g["skeleton"] = data[: len(data) // 2]
+        else:
+            import zlib
+            index = json.loads(zlib.decompress(g["index"][()].tobytes()))
+            index["tensors"][0]["codes"][0] = 10**9
+            text = json.dumps(index).encode()
+            del g["index"]
+            g["index"] = np.frombuffer(zlib.compress(text), np.uint8)
+            g.attrs["index_bytes"] = len(text)
+    for command in (["inspect", packed], ["restore", packed, "-o", tmp_path / "r.h5"]):
+        code, out, err = run_cli(command, capsys)
+        assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "r.h5").exists()

@@ -377,7 +377,10 @@ def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writ
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         original = source.read(e)
         x = pruned.pop(e.path, None)
-        stored, qa, bits = _transform(original if x is None else x, e, recipe, writer is not None)
+        try:
+            stored, qa, bits = _transform(original if x is None else x, e, recipe, writer is not None)
+        except ValueError as exc:  # NaN or infinity in the weights: say which
+            raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
         if recipe.storage == "float16":
             stored = stored.astype(np.float16)
         # the statistics (GIL-free NumPy loops) run while the data is written
