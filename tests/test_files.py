@@ -687,3 +687,23 @@ def test_corrupt_packed_container(damage, keras20, tmp_path, capsys):
         code, out, err = run_cli(command, capsys)
         assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "r.h5").exists()
+
+
+@pytest.mark.parametrize("compress", ["gzip", "lzf"])
+def test_packed_compressed_restores_like_float32(compress, tmp_path):
+    src = tmp_path / "big.h5"
+    rng = np.random.default_rng(1)
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = np.array([b"dense"])
+        g = f.create_group("dense")
+        g.attrs["weight_names"] = np.array([b"dense/kernel:0"])
+        g.create_dataset("dense/kernel:0", data=rng.standard_normal((256, 512)).astype(np.float32))
+    recipe = dict(bits=3, compress=compress)  # 48 KiB of codes: large enough to compress
+    wqkernels.rewrite(src, tmp_path / "f.h5", Recipe(**recipe))
+    wqkernels.rewrite(src, tmp_path / "p.h5", Recipe(storage="packed", **recipe))
+    wqkernels.restore(tmp_path / "p.h5", tmp_path / "r.h5")
+    with h5py.File(tmp_path / "f.h5") as a, h5py.File(tmp_path / "r.h5") as b, h5py.File(tmp_path / "p.h5") as p:
+        assert _tree(a) == _tree(b)
+        assert b["dense/dense/kernel:0"].compression == compress
+        assert_bit_equal(a["dense/dense/kernel:0"][()], b["dense/dense/kernel:0"][()])
+        assert p["wqkernels/codes"].compression == compress
