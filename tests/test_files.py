@@ -707,3 +707,14 @@ def test_packed_compressed_restores_like_float32(compress, tmp_path):
         assert b["dense/dense/kernel:0"].compression == compress
         assert_bit_equal(a["dense/dense/kernel:0"][()], b["dense/dense/kernel:0"][()])
         assert p["wqkernels/codes"].compression == compress
+
+
+def test_permissions_kept_and_no_optimizer_confusion(tfkeras, tmp_path):
+    src = tfkeras[0]
+    dst = tmp_path / "o.h5"
+    dst.write_bytes(b"old")
+    os.chmod(dst, 0o640)
+    report = wqkernels.rewrite(src, dst, Recipe(bits=8, strip_optimizer=True))
+    assert os.stat(dst).st_mode & 0o777 == 0o640
+    assert "optimizer state removed" not in report.notes  # weights-only legacy: nothing to strip
+    assert set(wqkernels.load_weights(dst)) == set(wqkernels.load_weights(src))

@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import io
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -242,11 +243,7 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
     dst_dir = os.path.dirname(os.path.abspath(dst))
     if os.path.isdir(dst):
         raise KerasFileError(f"{dst}: is a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=dst_dir)
-        os.close(fd)
-    except OSError as exc:
-        raise KerasFileError(f"{dst}: cannot write there ({exc.strerror or exc})") from None
+    tmp = _temp_beside(dst, dst_dir)
     try:
         with Source(src, tmp_dir=dst_dir) as source, _as_file_errors(src):
             if restoring and source.packed is None:
@@ -257,7 +254,8 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
                 _write_zip(source, tmp, recipe, report, dst_dir)
             else:
                 _write_weights(source, tmp, recipe, report)
-        os.chmod(tmp, 0o644 & ~_umask())
+        if os.path.exists(dst):  # overwriting: keep the permissions the file had
+            os.chmod(tmp, os.stat(dst).st_mode & 0o7777)
         os.replace(tmp, dst)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -268,10 +266,19 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
     return report
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _temp_beside(dst: str, dst_dir: str) -> str:
+    """Create an empty temporary file next to `dst` (mode 0666 less the umask, like open())."""
+    base = os.path.basename(dst)
+    for _ in range(100):
+        path = os.path.join(dst_dir, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise KerasFileError(f"{dst}: cannot write there ({exc.strerror or exc})") from None
+    raise KerasFileError(f"{dst}: cannot create a temporary file beside it")
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -322,8 +329,9 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
             if e.path in source.packed.tensors and e.path not in hooks:
                 hooks[e.path] = _restore_hook(source, e, rows)
     skip = frozenset()
-    if recipe.strip_optimizer:
-        skip = frozenset({"optimizer_weights", "optimizer"})
+    optimizer = {"keras3": "optimizer", "legacy": "optimizer_weights"}.get(source.layout)
+    if recipe.strip_optimizer and optimizer is not None and optimizer in source.root:
+        skip = frozenset({optimizer})
         report.notes.append("optimizer state removed")
     if source.role_source != "config":
         report.notes.append(f"roles from {source.role_source}: layer classes guessed from group and "
