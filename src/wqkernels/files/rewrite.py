@@ -171,6 +171,12 @@ def inspect(path) -> list[WeightInfo]:
     ------
     ValueError (KerasFileError)
         The file is missing, unreadable or not a supported Keras file.
+
+    Examples
+    --------
+    >>> import wqkernels
+    >>> [(w.path, w.role, w.shape) for w in wqkernels.inspect("model.h5") if w.prunable]  # doctest: +SKIP
+    [('model_weights/dense/dense/kernel', 'kernel', (784, 128)), ...]
     """
     path = os.fspath(path)
     out = []
@@ -189,6 +195,13 @@ def load_weights(path) -> dict[str, np.ndarray]:
     """All weight datasets of a Keras file as arrays, keyed by their path in the weights file.
 
     Packed files are dequantized: the arrays equal those of the ``storage="float32"`` rewrite.
+
+    Examples
+    --------
+    >>> import wqkernels
+    >>> weights = wqkernels.load_weights("model-int4.keras")  # doctest: +SKIP
+    >>> weights["layers/dense/vars/0"].dtype  # doctest: +SKIP
+    dtype('float32')
     """
     path = os.fspath(path)
     with Source(path) as src, _as_file_errors(path):
@@ -218,6 +231,9 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -
     --------
     >>> import wqkernels
     >>> report = wqkernels.rewrite("model.h5", "model-int8.h5", wqkernels.Recipe(bits=8))  # doctest: +SKIP
+    >>> print(report.table())  # doctest: +SKIP
+    >>> report.to_dict()["totals"]["ratio"]  # doctest: +SKIP
+    1.0
     """
     recipe = Recipe() if recipe is None else recipe
     if not isinstance(recipe, Recipe):
@@ -229,7 +245,14 @@ def restore(src, dst, *, in_place: bool = False) -> Report:
     """Write a packed file back as a plain Keras file that stock Keras loads.
 
     Each restored dataset is bit-identical to the ``storage="float32"`` rewrite with the same
-    recipe.
+    recipe; everything else is copied as it was.
+
+    Examples
+    --------
+    >>> import wqkernels
+    >>> recipe = wqkernels.Recipe(bits=4, storage="packed", strip_optimizer=True)
+    >>> wqkernels.rewrite("model.keras", "small.keras", recipe)  # doctest: +SKIP
+    >>> wqkernels.restore("small.keras", "model-int4.keras")  # doctest: +SKIP
     """
     return _write(src, dst, Recipe(), in_place, restoring=True)
 
