@@ -35,9 +35,11 @@ from .layouts import PACKED_GROUP
 
 FORMAT = "wqkernels-packed"
 VERSION = 1
-#: the index and the skeleton are read into memory: refuse absurd declared sizes
+#: the index and the skeleton are decompressed into memory: refuse declared sizes beyond these
+#: bounds or more than MAX_RATIO times their compressed size (plus 64 MiB)
 MAX_INDEX_BYTES = 256 << 20
 MAX_SKELETON_BYTES = 1 << 32
+MAX_RATIO = 1000
 
 
 def _count(shape) -> int:
@@ -120,7 +122,8 @@ class PackedReader:
                 raise KerasFileError(f"{where}: packed index is corrupt")
             index = json.loads(text)
             size = int(index["skeleton_bytes"])
-            if not 0 < size <= MAX_SKELETON_BYTES:
+            bound = min(MAX_SKELETON_BYTES, MAX_RATIO * self._arrays["skeleton"].size + (64 << 20))
+            if not 0 < size <= bound:
                 raise KerasFileError(f"{where}: packed skeleton declares {size} bytes")
             x = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
             raw = x.decompress(self._arrays["skeleton"][()].tobytes(), size)
