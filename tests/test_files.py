@@ -718,3 +718,14 @@ def test_permissions_kept_and_no_optimizer_confusion(tfkeras, tmp_path):
     assert os.stat(dst).st_mode & 0o777 == 0o640
     assert "optimizer state removed" not in report.notes  # weights-only legacy: nothing to strip
     assert set(wqkernels.load_weights(dst)) == set(wqkernels.load_weights(src))
+
+
+def test_rewrite_runs_in_another_process(keras20, tmp_path):
+    """What batch rewriting (issue 6) relies on: a picklable call returning a picklable Report."""
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        report = pool.submit(wqkernels.rewrite, str(keras20[0]), str(tmp_path / "o.h5"), Recipe(bits=8)).result()
+    assert report.destination == str(tmp_path / "o.h5") and len(report.rows) == 3
+    assert_bit_equal(wqkernels.load_weights(tmp_path / "o.h5")["model_weights/dense_1/dense_1_1/kernel:0"],
+                     reference.fake_quantize(keras20[1]["dense_1"][0], 8, axis=1))
