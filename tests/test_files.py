@@ -729,3 +729,18 @@ def test_rewrite_runs_in_another_process(keras20, tmp_path):
     assert report.destination == str(tmp_path / "o.h5") and len(report.rows) == 3
     assert_bit_equal(wqkernels.load_weights(tmp_path / "o.h5")["model_weights/dense_1/dense_1_1/kernel:0"],
                      reference.fake_quantize(keras20[1]["dense_1"][0], 8, axis=1))
+
+
+def test_group_creation_order_kept(tmp_path):
+    src = tmp_path / "ordered.h5"
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = np.array([b"zeta", b"alpha"])
+        for name in ("zeta", "alpha"):
+            g = f.create_group(name, track_order=True)
+            g.attrs["weight_names"] = np.array([f"{name}/kernel:0".encode()])
+            g.create_dataset(f"{name}/kernel:0", data=np.ones((4, 4), np.float32))
+            g.create_group("z_extra")
+            g.create_group("a_extra")
+    wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(bits=8))
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert list(f["zeta"]) == ["zeta", "z_extra", "a_extra"]
