@@ -697,7 +697,9 @@ def test_packed_compressed_restores_like_float32(compress, tmp_path):
         f.attrs["layer_names"] = np.array([b"dense"])
         g = f.create_group("dense")
         g.attrs["weight_names"] = np.array([b"dense/kernel:0"])
-        g.create_dataset("dense/kernel:0", data=rng.standard_normal((256, 512)).astype(np.float32))
+        kernel = rng.standard_normal((256, 512)).astype(np.float32)
+        kernel[rng.random(kernel.shape) < 0.7] = 0  # as if pruned: the codes compress
+        g.create_dataset("dense/kernel:0", data=kernel)
     recipe = dict(bits=3, compress=compress)  # 48 KiB of codes: large enough to compress
     wqkernels.rewrite(src, tmp_path / "f.h5", Recipe(**recipe))
     wqkernels.rewrite(src, tmp_path / "p.h5", Recipe(storage="packed", **recipe))
@@ -707,6 +709,19 @@ def test_packed_compressed_restores_like_float32(compress, tmp_path):
         assert b["dense/dense/kernel:0"].compression == compress
         assert_bit_equal(a["dense/dense/kernel:0"][()], b["dense/dense/kernel:0"][()])
         assert p["wqkernels/codes"].compression == compress
+        assert p["wqkernels/scales"].compression is None  # 1 KiB: too small
+
+
+def test_packed_dense_codes_stay_uncompressed(tmp_path):
+    src = tmp_path / "big.h5"
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = np.array([b"dense"])
+        g = f.create_group("dense")
+        g.attrs["weight_names"] = np.array([b"dense/kernel:0"])
+        g.create_dataset("dense/kernel:0", data=np.random.default_rng(2).standard_normal((256, 512)).astype(np.float32))
+    wqkernels.rewrite(src, tmp_path / "p.h5", Recipe(bits=4, storage="packed", compress="gzip"))
+    with h5py.File(tmp_path / "p.h5") as p:
+        assert p["wqkernels/codes"].compression is None  # 4-bit codes of a Gaussian: nothing to gain
 
 
 def test_permissions_kept_and_no_optimizer_confusion(tfkeras, tmp_path):

@@ -92,7 +92,14 @@ class PackedWriter:
         for name, parts, dtype in (("codes", self._codes, np.uint8), ("scales", self._scales, np.float32),
                                    ("zero_points", self._zero_points, np.uint8)):
             data = np.concatenate(parts) if parts else np.zeros(0, dtype)
-            new_dataset(group, name, data.astype(dtype, copy=False), self.compress)
+            new_dataset(group, name, data.astype(dtype, copy=False), self.compress if _gains(data) else "none")
+
+
+def _gains(data: np.ndarray, sample: int = 1 << 16) -> bool:
+    """Whether compressing `data` saves at least a tenth, judged on a sample (dense codes of
+    well-spread weights are near their entropy already; pruned ones compress well)."""
+    head = data[:sample].tobytes()
+    return len(zlib.compress(head, 1)) < 0.9 * len(head)
 
 
 class PackedReader:
