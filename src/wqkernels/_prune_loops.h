@@ -339,6 +339,35 @@ WQK_INLINE K S(wqk_n_m_runs_impl)(const K *x, K *y, ptrdiff_t runs, int m, int n
     return top;
 }
 
+/* The same for a constant small m, RUNS_AT_ONCE runs at a time: their keys are transposed into
+ * one row per position so that the ranking is vectorised across runs. */
+#define RUNS_AT_ONCE 64
+WQK_INLINE K S(wqk_n_m_runs_wide)(const K *x, K *y, ptrdiff_t runs, const int m, int n) {
+    K key[8][RUNS_AT_ONCE], keep[8][RUNS_AT_ONCE];
+    K top = 0;
+    ptrdiff_t g0 = 0;
+    for (; g0 + RUNS_AT_ONCE <= runs; g0 += RUNS_AT_ONCE) {
+        const K *a = x + g0 * m;
+        for (int g = 0; g < RUNS_AT_ONCE; g++)
+            for (int p = 0; p < m; p++) key[p][g] = a[g * m + p] & ABS;
+        for (int p = 0; p < m; p++) {
+            for (int g = 0; g < RUNS_AT_ONCE; g++) {
+                K r = 0, kp = key[p][g];
+                for (int l = 0; l < m; l++)
+                    r += (K)(l < p ? key[l][g] >= kp : (l > p ? key[l][g] > kp : 0));
+                keep[p][g] = r < (K)n ? (K)~(K)0 : (K)0;
+                top = kp > top ? kp : top;
+            }
+        }
+        for (int g = 0; g < RUNS_AT_ONCE; g++)
+            for (int p = 0; p < m; p++) y[g0 * m + g * m + p] = a[g * m + p] & keep[p][g];
+    }
+    K rank[8];
+    K t = S(wqk_n_m_runs_impl)(x + g0 * m, y + g0 * m, runs - g0, m, n, rank);
+    return t > top ? t : top;
+}
+#undef RUNS_AT_ONCE
+
 /* `runs` consecutive runs of m contiguous elements (the axis is the last one); rank holds m.
  * Returns the largest key. */
 WQK_CLONES static K S(wqk_n_m_runs)(const void *x_, void *y_, ptrdiff_t runs, int m, int n, void *rank_) {
@@ -346,9 +375,9 @@ WQK_CLONES static K S(wqk_n_m_runs)(const void *x_, void *y_, ptrdiff_t runs, in
     K *y = (K *)y_;
     K *rank = (K *)rank_;
     switch (m) { /* a constant m lets GCC unroll the ranking */
-    case 2: return S(wqk_n_m_runs_impl)(x, y, runs, 2, n, rank);
-    case 4: return S(wqk_n_m_runs_impl)(x, y, runs, 4, n, rank);
-    case 8: return S(wqk_n_m_runs_impl)(x, y, runs, 8, n, rank);
+    case 2: return S(wqk_n_m_runs_wide)(x, y, runs, 2, n);
+    case 4: return S(wqk_n_m_runs_wide)(x, y, runs, 4, n);
+    case 8: return S(wqk_n_m_runs_wide)(x, y, runs, 8, n);
     default: return S(wqk_n_m_runs_impl)(x, y, runs, m, n, rank);
     }
 }
