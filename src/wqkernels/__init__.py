@@ -27,3 +27,7 @@ from .allocation import (DEFAULT_MIN_SIZE, SparsityWarning, bits_for_sqnr, defau
 
 __all__ += ["DEFAULT_MIN_SIZE", "SparsityWarning", "default_method", "default_min_size", "prune_model",
             "bits_for_sqnr"]
+
+from .files import KerasFileError, Recipe, Report, WeightInfo, inspect, load_weights, restore, rewrite
+
+__all__ += ["inspect", "load_weights", "rewrite", "restore", "Recipe", "Report", "WeightInfo", "KerasFileError"]

@@ -14,6 +14,9 @@ from ._version import __version__
 #: subcommand name -> module (relative to the package) defining add_parser(subparsers) and run(args)
 COMMANDS = {
     "bench": ".bench",
+    "inspect": ".files.commands",
+    "rewrite": ".files.commands",
+    "restore": ".files.commands",
 }
 
 

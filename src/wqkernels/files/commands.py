@@ -1,0 +1,129 @@
+"""The ``inspect``, ``rewrite`` and ``restore`` subcommands."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..cli import CommandError
+from .h5tree import KerasFileError
+from .recipe import ALLOCATIONS, COMPRESSIONS, STORAGES, Recipe
+from .rewrite import inspect, restore, rewrite
+
+
+def add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="list the weights of a Keras file with their roles")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per weight")
+    p.set_defaults(run=run_inspect)
+
+
+def add_rewrite(sub) -> None:
+    p = sub.add_parser("rewrite", help="prune and/or quantize the kernels of a Keras file")
+    p.add_argument("src", help="a .h5, .weights.h5 or .keras file (or a packed one)")
+    p.add_argument("-o", "--output", required=True, metavar="DST", help="the file to write")
+    add_recipe_options(p)
+    p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
+    p.add_argument("--in-place", action="store_true", help="allow DST to be SRC")
+    p.set_defaults(run=run_rewrite)
+
+
+def add_restore(sub) -> None:
+    p = sub.add_parser("restore", help="turn a packed file back into a file stock Keras loads")
+    p.add_argument("src", metavar="PACKED")
+    p.add_argument("-o", "--output", required=True, metavar="DST")
+    p.add_argument("--in-place", action="store_true", help="allow DST to be PACKED")
+    p.set_defaults(run=run_restore)
+
+
+def add_recipe_options(p) -> None:
+    """The recipe options, shared with batch rewriting."""
+    p.add_argument("--sparsity", metavar="S", help="fraction of all prunable weights to zero, or N:M (e.g. 2:4)")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="global",
+                   help="spread --sparsity with one global criterion (default) or equally per tensor")
+    p.add_argument("--bits", type=int, metavar="B", help="quantize kernels to B bits (2..8)")
+    p.add_argument("--target-sqnr", type=float, metavar="DB", help="per tensor, the fewest bits reaching DB")
+    p.add_argument("--granularity", default="channel", help="tensor, channel (default) or block:N")
+    p.add_argument("--method", choices=("minmax", "mse", "percentile"),
+                   help="scale choice (default: mse at <= 4 bits, minmax above)")
+    p.add_argument("--storage", choices=STORAGES, default="float32",
+                   help="float32 (default, loads in any Keras), float16, or packed codes (smallest; "
+                        "wqkernels restore makes it loadable)")
+    p.add_argument("--compress", choices=COMPRESSIONS, default="none",
+                   help="HDF5 filter for rewritten datasets large enough to gain")
+    p.add_argument("--strip-optimizer", action="store_true", help="drop the optimizer state")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="only touch weights whose path matches (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="never touch weights whose path matches (repeatable)")
+    p.add_argument("--min-size", type=int, metavar="N", help="leave weights with fewer elements alone")
+
+
+def recipe_from_args(args) -> Recipe:
+    sparsity = args.sparsity
+    if sparsity is not None and ":" not in sparsity:
+        try:
+            sparsity = float(sparsity)
+        except ValueError:
+            raise CommandError(f"--sparsity must be a fraction or N:M, got {args.sparsity!r}") from None
+    try:
+        return Recipe(sparsity=sparsity, bits=args.bits, granularity=args.granularity, method=args.method,
+                      storage=args.storage, compress=args.compress, strip_optimizer=args.strip_optimizer,
+                      include=tuple(args.include), exclude=tuple(args.exclude), min_size=args.min_size,
+                      allocation=args.allocation, target_sqnr=args.target_sqnr)
+    except (ValueError, TypeError) as exc:
+        raise CommandError(f"impossible recipe: {exc}") from None
+
+
+def _guarded(fn, *args, **kwargs):
+    """Run fn; file and recipe errors become one-line CommandErrors."""
+    try:
+        return fn(*args, **kwargs)
+    except (KerasFileError, NotImplementedError) as exc:
+        raise CommandError(str(exc), status=1) from None
+    except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
+        raise CommandError(f"{type(exc).__name__}: {exc}".splitlines()[0], status=1) from None
+
+
+def run_inspect(args) -> int:
+    infos = _guarded(inspect, args.file)
+    if args.json:
+        json.dump([i.to_dict() for i in infos], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    head = ("weight", "layer", "class", "role", "prunable", "shape", "dtype", "bytes", "sparsity")
+    rows = [(i.path, i.layer, i.layer_class or "?", i.role, "yes" if i.prunable else "no",
+             "x".join(map(str, i.shape)) or "()", i.dtype if i.storage == "dataset" else i.storage,
+             str(i.nbytes), f"{i.sparsity:.3f}") for i in infos]
+    widths = [max([len(h)] + [len(r[k]) for r in rows]) for k, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(fmt.format(*head))
+    for r in rows:
+        print(fmt.format(*r))
+    return 0
+
+
+def _finish(report, args) -> int:
+    print(report.table())
+    if getattr(args, "report", None):
+        try:
+            with open(args.report, "w") as f:
+                json.dump(report.to_dict(), f, indent=1)
+        except OSError as exc:
+            raise CommandError(f"{args.report}: cannot write the report ({exc.strerror or exc})", 1) from None
+    return 0
+
+
+def run_rewrite(args) -> int:
+    recipe = recipe_from_args(args)
+    return _finish(_guarded(rewrite, args.src, args.output, recipe, in_place=args.in_place), args)
+
+
+def run_restore(args) -> int:
+    return _finish(_guarded(restore, args.src, args.output, in_place=args.in_place), args)
+
+
+def add_parser(sub) -> None:
+    """Register the three subcommands (the cli's COMMANDS maps each name to this module)."""
+    for name, add in (("inspect", add_inspect), ("rewrite", add_rewrite), ("restore", add_restore)):
+        if name not in sub.choices:  # COMMANDS lists the module once per subcommand
+            add(sub)

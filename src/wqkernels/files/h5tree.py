@@ -1,0 +1,172 @@
+"""HDF5 plumbing: a strict walk of untrusted files and an exact tree copy with hooks.
+
+Everything the rewrite does not change is copied at the low level: attributes keep their exact
+HDF5 types (fixed-length bytes stay bytes, ASCII stays ASCII), datasets are copied by
+``H5Ocopy`` with their filters, chunks and attributes.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import h5py
+import numpy as np
+from h5py import h5a, h5d, h5g, h5o, h5s, h5t
+
+#: a dataset may declare at most this many bytes beyond 1000x its stored size (hostile files)
+UNCHECKED_BYTES = 1 << 26
+#: datasets smaller than this stay contiguous when compression is asked for (the chunk index
+#: and filter pipeline cost more than they save)
+MIN_COMPRESS_BYTES = 16 << 10
+
+
+class KerasFileError(ValueError):
+    """A file that cannot be read or written as a Keras weights file; the message names it."""
+
+
+def copy_attrs(src, dst) -> None:
+    """Copy every attribute of `src` to `dst` with its exact file type and dataspace."""
+    for name in src.attrs:
+        bname = name.encode("utf-8") if isinstance(name, str) else name
+        aid = h5a.open(src.id, bname)
+        tid = aid.get_type()
+        sid = aid.get_space()
+        out = h5a.create(dst.id, bname, tid, sid)
+        if sid.get_simple_extent_type() == h5s.NULL:
+            continue
+        vlen_str = isinstance(tid, h5t.TypeStringID) and tid.is_variable_str()
+        arr = np.empty(sid.shape, dtype=tid.dtype)
+        if vlen_str or tid.dtype.kind == "O":
+            aid.read(arr)
+            out.write(arr)
+        else:
+            aid.read(arr, mtype=tid)
+            out.write(arr, mtype=tid)
+
+
+def read_attr(obj, name: str):
+    """An attribute as str / list[str] / ndarray, bytes decoded; None when missing."""
+    if name not in obj.attrs:
+        return None
+    value = obj.attrs[name]
+    return decode(value)
+
+
+def decode(value):
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
+        return [decode(v) if isinstance(v, (bytes, np.bytes_)) else str(v) for v in value.reshape(-1)]
+    return value
+
+
+def read_name_list(obj, name: str) -> list[str] | None:
+    """A Keras list attribute, also when split into ``name0``, ``name1``, ... (the plain name wins)."""
+    if name in obj.attrs:
+        value = decode(obj.attrs[name])
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, np.ndarray):  # the empty float64 array of a weightless layer
+            return [] if value.size == 0 else [str(v) for v in value.reshape(-1)]
+        return value
+    if f"{name}0" not in obj.attrs:
+        return None
+    out, k = [], 0
+    while f"{name}{k}" in obj.attrs:
+        out.extend(read_name_list(obj, f"{name}{k}") or [])
+        k += 1
+    return out
+
+
+def check_dataset(dset: h5py.Dataset, where: str) -> None:
+    """Refuse external and virtual datasets, and declared sizes the stored data cannot back."""
+    dcpl = dset.id.get_create_plist()
+    if dcpl.get_layout() == h5d.VIRTUAL:
+        raise KerasFileError(f"{where}: virtual dataset {dset.name!r} refused")
+    if dcpl.get_external_count() > 0:
+        raise KerasFileError(f"{where}: dataset {dset.name!r} stores its data in external files; refused")
+    declared = dataset_nbytes(dset)
+    stored = dset.id.get_storage_size()
+    if declared > UNCHECKED_BYTES and declared > 1000 * stored:
+        raise KerasFileError(f"{where}: dataset {dset.name!r} declares {declared} bytes but stores "
+                             f"{stored}; refused")
+
+
+def dataset_nbytes(dset: h5py.Dataset) -> int:
+    shape = dset.shape or ()
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n * dset.dtype.itemsize
+
+
+def walk(group: h5py.Group, where: str, exempt=frozenset()):
+    """Yield (path, object) for every member below `group`, depth first in name order.
+
+    Soft and external links are refused, as are cycles of hard links; datasets whose path is in
+    `exempt` (the unallocated placeholders of a packed skeleton) skip the size check.
+    """
+    seen = set()
+
+    def visit(g, prefix):
+        for name in g:
+            link = g.get(name, getlink=True)
+            if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+                raise KerasFileError(f"{where}: {type(link).__name__.lower().replace('link', ' link')} "
+                                     f"at {prefix + name!r} refused")
+            obj = g[name]
+            path = prefix + name
+            if isinstance(obj, h5py.Group):
+                addr = h5o.get_info(obj.id).addr
+                if addr in seen:
+                    raise KerasFileError(f"{where}: group {path!r} is linked twice (a cycle?); refused")
+                seen.add(addr)
+                yield path, obj
+                yield from visit(obj, path + "/")
+            elif isinstance(obj, h5py.Dataset):
+                if path not in exempt:
+                    check_dataset(obj, where)
+                yield path, obj
+            else:
+                raise KerasFileError(f"{where}: unsupported object at {path!r}")
+
+    yield from visit(group, "")
+
+
+def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = "none",
+                like: h5py.Dataset | None = None) -> h5py.Dataset:
+    """Create a dataset with `data`, compressed when asked and large enough to gain.
+
+    The attributes of `like` (the dataset it replaces) are copied over.
+    """
+    options = {}
+    if compress != "none" and data.nbytes >= MIN_COMPRESS_BYTES and data.ndim:
+        options = {"compression": "gzip", "shuffle": True} if compress == "gzip" else {"compression": "lzf"}
+    dset = group.create_dataset(name, data=data, **options)
+    if like is not None:
+        copy_attrs(like, dset)
+    return dset
+
+
+#: hook(dst_group, name, src_dataset) writes the replacement of a dataset (or nothing, to drop it)
+Hook = Callable[[h5py.Group, str, h5py.Dataset], None]
+
+
+def copy_tree(src: h5py.Group, dst: h5py.Group, hooks: dict[str, Hook], skip: frozenset = frozenset(),
+              prefix: str = "") -> None:
+    """Copy the members of `src` into `dst`: groups recreated with their attributes, datasets
+    copied exactly unless their path (relative to the root of the walk) has a hook; paths in
+    `skip` are left out with everything below them.
+    """
+    for name in src:
+        path = prefix + name
+        if path in skip:
+            continue
+        obj = src[name]
+        if isinstance(obj, h5py.Group):  # same creation properties: link/attribute order tracking
+            sub = h5py.Group(h5g.create(dst.id, name.encode("utf-8"), gcpl=obj.id.get_create_plist()))
+            copy_attrs(obj, sub)
+            copy_tree(obj, sub, hooks, skip, path + "/")
+        elif path in hooks:
+            hooks[path](dst, name, obj)
+        else:
+            h5o.copy(src.id, name.encode("utf-8"), dst.id, name.encode("utf-8"))

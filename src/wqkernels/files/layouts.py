@@ -1,0 +1,183 @@
+"""The Keras weight-file layouts, detected from content, mapped to a flat list of weight entries.
+
+- ``legacy``: full-model ``.h5`` (Keras 2.x, tf.keras, Keras 3): ``model_weights`` with
+  ``layer_names``/``weight_names`` (possibly split into ``name0``, ``name1``, ...) and an optional
+  ``optimizer_weights``;
+- ``legacy-weights``: the same layer groups at the root (``save_weights`` of Keras 2 / tf.keras);
+- ``keras3``: Keras 3 ``.weights.h5`` (``layers/.../vars/<i>``, ``optimizer/vars/<i>``);
+- ``packed``: a file written by ``rewrite(..., storage="packed")`` (see :mod:`.packed`).
+
+A ``.keras`` archive is a zip holding a ``keras3`` file as ``model.weights.h5``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+
+import h5py
+
+from .h5tree import KerasFileError, read_name_list, walk
+from .roles import KERNEL_ROLES, ModelLayers, channel_axis, parse_config, var_role, weight_role
+
+PACKED_GROUP = "wqkernels"
+KERAS_MEMBER = "model.weights.h5"
+CONFIG_MEMBER = "config.json"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+#: members of a .keras archive we read into memory are refused above this size (zip bombs)
+MAX_CONFIG_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One weight dataset: where it is, whose it is, what it is."""
+
+    path: str                 # dataset path inside the weights HDF5 file, no leading slash
+    layer: str
+    layer_class: str | None
+    role: str                 # kernel, bias, gamma, ..., "optimizer", "variable" or "unknown"
+    role_source: str          # "config", "names" (guessed from group names) or "none"
+    prunable: bool
+    channel_axis: int | None
+    shape: tuple
+    dtype: str
+
+
+def container(path) -> str:
+    """``"hdf5"`` or ``"zip"`` from the first bytes of the file; KerasFileError otherwise."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise KerasFileError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise KerasFileError(f"{path}: is a directory, not a Keras file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise KerasFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head == HDF5_MAGIC or h5py.is_hdf5(path):
+        return "hdf5"
+    raise KerasFileError(f"{path}: not a Keras file (neither HDF5 nor a .keras zip archive)")
+
+
+def weights_layout(f: h5py.File, where: str) -> str:
+    """The layout of an open weights HDF5 file (see the module docstring)."""
+    if PACKED_GROUP in f and isinstance(f[PACKED_GROUP], h5py.Group):
+        return "packed"
+    if read_name_list(f, "layer_names") is not None:
+        return "legacy-weights"
+    if "model_weights" in f and isinstance(f["model_weights"], h5py.Group):
+        if read_name_list(f["model_weights"], "layer_names") is None:
+            raise KerasFileError(f"{where}: unsupported layout: 'model_weights' has no 'layer_names'")
+        return "legacy"
+    if ("layers" in f and isinstance(f["layers"], h5py.Group)) or \
+            ("vars" in f and isinstance(f["vars"], h5py.Group)):
+        return "keras3"
+    raise KerasFileError(f"{where}: an HDF5 file, but not a Keras weights file")
+
+
+def model_config(f: h5py.File, zip_config: bytes | None = None) -> dict | None:
+    """The model config: ``config.json`` of a .keras archive or the ``model_config`` attribute."""
+    if zip_config is not None:
+        return parse_config(zip_config)
+    if "model_config" in f.attrs:
+        return parse_config(f.attrs["model_config"])
+    return None
+
+
+def read_zip_config(zf: zipfile.ZipFile, where: str) -> bytes | None:
+    """``config.json`` of a .keras archive, refusing absurd sizes."""
+    try:
+        info = zf.getinfo(CONFIG_MEMBER)
+    except KeyError:
+        return None
+    if info.file_size > MAX_CONFIG_BYTES:
+        raise KerasFileError(f"{where}: {CONFIG_MEMBER} declares {info.file_size} bytes; refused")
+    return zf.read(info)
+
+
+def entries(f: h5py.File, layout: str, config: dict | None, where: str, exempt=frozenset()) -> list[Entry]:
+    """Every weight dataset of the file in file order, with its role.
+
+    The whole file is walked first: links, external and virtual datasets and sizes the stored
+    data cannot back are refused (`exempt` paths skip the size check).
+    """
+    objects = dict(walk(f, where, exempt))
+    layers = ModelLayers(config)
+    if layout in ("legacy", "legacy-weights"):
+        return _legacy_entries(f, layout, layers, where)
+    if layout == "keras3":
+        return _keras3_entries(objects, f, layers, where)
+    raise KerasFileError(f"{where}: unsupported layout {layout!r}")
+
+
+def _entry(path, dset, layer, layer_class, role, source, quantized=False) -> Entry:
+    shape = tuple(int(s) for s in (dset.shape or ()))
+    is_float = dset.dtype.kind == "f"
+    prunable = role in KERNEL_ROLES and is_float and len(shape) >= 2 and not quantized
+    axis = channel_axis(layer_class, role, len(shape)) if prunable else None
+    return Entry(path, layer, layer_class, role, source, prunable, axis, shape, str(dset.dtype))
+
+
+def _dataset(f: h5py.File, path: str, where: str) -> h5py.Dataset:
+    try:
+        obj = f[path]
+    except (KeyError, ValueError):
+        raise KerasFileError(f"{where}: weight {path!r} is listed but missing") from None
+    if not isinstance(obj, h5py.Dataset):
+        raise KerasFileError(f"{where}: weight {path!r} is not a dataset")
+    return obj
+
+
+def _legacy_entries(f, layout, layers: ModelLayers, where) -> list[Entry]:
+    prefix = "model_weights/" if layout == "legacy" else ""
+    root = f["model_weights"] if layout == "legacy" else f
+    out = []
+    for name in read_name_list(root, "layer_names") or []:
+        if name not in root or not isinstance(root[name], h5py.Group):
+            raise KerasFileError(f"{where}: layer group {name!r} listed in layer_names is missing")
+        for wn in read_name_list(root[name], "weight_names") or []:
+            path = f"{prefix}{name}/{wn}"
+            dset = _dataset(f, path, where)
+            parts = wn.split("/")[:-1]
+            cls, quantized, how = layers.resolve(name, parts)
+            out.append(_entry(path, dset, name, cls, weight_role(wn), how if cls else "none", quantized))
+    if "optimizer_weights" in f and isinstance(f["optimizer_weights"], h5py.Group):
+        opt = f["optimizer_weights"]
+        for wn in read_name_list(opt, "weight_names") or []:
+            path = f"optimizer_weights/{wn}"
+            out.append(_entry(path, _dataset(f, path, where), "optimizer", None, "optimizer", "names"))
+    return out
+
+
+def _keras3_entries(objects: dict, f, layers: ModelLayers, where) -> list[Entry]:
+    out = []
+    for path, obj in objects.items():
+        if not isinstance(obj, h5py.Dataset):
+            continue
+        parts = path.split("/")
+        if len(parts) < 2 or parts[-2] != "vars" or not re.fullmatch(r"\d+", parts[-1]):
+            continue
+        index = int(parts[-1])
+        if parts[0] == "optimizer":
+            out.append(_entry(path, obj, "optimizer", None, "optimizer", "names"))
+            continue
+        if len(parts) == 2:  # the model's own variables
+            out.append(_entry(path, obj, "", None, "variable", "names"))
+            continue
+        in_cell = len(parts) >= 4 and parts[-3] == "cell"
+        owner = parts[-4] if in_cell else parts[-3]
+        vars_group = f["/".join(parts[:-1])]
+        vname = vars_group.attrs.get("name")
+        vname = vname.decode() if isinstance(vname, bytes) else (str(vname) if vname is not None else None)
+        cls, quantized, how = layers.class_for_group(owner, None if in_cell else vname)
+        role = var_role(cls, index, in_cell)
+        if role is None:
+            role, how = "unknown", "none"
+        layer = owner if in_cell or vname is None else vname
+        out.append(_entry(path, obj, layer, cls, role, how, quantized))
+    return out

@@ -1,0 +1,193 @@
+"""What a rewrite does to the weights: the :class:`Recipe`, validated when it is made."""
+from __future__ import annotations
+
+import fnmatch
+import numbers
+from dataclasses import asdict, dataclass
+
+from .._checks import check_bits, check_fraction, check_int
+from ..quantization import METHODS
+from .layouts import Entry
+from .roles import block_view
+
+STORAGES = ("float32", "float16", "packed")
+COMPRESSIONS = ("none", "gzip", "lzf")
+ALLOCATIONS = ("global", "uniform")
+
+
+def default_method(bits: int) -> str:
+    """Error-minimising clipping at 4 bits and below, min/max at 5 bits and above."""
+    try:  # issue 5's allocation module owns this default once it is there
+        from ..allocation import default_method as chosen
+    except ImportError:
+        return "mse" if bits <= 4 else "minmax"
+    return chosen(bits)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to prune and quantize the prunable weights of a model file, and how to store them.
+
+    Parameters
+    ----------
+    sparsity : float or str, optional
+        Fraction in [0, 1] of all prunable weights of the model set to zero (allocated across
+        tensors by `allocation`), or ``"N:M"`` for N:M structured sparsity along the input axis.
+    bits : int, optional
+        2 to 8: quantize prunable weights to this many bits.
+    granularity : {"channel", "tensor", "block:N"}
+        One scale per output channel (the layer's real channel axis), per tensor, or per block of
+        N weights along the input (reduction) axis of each channel.
+    method : {"minmax", "mse", "percentile"}, optional
+        How scales are chosen; default "mse" at 4 bits and below, "minmax" above.
+    storage : {"float32", "float16", "packed"}
+        float32: values on the quantization grid (every Keras loads the file); float16;
+        packed: bit-packed integer codes with scales (read by wqkernels only).
+    compress : {"none", "gzip", "lzf"}
+        HDF5 filter for rewritten datasets large enough to gain.
+    strip_optimizer : bool
+        Drop the optimizer state.
+    include, exclude : tuple of str
+        Glob patterns on weight paths: only matching prunable weights are touched / never.
+    min_size : int, optional
+        Weights with fewer elements are left as they are (default: the allocation's default for
+        pruning, every prunable weight for quantization).
+    allocation : {"global", "uniform"}
+        How `sparsity` is spread over tensors: one global criterion, or equal per tensor.
+    target_sqnr : float, optional
+        Choose per tensor the fewest bits (2..8) reaching this SQNR in dB (instead of `bits`).
+    symmetric : bool
+        Symmetric (signed codes, zero point 0) or asymmetric quantization.
+
+    Examples
+    --------
+    >>> from wqkernels import Recipe
+    >>> Recipe(bits=4).method
+    'mse'
+    >>> Recipe(bits=4, granularity="block:32").block_size
+    32
+    >>> Recipe(bits=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: bits must be from 2 to 8, got 1
+    """
+
+    sparsity: float | str | None = None
+    bits: int | None = None
+    granularity: str = "channel"
+    method: str | None = None
+    storage: str = "float32"
+    compress: str = "none"
+    strip_optimizer: bool = False
+    include: tuple = ()
+    exclude: tuple = ()
+    min_size: int | None = None
+    allocation: str = "global"
+    target_sqnr: float | None = None
+    symmetric: bool = True
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        if self.sparsity is not None:
+            if isinstance(self.sparsity, str):
+                self.n_m  # validates "N:M"
+            else:
+                set_(self, "sparsity", check_fraction(self.sparsity, "sparsity"))
+        if self.bits is not None:
+            set_(self, "bits", check_bits(self.bits))
+        if self.target_sqnr is not None:
+            if isinstance(self.target_sqnr, bool) or not isinstance(self.target_sqnr, numbers.Real) \
+                    or not 0 < float(self.target_sqnr) < 300:
+                raise ValueError(f"target_sqnr must be a positive number of dB, got {self.target_sqnr!r}")
+            if self.bits is not None:
+                raise ValueError("give bits or target_sqnr, not both")
+            set_(self, "target_sqnr", float(self.target_sqnr))
+        self.block_size  # validates the granularity
+        if self.method is not None and self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method is None and self.bits is not None:
+            set_(self, "method", default_method(self.bits))
+        for name, allowed in (("storage", STORAGES), ("compress", COMPRESSIONS), ("allocation", ALLOCATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.storage == "packed" and not self.quantizes:
+            raise ValueError("storage='packed' stores integer codes: it needs bits or target_sqnr")
+        if self.min_size is not None:
+            set_(self, "min_size", check_int(self.min_size, "min_size", 0))
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            value = (value,) if isinstance(value, str) else tuple(value or ())
+            if not all(isinstance(p, str) for p in value):
+                raise TypeError(f"{name} must be glob patterns (str), got {value!r}")
+            set_(self, name, value)
+        set_(self, "strip_optimizer", bool(self.strip_optimizer))
+        set_(self, "symmetric", bool(self.symmetric))
+
+    @property
+    def quantizes(self) -> bool:
+        return self.bits is not None or self.target_sqnr is not None
+
+    @property
+    def prunes(self) -> bool:
+        return self.sparsity is not None and self.sparsity != 0
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        """(N, M) when `sparsity` is ``"N:M"``."""
+        if not isinstance(self.sparsity, str):
+            return None
+        try:
+            n, m = (int(p) for p in self.sparsity.split(":"))
+        except ValueError:
+            raise ValueError(f"sparsity must be a fraction or 'N:M', got {self.sparsity!r}") from None
+        if not 0 < n <= m:
+            raise ValueError(f"sparsity N:M needs 0 < N <= M, got {self.sparsity!r}")
+        return n, m
+
+    @property
+    def block_size(self) -> int | None:
+        g = self.granularity
+        if g in ("tensor", "channel"):
+            return None
+        if isinstance(g, str) and g.startswith("block:"):
+            try:
+                size = int(g[len("block:"):])
+            except ValueError:
+                size = None
+            if size is None or size < 1:
+                raise ValueError(f"granularity block size must be a positive integer, got {g!r}")
+            return size
+        raise ValueError(f"granularity must be 'tensor', 'channel' or 'block:N', got {g!r}")
+
+    def method_for(self, bits: int) -> str:
+        return self.method if self.method is not None else default_method(bits)
+
+    def selects(self, entry: Entry) -> bool:
+        """Whether this recipe touches the weight of `entry`."""
+        if not entry.prunable:
+            return False
+        if self.include and not any(fnmatch.fnmatchcase(entry.path, p) for p in self.include):
+            return False
+        if any(fnmatch.fnmatchcase(entry.path, p) for p in self.exclude):
+            return False
+        if self.min_size is not None:
+            size = 1
+            for n in entry.shape:
+                size *= n
+            if size < self.min_size:
+                return False
+        return True
+
+    def layout_for(self, entry: Entry) -> tuple[tuple, dict]:
+        """(shape to quantize, quantize options without bits/method) for `entry`'s weight."""
+        if self.granularity == "tensor":
+            return entry.shape, {"axis": None, "symmetric": self.symmetric}
+        if self.granularity == "channel":
+            return entry.shape, {"axis": entry.channel_axis, "symmetric": self.symmetric}
+        view, axis = block_view(entry.shape, entry.layer_class, entry.role)
+        return view, {"axis": axis, "block_size": self.block_size, "symmetric": self.symmetric}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        return d

@@ -1,0 +1,127 @@
+"""What a rewrite did: one row per weight and totals, as a text table or a JSON-ready dict."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class WeightInfo:
+    """One weight dataset of a Keras file, as :func:`wqkernels.inspect` lists it."""
+
+    path: str
+    layer: str
+    layer_class: str | None
+    role: str
+    prunable: bool
+    shape: tuple
+    dtype: str
+    nbytes: int
+    sparsity: float
+    role_source: str = "config"
+    storage: str = "dataset"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass
+class WeightRow:
+    """The fate of one weight in a rewrite."""
+
+    path: str
+    role: str
+    shape: tuple
+    rewritten: bool
+    sparsity_before: float
+    sparsity_after: float
+    bits: int | None
+    mse: float | None
+    sqnr_db: float | None
+    bytes_before: int
+    bytes_after: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        for k in ("mse", "sqnr_db"):
+            if d[k] is not None and not math.isfinite(d[k]):
+                d[k] = str(d[k])  # JSON has no inf
+        return d
+
+
+@dataclass
+class Report:
+    """Per-weight rows and totals of one rewrite; picklable, ``to_dict()`` is JSON-ready."""
+
+    source: str
+    destination: str
+    layout: str
+    recipe: dict
+    rows: list = field(default_factory=list)
+    size_before: int = 0
+    size_after: int = 0
+    seconds: float = 0.0
+    role_source: str = "config"
+    notes: list = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        """Size before / size after."""
+        return self.size_before / self.size_after if self.size_after else float("inf")
+
+    @property
+    def sparsity(self) -> float:
+        """Achieved fraction of zeros over all prunable weights."""
+        total = sum(_count(r.shape) for r in self.rows)
+        return sum(r.sparsity_after * _count(r.shape) for r in self.rows) / total if total else 0.0
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Average stored bits per prunable weight (quantized at their bits, others at 8 * itemsize)."""
+        total = sum(_count(r.shape) for r in self.rows)
+        if not total:
+            return 0.0
+        stored = sum(_count(r.shape) * (r.bits if r.bits else 8 * r.bytes_after / max(_count(r.shape), 1))
+                     for r in self.rows)
+        return stored / total
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source, "destination": self.destination, "layout": self.layout,
+            "recipe": self.recipe, "role_source": self.role_source, "notes": list(self.notes),
+            "weights": [r.to_dict() for r in self.rows],
+            "totals": {"size_before": self.size_before, "size_after": self.size_after,
+                       "ratio": self.ratio, "seconds": self.seconds, "sparsity": self.sparsity,
+                       "bits_per_weight": self.bits_per_weight,
+                       "weights_rewritten": sum(r.rewritten for r in self.rows)},
+        }
+
+    def table(self) -> str:
+        """The report as a fixed-width text table."""
+        head = ("weight", "role", "shape", "sparsity", "bits", "mse", "SQNR dB", "bytes")
+        lines = []
+        for r in self.rows:
+            sp = f"{r.sparsity_before:.2f}->{r.sparsity_after:.2f}"
+            lines.append((r.path, r.role, "x".join(map(str, r.shape)), sp, str(r.bits or "-"),
+                          "-" if r.mse is None else f"{r.mse:.3g}",
+                          "-" if r.sqnr_db is None else f"{r.sqnr_db:.1f}",
+                          f"{r.bytes_before}->{r.bytes_after}"))
+        widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(head)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        out = [fmt.format(*head)] + [fmt.format(*line) for line in lines]
+        out.append(f"{self.source} -> {self.destination} ({self.layout}; roles from {self.role_source})")
+        out.append(f"size {self.size_before} -> {self.size_after} bytes, ratio {self.ratio:.2f}, "
+                   f"sparsity {self.sparsity:.3f}, {self.bits_per_weight:.2f} bits/weight, "
+                   f"{self.seconds:.2f} s")
+        out.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(out)
+
+
+def _count(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n

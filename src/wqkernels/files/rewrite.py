@@ -1,0 +1,438 @@
+"""inspect, load_weights, rewrite and restore Keras weight files with numpy and h5py only.
+
+Every function opens its source read-only.  `rewrite` and `restore` write a temporary file beside
+the destination and rename it into place only once it is complete; whatever goes wrong
+(including KeyboardInterrupt) the temporary file is removed and the source is untouched.  They
+keep no global state, so a call can run in another process (issue 6's batch rewriting).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import io
+import os
+import secrets
+import shutil
+import tempfile
+import time
+import zipfile
+import zlib
+
+import h5py
+import numpy as np
+
+from ..quantization import fake_quantize, quantize
+from . import _kernels
+from .h5tree import KerasFileError, copy_attrs, copy_tree, new_dataset
+from .layouts import (KERAS_MEMBER, Entry, container, entries, model_config, read_zip_config,
+                      weights_layout)
+from .packed import PackedReader, PackedWriter
+from .recipe import Recipe
+from .report import Report, WeightInfo, WeightRow
+
+__all__ = ["inspect", "load_weights", "rewrite", "restore"]
+
+#: a .keras member may expand to at most this many times its compressed size (plus 64 MiB)
+MAX_ZIP_RATIO = 1000
+_FILE_ERRORS = (OSError, KeyError, RuntimeError, zlib.error, zipfile.BadZipFile, EOFError)
+
+
+@contextlib.contextmanager
+def _as_file_errors(where: str):
+    """Errors from h5py, zipfile and the OS become one-line KerasFileErrors naming the file."""
+    try:
+        yield
+    except (KerasFileError, NotImplementedError):
+        raise
+    except _FILE_ERRORS as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, OSError) and exc.strerror and not text.startswith("Unable"):
+            text = exc.strerror
+        raise KerasFileError(f"{where}: cannot read or write as a Keras file ({text})") from None
+
+
+class Source:
+    """An open Keras file: its weights HDF5 file, layout, config and entries (a context manager)."""
+
+    def __init__(self, path, tmp_dir: str | None = None):
+        self.path = os.fspath(path)
+        self.tmp_dir = tmp_dir
+        self.kind = container(self.path)
+        self.zip = None
+        self.h5 = None
+        self.packed = None
+        self._tmp = None
+
+    def __enter__(self) -> Source:
+        try:
+            with _as_file_errors(self.path):
+                self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        where = self.path
+        zip_config = None
+        h5_path = self.path
+        if self.kind == "zip":
+            try:
+                self.zip = zipfile.ZipFile(self.path)
+            except zipfile.BadZipFile as exc:
+                raise KerasFileError(f"{where}: corrupt zip archive ({exc})") from None
+            names = self.zip.namelist()
+            if KERAS_MEMBER not in names:
+                raise KerasFileError(f"{where}: a zip archive, but not a .keras file (no {KERAS_MEMBER})")
+            zip_config = read_zip_config(self.zip, where)
+            info = self.zip.getinfo(KERAS_MEMBER)
+            if info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1) + (64 << 20):
+                raise KerasFileError(f"{where}: {KERAS_MEMBER} declares {info.file_size} bytes from "
+                                     f"{info.compress_size}; refused")
+            fd, self._tmp = tempfile.mkstemp(prefix=".wqkernels-", suffix=".weights.h5", dir=self.tmp_dir)
+            with os.fdopen(fd, "wb") as out, self.zip.open(info) as member:
+                shutil.copyfileobj(member, out, 1 << 20)
+            h5_path = self._tmp
+        try:
+            self.h5 = h5py.File(h5_path, "r")
+        except OSError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else "unreadable"
+            raise KerasFileError(f"{where}: not a readable HDF5 file, truncated or corrupt ({first})") from None
+        layout = weights_layout(self.h5, where)
+        self.root = self.h5
+        exempt = frozenset()
+        if layout == "packed":
+            self.packed = PackedReader(self.h5, where)
+            self.root = self.packed.skeleton
+            layout = self.packed.layout
+            exempt = frozenset(self.packed.tensors)
+        self.layout = layout
+        self.config = model_config(self.root, zip_config)
+        self.entries = entries(self.root, layout, self.config, where, exempt)
+
+    @property
+    def role_source(self) -> str:
+        """Where the layer classes came from: ``config``, ``names`` (guessed) or both."""
+        sources = {e.role_source for e in self.entries if e.role not in ("optimizer", "variable")}
+        if sources <= {"config"}:
+            return "config"
+        if self.config is None:
+            return "names (no model config)"
+        return "config, some guessed from names" if "config" in sources else "names (config not usable)"
+
+    @property
+    def description(self) -> str:
+        text = self.layout + (" in a .keras archive" if self.kind == "zip" else "")
+        return text + (" (packed)" if self.packed is not None else "")
+
+    def read(self, entry: Entry) -> np.ndarray:
+        """The weight as stored (packed tensors dequantized to float32)."""
+        if self.packed is not None and entry.path in self.packed.tensors:
+            return self.packed.read(entry.path)
+        return self.root[entry.path][()]
+
+    def stored_bytes(self, entry: Entry) -> int:
+        if self.packed is not None and entry.path in self.packed.tensors:
+            return self.packed.stored_bytes(entry.path)
+        return int(self.root[entry.path].id.get_storage_size())
+
+    def close(self) -> None:
+        for closer in (self.packed, self.h5, self.zip):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    closer.close()
+        self.packed = self.h5 = self.zip = None
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+            self._tmp = None
+
+
+# ---- reading ----------------------------------------------------------------------------------
+
+def inspect(path) -> list[WeightInfo]:
+    """List the weight datasets of a Keras file with their roles.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A legacy ``.h5``, a Keras 3 ``.weights.h5``, a ``.keras`` archive or a packed file
+        (detected from the content, not the name).
+
+    Returns
+    -------
+    list of WeightInfo
+        In file order; `prunable` marks the kernels a rewrite would touch.
+
+    Raises
+    ------
+    ValueError (KerasFileError)
+        The file is missing, unreadable or not a supported Keras file.
+
+    Examples
+    --------
+    >>> import wqkernels
+    >>> [(w.path, w.role, w.shape) for w in wqkernels.inspect("model.h5") if w.prunable]  # doctest: +SKIP
+    [('model_weights/dense/dense/kernel', 'kernel', (784, 128)), ...]
+    """
+    path = os.fspath(path)
+    out = []
+    with Source(path) as src, _as_file_errors(path):
+        packed = src.packed.tensors if src.packed is not None else {}
+        for e in src.entries:
+            data = src.read(e)
+            sparsity = _kernels.sparsity(data) if data.dtype.kind == "f" else 0.0
+            storage = f"packed:{packed[e.path]['bits']}" if e.path in packed else "dataset"
+            out.append(WeightInfo(e.path, e.layer, e.layer_class, e.role, e.prunable, e.shape, e.dtype,
+                                  src.stored_bytes(e), sparsity, e.role_source, storage))
+    return out
+
+
+def load_weights(path) -> dict[str, np.ndarray]:
+    """All weight datasets of a Keras file as arrays, keyed by their path in the weights file.
+
+    Packed files are dequantized: the arrays equal those of the ``storage="float32"`` rewrite.
+
+    Examples
+    --------
+    >>> import wqkernels
+    >>> weights = wqkernels.load_weights("model-int4.keras")  # doctest: +SKIP
+    >>> weights["layers/dense/vars/0"].dtype  # doctest: +SKIP
+    dtype('float32')
+    """
+    path = os.fspath(path)
+    with Source(path) as src, _as_file_errors(path):
+        return {e.path: src.read(e) for e in src.entries}
+
+
+# ---- writing ----------------------------------------------------------------------------------
+
+def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -> Report:
+    """Prune and/or quantize the kernels of a Keras file and write the result to `dst`.
+
+    Parameters
+    ----------
+    src, dst : str or os.PathLike
+        Source file (any supported layout) and destination (same layout, or packed).
+    recipe : Recipe, optional
+        What to do; the default Recipe() copies the file.
+    in_place : bool
+        Allow `dst` to be `src` (still written to a temporary file and renamed).
+
+    Returns
+    -------
+    Report
+        One row per prunable weight and the totals.
+
+    Examples
+    --------
+    >>> import wqkernels
+    >>> report = wqkernels.rewrite("model.h5", "model-int8.h5", wqkernels.Recipe(bits=8))  # doctest: +SKIP
+    >>> print(report.table())  # doctest: +SKIP
+    >>> report.to_dict()["totals"]["ratio"]  # doctest: +SKIP
+    1.0
+    """
+    recipe = Recipe() if recipe is None else recipe
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+    return _write(src, dst, recipe, in_place, restoring=False)
+
+
+def restore(src, dst, *, in_place: bool = False) -> Report:
+    """Write a packed file back as a plain Keras file that stock Keras loads.
+
+    Each restored dataset is bit-identical to the ``storage="float32"`` rewrite with the same
+    recipe; everything else is copied as it was.
+
+    Examples
+    --------
+    >>> import wqkernels
+    >>> recipe = wqkernels.Recipe(bits=4, storage="packed", strip_optimizer=True)
+    >>> wqkernels.rewrite("model.keras", "small.keras", recipe)  # doctest: +SKIP
+    >>> wqkernels.restore("small.keras", "model-int4.keras")  # doctest: +SKIP
+    """
+    return _write(src, dst, Recipe(), in_place, restoring=True)
+
+
+def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
+    start = time.perf_counter()
+    src, dst = os.fspath(src), os.fspath(dst)
+    container(src)  # missing, directory or not a Keras file: fail before creating anything
+    if _same_file(src, dst) and not in_place:
+        raise KerasFileError(f"{dst}: is the source file; give in_place=True (--in-place) to overwrite it")
+    dst_dir = os.path.dirname(os.path.abspath(dst))
+    if os.path.isdir(dst):
+        raise KerasFileError(f"{dst}: is a directory")
+    tmp = _temp_beside(dst, dst_dir)
+    try:
+        with Source(src, tmp_dir=dst_dir) as source, _as_file_errors(src):
+            if restoring and source.packed is None:
+                raise KerasFileError(f"{src}: not a packed file; nothing to restore")
+            report = Report(src, dst, source.description, recipe.to_dict(), role_source=source.role_source,
+                            size_before=os.path.getsize(src))
+            if source.kind == "zip":
+                _write_zip(source, tmp, recipe, report, dst_dir)
+            else:
+                _write_weights(source, tmp, recipe, report)
+        if os.path.exists(dst):  # overwriting: keep the permissions the file had
+            os.chmod(tmp, os.stat(dst).st_mode & 0o7777)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    report.size_after = os.path.getsize(dst)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _temp_beside(dst: str, dst_dir: str) -> str:
+    """Create an empty temporary file next to `dst` (mode 0666 less the umask, like open())."""
+    base = os.path.basename(dst)
+    for _ in range(100):
+        path = os.path.join(dst_dir, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise KerasFileError(f"{dst}: cannot write there ({exc.strerror or exc})") from None
+    raise KerasFileError(f"{dst}: cannot create a temporary file beside it")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir: str) -> None:
+    """A .keras archive: every member copied in order with its compression, the weights rewritten."""
+    fd, weights = tempfile.mkstemp(prefix=".wqkernels-", suffix=".weights.h5", dir=dst_dir)
+    os.close(fd)
+    try:
+        _write_weights(source, weights, recipe, report)
+        with zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
+            for info in source.zip.infolist():
+                new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+                new.compress_type, new.external_attr = info.compress_type, info.external_attr
+                new.comment, new.extra, new.create_system = info.comment, info.extra, info.create_system
+                if info.filename == KERAS_MEMBER:
+                    with open(weights, "rb") as data, out.open(new, "w", force_zip64=True) as member:
+                        shutil.copyfileobj(data, member, 1 << 20)
+                else:
+                    with source.zip.open(info) as data, out.open(new, "w", force_zip64=True) as member:
+                        shutil.copyfileobj(data, member, 1 << 20)
+            out.comment = source.zip.comment
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(weights)
+
+
+def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> None:
+    """The weights HDF5 file: everything copied, the selected kernels transformed."""
+    packed_out = recipe.storage == "packed"
+    selected = [e for e in source.entries if recipe.selects(e)]
+    changes = recipe.prunes or recipe.quantizes or recipe.storage != "float32" or recipe.compress != "none"
+    if not changes:
+        selected = []
+    pruned = _kernels.prune_tensors({e.path: source.read(e) for e in selected}, selected, recipe,
+                                    report.notes) if recipe.prunes and selected else {}
+    writer = PackedWriter(recipe.compress) if packed_out else None
+    rows = {}
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wqkernels-stats")
+    hooks = {e.path: _transform_hook(source, e, recipe, pruned, writer, rows, pool) for e in selected}
+    if source.packed is not None:  # placeholders of a packed source not rewritten: dequantize
+        for e in source.entries:
+            if e.path in source.packed.tensors and e.path not in hooks:
+                hooks[e.path] = _restore_hook(source, e, rows)
+    skip = frozenset()
+    optimizer = {"keras3": "optimizer", "legacy": "optimizer_weights"}.get(source.layout)
+    if recipe.strip_optimizer and optimizer is not None and optimizer in source.root:
+        skip = frozenset({optimizer})
+        report.notes.append("optimizer state removed")
+    if source.role_source != "config":
+        report.notes.append(f"roles from {source.role_source}: layer classes guessed from group and "
+                            f"dataset names")
+
+    image = io.BytesIO() if packed_out else None
+    try:
+        with h5py.File(image if packed_out else tmp, "w") as out:
+            copy_attrs(source.root, out)
+            copy_tree(source.root, out, hooks, skip)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if packed_out:
+        with h5py.File(tmp, "w") as out:
+            writer.write(out, image.getvalue(), source.layout, recipe.to_dict())
+    for e in source.entries:
+        if e.prunable:
+            report.rows.append(rows.get(e.path) or _untouched_row(source, e))
+
+
+def _untouched_row(source: Source, e: Entry) -> WeightRow:
+    data = source.read(e)
+    sp = _kernels.sparsity(data)
+    nbytes = source.stored_bytes(e)
+    return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes)
+
+
+def _transform(x: np.ndarray, e: Entry, recipe: Recipe, packing: bool):
+    """The values to store for one kernel (float32), its QuantizedArray when packing, its bits."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not recipe.quantizes:
+        return x, None, None
+    view, options = recipe.layout_for(e)
+    xv = x.reshape(view)
+    bits = recipe.bits if recipe.bits is not None else _kernels.bits_for_sqnr(xv, recipe, options)
+    method = recipe.method_for(bits)
+    if packing:
+        qa = quantize(xv, bits, method=method, **options)
+        return qa.dequantize().reshape(e.shape), qa, bits
+    return fake_quantize(xv, bits, method=method, **options).reshape(e.shape), None, bits
+
+
+def _statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
+    """(sparsity before, sparsity after, mse, SQNR dB) of one rewritten weight."""
+    x_hat = np.asarray(stored, dtype=np.float32)
+    stats = _kernels.error(original, x_hat)
+    return _kernels.sparsity(original), _kernels.sparsity(x_hat), float(stats.mse), float(stats.sqnr_db)
+
+
+def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writer, rows: dict, pool):
+    def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
+        original = source.read(e)
+        x = pruned.pop(e.path, None)
+        try:
+            stored, qa, bits = _transform(original if x is None else x, e, recipe, writer is not None)
+        except ValueError as exc:  # NaN or infinity in the weights: say which
+            raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
+        if recipe.storage == "float16":
+            stored = stored.astype(np.float16)
+        # the statistics (GIL-free NumPy loops) run while the data is written
+        stats = pool.submit(_statistics, original, stored)
+        if writer is not None:
+            placeholder = group.create_dataset(name, shape=e.shape, dtype=np.float32)
+            copy_attrs(dset, placeholder)
+            nbytes = writer.add(e.path, e.shape, qa, recipe.compress)
+        else:
+            nbytes = int(new_dataset(group, name, stored, recipe.compress, like=dset).id.get_storage_size())
+        rows[e.path] = WeightRow(e.path, e.role, e.shape, True, *stats.result()[:2], bits,
+                                 *stats.result()[2:], source.stored_bytes(e), nbytes)
+    return hook
+
+
+def _restore_hook(source: Source, e: Entry, rows: dict):
+    def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
+        record = source.packed.tensors[e.path]
+        x = source.packed.read(e.path)
+        out = new_dataset(group, name, x, record.get("compress", "none"), like=dset)
+        sp = _kernels.sparsity(x)
+        rows[e.path] = WeightRow(e.path, e.role, e.shape, True, sp, sp, record["bits"], None, None,
+                                 source.stored_bytes(e), int(out.id.get_storage_size()))
+    return hook

@@ -1,0 +1,218 @@
+"""Which weights are kernels, and along which axes they are quantized.
+
+Roles come from the layer class and the weight's name (legacy ``.h5``) or index (Keras 3
+``.weights.h5``).  The class comes from the model config when there is one, descending into
+nested models; without a config it is guessed from the group names Keras derives from class names
+(``depthwise_conv2d_1`` -> DepthwiseConv2D).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+#: weight roles that are pruned and quantized; everything else is kept as it is
+KERNEL_ROLES = ("kernel", "recurrent_kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
+
+#: Keras 3 ``vars/<i>`` index tables, by layer class family
+_KERNEL_BIAS = ("kernel", "bias")
+_VAR_TABLES = {
+    "separable": ("depthwise_kernel", "pointwise_kernel", "bias"),
+    "embedding": ("embeddings",),
+    "rnn_cell": ("kernel", "recurrent_kernel", "bias"),
+}
+_KERNEL_CLASSES = re.compile(r"^(Dense|EinsumDense|Conv[123]D|Convolution[123]D|Conv[123]DTranspose|"
+                             r"Convolution[123]DTranspose|DepthwiseConv[12]D|LocallyConnected[12]D)$")
+_KNOWN_CLASSES = (
+    "Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
+    "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+    "Embedding", "LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell", "ConvLSTM1D",
+    "ConvLSTM2D", "ConvLSTM3D", "Bidirectional", "TimeDistributed", "BatchNormalization",
+    "LayerNormalization", "GroupNormalization", "UnitNormalization", "PReLU", "InputLayer",
+    "Sequential", "Functional", "Model", "MultiHeadAttention",
+)
+
+
+def to_snake_case(name: str) -> str:
+    """Keras's own class-name -> group-name rule (``keras.src.utils.naming.to_snake_case``)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+_SNAKE_TO_CLASS = {to_snake_case(c): c for c in _KNOWN_CLASSES}
+#: sublayers Keras 3 saves under attribute names rather than class names
+_SNAKE_TO_CLASS.update({f"{p}_dense": "EinsumDense" for p in ("query", "key", "value", "output")})
+
+
+def class_from_name(name: str, extra_classes=()) -> str | None:
+    """Guess a layer class from a Keras-generated name: ``conv2d_3`` -> Conv2D, else None."""
+    table = dict(_SNAKE_TO_CLASS)
+    table.update({to_snake_case(c): c for c in extra_classes})
+    if name in table:
+        return table[name]
+    stem = re.sub(r"_\d+$", "", name)
+    return table.get(stem)
+
+
+def weight_role(weight_name: str) -> str:
+    """The role of a legacy weight from the last part of its name: ``dense/kernel:0`` -> kernel."""
+    return re.sub(r":\d+$", "", weight_name.rsplit("/", 1)[-1])
+
+
+def var_role(layer_class: str | None, index: int, in_cell: bool) -> str | None:
+    """The role of Keras 3 ``vars/<index>`` of a layer of `layer_class`, or None when unknown."""
+    if in_cell or (layer_class or "").endswith("Cell"):
+        table = _VAR_TABLES["rnn_cell"]
+    elif layer_class is None:
+        return None
+    elif layer_class.startswith("SeparableConv"):
+        table = _VAR_TABLES["separable"]
+    elif layer_class == "Embedding":
+        table = _VAR_TABLES["embedding"]
+    elif _KERNEL_CLASSES.match(layer_class):
+        table = _KERNEL_BIAS
+    else:  # a known layer without kernels (normalisation, PReLU, ...): kept as it is
+        return "other"
+    return table[index] if index < len(table) else "other"
+
+
+def channel_axis(layer_class: str | None, role: str, ndim: int) -> int:
+    """The axis with one scale per index (the output channel), as a non-negative axis.
+
+    Dense/Conv kernels: last; depthwise kernels (DepthwiseConv and the depthwise half of
+    SeparableConv): 2 = ``ndim - 2`` (input channels); Conv*Transpose: second-to-last;
+    Embedding: 0 (one scale per row).
+    """
+    cls = layer_class or ""
+    if role == "embeddings":
+        return 0
+    if ndim >= 2 and (_is_depthwise(layer_class, role) or (role == "kernel" and cls.endswith("Transpose"))):
+        return ndim - 2
+    return ndim - 1
+
+
+def _is_depthwise(layer_class: str | None, role: str) -> bool:
+    return role == "depthwise_kernel" or (role == "kernel" and (layer_class or "").startswith("DepthwiseConv"))
+
+
+def block_view(shape: tuple, layer_class: str | None, role: str) -> tuple[tuple, int]:
+    """The view on which blocks run along the reduction (input) axis: (view shape, block axis).
+
+    When the channel axes trail (Dense, Conv, RNN and depthwise kernels), the leading reduction
+    axes are flattened into one: ``(kh, kw, in, out)`` -> ``(kh*kw*in, out)`` with blocks along
+    axis 0, a free reshape of the C-ordered array.  Otherwise (Conv*Transpose ``(kh, kw, out, in)``,
+    Embedding ``(vocab, dim)``) blocks run along the last axis.
+    """
+    ndim = len(shape)
+    axis = channel_axis(layer_class, role, ndim)
+    if axis == ndim - 1 or _is_depthwise(layer_class, role):
+        lead = 1
+        for n in shape[:axis]:
+            lead *= n
+        tail = 1
+        for n in shape[axis:]:
+            tail *= n
+        return (lead, tail), 0
+    return tuple(shape), ndim - 1
+
+
+# ---- model configs ---------------------------------------------------------------------------
+
+def parse_config(text) -> dict | None:
+    """The model config from a JSON attribute or member (bytes or str), or None if unusable."""
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    try:
+        config = json.loads(str(text))
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _children(layer_config: dict) -> list | None:
+    """The layer configs inside a model config, or None when it is not a model."""
+    inner = layer_config.get("config")
+    if isinstance(inner, list):  # Keras 2.0 Sequential: "config": [layers...]
+        return [c for c in inner if isinstance(c, dict)]
+    if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
+        return [c for c in inner["layers"] if isinstance(c, dict)]
+    return None
+
+
+def layer_name(layer_config: dict) -> str | None:
+    inner = layer_config.get("config")
+    if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+        return inner["name"]
+    name = layer_config.get("name")
+    return name if isinstance(name, str) else None
+
+
+def _is_quantized(layer_config: dict) -> bool:
+    """Layers already in Keras's own int8 format (a QuantizedDTypePolicy) are left alone."""
+    inner = layer_config.get("config")
+    dtype = inner.get("dtype") if isinstance(inner, dict) else None
+    return isinstance(dtype, dict) and "Quantized" in str(dtype.get("class_name", ""))
+
+
+class ModelLayers:
+    """Layer classes by name from a model config, descending into nested models."""
+
+    def __init__(self, config: dict | None):
+        self.config = config
+        self.top = {}
+        self.classes = set()
+        if config is not None:
+            for child in _children(config) or []:
+                self._index(child)
+                name = layer_name(child)
+                if name is not None:
+                    self.top[name] = child
+
+    def _index(self, layer_config: dict) -> None:
+        cls = layer_config.get("class_name")
+        if isinstance(cls, str):
+            self.classes.add(cls)
+        for child in _children(layer_config) or []:
+            self._index(child)
+
+    def resolve(self, top_name: str, parts: list[str]) -> tuple[str | None, bool, str]:
+        """(class, quantized, how) of the layer owning a weight of layer group `top_name`.
+
+        `parts` are the group components of the weight's path (without the weight name); inside
+        a nested model the component naming one of its layers selects it.
+        """
+        current = self.top.get(top_name)
+        if current is None:
+            return class_from_name(top_name, self.classes), False, "names"
+        for part in parts:
+            children = _children(current)
+            if children is None:
+                break
+            for child in children:
+                if layer_name(child) == part:
+                    current = child
+                    break
+        cls = current.get("class_name")
+        if _children(current) is not None and parts:  # still at a model: guess from the names
+            guess = class_from_name(parts[-1], self.classes)
+            return guess, False, "names"
+        return (cls if isinstance(cls, str) else None), _is_quantized(current), "config"
+
+    def class_for_group(self, group_name: str, vars_name: str | None) -> tuple[str | None, bool, str]:
+        """(class, quantized, how) for a Keras 3 ``layers/<group>`` with its ``vars`` name attribute."""
+        if vars_name is not None and self.config is not None:
+            found = self._find(self.config, vars_name)
+            if found is not None:
+                return found.get("class_name"), _is_quantized(found), "config"
+        return class_from_name(group_name, self.classes), False, "names"
+
+    def _find(self, config: dict, name: str) -> dict | None:
+        for child in _children(config) or []:
+            if layer_name(child) == name and _children(child) is None:
+                return child
+            found = self._find(child, name)
+            if found is not None:
+                return found
+        return None
