@@ -763,11 +763,26 @@ def test_group_creation_order_kept(tmp_path):
 
 def test_n_m_sparsity_along_the_input_axis(keras20, tmp_path, capsys):
     src = keras20[0]
-    code, out, err = run_cli(["rewrite", src, "-o", tmp_path / "o.h5", "--sparsity", "2:4"], capsys)
+    code, out, err = run_cli(["rewrite", src, "-o", tmp_path / "d.h5", "--sparsity", "2:4"], capsys)
     assert code == 0, err
-    before, after = _kernels_of(src), _kernels_of(tmp_path / "o.h5")
+    before = _kernels_of(src)
+    for k, v in _kernels_of(tmp_path / "d.h5").items():  # all under 1024 weights: dense by default
+        assert_bit_equal(v, before[k], k)
+    code, out, err = run_cli(["rewrite", src, "-o", tmp_path / "o.h5", "--sparsity", "2:4", "--min-size", "0"], capsys)
+    assert code == 0, err
+    after = _kernels_of(tmp_path / "o.h5")
     views = {"conv2d_1": ((27, 4), 0), "depthwise_conv2d_1": ((9, 4), 0), "dense_1": ((64, 5), 0)}
     for k in before:
         view, axis = views[k.split("/")[1]]
         expected = reference.prune_n_m(before[k].reshape(view), n=2, m=4, axis=axis).reshape(before[k].shape)
         assert_bit_equal(after[k], expected, k)
+
+
+def test_sparsity_counts_all_prunable_weights_when_min_size_is_given(keras20, tmp_path):
+    src = keras20[0]
+    wqkernels.rewrite(src, tmp_path / "o.h5", wqkernels.Recipe(sparsity=0.5, min_size=100))
+    before, after = _kernels_of(src), _kernels_of(tmp_path / "o.h5")
+    total = sum(v.size for v in before.values())
+    assert sum(int((v == 0).sum()) for v in after.values()) == total // 2
+    small = [k for k, v in before.items() if v.size < 100]
+    assert small and all(np.array_equal(after[k], before[k]) for k in small)

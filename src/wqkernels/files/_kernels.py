@@ -6,11 +6,14 @@ calls them.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 
-from ..pruning import prune, prune_global, prune_n_m
+from ..allocation import bits_for_sqnr as allocation_bits_for_sqnr
+from ..allocation import default_min_size, prune_model
+from ..pruning import prune_n_m
 from ..statistics import error, sparsity
 from .roles import block_view
 
@@ -31,31 +34,25 @@ def prune_tensors(tensors: dict, entries: list, recipe, notes: list) -> dict:
 
 
 def _prune(tensors: dict, entries: list, recipe) -> dict:
+    """Tensors under the recipe's min_size (default: the allocation's own) stay dense, but count
+    in the total that `sparsity` is a fraction of."""
     n_m = recipe.n_m
     if n_m is not None:
+        least = default_min_size("n:m") if recipe.min_size is None else recipe.min_size
         out = {}
         for e in entries:
+            if math.prod(e.shape) < least:
+                continue
             view, axis = block_view(e.shape, e.layer_class, e.role)
             x = np.ascontiguousarray(tensors[e.path], dtype=np.float32).reshape(view)
             out[e.path] = prune_n_m(x, n=n_m[0], m=n_m[1], axis=axis).reshape(e.shape)
         return out
     floats = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
-    try:
-        from ..allocation import prune_model
-    except ImportError:  # until issue 5's allocation module is merged: no min_size, plain criteria
-        if recipe.allocation == "global":
-            return prune_global(floats, sparsity=recipe.sparsity)
-        return {k: prune(v, sparsity=recipe.sparsity) for k, v in floats.items()}
-    options = {} if recipe.min_size is None else {"min_size": recipe.min_size}
-    return prune_model(floats, recipe.sparsity, allocation=recipe.allocation, **options)
+    return prune_model(floats, recipe.sparsity, allocation=recipe.allocation, min_size=recipe.min_size)
 
 
 def bits_for_sqnr(x: np.ndarray, recipe, options: dict) -> int:
     """The fewest bits (2..8) whose reconstruction reaches ``recipe.target_sqnr`` dB."""
-    try:
-        from ..allocation import bits_for_sqnr as chosen
-    except ImportError:
-        raise NotImplementedError("target_sqnr needs wqkernels.allocation (issue 5), not in this build") from None
     if recipe.method is not None:
         options = dict(options, method=recipe.method)
-    return int(chosen(x, recipe.target_sqnr, **options))
+    return int(allocation_bits_for_sqnr(x, recipe.target_sqnr, **options))

@@ -6,6 +6,7 @@ import numbers
 from dataclasses import asdict, dataclass
 
 from .._checks import check_bits, check_fraction, check_int
+from ..allocation import default_method
 from ..quantization import METHODS
 from .layouts import Entry
 from .roles import block_view
@@ -13,15 +14,6 @@ from .roles import block_view
 STORAGES = ("float32", "float16", "packed")
 COMPRESSIONS = ("none", "gzip", "lzf")
 ALLOCATIONS = ("global", "uniform")
-
-
-def default_method(bits: int) -> str:
-    """Error-minimising clipping at 4 bits and below, min/max at 5 bits and above."""
-    try:  # issue 5's allocation module owns this default once it is there
-        from ..allocation import default_method as chosen
-    except ImportError:
-        return "mse" if bits <= 4 else "minmax"
-    return chosen(bits)
 
 
 @dataclass(frozen=True)
@@ -162,15 +154,16 @@ class Recipe:
     def method_for(self, bits: int) -> str:
         return self.method if self.method is not None else default_method(bits)
 
-    def selects(self, entry: Entry) -> bool:
-        """Whether this recipe touches the weight of `entry`."""
+    def selects(self, entry: Entry, *, by_size: bool = True) -> bool:
+        """Whether this recipe touches the weight of `entry` (by_size=False: whatever its size,
+        as pruning needs: tensors under min_size stay dense but count in the total)."""
         if not entry.prunable:
             return False
         if self.include and not any(fnmatch.fnmatchcase(entry.path, p) for p in self.include):
             return False
         if any(fnmatch.fnmatchcase(entry.path, p) for p in self.exclude):
             return False
-        if self.min_size is not None:
+        if by_size and self.min_size is not None:
             size = 1
             for n in entry.shape:
                 size *= n

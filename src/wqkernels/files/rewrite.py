@@ -341,8 +341,9 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
     changes = recipe.prunes or recipe.quantizes or recipe.storage != "float32" or recipe.compress != "none"
     if not changes:
         selected = []
-    pruned = _kernels.prune_tensors({e.path: source.read(e) for e in selected}, selected, recipe,
-                                    report.notes) if recipe.prunes and selected else {}
+    candidates = [e for e in source.entries if recipe.selects(e, by_size=False)] if selected else []
+    pruned = _kernels.prune_tensors({e.path: source.read(e) for e in candidates}, candidates, recipe,
+                                    report.notes) if recipe.prunes and candidates else {}
     writer = PackedWriter(recipe.compress) if packed_out else None
     rows = {}
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wqkernels-stats")
