@@ -21,3 +21,7 @@ __all__ = [
 from .files import KerasFileError, Recipe, Report, WeightInfo, inspect, load_weights, restore, rewrite
 
 __all__ += ["inspect", "load_weights", "rewrite", "restore", "Recipe", "Report", "WeightInfo", "KerasFileError"]
+
+from .batch import BatchError, BatchResult, rewrite_many
+
+__all__ += ["rewrite_many", "BatchResult", "BatchError"]
