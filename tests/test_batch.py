@@ -13,7 +13,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import h5py
-import numpy as np
 import pytest
 
 import wqkernels
@@ -25,7 +24,9 @@ from .helpers import assert_bit_equal
 from .test_files import keras3_zip, run_cli  # noqa: F401 -- a fixture and the in-process CLI
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
 import make_keras2_files as k2  # noqa: E402
+from test_bench_files import make_legacy_h5  # noqa: E402 -- the files benchmark's Dense models
 
 RECIPE = Recipe(bits=4)
 
@@ -52,25 +53,11 @@ def _models(directory, count: int = 3, layers: int = 0, side: int = 0) -> list:
     for i in range(count):
         p = directory / f"m{i:02d}.h5"
         if layers:
-            _dense_h5(p, layers, side, seed=i)
+            make_legacy_h5(p, layers, side, seed=i)
         else:
             k2.write_keras20_full(p, seed=i)
         paths.append(p)
     return paths
-
-
-def _dense_h5(path, layers: int, side: int, seed: int) -> None:
-    """A legacy Keras 3 full-model .h5 of Dense layers (kernel + bias), written with h5py."""
-    rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as f:
-        f.attrs["keras_version"], f.attrs["backend"] = "3.15.1", "jax"
-        mw = f.create_group("model_weights")
-        mw.attrs["layer_names"] = [f"dense_{i}" for i in range(layers)]
-        for i in range(layers):
-            g = mw.create_group(f"dense_{i}")
-            g.attrs["weight_names"] = [f"dense_{i}/kernel", f"dense_{i}/bias"]
-            g.create_dataset(f"dense_{i}/kernel", data=rng.standard_normal((side, side), dtype=np.float32))
-            g.create_dataset(f"dense_{i}/bias", data=rng.standard_normal(side, dtype=np.float32))
 
 
 def _single(src, tmp_path, recipe=RECIPE):
