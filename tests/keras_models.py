@@ -105,9 +105,3 @@ def expected_weights(model: keras.Model, bits: int, method: str, storage: str = 
                 w = w.astype(np.float16).astype(np.float32)
         out.append(w)
     return out
-
-
-def with_weights(build, seed: int, weights: list) -> keras.Model:
-    model = build(seed)
-    model.set_weights(weights)
-    return model

@@ -440,6 +440,7 @@ def _load(keras, km, name, fmt, path):
 
 
 CASES = [("float32", "none"), ("float32", "gzip"), ("float16", "lzf"), ("packed", "none")]
+PREDICT = ("gzip", "packed")  # predictions are compared for these cases, weights bit for bit for all
 
 
 @pytest.mark.keras
@@ -450,11 +451,13 @@ def test_keras_loads_rewrites(name, fmt, km, saved, tmp_path, capsys):
     model, paths, x = saved[name]
     src = paths[fmt]
     before = _sha(src)
+    expected = km.MODELS[name](seed=7)
     for storage, compress in CASES:
         dst = tmp_path / f"{storage}-{compress}.{fmt}"
         code, out, err = run_cli(["rewrite", src, "-o", dst, "--bits", "4", "--storage", storage,
                                   "--compress", compress, "--strip-optimizer"], capsys)
         assert code == 0, err
+        predict = storage in PREDICT or compress in PREDICT
         if storage == "packed":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -463,13 +466,14 @@ def test_keras_loads_rewrites(name, fmt, km, saved, tmp_path, capsys):
             restored = tmp_path / f"restored.{fmt}"
             assert run_cli(["restore", dst, "-o", restored], capsys)[0] == 0
             dst, storage = restored, "float32"
-        expected = km.with_weights(km.MODELS[name], 7, km.expected_weights(model, 4, "mse", storage))
+        expected.set_weights(km.expected_weights(model, 4, "mse", storage))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the stripped optimizer state is reported as a warning
             loaded = _load(keras, km, name, fmt, dst)
         for got, want in zip(loaded.weights, expected.weights):
             assert_bit_equal(np.asarray(got.numpy()), np.asarray(want.numpy()), got.path)
-        np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(expected(x)))
+        if predict:
+            np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(expected(x)))
     assert _sha(src) == before
 
 
@@ -522,8 +526,6 @@ def test_small_cnn_packed_int8_size(tmp_path):
     rng = np.random.default_rng(0)
     for v in model.weights:
         v.assign(rng.standard_normal(v.shape).astype(np.float32) * 0.1)
-    model.compile(optimizer="adam", loss="mse")
-    model.optimizer.build(model.trainable_variables)
     src, dst = tmp_path / "cnn.h5", tmp_path / "cnn-int8.h5"
     model.save(src)
     assert 55_000 < model.count_params() < 65_000 and len(model.weights) >= 150
@@ -594,3 +596,166 @@ def test_blocked_packed_keras3(keras3_zip, tmp_path):
     source = wqkernels.load_weights(keras3_zip)["layers/conv2d/vars/0"]
     expected = reference.fake_quantize(source.reshape(18, 8), 4, axis=0, block_size=8, method="mse")
     assert_bit_equal(a["layers/conv2d/vars/0"], expected.reshape(3, 3, 2, 8))
+
+
+# ---- pruning and bit allocation (wqkernels.allocation, issue 5) ------------------------------------
+
+def _allocation():
+    return pytest.importorskip("wqkernels.allocation", reason="needs wqkernels.allocation (issue 5)")
+
+
+def _kernels_of(path) -> dict:
+    return {k: v for k, v in wqkernels.load_weights(path).items()
+            if k.endswith(("kernel:0", "depthwise_kernel:0"))}
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_sparsity_goes_through_prune_model(allocation, keras20, tmp_path):
+    alloc = _allocation()
+    src = keras20[0]
+    dst = tmp_path / "o.h5"
+    report = wqkernels.rewrite(src, dst, Recipe(sparsity=0.5, allocation=allocation, min_size=0))
+    before, after = _kernels_of(src), _kernels_of(dst)
+    expected = alloc.prune_model(before, 0.5, allocation=allocation, min_size=0)
+    for k in before:
+        assert_bit_equal(after[k], expected[k], k)
+    total = sum(v.size for v in before.values())
+    assert report.sparsity == pytest.approx(int(0.5 * total) / total)
+
+
+def test_sparsity_then_bits(keras20, tmp_path):
+    alloc = _allocation()
+    src = keras20[0]
+    dst = tmp_path / "o.h5"
+    wqkernels.rewrite(src, dst, Recipe(sparsity=0.5, bits=4))
+    before, after = _kernels_of(src), _kernels_of(dst)
+    pruned = alloc.prune_model(before, 0.5)
+    axes = {"conv2d_1": 3, "depthwise_conv2d_1": 2, "dense_1": 1}
+    for k in before:
+        axis = axes[k.split("/")[1]]
+        assert_bit_equal(after[k], reference.fake_quantize(pruned[k], 4, axis=axis, method="mse"), k)
+
+
+def test_target_sqnr_chooses_bits_per_tensor(keras20, tmp_path, capsys):
+    alloc = _allocation()
+    src = keras20[0]
+    code, out, err = run_cli(["rewrite", src, "-o", tmp_path / "o.h5", "--target-sqnr", "25",
+                              "--report", tmp_path / "r.json"], capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "r.json").read_text())["weights"]
+    before = _kernels_of(src)
+    axes = {"conv2d_1": 3, "depthwise_conv2d_1": 2, "dense_1": 1}
+    for row in rows:
+        axis = axes[row["path"].split("/")[1]]
+        assert row["bits"] == alloc.bits_for_sqnr(before[row["path"]], 25, axis=axis)
+        assert row["sqnr_db"] >= 25 or row["bits"] == 8
+
+
+def test_nonfinite_weight_named(tmp_path, capsys):
+    src = tmp_path / "nan.h5"
+    k2.write_tfkeras_weights(src)
+    with h5py.File(src, "a") as f:
+        f["dense_1/dense_1/kernel:0"][0, 0] = np.nan
+    code, out, err = run_cli(["rewrite", src, "-o", tmp_path / "o.h5", "--bits", "8"], capsys)
+    assert code != 0 and "dense_1/dense_1/kernel:0" in err and "NaN" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("damage", ["index-size", "offsets", "skeleton", "format"])
+def test_corrupt_packed_container(damage, keras20, tmp_path, capsys):
+    packed = tmp_path / "p.h5"
+    wqkernels.rewrite(keras20[0], packed, Recipe(bits=4, storage="packed"))
+    with h5py.File(packed, "a") as f:
+        g = f["wqkernels"]
+        if damage == "index-size":
+            g.attrs["index_bytes"] = 1 << 40
+        elif damage == "format":
+            g.attrs["format"] = "something else"
+        elif damage == "skeleton":
+            data = g["skeleton"][()]
+            del g["skeleton"]
+            g["skeleton"] = data[: len(data) // 2]
+        else:
+            import zlib
+            index = json.loads(zlib.decompress(g["index"][()].tobytes()))
+            index["tensors"][0]["codes"][0] = 10**9
+            text = json.dumps(index).encode()
+            del g["index"]
+            g["index"] = np.frombuffer(zlib.compress(text), np.uint8)
+            g.attrs["index_bytes"] = len(text)
+    for command in (["inspect", packed], ["restore", packed, "-o", tmp_path / "r.h5"]):
+        code, out, err = run_cli(command, capsys)
+        assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "r.h5").exists()
+
+
+@pytest.mark.parametrize("compress", ["gzip", "lzf"])
+def test_packed_compressed_restores_like_float32(compress, tmp_path):
+    src = tmp_path / "big.h5"
+    rng = np.random.default_rng(1)
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = np.array([b"dense"])
+        g = f.create_group("dense")
+        g.attrs["weight_names"] = np.array([b"dense/kernel:0"])
+        kernel = rng.standard_normal((256, 512)).astype(np.float32)
+        kernel[rng.random(kernel.shape) < 0.7] = 0  # as if pruned: the codes compress
+        g.create_dataset("dense/kernel:0", data=kernel)
+    recipe = dict(bits=3, compress=compress)  # 48 KiB of codes: large enough to compress
+    wqkernels.rewrite(src, tmp_path / "f.h5", Recipe(**recipe))
+    wqkernels.rewrite(src, tmp_path / "p.h5", Recipe(storage="packed", **recipe))
+    wqkernels.restore(tmp_path / "p.h5", tmp_path / "r.h5")
+    with h5py.File(tmp_path / "f.h5") as a, h5py.File(tmp_path / "r.h5") as b, h5py.File(tmp_path / "p.h5") as p:
+        assert _tree(a) == _tree(b)
+        assert b["dense/dense/kernel:0"].compression == compress
+        assert_bit_equal(a["dense/dense/kernel:0"][()], b["dense/dense/kernel:0"][()])
+        assert p["wqkernels/codes"].compression == compress
+        assert p["wqkernels/scales"].compression is None  # 1 KiB: too small
+
+
+def test_packed_dense_codes_stay_uncompressed(tmp_path):
+    src = tmp_path / "big.h5"
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = np.array([b"dense"])
+        g = f.create_group("dense")
+        g.attrs["weight_names"] = np.array([b"dense/kernel:0"])
+        g.create_dataset("dense/kernel:0", data=np.random.default_rng(2).standard_normal((256, 512)).astype(np.float32))
+    wqkernels.rewrite(src, tmp_path / "p.h5", Recipe(bits=4, storage="packed", compress="gzip"))
+    with h5py.File(tmp_path / "p.h5") as p:
+        assert p["wqkernels/codes"].compression is None  # 4-bit codes of a Gaussian: nothing to gain
+
+
+def test_permissions_kept_and_no_optimizer_confusion(tfkeras, tmp_path):
+    src = tfkeras[0]
+    dst = tmp_path / "o.h5"
+    dst.write_bytes(b"old")
+    os.chmod(dst, 0o640)
+    report = wqkernels.rewrite(src, dst, Recipe(bits=8, strip_optimizer=True))
+    assert os.stat(dst).st_mode & 0o777 == 0o640
+    assert "optimizer state removed" not in report.notes  # weights-only legacy: nothing to strip
+    assert set(wqkernels.load_weights(dst)) == set(wqkernels.load_weights(src))
+
+
+def test_rewrite_runs_in_another_process(keras20, tmp_path):
+    """What batch rewriting (issue 6) relies on: a picklable call returning a picklable Report."""
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        report = pool.submit(wqkernels.rewrite, str(keras20[0]), str(tmp_path / "o.h5"), Recipe(bits=8)).result()
+    assert report.destination == str(tmp_path / "o.h5") and len(report.rows) == 3
+    assert_bit_equal(wqkernels.load_weights(tmp_path / "o.h5")["model_weights/dense_1/dense_1_1/kernel:0"],
+                     reference.fake_quantize(keras20[1]["dense_1"][0], 8, axis=1))
+
+
+def test_group_creation_order_kept(tmp_path):
+    src = tmp_path / "ordered.h5"
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = np.array([b"zeta", b"alpha"])
+        for name in ("zeta", "alpha"):
+            g = f.create_group(name, track_order=True)
+            g.attrs["weight_names"] = np.array([f"{name}/kernel:0".encode()])
+            g.create_dataset(f"{name}/kernel:0", data=np.ones((4, 4), np.float32))
+            g.create_group("z_extra")
+            g.create_group("a_extra")
+    wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(bits=8))
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert list(f["zeta"]) == ["zeta", "z_extra", "a_extra"]

@@ -339,3 +339,13 @@ def test_quantized_values_pack_round_trip(bits, symmetric, data):
     assert packed.size == -(-x.size * bits // 8)
     back = wqkernels.unpack_bits(packed, bits, x.size, signed=symmetric)
     assert_bit_equal(back, qa.values.reshape(-1))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("method", ["minmax", "mse", "percentile"])
+def test_empty_groups_get_scale_one_and_zero_point_zero(symmetric, method):
+    x = np.zeros((3, 0), np.float16)
+    for options in (dict(axis=0), dict(axis=0, block_size=2), dict()):
+        qa = wqkernels.quantize(x, 2, symmetric=symmetric, method=method, **options)
+        assert (qa.scale == 1).all() and not qa.zero_point.any()
+        assert_same_quantization(qa, ref.quantize(x, 2, symmetric=symmetric, method=method, **options))

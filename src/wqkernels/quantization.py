@@ -221,7 +221,7 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
     if scale is None and zero_point is not None:
         raise ValueError("zero_point needs scale: give both or neither")
 
-    if method == "minmax" and scale is None and not fixed and g.axis is not None:
+    if method == "minmax" and scale is None and not fixed and g.axis is not None and xf.size:
         return xf, g, sch, np.empty(g.count, np.float32), np.empty(g.count, np.float32), True
     lo, hi = _stats(xf, g, asymmetric=not sch.symmetric)
     if fixed:

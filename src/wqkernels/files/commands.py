@@ -20,9 +20,10 @@ def add_inspect(sub) -> None:
 
 def add_rewrite(sub) -> None:
     p = sub.add_parser("rewrite", help="prune and/or quantize the kernels of Keras files")
-    p.add_argument("src", nargs="+", help="a file; or files, directories, glob patterns with --out-dir")
+    p.add_argument("src", nargs="+", help="a .h5, .weights.h5 or .keras file (or a packed one); "
+                                          "with --out-dir: files, directories, glob patterns")
     dst = p.add_mutually_exclusive_group(required=True)
-    dst.add_argument("-o", "--output", metavar="DST")
+    dst.add_argument("-o", "--output", metavar="DST", help="the file to write")
     dst.add_argument("--out-dir", metavar="DIR", help="rewrite every SRC into DIR")
     add_recipe_options(p)
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
@@ -41,19 +42,24 @@ def add_restore(sub) -> None:
 
 def add_recipe_options(p) -> None:
     """The recipe options, shared with batch rewriting."""
-    p.add_argument("--sparsity", help="fraction of all prunable weights to zero, or N:M (e.g. 2:4)")
+    p.add_argument("--sparsity", metavar="S", help="fraction of all prunable weights to zero, or N:M (e.g. 2:4)")
     p.add_argument("--allocation", choices=ALLOCATIONS, default="global",
                    help="spread --sparsity with one global criterion (default) or equally per tensor")
-    p.add_argument("--bits", type=int, help="quantize kernels to B bits (2..8)")
+    p.add_argument("--bits", type=int, metavar="B", help="quantize kernels to B bits (2..8)")
     p.add_argument("--target-sqnr", type=float, metavar="DB", help="per tensor, the fewest bits reaching DB")
     p.add_argument("--granularity", default="channel", help="tensor, channel (default) or block:N")
     p.add_argument("--method", choices=("minmax", "mse", "percentile"),
                    help="scale choice (default: mse at <= 4 bits, minmax above)")
-    p.add_argument("--storage", choices=STORAGES, default="float32")
-    p.add_argument("--compress", choices=COMPRESSIONS, default="none")
-    p.add_argument("--strip-optimizer", action="store_true")
-    p.add_argument("--include", action="append", default=[], metavar="GLOB")
-    p.add_argument("--exclude", action="append", default=[], metavar="GLOB")
+    p.add_argument("--storage", choices=STORAGES, default="float32",
+                   help="float32 (default, loads in any Keras), float16, or packed codes (smallest; "
+                        "wqkernels restore makes it loadable)")
+    p.add_argument("--compress", choices=COMPRESSIONS, default="none",
+                   help="HDF5 filter for rewritten datasets large enough to gain")
+    p.add_argument("--strip-optimizer", action="store_true", help="drop the optimizer state")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="only touch weights whose path matches (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="never touch weights whose path matches (repeatable)")
     p.add_argument("--min-size", type=int, metavar="N", help="leave weights with fewer elements alone")
 
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 import h5py
 import numpy as np
-from h5py import h5a, h5d, h5o, h5s, h5t
+from h5py import h5a, h5d, h5g, h5o, h5s, h5t
 
 #: a dataset may declare at most this many bytes beyond 1000x its stored size (hostile files)
 UNCHECKED_BYTES = 1 << 26
@@ -162,8 +162,8 @@ def copy_tree(src: h5py.Group, dst: h5py.Group, hooks: dict[str, Hook], skip: fr
         if path in skip:
             continue
         obj = src[name]
-        if isinstance(obj, h5py.Group):
-            sub = dst.create_group(name)
+        if isinstance(obj, h5py.Group):  # same creation properties: link/attribute order tracking
+            sub = h5py.Group(h5g.create(dst.id, name.encode("utf-8"), gcpl=obj.id.get_create_plist()))
             copy_attrs(obj, sub)
             copy_tree(obj, sub, hooks, skip, path + "/")
         elif path in hooks:

@@ -35,9 +35,11 @@ from .layouts import PACKED_GROUP
 
 FORMAT = "wqkernels-packed"
 VERSION = 1
-#: the index and the skeleton are read into memory: refuse absurd declared sizes
+#: the index and the skeleton are decompressed into memory: refuse declared sizes beyond these
+#: bounds or more than MAX_RATIO times their compressed size (plus 64 MiB)
 MAX_INDEX_BYTES = 256 << 20
 MAX_SKELETON_BYTES = 1 << 32
+MAX_RATIO = 1000
 
 
 def _count(shape) -> int:
@@ -90,7 +92,14 @@ class PackedWriter:
         for name, parts, dtype in (("codes", self._codes, np.uint8), ("scales", self._scales, np.float32),
                                    ("zero_points", self._zero_points, np.uint8)):
             data = np.concatenate(parts) if parts else np.zeros(0, dtype)
-            new_dataset(group, name, data.astype(dtype, copy=False), self.compress)
+            new_dataset(group, name, data.astype(dtype, copy=False), self.compress if _gains(data) else "none")
+
+
+def _gains(data: np.ndarray, sample: int = 1 << 16) -> bool:
+    """Whether compressing `data` saves at least a tenth, judged on a sample (dense codes of
+    well-spread weights are near their entropy already; pruned ones compress well)."""
+    head = data[:sample].tobytes()
+    return len(zlib.compress(head, 1)) < 0.9 * len(head)
 
 
 class PackedReader:
@@ -120,7 +129,8 @@ class PackedReader:
                 raise KerasFileError(f"{where}: packed index is corrupt")
             index = json.loads(text)
             size = int(index["skeleton_bytes"])
-            if not 0 < size <= MAX_SKELETON_BYTES:
+            bound = min(MAX_SKELETON_BYTES, MAX_RATIO * self._arrays["skeleton"].size + (64 << 20))
+            if not 0 < size <= bound:
                 raise KerasFileError(f"{where}: packed skeleton declares {size} bytes")
             x = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
             raw = x.decompress(self._arrays["skeleton"][()].tobytes(), size)

@@ -7,9 +7,11 @@ keep no global state, so a call can run in another process (issue 6's batch rewr
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -169,6 +171,12 @@ def inspect(path) -> list[WeightInfo]:
     ------
     ValueError (KerasFileError)
         The file is missing, unreadable or not a supported Keras file.
+
+    Examples
+    --------
+    >>> import wqkernels
+    >>> [(w.path, w.role, w.shape) for w in wqkernels.inspect("model.h5") if w.prunable]  # doctest: +SKIP
+    [('model_weights/dense/dense/kernel', 'kernel', (784, 128)), ...]
     """
     path = os.fspath(path)
     out = []
@@ -187,6 +195,13 @@ def load_weights(path) -> dict[str, np.ndarray]:
     """All weight datasets of a Keras file as arrays, keyed by their path in the weights file.
 
     Packed files are dequantized: the arrays equal those of the ``storage="float32"`` rewrite.
+
+    Examples
+    --------
+    >>> import wqkernels
+    >>> weights = wqkernels.load_weights("model-int4.keras")  # doctest: +SKIP
+    >>> weights["layers/dense/vars/0"].dtype  # doctest: +SKIP
+    dtype('float32')
     """
     path = os.fspath(path)
     with Source(path) as src, _as_file_errors(path):
@@ -216,6 +231,9 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -
     --------
     >>> import wqkernels
     >>> report = wqkernels.rewrite("model.h5", "model-int8.h5", wqkernels.Recipe(bits=8))  # doctest: +SKIP
+    >>> print(report.table())  # doctest: +SKIP
+    >>> report.to_dict()["totals"]["ratio"]  # doctest: +SKIP
+    1.0
     """
     recipe = Recipe() if recipe is None else recipe
     if not isinstance(recipe, Recipe):
@@ -227,7 +245,14 @@ def restore(src, dst, *, in_place: bool = False) -> Report:
     """Write a packed file back as a plain Keras file that stock Keras loads.
 
     Each restored dataset is bit-identical to the ``storage="float32"`` rewrite with the same
-    recipe.
+    recipe; everything else is copied as it was.
+
+    Examples
+    --------
+    >>> import wqkernels
+    >>> recipe = wqkernels.Recipe(bits=4, storage="packed", strip_optimizer=True)
+    >>> wqkernels.rewrite("model.keras", "small.keras", recipe)  # doctest: +SKIP
+    >>> wqkernels.restore("small.keras", "model-int4.keras")  # doctest: +SKIP
     """
     return _write(src, dst, Recipe(), in_place, restoring=True)
 
@@ -241,11 +266,7 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
     dst_dir = os.path.dirname(os.path.abspath(dst))
     if os.path.isdir(dst):
         raise KerasFileError(f"{dst}: is a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=dst_dir)
-        os.close(fd)
-    except OSError as exc:
-        raise KerasFileError(f"{dst}: cannot write there ({exc.strerror or exc})") from None
+    tmp = _temp_beside(dst, dst_dir)
     try:
         with Source(src, tmp_dir=dst_dir) as source, _as_file_errors(src):
             if restoring and source.packed is None:
@@ -256,7 +277,8 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
                 _write_zip(source, tmp, recipe, report, dst_dir)
             else:
                 _write_weights(source, tmp, recipe, report)
-        os.chmod(tmp, 0o644 & ~_umask())
+        if os.path.exists(dst):  # overwriting: keep the permissions the file had
+            os.chmod(tmp, os.stat(dst).st_mode & 0o7777)
         os.replace(tmp, dst)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -267,10 +289,19 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
     return report
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _temp_beside(dst: str, dst_dir: str) -> str:
+    """Create an empty temporary file next to `dst` (mode 0666 less the umask, like open())."""
+    base = os.path.basename(dst)
+    for _ in range(100):
+        path = os.path.join(dst_dir, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise KerasFileError(f"{dst}: cannot write there ({exc.strerror or exc})") from None
+    raise KerasFileError(f"{dst}: cannot create a temporary file beside it")
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -314,23 +345,28 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
                                     report.notes) if recipe.prunes and selected else {}
     writer = PackedWriter(recipe.compress) if packed_out else None
     rows = {}
-    hooks = {e.path: _transform_hook(source, e, recipe, pruned, writer, rows) for e in selected}
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wqkernels-stats")
+    hooks = {e.path: _transform_hook(source, e, recipe, pruned, writer, rows, pool) for e in selected}
     if source.packed is not None:  # placeholders of a packed source not rewritten: dequantize
         for e in source.entries:
             if e.path in source.packed.tensors and e.path not in hooks:
                 hooks[e.path] = _restore_hook(source, e, rows)
     skip = frozenset()
-    if recipe.strip_optimizer:
-        skip = frozenset({"optimizer_weights", "optimizer"})
+    optimizer = {"keras3": "optimizer", "legacy": "optimizer_weights"}.get(source.layout)
+    if recipe.strip_optimizer and optimizer is not None and optimizer in source.root:
+        skip = frozenset({optimizer})
         report.notes.append("optimizer state removed")
     if source.role_source != "config":
         report.notes.append(f"roles from {source.role_source}: layer classes guessed from group and "
                             f"dataset names")
 
     image = io.BytesIO() if packed_out else None
-    with h5py.File(image if packed_out else tmp, "w") as out:
-        copy_attrs(source.root, out)
-        copy_tree(source.root, out, hooks, skip)
+    try:
+        with h5py.File(image if packed_out else tmp, "w") as out:
+            copy_attrs(source.root, out)
+            copy_tree(source.root, out, hooks, skip)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     if packed_out:
         with h5py.File(tmp, "w") as out:
             writer.write(out, image.getvalue(), source.layout, recipe.to_dict())
@@ -346,42 +382,48 @@ def _untouched_row(source: Source, e: Entry) -> WeightRow:
     return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes)
 
 
-def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writer, rows: dict):
+def _transform(x: np.ndarray, e: Entry, recipe: Recipe, packing: bool):
+    """The values to store for one kernel (float32), its QuantizedArray when packing, its bits."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not recipe.quantizes:
+        return x, None, None
+    view, options = recipe.layout_for(e)
+    xv = x.reshape(view)
+    bits = recipe.bits if recipe.bits is not None else _kernels.bits_for_sqnr(xv, recipe, options)
+    method = recipe.method_for(bits)
+    if packing:
+        qa = quantize(xv, bits, method=method, **options)
+        return qa.dequantize().reshape(e.shape), qa, bits
+    return fake_quantize(xv, bits, method=method, **options).reshape(e.shape), None, bits
+
+
+def _statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
+    """(sparsity before, sparsity after, mse, SQNR dB) of one rewritten weight."""
+    x_hat = np.asarray(stored, dtype=np.float32)
+    stats = _kernels.error(original, x_hat)
+    return _kernels.sparsity(original), _kernels.sparsity(x_hat), float(stats.mse), float(stats.sqnr_db)
+
+
+def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writer, rows: dict, pool):
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         original = source.read(e)
         x = pruned.pop(e.path, None)
-        if x is None:
-            x = original
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        bits = None
-        qa = None
-        if recipe.quantizes:
-            view, options = recipe.layout_for(e)
-            xv = x.reshape(view)
-            bits = recipe.bits if recipe.bits is not None else _kernels.bits_for_sqnr(xv, recipe, options)
-            method = recipe.method_for(bits)
-            if writer is not None:
-                qa = quantize(xv, bits, method=method, **options)
-                x = qa.dequantize().reshape(e.shape)
-            else:
-                x = fake_quantize(xv, bits, method=method, **options).reshape(e.shape)
+        try:
+            stored, qa, bits = _transform(original if x is None else x, e, recipe, writer is not None)
+        except ValueError as exc:  # NaN or infinity in the weights: say which
+            raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
+        if recipe.storage == "float16":
+            stored = stored.astype(np.float16)
+        # the statistics (GIL-free NumPy loops) run while the data is written
+        stats = pool.submit(_statistics, original, stored)
         if writer is not None:
             placeholder = group.create_dataset(name, shape=e.shape, dtype=np.float32)
             copy_attrs(dset, placeholder)
-            stored = x if qa is not None else None
-            if qa is None:  # packed storage of an unquantized tensor cannot happen (Recipe forbids)
-                raise KerasFileError(f"{source.path}: {e.path}: packed storage needs quantization")
             nbytes = writer.add(e.path, e.shape, qa, recipe.compress)
         else:
-            stored = x.astype(np.float16) if recipe.storage == "float16" else x
-            out = new_dataset(group, name, stored, recipe.compress, like=dset)
-            nbytes = int(out.id.get_storage_size())
-        x_hat = np.asarray(stored, dtype=np.float32)
-        stats = _kernels.error(original, x_hat)
-        rows[e.path] = WeightRow(e.path, e.role, e.shape, True, _kernels.sparsity(original),
-                                 _kernels.sparsity(x_hat), bits, float(stats.mse), float(stats.sqnr_db),
-                                 int(dset.id.get_storage_size()) if source.packed is None or
-                                 e.path not in source.packed.tensors else source.stored_bytes(e), nbytes)
+            nbytes = int(new_dataset(group, name, stored, recipe.compress, like=dset).id.get_storage_size())
+        rows[e.path] = WeightRow(e.path, e.role, e.shape, True, *stats.result()[:2], bits,
+                                 *stats.result()[2:], source.stored_bytes(e), nbytes)
     return hook
 
 

@@ -40,6 +40,8 @@ def to_snake_case(name: str) -> str:
 
 
 _SNAKE_TO_CLASS = {to_snake_case(c): c for c in _KNOWN_CLASSES}
+#: sublayers Keras 3 saves under attribute names rather than class names
+_SNAKE_TO_CLASS.update({f"{p}_dense": "EinsumDense" for p in ("query", "key", "value", "output")})
 
 
 def class_from_name(name: str, extra_classes=()) -> str | None:
