@@ -58,6 +58,8 @@ setup(
                 "src/wqkernels/_units.pxi",
                 "src/wqkernels/_quantize.pxi",
                 "src/wqkernels/_packing.pxi",
+                "src/wqkernels/_prune_loops.h",
+                "src/wqkernels/_prune.pxi",
             ],
         )
     ],

@@ -17,6 +17,11 @@ __all__ = [
     "unpack_bits",
     "packed_size",
 ]
+from .pruning import clip, prune, prune_channels, prune_global, prune_n_m, shrink  # noqa: E402
+from .statistics import ErrorStats, error, sparsity  # noqa: E402
+
+__all__ += ["prune", "prune_n_m", "prune_channels", "prune_global", "clip", "shrink",
+            "sparsity", "error", "ErrorStats"]
 
 from .files import KerasFileError, Recipe, Report, WeightInfo, inspect, load_weights, restore, rewrite
 

@@ -11,3 +11,4 @@ runs and spreads them over OpenMP threads.
 include "_units.pxi"
 include "_quantize.pxi"
 include "_packing.pxi"
+include "_prune.pxi"

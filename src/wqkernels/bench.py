@@ -230,3 +230,141 @@ def main(argv=None) -> int:
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", *(argv or [])])
     return _main(args)
+
+
+def pruning_cases(size: int) -> list[Case]:
+    """The pruning cases of issue 3 at `size` elements (names start with "prune")."""
+    from .pruning import clip, prune, prune_channels, prune_global, prune_n_m, shrink
+    from .statistics import error
+
+    x = _weights(size)
+    m = _matrix(size)
+    layers = _layers(size, 50)
+    torch = _torch()
+    t = torch.from_numpy(x) if torch is not None else None
+    k = size // 2
+    cases = []
+
+    c = Case("prune sparsity 0.5", size)
+    c.impls["wqkernels"] = lambda: prune(x, 0.5)
+    c.impls["numpy"] = lambda: _numpy_prune(x, k)
+    c.impls["floor: x.copy()"] = x.copy
+    if torch is not None:
+        c.impls["torch"] = lambda: _torch_prune(torch, t, k)
+    cases.append(c)
+
+    threshold = 0.6745  # about the median of |x|
+    c = Case("prune threshold", size)
+    c.impls["wqkernels"] = lambda: prune(x, threshold=threshold)
+    c.impls["numpy"] = lambda: np.where(np.abs(x) < np.float32(threshold), np.float32(0), x)
+    c.impls["floor: x.copy()"] = x.copy
+    if torch is not None:
+        c.impls["torch"] = lambda: torch.where(t.abs() < threshold, 0.0, t)
+    cases.append(c)
+
+    c = Case("prune: clip [-1, 1]", size)
+    c.impls["wqkernels"] = lambda: clip(x, -1.0, 1.0)
+    c.impls["numpy"] = lambda: np.clip(x, -1.0, 1.0)
+    c.impls["floor: x.copy()"] = x.copy
+    if torch is not None:
+        c.impls["torch"] = lambda: torch.clamp(t, -1.0, 1.0)
+    cases.append(c)
+
+    c = Case("prune: shrink 0.1", size)
+    c.impls["wqkernels"] = lambda: shrink(x, 0.1)
+    c.impls["numpy"] = lambda: np.sign(x) * np.maximum(np.abs(x) - np.float32(0.1), np.float32(0))
+    c.impls["floor: x.copy()"] = x.copy
+    if torch is not None:
+        c.impls["torch"] = lambda: torch.nn.functional.softshrink(t, 0.1)
+    cases.append(c)
+
+    for axis in (-1, 0):
+        c = Case(f"prune_n_m 2:4 {m.shape} axis {axis}", m.size)
+        c.impls["wqkernels"] = lambda axis=axis: prune_n_m(m, 2, 4, axis)
+        c.impls["numpy"] = lambda axis=axis: _numpy_n_m(m, 2, 4, axis)
+        if torch is not None:
+            tm = torch.from_numpy(m)
+            c.impls["torch"] = lambda axis=axis: _torch_n_m(torch, tm, 2, 4, axis)
+        cases.append(c)
+
+    c = Case(f"prune_global 0.5 over {len(layers)} arrays", size)
+    c.impls["wqkernels"] = lambda: prune_global(layers, 0.5)
+    c.impls["numpy"] = lambda: _numpy_global(layers, 0.5)
+    if torch is not None:
+        tl = {name: torch.from_numpy(a) for name, a in layers.items()}
+        c.impls["torch"] = lambda: _torch_global(torch, tl, 0.5)
+    cases.append(c)
+
+    c = Case(f"prune_channels 0.5 L2 {m.shape} axis 0", m.size)
+    c.impls["wqkernels"] = lambda: prune_channels(m, 0.5, axis=0)
+    c.impls["numpy"] = lambda: _numpy_channels(m, 0.5)
+    cases.append(c)
+
+    y = prune(x, 0.5)
+    c = Case("prune: error statistics", size)
+    c.impls["wqkernels"] = lambda: error(x, y)
+    c.impls["numpy"] = lambda: ref.error(x, y)
+    cases.append(c)
+    return cases
+
+
+def _layers(size: int, count: int) -> dict[str, np.ndarray]:
+    """`count` weight arrays of uneven sizes totalling `size` elements."""
+    share = np.random.default_rng(1).uniform(0.2, 1.0, count)
+    sizes = np.floor(share / share.sum() * size).astype(int)
+    sizes[-1] += size - sizes.sum()
+    x = _weights(size, seed=2)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    return {f"layer{i}": x[bounds[i]:bounds[i + 1]].copy() for i in range(count)}
+
+
+def _numpy_prune(x, k):
+    a = np.abs(x)
+    t = np.partition(a, k)[k]
+    return np.where(a < t, np.float32(0), x)
+
+
+def _torch_prune(torch, t, k):
+    a = t.abs()
+    return torch.where(a < a.reshape(-1).kthvalue(k + 1).values, 0.0, t)
+
+
+def _numpy_n_m(m, n, group, axis):
+    moved = np.moveaxis(m, axis, -1)
+    runs = moved.reshape(-1, group)
+    order = np.argsort(np.abs(runs), axis=1, kind="stable")
+    y = runs.copy()
+    np.put_along_axis(y, order[:, : group - n], 0, axis=1)
+    return np.moveaxis(y.reshape(moved.shape), -1, axis)
+
+
+def _torch_n_m(torch, tm, n, group, axis):
+    moved = tm.movedim(axis, -1).contiguous()
+    runs = moved.reshape(-1, group)
+    keep = runs.abs().topk(n, dim=1).indices
+    y = torch.zeros_like(runs).scatter_(1, keep, runs.gather(1, keep))
+    return y.reshape(moved.shape).movedim(-1, axis)
+
+
+def _numpy_global(layers, sparsity):
+    flat = np.concatenate([np.abs(a).reshape(-1) for a in layers.values()])
+    k = int(sparsity * flat.size)
+    t = np.partition(flat, k)[k]
+    return {name: np.where(np.abs(a) < t, np.float32(0), a) for name, a in layers.items()}
+
+
+def _torch_global(torch, layers, sparsity):
+    flat = torch.cat([a.abs().reshape(-1) for a in layers.values()])
+    t = flat.kthvalue(int(sparsity * flat.numel()) + 1).values
+    return {name: torch.where(a.abs() < t, 0.0, a) for name, a in layers.items()}
+
+
+def _numpy_channels(m, sparsity):
+    norms = np.sqrt((m.astype(np.float64) ** 2).sum(axis=1))
+    drop = np.argsort(norms, kind="stable")[: int(sparsity * m.shape[0])]
+    y = m.copy()
+    y[drop] = 0
+    return y
+
+
+CASE_BUILDERS.append(pruning_cases)

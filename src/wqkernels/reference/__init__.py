@@ -8,3 +8,7 @@ from .packing import pack_bits, unpack_bits
 from .quantization import dequantize, fake_quantize, quantize
 
 __all__ = ["quantize", "dequantize", "fake_quantize", "pack_bits", "unpack_bits"]
+from .pruning import clip, prune, prune_channels, prune_global, prune_n_m, shrink  # noqa: E402
+from .statistics import error, sparsity  # noqa: E402
+
+__all__ += ["prune", "prune_n_m", "prune_channels", "prune_global", "clip", "shrink", "sparsity", "error"]

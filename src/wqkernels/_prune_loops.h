@@ -1,0 +1,513 @@
+/* Innermost loops of the pruning kernels, called from _prune.pxi.
+ *
+ * They work on the bit patterns of float16, float32 and float64 values, read as unsigned
+ * integers of the same width ("K").  The bits of |x|, x & ~sign, are a key that orders like the
+ * magnitudes of finite values, with +-0 equal and lowest, and +-Inf and NaN above all of them.
+ * Magnitude selection, N:M and threshold pruning therefore never leave the integers; only the
+ * norms, shrink and the error statistics convert to floating point.
+ *
+ * The body below is written once and instantiated for the three widths by including this
+ * file into itself; every function gets a _u16, _u32 or _u64 suffix, and wqk_NAME(width, ...)
+ * picks the instance for an element width in bytes, so the Cython layer calls one name from
+ * code generic over a fused type.  Loops are written so that GCC vectorises them (checked with
+ * -fopt-info-vec); WQK_CLONES (from _loops.h) builds an AVX2/AVX-512 copy of the hot ones.
+ */
+#ifndef WQK_PRUNE_LOOPS_H
+#define WQK_PRUNE_LOOPS_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "_loops.h"
+
+#define WQK_INLINE static inline __attribute__((always_inline))
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+static inline int wqk_ctz(uint32_t v) { unsigned long i; _BitScanForward(&i, v); return (int)i; }
+#define wqk_prefetch(p) ((void)(p))
+#define wqk_prefetch_write(p) ((void)(p))
+#else
+#define wqk_ctz(v) __builtin_ctz(v)
+#define wqk_prefetch(p) __builtin_prefetch(p)
+#define wqk_prefetch_write(p) __builtin_prefetch(p, 1)
+#endif
+
+/* float16 <-> float32 for finite values, exact and round-half-to-even (F. Giesen's method;
+ * no F16C needed).  NumPy computes float16 arithmetic the same way: in float32, then rounded. */
+WQK_INLINE float wqk_half_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)(h & 0x7fffu) << 13, sign = (uint32_t)(h & 0x8000u) << 16;
+    float f;
+    if ((h & 0x7c00u) == 0) { /* zero or subnormal: an integer multiple of 2^-24 */
+        f = (float)(h & 0x3ffu) * 5.9604644775390625e-8f;
+        memcpy(&bits, &f, 4);
+    } else {
+        bits += (uint32_t)(127 - 15) << 23;
+    }
+    bits |= sign;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+WQK_INLINE uint16_t wqk_float_to_half(float f) {
+    uint32_t bits, sign;
+    memcpy(&bits, &f, 4);
+    sign = (bits >> 16) & 0x8000u;
+    bits &= 0x7fffffffu;
+    if (bits >= 0x47800000u) /* >= 2^16 (NaN is excluded by validation): infinity */
+        return (uint16_t)(sign | 0x7c00u);
+    if (bits < 0x38800000u) { /* below 2^-14: adding 0.5 rounds to a multiple of 2^-24 */
+        float t;
+        memcpy(&t, &bits, 4);
+        t += 0.5f;
+        memcpy(&bits, &t, 4);
+        return (uint16_t)(sign | (bits - 0x3f000000u));
+    }
+    bits += 0xc8000fffu + ((bits >> 13) & 1u); /* rebias the exponent, round half to even */
+    return (uint16_t)(sign | (bits >> 13));
+}
+
+/* ---- instantiate the body for each width ------------------------------------------------- */
+#define WQK_PRUNE_BODY
+#define K uint16_t
+#define SK int16_t
+#define F float
+#define W 16
+#define KEY_INF 0x7c00u
+#define S(name) name##_u16
+#define TO_F(b) wqk_half_to_float(b)
+#define FROM_F(f) wqk_float_to_half(f)
+#include "_prune_loops.h"
+#undef K
+#undef SK
+#undef F
+#undef W
+#undef KEY_INF
+#undef S
+#undef TO_F
+#undef FROM_F
+
+WQK_INLINE float wqk_bits_to_float(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
+WQK_INLINE uint32_t wqk_float_to_bits(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+WQK_INLINE double wqk_bits_to_double(uint64_t b) { double f; memcpy(&f, &b, 8); return f; }
+WQK_INLINE uint64_t wqk_double_to_bits(double f) { uint64_t b; memcpy(&b, &f, 8); return b; }
+
+#define K uint32_t
+#define SK int32_t
+#define F float
+#define W 32
+#define KEY_INF 0x7f800000u
+#define S(name) name##_u32
+#define TO_F(b) wqk_bits_to_float(b)
+#define FROM_F(f) wqk_float_to_bits(f)
+#include "_prune_loops.h"
+#undef K
+#undef SK
+#undef F
+#undef W
+#undef KEY_INF
+#undef S
+#undef TO_F
+#undef FROM_F
+
+#define K uint64_t
+#define SK int64_t
+#define F double
+#define W 64
+#define KEY_INF 0x7ff0000000000000ull
+#define S(name) name##_u64
+#define TO_F(b) wqk_bits_to_double(b)
+#define FROM_F(f) wqk_double_to_bits(f)
+#include "_prune_loops.h"
+#undef K
+#undef SK
+#undef F
+#undef W
+#undef KEY_INF
+#undef S
+#undef TO_F
+#undef FROM_F
+#undef WQK_PRUNE_BODY
+
+/* One name per loop, called with the element width in bytes first (a constant where the
+ * Cython layer calls it, so only one branch is compiled in); arrays are passed as void
+ * pointers and keys as uint64_t. */
+#define WQK_BY_WIDTH(name, width, ...) \
+    ((width) == 2 ? name##_u16(__VA_ARGS__) : (width) == 4 ? name##_u32(__VA_ARGS__) : name##_u64(__VA_ARGS__))
+#define wqk_scan(width, ...) WQK_BY_WIDTH(wqk_scan, width, __VA_ARGS__)
+#define wqk_histogram(width, ...) WQK_BY_WIDTH(wqk_histogram, width, __VA_ARGS__)
+#define wqk_compact(width, ...) WQK_BY_WIDTH(wqk_compact, width, __VA_ARGS__)
+#define wqk_zero_listed(width, ...) WQK_BY_WIDTH(wqk_zero_listed, width, __VA_ARGS__)
+#define wqk_find_equal(width, ...) WQK_BY_WIDTH(wqk_find_equal, width, __VA_ARGS__)
+#define wqk_mask_below(width, ...) WQK_BY_WIDTH(wqk_mask_below, width, __VA_ARGS__)
+#define wqk_count_below(width, ...) WQK_BY_WIDTH(wqk_count_below, width, __VA_ARGS__)
+#define wqk_n_m_runs(width, ...) WQK_BY_WIDTH(wqk_n_m_runs, width, __VA_ARGS__)
+#define wqk_n_m_lanes(width, ...) WQK_BY_WIDTH(wqk_n_m_lanes, width, __VA_ARGS__)
+#define wqk_norm_run(width, ...) WQK_BY_WIDTH(wqk_norm_run, width, __VA_ARGS__)
+#define wqk_norm_lanes(width, ...) WQK_BY_WIDTH(wqk_norm_lanes, width, __VA_ARGS__)
+#define wqk_keep_lanes(width, ...) WQK_BY_WIDTH(wqk_keep_lanes, width, __VA_ARGS__)
+#define wqk_clip(width, ...) WQK_BY_WIDTH(wqk_clip, width, __VA_ARGS__)
+#define wqk_shrink(width, ...) WQK_BY_WIDTH(wqk_shrink, width, __VA_ARGS__)
+#define wqk_error(width, ...) WQK_BY_WIDTH(wqk_error, width, __VA_ARGS__)
+
+#endif /* WQK_PRUNE_LOOPS_H */
+
+
+#ifdef WQK_PRUNE_BODY
+/* ==== the body, for K = uint16_t / uint32_t / uint64_t ====================================== */
+
+#define ABS ((K)~((K)1 << (W - 1)))  /* key = bits & ABS */
+#define SIGN ((K)((K)1 << (W - 1)))
+#define BLOCK 32                     /* elements per block of the blocked scans */
+
+/* The fused pass of a magnitude selection over one run (global indices base..base+n).
+ * With a window [lo, hi] of keys known (from a sample) to hold the k-th smallest key:
+ * counts[0] += keys below lo, counts[1] += keys in the window, and while counts[1] <= cap the
+ * window's keys and global indices are appended to keys/index.  When y is not NULL, also
+ * y = (key < lo) ? +0 : x.  Returns the largest key (>= KEY_INF: a NaN or an infinity).
+ * Blocks of 32 are vectorised into counts and a bit mask of the window's lanes; only the set
+ * bits are visited, so a sparse window costs little more than a copy. */
+WQK_INLINE K S(wqk_scan_impl)(const K *x, K *y, ptrdiff_t n, K lo, K hi, int64_t base,
+                              K *keys, int64_t *index, int64_t cap, int64_t *counts,
+                              const int write) {
+    const K width = (K)(hi - lo);
+    int64_t less = counts[0], inside = counts[1];
+    K top = 0;
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += BLOCK) {
+        ptrdiff_t len = n - i0 < BLOCK ? n - i0 : BLOCK;
+        uint32_t below = 0, mask = 0;
+        K t = 0;
+        if (len == BLOCK) {
+            for (int j = 0; j < BLOCK; j++) {
+                K b = x[i0 + j], k = b & ABS;
+                below += k < lo;
+                mask |= (uint32_t)((K)(k - lo) <= width) << j;
+                t = k > t ? k : t;
+                if (write) y[i0 + j] = k < lo ? (K)0 : b;
+            }
+        } else {
+            for (int j = 0; j < len; j++) {
+                K b = x[i0 + j], k = b & ABS;
+                below += k < lo;
+                mask |= (uint32_t)((K)(k - lo) <= width) << j;
+                t = k > t ? k : t;
+                if (write) y[i0 + j] = k < lo ? (K)0 : b;
+            }
+        }
+        less += below;
+        top = t > top ? t : top;
+        for (; mask; mask &= mask - 1) {
+            int j = wqk_ctz(mask);
+            if (inside < cap) {
+                keys[inside] = x[i0 + j] & ABS;
+                index[inside] = base + i0 + j;
+            }
+            inside++;
+        }
+    }
+    counts[0] = less;
+    counts[1] = inside;
+    return top;
+}
+
+WQK_CLONES static K S(wqk_scan)(const void *x_, void *y_, ptrdiff_t n, K lo, K hi, int64_t base,
+                                void *keys_, int64_t *index, int64_t cap, int64_t *counts) {
+    const K *x = (const K *)x_;
+    K *y = (K *)y_;
+    K *keys = (K *)keys_;
+    if (y)
+        return S(wqk_scan_impl)(x, y, n, lo, hi, base, keys, index, cap, counts, 1);
+    return S(wqk_scan_impl)(x, y, n, lo, hi, base, keys, index, cap, counts, 0);
+}
+
+/* For listed entries (keys and positions, positions increasing, all inside y's run that starts
+ * at position base): y = +0 where key < t, or key == t at a position <= cut.  The writes are
+ * scattered, so the cache lines a few entries ahead are fetched early. */
+WQK_CLONES static void S(wqk_zero_listed)(void *y_, const void *keys_, const int64_t *index,
+                                          ptrdiff_t count, K t, int64_t cut, int64_t base) {
+    K *y = (K *)y_;
+    const K *keys = (const K *)keys_;
+    enum { AHEAD = 16 };
+    for (ptrdiff_t c = 0; c < count; c++) {
+        if (c + AHEAD < count) wqk_prefetch_write(y + (index[c + AHEAD] - base));
+        if (keys[c] < t || (keys[c] == t && index[c] <= cut)) y[index[c] - base] = 0;
+    }
+}
+
+/* hist[(key >> shift) & mask] += 1 for the keys whose bits above `above` equal prefix. */
+static void S(wqk_histogram)(const void *x_, ptrdiff_t n, K prefix, int above, int shift,
+                             uint32_t mask, int64_t *hist) {
+    const K *x = (const K *)x_;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        K k = x[i] & ABS;
+        if ((K)(k >> above) == prefix) hist[(k >> shift) & mask]++;
+    }
+}
+
+/* Appends to out the keys whose bits above `above` equal prefix; returns how many. */
+static ptrdiff_t S(wqk_compact)(const void *x_, ptrdiff_t n, K prefix, int above, void *out_) {
+    const K *x = (const K *)x_;
+    K *out = (K *)out_;
+    ptrdiff_t m = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        K k = x[i] & ABS;
+        out[m] = k;
+        m += (K)(k >> above) == prefix;
+    }
+    return m;
+}
+
+/* Index of the r-th (1-based) element whose key is t; if there are fewer, -1 with *r reduced
+ * by their number. */
+WQK_CLONES static ptrdiff_t S(wqk_find_equal)(const void *x_, ptrdiff_t n, K t, int64_t *r) {
+    const K *x = (const K *)x_;
+    int64_t need = *r;
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += BLOCK) {
+        ptrdiff_t len = n - i0 < BLOCK ? n - i0 : BLOCK;
+        K count = 0;
+        for (ptrdiff_t j = 0; j < len; j++) count += (K)((x[i0 + j] & ABS) == t);
+        if ((int64_t)count >= need) {
+            for (ptrdiff_t j = 0; j < len; j++)
+                if ((x[i0 + j] & ABS) == t && --need == 0) return i0 + j;
+        }
+        need -= count;
+    }
+    *r = need;
+    return -1;
+}
+
+/* y = +0 where key < t, or key == t and the index is below cut; else y = x.  Returns the
+ * largest key. */
+WQK_CLONES static K S(wqk_mask_below)(const void *x_, void *y_, ptrdiff_t n, K t, ptrdiff_t cut) {
+    const K *x = (const K *)x_;
+    K *y = (K *)y_;
+    K top = 0;
+    cut = cut < 0 ? 0 : (cut > n ? n : cut);
+    for (ptrdiff_t i = 0; i < cut; i++) {
+        K b = x[i], k = b & ABS;
+        top = k > top ? k : top;
+        y[i] = k <= t ? (K)0 : b;
+    }
+    for (ptrdiff_t i = cut; i < n; i++) {
+        K b = x[i], k = b & ABS;
+        top = k > top ? k : top;
+        y[i] = k < t ? (K)0 : b;
+    }
+    return top;
+}
+
+/* The number of keys below t, and (in *top) the largest key. */
+WQK_CLONES static int64_t S(wqk_count_below)(const void *x_, ptrdiff_t n, K t, void *top_) {
+    const K *x = (const K *)x_;
+    K *top = (K *)top_;
+    int64_t count = 0;
+    K m = *top;
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += BLOCK) {
+        ptrdiff_t len = n - i0 < BLOCK ? n - i0 : BLOCK;
+        K c = 0;
+        for (ptrdiff_t j = 0; j < len; j++) {
+            K k = x[i0 + j] & ABS;
+            c += (K)(k < t);
+            m = k > m ? k : m;
+        }
+        count += c;
+    }
+    *top = m;
+    return count;
+}
+
+/* ---- N:M ----------------------------------------------------------------------------------
+ * In a run of m elements, element p is kept when fewer than n others outrank it: a larger
+ * key, or the same key at a lower position.  Every rank is found before anything is written,
+ * so y may be x. */
+
+WQK_INLINE K S(wqk_n_m_runs_impl)(const K *x, K *y, ptrdiff_t runs, int m, int n, K *rank) {
+    K top = 0;
+    for (ptrdiff_t g = 0; g < runs; g++) {
+        const K *a = x + g * m;
+        for (int p = 0; p < m; p++) {
+            K kp = a[p] & ABS, r = 0;
+            for (int l = 0; l < m; l++) {
+                K kl = a[l] & ABS;
+                r += (K)((kl > kp) | ((kl == kp) & (l < p)));
+            }
+            rank[p] = r;
+            top = kp > top ? kp : top;
+        }
+        for (int p = 0; p < m; p++) y[g * m + p] = rank[p] < (K)n ? a[p] : (K)0;
+    }
+    return top;
+}
+
+/* `runs` consecutive runs of m contiguous elements (the axis is the last one); rank holds m.
+ * Returns the largest key. */
+WQK_CLONES static K S(wqk_n_m_runs)(const void *x_, void *y_, ptrdiff_t runs, int m, int n, void *rank_) {
+    const K *x = (const K *)x_;
+    K *y = (K *)y_;
+    K *rank = (K *)rank_;
+    switch (m) { /* a constant m lets GCC unroll the ranking */
+    case 2: return S(wqk_n_m_runs_impl)(x, y, runs, 2, n, rank);
+    case 4: return S(wqk_n_m_runs_impl)(x, y, runs, 4, n, rank);
+    case 8: return S(wqk_n_m_runs_impl)(x, y, runs, 8, n, rank);
+    default: return S(wqk_n_m_runs_impl)(x, y, runs, m, n, rank);
+    }
+}
+
+/* One run of `len` rows of `lanes` contiguous elements, rows `stride` apart, where each lane
+ * is a separate run (the axis is not the last one).  rank holds len * chunk elements.
+ * Returns the largest key. */
+WQK_CLONES static K S(wqk_n_m_lanes)(const void *x_, void *y_, ptrdiff_t lanes, ptrdiff_t stride,
+                                     int len, int n, void *rank_, ptrdiff_t chunk) {
+    const K *x = (const K *)x_;
+    K *y = (K *)y_;
+    K *rank = (K *)rank_;
+    K top = 0;
+    for (ptrdiff_t i0 = 0; i0 < lanes; i0 += chunk) {
+        ptrdiff_t c = lanes - i0 < chunk ? lanes - i0 : chunk;
+        for (int p = 0; p < len; p++) {
+            const K *xp = x + p * stride + i0;
+            K *rp = rank + p * chunk;
+            for (ptrdiff_t i = 0; i < c; i++) rp[i] = 0;
+            for (int l = 0; l < len; l++) {
+                const K *xl = x + l * stride + i0;
+                if (l < p) {
+                    for (ptrdiff_t i = 0; i < c; i++) rp[i] += (K)((xl[i] & ABS) >= (xp[i] & ABS));
+                } else if (l > p) {
+                    for (ptrdiff_t i = 0; i < c; i++) rp[i] += (K)((xl[i] & ABS) > (xp[i] & ABS));
+                }
+            }
+        }
+        for (int p = 0; p < len; p++) {
+            const K *xp = x + p * stride + i0, *rp = rank + p * chunk;
+            K *yp = y + p * stride + i0;
+            for (ptrdiff_t i = 0; i < c; i++) {
+                K b = xp[i], k = b & ABS;
+                top = k > top ? k : top;
+                yp[i] = rp[i] < (K)n ? b : (K)0;
+            }
+        }
+    }
+    return top;
+}
+
+/* ---- channels ------------------------------------------------------------------------------
+ * Norms accumulate |x| (ord 1) or x^2 (ord 2) in float64, in a fixed order for a given shape. */
+
+WQK_INLINE double S(wqk_norm_term)(K b, int ord) {
+    double v = (double)TO_F((K)(b & ABS));
+    return ord == 1 ? v : v * v;
+}
+
+/* The sum of the terms of one contiguous run, in 8 interleaved partial sums. */
+WQK_CLONES static double S(wqk_norm_run)(const void *x_, ptrdiff_t n, int ord) {
+    const K *x = (const K *)x_;
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    ptrdiff_t i = 0;
+    if (ord == 1) {
+        for (; i + 8 <= n; i += 8)
+            for (int j = 0; j < 8; j++) acc[j] += S(wqk_norm_term)(x[i + j], 1);
+    } else {
+        for (; i + 8 <= n; i += 8)
+            for (int j = 0; j < 8; j++) acc[j] += S(wqk_norm_term)(x[i + j], 2);
+    }
+    for (; i < n; i++) acc[0] += S(wqk_norm_term)(x[i], ord);
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* acc[i] += the term of x[i]: one row of a (rows, channels) array. */
+WQK_CLONES static void S(wqk_norm_lanes)(const void *x_, ptrdiff_t n, int ord, double *acc) {
+    const K *x = (const K *)x_;
+    if (ord == 1) {
+        for (ptrdiff_t i = 0; i < n; i++) acc[i] += S(wqk_norm_term)(x[i], 1);
+    } else {
+        for (ptrdiff_t i = 0; i < n; i++) acc[i] += S(wqk_norm_term)(x[i], 2);
+    }
+}
+
+/* y = x & keep: keep[i] is all ones or zero. */
+WQK_CLONES static void S(wqk_keep_lanes)(const void *x_, void *y_, ptrdiff_t n, const void *keep_) {
+    const K *x = (const K *)x_;
+    K *y = (K *)y_;
+    const K *keep = (const K *)keep_;
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = x[i] & keep[i];
+}
+
+/* ---- clip and shrink ------------------------------------------------------------------- */
+
+/* The bits as a signed integer that compares like the float (+0 and -0 equal). */
+WQK_INLINE SK S(wqk_signed)(K b) {
+    SK m = (SK)(b & ABS), s = (SK)((SK)b >> (W - 1));
+    return (SK)((m ^ s) - s);
+}
+
+/* y = lo where x < lo, hi where x > hi, else x (NumPy's clip: x itself when equal); returns
+ * the largest key. */
+WQK_CLONES static K S(wqk_clip)(const void *x_, void *y_, ptrdiff_t n, K lo, K hi) {
+    const K *x = (const K *)x_;
+    K *y = (K *)y_;
+    SK vlo = S(wqk_signed)(lo), vhi = S(wqk_signed)(hi);
+    K top = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        K b = x[i], k = b & ABS;
+        SK v = S(wqk_signed)(b);
+        top = k > top ? k : top;
+        y[i] = v < vlo ? lo : (v > vhi ? hi : b);
+    }
+    return top;
+}
+
+/* y = sign(x) * max(|x| - alpha, 0) in x's precision (float16 via float32, as NumPy), with
+ * sign(+-0) = 0; returns the largest key. */
+WQK_CLONES static K S(wqk_shrink)(const void *x_, void *y_, ptrdiff_t n, F alpha) {
+    const K *x = (const K *)x_;
+    K *y = (K *)y_;
+    K top = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        K b = x[i], k = b & ABS;
+        F d = TO_F(k) - alpha;
+        K mag = d > 0 ? FROM_F(d) : (K)0;
+        top = k > top ? k : top;
+        y[i] = mag | (k ? (K)(b & SIGN) : (K)0);
+    }
+    return top;
+}
+
+/* ---- error statistics -------------------------------------------------------------------
+ * out[0] += sum x^2, out[1] += sum (x - x_hat)^2, out[2] = max(out[2], |x - x_hat|), in float64
+ * with 4 interleaved partial sums; returns the largest key of either input. */
+WQK_CLONES static K S(wqk_error)(const void *x_, const void *x_hat_, ptrdiff_t n, double *out) {
+    const K *x = (const K *)x_;
+    const K *x_hat = (const K *)x_hat_;
+    double sx[4] = {0, 0, 0, 0}, se[4] = {0, 0, 0, 0}, mx[4] = {0, 0, 0, 0};
+    K top = 0;
+    ptrdiff_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        for (int j = 0; j < 4; j++) {
+            double a = (double)TO_F(x[i + j]), d = a - (double)TO_F(x_hat[i + j]);
+            double ad = d < 0 ? -d : d;
+            K ka = x[i + j] & ABS, kb = x_hat[i + j] & ABS, k = ka > kb ? ka : kb;
+            sx[j] += a * a;
+            se[j] += d * d;
+            mx[j] = ad > mx[j] ? ad : mx[j];
+            top = k > top ? k : top;
+        }
+    }
+    for (; i < n; i++) {
+        double a = (double)TO_F(x[i]), d = a - (double)TO_F(x_hat[i]);
+        double ad = d < 0 ? -d : d;
+        K ka = x[i] & ABS, kb = x_hat[i] & ABS, k = ka > kb ? ka : kb;
+        sx[0] += a * a;
+        se[0] += d * d;
+        mx[0] = ad > mx[0] ? ad : mx[0];
+        top = k > top ? k : top;
+    }
+    out[0] += (sx[0] + sx[1]) + (sx[2] + sx[3]);
+    out[1] += (se[0] + se[1]) + (se[2] + se[3]);
+    for (int j = 0; j < 4; j++) out[2] = mx[j] > out[2] ? mx[j] : out[2];
+    return top;
+}
+
+#undef ABS
+#undef SIGN
+#undef BLOCK
+#endif /* WQK_PRUNE_BODY */

@@ -1,0 +1,100 @@
+"""How sparse an array is, and how far a pruned or quantized array is from the original."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _core
+from ._checks import nonfinite_error
+from .pruning import _bits, _float_array
+
+__all__ = ["ErrorStats", "sparsity", "error"]
+
+
+class ErrorStats(NamedTuple):
+    """Reconstruction error of an approximation x_hat of x.
+
+    Attributes
+    ----------
+    mse : float
+        ``mean((x - x_hat) ** 2)``.
+    max_abs : float
+        ``max(|x - x_hat|)``.
+    sqnr_db : float
+        Signal-to-quantization-noise ratio ``10 * log10(sum(x ** 2) / sum((x - x_hat) ** 2))``
+        in decibels: ``inf`` when x_hat equals x (also when both are all zeros), ``-inf`` when
+        x is all zeros and x_hat is not.
+    """
+
+    mse: float
+    max_abs: float
+    sqnr_db: float
+
+
+def sparsity(x) -> float:
+    """The fraction of entries of x that are exactly zero (+0.0 or -0.0); 0.0 when x is empty.
+
+    NaN and infinity are allowed here: they are simply not zero.
+
+    Examples
+    --------
+    >>> import numpy as np, wqkernels
+    >>> wqkernels.sparsity(np.array([0.0, -0.0, 1.5, 0.0], dtype=np.float16))
+    0.75
+    """
+    xc = _float_array(x)
+    if xc.size == 0:
+        return 0.0
+    return _core.count_zeros(_bits(xc)) / xc.size
+
+
+def error(x, x_hat) -> ErrorStats:
+    """Mean squared error, largest absolute error and SQNR of x_hat as an approximation of x.
+
+    Parameters
+    ----------
+    x, x_hat : array_like of float16, float32 or float64
+        The same shape; differing dtypes are compared in the wider one.
+
+    Returns
+    -------
+    ErrorStats
+        For empty arrays ``ErrorStats(0.0, 0.0, inf)``: no error.
+
+    Notes
+    -----
+    One pass: sums of ``x ** 2`` and ``(x - x_hat) ** 2`` accumulate in float64 (the difference
+    of two float16 or float32 values is exact in float64), in chunks of 65536 elements whose
+    sums are added in order, so the result does not depend on the number of threads.
+
+    Examples
+    --------
+    >>> import numpy as np, wqkernels
+    >>> x = np.array([1.0, -2.0, 3.0, 0.5], dtype=np.float32)
+    >>> wqkernels.error(x, wqkernels.prune(x, sparsity=0.25))
+    ErrorStats(mse=0.0625, max_abs=0.5, sqnr_db=17.558748556724915)
+    """
+    xc = _float_array(x)
+    xh = _float_array(x_hat, "x_hat")
+    if xc.shape != xh.shape:
+        raise ValueError(f"x and x_hat must have the same shape, got {xc.shape} and {xh.shape}")
+    common = np.result_type(xc, xh)
+    xc, xh = xc.astype(common, copy=False), xh.astype(common, copy=False)
+    if xc.size == 0:
+        return ErrorStats(0.0, 0.0, math.inf)
+    sums = np.empty(3, dtype=np.float64)
+    if not _core.error_sums(_bits(xc), _bits(xh), sums):
+        bad_x = not np.isfinite(xc).all()
+        raise nonfinite_error(xc if bad_x else xh, "x" if bad_x else "x_hat")
+    signal, noise, max_abs = (float(v) for v in sums)
+    return ErrorStats(noise / xc.size, max_abs, _sqnr_db(signal, noise))
+
+
+def _sqnr_db(signal: float, noise: float) -> float:
+    if noise == 0:
+        return math.inf
+    if signal == 0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
