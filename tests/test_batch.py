@@ -211,6 +211,19 @@ def test_bad_file_does_not_stop_the_batch(tmp_path, capsys):
     assert ok["report"]["recipe"]["bits"] == 4 and doc["files"][2]["report"] is None
 
 
+def test_destination_directory_that_cannot_be_made(tmp_path):
+    runs = tmp_path / "runs"
+    _models(runs, 1)
+    _models(runs / "deep", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "deep").write_bytes(b"a file where a directory should be")
+    with pytest.raises(BatchError) as info:
+        wqkernels.rewrite_many([runs], out, RECIPE, recursive=True, workers=1, progress=False)
+    assert [o.status for o in info.value.result.outcomes] == ["ok", "failed"]
+    assert "cannot create its directory" in info.value.result.failed[0].error
+
+
 def test_skip_existing_and_leftovers_of_a_hard_kill(tmp_path, capsys):
     sources = _models(tmp_path / "runs", 3)
     out = tmp_path / "out"
@@ -284,17 +297,18 @@ def test_interrupt_then_resume_equals_a_clean_run(how, tmp_path):
     else:
         proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == (130 if how.startswith("SIGINT") else 143), stderr
-    assert "Traceback" not in stderr and "interrupted" in stderr
-    done = {n for n in _files(out)}
-    assert done and not any(n.startswith(".") for n in done), done  # whole outputs only
-    assert 0 < len(done) < 12 and "not done (interrupted)" in stdout
-    assert f"{len(done)} ok" in stdout
+    done = _files(out)
+    what = f"stdout:\n{stdout}\nstderr:\n{stderr}\nfiles: {sorted(done)}"
+    assert proc.returncode == (130 if how.startswith("SIGINT") else 143), what
+    assert "Traceback" not in stderr and "interrupted" in stderr, what
+    assert done and not any(n.startswith(".") for n in done), what  # whole outputs only
+    assert 0 < len(done) < 12 and "not done (interrupted)" in stdout, what
+    assert f"{len(done)} ok" in stdout, what
 
     proc = _cli("rewrite", tmp_path / "runs", "--out-dir", out, *options, "--skip-existing", "--quiet")
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
-    assert f"{12 - len(done)} ok, 0 failed, {len(done)} skipped of 12" in stdout
+    assert f"{12 - len(done)} ok, 0 failed, {len(done)} skipped of 12" in stdout, stdout
     clean = tmp_path / "clean"
     wqkernels.rewrite_many(sources, clean, Recipe(bits=3, method="mse"), workers=2, progress=False)
     assert _files(out) == _files(clean)

@@ -387,7 +387,7 @@ def execute(jobs: list[Job], out_dir: str, recipe: Recipe, *, workers: int | Non
         todo = []
         for job in jobs:
             if skip_existing and os.path.exists(job.destination):
-                outcomes[job] = Outcome(job, "skipped", error="exists")
+                outcomes[job] = Outcome(job, "skipped")
             else:
                 before[job] = _identity(job.destination)
                 todo.append(job)
@@ -449,10 +449,13 @@ def _run_pool(jobs: list[Job], recipe: Recipe, workers: int, done) -> None:
                 while source and not broken and len(inflight) < limit:
                     job = source.popleft()
                     try:
-                        inflight[_submit(pool, job, recipe)] = job
+                        fut = _submit(pool, job, recipe, done)
                     except BrokenProcessPool:
                         source.appendleft(job)
                         broken = True
+                    else:
+                        if fut is not None:
+                            inflight[fut] = job
                 if not inflight:
                     break
                 finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
@@ -481,7 +484,9 @@ def _run_executor(jobs: list[Job], recipe: Recipe, executor: Executor, done) -> 
     futures: dict = {}
     try:
         for job in jobs:
-            futures[_submit(executor, job, recipe)] = job
+            fut = _submit(executor, job, recipe, done)
+            if fut is not None:
+                futures[fut] = job
         for fut in as_completed(futures):
             try:
                 outcome = fut.result()
@@ -494,8 +499,14 @@ def _run_executor(jobs: list[Job], recipe: Recipe, executor: Executor, done) -> 
         raise
 
 
-def _submit(executor: Executor, job: Job, recipe: Recipe):
-    os.makedirs(os.path.dirname(os.path.abspath(job.destination)), exist_ok=True)
+def _submit(executor: Executor, job: Job, recipe: Recipe, done):
+    """Submit one job, its destination directory made first; None (the job failed) if it cannot be."""
+    directory = os.path.dirname(os.path.abspath(job.destination))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        done(job, ("failed", f"{job.destination}: cannot create its directory ({exc.strerror or exc})"))
+        return None
     return executor.submit(rewrite_job, os.path.abspath(job.source), os.path.abspath(job.destination),
                            recipe)
 
