@@ -5,9 +5,10 @@ Each file goes through :func:`wqkernels.rewrite`, which writes a temporary file 
 destination and renames it into place only when complete, so an output that exists is whole.
 On top of that this module plans the work (sources, destinations, collisions) before anything
 runs, keeps going when a file fails, and stops cleanly on Ctrl-C or SIGTERM: pending files are
-cancelled and the pool's workers get SIGTERM, which unwinds the rewrite under way so that it
-removes its temporary file.  Temporary files left by a hard kill (SIGKILL, power loss) are
-removed by the next batch into the same directory.
+cancelled, the pool's workers are ended with SIGTERM (at once, even inside a long C call) and,
+once they are gone, the temporary files of the rewrites they were doing are removed while the
+batch still holds the output directory's lock.  Temporary files left by a hard kill of the whole
+batch (SIGKILL, power loss) are removed by the next batch into the same directory.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ SUFFIXES = (".h5", ".hdf5", ".keras")
 #: names of our own temporary and lock files, never taken as input
 TEMP_PREFIX = ".wqkernels-"
 LOCK_NAME = TEMP_PREFIX + "batch.lock"
-#: how long stopping workers may take to clean up before they are killed
+#: how long stopped workers may take to exit before they are killed
 STOP_SECONDS = 10.0
 DIED = "the worker process died while rewriting this file (killed, or out of memory)"
 
@@ -416,10 +417,10 @@ def execute(jobs: list[Job], out_dir: str, recipe: Recipe, *, workers: int | Non
             interrupted = True
         finally:
             bar.close()
-        if locked and executor is None:  # our workers are gone; any that was killed left its file
+        if locked and executor is None:  # our workers are gone; those stopped or killed left files
             removed = _remove_leftovers(todo)
             if removed:
-                notes.append(f"removed {removed} temporary file(s) of a worker that was killed")
+                notes.append(f"removed {removed} temporary file(s) of workers that were stopped or killed")
         for job in todo:
             if job not in outcomes:  # interrupted: finished if its destination was just renamed in
                 changed = os.path.isfile(job.destination) and _identity(job.destination) != before[job]
@@ -518,8 +519,8 @@ def _context():
 
 
 def _stop_pool(pool: ProcessPoolExecutor, inflight: dict, done) -> None:
-    """Cancel what waits, SIGTERM the workers (they remove their temporary files), collect what
-    finished meanwhile; workers still alive after STOP_SECONDS are killed."""
+    """Cancel what waits, SIGTERM the workers, collect what finished meanwhile; workers still
+    alive after STOP_SECONDS are killed.  Their temporary files are removed afterwards."""
     with _signals_ignored():
         _stop_workers(pool, inflight, done)
 
@@ -560,45 +561,22 @@ def _signals_ignored():
 
 # ---- in the worker ---------------------------------------------------------------------------
 
-_busy = False
-_stopping = False
-
-
-class _Stopped(BaseException):
-    """Raised in a worker by SIGTERM while it rewrites: unwinds the rewrite, which cleans up."""
-
-
 def _init_worker(threads: int) -> None:
-    """Pool worker setup: Ctrl-C is the parent's business, SIGTERM stops cleanly, and the kernels
-    share the cores with the other workers."""
+    """Pool worker setup: Ctrl-C is the parent's business, SIGTERM ends the worker at once (its
+    temporary file is removed by the parent), and the kernels share the cores with the other
+    workers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from . import _core
     _core.set_max_threads(threads)
 
 
-def _on_sigterm(signum, frame) -> None:
-    global _stopping
-    if _stopping:
-        return
-    _stopping = True
-    if _busy:
-        raise _Stopped
-    os._exit(128 + signum)
-
-
 def rewrite_job(source: str, destination: str, recipe: Recipe) -> tuple:
     """Rewrite one file: ``("ok", Report)`` or ``("failed", one-line error)``; runs in a worker."""
-    global _busy
     try:
-        _busy = True
         return "ok", rewrite(source, destination, recipe)
-    except _Stopped:
-        os._exit(128 + signal.SIGTERM)  # the rewrite has removed its temporary file
     except Exception as exc:  # noqa: BLE001 -- one bad file must not stop the batch
         return "failed", one_line(exc, source)
-    finally:
-        _busy = False
 
 
 def one_line(exc: BaseException, source: str) -> str:
