@@ -759,3 +759,15 @@ def test_group_creation_order_kept(tmp_path):
     wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(bits=8))
     with h5py.File(tmp_path / "o.h5") as f:
         assert list(f["zeta"]) == ["zeta", "z_extra", "a_extra"]
+
+
+def test_n_m_sparsity_along_the_input_axis(keras20, tmp_path, capsys):
+    src = keras20[0]
+    code, out, err = run_cli(["rewrite", src, "-o", tmp_path / "o.h5", "--sparsity", "2:4"], capsys)
+    assert code == 0, err
+    before, after = _kernels_of(src), _kernels_of(tmp_path / "o.h5")
+    views = {"conv2d_1": ((27, 4), 0), "depthwise_conv2d_1": ((9, 4), 0), "dense_1": ((64, 5), 0)}
+    for k in before:
+        view, axis = views[k.split("/")[1]]
+        expected = reference.prune_n_m(before[k].reshape(view), n=2, m=4, axis=axis).reshape(before[k].shape)
+        assert_bit_equal(after[k], expected, k)

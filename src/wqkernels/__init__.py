@@ -27,6 +27,6 @@ from .files import KerasFileError, Recipe, Report, WeightInfo, inspect, load_wei
 
 __all__ += ["inspect", "load_weights", "rewrite", "restore", "Recipe", "Report", "WeightInfo", "KerasFileError"]
 
-from .batch import BatchError, BatchResult, rewrite_many
+from .batch import BatchError, BatchResult, rewrite_many  # noqa: E402
 
 __all__ += ["rewrite_many", "BatchResult", "BatchError"]

@@ -1,56 +1,20 @@
 """The kernel calls of the file layer, in one place: pruning, bit allocation, error, sparsity.
 
-Pruning and allocation live in :mod:`wqkernels.pruning` and :mod:`wqkernels.allocation`
-(issues 3 and 5); the file layer only calls them.
+Pruning and statistics live in :mod:`wqkernels.pruning` and :mod:`wqkernels.statistics` (issue
+3), allocation across tensors in :mod:`wqkernels.allocation` (issue 5); the file layer only
+calls them.
 """
 from __future__ import annotations
 
-import importlib
 import warnings
-from typing import NamedTuple
 
 import numpy as np
 
+from ..pruning import prune, prune_global, prune_n_m
+from ..statistics import error, sparsity
 from .roles import block_view
 
-
-def _public(name: str):
-    """A public wqkernels function, or None while the module providing it is not there."""
-    package = importlib.import_module("wqkernels")
-    return getattr(package, name, None)
-
-
-class _ErrorStats(NamedTuple):
-    mse: float
-    max_abs: float
-    sqnr_db: float
-
-
-def error(x: np.ndarray, x_hat: np.ndarray):
-    """Reconstruction error of `x_hat` against `x`: (mse, max_abs, sqnr_db)."""
-    fn = _public("error")
-    if fn is not None:
-        return fn(x, x_hat)
-    # until wqkernels.error lands (issue 3): the same definitions on float32 data; einsum
-    # accumulates without BLAS (slowed on some machines) and without temporaries
-    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    d = np.subtract(np.asarray(x_hat, dtype=np.float32).reshape(-1), x)
-    if not d.size:
-        return _ErrorStats(0.0, 0.0, float("inf"))
-    mse = float(np.einsum("i,i->", d, d)) / d.size
-    signal = float(np.einsum("i,i->", x, x)) / d.size
-    max_abs = float(max(d.max(), -d.min()))
-    sqnr = float("inf") if mse == 0 else (10 * np.log10(signal / mse) if signal > 0 else float("-inf"))
-    return _ErrorStats(mse, max_abs, float(sqnr))
-
-
-def sparsity(x: np.ndarray) -> float:
-    """Fraction of exact zeros."""
-    fn = _public("sparsity")
-    if fn is not None and np.asarray(x).dtype.kind == "f":
-        return float(fn(x))
-    x = np.asarray(x)
-    return float(x.size - np.count_nonzero(x)) / x.size if x.size else 0.0
+__all__ = ["error", "sparsity", "prune_tensors", "bits_for_sqnr"]
 
 
 def prune_tensors(tensors: dict, entries: list, recipe, notes: list) -> dict:
@@ -69,25 +33,21 @@ def prune_tensors(tensors: dict, entries: list, recipe, notes: list) -> dict:
 def _prune(tensors: dict, entries: list, recipe) -> dict:
     n_m = recipe.n_m
     if n_m is not None:
-        prune_n_m = _require("prune_n_m", "N:M pruning")
         out = {}
         for e in entries:
             view, axis = block_view(e.shape, e.layer_class, e.role)
             x = np.ascontiguousarray(tensors[e.path], dtype=np.float32).reshape(view)
             out[e.path] = prune_n_m(x, n=n_m[0], m=n_m[1], axis=axis).reshape(e.shape)
         return out
+    floats = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
     try:
         from ..allocation import prune_model
-    except ImportError:
-        prune_model = None
+    except ImportError:  # until issue 5's allocation module is merged: no min_size, plain criteria
+        if recipe.allocation == "global":
+            return prune_global(floats, sparsity=recipe.sparsity)
+        return {k: prune(v, sparsity=recipe.sparsity) for k, v in floats.items()}
     options = {} if recipe.min_size is None else {"min_size": recipe.min_size}
-    floats = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
-    if prune_model is not None:
-        return prune_model(floats, recipe.sparsity, allocation=recipe.allocation, **options)
-    if recipe.allocation == "global":
-        return _require("prune_global", "global pruning")(floats, sparsity=recipe.sparsity)
-    prune = _require("prune", "pruning")
-    return {k: prune(v, sparsity=recipe.sparsity) for k, v in floats.items()}
+    return prune_model(floats, recipe.sparsity, allocation=recipe.allocation, **options)
 
 
 def bits_for_sqnr(x: np.ndarray, recipe, options: dict) -> int:
@@ -99,10 +59,3 @@ def bits_for_sqnr(x: np.ndarray, recipe, options: dict) -> int:
     if recipe.method is not None:
         options = dict(options, method=recipe.method)
     return int(chosen(x, recipe.target_sqnr, **options))
-
-
-def _require(name: str, what: str):
-    fn = _public(name)
-    if fn is None:
-        raise NotImplementedError(f"{what} needs wqkernels.{name} (issue 3), not in this build")
-    return fn
