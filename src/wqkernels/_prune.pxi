@@ -369,7 +369,7 @@ cdef Status prune_rank_segments(key_t witness, const Segment* segs, Py_ssize_t n
         return status
     # room per part for twice the expected window: all of it may fall in one part; one key
     # value needs no room (its ties are found by a scan)
-    cap = 0 if lo == hi else 2 * expected + 1024
+    cap = 0 if lo == hi else min(2 * expected + 1024, total // nt + 1)  # a part holds no more
     keys = <key_t*>malloc(sizeof(key_t) * (nt * cap + 1))
     index = <int64_t*>malloc(sizeof(int64_t) * (nt * cap + 1))
     if keys == NULL or index == NULL:

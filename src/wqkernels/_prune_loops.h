@@ -22,6 +22,13 @@
 
 #define WQK_INLINE static inline __attribute__((always_inline))
 
+/* Sums whose order may change (statistics, never codes), on finite values checked beforehand. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define WQK_SUMS __attribute__((optimize("associative-math", "no-signed-zeros", "no-trapping-math", "finite-math-only")))
+#else
+#define WQK_SUMS
+#endif
+
 #if defined(_MSC_VER) && !defined(__clang__)
 #include <intrin.h>
 static inline int wqk_ctz(uint32_t v) { unsigned long i; _BitScanForward(&i, v); return (int)i; }
@@ -339,6 +346,35 @@ WQK_INLINE K S(wqk_n_m_runs_impl)(const K *x, K *y, ptrdiff_t runs, int m, int n
     return top;
 }
 
+/* The same for a constant small m, RUNS_AT_ONCE runs at a time: their keys are transposed into
+ * one row per position so that the ranking is vectorised across runs. */
+#define RUNS_AT_ONCE 64
+WQK_INLINE K S(wqk_n_m_runs_wide)(const K *x, K *y, ptrdiff_t runs, const int m, int n) {
+    K key[8][RUNS_AT_ONCE], keep[8][RUNS_AT_ONCE];
+    K top = 0;
+    ptrdiff_t g0 = 0;
+    for (; g0 + RUNS_AT_ONCE <= runs; g0 += RUNS_AT_ONCE) {
+        const K *a = x + g0 * m;
+        for (int g = 0; g < RUNS_AT_ONCE; g++)
+            for (int p = 0; p < m; p++) key[p][g] = a[g * m + p] & ABS;
+        for (int p = 0; p < m; p++) {
+            for (int g = 0; g < RUNS_AT_ONCE; g++) {
+                K r = 0, kp = key[p][g];
+                for (int l = 0; l < m; l++)
+                    r += (K)(l < p ? key[l][g] >= kp : (l > p ? key[l][g] > kp : 0));
+                keep[p][g] = r < (K)n ? (K)~(K)0 : (K)0;
+                top = kp > top ? kp : top;
+            }
+        }
+        for (int g = 0; g < RUNS_AT_ONCE; g++)
+            for (int p = 0; p < m; p++) y[g0 * m + g * m + p] = a[g * m + p] & keep[p][g];
+    }
+    K rank[8];
+    K t = S(wqk_n_m_runs_impl)(x + g0 * m, y + g0 * m, runs - g0, m, n, rank);
+    return t > top ? t : top;
+}
+#undef RUNS_AT_ONCE
+
 /* `runs` consecutive runs of m contiguous elements (the axis is the last one); rank holds m.
  * Returns the largest key. */
 WQK_CLONES static K S(wqk_n_m_runs)(const void *x_, void *y_, ptrdiff_t runs, int m, int n, void *rank_) {
@@ -346,9 +382,9 @@ WQK_CLONES static K S(wqk_n_m_runs)(const void *x_, void *y_, ptrdiff_t runs, in
     K *y = (K *)y_;
     K *rank = (K *)rank_;
     switch (m) { /* a constant m lets GCC unroll the ranking */
-    case 2: return S(wqk_n_m_runs_impl)(x, y, runs, 2, n, rank);
-    case 4: return S(wqk_n_m_runs_impl)(x, y, runs, 4, n, rank);
-    case 8: return S(wqk_n_m_runs_impl)(x, y, runs, 8, n, rank);
+    case 2: return S(wqk_n_m_runs_wide)(x, y, runs, 2, n);
+    case 4: return S(wqk_n_m_runs_wide)(x, y, runs, 4, n);
+    case 8: return S(wqk_n_m_runs_wide)(x, y, runs, 8, n);
     default: return S(wqk_n_m_runs_impl)(x, y, runs, m, n, rank);
     }
 }
@@ -473,37 +509,31 @@ WQK_CLONES static K S(wqk_shrink)(const void *x_, void *y_, ptrdiff_t n, F alpha
 }
 
 /* ---- error statistics -------------------------------------------------------------------
- * out[0] += sum x^2, out[1] += sum (x - x_hat)^2, out[2] = max(out[2], |x - x_hat|), in float64
- * with 4 interleaved partial sums; returns the largest key of either input. */
-WQK_CLONES static K S(wqk_error)(const void *x_, const void *x_hat_, ptrdiff_t n, double *out) {
+ * out[0] += sum x^2, out[1] += sum (x - x_hat)^2, out[2] = max(out[2], |x - x_hat|), in float64;
+ * returns the largest key of either input.  The sums may be reassociated (WQK_SUMS) so that they
+ * vectorise: the order is still fixed by the chunking, so results do not depend on threads. */
+WQK_CLONES WQK_SUMS static K S(wqk_error)(const void *x_, const void *x_hat_, ptrdiff_t n, double *out) {
     const K *x = (const K *)x_;
     const K *x_hat = (const K *)x_hat_;
-    double sx[4] = {0, 0, 0, 0}, se[4] = {0, 0, 0, 0}, mx[4] = {0, 0, 0, 0};
+    double sx = 0, se = 0, mx = 0;
     K top = 0;
-    ptrdiff_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        for (int j = 0; j < 4; j++) {
-            double a = (double)TO_F(x[i + j]), d = a - (double)TO_F(x_hat[i + j]);
-            double ad = d < 0 ? -d : d;
-            K ka = x[i + j] & ABS, kb = x_hat[i + j] & ABS, k = ka > kb ? ka : kb;
-            sx[j] += a * a;
-            se[j] += d * d;
-            mx[j] = ad > mx[j] ? ad : mx[j];
-            top = k > top ? k : top;
-        }
+    for (ptrdiff_t i = 0; i < n; i++) {
+        K ka = x[i] & ABS, kb = x_hat[i] & ABS;
+        top = ka > top ? ka : top;
+        top = kb > top ? kb : top;
     }
-    for (; i < n; i++) {
+    if (top >= KEY_INF)
+        return top; /* NaN or infinity: the sums would mean nothing */
+    for (ptrdiff_t i = 0; i < n; i++) {
         double a = (double)TO_F(x[i]), d = a - (double)TO_F(x_hat[i]);
         double ad = d < 0 ? -d : d;
-        K ka = x[i] & ABS, kb = x_hat[i] & ABS, k = ka > kb ? ka : kb;
-        sx[0] += a * a;
-        se[0] += d * d;
-        mx[0] = ad > mx[0] ? ad : mx[0];
-        top = k > top ? k : top;
+        sx += a * a;
+        se += d * d;
+        mx = ad > mx ? ad : mx;
     }
-    out[0] += (sx[0] + sx[1]) + (sx[2] + sx[3]);
-    out[1] += (se[0] + se[1]) + (se[2] + se[3]);
-    for (int j = 0; j < 4; j++) out[2] = mx[j] > out[2] ? mx[j] : out[2];
+    out[0] += sx;
+    out[1] += se;
+    out[2] = mx > out[2] ? mx : out[2];
     return top;
 }
 
