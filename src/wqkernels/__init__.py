@@ -31,3 +31,7 @@ __all__ += ["DEFAULT_MIN_SIZE", "SparsityWarning", "default_method", "default_mi
 from .files import KerasFileError, Recipe, Report, WeightInfo, inspect, load_weights, restore, rewrite
 
 __all__ += ["inspect", "load_weights", "rewrite", "restore", "Recipe", "Report", "WeightInfo", "KerasFileError"]
+
+from .batch import BatchError, BatchResult, rewrite_many  # noqa: E402
+
+__all__ += ["rewrite_many", "BatchResult", "BatchError"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+from .. import batch
 from ..cli import CommandError
 from .h5tree import KerasFileError
 from .recipe import ALLOCATIONS, COMPRESSIONS, STORAGES, Recipe
@@ -18,12 +19,16 @@ def add_inspect(sub) -> None:
 
 
 def add_rewrite(sub) -> None:
-    p = sub.add_parser("rewrite", help="prune and/or quantize the kernels of a Keras file")
-    p.add_argument("src", help="a .h5, .weights.h5 or .keras file (or a packed one)")
-    p.add_argument("-o", "--output", required=True, metavar="DST", help="the file to write")
+    p = sub.add_parser("rewrite", help="prune and/or quantize the kernels of Keras files")
+    p.add_argument("src", nargs="+", help="a .h5, .weights.h5 or .keras file (or a packed one); "
+                                          "with --out-dir: files, directories, glob patterns")
+    dst = p.add_mutually_exclusive_group(required=True)
+    dst.add_argument("-o", "--output", metavar="DST", help="the file to write")
+    dst.add_argument("--out-dir", metavar="DIR", help="rewrite every SRC into DIR")
     add_recipe_options(p)
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
     p.add_argument("--in-place", action="store_true", help="allow DST to be SRC")
+    batch.add_options(p)
     p.set_defaults(run=run_rewrite)
 
 
@@ -115,7 +120,9 @@ def _finish(report, args) -> int:
 
 def run_rewrite(args) -> int:
     recipe = recipe_from_args(args)
-    return _finish(_guarded(rewrite, args.src, args.output, recipe, in_place=args.in_place), args)
+    if batch.is_batch(args):
+        return batch.run_command(args, recipe)
+    return _finish(_guarded(rewrite, args.src[0], args.output, recipe, in_place=args.in_place), args)
 
 
 def run_restore(args) -> int:

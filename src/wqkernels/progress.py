@@ -1,0 +1,109 @@
+"""A progress bar for batch work: tqdm when installed, else one line of our own; only on a terminal.
+
+Both count bytes of input (for MB/s and the ETA) and show the files done out of the total.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+__all__ = ["progress_bar"]
+
+
+def progress_bar(total_files: int, total_bytes: int, *, enabled: bool = True, stream=None,
+                 use_tqdm: bool = True):
+    """A progress object with ``advance(nbytes)`` and ``close()``.
+
+    Nothing is drawn unless `enabled` and `stream` (default: stderr) is a terminal.  tqdm is used
+    when it can be imported and `use_tqdm`; otherwise a plain line rewritten in place.
+    """
+    stream = sys.stderr if stream is None else stream
+    if not enabled or not _isatty(stream) or total_files == 0:
+        return NoProgress()
+    if use_tqdm:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            pass
+        else:
+            return TqdmProgress(tqdm, total_files, total_bytes, stream)
+    return LineProgress(total_files, total_bytes, stream)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+class NoProgress:
+    """Draws nothing."""
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TqdmProgress:
+    """A tqdm bar over bytes, its description counting files."""
+
+    def __init__(self, tqdm, total_files: int, total_bytes: int, stream):
+        self.files, self.total_files = 0, total_files
+        self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, file=stream,
+                        desc=self._desc(), leave=False, dynamic_ncols=True, mininterval=0.2,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B "
+                                   "[{elapsed}<{remaining}, {rate_fmt}]")
+
+    def _desc(self) -> str:
+        return f"{self.files}/{self.total_files} files"
+
+    def advance(self, nbytes: int) -> None:
+        self.files += 1
+        self.bar.set_description_str(self._desc(), refresh=False)
+        self.bar.update(nbytes)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class LineProgress:
+    """``  3/16 files  61.2/320.0 MB  25.4 MB/s  ETA 0:10`` rewritten in place with a carriage return."""
+
+    def __init__(self, total_files: int, total_bytes: int, stream, interval: float = 0.2):
+        self.stream, self.interval = stream, interval
+        self.total_files, self.total_bytes = total_files, total_bytes
+        self.files = self.nbytes = 0
+        self.start = self.last = time.monotonic()
+        self.width = 0
+        self._draw()
+
+    def advance(self, nbytes: int) -> None:
+        self.files += 1
+        self.nbytes += nbytes
+        now = time.monotonic()
+        if now - self.last >= self.interval or self.files == self.total_files:
+            self.last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        elapsed = time.monotonic() - self.start
+        rate = self.nbytes / elapsed if elapsed > 0 and self.nbytes else 0.0
+        eta = "?" if not rate else _clock((self.total_bytes - self.nbytes) / rate)
+        line = (f"{self.files}/{self.total_files} files  {self.nbytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB"
+                f"  {rate / 1e6:.1f} MB/s  ETA {eta}")
+        self.stream.write("\r" + line.ljust(self.width))
+        self.stream.flush()
+        self.width = len(line)
+
+    def close(self) -> None:
+        self.stream.write("\r" + " " * self.width + "\r")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
