@@ -7,7 +7,6 @@ keep no global state, so a call can run in another process (issue 6's batch rewr
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import io
 import os
@@ -346,8 +345,7 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
                                     report.notes) if recipe.prunes and candidates else {}
     writer = PackedWriter(recipe.compress) if packed_out else None
     rows = {}
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wqkernels-stats")
-    hooks = {e.path: _transform_hook(source, e, recipe, pruned, writer, rows, pool) for e in selected}
+    hooks = {e.path: _transform_hook(source, e, recipe, pruned, writer, rows) for e in selected}
     if source.packed is not None:  # placeholders of a packed source not rewritten: dequantize
         for e in source.entries:
             if e.path in source.packed.tensors and e.path not in hooks:
@@ -362,12 +360,9 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
                             f"dataset names")
 
     image = io.BytesIO() if packed_out else None
-    try:
-        with h5py.File(image if packed_out else tmp, "w") as out:
-            copy_attrs(source.root, out)
-            copy_tree(source.root, out, hooks, skip)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with h5py.File(image if packed_out else tmp, "w") as out:
+        copy_attrs(source.root, out)
+        copy_tree(source.root, out, hooks, skip)
     if packed_out:
         with h5py.File(tmp, "w") as out:
             writer.write(out, image.getvalue(), source.layout, recipe.to_dict())
@@ -405,7 +400,7 @@ def _statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
     return _kernels.sparsity(original), _kernels.sparsity(x_hat), float(stats.mse), float(stats.sqnr_db)
 
 
-def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writer, rows: dict, pool):
+def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writer, rows: dict):
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         original = source.read(e)
         x = pruned.pop(e.path, None)
@@ -415,16 +410,16 @@ def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writ
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
         if recipe.storage == "float16":
             stored = stored.astype(np.float16)
-        # the statistics (GIL-free NumPy loops) run while the data is written
-        stats = pool.submit(_statistics, original, stored)
+        # inline, not in a helper thread: batch workers each get their share of the cores
+        stats = _statistics(original, stored)
         if writer is not None:
             placeholder = group.create_dataset(name, shape=e.shape, dtype=np.float32)
             copy_attrs(dset, placeholder)
             nbytes = writer.add(e.path, e.shape, qa, recipe.compress)
         else:
             nbytes = int(new_dataset(group, name, stored, recipe.compress, like=dset).id.get_storage_size())
-        rows[e.path] = WeightRow(e.path, e.role, e.shape, True, *stats.result()[:2], bits,
-                                 *stats.result()[2:], source.stored_bytes(e), nbytes)
+        rows[e.path] = WeightRow(e.path, e.role, e.shape, True, *stats[:2], bits, *stats[2:],
+                                 source.stored_bytes(e), nbytes)
     return hook
 
 
