@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import secrets
 import shutil
@@ -127,11 +128,17 @@ class Source:
         text = self.layout + (" in a .keras archive" if self.kind == "zip" else "")
         return text + (" (packed)" if self.packed is not None else "")
 
-    def read(self, entry: Entry) -> np.ndarray:
-        """The weight as stored (packed tensors dequantized to float32)."""
+    def read(self, entry: Entry, buffers: "Buffers | None" = None) -> np.ndarray:
+        """The weight as stored (packed tensors dequantized to float32); a float32 weight is read
+        into ``buffers`` when given (valid until the next read into them)."""
         if self.packed is not None and entry.path in self.packed.tensors:
             return self.packed.read(entry.path)
-        return self.root[entry.path][()]
+        dset = self.root[entry.path]
+        if buffers is None or dset.dtype != np.float32 or dset.size == 0:
+            return dset[()]
+        out = buffers.get("read", dset.shape)
+        dset.read_direct(out)
+        return out
 
     def stored_bytes(self, entry: Entry) -> int:
         if self.packed is not None and entry.path in self.packed.tensors:
@@ -345,7 +352,8 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
                                     report.notes) if recipe.prunes and candidates else {}
     writer = PackedWriter(recipe.compress) if packed_out else None
     rows = {}
-    hooks = {e.path: _transform_hook(source, e, recipe, pruned, writer, rows) for e in selected}
+    buffers = Buffers()
+    hooks = {e.path: _transform_hook(source, e, recipe, pruned, writer, rows, buffers) for e in selected}
     if source.packed is not None:  # placeholders of a packed source not rewritten: dequantize
         for e in source.entries:
             if e.path in source.packed.tensors and e.path not in hooks:
@@ -378,7 +386,22 @@ def _untouched_row(source: Source, e: Entry) -> WeightRow:
     return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes)
 
 
-def _transform(x: np.ndarray, e: Entry, recipe: Recipe, packing: bool):
+class Buffers:
+    """float32 work arrays reused from one weight to the next: a fresh large array costs a page
+    fault per 4 KiB, more than the kernels take to fill it."""
+
+    def __init__(self):
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, key: str, shape: tuple) -> np.ndarray:
+        n = math.prod(shape)
+        a = self._arrays.get(key)
+        if a is None or a.size < n:
+            a = self._arrays[key] = np.empty(max(n, 1), np.float32)
+        return a[:n].reshape(shape)
+
+
+def _transform(x: np.ndarray, e: Entry, recipe: Recipe, packing: bool, buffers: Buffers):
     """The values to store for one kernel (float32), its QuantizedArray when packing, its bits."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not recipe.quantizes:
@@ -387,10 +410,11 @@ def _transform(x: np.ndarray, e: Entry, recipe: Recipe, packing: bool):
     xv = x.reshape(view)
     bits = recipe.bits if recipe.bits is not None else _kernels.bits_for_sqnr(xv, recipe, options)
     method = recipe.method_for(bits)
+    out = buffers.get("stored", view)
     if packing:
         qa = quantize(xv, bits, method=method, **options)
-        return qa.dequantize().reshape(e.shape), qa, bits
-    return fake_quantize(xv, bits, method=method, **options).reshape(e.shape), None, bits
+        return qa.dequantize(out=out).reshape(e.shape), qa, bits
+    return fake_quantize(xv, bits, method=method, out=out, **options).reshape(e.shape), None, bits
 
 
 def _statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
@@ -400,12 +424,13 @@ def _statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
     return _kernels.sparsity(original), _kernels.sparsity(x_hat), float(stats.mse), float(stats.sqnr_db)
 
 
-def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writer, rows: dict):
+def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writer, rows: dict,
+                    buffers: Buffers):
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
-        original = source.read(e)
+        original = source.read(e, buffers)
         x = pruned.pop(e.path, None)
         try:
-            stored, qa, bits = _transform(original if x is None else x, e, recipe, writer is not None)
+            stored, qa, bits = _transform(original if x is None else x, e, recipe, writer is not None, buffers)
         except ValueError as exc:  # NaN or infinity in the weights: say which
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
         if recipe.storage == "float16":
