@@ -515,7 +515,12 @@ def _submit(executor: Executor, job: Job, recipe: Recipe, done):
 def _context():
     """forkserver where there is one (no fork of a threaded parent), else spawn."""
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    # the server imports the rewrite once; every worker forked from it starts with it loaded
+    context.set_forkserver_preload(["wqkernels.files.rewrite"])
+    return context
 
 
 def _stop_pool(pool: ProcessPoolExecutor, inflight: dict, done) -> None:
