@@ -13,13 +13,12 @@ def assert_bit_equal(a, b, what: str = "arrays") -> None:
     a, b = np.asarray(a), np.asarray(b)
     assert a.dtype == b.dtype, f"{what}: dtype {a.dtype} != {b.dtype}"
     assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
-    va = np.ascontiguousarray(a).view(np.uint8)
-    vb = np.ascontiguousarray(b).view(np.uint8)
-    if not np.array_equal(va, vb):
-        diff = np.flatnonzero((np.ascontiguousarray(a) != np.ascontiguousarray(b)).reshape(-1) |
-                              (va.reshape(a.size, -1) != vb.reshape(b.size, -1)).any(axis=1)) if a.size else []
-        first = diff[0] if len(diff) else None
-        raise AssertionError(f"{what} differ at {len(diff)} places; first flat index {first}: "
+    va = np.ascontiguousarray(a).view(np.uint8).reshape(a.size, a.dtype.itemsize)
+    vb = np.ascontiguousarray(b).view(np.uint8).reshape(b.size, b.dtype.itemsize)
+    diff = np.flatnonzero((va != vb).any(axis=1))
+    if diff.size:
+        first = diff[0]
+        raise AssertionError(f"{what} differ at {diff.size} places; first flat index {first}: "
                              f"{a.reshape(-1)[first]!r} != {b.reshape(-1)[first]!r}")
 
 

@@ -36,12 +36,6 @@ def nonfinite_error(x: np.ndarray, name: str = "x") -> ValueError:
     return ValueError(f"{name} has {count} NaN or infinite value{'s' if count != 1 else ''}; the first is {x[first]!r} {where}")
 
 
-def check_finite(x: np.ndarray, name: str = "x") -> None:
-    """Raise ValueError when x holds NaN or infinity."""
-    if x.size and not np.isfinite(x).all():
-        raise nonfinite_error(x, name)
-
-
 def check_int(value, name: str, low: int | None = None, high: int | None = None) -> int:
     """An integer parameter (bools refused) within [low, high]."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
