@@ -10,6 +10,7 @@ from hypothesis import given
 
 import wqkernels
 from wqkernels import reference as ref
+from wqkernels.statistics import compare
 
 
 @given(x=float_arrays())
@@ -32,6 +33,32 @@ def test_error_matches_reference(x):
     assert got.max_abs == expected.max_abs
     assert got.mse == pytest.approx(expected.mse, rel=1e-12, abs=0)
     assert got.sqnr_db == pytest.approx(expected.sqnr_db, rel=1e-12, abs=1e-12)
+
+
+@given(x=float_arrays(min_dims=1))
+def test_compare_is_error_and_both_sparsities(x):
+    x_hat = wqkernels.prune(x, 0.5)
+    stats, before, after = compare(x, x_hat)
+    assert stats == wqkernels.error(x, x_hat)
+    assert (before, after) == (ref.sparsity(x), ref.sparsity(x_hat))
+
+
+def test_compare_counts_zeros_across_chunks_and_threads():
+    from wqkernels import _core
+
+    x = np.random.default_rng(2).standard_normal(300_001).astype(np.float32)
+    x[::7] = -0.0
+    x_hat = wqkernels.prune(x, 0.6).astype(np.float16)  # dtypes differ: compared in float32
+    saved = _core.max_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            _core.set_max_threads(threads)
+            results.append(compare(x, x_hat))
+    finally:
+        _core.set_max_threads(saved)
+    assert results[0] == results[1]
+    assert results[0][1:] == (ref.sparsity(x), ref.sparsity(x_hat))
 
 
 def test_error_conventions():
@@ -67,6 +94,8 @@ def test_error_large_and_thread_independent():
     (lambda: wqkernels.error(np.ones(3), np.arange(3)), TypeError, "x_hat must be an array of float16"),
     (lambda: wqkernels.error(np.array([1.0, np.nan]), np.ones(2)), ValueError, "x has 1 NaN"),
     (lambda: wqkernels.error(np.ones(2), np.array([1.0, np.inf])), ValueError, "x_hat has 1 NaN or infinite"),
+    (lambda: compare(np.array([1.0, np.nan]), np.ones(2)), ValueError, "x has 1 NaN"),
+    (lambda: compare(np.ones((2, 2)), np.ones(4)), ValueError, "same shape"),
     (lambda: wqkernels.sparsity(np.arange(3)), TypeError, "float16, float32 or float64"),
 ])
 def test_bad_arguments(call, error, match):

@@ -46,7 +46,8 @@ cdef extern from "_prune_loops.h" nogil:
     void wqk_keep_lanes(int width, const void* x, void* y, Py_ssize_t n, const void* keep)
     uint64_t wqk_clip(int width, const void* x, void* y, Py_ssize_t n, uint64_t lo, uint64_t hi)
     uint64_t wqk_shrink(int width, const void* x, void* y, Py_ssize_t n, double alpha)
-    uint64_t wqk_error(int width, const void* x, const void* x_hat, Py_ssize_t n, double* out)
+    uint64_t wqk_error(int width, const void* x, const void* x_hat, Py_ssize_t n, double* out,
+                       int64_t* zeros)
 
 cdef enum:
     RADIX_BITS = 11             # bits per digit of the radix select
@@ -685,27 +686,36 @@ def count_zeros(const key_t[::1] x):
     return zeros
 
 
-def error_sums(const key_t[::1] x, const key_t[::1] x_hat, double[::1] out):
-    """out = [sum x^2, sum (x - x_hat)^2, max |x - x_hat|] in float64.  False if not all finite.
+def error_sums(const key_t[::1] x, const key_t[::1] x_hat, double[::1] out, int64_t[::1] zeros):
+    """out = [sum x^2, sum (x - x_hat)^2, max |x - x_hat|] in float64, zeros = [zeros of x, zeros
+    of x_hat] (+0 or -0).  False if not all finite (the zeros are counted all the same).
 
     Each chunk of ELEMENT_CHUNK elements is summed on its own and the chunks' sums are added in
     order, so the result does not depend on the number of threads.
     """
     cdef Py_ssize_t n = x.shape[0], chunks = (n + ELEMENT_CHUNK - 1) // ELEMENT_CHUNK, c, start
     cdef double* parts = <double*>calloc(3 * max(chunks, 1), sizeof(double))
+    cdef int64_t* counts = <int64_t*>calloc(2 * max(chunks, 1), sizeof(int64_t))
     cdef int bad = 0
     cdef key_t top, w = 0
-    if parts == NULL:
+    if parts == NULL or counts == NULL:
+        free(parts)
+        free(counts)
         raise MemoryError()
     with nogil:
         for c in prange(chunks, num_threads=threads_for(n), schedule="static"):
             start = c * ELEMENT_CHUNK
-            top = wqk_error(sizeof(key_t), &x[start], &x_hat[start], min(<Py_ssize_t>ELEMENT_CHUNK, n - start), parts + 3 * c)
+            top = wqk_error(sizeof(key_t), &x[start], &x_hat[start], min(<Py_ssize_t>ELEMENT_CHUNK, n - start),
+                            parts + 3 * c, counts + 2 * c)
             bad += top >= key_inf(w)
         out[0] = out[1] = out[2] = 0.0
+        zeros[0] = zeros[1] = 0
         for c in range(chunks):
             out[0] += parts[3 * c]
             out[1] += parts[3 * c + 1]
             out[2] = max(out[2], parts[3 * c + 2])
+            zeros[0] += counts[2 * c]
+            zeros[1] += counts[2 * c + 1]
     free(parts)
+    free(counts)
     return bad == 0

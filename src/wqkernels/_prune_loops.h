@@ -510,18 +510,31 @@ WQK_CLONES static K S(wqk_shrink)(const void *x_, void *y_, ptrdiff_t n, F alpha
 
 /* ---- error statistics -------------------------------------------------------------------
  * out[0] += sum x^2, out[1] += sum (x - x_hat)^2, out[2] = max(out[2], |x - x_hat|), in float64;
- * returns the largest key of either input.  The sums may be reassociated (WQK_SUMS) so that they
- * vectorise: the order is still fixed by the chunking, so results do not depend on threads. */
-WQK_CLONES WQK_SUMS static K S(wqk_error)(const void *x_, const void *x_hat_, ptrdiff_t n, double *out) {
+ * zeros[0] += zeros (+0 or -0) of x, zeros[1] += zeros of x_hat; returns the largest key of
+ * either input.  The sums may be reassociated (WQK_SUMS) so that they vectorise: the order is
+ * still fixed by the chunking, so results do not depend on threads. */
+WQK_CLONES WQK_SUMS static K S(wqk_error)(const void *x_, const void *x_hat_, ptrdiff_t n, double *out,
+                                          int64_t *zeros) {
     const K *x = (const K *)x_;
     const K *x_hat = (const K *)x_hat_;
     double sx = 0, se = 0, mx = 0;
+    int64_t za = 0, zb = 0;
     K top = 0;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        K ka = x[i] & ABS, kb = x_hat[i] & ABS;
-        top = ka > top ? ka : top;
-        top = kb > top ? kb : top;
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += BLOCK) {
+        ptrdiff_t len = n - i0 < BLOCK ? n - i0 : BLOCK;
+        K ca = 0, cb = 0;
+        for (ptrdiff_t j = 0; j < len; j++) {
+            K ka = x[i0 + j] & ABS, kb = x_hat[i0 + j] & ABS;
+            ca += (K)(ka == 0);
+            cb += (K)(kb == 0);
+            top = ka > top ? ka : top;
+            top = kb > top ? kb : top;
+        }
+        za += ca;
+        zb += cb;
     }
+    zeros[0] += za;
+    zeros[1] += zb;
     if (top >= KEY_INF)
         return top; /* NaN or infinity: the sums would mean nothing */
     for (ptrdiff_t i = 0; i < n; i++) {

@@ -14,10 +14,10 @@ import numpy as np
 from ..allocation import bits_for_sqnr as allocation_bits_for_sqnr
 from ..allocation import default_min_size, prune_model
 from ..pruning import prune_n_m
-from ..statistics import error, sparsity
+from ..statistics import compare, sparsity
 from .roles import block_view
 
-__all__ = ["error", "sparsity", "prune_tensors", "bits_for_sqnr"]
+__all__ = ["compare", "sparsity", "prune_tensors", "bits_for_sqnr"]
 
 
 def prune_tensors(tensors: dict, entries: list, recipe, notes: list) -> dict:

@@ -418,10 +418,9 @@ def _transform(x: np.ndarray, e: Entry, recipe: Recipe, packing: bool, buffers: 
 
 
 def _statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
-    """(sparsity before, sparsity after, mse, SQNR dB) of one rewritten weight."""
-    x_hat = np.asarray(stored, dtype=np.float32)
-    stats = _kernels.error(original, x_hat)
-    return _kernels.sparsity(original), _kernels.sparsity(x_hat), float(stats.mse), float(stats.sqnr_db)
+    """(sparsity before, sparsity after, mse, SQNR dB) of one rewritten weight, in one pass."""
+    stats, before, after = _kernels.compare(original, stored)
+    return before, after, float(stats.mse), float(stats.sqnr_db)
 
 
 def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writer, rows: dict,
