@@ -323,7 +323,8 @@ def _make_bad(kind: str, tmp_path, good):
     elif kind == "unsupported-layout":
         with h5py.File(p, "w") as f:
             f.create_group("model_weights")
-    elif kind in ("soft-link", "external-link", "external-dataset", "virtual-dataset", "huge-shape"):
+    elif kind in ("soft-link", "external-link", "external-dataset", "virtual-dataset", "huge-shape",
+                  "hard-link-cycle", "dataset-linked-twice"):
         import shutil
         shutil.copy(good, p)
         with h5py.File(p, "a") as f:
@@ -332,6 +333,10 @@ def _make_bad(kind: str, tmp_path, good):
                 g["extra"] = h5py.SoftLink("/model_weights/conv2d_1")
             elif kind == "external-link":
                 g["extra"] = h5py.ExternalLink("/etc/passwd", "/x")
+            elif kind == "hard-link-cycle":
+                g["extra"] = f["model_weights"]
+            elif kind == "dataset-linked-twice":
+                g["extra"] = g["dense_1_1/kernel:0"]
             elif kind == "external-dataset":
                 g.create_dataset("extra", shape=(10,), dtype="f4", external=[("/etc/hostname", 0, 40)])
             elif kind == "virtual-dataset":
@@ -346,7 +351,7 @@ def _make_bad(kind: str, tmp_path, good):
 
 BAD = ["missing", "directory", "text", "empty", "truncated", "corrupt", "bad-zip", "zip-not-keras",
        "not-keras", "unsupported-layout", "soft-link", "external-link", "external-dataset",
-       "virtual-dataset", "huge-shape"]
+       "virtual-dataset", "huge-shape", "hard-link-cycle", "dataset-linked-twice"]
 
 
 @pytest.mark.parametrize("kind", BAD)

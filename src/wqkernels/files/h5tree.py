@@ -10,7 +10,7 @@ from typing import Callable
 
 import h5py
 import numpy as np
-from h5py import h5a, h5d, h5g, h5o, h5s, h5t
+from h5py import h5a, h5d, h5g, h5l, h5o, h5s, h5t
 
 #: a dataset may declare at most this many bytes beyond 1000x its stored size (hostile files)
 UNCHECKED_BYTES = 1 << 26
@@ -99,37 +99,48 @@ def dataset_nbytes(dset: h5py.Dataset) -> int:
     return n * dset.dtype.itemsize
 
 
-def walk(group: h5py.Group, where: str, exempt=frozenset()):
-    """Yield (path, object) for every member below `group`, depth first in name order.
+def walk(group: h5py.Group, where: str, exempt=frozenset()) -> dict[str, bool]:
+    """Check every member below `group`; return ``{path: is_dataset}``, depth first in name order.
 
-    Soft and external links are refused, as are cycles of hard links; datasets whose path is in
-    `exempt` (the unallocated placeholders of a packed skeleton) skip the size check.
+    Soft and external links are refused, as are objects linked more than once (a hard-link
+    cycle, or one dataset under two names); datasets whose path is in `exempt` (the unallocated
+    placeholders of a packed skeleton) skip the size check.  The traversal runs in HDF5 (one
+    H5Lvisit, one H5Ovisit): opening every object from Python costs more than reading the weights
+    of a small model.
     """
-    seen = set()
+    # h5py's visit callbacks must not raise: they return the error, which stops the visit
+    def check_link(name: bytes, info):
+        if info.type != h5l.TYPE_HARD:
+            kind = "external link" if info.type == h5l.TYPE_EXTERNAL else "soft link"
+            return KerasFileError(f"{where}: {kind} at {name.decode('utf-8', 'replace')!r} refused")
+        return None
 
-    def visit(g, prefix):
-        for name in g:
-            link = g.get(name, getlink=True)
-            if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
-                raise KerasFileError(f"{where}: {type(link).__name__.lower().replace('link', ' link')} "
-                                     f"at {prefix + name!r} refused")
-            obj = g[name]
-            path = prefix + name
-            if isinstance(obj, h5py.Group):
-                addr = h5o.get_info(obj.id).addr
-                if addr in seen:
-                    raise KerasFileError(f"{where}: group {path!r} is linked twice (a cycle?); refused")
-                seen.add(addr)
-                yield path, obj
-                yield from visit(obj, path + "/")
-            elif isinstance(obj, h5py.Dataset):
-                if path not in exempt:
-                    check_dataset(obj, where)
-                yield path, obj
-            else:
-                raise KerasFileError(f"{where}: unsupported object at {path!r}")
+    members = {}
 
-    yield from visit(group, "")
+    def check_object(name: bytes, info):
+        path = name.decode("utf-8", "replace")
+        if path == ".":
+            return None
+        if info.rc > 1:
+            return KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
+        if info.type == h5o.TYPE_DATASET:
+            if path not in exempt:
+                try:
+                    check_dataset(h5py.Dataset(h5d.open(group.id, name)), where)
+                except (KerasFileError, OSError, ValueError) as exc:
+                    return exc
+            members[path] = True
+        elif info.type == h5o.TYPE_GROUP:
+            members[path] = False
+        else:
+            return KerasFileError(f"{where}: unsupported object at {path!r}")
+        return None
+
+    for problem in (group.id.links.visit(check_link, info=True),
+                    h5o.visit(group.id, check_object, info=True)):
+        if problem is not None:
+            raise problem
+    return members
 
 
 def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = "none",

@@ -106,12 +106,12 @@ def entries(f: h5py.File, layout: str, config: dict | None, where: str, exempt=f
     The whole file is walked first: links, external and virtual datasets and sizes the stored
     data cannot back are refused (`exempt` paths skip the size check).
     """
-    objects = dict(walk(f, where, exempt))
+    members = walk(f, where, exempt)
     layers = ModelLayers(config)
     if layout in ("legacy", "legacy-weights"):
-        return _legacy_entries(f, layout, layers, where)
+        return _legacy_entries(f, members, layout, layers, where)
     if layout == "keras3":
-        return _keras3_entries(objects, f, layers, where)
+        return _keras3_entries(f, members, layers, where)
     raise KerasFileError(f"{where}: unsupported layout {layout!r}")
 
 
@@ -123,26 +123,26 @@ def _entry(path, dset, layer, layer_class, role, source, quantized=False) -> Ent
     return Entry(path, layer, layer_class, role, source, prunable, axis, shape, str(dset.dtype))
 
 
-def _dataset(f: h5py.File, path: str, where: str) -> h5py.Dataset:
-    try:
-        obj = f[path]
-    except (KeyError, ValueError):
-        raise KerasFileError(f"{where}: weight {path!r} is listed but missing") from None
-    if not isinstance(obj, h5py.Dataset):
+def _dataset(f: h5py.File, members: dict, path: str, where: str) -> h5py.Dataset:
+    """The listed weight at `path`; `members` is the checked walk of `f`."""
+    path = path.strip("/")
+    if path not in members:
+        raise KerasFileError(f"{where}: weight {path!r} is listed but missing")
+    if not members[path]:
         raise KerasFileError(f"{where}: weight {path!r} is not a dataset")
-    return obj
+    return f[path]
 
 
-def _legacy_entries(f, layout, layers: ModelLayers, where) -> list[Entry]:
+def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> list[Entry]:
     prefix = "model_weights/" if layout == "legacy" else ""
     root = f["model_weights"] if layout == "legacy" else f
     out = []
     for name in read_name_list(root, "layer_names") or []:
-        if name not in root or not isinstance(root[name], h5py.Group):
+        if members.get(f"{prefix}{name}".strip("/")) is not False:
             raise KerasFileError(f"{where}: layer group {name!r} listed in layer_names is missing")
         for wn in read_name_list(root[name], "weight_names") or []:
             path = f"{prefix}{name}/{wn}"
-            dset = _dataset(f, path, where)
+            dset = _dataset(f, members, path, where)
             parts = wn.split("/")[:-1]
             cls, quantized, how = layers.resolve(name, parts)
             out.append(_entry(path, dset, name, cls, weight_role(wn), how if cls else "none", quantized))
@@ -150,18 +150,19 @@ def _legacy_entries(f, layout, layers: ModelLayers, where) -> list[Entry]:
         opt = f["optimizer_weights"]
         for wn in read_name_list(opt, "weight_names") or []:
             path = f"optimizer_weights/{wn}"
-            out.append(_entry(path, _dataset(f, path, where), "optimizer", None, "optimizer", "names"))
+            out.append(_entry(path, _dataset(f, members, path, where), "optimizer", None, "optimizer", "names"))
     return out
 
 
-def _keras3_entries(objects: dict, f, layers: ModelLayers, where) -> list[Entry]:
+def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]:
     out = []
-    for path, obj in objects.items():
-        if not isinstance(obj, h5py.Dataset):
+    for path, is_dataset in members.items():
+        if not is_dataset:
             continue
         parts = path.split("/")
         if len(parts) < 2 or parts[-2] != "vars" or not re.fullmatch(r"\d+", parts[-1]):
             continue
+        obj = f[path]
         index = int(parts[-1])
         if parts[0] == "optimizer":
             out.append(_entry(path, obj, "optimizer", None, "optimizer", "names"))
