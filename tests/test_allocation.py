@@ -278,3 +278,53 @@ def test_large_model_is_fast_enough_to_use():
     w = {f"t{i}": rng.normal(size=(2 ** 15 + i,)).astype(np.float32) for i in range(50)}
     out = wqkernels.prune_model(w, 0.6)
     assert _zeros(out) == math.floor(0.6 * _total(w))
+
+
+class _OnDisk:
+    """A tensor read only when converted, like an h5py Dataset; checks that no earlier read is
+    still alive when the next one is made."""
+
+    live = []
+
+    def __init__(self, data, log):
+        self.data, self.log, self.shape = data, log, data.shape
+
+    def __array__(self, dtype=None, copy=None):
+        import gc
+        import weakref
+        gc.collect()
+        assert all(ref() is None for ref in _OnDisk.live), "an earlier tensor is still held"
+        out = self.data.copy()
+        _OnDisk.live.append(weakref.ref(out))
+        self.log.append(id(self))
+        return out
+
+
+@pytest.mark.parametrize("allocation_", ["global", "uniform"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.9])
+def test_prune_counts_reads_one_tensor_at_a_time(allocation_, sparsity):
+    w = _model(4)
+    log = []
+    lazy = {name: _OnDisk(x, log) for name, x in w.items()}
+    counts = allocation.prune_counts(lazy, sparsity, allocation=allocation_)
+    expected = ref_allocation.prune_model(w, sparsity, allocation=allocation_)
+    assert list(counts) == list(w)
+    for name, x in w.items():  # (the model has no zeros of its own)
+        assert counts[name] == np.count_nonzero(expected[name] == 0)
+        pruned = wqkernels.prune(x, sparsity=allocation.count_fraction(counts[name], x.size))
+        assert_bit_equal(pruned if counts[name] else x, expected[name], name)
+    dense = [name for name, x in w.items() if x.size < allocation.default_min_size(allocation_)]
+    reads = 2 if allocation_ == "global" and sparsity else 1
+    assert len(log) == len(dense) + reads * (len(w) - len(dense))
+    _OnDisk.live.clear()
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.2, 0.4, 0.6])
+def test_scores_that_underflow_go_first(sparsity):
+    # squares below float64's range score 0 like zeros and are pruned whatever the count
+    w = {"a": np.array([1e-200, -3e-190, 1.0, 2.0, 0.5, 0.25]), "b": np.array([5e-170, 1.0, 0.0, 3.0, 1e-300])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wqkernels.SparsityWarning)  # more zeros than asked for
+        out = wqkernels.prune_model(w, sparsity, min_size=0)
+    _assert_same(out, ref_allocation.prune_model(w, sparsity, min_size=0))
+    assert np.count_nonzero(out["a"][:2]) == 0 and out["b"][0] == 0 and out["b"][4] == 0

@@ -48,6 +48,8 @@ cdef extern from "_prune_loops.h" nogil:
     uint64_t wqk_shrink(int width, const void* x, void* y, Py_ssize_t n, double alpha)
     uint64_t wqk_error(int width, const void* x, const void* x_hat, Py_ssize_t n, double* out,
                        int64_t* zeros)
+    int64_t wqk_lamp_histogram(int width, const void* x, Py_ssize_t n, int64_t prefix, int64_t* hist,
+                               int64_t* below)
 
 cdef enum:
     RADIX_BITS = 11             # bits per digit of the radix select
@@ -719,3 +721,16 @@ def error_sums(const key_t[::1] x, const key_t[::1] x_hat, double[::1] out, int6
     free(parts)
     free(counts)
     return bad == 0
+
+
+def lamp_histogram(const key_t[::1] ranked, int64_t prefix, int64_t[::1] hist, int64_t[::1] below):
+    """Count the LAMP scores of `ranked` (magnitudes sorted ascending) by their float32 bits u:
+    hist[u >> 16] += 1 when prefix < 0; else below[0] counts u >> 16 < prefix and hist[u & 0xffff]
+    those with u >> 16 == prefix.  hist has 65536 bins.  Returns the number of zero scores."""
+    if hist.shape[0] < 65536 or below.shape[0] < 1:
+        raise ValueError("lamp_histogram needs 65536 bins and one counter")
+    cdef int64_t zeros
+    with nogil:
+        zeros = wqk_lamp_histogram(sizeof(key_t), &ranked[0] if ranked.shape[0] else NULL, ranked.shape[0],
+                                   prefix, &hist[0], &below[0])
+    return zeros

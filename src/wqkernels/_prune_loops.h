@@ -156,6 +156,7 @@ WQK_INLINE uint64_t wqk_double_to_bits(double f) { uint64_t b; memcpy(&b, &f, 8)
 #define wqk_clip(width, ...) WQK_BY_WIDTH(wqk_clip, width, __VA_ARGS__)
 #define wqk_shrink(width, ...) WQK_BY_WIDTH(wqk_shrink, width, __VA_ARGS__)
 #define wqk_error(width, ...) WQK_BY_WIDTH(wqk_error, width, __VA_ARGS__)
+#define wqk_lamp_histogram(width, ...) WQK_BY_WIDTH(wqk_lamp_histogram, width, __VA_ARGS__)
 
 #endif /* WQK_PRUNE_LOOPS_H */
 
@@ -548,6 +549,43 @@ WQK_CLONES WQK_SUMS static K S(wqk_error)(const void *x_, const void *x_hat_, pt
     out[1] += se;
     out[2] = mx > out[2] ? mx : out[2];
     return top;
+}
+
+/* ---- LAMP scores --------------------------------------------------------------------------
+ * The LAMP scores of magnitudes x[0..n) sorted ascending, exactly as allocation._sorted_scores
+ * computes them with NumPy: squares in double, suffix sums added one at a time from the end,
+ * each run of equal squares divided by the suffix sum at its first element, rounded to float.
+ * The scores are counted, not stored, by their float bits u: hist[u >> 16] when prefix < 0;
+ * otherwise *below counts those with u >> 16 < prefix and hist[u & 0xffff] those with
+ * u >> 16 == prefix.  Returns the number of zero scores.  Sequential: the sums' order is fixed
+ * (no WQK_SUMS), and the caller's sort costs far more. */
+static int64_t S(wqk_lamp_histogram)(const void *x_, ptrdiff_t n, int64_t prefix, int64_t *hist,
+                                     int64_t *below) {
+    const K *x = (const K *)x_;
+    double s = 0;
+    int64_t zeros = 0;
+    for (ptrdiff_t i = n - 1, j; i >= 0; i = j - 1) {
+        double a = (double)TO_F(x[i] & ABS), q = a * a;
+        s += q;
+        for (j = i; j > 0; j--) { /* the run of equal squares ending at i starts at j */
+            double b = (double)TO_F(x[j - 1] & ABS);
+            if (b * b != q)
+                break;
+            s += q;
+        }
+        float score = q > 0 ? (float)(q / s) : 0.0f;
+        uint32_t u;
+        memcpy(&u, &score, 4);
+        int64_t run = i - j + 1;
+        zeros += u == 0 ? run : 0;
+        if (prefix < 0)
+            hist[u >> 16] += run;
+        else if ((int64_t)(u >> 16) < prefix)
+            *below += run;
+        else if ((int64_t)(u >> 16) == prefix)
+            hist[u & 0xffffu] += run;
+    }
+    return zeros;
 }
 
 #undef ABS

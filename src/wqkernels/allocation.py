@@ -41,13 +41,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from . import _core
 from ._checks import check_bits, check_float_array, check_fraction, check_int
-from .pruning import prune, prune_global
+from .pruning import _bits, _float_array, prune
 from .quantization import fake_quantize
 from .statistics import error
 
 __all__ = ["DEFAULT_MIN_SIZE", "UNIFORM_MIN_SIZE", "ALLOCATIONS", "SparsityWarning", "default_method",
-           "default_min_size", "prune_model", "bits_for_sqnr", "lamp_scores"]
+           "default_min_size", "prune_model", "prune_counts", "count_fraction", "bits_for_sqnr", "lamp_scores"]
 
 #: Tensors with fewer elements stay dense in :func:`prune_model` with the default "global" allocation.
 DEFAULT_MIN_SIZE: int = 256
@@ -157,11 +158,10 @@ def prune_model(tensors: Mapping, sparsity: float, *, allocation: str = "global"
 
     Notes
     -----
-    The score is monotone in the magnitude within a tensor, so the global selection only has to
-    decide how many weights each tensor loses: each eligible tensor's magnitudes are sorted once
-    (``np.sort``, ``O(n log n)``) and scored in that order; :func:`wqkernels.prune_global` over
-    the sorted scores picks the lowest ``count`` of them, and :func:`wqkernels.prune` then zeroes
-    that many smallest magnitudes in each tensor (``O(n)`` selections).
+    :func:`prune_counts` decides how many weights each tensor loses (sorting each eligible
+    tensor's magnitudes twice, ``O(n log n)``, with one tensor in memory at a time beyond the
+    inputs), and :func:`wqkernels.prune` then zeroes that many smallest magnitudes in each
+    tensor (``O(n)`` selections).
 
     Examples
     --------
@@ -179,26 +179,137 @@ def prune_model(tensors: Mapping, sparsity: float, *, allocation: str = "global"
     >>> [round(float(np.mean(v == 0)), 2) for v in u.values()]
     [0.5, 0.5, 0.5]
     """
-    arrays, target, eligible, fixed_zeros = _plan(tensors, sparsity, allocation, min_size)
-    out = {name: np.array(x, copy=True) for name, x in arrays.items() if name not in eligible}
-    eligible_size = sum(arrays[name].size for name in eligible)
+    counts = _prune_counts(tensors, sparsity, allocation, min_size)
+    out = {}
+    for name, value in tensors.items():
+        x = _tensor(value, name)
+        k = counts[name]
+        out[name] = prune(x, sparsity=count_fraction(k, x.size)) if k else np.array(x, copy=True)
+    return out
+
+
+def prune_counts(tensors: Mapping, sparsity: float, *, allocation: str = "global",
+                 min_size: int | None = None) -> dict:
+    """How many weights :func:`prune_model` zeroes in each tensor, holding one tensor at a time.
+
+    For models that do not fit in memory twice: ``prune_model(tensors, ...)[name]`` equals
+    ``prune(tensors[name], sparsity=count_fraction(counts[name], size))`` (an unpruned copy where
+    the count is 0), so the tensors can be pruned one by one as they are read and written.  The
+    values may be anything NumPy converts when asked (an ``h5py.Dataset``, an object with
+    ``shape`` and ``__array__``): each is converted when needed and dropped afterwards, twice
+    for the eligible tensors under "global", once otherwise.  Sizes come from ``shape`` when
+    the value has one.
+
+    Parameters and warnings are those of :func:`prune_model`.
+
+    Returns
+    -------
+    dict of str to int
+        For every key of `tensors`: how many of its weights are to be zeroed (0 for the tensors
+        below `min_size`).
+
+    Notes
+    -----
+    The LAMP score is monotone in the magnitude within a tensor, so the global selection only
+    has to decide how many weights each tensor loses.  Each pass sorts one tensor's magnitudes
+    and counts its scores (computed in a kernel, not stored) by their float32 bits: the first
+    pass into 2^16 bins of the upper 16 bits, which locates the bin holding the cut-off; the
+    second into 2^16 bins of the lower bits within that bin, which gives the exact cut-off
+    score and how many weights of each tensor fall below it or on it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from wqkernels.allocation import prune_counts
+    >>> rng = np.random.default_rng(0)
+    >>> w = {"conv": rng.normal(size=(3, 3, 8, 16)), "dense": rng.normal(size=(256, 10)),
+    ...      "tiny": rng.normal(size=(10,))}
+    >>> prune_counts(w, 0.5)
+    {'conv': 462, 'dense': 1399, 'tiny': 0}
+    """
+    return _prune_counts(tensors, sparsity, allocation, min_size)
+
+
+def count_fraction(count: int, size: int) -> float:
+    """The sparsity that makes :func:`wqkernels.prune` zero exactly `count` of `size` weights.
+
+    Examples
+    --------
+    >>> from wqkernels.allocation import count_fraction
+    >>> import math
+    >>> math.floor(count_fraction(3, 7) * 7), count_fraction(7, 7)
+    (3, 1.0)
+    """
+    return 1.0 if count >= size else (count + 0.5) / size
+
+
+def _prune_counts(tensors, sparsity, allocation, min_size) -> dict:
+    """prune_counts; the warnings point at the caller of its public callers."""
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a mapping of names to arrays, got {type(tensors).__name__}")
+    sparsity = check_fraction(sparsity, "sparsity")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {', '.join(map(repr, ALLOCATIONS))}, got {allocation!r}")
+    min_size = default_min_size(allocation) if min_size is None else check_int(min_size, "min_size", 0)
+    sizes = {name: _size(value) for name, value in tensors.items()}
+    total = sum(sizes.values())
+    target = math.floor(sparsity * total)
+    eligible = [name for name, size in sizes.items() if size >= max(min_size, 1)]
+    fixed_zeros = sum(_zeros(_tensor(tensors[name], name)) for name in sizes if name not in eligible)
     wanted = target - fixed_zeros
-    count = min(max(wanted, 0), eligible_size)
+    count = min(max(wanted, 0), sum(sizes[name] for name in eligible))
     if count != wanted:
-        _warn_unreachable(target, fixed_zeros + count, sum(x.size for x in arrays.values()))
-    if allocation == "global" and eligible:  # how many each tensor loses: a prefix of its sorted scores
-        scores = {name: _sorted_scores(np.sort(np.abs(arrays[name]), axis=None)) for name in eligible}
-        selected = prune_global(scores, sparsity=_fraction(count, eligible_size))
-        counts = [int(np.count_nonzero(selected[name] == 0)) for name in eligible]
-        del scores, selected
+        _warn_unreachable(target, fixed_zeros + count, total)
+    if allocation == "global":
+        counts, zeros = _lamp_counts(tensors, eligible, count)
     else:
-        counts = _uniform_counts([arrays[name].size for name in eligible], count)
-    for name, k in zip(eligible, counts):
-        out[name] = prune(arrays[name], sparsity=_fraction(k, arrays[name].size))
-    achieved = fixed_zeros + sum(int(np.count_nonzero(out[name] == 0)) for name in eligible)
+        counts = dict(zip(eligible, _uniform_counts([sizes[name] for name in eligible], count)))
+        zeros = {name: _zeros(_tensor(tensors[name], name)) for name in eligible}
+    achieved = fixed_zeros + sum(max(counts[name], zeros[name]) for name in eligible)
     if achieved != target and count == wanted:
-        _warn_unreachable(target, achieved, sum(x.size for x in arrays.values()))
-    return {name: out[name] for name in arrays}
+        _warn_unreachable(target, achieved, total)
+    return {name: counts.get(name, 0) for name in tensors}
+
+
+#: bins of the score histograms: 16 bits of a float32 score at a time
+_BINS = 1 << 16
+
+
+def _lamp_counts(tensors: Mapping, names: list, count: int) -> tuple[dict, dict]:
+    """How many weights each named tensor loses to the `count` lowest LAMP scores of all
+    (equal scores: the earlier tensor first), and how many of its weights are zero already.
+
+    A tensor also loses every weight whose score is 0 (a zero, or a square that underflows
+    against the sum), whatever the count: what selecting scores by value gives.
+    """
+    top, below = np.zeros(_BINS, np.int64), np.zeros(1, np.int64)
+    zero_scores, zeros = {}, {}
+    for name in names:
+        ranked = _ranked(tensors, name)
+        zeros[name] = int(np.searchsorted(ranked, 0, side="right"))
+        zero_scores[name] = _core.lamp_histogram(_bits(ranked), -1, top, below)
+        del ranked
+    selected = dict.fromkeys(names, 0)
+    if count:
+        prefix = int(np.searchsorted(np.cumsum(top), count))  # the upper bits of the cut-off score
+        needed = count - int(top[:prefix].sum())
+        low, parts = np.zeros(_BINS, np.int64), {}
+        for name in names:
+            ranked, hist = _ranked(tensors, name), np.zeros(_BINS, np.int64)
+            below[0] = 0
+            _core.lamp_histogram(_bits(ranked), prefix, hist, below)
+            del ranked
+            bins = np.flatnonzero(hist)
+            parts[name] = (int(below[0]), bins, hist[bins])
+            low += hist
+        cut = int(np.searchsorted(np.cumsum(low), needed))  # the lower bits of the cut-off score
+        ties = needed - int(low[:cut].sum())
+        for name in names:
+            under, bins, counts = parts[name]
+            take = min(int(counts[bins == cut].sum()), ties)
+            ties -= take
+            selected[name] = under + int(counts[bins < cut].sum()) + take
+    return {name: max(selected[name], zero_scores[name]) for name in names}, zeros
 
 
 def lamp_scores(x) -> np.ndarray:
@@ -293,30 +404,31 @@ def bits_for_sqnr(x, target_db: float, **quantize_options) -> int:
 
 # ---- helpers ------------------------------------------------------------------------------
 
-def _plan(tensors, sparsity, allocation, min_size):
-    """Validate; return (arrays, target zeros, eligible names, zeros in the dense tensors)."""
-    if not isinstance(tensors, Mapping):
-        raise TypeError(f"tensors must be a mapping of names to arrays, got {type(tensors).__name__}")
-    sparsity = check_fraction(sparsity, "sparsity")
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {', '.join(map(repr, ALLOCATIONS))}, got {allocation!r}")
-    min_size = default_min_size(allocation) if min_size is None else check_int(min_size, "min_size", 0)
-    arrays = {}
-    for name, value in tensors.items():
-        arr = check_float_array(value, f"tensors[{name!r}]")
-        if arr.size and not np.isfinite(arr).all():
-            raise ValueError(f"tensors[{name!r}] has NaN or infinite values")
-        arrays[name] = arr
-    total = sum(x.size for x in arrays.values())
-    target = math.floor(sparsity * total)
-    eligible = [name for name, x in arrays.items() if x.size >= max(min_size, 1)]
-    fixed_zeros = sum(int(np.count_nonzero(x == 0)) for name, x in arrays.items() if name not in eligible)
-    return arrays, target, eligible, fixed_zeros
+def _size(value) -> int:
+    """Elements of a tensor, from its shape when it has one (without reading it)."""
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return int(np.asarray(value).size)
+    return math.prod(int(s) for s in shape)
 
 
-def _fraction(count: int, size: int) -> float:
-    """A sparsity whose ``floor(sparsity * size)`` is exactly `count` (0 <= count <= size)."""
-    return 1.0 if count >= size else (count + 0.5) / size
+def _tensor(value, name: str) -> np.ndarray:
+    """One tensor as a float16/32/64 array, checked finite."""
+    arr = _float_array(value, f"tensors[{name!r}]")
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError(f"tensors[{name!r}] has NaN or infinite values")
+    return arr
+
+
+def _ranked(tensors: Mapping, name: str) -> np.ndarray:
+    """The magnitudes of one tensor, sorted ascending."""
+    ranked = np.abs(_tensor(tensors[name], name)).reshape(-1)
+    ranked.sort()
+    return ranked
+
+
+def _zeros(x: np.ndarray) -> int:
+    return _core.count_zeros(_bits(x)) if x.size else 0
 
 
 def _uniform_counts(sizes: list, count: int) -> list:
@@ -338,4 +450,4 @@ def _warn_unreachable(target: int, achieved: int, total: int) -> None:
     warnings.warn(SparsityWarning(
         f"sparsity: {target} of {total} weights should be zero, {achieved} are "
         f"({achieved / total if total else 0:.4f}); the tensors at or above min_size are too few, "
-        "or more weights were zero already"), stacklevel=3)
+        "or more weights were zero already"), stacklevel=4)
