@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _core
 from ._checks import as_float32, check_bits, check_int, nonfinite_error, normalize_axis
-from ._schemes import DEFAULT_PERCENTILE, MSE_RATIOS, Groups, Scheme, groups, scheme
+from ._schemes import DEFAULT_PERCENTILE, MSE_RATIOS, Groups, groups, scheme
 
 __all__ = ["QuantizedArray", "quantize", "dequantize", "fake_quantize"]
 

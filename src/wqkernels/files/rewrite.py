@@ -347,13 +347,14 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
     changes = recipe.prunes or recipe.quantizes or recipe.storage != "float32" or recipe.compress != "none"
     if not changes:
         selected = []
-    candidates = [e for e in source.entries if recipe.selects(e, by_size=False)] if selected else []
-    pruned = _kernels.prune_tensors({e.path: source.read(e) for e in candidates}, candidates, recipe,
-                                    report.notes) if recipe.prunes and candidates else {}
+    buffers = Buffers()
+    counts = {}
+    if recipe.prunes and selected:  # read one tensor at a time, before anything is written
+        candidates = [e for e in source.entries if recipe.selects(e, by_size=False)]
+        counts = _kernels.prune_counts(lambda e: source.read(e, buffers), candidates, recipe, report.notes)
     writer = PackedWriter(recipe.compress) if packed_out else None
     rows = {}
-    buffers = Buffers()
-    hooks = {e.path: _transform_hook(source, e, recipe, pruned, writer, rows, buffers) for e in selected}
+    hooks = {e.path: _transform_hook(source, e, recipe, counts, writer, rows, buffers) for e in selected}
     if source.packed is not None:  # placeholders of a packed source not rewritten: dequantize
         for e in source.entries:
             if e.path in source.packed.tensors and e.path not in hooks:
@@ -401,16 +402,22 @@ class Buffers:
         return a[:n].reshape(shape)
 
 
-def _transform(x: np.ndarray, e: Entry, recipe: Recipe, packing: bool, buffers: Buffers):
-    """The values to store for one kernel (float32), its QuantizedArray when packing, its bits."""
+def _transform(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, packing: bool, buffers: Buffers):
+    """The values to store for one kernel (float32), its QuantizedArray when packing, its bits.
+
+    Pruned values and quantized ones go into the same buffer, in place: beside the original
+    weight, a rewrite holds one array of its size (and the codes when packing).
+    """
     x = np.ascontiguousarray(x, dtype=np.float32)
+    stored = buffers.get("stored", e.shape)
+    pruned = _kernels.prune_one(x, e, recipe, counts, out=stored) if recipe.prunes else None
+    x = x if pruned is None else pruned
     if not recipe.quantizes:
         return x, None, None
     view, options = recipe.layout_for(e)
-    xv = x.reshape(view)
+    xv, out = x.reshape(view), stored.reshape(view)
     bits = recipe.bits if recipe.bits is not None else _kernels.bits_for_sqnr(xv, recipe, options)
     method = recipe.method_for(bits)
-    out = buffers.get("stored", view)
     if packing:
         qa = quantize(xv, bits, method=method, **options)
         return qa.dequantize(out=out).reshape(e.shape), qa, bits
@@ -423,13 +430,12 @@ def _statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
     return before, after, float(stats.mse), float(stats.sqnr_db)
 
 
-def _transform_hook(source: Source, e: Entry, recipe: Recipe, pruned: dict, writer, rows: dict,
+def _transform_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer, rows: dict,
                     buffers: Buffers):
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         original = source.read(e, buffers)
-        x = pruned.pop(e.path, None)
         try:
-            stored, qa, bits = _transform(original if x is None else x, e, recipe, writer is not None, buffers)
+            stored, qa, bits = _transform(original, e, recipe, counts, writer is not None, buffers)
         except ValueError as exc:  # NaN or infinity in the weights: say which
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
         if recipe.storage == "float16":
