@@ -286,7 +286,8 @@ def _lamp_counts(tensors: Mapping, names: list, count: int) -> tuple[dict, dict]
     zero_scores, zeros = {}, {}
     for name in names:
         ranked = _ranked(tensors, name)
-        zeros[name] = int(np.searchsorted(ranked, 0, side="right"))
+        # a zero of ranked's dtype: a Python 0 makes searchsorted cast all of ranked to float64
+        zeros[name] = int(np.searchsorted(ranked, ranked.dtype.type(0), side="right"))
         zero_scores[name] = _core.lamp_histogram(_bits(ranked), -1, top, below)
         del ranked
     selected = dict.fromkeys(names, 0)
