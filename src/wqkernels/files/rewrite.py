@@ -283,8 +283,9 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
                 _write_zip(source, tmp, recipe, report, dst_dir)
             else:
                 _write_weights(source, tmp, recipe, report)
-        if os.path.exists(dst):  # overwriting: keep the permissions the file had
-            os.chmod(tmp, os.stat(dst).st_mode & 0o7777)
+        if os.path.exists(dst):  # overwriting: keep the permissions the file had, and make sure the
+            os.chmod(tmp, os.stat(dst).st_mode & 0o7777)  # new data is on disk before the old is gone
+            _sync(tmp)
         os.replace(tmp, dst)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -293,6 +294,17 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
     report.size_after = os.path.getsize(dst)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _sync(path: str) -> None:
+    """fsync a file: a crash right after it replaces another cannot leave an empty file.  Only
+    for replacements (a new file costs nothing if lost: the source is untouched), since it can
+    take longer than the rewrite itself."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _temp_beside(dst: str, dst_dir: str) -> str:
