@@ -6,7 +6,8 @@ HDF5 types (fixed-length bytes stay bytes, ASCII stays ASCII), datasets are copi
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, NamedTuple
 
 import h5py
 import numpy as np
@@ -77,36 +78,38 @@ def read_name_list(obj, name: str) -> list[str] | None:
     return out
 
 
-def check_dataset(dset: h5py.Dataset, where: str) -> None:
+class DatasetInfo(NamedTuple):
+    """What the walk learns of a dataset without reading it."""
+
+    shape: tuple
+    dtype: np.dtype
+
+
+def check_dataset(dsid: h5d.DatasetID, path: str, where: str) -> DatasetInfo:
     """Refuse external and virtual datasets, and declared sizes the stored data cannot back."""
-    dcpl = dset.id.get_create_plist()
+    dcpl = dsid.get_create_plist()
     if dcpl.get_layout() == h5d.VIRTUAL:
-        raise KerasFileError(f"{where}: virtual dataset {dset.name!r} refused")
+        raise KerasFileError(f"{where}: virtual dataset {path!r} refused")
     if dcpl.get_external_count() > 0:
-        raise KerasFileError(f"{where}: dataset {dset.name!r} stores its data in external files; refused")
-    declared = dataset_nbytes(dset)
-    stored = dset.id.get_storage_size()
+        raise KerasFileError(f"{where}: dataset {path!r} stores its data in external files; refused")
+    info = DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dsid.dtype)
+    declared = math.prod(info.shape) * info.dtype.itemsize
+    stored = dsid.get_storage_size()
     if declared > UNCHECKED_BYTES and declared > 1000 * stored:
-        raise KerasFileError(f"{where}: dataset {dset.name!r} declares {declared} bytes but stores "
+        raise KerasFileError(f"{where}: dataset {path!r} declares {declared} bytes but stores "
                              f"{stored}; refused")
+    return info
 
 
-def dataset_nbytes(dset: h5py.Dataset) -> int:
-    shape = dset.shape or ()
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n * dset.dtype.itemsize
-
-
-def walk(group: h5py.Group, where: str, exempt=frozenset()) -> dict[str, bool]:
-    """Check every member below `group`; return ``{path: is_dataset}``, depth first in name order.
+def walk(group: h5py.Group, where: str, exempt=frozenset()) -> dict[str, DatasetInfo | None]:
+    """Check every member below `group`; return ``{path: DatasetInfo, or None for a group}``,
+    depth first in name order.
 
     Soft and external links are refused, as are objects linked more than once (a hard-link
     cycle, or one dataset under two names); datasets whose path is in `exempt` (the unallocated
     placeholders of a packed skeleton) skip the size check.  The traversal runs in HDF5 (one
-    H5Lvisit, one H5Ovisit): opening every object from Python costs more than reading the weights
-    of a small model.
+    H5Lvisit, one H5Ovisit) on low-level handles: h5py's objects cost more to make than reading
+    the weights of a small model.
     """
     # h5py's visit callbacks must not raise: they return the error, which stops the visit
     def check_link(name: bytes, info):
@@ -124,14 +127,14 @@ def walk(group: h5py.Group, where: str, exempt=frozenset()) -> dict[str, bool]:
         if info.rc > 1:
             return KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
         if info.type == h5o.TYPE_DATASET:
-            if path not in exempt:
-                try:
-                    check_dataset(h5py.Dataset(h5d.open(group.id, name)), where)
-                except (KerasFileError, OSError, ValueError) as exc:
-                    return exc
-            members[path] = True
+            try:
+                dsid = h5d.open(group.id, name)
+                members[path] = (DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dsid.dtype)
+                                 if path in exempt else check_dataset(dsid, path, where))
+            except (KerasFileError, OSError, ValueError) as exc:
+                return exc
         elif info.type == h5o.TYPE_GROUP:
-            members[path] = False
+            members[path] = None
         else:
             return KerasFileError(f"{where}: unsupported object at {path!r}")
         return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import h5py
 
-from .h5tree import KerasFileError, read_name_list, walk
+from .h5tree import DatasetInfo, KerasFileError, read_name_list, walk
 from .roles import KERNEL_ROLES, ModelLayers, channel_axis, parse_config, var_role, weight_role
 
 PACKED_GROUP = "wqkernels"
@@ -115,22 +115,22 @@ def entries(f: h5py.File, layout: str, config: dict | None, where: str, exempt=f
     raise KerasFileError(f"{where}: unsupported layout {layout!r}")
 
 
-def _entry(path, dset, layer, layer_class, role, source, quantized=False) -> Entry:
-    shape = tuple(int(s) for s in (dset.shape or ()))
-    is_float = dset.dtype.kind == "f"
+def _entry(path, info: DatasetInfo, layer, layer_class, role, source, quantized=False) -> Entry:
+    shape = info.shape
+    is_float = info.dtype.kind == "f"
     prunable = role in KERNEL_ROLES and is_float and len(shape) >= 2 and not quantized
     axis = channel_axis(layer_class, role, len(shape)) if prunable else None
-    return Entry(path, layer, layer_class, role, source, prunable, axis, shape, str(dset.dtype))
+    return Entry(path, layer, layer_class, role, source, prunable, axis, shape, str(info.dtype))
 
 
-def _dataset(f: h5py.File, members: dict, path: str, where: str) -> h5py.Dataset:
-    """The listed weight at `path`; `members` is the checked walk of `f`."""
+def _dataset(members: dict, path: str, where: str) -> DatasetInfo:
+    """The listed weight at `path`; `members` is the checked walk of the file."""
     path = path.strip("/")
     if path not in members:
         raise KerasFileError(f"{where}: weight {path!r} is listed but missing")
-    if not members[path]:
+    if members[path] is None:
         raise KerasFileError(f"{where}: weight {path!r} is not a dataset")
-    return f[path]
+    return members[path]
 
 
 def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> list[Entry]:
@@ -138,31 +138,31 @@ def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> lis
     root = f["model_weights"] if layout == "legacy" else f
     out = []
     for name in read_name_list(root, "layer_names") or []:
-        if members.get(f"{prefix}{name}".strip("/")) is not False:
+        group = f"{prefix}{name}".strip("/")
+        if group not in members or members[group] is not None:
             raise KerasFileError(f"{where}: layer group {name!r} listed in layer_names is missing")
         for wn in read_name_list(root[name], "weight_names") or []:
             path = f"{prefix}{name}/{wn}"
-            dset = _dataset(f, members, path, where)
+            info = _dataset(members, path, where)
             parts = wn.split("/")[:-1]
             cls, quantized, how = layers.resolve(name, parts)
-            out.append(_entry(path, dset, name, cls, weight_role(wn), how if cls else "none", quantized))
-    if "optimizer_weights" in f and isinstance(f["optimizer_weights"], h5py.Group):
+            out.append(_entry(path, info, name, cls, weight_role(wn), how if cls else "none", quantized))
+    if "optimizer_weights" in members and members["optimizer_weights"] is None:  # a group
         opt = f["optimizer_weights"]
         for wn in read_name_list(opt, "weight_names") or []:
             path = f"optimizer_weights/{wn}"
-            out.append(_entry(path, _dataset(f, members, path, where), "optimizer", None, "optimizer", "names"))
+            out.append(_entry(path, _dataset(members, path, where), "optimizer", None, "optimizer", "names"))
     return out
 
 
 def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]:
     out = []
-    for path, is_dataset in members.items():
-        if not is_dataset:
+    for path, obj in members.items():
+        if obj is None:
             continue
         parts = path.split("/")
         if len(parts) < 2 or parts[-2] != "vars" or not re.fullmatch(r"\d+", parts[-1]):
             continue
-        obj = f[path]
         index = int(parts[-1])
         if parts[0] == "optimizer":
             out.append(_entry(path, obj, "optimizer", None, "optimizer", "names"))
