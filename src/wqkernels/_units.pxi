@@ -14,6 +14,7 @@ from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t
 cdef extern from "_loops.h" nogil:
     int wqk_max_threads()
     void wqk_set_max_threads(int n)
+    void wqk_adapt_threads()
 
 cdef struct Layout:
     Py_ssize_t outer, n, inner, block, nblocks, width, count
@@ -89,5 +90,9 @@ def max_threads():
 
 
 def set_max_threads(int n):
-    """Use at most n threads (OpenMP's omp_set_num_threads; nothing without OpenMP)."""
+    """Use at most n threads in this thread's calls (OpenMP's omp_set_num_threads; nothing
+    without OpenMP), fewer while the machine is busy."""
     wqk_set_max_threads(max(n, 1))
+
+
+wqk_adapt_threads()  # fewer threads while the machine is busy (see _loops.h)
