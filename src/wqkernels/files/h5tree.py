@@ -147,15 +147,22 @@ def walk(group: h5py.Group, where: str, exempt=frozenset()) -> dict[str, Dataset
 
 
 def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = "none",
-                like: h5py.Dataset | None = None) -> h5py.Dataset:
+                like: h5py.Dataset | None = None, dtype=None) -> h5py.Dataset:
     """Create a dataset with `data`, compressed when asked and large enough to gain.
 
-    The attributes of `like` (the dataset it replaces) are copied over.
+    With `dtype`, the dataset has that type and HDF5 converts `data` as it writes (no copy in
+    memory).  The attributes of `like` (the dataset it replaces) are copied over.
     """
+    dtype = data.dtype if dtype is None else np.dtype(dtype)
     options = {}
-    if compress != "none" and data.nbytes >= MIN_COMPRESS_BYTES and data.ndim:
+    if compress != "none" and data.size * dtype.itemsize >= MIN_COMPRESS_BYTES and data.ndim:
         options = {"compression": "gzip", "shuffle": True} if compress == "gzip" else {"compression": "lzf"}
-    dset = group.create_dataset(name, data=data, **options)
+    if dtype == data.dtype:
+        dset = group.create_dataset(name, data=data, **options)
+    else:
+        dset = group.create_dataset(name, shape=data.shape, dtype=dtype, **options)
+        if data.size:
+            dset.write_direct(np.ascontiguousarray(data))
     if like is not None:
         copy_attrs(like, dset)
     return dset

@@ -436,6 +436,16 @@ def _transform(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, packing: b
     return fake_quantize(xv, bits, method=method, out=out, **options).reshape(e.shape), None, bits
 
 
+def _half_values(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """x rounded to float16 (as NumPy does), kept as float32 in `out` (which may be x): HDF5
+    then writes the float16 dataset from it exactly, and no half-size copy is made."""
+    src, dst = x.reshape(-1), out.reshape(-1)
+    step = 1 << 20
+    for i in range(0, src.size, step):
+        dst[i:i + step] = src[i:i + step].astype(np.float16)
+    return out
+
+
 def _statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
     """(sparsity before, sparsity after, mse, SQNR dB) of one rewritten weight, in one pass."""
     stats, before, after = _kernels.compare(original, stored)
@@ -450,8 +460,9 @@ def _transform_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writ
             stored, qa, bits = _transform(original, e, recipe, counts, writer is not None, buffers)
         except ValueError as exc:  # NaN or infinity in the weights: say which
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
-        if recipe.storage == "float16":
-            stored = stored.astype(np.float16)
+        half = recipe.storage == "float16"
+        if half:
+            stored = _half_values(stored, buffers.get("stored", e.shape))
         # inline, not in a helper thread: batch workers each get their share of the cores
         stats = _statistics(original, stored)
         if writer is not None:
@@ -459,7 +470,8 @@ def _transform_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writ
             copy_attrs(dset, placeholder)
             nbytes = writer.add(e.path, e.shape, qa, recipe.compress)
         else:
-            nbytes = int(new_dataset(group, name, stored, recipe.compress, like=dset).id.get_storage_size())
+            out = new_dataset(group, name, stored, recipe.compress, like=dset, dtype=np.float16 if half else None)
+            nbytes = int(out.id.get_storage_size())
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, *stats[:2], bits, *stats[2:],
                                  source.stored_bytes(e), nbytes)
     return hook
