@@ -574,6 +574,32 @@ def test_keras3_roles_from_group_names(keras3_zip):
     assert infos["optimizer/vars/0"].role == "optimizer"
 
 
+def test_bare_weights_unnamed_layers_by_shape(tmp_path, capsys):
+    # no config and names that say nothing: float tensors of 2+ axes are kernels, channels last
+    src, dst = tmp_path / "bare.weights.h5", tmp_path / "int8.weights.h5"
+    rng = np.random.default_rng(5)
+    with h5py.File(src, "w") as f:
+        for name, shapes in {"dense_2": [(32, 10), (10,)], "my_projection": [(64, 32), (32,)],
+                             "block": [(3, 3, 8, 16)], "scales": [(16,), (16,)]}.items():
+            for i, shape in enumerate(shapes):
+                f[f"layers/{name}/vars/{i}"] = rng.normal(size=shape).astype(np.float32)
+        f["layers/my_projection/vars/2"] = np.arange(6, dtype=np.int32).reshape(2, 3)
+    infos = {i.path: i for i in wqkernels.inspect(src)}
+    assert [p for p, i in infos.items() if i.prunable] == [
+        "layers/block/vars/0", "layers/dense_2/vars/0", "layers/my_projection/vars/0"]
+    assert infos["layers/my_projection/vars/0"].role_source == "shape"
+    assert infos["layers/dense_2/vars/0"].role_source == "names"
+    code, out, err = run_cli(["rewrite", src, "-o", dst, "--bits", "8", "--exclude", "*/block/*"], capsys)
+    assert code == 0, err
+    assert "shapes where no name says" in out and "taken for kernels" in out
+    before, after = wqkernels.load_weights(src), wqkernels.load_weights(dst)
+    assert_bit_equal(after["layers/my_projection/vars/0"],
+                     reference.fake_quantize(before["layers/my_projection/vars/0"], 8, axis=1))
+    for path in ("layers/block/vars/0", "layers/my_projection/vars/1", "layers/my_projection/vars/2",
+                 "layers/scales/vars/0"):
+        assert_bit_equal(after[path], before[path], path)
+
+
 def test_keras3_zip_rewrite(keras3_zip, tmp_path):
     dst = tmp_path / "out.keras"
     report = wqkernels.rewrite(keras3_zip, dst, Recipe(bits=4, granularity="channel", strip_optimizer=True))

@@ -38,7 +38,7 @@ class Entry:
     layer: str
     layer_class: str | None
     role: str                 # kernel, bias, gamma, ..., "optimizer", "variable" or "unknown"
-    role_source: str          # "config", "names" (guessed from group names) or "none"
+    role_source: str          # "config", "names" (guessed from group names), "shape" or "none"
     prunable: bool
     channel_axis: int | None
     shape: tuple
@@ -177,8 +177,9 @@ def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]
         vname = vname.decode() if isinstance(vname, bytes) else (str(vname) if vname is not None else None)
         cls, quantized, how = layers.class_for_group(owner, None if in_cell else vname)
         role = var_role(cls, index, in_cell)
-        if role is None:
-            role, how = "unknown", "none"
+        if role is None:  # no class for the layer: a float tensor of 2 or more axes is taken for a kernel
+            guess = obj.dtype.kind == "f" and len(obj.shape) >= 2
+            role, how = ("kernel", "shape") if guess else ("unknown", "none")
         layer = owner if in_cell or vname is None else vname
         out.append(_entry(path, obj, layer, cls, role, how, quantized))
     return out

@@ -115,13 +115,15 @@ class Source:
 
     @property
     def role_source(self) -> str:
-        """Where the layer classes came from: ``config``, ``names`` (guessed) or both."""
+        """Where the layer classes came from: ``config``, ``names`` (guessed), ``shapes``, or a mix."""
         sources = {e.role_source for e in self.entries if e.role not in ("optimizer", "variable")}
         if sources <= {"config"}:
             return "config"
         if self.config is None:
-            return "names (no model config)"
-        return "config, some guessed from names" if "config" in sources else "names (config not usable)"
+            text = "names (no model config)"
+        else:
+            text = "config, some guessed from names" if "config" in sources else "names (config not usable)"
+        return text + (", shapes where no name says" if "shape" in sources else "")
 
     @property
     def description(self) -> str:
@@ -378,7 +380,9 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
         report.notes.append("optimizer state removed")
     if source.role_source != "config":
         report.notes.append(f"roles from {source.role_source}: layer classes guessed from group and "
-                            f"dataset names")
+                            f"dataset names" + ("; float tensors of 2 or more axes in layers no name identifies "
+                                                "are taken for kernels, channels last (--exclude keeps them)"
+                                                if "shape" in source.role_source else ""))
 
     image = io.BytesIO() if packed_out else None
     with h5py.File(image if packed_out else tmp, "w") as out:
