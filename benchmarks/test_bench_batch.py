@@ -4,8 +4,8 @@
   ``--workers 1`` and ``--workers 2``, interleaved, best of `repeat`; goal: 2 workers at least
   1.6x faster on a 2-core machine.
 - memory: the peak resident memory of a process rewriting one ~1 GB legacy .h5 (what each
-  worker does), against 1.5x its largest tensor + 200 MB; the resident memory of a process that
-  only imports wqkernels is printed beside it.
+  worker does) with each recipe of RECIPES, against 1.5x its largest tensor + 200 MB; the
+  resident memory of a process that only imports wqkernels is printed beside it.
 
 Files are generated into a temporary directory.  Run: ``python -m pytest
 benchmarks/test_bench_batch.py -s`` (prints the figures) or run this file.
@@ -28,6 +28,8 @@ MB = 1_000_000
 MiB = 1 << 20
 #: the ~1 GB files: (Dense layers, kernel side); 16 MiB kernels, or 256 MiB ones
 BIG_MODELS = [(64, 2048), (4, 8192)]
+#: the recipes whose memory is measured: int8 (the issue's), global pruning with int4, packed storage
+RECIPES = [("--bits", "8"), ("--sparsity", "0.5", "--bits", "4"), ("--bits", "8", "--storage", "packed")]
 
 
 def speed(directory: str, files: int = 16, repeat: int = 2) -> dict:
@@ -74,8 +76,9 @@ def peak_rss(args: list[str]) -> int:
     return int(proc.stdout.splitlines()[-1].split()[1]) * 1024  # kB
 
 
-def memory(directory: str, options: tuple = ("--bits", "8")) -> list[dict]:
-    """Peak resident memory of `wqkernels rewrite` on each 1 GB model, and of the bare imports."""
+def memory(directory: str, recipes: list = RECIPES) -> list[dict]:
+    """Peak resident memory of `wqkernels rewrite` with each recipe on each 1 GB model, and of
+    the bare imports."""
     baseline = peak_rss([])
     rows = []
     for layers, side in BIG_MODELS:
@@ -83,14 +86,15 @@ def memory(directory: str, options: tuple = ("--bits", "8")) -> list[dict]:
         make_legacy_h5(src, layers=layers, side=side)
         largest, name = side * side * 4, f"{layers} x {side}x{side} kernels"
         dst = os.path.join(directory, "big-out.h5")
-        start = time.perf_counter()
-        rss = peak_rss(["rewrite", src, "-o", dst, *options])
-        rows.append({"model": name, "file_mb": os.path.getsize(src) / MB, "largest_mib": largest / MiB,
-                     "peak_mib": rss / MiB, "imports_mib": baseline / MiB,
-                     "goal_mib": (1.5 * largest + 200 * MiB) / MiB, "seconds": time.perf_counter() - start,
-                     "options": " ".join(options)})
+        for options in recipes:
+            start = time.perf_counter()
+            rss = peak_rss(["rewrite", src, "-o", dst, *options])
+            rows.append({"model": name, "file_mb": os.path.getsize(src) / MB, "largest_mib": largest / MiB,
+                         "peak_mib": rss / MiB, "imports_mib": baseline / MiB,
+                         "goal_mib": (1.5 * largest + 200 * MiB) / MiB, "seconds": time.perf_counter() - start,
+                         "options": " ".join(options)})
+            os.unlink(dst)
         os.unlink(src)
-        os.unlink(dst)
     return rows
 
 
@@ -118,7 +122,5 @@ def test_rewrite_memory_1gb(tmp_path):
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         _print_memory(memory(tmp))
-        if "--packed" in sys.argv:
-            _print_memory(memory(tmp, ("--bits", "8", "--storage", "packed")))
     with tempfile.TemporaryDirectory() as tmp:
         _print_speed(speed(tmp))
