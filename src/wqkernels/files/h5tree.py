@@ -146,6 +146,14 @@ def walk(group: h5py.Group, where: str, exempt=frozenset()) -> dict[str, Dataset
     return members
 
 
+def filters(compress: str, nbytes: int) -> dict:
+    """h5py's creation options for `compress` on a dataset of `nbytes`: none below
+    MIN_COMPRESS_BYTES."""
+    if compress == "none" or nbytes < MIN_COMPRESS_BYTES:
+        return {}
+    return {"compression": "gzip", "shuffle": True} if compress == "gzip" else {"compression": "lzf"}
+
+
 def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = "none",
                 like: h5py.Dataset | None = None, dtype=None) -> h5py.Dataset:
     """Create a dataset with `data`, compressed when asked and large enough to gain.
@@ -154,9 +162,7 @@ def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = 
     memory).  The attributes of `like` (the dataset it replaces) are copied over.
     """
     dtype = data.dtype if dtype is None else np.dtype(dtype)
-    options = {}
-    if compress != "none" and data.size * dtype.itemsize >= MIN_COMPRESS_BYTES and data.ndim:
-        options = {"compression": "gzip", "shuffle": True} if compress == "gzip" else {"compression": "lzf"}
+    options = filters(compress, data.size * dtype.itemsize) if data.ndim else {}
     if dtype == data.dtype:
         dset = group.create_dataset(name, data=data, **options)
     else:
@@ -168,15 +174,39 @@ def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = 
     return dset
 
 
+def placeholder(group: h5py.Group, name: str, shape: tuple, dtype,
+                like: h5py.Dataset | None = None) -> h5py.Dataset:
+    """An unallocated dataset (no data) standing for one stored elsewhere, with `like`'s attributes."""
+    dset = group.create_dataset(name, shape=shape, dtype=dtype)
+    if like is not None:
+        copy_attrs(like, dset)
+    return dset
+
+
+class Datasets:
+    """Where the datasets of a copy go: into the destination groups themselves.  (The packed
+    writer, a subclass, moves large ones out of its in-memory skeleton.)"""
+
+    def copy(self, group: h5py.Group, name: str, dset: h5py.Dataset) -> h5py.Dataset:
+        """An exact copy of `dset` (type, filters, chunks, attributes) as ``group[name]``."""
+        h5o.copy(dset.id, b".", group.id, name.encode("utf-8"))
+        return group[name]
+
+    def new(self, group: h5py.Group, name: str, data: np.ndarray, compress: str = "none",
+            like: h5py.Dataset | None = None, dtype=None) -> h5py.Dataset:
+        """A dataset with `data`, as :func:`new_dataset` makes it."""
+        return new_dataset(group, name, data, compress, like, dtype)
+
+
 #: hook(dst_group, name, src_dataset) writes the replacement of a dataset (or nothing, to drop it)
 Hook = Callable[[h5py.Group, str, h5py.Dataset], None]
 
 
 def copy_tree(src: h5py.Group, dst: h5py.Group, hooks: dict[str, Hook], skip: frozenset = frozenset(),
-              prefix: str = "") -> None:
+              out: Datasets = Datasets(), prefix: str = "") -> None:
     """Copy the members of `src` into `dst`: groups recreated with their attributes, datasets
-    copied exactly unless their path (relative to the root of the walk) has a hook; paths in
-    `skip` are left out with everything below them.
+    copied exactly by `out` unless their path (relative to the root of the walk) has a hook;
+    paths in `skip` are left out with everything below them.
     """
     for name in src:
         path = prefix + name
@@ -186,8 +216,8 @@ def copy_tree(src: h5py.Group, dst: h5py.Group, hooks: dict[str, Hook], skip: fr
         if isinstance(obj, h5py.Group):  # same creation properties: link/attribute order tracking
             sub = h5py.Group(h5g.create(dst.id, name.encode("utf-8"), gcpl=obj.id.get_create_plist()))
             copy_attrs(obj, sub)
-            copy_tree(obj, sub, hooks, skip, path + "/")
+            copy_tree(obj, sub, hooks, skip, out, path + "/")
         elif path in hooks:
             hooks[path](dst, name, obj)
         else:
-            h5o.copy(src.id, name.encode("utf-8"), dst.id, name.encode("utf-8"))
+            out.copy(dst, name, obj)
