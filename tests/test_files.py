@@ -5,6 +5,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import lzma
 import os
 import pickle
 import sys
@@ -19,6 +20,7 @@ import wqkernels
 from wqkernels import Recipe, reference
 from wqkernels.cli import main
 from wqkernels.files import roles
+from wqkernels.files.packed import xz_compress
 
 from .helpers import assert_bit_equal
 
@@ -753,6 +755,18 @@ def test_packed_dense_codes_stay_uncompressed(tmp_path):
     wqkernels.rewrite(src, tmp_path / "p.h5", Recipe(bits=4, storage="packed", compress="gzip"))
     with h5py.File(tmp_path / "p.h5") as p:
         assert p["wqkernels/codes"].compression is None  # 4-bit codes of a Gaussian: nothing to gain
+
+
+def test_skeleton_dictionary_bounded_by_its_size():
+    """xz preset 9 takes a 64 MiB dictionary (and ~670 MiB to compress) whatever the input; the
+    skeleton's is only as large as the skeleton, at the same compression."""
+    data = np.random.default_rng(0).integers(0, 16, 200_000, dtype=np.uint8).tobytes()
+    packed = xz_compress(data)
+    assert lzma.LZMADecompressor(memlimit=2 << 20).decompress(packed) == data  # a 256 KiB dictionary
+    preset9 = lzma.compress(data, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+    with pytest.raises(lzma.LZMAError):
+        lzma.LZMADecompressor(memlimit=2 << 20).decompress(preset9)
+    assert len(packed) <= len(preset9) + 16
 
 
 def test_permissions_kept_and_no_optimizer_confusion(tfkeras, tmp_path):
