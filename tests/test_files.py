@@ -11,6 +11,7 @@ import pickle
 import sys
 import warnings
 import zipfile
+import zlib
 
 import h5py
 import numpy as np
@@ -694,7 +695,25 @@ def test_nonfinite_weight_named(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.h5").exists()
 
 
-@pytest.mark.parametrize("damage", ["index-size", "offsets", "skeleton", "format"])
+def _edit_index(group: h5py.Group, change) -> None:
+    """Rewrite the index of a packed container with `change(index)` applied."""
+    index = json.loads(zlib.decompress(group["index"][()].tobytes()))
+    change(index)
+    text = json.dumps(index).encode()
+    del group["index"]
+    group["index"] = np.frombuffer(zlib.compress(text), np.uint8)
+    group.attrs["index_bytes"] = len(text)
+
+
+def _assert_refused(packed, tmp_path, capsys) -> None:
+    """inspect and restore of a damaged packed file fail with one line, leaving no output."""
+    for command in (["inspect", packed], ["restore", packed, "-o", tmp_path / "r.h5"]):
+        code, out, err = run_cli(command, capsys)
+        assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "r.h5").exists()
+
+
+@pytest.mark.parametrize("damage", ["index-size", "offsets", "skeleton", "format", "version"])
 def test_corrupt_packed_container(damage, keras20, tmp_path, capsys):
     packed = tmp_path / "p.h5"
     wqkernels.rewrite(keras20[0], packed, Recipe(bits=4, storage="packed"))
@@ -704,22 +723,15 @@ def test_corrupt_packed_container(damage, keras20, tmp_path, capsys):
             g.attrs["index_bytes"] = 1 << 40
         elif damage == "format":
             g.attrs["format"] = "something else"
+        elif damage == "version":
+            g.attrs["version"] = 99
         elif damage == "skeleton":
             data = g["skeleton"][()]
             del g["skeleton"]
             g["skeleton"] = data[: len(data) // 2]
         else:
-            import zlib
-            index = json.loads(zlib.decompress(g["index"][()].tobytes()))
-            index["tensors"][0]["codes"][0] = 10**9
-            text = json.dumps(index).encode()
-            del g["index"]
-            g["index"] = np.frombuffer(zlib.compress(text), np.uint8)
-            g.attrs["index_bytes"] = len(text)
-    for command in (["inspect", packed], ["restore", packed, "-o", tmp_path / "r.h5"]):
-        code, out, err = run_cli(command, capsys)
-        assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert not (tmp_path / "r.h5").exists()
+            _edit_index(g, lambda index: index["tensors"][0]["codes"].__setitem__(0, 10**9))
+    _assert_refused(packed, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("compress", ["gzip", "lzf"])
@@ -755,6 +767,136 @@ def test_packed_dense_codes_stay_uncompressed(tmp_path):
     wqkernels.rewrite(src, tmp_path / "p.h5", Recipe(bits=4, storage="packed", compress="gzip"))
     with h5py.File(tmp_path / "p.h5") as p:
         assert p["wqkernels/codes"].compression is None  # 4-bit codes of a Gaussian: nothing to gain
+        assert p["wqkernels/codes"].chunks is None  # 64 KiB, under 1 MiB: contiguous, no chunk index
+
+
+def _write_big_legacy(path) -> None:
+    """A legacy full-model .h5 of three Dense layers with kernels of 1024x600 (70 % zeros, as if
+    pruned) and Adam's state: two moments per kernel, the second chunked and gzip-compressed with
+    an attribute, and the iteration count."""
+    rng = np.random.default_rng(3)
+    names = ["dense", "dense_1", "dense_2"]
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"], f.attrs["backend"] = b"2.4.0", b"tensorflow"
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = np.array([n.encode() for n in names])
+        opt = f.create_group("optimizer_weights")
+        moments = []
+        for name in names:
+            kernel = rng.standard_normal((1024, 600)).astype(np.float32)
+            kernel[rng.random(kernel.shape) < 0.7] = 0
+            g = mw.create_group(name)
+            g.attrs["weight_names"] = np.array([f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()])
+            g.create_dataset(f"{name}/kernel:0", data=kernel)
+            g.create_dataset(f"{name}/bias:0", data=rng.standard_normal(600).astype(np.float32))
+            opt.create_dataset(f"Adam/{name}/kernel/m:0", data=kernel * 0.1)
+            v = opt.create_dataset(f"Adam/{name}/kernel/v:0", data=kernel ** 2, chunks=(256, 600), compression="gzip")
+            v.attrs["note"] = b"second moment"
+            moments += [f"Adam/{name}/kernel/m:0", f"Adam/{name}/kernel/v:0"]
+        opt.create_dataset("Adam/iterations:0", data=np.int64(7))
+        opt.attrs["weight_names"] = np.array([n.encode() for n in ["Adam/iterations:0", *moments]])
+
+
+@pytest.fixture
+def big_legacy(tmp_path):
+    path = tmp_path / "big.h5"
+    _write_big_legacy(path)
+    return path
+
+
+#: int8 codes of two kernels (1.2 MiB: chunked); dense_2's kernel and the moments are kept aside
+BIG_RECIPE = dict(bits=8, exclude=("*dense_2*",))
+
+
+def _assert_same_weights(a, b) -> None:
+    wa, wb = wqkernels.load_weights(a), wqkernels.load_weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert_bit_equal(wa[k], wb[k], k)
+
+
+@pytest.mark.parametrize("compress", ["none", "gzip", "lzf"])
+def test_packed_large_datasets_kept_aside(compress, big_legacy, tmp_path):
+    f32, packed, restored = (tmp_path / f"{n}.h5" for n in ("f32", "packed", "restored"))
+    wqkernels.rewrite(big_legacy, f32, Recipe(compress=compress, **BIG_RECIPE))
+    wqkernels.rewrite(big_legacy, packed, Recipe(storage="packed", compress=compress, **BIG_RECIPE))
+    wqkernels.restore(packed, restored)
+    with h5py.File(f32) as a, h5py.File(restored) as b:
+        assert _tree(a) == _tree(b)  # filters, chunks and attributes of the kept datasets too
+        a.visititems(lambda n, o: assert_bit_equal(o[()], b[n][()], n) if isinstance(o, h5py.Dataset) else None)
+        assert b["optimizer_weights/Adam/dense/kernel/v:0"].chunks == (256, 600)
+    _assert_same_weights(f32, packed)
+    with h5py.File(packed) as p:
+        g = p["wqkernels"]
+        index = json.loads(zlib.decompress(g["index"][()].tobytes()))
+        assert sorted(index["datasets"]) == ["model_weights/dense_2/dense_2/kernel:0"] + [
+            f"optimizer_weights/Adam/{n}/kernel/{m}:0" for n in ("dense", "dense_1", "dense_2") for m in "mv"]
+        assert set(g["datasets"]) == {str(k) for k in range(len(index["datasets"]))}
+        assert index["skeleton_bytes"] < 64_000  # biases and placeholders only
+        assert g["codes"].chunks is not None and g["codes"].size == 2 * 1024 * 600
+        assert g["codes"].compression == (None if compress == "none" else compress)
+        assert g["scales"].chunks is None
+    infos = {i.path: i for i in wqkernels.inspect(packed)}
+    assert infos["model_weights/dense/dense/kernel:0"].storage == "packed:8"
+    assert infos["model_weights/dense_2/dense_2/kernel:0"].storage == "dataset"
+
+
+def test_packed_source_with_kept_datasets_rewrites(big_legacy, tmp_path):
+    packed, again, stripped, f32 = (tmp_path / f"{n}.h5" for n in ("packed", "again", "stripped", "f32"))
+    wqkernels.rewrite(big_legacy, packed, Recipe(storage="packed", **BIG_RECIPE))
+    wqkernels.rewrite(big_legacy, f32, Recipe(**BIG_RECIPE))
+    wqkernels.rewrite(packed, again, Recipe(storage="packed", **BIG_RECIPE))  # on the grid: exact
+    _assert_same_weights(packed, again)
+    wqkernels.restore(again, tmp_path / "restored.h5")
+    with h5py.File(f32) as a, h5py.File(tmp_path / "restored.h5") as b:
+        assert _tree(a) == _tree(b)
+    fewer = tmp_path / "fewer.h5"  # dense_1's codes dequantized: a large float32 dataset, kept aside
+    wqkernels.rewrite(packed, fewer, Recipe(storage="packed", bits=8, exclude=("*dense_1*", "*dense_2*")))
+    _assert_same_weights(packed, fewer)
+    with h5py.File(fewer) as p:
+        index = json.loads(zlib.decompress(p["wqkernels/index"][()].tobytes()))
+        assert "model_weights/dense_1/dense_1/kernel:0" in index["datasets"]
+    report = wqkernels.rewrite(packed, stripped, Recipe(storage="packed", bits=8, strip_optimizer=True))
+    with h5py.File(stripped) as p:  # dense_2 quantized now; no optimizer state left to keep aside
+        assert json.loads(zlib.decompress(p["wqkernels/index"][()].tobytes()))["datasets"] == []
+        assert "datasets" not in p["wqkernels"]
+    assert all(row.rewritten for row in report.rows)
+
+
+def test_packed_arrays_written_in_chunks(keras20, tmp_path, monkeypatch):
+    """Arrays beyond CHUNK_BYTES go to a growing chunked dataset, parts larger than a chunk too."""
+    recipe = Recipe(bits=4, symmetric=False, storage="packed")  # zero points stored
+    wqkernels.rewrite(keras20[0], tmp_path / "whole.h5", recipe)
+    monkeypatch.setattr(importlib.import_module("wqkernels.files.packed"), "CHUNK_BYTES", 8)
+    wqkernels.rewrite(keras20[0], tmp_path / "chunked.h5", recipe)
+    with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "chunked.h5") as b:
+        for name in ("codes", "scales", "zero_points"):
+            assert a[f"wqkernels/{name}"].chunks is None and b[f"wqkernels/{name}"].chunks is not None
+            assert_bit_equal(a[f"wqkernels/{name}"][()], b[f"wqkernels/{name}"][()], name)
+    _assert_same_weights(tmp_path / "whole.h5", tmp_path / "chunked.h5")
+
+
+@pytest.mark.parametrize("damage", ["missing", "shape", "soft-link", "quantized-path", "unknown-path", "twice"])
+def test_corrupt_kept_datasets(damage, big_legacy, tmp_path, capsys):
+    packed = tmp_path / "p.h5"
+    wqkernels.rewrite(big_legacy, packed, Recipe(storage="packed", **BIG_RECIPE))
+    with h5py.File(packed, "a") as f:
+        g = f["wqkernels"]
+        if damage == "missing":
+            del g["datasets/0"]
+        elif damage == "shape":
+            del g["datasets/0"]
+            g["datasets/0"] = np.zeros(3, np.float32)
+        elif damage == "soft-link":
+            del g["datasets/0"]
+            g["datasets/0"] = h5py.SoftLink("/wqkernels/codes")
+        elif damage == "quantized-path":
+            _edit_index(g, lambda index: index["datasets"].__setitem__(0, index["tensors"][0]["path"]))
+        elif damage == "unknown-path":
+            _edit_index(g, lambda index: index["datasets"].__setitem__(0, "model_weights/nothing"))
+        else:
+            _edit_index(g, lambda index: index["datasets"].__setitem__(1, index["datasets"][0]))
+    _assert_refused(packed, tmp_path, capsys)
 
 
 def test_skeleton_dictionary_bounded_by_its_size():

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..quantization import fake_quantize, quantize
 from . import _kernels
-from .h5tree import KerasFileError, copy_attrs, copy_tree, new_dataset
+from .h5tree import Datasets, KerasFileError, copy_attrs, copy_tree, placeholder
 from .layouts import (KERAS_MEMBER, Entry, container, entries, model_config, read_zip_config,
                       weights_layout)
 from .packed import PackedReader, PackedWriter
@@ -108,7 +108,7 @@ class Source:
             self.packed = PackedReader(self.h5, where)
             self.root = self.packed.skeleton
             layout = self.packed.layout
-            exempt = frozenset(self.packed.tensors)
+            exempt = frozenset(self.packed.tensors) | frozenset(self.packed.datasets)
         self.layout = layout
         self.config = model_config(self.root, zip_config)
         self.entries = entries(self.root, layout, self.config, where, exempt)
@@ -135,7 +135,7 @@ class Source:
         into ``buffers`` when given (valid until the next read into them)."""
         if self.packed is not None and entry.path in self.packed.tensors:
             return self.packed.read(entry.path)
-        dset = self.root[entry.path]
+        dset = self.dataset(entry.path)
         if buffers is None or dset.dtype != np.float32 or dset.size == 0:
             return dset[()]
         out = buffers.get("read", dset.shape)
@@ -145,7 +145,11 @@ class Source:
     def stored_bytes(self, entry: Entry) -> int:
         if self.packed is not None and entry.path in self.packed.tensors:
             return self.packed.stored_bytes(entry.path)
-        return int(self.root[entry.path].id.get_storage_size())
+        return int(self.dataset(entry.path).id.get_storage_size())
+
+    def dataset(self, path: str) -> h5py.Dataset:
+        """The dataset holding the data of `path` (of a packed file: its own, not the placeholder)."""
+        return self.root[path] if self.packed is None else self.packed.dataset(path)
 
     def close(self) -> None:
         for closer in (self.packed, self.h5, self.zip):
@@ -356,7 +360,6 @@ def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir
 
 def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> None:
     """The weights HDF5 file: everything copied, the selected kernels transformed."""
-    packed_out = recipe.storage == "packed"
     selected = [e for e in source.entries if recipe.selects(e)]
     changes = recipe.prunes or recipe.quantizes or recipe.storage != "float32" or recipe.compress != "none"
     if not changes:
@@ -366,13 +369,6 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
     if recipe.prunes and selected:  # read one tensor at a time, before anything is written
         candidates = [e for e in source.entries if recipe.selects(e, by_size=False)]
         counts = _kernels.prune_counts(lambda e: source.read(e, buffers), candidates, recipe, report.notes)
-    writer = PackedWriter(recipe.compress) if packed_out else None
-    rows = {}
-    hooks = {e.path: _transform_hook(source, e, recipe, counts, writer, rows, buffers) for e in selected}
-    if source.packed is not None:  # placeholders of a packed source not rewritten: dequantize
-        for e in source.entries:
-            if e.path in source.packed.tensors and e.path not in hooks:
-                hooks[e.path] = _restore_hook(source, e, rows)
     skip = frozenset()
     optimizer = {"keras3": "optimizer", "legacy": "optimizer_weights"}.get(source.layout)
     if recipe.strip_optimizer and optimizer is not None and optimizer in source.root:
@@ -383,17 +379,38 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
                             f"dataset names" + ("; float tensors of 2 or more axes in layers no name identifies "
                                                 "are taken for kernels, channels last (--exclude keeps them)"
                                                 if "shape" in source.role_source else ""))
-
-    image = io.BytesIO() if packed_out else None
-    with h5py.File(image if packed_out else tmp, "w") as out:
-        copy_attrs(source.root, out)
-        copy_tree(source.root, out, hooks, skip)
-    if packed_out:
-        with h5py.File(tmp, "w") as out:
-            writer.write(out, image.getvalue(), source.layout, recipe.to_dict())
+    rows = {}
+    with _weights_file(tmp, recipe, source.layout) as (f, out):
+        hooks = {e.path: _transform_hook(source, e, recipe, counts, out, rows, buffers) for e in selected}
+        if source.packed is not None:  # placeholders of a packed source not rewritten
+            for e in source.entries:
+                if e.path in source.packed.tensors and e.path not in hooks:
+                    hooks[e.path] = _restore_hook(source, e, out, rows)
+            for path, dset in source.packed.datasets.items():
+                if path not in hooks:
+                    hooks[path] = _copy_hook(dset, out)
+        copy_attrs(source.root, f)
+        copy_tree(source.root, f, hooks, skip, out)
     for e in source.entries:
         if e.prunable:
             report.rows.append(rows.get(e.path) or _untouched_row(source, e))
+
+
+@contextlib.contextmanager
+def _weights_file(tmp: str, recipe: Recipe, layout: str):
+    """(HDF5 file to copy the weights into, where its datasets go): the file at `tmp` itself, or
+    for packed storage an in-memory skeleton whose codes and large datasets the PackedWriter
+    streams into the container at `tmp`."""
+    if recipe.storage != "packed":
+        with h5py.File(tmp, "w") as f:
+            yield f, Datasets()
+        return
+    with h5py.File(tmp, "w") as container:
+        writer = PackedWriter(container, recipe.compress)
+        image = io.BytesIO()
+        with h5py.File(image, "w") as skeleton:
+            yield skeleton, writer
+        writer.finish(image.getbuffer(), layout, recipe.to_dict())
 
 
 def _untouched_row(source: Source, e: Entry) -> WeightRow:
@@ -456,12 +473,14 @@ def _statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
     return before, after, float(stats.mse), float(stats.sqnr_db)
 
 
-def _transform_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer, rows: dict,
+def _transform_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, out: Datasets, rows: dict,
                     buffers: Buffers):
+    packing = recipe.storage == "packed"
+
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         original = source.read(e, buffers)
         try:
-            stored, qa, bits = _transform(original, e, recipe, counts, writer is not None, buffers)
+            stored, qa, bits = _transform(original, e, recipe, counts, packing, buffers)
         except ValueError as exc:  # NaN or infinity in the weights: say which
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
         half = recipe.storage == "float16"
@@ -469,24 +488,30 @@ def _transform_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writ
             stored = _half_values(stored, buffers.get("stored", e.shape))
         # inline, not in a helper thread: batch workers each get their share of the cores
         stats = _statistics(original, stored)
-        if writer is not None:
-            placeholder = group.create_dataset(name, shape=e.shape, dtype=np.float32)
-            copy_attrs(dset, placeholder)
-            nbytes = writer.add(e.path, e.shape, qa, recipe.compress)
+        if packing:
+            placeholder(group, name, e.shape, np.float32, dset)
+            nbytes = out.add(e.path, e.shape, qa, recipe.compress)
         else:
-            out = new_dataset(group, name, stored, recipe.compress, like=dset, dtype=np.float16 if half else None)
-            nbytes = int(out.id.get_storage_size())
+            written = out.new(group, name, stored, recipe.compress, like=dset, dtype=np.float16 if half else None)
+            nbytes = int(written.id.get_storage_size())
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, *stats[:2], bits, *stats[2:],
                                  source.stored_bytes(e), nbytes)
     return hook
 
 
-def _restore_hook(source: Source, e: Entry, rows: dict):
+def _restore_hook(source: Source, e: Entry, out: Datasets, rows: dict):
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         record = source.packed.tensors[e.path]
         x = source.packed.read(e.path)
-        out = new_dataset(group, name, x, record.get("compress", "none"), like=dset)
+        written = out.new(group, name, x, record.get("compress", "none"), like=dset)
         sp = _kernels.sparsity(x)
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, sp, sp, record["bits"], None, None,
-                                 source.stored_bytes(e), int(out.id.get_storage_size()))
+                                 source.stored_bytes(e), int(written.id.get_storage_size()))
+    return hook
+
+
+def _copy_hook(dset: h5py.Dataset, out: Datasets):
+    """A placeholder of a packed source whose data the container keeps aside: copy that data."""
+    def hook(group: h5py.Group, name: str, _placeholder: h5py.Dataset) -> None:
+        out.copy(group, name, dset)
     return hook
