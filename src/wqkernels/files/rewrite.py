@@ -435,11 +435,13 @@ class Buffers:
         return a[:n].reshape(shape)
 
 
-def _transform(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, packing: bool, buffers: Buffers):
-    """The values to store for one kernel (float32), its QuantizedArray when packing, its bits.
+def _transform(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, buffers: Buffers, codes=None):
+    """(values to store for one kernel as float32, its bits, what `codes` returned).
 
     Pruned values and quantized ones go into the same buffer, in place: beside the original
-    weight, a rewrite holds one array of its size (and the codes when packing).
+    weight, a rewrite holds one array of its size.  When packing, ``codes(QuantizedArray)``
+    writes the codes out before the dequantized values (for the report) are made, from the same
+    scales: the codes and that copy are never held together.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     stored = buffers.get("stored", e.shape)
@@ -451,10 +453,13 @@ def _transform(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, packing: b
     xv, out = x.reshape(view), stored.reshape(view)
     bits = recipe.bits if recipe.bits is not None else _kernels.bits_for_sqnr(xv, recipe, options)
     method = recipe.method_for(bits)
-    if packing:
+    written = None
+    if codes is not None:  # fake_quantize with the codes' scales is, bit for bit, their dequantization
         qa = quantize(xv, bits, method=method, **options)
-        return qa.dequantize(out=out).reshape(e.shape), qa, bits
-    return fake_quantize(xv, bits, method=method, out=out, **options).reshape(e.shape), None, bits
+        written = codes(qa)
+        options = dict(options, scale=qa.scale, zero_point=qa.zero_point)
+        del qa
+    return fake_quantize(xv, bits, method=method, out=out, **options).reshape(e.shape), bits, written
 
 
 def _half_values(x: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -477,10 +482,13 @@ def _transform_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, out:
                     buffers: Buffers):
     packing = recipe.storage == "packed"
 
+    def codes(qa) -> int:
+        return out.add(e.path, e.shape, qa, recipe.compress)
+
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         original = source.read(e, buffers)
         try:
-            stored, qa, bits = _transform(original, e, recipe, counts, packing, buffers)
+            stored, bits, nbytes = _transform(original, e, recipe, counts, buffers, codes if packing else None)
         except ValueError as exc:  # NaN or infinity in the weights: say which
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
         half = recipe.storage == "float16"
@@ -490,7 +498,6 @@ def _transform_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, out:
         stats = _statistics(original, stored)
         if packing:
             placeholder(group, name, e.shape, np.float32, dset)
-            nbytes = out.add(e.path, e.shape, qa, recipe.compress)
         else:
             written = out.new(group, name, stored, recipe.compress, like=dset, dtype=np.float16 if half else None)
             nbytes = int(written.id.get_storage_size())
