@@ -477,7 +477,16 @@ def _run_pool(jobs: list[Job], recipe: Recipe, workers: int, done) -> None:
         except BaseException:
             _stop_pool(pool, inflight, done)
             raise
+        if broken:  # the pool joins its workers while it breaks down: one blocked on the queues a
+            _kill_workers(pool)  # dead worker left behind would keep shutdown waiting for ever
         pool.shutdown(wait=True)
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL every worker process of `pool` still running (its files are retried)."""
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            p.kill()
 
 
 def _run_executor(jobs: list[Job], recipe: Recipe, executor: Executor, done) -> None:
