@@ -97,7 +97,9 @@ class PackedWriter(Datasets):
             "scale_shape": list(np.shape(qa.scale)), "compress": compress,
         }
         nbytes = 0
-        for name, part in (("codes", pack_bits(qa.values, qa.bits)), ("scales", scale), ("zero_points", zero_point)):
+        # 8-bit codes are their own packing: written as they are, without a copy
+        codes = qa.values.reshape(-1).view(np.uint8) if qa.bits == 8 else pack_bits(qa.values, qa.bits)
+        for name, part in (("codes", codes), ("scales", scale), ("zero_points", zero_point)):
             record[name] = [self._arrays[name].append(part), int(part.size)]
             nbytes += part.nbytes
         self.tensors.append(record)

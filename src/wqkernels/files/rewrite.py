@@ -427,6 +427,16 @@ class Buffers:
     def __init__(self):
         self._arrays: dict[str, np.ndarray] = {}
 
+    #: arrays larger than this are dropped by trim(): their page faults cost little beside the
+    #: work on them, and the memory matters more
+    KEEP_BYTES = 64 << 20
+
+    def trim(self, key: str) -> None:
+        """Release the array of `key` if it is large (once its views are gone)."""
+        a = self._arrays.get(key)
+        if a is not None and a.nbytes > self.KEEP_BYTES:
+            del self._arrays[key]
+
     def get(self, key: str, shape: tuple) -> np.ndarray:
         n = math.prod(shape)
         a = self._arrays.get(key)
@@ -444,6 +454,8 @@ def _transform(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, buffers: B
     scales: the codes and that copy are never held together.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if codes is not None and not recipe.prunes:  # a large buffer is not held beside the codes
+        buffers.trim("stored")
     stored = buffers.get("stored", e.shape)
     pruned = _kernels.prune_one(x, e, recipe, counts, out=stored) if recipe.prunes else None
     x = x if pruned is None else pruned
