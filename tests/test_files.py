@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import json
 import lzma
+import math
 import os
 import pickle
 import sys
@@ -973,3 +974,15 @@ def test_sparsity_counts_all_prunable_weights_when_min_size_is_given(keras20, tm
     assert sum(int((v == 0).sum()) for v in after.values()) == total // 2
     small = [k for k, v in before.items() if v.size < 100]
     assert small and all(np.array_equal(after[k], before[k]) for k in small)
+
+
+@pytest.mark.parametrize("shape, chunks", [((8192, 8192), (32, 8192)), ((3, 3, 64, 128), (3, 3, 64, 128)),
+                                           ((2, 600_000), (1, 262_144)), ((5_000_000,), (262_144,)), ((7,), (7,))])
+def test_compressed_chunks_are_contiguous_runs_of_about_1_mib(shape, chunks):
+    from wqkernels.files.h5tree import CHUNK_BYTES, chunk_shape
+    got = chunk_shape(shape, 4)
+    assert got == chunks
+    differ = [i for i, (c, n) in enumerate(zip(got, shape)) if c != n]
+    if differ:  # a contiguous run: single indices, then part of one axis, then whole axes
+        assert all(c == 1 for c in got[:differ[-1]])
+        assert math.prod(got) * 4 <= CHUNK_BYTES
