@@ -85,14 +85,6 @@ WQK_INLINE uint16_t wqk_float_to_half(float f) {
 #define TO_F(b) wqk_half_to_float(b)
 #define FROM_F(f) wqk_float_to_half(f)
 #include "_prune_loops.h"
-#undef K
-#undef SK
-#undef F
-#undef W
-#undef KEY_INF
-#undef S
-#undef TO_F
-#undef FROM_F
 
 WQK_INLINE float wqk_bits_to_float(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 WQK_INLINE uint32_t wqk_float_to_bits(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
@@ -108,14 +100,6 @@ WQK_INLINE uint64_t wqk_double_to_bits(double f) { uint64_t b; memcpy(&b, &f, 8)
 #define TO_F(b) wqk_bits_to_float(b)
 #define FROM_F(f) wqk_float_to_bits(f)
 #include "_prune_loops.h"
-#undef K
-#undef SK
-#undef F
-#undef W
-#undef KEY_INF
-#undef S
-#undef TO_F
-#undef FROM_F
 
 #define K uint64_t
 #define SK int64_t
@@ -126,14 +110,6 @@ WQK_INLINE uint64_t wqk_double_to_bits(double f) { uint64_t b; memcpy(&b, &f, 8)
 #define TO_F(b) wqk_bits_to_double(b)
 #define FROM_F(f) wqk_double_to_bits(f)
 #include "_prune_loops.h"
-#undef K
-#undef SK
-#undef F
-#undef W
-#undef KEY_INF
-#undef S
-#undef TO_F
-#undef FROM_F
 #undef WQK_PRUNE_BODY
 
 /* One name per loop, called with the element width in bytes first (a constant where the
@@ -591,4 +567,13 @@ static int64_t S(wqk_lamp_histogram)(const void *x_, ptrdiff_t n, int64_t prefix
 #undef ABS
 #undef SIGN
 #undef BLOCK
+/* the parameters of this instance: the next one defines its own */
+#undef K
+#undef SK
+#undef F
+#undef W
+#undef KEY_INF
+#undef S
+#undef TO_F
+#undef FROM_F
 #endif /* WQK_PRUNE_BODY */
