@@ -181,6 +181,12 @@ def test_bad_tensors():
         wqkernels.prune_model({"a": np.ones(3, dtype=np.int32)}, 0.5)
     with pytest.raises(ValueError, match=r"tensors\['a'\]"):
         wqkernels.prune_model({"a": np.array([1.0, np.nan])}, 0.5)
+    for bad in (np.nan, np.inf, -np.inf):  # eligible tensors, checked as they are ranked
+        big = np.ones(300, np.float32)
+        big[7] = bad
+        for allocation_ in ("global", "uniform"):
+            with pytest.raises(ValueError, match=r"tensors\['b'\] has NaN or infinite"):
+                wqkernels.prune_model({"a": np.ones(300), "b": big}, 0.5, allocation=allocation_, min_size=0)
 
 
 def test_lamp_scores():

@@ -182,7 +182,7 @@ def prune_model(tensors: Mapping, sparsity: float, *, allocation: str = "global"
     counts = _prune_counts(tensors, sparsity, allocation, min_size)
     out = {}
     for name, value in tensors.items():
-        x = _tensor(value, name)
+        x = _float_array(value, f"tensors[{name!r}]")  # checked finite by prune_counts
         k = counts[name]
         out[name] = prune(x, sparsity=count_fraction(k, x.size)) if k else np.array(x, copy=True)
     return out
@@ -417,15 +417,21 @@ def _tensor(value, name: str) -> np.ndarray:
     """One tensor as a float16/32/64 array, checked finite."""
     arr = _float_array(value, f"tensors[{name!r}]")
     if arr.size and not np.isfinite(arr).all():
-        raise ValueError(f"tensors[{name!r}] has NaN or infinite values")
+        raise _nonfinite(name)
     return arr
 
 
 def _ranked(tensors: Mapping, name: str) -> np.ndarray:
-    """The magnitudes of one tensor, sorted ascending."""
-    ranked = np.abs(_tensor(tensors[name], name)).reshape(-1)
+    """The magnitudes of one tensor, sorted ascending, checked finite (NaN and infinity sort last)."""
+    ranked = np.abs(_float_array(tensors[name], f"tensors[{name!r}]")).reshape(-1)
     ranked.sort()
+    if ranked.size and not np.isfinite(ranked[-1]):
+        raise _nonfinite(name)
     return ranked
+
+
+def _nonfinite(name: str) -> ValueError:
+    return ValueError(f"tensors[{name!r}] has NaN or infinite values")
 
 
 def _zeros(x: np.ndarray) -> int:
