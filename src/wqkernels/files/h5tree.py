@@ -85,6 +85,10 @@ class DatasetInfo(NamedTuple):
     dtype: np.dtype
 
 
+def dataset_info(dsid: h5d.DatasetID) -> DatasetInfo:
+    return DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dsid.dtype)
+
+
 def check_dataset(dsid: h5d.DatasetID, path: str, where: str) -> DatasetInfo:
     """Refuse external and virtual datasets, and declared sizes the stored data cannot back."""
     dcpl = dsid.get_create_plist()
@@ -92,7 +96,7 @@ def check_dataset(dsid: h5d.DatasetID, path: str, where: str) -> DatasetInfo:
         raise KerasFileError(f"{where}: virtual dataset {path!r} refused")
     if dcpl.get_external_count() > 0:
         raise KerasFileError(f"{where}: dataset {path!r} stores its data in external files; refused")
-    info = DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dsid.dtype)
+    info = dataset_info(dsid)
     declared = math.prod(info.shape) * info.dtype.itemsize
     stored = dsid.get_storage_size()
     if declared > UNCHECKED_BYTES and declared > 1000 * stored:
@@ -129,8 +133,7 @@ def walk(group: h5py.Group, where: str, exempt=frozenset()) -> dict[str, Dataset
         if info.type == h5o.TYPE_DATASET:
             try:
                 dsid = h5d.open(group.id, name)
-                members[path] = (DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dsid.dtype)
-                                 if path in exempt else check_dataset(dsid, path, where))
+                members[path] = dataset_info(dsid) if path in exempt else check_dataset(dsid, path, where)
             except (KerasFileError, OSError, ValueError) as exc:
                 return exc
         elif info.type == h5o.TYPE_GROUP:
