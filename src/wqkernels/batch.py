@@ -484,9 +484,14 @@ def _run_pool(jobs: list[Job], recipe: Recipe, workers: int, done) -> None:
 
 def _kill_workers(pool: ProcessPoolExecutor) -> None:
     """SIGKILL every worker process of `pool` still running (its files are retried)."""
-    for p in list((getattr(pool, "_processes", None) or {}).values()):
+    for p in _workers(pool):
         with contextlib.suppress(Exception):
             p.kill()
+
+
+def _workers(pool: ProcessPoolExecutor) -> list:
+    """The worker processes of `pool` (a private attribute of CPython's executor; none once gone)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
 
 
 def _run_executor(jobs: list[Job], recipe: Recipe, executor: Executor, done) -> None:
@@ -542,7 +547,7 @@ def _stop_pool(pool: ProcessPoolExecutor, inflight: dict, done) -> None:
 def _stop_workers(pool: ProcessPoolExecutor, inflight: dict, done) -> None:
     for fut in inflight:
         fut.cancel()
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+    processes = _workers(pool)
     for p in processes:
         with contextlib.suppress(Exception):
             p.terminate()
