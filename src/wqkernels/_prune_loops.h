@@ -538,14 +538,19 @@ WQK_CLONES WQK_SUMS static K S(wqk_error)(const void *x_, const void *x_hat_, pt
 static int64_t S(wqk_lamp_histogram)(const void *x_, ptrdiff_t n, int64_t prefix, int64_t *hist,
                                      int64_t *below) {
     const K *x = (const K *)x_;
-    double s = 0;
+    double s = 0, q = 0, a;
     int64_t zeros = 0;
-    for (ptrdiff_t i = n - 1, j; i >= 0; i = j - 1) {
-        double a = (double)TO_F(x[i] & ABS), q = a * a;
+    if (n > 0) {
+        a = (double)TO_F(x[n - 1] & ABS);
+        q = a * a;
+    }
+    for (ptrdiff_t i = n - 1, j; i >= 0; i = j - 1) { /* q: the square of x[i] */
+        double next = q;
         s += q;
         for (j = i; j > 0; j--) { /* the run of equal squares ending at i starts at j */
-            double b = (double)TO_F(x[j - 1] & ABS);
-            if (b * b != q)
+            a = (double)TO_F(x[j - 1] & ABS);
+            next = a * a;
+            if (next != q)
                 break;
             s += q;
         }
@@ -560,6 +565,7 @@ static int64_t S(wqk_lamp_histogram)(const void *x_, ptrdiff_t n, int64_t prefix
             *below += run;
         else if ((int64_t)(u >> 16) == prefix)
             hist[u & 0xffffu] += run;
+        q = next; /* each square is computed once */
     }
     return zeros;
 }
