@@ -44,14 +44,6 @@ def copy_attrs(src, dst) -> None:
             out.write(arr, mtype=tid)
 
 
-def read_attr(obj, name: str):
-    """An attribute as str / list[str] / ndarray, bytes decoded; None when missing."""
-    if name not in obj.attrs:
-        return None
-    value = obj.attrs[name]
-    return decode(value)
-
-
 def decode(value):
     if isinstance(value, (bytes, np.bytes_)):
         return bytes(value).decode("utf-8", "replace")
