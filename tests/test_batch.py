@@ -243,7 +243,7 @@ def test_skip_existing_and_leftovers_of_a_hard_kill(tmp_path, capsys):
 def test_second_batch_into_the_same_directory_is_refused(tmp_path):
     sources = _models(tmp_path / "runs", 1)
     out = tmp_path / "out"
-    with batch._output_lock(str(out.mkdir() or out)) as locked:
+    with batch.outputs.output_lock(str(out.mkdir() or out)) as locked:
         if not locked:
             pytest.skip("no file locks here")
         with pytest.raises(BatchError, match="another batch"):

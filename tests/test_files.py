@@ -287,7 +287,7 @@ def test_interrupted_rewrite_leaves_nothing(which, patched, recipe, suffix, requ
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(importlib.import_module("wqkernels.files.rewrite"), patched, interrupt)
+    monkeypatch.setattr(importlib.import_module("wqkernels.files.transform"), patched, interrupt)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     with pytest.raises(KeyboardInterrupt):

@@ -35,3 +35,7 @@ __all__ += ["inspect", "load_weights", "rewrite", "restore", "Recipe", "Report",
 from .batch import BatchError, BatchResult, rewrite_many  # noqa: E402
 
 __all__ += ["rewrite_many", "BatchResult", "BatchError"]
+
+from .threads import max_threads, set_max_threads  # noqa: E402
+
+__all__ += ["max_threads", "set_max_threads"]

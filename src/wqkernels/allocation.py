@@ -35,15 +35,14 @@ one-shot pruning and quantization (``benchmarks/fidelity.py``, results in
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
 from . import _core
-from ._checks import check_bits, check_float_array, check_fraction, check_int
-from .pruning import _bits, _float_array, prune
+from ._checks import bits_view, check_bits, check_float_array, check_fraction, check_int, check_real, float_array
+from .pruning import prune
 from .quantization import fake_quantize
 from .statistics import error
 
@@ -182,7 +181,7 @@ def prune_model(tensors: Mapping, sparsity: float, *, allocation: str = "global"
     counts = _prune_counts(tensors, sparsity, allocation, min_size)
     out = {}
     for name, value in tensors.items():
-        x = _float_array(value, f"tensors[{name!r}]")  # checked finite by prune_counts
+        x = float_array(value, f"tensors[{name!r}]")  # checked finite by prune_counts
         k = counts[name]
         out[name] = prune(x, sparsity=count_fraction(k, x.size)) if k else np.array(x, copy=True)
     return out
@@ -288,7 +287,7 @@ def _lamp_counts(tensors: Mapping, names: list, count: int) -> tuple[dict, dict]
         ranked = _ranked(tensors, name)
         # a zero of ranked's dtype: a Python 0 makes searchsorted cast all of ranked to float64
         zeros[name] = int(np.searchsorted(ranked, ranked.dtype.type(0), side="right"))
-        zero_scores[name] = _core.lamp_histogram(_bits(ranked), -1, top, below)
+        zero_scores[name] = _core.lamp_histogram(bits_view(ranked), -1, top, below)
         del ranked
     selected = dict.fromkeys(names, 0)
     if count:
@@ -298,7 +297,7 @@ def _lamp_counts(tensors: Mapping, names: list, count: int) -> tuple[dict, dict]
         for name in names:
             ranked, hist = _ranked(tensors, name), np.zeros(_BINS, np.int64)
             below[0] = 0
-            _core.lamp_histogram(_bits(ranked), prefix, hist, below)
+            _core.lamp_histogram(bits_view(ranked), prefix, hist, below)
             del ranked
             bins = np.flatnonzero(hist)
             parts[name] = (int(below[0]), bins, hist[bins])
@@ -386,10 +385,7 @@ def bits_for_sqnr(x, target_db: float, **quantize_options) -> int:
     >>> bits_for_sqnr(w, 100.0, axis=1)   # out of reach
     8
     """
-    if isinstance(target_db, (bool, np.bool_)) or not isinstance(target_db, numbers.Real):
-        raise TypeError(f"target_db must be a real number, got {target_db!r}")
-    if math.isnan(target_db):
-        raise ValueError("target_db must not be NaN")
+    check_real(target_db, "target_db")
     if "bits" in quantize_options:
         raise TypeError("bits_for_sqnr() chooses bits itself: do not pass bits")
     if "out" in quantize_options:
@@ -415,7 +411,7 @@ def _size(value) -> int:
 
 def _tensor(value, name: str) -> np.ndarray:
     """One tensor as a float16/32/64 array, checked finite."""
-    arr = _float_array(value, f"tensors[{name!r}]")
+    arr = float_array(value, f"tensors[{name!r}]")
     if arr.size and not np.isfinite(arr).all():
         raise _nonfinite(name)
     return arr
@@ -423,7 +419,7 @@ def _tensor(value, name: str) -> np.ndarray:
 
 def _ranked(tensors: Mapping, name: str) -> np.ndarray:
     """The magnitudes of one tensor, sorted ascending, checked finite (NaN and infinity sort last)."""
-    ranked = np.abs(_float_array(tensors[name], f"tensors[{name!r}]")).reshape(-1)
+    ranked = np.abs(float_array(tensors[name], f"tensors[{name!r}]")).reshape(-1)
     ranked.sort()
     if ranked.size and not np.isfinite(ranked[-1]):
         raise _nonfinite(name)
@@ -435,7 +431,7 @@ def _nonfinite(name: str) -> ValueError:
 
 
 def _zeros(x: np.ndarray) -> int:
-    return _core.count_zeros(_bits(x)) if x.size else 0
+    return _core.count_zeros(bits_view(x)) if x.size else 0
 
 
 def _uniform_counts(sizes: list, count: int) -> list:

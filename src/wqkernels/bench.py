@@ -6,9 +6,7 @@ pytest-benchmark suite in ``benchmarks/`` times the same cases.
 """
 from __future__ import annotations
 
-import argparse
 import fnmatch
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,10 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import _core
 from . import reference as ref
 from .packing import pack_bits
 from .quantization import dequantize, fake_quantize, quantize
+from .threads import set_max_threads
 
 LARGE = 16 * 2**20  # elements: 64 MiB of float32
 SIZES = (10**3, 10**5, LARGE)
@@ -174,7 +172,7 @@ def time_case(case: Case, repeat: int = 7) -> dict[str, float]:
 
 def set_threads(threads: int) -> None:
     """Threads for our kernels (OpenMP) and for torch, if installed."""
-    _core.set_max_threads(threads)
+    set_max_threads(threads)
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(threads)
@@ -199,37 +197,6 @@ def run(sizes=SIZES, pattern: str = "*", threads: int = 1, repeat: int = 7, out=
                 peers = "  ".join(f"{k} {v * 1e3:.3f} ms ({v / ours:.2f}x)" for k, v in times.items() if k != "wqkernels")
                 print(f"{case.name:<52} n={case.size:<9} wqkernels {ours * 1e3:.3f} ms  {peers}", file=out)
     return rows
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="time the kernels against NumPy, torch and the bandwidth floor",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, action="append", help=f"elements (repeatable; default {SIZES})")
-    p.add_argument("--only", default="*", metavar="PATTERN", help="run the cases whose name matches this glob")
-    p.add_argument("--threads", type=int, default=1, help="threads for wqkernels and torch (default 1)")
-    p.add_argument("--repeat", type=int, default=7, help="timed runs per implementation (default 7)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.set_defaults(run=_main)
-
-
-def _main(args) -> int:
-    if args.threads < 1 or args.repeat < 1 or any(s < 1 for s in args.size or []):
-        from .cli import CommandError
-
-        raise CommandError("--threads, --repeat and --size must be positive")
-    rows = run(tuple(args.size or SIZES), args.only, args.threads, args.repeat)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    return 0
-
-
-def main(argv=None) -> int:
-    """Entry point for ``python -m wqkernels.bench``."""
-    parser = argparse.ArgumentParser(prog="wqkernels-bench")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", *(argv or [])])
-    return _main(args)
 
 
 def pruning_cases(size: int) -> list[Case]:

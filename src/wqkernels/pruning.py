@@ -14,18 +14,16 @@ magnitudes, and never sorts: see :func:`prune` for the algorithm.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 
 import numpy as np
 
 from . import _core
-from ._checks import check_fraction, check_int, nonfinite_error, normalize_axis
+from ._checks import (BITS, bits_view, check_fraction, check_int, check_real, float_array, nonfinite_error,
+                      normalize_axis)
 
 __all__ = ["prune", "prune_n_m", "prune_channels", "prune_global", "clip", "shrink"]
 
-#: unsigned integer of each float dtype's width: its bits, as the kernels read them
-BITS = {np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 #: arrays of at least this many elements select through a sampled window (see prune)
 SAMPLE_MIN = 1 << 18
 #: at most this many samples are taken to place the window
@@ -90,7 +88,7 @@ def prune(x, sparsity: float | None = None, *, threshold: float | None = None,
     """
     if (sparsity is None) == (threshold is None):
         raise TypeError("prune takes exactly one of sparsity and threshold")
-    xc = _float_array(x)
+    xc = float_array(x)
     if sparsity is not None:
         k = math.floor(check_fraction(sparsity, "sparsity") * xc.size)
     else:
@@ -98,9 +96,9 @@ def prune(x, sparsity: float | None = None, *, threshold: float | None = None,
     y, inplace, finish = _output(out, x, xc)
     if xc.size:
         if sparsity is not None:
-            finite = _core.prune_rank([_bits(xc)], [_bits(y)], k, inplace, SAMPLE_SIZE, SAMPLE_MIN)
+            finite = _core.prune_rank([bits_view(xc)], [bits_view(y)], k, inplace, SAMPLE_SIZE, SAMPLE_MIN)
         else:
-            finite = _core.prune_threshold(_bits(xc), _bits(y), _bits_of(t, xc.dtype), inplace)
+            finite = _core.prune_threshold(bits_view(xc), bits_view(y), _bits_of(t, xc.dtype), inplace)
         if not finite:
             raise nonfinite_error(xc)
     return finish(y)
@@ -139,7 +137,7 @@ def prune_n_m(x, n: int = 2, m: int = 4, axis: int = -1, *, out: np.ndarray | No
     >>> wqkernels.prune_n_m(x, 1, 2, axis=1)
     array([[ 0., -3.,  2.,  0.,  4.,  0.]])
     """
-    xc = _float_array(x)
+    xc = float_array(x)
     m = check_int(m, "m", 1)
     n = check_int(n, "n", 0)
     if n > m:
@@ -151,7 +149,7 @@ def prune_n_m(x, n: int = 2, m: int = 4, axis: int = -1, *, out: np.ndarray | No
         m = min(m, length)  # a run longer than the axis is the whole axis
         n = min(n, m)
         outer, inner = math.prod(xc.shape[:axis]), math.prod(xc.shape[axis + 1:])
-        if not _core.prune_n_m_into(_bits(xc), _bits(y), outer, length, inner, m, n, inplace):
+        if not _core.prune_n_m_into(bits_view(xc), bits_view(y), outer, length, inner, m, n, inplace):
             raise nonfinite_error(xc)
     return finish(y)
 
@@ -191,7 +189,7 @@ def prune_channels(x, sparsity: float, axis: int = -1, ord: int = 2, *,
     array([[ 0. ,  0. ,  0. ],
            [ 1. ,  0.2, -3. ]], dtype=float32)
     """
-    xc = _float_array(x)
+    xc = float_array(x)
     fraction = check_fraction(sparsity, "sparsity")
     axis = normalize_axis(axis, xc.ndim)
     if isinstance(ord, (bool, np.bool_)) or ord not in (1, 2):
@@ -202,7 +200,7 @@ def prune_channels(x, sparsity: float, axis: int = -1, ord: int = 2, *,
         outer, inner = math.prod(xc.shape[:axis]), math.prod(xc.shape[axis + 1:])
         norms = np.empty(channels, dtype=np.float64)
         k = math.floor(fraction * channels)
-        if not _core.prune_channels_into(_bits(xc), _bits(y), outer, channels, inner, int(ord), k,
+        if not _core.prune_channels_into(bits_view(xc), bits_view(y), outer, channels, inner, int(ord), k,
                                          inplace, norms):
             raise nonfinite_error(xc)
     return finish(y)
@@ -240,7 +238,7 @@ def prune_global(arrays: Mapping, sparsity: float) -> dict:
     if not isinstance(arrays, Mapping):
         raise TypeError(f"arrays must be a mapping of names to arrays, got {type(arrays).__name__}")
     fraction = check_fraction(sparsity, "sparsity")
-    originals = {name: _float_array(a, f"arrays[{name!r}]") for name, a in arrays.items()}
+    originals = {name: float_array(a, f"arrays[{name!r}]") for name, a in arrays.items()}
     if not originals:
         return {}
     common = np.result_type(*originals.values())
@@ -248,7 +246,7 @@ def prune_global(arrays: Mapping, sparsity: float) -> dict:
     ys = {name: np.empty_like(a) for name, a in xs.items()}
     total = sum(a.size for a in xs.values())
     k = math.floor(fraction * total)
-    if total and not _core.prune_rank([_bits(a) for a in xs.values()], [_bits(a) for a in ys.values()],
+    if total and not _core.prune_rank([bits_view(a) for a in xs.values()], [bits_view(a) for a in ys.values()],
                                       k, False, SAMPLE_SIZE, SAMPLE_MIN):
         name = next(name for name, a in xs.items() if a.size and not np.isfinite(a).all())
         raise nonfinite_error(xs[name], f"arrays[{name!r}]")
@@ -268,14 +266,14 @@ def clip(x, lo: float | None, hi: float | None, *, out: np.ndarray | None = None
     >>> wqkernels.clip(np.array([-2.0, 0.5, 3.0], dtype=np.float32), -1, 1)
     array([-1. ,  0.5,  1. ], dtype=float32)
     """
-    xc = _float_array(x)
+    xc = float_array(x)
     inf = np.inf
-    low = -inf if lo is None else _rounded(_real(lo, "lo"), xc.dtype)
-    high = inf if hi is None else _rounded(_real(hi, "hi"), xc.dtype)
+    low = -inf if lo is None else _rounded(check_real(lo, "lo"), xc.dtype)
+    high = inf if hi is None else _rounded(check_real(hi, "hi"), xc.dtype)
     if low > high:
         raise ValueError(f"lo must be <= hi, got lo={lo!r} and hi={hi!r}")
     y, inplace, finish = _output(out, x, xc)
-    if xc.size and not _core.clip_into(_bits(xc), _bits(y), _bits_of(low, xc.dtype),
+    if xc.size and not _core.clip_into(bits_view(xc), bits_view(y), _bits_of(low, xc.dtype),
                                        _bits_of(high, xc.dtype), inplace):
         raise nonfinite_error(xc)
     return finish(y)
@@ -294,40 +292,18 @@ def shrink(x, alpha: float, *, out: np.ndarray | None = None) -> np.ndarray:
     >>> wqkernels.shrink(np.array([-2.0, 0.25, 1.5]), 0.5)
     array([-1.5,  0. ,  1. ])
     """
-    xc = _float_array(x)
+    xc = float_array(x)
     a = _rounded(_nonnegative(alpha, "alpha"), xc.dtype)
     y, inplace, finish = _output(out, x, xc)
-    if xc.size and not _core.shrink_into(_bits(xc), _bits(y), float(a), inplace):
+    if xc.size and not _core.shrink_into(bits_view(xc), bits_view(y), float(a), inplace):
         raise nonfinite_error(xc)
     return finish(y)
 
 
 # ---- validation and plumbing ------------------------------------------------------------------
 
-def _float_array(x, name: str = "x") -> np.ndarray:
-    """x as a C-contiguous float16, float32 or float64 array (no copy when it already is one)."""
-    arr = np.asarray(x)
-    if arr.dtype not in BITS:
-        raise TypeError(f"{name} must be an array of float16, float32 or float64, got dtype {arr.dtype}")
-    return np.asarray(arr, order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
-
-
-def _bits(a: np.ndarray) -> np.ndarray:
-    """The flat bits of a C-contiguous float array, as the unsigned integer of its width."""
-    return a.reshape(-1).view(BITS[a.dtype])
-
-
-def _real(value, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must not be NaN")
-    return value
-
-
 def _nonnegative(value, name: str) -> float:
-    value = _real(value, name)
+    value = check_real(value, name)
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return value

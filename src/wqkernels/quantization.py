@@ -9,13 +9,12 @@ with a true division, so codes are bit-identical to NumPy's ``np.rint(np.float32
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _core
-from ._checks import as_float32, check_bits, check_int, nonfinite_error, normalize_axis
+from ._checks import as_float32, check_bits, check_int, is_real, nonfinite_error, normalize_axis
 from ._schemes import DEFAULT_PERCENTILE, MSE_RATIOS, Groups, groups, scheme
 
 __all__ = ["QuantizedArray", "quantize", "dequantize", "fake_quantize"]
@@ -215,8 +214,7 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
                              "zero_point and method")
     sch = scheme(bits, bool(symmetric), fixed)
     if method == "percentile":
-        if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real) \
-                or not 0 < percentile <= 100:
+        if not is_real(percentile) or not 0 < percentile <= 100:
             raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
     if scale is None and zero_point is not None:
         raise ValueError("zero_point needs scale: give both or neither")

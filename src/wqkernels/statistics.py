@@ -7,8 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _core
-from ._checks import nonfinite_error
-from .pruning import _bits, _float_array
+from ._checks import bits_view, float_array, nonfinite_error
 
 __all__ = ["ErrorStats", "sparsity", "error", "compare"]
 
@@ -44,10 +43,10 @@ def sparsity(x) -> float:
     >>> wqkernels.sparsity(np.array([0.0, -0.0, 1.5, 0.0], dtype=np.float16))
     0.75
     """
-    xc = _float_array(x)
+    xc = float_array(x)
     if xc.size == 0:
         return 0.0
-    return _core.count_zeros(_bits(xc)) / xc.size
+    return _core.count_zeros(bits_view(xc)) / xc.size
 
 
 def error(x, x_hat) -> ErrorStats:
@@ -93,8 +92,8 @@ def compare(x, x_hat) -> tuple[ErrorStats, float, float]:
     >>> compare(x, np.array([0.0, -2.0, 3.0, 0.0], dtype=np.float32))
     (ErrorStats(mse=0.25, max_abs=1.0, sqnr_db=11.46128035678238), 0.25, 0.5)
     """
-    xc = _float_array(x)
-    xh = _float_array(x_hat, "x_hat")
+    xc = float_array(x)
+    xh = float_array(x_hat, "x_hat")
     if xc.shape != xh.shape:
         raise ValueError(f"x and x_hat must have the same shape, got {xc.shape} and {xh.shape}")
     common = np.result_type(xc, xh)
@@ -103,7 +102,7 @@ def compare(x, x_hat) -> tuple[ErrorStats, float, float]:
         return ErrorStats(0.0, 0.0, math.inf), 0.0, 0.0
     sums = np.empty(3, dtype=np.float64)
     zeros = np.empty(2, dtype=np.int64)
-    if not _core.error_sums(_bits(xc), _bits(xh), sums, zeros):
+    if not _core.error_sums(bits_view(xc), bits_view(xh), sums, zeros):
         bad_x = not np.isfinite(xc).all()
         raise nonfinite_error(xc if bad_x else xh, "x" if bad_x else "x_hat")
     signal, noise, max_abs = (float(v) for v in sums)

@@ -13,15 +13,13 @@ import h5py
 import numpy as np
 from h5py import h5a, h5d, h5g, h5l, h5o, h5s, h5t
 
+from .errors import KerasFileError
+
 #: a dataset may declare at most this many bytes beyond 1000x its stored size (hostile files)
 UNCHECKED_BYTES = 1 << 26
 #: datasets smaller than this stay contiguous when compression is asked for (the chunk index
 #: and filter pipeline cost more than they save)
 MIN_COMPRESS_BYTES = 16 << 10
-
-
-class KerasFileError(ValueError):
-    """A file that cannot be read or written as a Keras weights file; the message names it."""
 
 
 def copy_attrs(src, dst) -> None:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import h5py
 
-from .h5tree import DatasetInfo, KerasFileError, read_name_list, walk
+from .errors import KerasFileError
+from .h5tree import DatasetInfo, read_name_list, walk
 from .roles import KERNEL_ROLES, ModelLayers, channel_axis, parse_config, var_role, weight_role
 
 PACKED_GROUP = "wqkernels"

@@ -35,6 +35,7 @@ import contextlib
 import io
 import json
 import lzma
+import math
 import zlib
 
 import h5py
@@ -42,8 +43,10 @@ import numpy as np
 
 from ..packing import pack_bits, packed_size, unpack_bits
 from ..quantization import QuantizedArray
-from .h5tree import Datasets, KerasFileError, check_dataset, filters, new_dataset, placeholder
+from .errors import KerasFileError
+from .h5tree import check_dataset, filters, new_dataset, placeholder
 from .layouts import PACKED_GROUP
+from .writers import Writer
 
 FORMAT = "wqkernels-packed"
 VERSION = 2
@@ -64,26 +67,38 @@ ARRAYS = (("codes", np.uint8), ("scales", np.float32), ("zero_points", np.uint8)
 XZ_DICT_BYTES = 64 << 20
 
 
-def _count(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
+class PackedWriter(Writer):
+    """Writes the packed container at the path given to `open` while the rewrite copies the
+    weights file into the in-memory skeleton `open` yields: quantized tensors as they come
+    (`weight`), large datasets of the skeleton as they are copied; the index and the compressed
+    skeleton when the block ends."""
 
+    holds_codes = True
 
-class PackedWriter(Datasets):
-    """Writes the packed container into `f` while the rewrite copies the weights file into an
-    in-memory skeleton: quantized tensors as they come (`add`), large datasets of the skeleton
-    as they are copied; `finish` adds the index and the compressed skeleton."""
+    @contextlib.contextmanager
+    def open(self, path: str):
+        with h5py.File(path, "w") as f:
+            self.group = f.create_group(PACKED_GROUP)
+            self.group.attrs["format"] = FORMAT
+            self.group.attrs["version"] = VERSION
+            self.tensors, self.datasets, self._kept = [], [], None
+            self._arrays = {name: _GrowingArray(self.group, name, dtype, self.recipe.compress)
+                            for name, dtype in ARRAYS}
+            image = io.BytesIO()
+            with h5py.File(image, "w") as skeleton:
+                yield skeleton
+            self._finish(image.getbuffer())
 
-    def __init__(self, f: h5py.File, compress: str = "none"):
-        self.group = f.create_group(PACKED_GROUP)
-        self.group.attrs["format"] = FORMAT
-        self.group.attrs["version"] = VERSION
-        self.tensors = []
-        self.datasets = []
-        self._arrays = {name: _GrowingArray(self.group, name, dtype, compress) for name, dtype in ARRAYS}
-        self._kept = None
+    def weight(self, group, name, like, entry, x, quantization, out):
+        """The codes of one weight appended to the arrays, a placeholder in the skeleton; the
+        values returned are the codes' dequantization, made once the codes are written out."""
+        codes = quantization.codes(x)
+        nbytes = self.add(entry.path, entry.shape, codes, self.recipe.compress)
+        scale, zero_point = codes.scale, codes.zero_point
+        del codes
+        values = quantization.values(x, out, scale, zero_point)
+        placeholder(group, name, entry.shape, np.float32, like)
+        return values, nbytes
 
     def add(self, path: str, shape: tuple, qa: QuantizedArray, compress: str) -> int:
         """Append the codes of one tensor (quantized on a view of `shape`); returns its stored bytes."""
@@ -127,11 +142,11 @@ class PackedWriter(Datasets):
             self._kept = self.group.create_group("datasets")
         return self._kept, str(len(self.datasets) - 1)
 
-    def finish(self, skeleton, layout: str, recipe: dict) -> None:
+    def _finish(self, skeleton) -> None:
         """Complete the arrays, then write the index and the skeleton (bytes of an HDF5 image)."""
         for array in self._arrays.values():
             array.close()
-        index = {"format": FORMAT, "version": VERSION, "layout": layout, "recipe": recipe,
+        index = {"format": FORMAT, "version": VERSION, "layout": self.layout, "recipe": self.recipe.to_dict(),
                  "skeleton_bytes": len(skeleton), "tensors": self.tensors, "datasets": self.datasets}
         text = json.dumps(index).encode()
         self.group.attrs["index_bytes"] = len(text)
@@ -263,14 +278,14 @@ class PackedReader:
 
     def _check(self, t: dict) -> dict:
         """Offsets and sizes of one index record must agree with each other and the arrays."""
-        count = _count(t["shape"])
-        if _count(t["view_shape"]) != count or t["codes"][1] != packed_size(count, t["bits"]):
+        count = math.prod(t["shape"])
+        if math.prod(t["view_shape"]) != count or t["codes"][1] != packed_size(count, t["bits"]):
             raise KerasFileError(f"{self.where}: packed record of {t['path']!r} is inconsistent")
         for name in ("codes", "scales", "zero_points"):
             off, n = (int(v) for v in t[name])
             if off < 0 or n < 0 or off + n > self._arrays[name].size:
                 raise KerasFileError(f"{self.where}: packed record of {t['path']!r} points outside {name!r}")
-        if _count(t["scale_shape"]) != t["scales"][1] or t["zero_points"][1] not in (0, t["scales"][1]):
+        if math.prod(t["scale_shape"]) != t["scales"][1] or t["zero_points"][1] not in (0, t["scales"][1]):
             raise KerasFileError(f"{self.where}: packed record of {t['path']!r} has bad scales")
         return t
 
@@ -281,7 +296,7 @@ class PackedReader:
     def quantized(self, path: str) -> QuantizedArray:
         t = self.tensors[path]
         (co, cn), (so, sn), (zo, zn) = t["codes"], t["scales"], t["zero_points"]
-        values = unpack_bits(self._arrays["codes"][co:co + cn], t["bits"], _count(t["shape"]), t["signed"])
+        values = unpack_bits(self._arrays["codes"][co:co + cn], t["bits"], math.prod(t["shape"]), t["signed"])
         scale = self._arrays["scales"][so:so + sn].astype(np.float32, copy=False)
         dtype = np.int8 if t["signed"] else np.uint8
         zero_point = self._arrays["zero_points"][zo:zo + zn].view(dtype) if zn else np.zeros(sn, dtype)

@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import fnmatch
-import numbers
+import math
 from dataclasses import asdict, dataclass
 
-from .._checks import check_bits, check_fraction, check_int
-from ..allocation import default_method
+from .._checks import check_bits, check_fraction, check_int, is_real
+from ..allocation import ALLOCATIONS, default_method
 from ..quantization import METHODS
 from .layouts import Entry
 from .roles import block_view
 
 STORAGES = ("float32", "float16", "packed")
 COMPRESSIONS = ("none", "gzip", "lzf")
-ALLOCATIONS = ("global", "uniform")
 
 
 @dataclass(frozen=True)
@@ -88,8 +87,7 @@ class Recipe:
         if self.bits is not None:
             set_(self, "bits", check_bits(self.bits))
         if self.target_sqnr is not None:
-            if isinstance(self.target_sqnr, bool) or not isinstance(self.target_sqnr, numbers.Real) \
-                    or not 0 < float(self.target_sqnr) < 300:
+            if not is_real(self.target_sqnr) or not 0 < float(self.target_sqnr) < 300:
                 raise ValueError(f"target_sqnr must be a positive number of dB, got {self.target_sqnr!r}")
             if self.bits is not None:
                 raise ValueError("give bits or target_sqnr, not both")
@@ -118,6 +116,11 @@ class Recipe:
     @property
     def quantizes(self) -> bool:
         return self.bits is not None or self.target_sqnr is not None
+
+    @property
+    def changes(self) -> bool:
+        """Whether a rewrite with this recipe changes anything but the layout of the file."""
+        return self.prunes or self.quantizes or self.storage != "float32" or self.compress != "none"
 
     @property
     def prunes(self) -> bool:
@@ -163,13 +166,7 @@ class Recipe:
             return False
         if any(fnmatch.fnmatchcase(entry.path, p) for p in self.exclude):
             return False
-        if by_size and self.min_size is not None:
-            size = 1
-            for n in entry.shape:
-                size *= n
-            if size < self.min_size:
-                return False
-        return True
+        return not (by_size and self.min_size is not None and math.prod(entry.shape) < self.min_size)
 
     def layout_for(self, entry: Entry) -> tuple[tuple, dict]:
         """(shape to quantize, quantize options without bits/method) for `entry`'s weight."""

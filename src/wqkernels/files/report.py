@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from .._text import table
+
 
 @dataclass(frozen=True)
 class WeightInfo:
@@ -75,16 +77,16 @@ class Report:
     @property
     def sparsity(self) -> float:
         """Achieved fraction of zeros over all prunable weights."""
-        total = sum(_count(r.shape) for r in self.rows)
-        return sum(r.sparsity_after * _count(r.shape) for r in self.rows) / total if total else 0.0
+        total = sum(math.prod(r.shape) for r in self.rows)
+        return sum(r.sparsity_after * math.prod(r.shape) for r in self.rows) / total if total else 0.0
 
     @property
     def bits_per_weight(self) -> float:
         """Average stored bits per prunable weight (quantized at their bits, others at 8 * itemsize)."""
-        total = sum(_count(r.shape) for r in self.rows)
+        total = sum(math.prod(r.shape) for r in self.rows)
         if not total:
             return 0.0
-        stored = sum(_count(r.shape) * (r.bits if r.bits else 8 * r.bytes_after / max(_count(r.shape), 1))
+        stored = sum(math.prod(r.shape) * (r.bits if r.bits else 8 * r.bytes_after / max(math.prod(r.shape), 1))
                      for r in self.rows)
         return stored / total
 
@@ -109,19 +111,10 @@ class Report:
                           "-" if r.mse is None else f"{r.mse:.3g}",
                           "-" if r.sqnr_db is None else f"{r.sqnr_db:.1f}",
                           f"{r.bytes_before}->{r.bytes_after}"))
-        widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(head)]
-        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        out = [fmt.format(*head)] + [fmt.format(*line) for line in lines]
+        out = table(head, lines)
         out.append(f"{self.source} -> {self.destination} ({self.layout}; roles from {self.role_source})")
         out.append(f"size {self.size_before} -> {self.size_after} bytes, ratio {self.ratio:.2f}, "
                    f"sparsity {self.sparsity:.3f}, {self.bits_per_weight:.2f} bits/weight, "
                    f"{self.seconds:.2f} s")
         out.extend(f"note: {n}" for n in self.notes)
         return "\n".join(out)
-
-
-def _count(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

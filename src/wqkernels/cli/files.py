@@ -1,14 +1,16 @@
-"""The ``inspect``, ``rewrite`` and ``restore`` subcommands."""
+"""The ``inspect``, ``rewrite`` and ``restore`` subcommands (batch rewriting: :mod:`.batch`)."""
 from __future__ import annotations
 
 import json
 import sys
 
-from .. import batch
-from ..cli import CommandError
-from .h5tree import KerasFileError
-from .recipe import ALLOCATIONS, COMPRESSIONS, STORAGES, Recipe
-from .rewrite import inspect, restore, rewrite
+from .._text import one_line, table
+from ..allocation import ALLOCATIONS
+from ..files import KerasFileError, Recipe, inspect, restore, rewrite
+from ..files.recipe import COMPRESSIONS, STORAGES
+from ..quantization import METHODS
+from . import batch
+from .main import CommandError, write_report
 
 
 def add_inspect(sub) -> None:
@@ -48,7 +50,7 @@ def add_recipe_options(p) -> None:
     p.add_argument("--bits", type=int, metavar="B", help="quantize kernels to B bits (2..8)")
     p.add_argument("--target-sqnr", type=float, metavar="DB", help="per tensor, the fewest bits reaching DB")
     p.add_argument("--granularity", default="channel", help="tensor, channel (default) or block:N")
-    p.add_argument("--method", choices=("minmax", "mse", "percentile"),
+    p.add_argument("--method", choices=METHODS,
                    help="scale choice (default: mse at <= 4 bits, minmax above)")
     p.add_argument("--storage", choices=STORAGES, default="float32",
                    help="float32 (default, loads in any Keras), float16, or packed codes (smallest; "
@@ -86,7 +88,7 @@ def _guarded(fn, *args, **kwargs):
     except (KerasFileError, NotImplementedError) as exc:
         raise CommandError(str(exc), status=1) from None
     except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
-        raise CommandError(f"{type(exc).__name__}: {exc}".splitlines()[0], status=1) from None
+        raise CommandError(one_line(exc), status=1) from None
 
 
 def run_inspect(args) -> int:
@@ -99,22 +101,14 @@ def run_inspect(args) -> int:
     rows = [(i.path, i.layer, i.layer_class or "?", i.role, "yes" if i.prunable else "no",
              "x".join(map(str, i.shape)) or "()", i.dtype if i.storage == "dataset" else i.storage,
              str(i.nbytes), f"{i.sparsity:.3f}") for i in infos]
-    widths = [max([len(h)] + [len(r[k]) for r in rows]) for k, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    print(fmt.format(*head))
-    for r in rows:
-        print(fmt.format(*r))
+    print("\n".join(table(head, rows)))
     return 0
 
 
 def _finish(report, args) -> int:
     print(report.table())
     if getattr(args, "report", None):
-        try:
-            with open(args.report, "w") as f:
-                json.dump(report.to_dict(), f, indent=1)
-        except OSError as exc:
-            raise CommandError(f"{args.report}: cannot write the report ({exc.strerror or exc})", 1) from None
+        write_report(args.report, report.to_dict())
     return 0
 
 
@@ -130,7 +124,6 @@ def run_restore(args) -> int:
 
 
 def add_parser(sub) -> None:
-    """Register the three subcommands (the cli's COMMANDS maps each name to this module)."""
-    for name, add in (("inspect", add_inspect), ("rewrite", add_rewrite), ("restore", add_restore)):
-        if name not in sub.choices:  # COMMANDS lists the module once per subcommand
-            add(sub)
+    """Register the three subcommands."""
+    for add in (add_inspect, add_rewrite, add_restore):
+        add(sub)

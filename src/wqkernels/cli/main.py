@@ -1,7 +1,8 @@
-"""The ``wqkernels`` command: one subcommand per module, each with ``add_parser`` and ``run``.
+"""The ``wqkernels`` command: the parser, the error every command reports as one line, and main.
 
-Every error the user can cause ends as one line on stderr and a non-zero exit status, never a
-traceback.
+Each command group is a module of this package with ``add_parser(subparsers)``; each command's
+parser sets ``run(args)``.  Every error the user can cause ends as one line on stderr and a
+non-zero exit status, never a traceback.
 """
 from __future__ import annotations
 
@@ -9,15 +10,11 @@ import argparse
 import importlib
 import sys
 
-from ._version import __version__
+from .._version import __version__
+from ..files.atomic import write_json
 
-#: subcommand name -> module (relative to the package) defining add_parser(subparsers) and run(args)
-COMMANDS = {
-    "bench": ".bench",
-    "inspect": ".files.commands",
-    "rewrite": ".files.commands",
-    "restore": ".files.commands",
-}
+#: the command groups: modules of this package, each defining add_parser(subparsers)
+GROUPS = (".files", ".bench")
 
 
 class CommandError(Exception):
@@ -28,13 +25,22 @@ class CommandError(Exception):
         self.status = status
 
 
+def write_report(path: str, document: dict) -> None:
+    """Write a report as JSON, atomically; a failure is a CommandError naming the file."""
+    try:
+        write_json(path, document)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{path}: cannot write the report ({getattr(exc, 'strerror', None) or exc})",
+                           status=1) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wqkernels",
         description="Prune and quantize neural-network weights; rewrite Keras weight files.")
     parser.add_argument("--version", action="version", version=f"wqkernels {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for module in GROUPS:
         importlib.import_module(module, __package__).add_parser(sub)
     return parser
 

@@ -1,0 +1,27 @@
+"""Plain text shared by every layer's output: fixed-width tables, byte counts, one-line errors."""
+from __future__ import annotations
+
+
+def table(head: tuple, rows: list) -> list[str]:
+    """Lines of a table with left-aligned columns two spaces apart, the header first."""
+    widths = [max([len(h)] + [len(r[k]) for r in rows]) for k, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*head).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
+
+
+def megabytes(n: int) -> str:
+    """A byte count for people: ``12.3 MB`` or ``45.6 kB``."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def one_line(exc: BaseException, *, typed: bool = True) -> str:
+    """An exception as one line; `typed` puts its type's name first (for errors that are not
+    already worded for the user)."""
+    text = first_line(exc)
+    return f"{type(exc).__name__}: {text}" if typed and str(exc).strip() else text

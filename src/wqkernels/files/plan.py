@@ -1,0 +1,78 @@
+"""What a rewrite will do before anything is written: which weights it rewrites, how many
+weights of each it zeroes, and what it leaves out."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..allocation import prune_counts
+from .buffers import Buffers
+from .recipe import Recipe
+from .source import Source
+
+__all__ = ["Plan", "plan"]
+
+
+@dataclass
+class Plan:
+    """The work of one rewrite, decided from the source and the recipe."""
+
+    selected: list            # the entries the recipe rewrites, in file order
+    counts: dict              # path -> how many weights magnitude pruning zeroes
+    skip: frozenset           # paths left out with everything below them (a stripped optimizer)
+    notes: list = field(default_factory=list)
+
+
+def plan(source: Source, recipe: Recipe, buffers: Buffers) -> Plan:
+    """Plan the rewrite of `source`; pruning counts read the weights one tensor at a time."""
+    notes = []
+    selected = [e for e in source.entries if recipe.selects(e)]
+    if not recipe.changes:
+        selected = []
+    counts = {}
+    if recipe.prunes and selected:
+        candidates = [e for e in source.entries if recipe.selects(e, by_size=False)]
+        counts = _prune_counts(lambda e: source.read(e, buffers), candidates, recipe, notes)
+    skip = frozenset()
+    optimizer = {"keras3": "optimizer", "legacy": "optimizer_weights"}.get(source.layout)
+    if recipe.strip_optimizer and optimizer is not None and optimizer in source.root:
+        skip = frozenset({optimizer})
+        notes.append("optimizer state removed")
+    if source.role_source != "config":
+        notes.append(f"roles from {source.role_source}: layer classes guessed from group and "
+                     f"dataset names" + ("; float tensors of 2 or more axes in layers no name identifies "
+                                         "are taken for kernels, channels last (--exclude keeps them)"
+                                         if "shape" in source.role_source else ""))
+    return Plan(selected, counts, skip, notes)
+
+
+def _prune_counts(read, entries: list, recipe: Recipe, notes: list) -> dict:
+    """How many weights of each entry magnitude pruning zeroes: `recipe.sparsity` of all of
+    them, allocated by :func:`wqkernels.allocation.prune_counts`; ``read(entry)`` is called for
+    one tensor at a time, so a model larger than memory can be pruned.  Empty for N:M patterns,
+    which need no plan.
+
+    Tensors under the recipe's min_size (default: the allocation's own) stay dense, but count
+    in the total that `sparsity` is a fraction of.  Warnings (an unreachable sparsity) are
+    appended to `notes` instead of being printed.
+    """
+    if recipe.n_m is not None:
+        return {}
+    tensors = {e.path: _OnRequest(read, e) for e in entries}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        counts = prune_counts(tensors, recipe.sparsity, allocation=recipe.allocation, min_size=recipe.min_size)
+    notes.extend(str(w.message) for w in caught)
+    return counts
+
+
+class _OnRequest:
+    """A weight of the file, read when NumPy converts it (and not kept)."""
+
+    def __init__(self, read, entry):
+        self.read, self.entry, self.shape = read, entry, entry.shape
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.read(self.entry), dtype=dtype)

@@ -1,0 +1,100 @@
+"""One weight's transformation: pruned, then quantized, in one float32 buffer beside the original.
+
+The writer of the storage decides what to keep of a quantized weight: its values on the grid
+(:meth:`Quantization.values`) or its integer codes (:meth:`Quantization.codes`), or both from
+the same scales.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..allocation import bits_for_sqnr, count_fraction, default_min_size
+from ..pruning import prune, prune_n_m
+from ..quantization import QuantizedArray, fake_quantize, quantize
+from ..statistics import compare
+from .buffers import Buffers
+from .layouts import Entry
+from .recipe import Recipe
+from .roles import block_view
+
+__all__ = ["Quantization", "prepare", "statistics"]
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How one weight is quantized: viewed as `view`, to `bits` with `method` and `options`."""
+
+    view: tuple
+    bits: int
+    method: str
+    options: dict
+
+    def codes(self, x: np.ndarray) -> QuantizedArray:
+        """The integer codes and scales of `x`."""
+        return quantize(x.reshape(self.view), self.bits, method=self.method, **self.options)
+
+    def values(self, x: np.ndarray, out: np.ndarray, scale=None, zero_point=None) -> np.ndarray:
+        """`x` on the quantization grid, written into `out` (which may be x).  Given the `scale`
+        and `zero_point` of :meth:`codes`, the values are bit for bit those codes' dequantization,
+        and the codes need not be held meanwhile."""
+        options = self.options if scale is None else dict(self.options, scale=scale, zero_point=zero_point)
+        return fake_quantize(x.reshape(self.view), self.bits, method=self.method, out=out.reshape(self.view),
+                             **options).reshape(x.shape)
+
+
+def prepare(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, buffers: Buffers,
+            release: bool = False) -> tuple[np.ndarray, Quantization | None, np.ndarray]:
+    """(x pruned, how to quantize it or None, the buffer its values go into).
+
+    Pruned values and quantized ones go into the same buffer, in place: beside the original
+    weight, a rewrite holds one array of its size.  With `release` (a writer that keeps codes),
+    a large buffer is not kept from the last weight, so it never sits beside the codes.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if release and not recipe.prunes:
+        buffers.trim("stored")
+    out = buffers.get("stored", e.shape)
+    pruned = _prune(x, e, recipe, counts, out) if recipe.prunes else None
+    x = x if pruned is None else pruned
+    if not recipe.quantizes:
+        return x, None, out
+    view, options = recipe.layout_for(e)
+    if recipe.bits is not None:
+        bits = recipe.bits
+    else:
+        search = options if recipe.method is None else dict(options, method=recipe.method)
+        bits = int(bits_for_sqnr(x.reshape(view), recipe.target_sqnr, **search))
+    return x, Quantization(view, bits, recipe.method_for(bits), options), out
+
+
+def _prune(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, out: np.ndarray) -> np.ndarray | None:
+    """One float32 tensor pruned as the recipe says, written into `out` (which may be x); None
+    when it stays dense.  N:M runs along the input axis, on tensors of at least min_size
+    (default 1024) weights."""
+    n_m = recipe.n_m
+    if n_m is None:
+        k = counts.get(e.path, 0)
+        return prune(x, sparsity=count_fraction(k, x.size), out=out) if k else None
+    least = default_min_size("n:m") if recipe.min_size is None else recipe.min_size
+    if x.size < least:
+        return None
+    view, axis = block_view(e.shape, e.layer_class, e.role)
+    return prune_n_m(x.reshape(view), n=n_m[0], m=n_m[1], axis=axis, out=out.reshape(view)).reshape(e.shape)
+
+
+def half_values(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """x rounded to float16 (as NumPy does), kept as float32 in `out` (which may be x): HDF5
+    then writes the float16 dataset from it exactly, and no half-size copy is made."""
+    src, dst = x.reshape(-1), out.reshape(-1)
+    step = 1 << 20
+    for i in range(0, src.size, step):
+        dst[i:i + step] = src[i:i + step].astype(np.float16)
+    return out
+
+
+def statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
+    """(sparsity before, sparsity after, mse, SQNR dB) of one rewritten weight, in one pass."""
+    stats, before, after = compare(original, stored)
+    return before, after, float(stats.mse), float(stats.sqnr_db)

@@ -1,0 +1,57 @@
+"""Where a rewrite's weights go: one writer per storage, all with the same small interface.
+
+A rewrite copies the weights HDF5 tree of its source into ``writer.open(path)``'s file: groups
+and attributes exactly, untouched datasets through :meth:`Writer.copy`, new ones through
+:meth:`Writer.new` (both from :class:`~.h5tree.Datasets`), and each rewritten weight through
+:meth:`Writer.weight`, which decides what of it to store.  A new storage is one new writer.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import h5py
+import numpy as np
+
+from .h5tree import Datasets
+from .layouts import Entry
+from .recipe import Recipe
+from .transform import Quantization, half_values
+
+__all__ = ["Writer", "FloatWriter"]
+
+
+class Writer(Datasets):
+    """The interface of the storages (and the plain copy of datasets they share)."""
+
+    #: whether the writer keeps integer codes: the work buffer of the last weight is then
+    #: released before the codes are made, so that the two never sit side by side
+    holds_codes = False
+
+    def __init__(self, recipe: Recipe, layout: str):
+        self.recipe, self.layout = recipe, layout
+
+    @contextlib.contextmanager
+    def open(self, path: str):
+        """The HDF5 file the weights tree is copied into, complete at `path` when the block ends."""
+        with h5py.File(path, "w") as f:
+            yield f
+
+    def weight(self, group: h5py.Group, name: str, like: h5py.Dataset, entry: Entry, x: np.ndarray,
+               quantization: Quantization | None, out: np.ndarray) -> tuple[np.ndarray, int]:
+        """Store one rewritten weight `x` (pruned, float32) as ``group[name]`` in place of `like`.
+
+        Returns (the float32 values a reader gets back, which may live in `out`; bytes stored).
+        """
+        raise NotImplementedError
+
+
+class FloatWriter(Writer):
+    """``float32`` and ``float16`` storage: the values on the grid, as a dataset stock Keras loads."""
+
+    def weight(self, group, name, like, entry, x, quantization, out):
+        values = x if quantization is None else quantization.values(x, out)
+        half = self.recipe.storage == "float16"
+        if half:
+            values = half_values(values, out)
+        dset = self.new(group, name, values, self.recipe.compress, like=like, dtype=np.float16 if half else None)
+        return values, int(dset.id.get_storage_size())
