@@ -1,6 +1,6 @@
-"""How much to prune each tensor of a model, and how many bits each tensor needs.
+"""How much to prune each tensor of a model: the global LAMP allocation, and its defaults.
 
-The defaults here were chosen by measuring test accuracy of small trained Keras models after
+The defaults were chosen by measuring test accuracy of small trained Keras models after
 one-shot pruning and quantization (``benchmarks/fidelity.py``, results in
 ``benchmarks/FIDELITY.md``):
 
@@ -27,10 +27,6 @@ one-shot pruning and quantization (``benchmarks/fidelity.py``, results in
     small tensors must be left out: uniform 50 % / 75 % kept 98.7 / 98.0 % on the CNN with 1024
     against 97.0 / 83.8 % with 256 and 93.5 / 35.4 % with 0; 2:4 kept 98.4 % against 96.4 % and
     84.7 %.
-* ``default_method(bits)``: error-minimising clipping ("mse") at 4 bits and below, min/max at 5
-  bits and above.  At 2 bits per channel mse kept 93-95 % where min/max kept 68-80 % (CNNs and
-  MLP); at 3 bits it flipped 71 instead of 105 of 16173 predictions of nine models; at 4 and 5 bits
-  the two are even (21 against 24 and 9 against 14 flips).
 """
 from __future__ import annotations
 
@@ -40,14 +36,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _core
-from ._checks import bits_view, check_bits, check_float_array, check_fraction, check_int, check_real, float_array
-from .pruning import prune
-from .quantization import fake_quantize
-from .statistics import error
+from .. import _core
+from .._checks import bits_view, check_float_array, check_fraction, check_int, float_array
+from ..pruning import prune
 
-__all__ = ["DEFAULT_MIN_SIZE", "UNIFORM_MIN_SIZE", "ALLOCATIONS", "SparsityWarning", "default_method",
-           "default_min_size", "prune_model", "prune_counts", "count_fraction", "bits_for_sqnr", "lamp_scores"]
+__all__ = ["DEFAULT_MIN_SIZE", "UNIFORM_MIN_SIZE", "ALLOCATIONS", "SparsityWarning", "default_min_size",
+           "prune_model", "prune_counts", "count_fraction", "lamp_scores"]
 
 #: Tensors with fewer elements stay dense in :func:`prune_model` with the default "global" allocation.
 DEFAULT_MIN_SIZE: int = 256
@@ -58,35 +52,10 @@ UNIFORM_MIN_SIZE: int = 1024
 #: The ways :func:`prune_model` can share the sparsity among tensors.
 ALLOCATIONS = ("global", "uniform")
 
-#: The bit widths :func:`bits_for_sqnr` chooses from, fewest first.
-BIT_WIDTHS = range(2, 9)
-
 
 class SparsityWarning(UserWarning):
     """The requested sparsity cannot be reached exactly (too few eligible weights, or more zeros
     than requested already)."""
-
-
-def default_method(bits: int) -> str:
-    """The scale search to use at a bit width: ``"mse"`` at 4 bits and below, else ``"minmax"``.
-
-    Parameters
-    ----------
-    bits : int
-        2 to 8.
-
-    Returns
-    -------
-    str
-        ``"mse"`` or ``"minmax"``, a `method` of :func:`wqkernels.quantize`.
-
-    Examples
-    --------
-    >>> from wqkernels.allocation import default_method
-    >>> default_method(4), default_method(5)
-    ('mse', 'minmax')
-    """
-    return "mse" if check_bits(bits) <= 4 else "minmax"
 
 
 def default_min_size(allocation: str = "global") -> int:
@@ -346,60 +315,6 @@ def _sorted_scores(ranked: np.ndarray) -> np.ndarray:
     np.divide(squares, suffix[first], out=squares, where=squares > 0)
     return squares.astype(np.float32)
 
-
-def bits_for_sqnr(x, target_db: float, **quantize_options) -> int:
-    """The fewest bits (2 to 8) whose fake quantization of `x` reaches an SQNR of `target_db`.
-
-    ``SQNR = 10 log10(sum x^2 / sum (x - x_hat)^2)`` with ``x_hat = fake_quantize(x, bits, ...)``,
-    measured by :func:`wqkernels.error`; 8 if no width reaches the target.  A reconstruction
-    without error reaches every target.
-
-    Parameters
-    ----------
-    x : array_like of float16, float32 or float64
-        The tensor; never modified.
-    target_db : float
-        The SQNR to reach, in decibels.
-    **quantize_options
-        Passed to :func:`wqkernels.fake_quantize` (`axis`, `block_size`, `symmetric`, ...);
-        `method` defaults to :func:`default_method` of each width.
-
-    Returns
-    -------
-    int
-
-    Raises
-    ------
-    TypeError
-        `target_db` is not a real number, `bits` is given, or the options are wrong.
-    ValueError
-        `target_db` is NaN, or the options are invalid for `x`.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from wqkernels.allocation import bits_for_sqnr
-    >>> w = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
-    >>> bits_for_sqnr(w, 20.0, axis=1), bits_for_sqnr(w, 30.0, axis=1)
-    (5, 6)
-    >>> bits_for_sqnr(w, 100.0, axis=1)   # out of reach
-    8
-    """
-    check_real(target_db, "target_db")
-    if "bits" in quantize_options:
-        raise TypeError("bits_for_sqnr() chooses bits itself: do not pass bits")
-    if "out" in quantize_options:
-        raise TypeError("bits_for_sqnr() does not take out")
-    arr = check_float_array(x)
-    for bits in BIT_WIDTHS:
-        options = {"method": default_method(bits), **quantize_options}
-        stats = error(arr, fake_quantize(arr, bits, **options))
-        if stats.mse == 0 or stats.sqnr_db >= target_db:
-            return bits
-    return BIT_WIDTHS[-1]
-
-
-# ---- helpers ------------------------------------------------------------------------------
 
 def _size(value) -> int:
     """Elements of a tensor, from its shape when it has one (without reading it)."""
