@@ -8,6 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
+import wqkernels
+
 from .helpers import listing, run_cli, sha256_of
 
 
@@ -112,3 +114,24 @@ def test_unwritable_destination(where, keras20, tmp_path, capsys):
 def test_restore_refuses_unpacked(keras20, tmp_path, capsys):
     code, out, err = run_cli(["restore", keras20[0], "-o", tmp_path / "o.h5"], capsys)
     assert code != 0 and "not a packed file" in err
+
+
+@pytest.mark.parametrize("flag,signed", [(None, True), ("--symmetric", True), ("--asymmetric", False)])
+def test_symmetric_and_asymmetric_grids(flag, signed, keras20, tmp_path, capsys):
+    out = tmp_path / "out.h5"
+    code, _, err = run_cli(["rewrite", keras20[0], "-o", out, "--bits", "3", "--method", "minmax",
+                            "--granularity", "tensor", *([flag] if flag else [])], capsys)
+    assert code == 0, err
+    for path, w in wqkernels.load_weights(out).items():
+        if path.endswith("dense_1_1/kernel:0"):
+            levels = np.unique(w)
+            codes = levels / np.abs(levels[levels != 0]).min()  # symmetric: whole steps from -3 to 3
+            symmetric_grid = np.allclose(codes, np.round(codes), atol=1e-4) and np.abs(codes).max() <= 3 + 1e-4
+            assert symmetric_grid if signed else (len(levels) == 8 and not symmetric_grid)
+
+
+def test_symmetric_excludes_asymmetric(keras20, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(["rewrite", keras20[0], "-o", tmp_path / "o.h5", "--bits", "4", "--symmetric", "--asymmetric"],
+                capsys)
+    assert exit_.value.code == 2 and "not allowed with" in capsys.readouterr().err
