@@ -64,7 +64,7 @@ def _onnx_quantize():
 
 
 def quantization_cases(size: int) -> list[Case]:
-    """The quantization cases of the foundation issue at `size` elements."""
+    """The quantization cases at `size` elements."""
     x = _weights(size)
     m = _matrix(size)
     torch = _torch()
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
 
 
 def pruning_cases(size: int) -> list[Case]:
-    """The pruning cases of issue 3 at `size` elements (names start with "prune")."""
+    """The pruning cases at `size` elements (names start with "prune")."""
     from .pruning import clip, prune, prune_channels, prune_global, prune_n_m, shrink
     from .statistics import error
 
