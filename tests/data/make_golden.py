@@ -51,6 +51,8 @@ import zipfile
 import h5py
 import numpy as np
 
+import wqkernels
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, "golden")
 sys.path.insert(0, HERE)
@@ -198,12 +200,12 @@ SOURCES = {
 
 # ---- expected arrays -----------------------------------------------------------------------------
 
-def _inspected(wqkernels, path: str) -> list:
+def _inspected(path: str) -> list:
     return [[w.path, w.layer, w.layer_class, w.role, w.prunable, list(w.shape), w.dtype, w.role_source,
              w.storage] for w in wqkernels.inspect(path)]
 
 
-def _save_arrays(wqkernels, path: str, npz: str) -> None:
+def _save_arrays(path: str, npz: str) -> None:
     np.savez_compressed(os.path.join(GOLDEN, npz), **wqkernels.load_weights(path))
 
 
@@ -241,8 +243,6 @@ def main(argv=None) -> None:
     parser.add_argument("--sources", action="store_true", help="re-make the source files too")
     args = parser.parse_args(argv)
     keras = _keras()
-    import wqkernels
-
     os.makedirs(GOLDEN, exist_ok=True)
     manifest_path = os.path.join(GOLDEN, "MANIFEST.json")
     old = {}
@@ -257,13 +257,13 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (_, recipes) in SOURCES.items():
             path = os.path.join(GOLDEN, name)
-            entry = {"expected": f"{name}.npz", "inspect": _inspected(wqkernels, path), "rewrites": {}}
-            _save_arrays(wqkernels, path, entry["expected"])
+            entry = {"expected": f"{name}.npz", "inspect": _inspected(path), "rewrites": {}}
+            _save_arrays(path, entry["expected"])
             for label, kwargs in recipes.items():
                 out = os.path.join(tmp, f"{label}-{name}")
                 wqkernels.rewrite(path, out, wqkernels.Recipe(**kwargs))
                 npz = f"{name}.{label}.npz"
-                _save_arrays(wqkernels, out, npz)
+                _save_arrays(out, npz)
                 entry["rewrites"][label] = {"recipe": kwargs, "expected": npz}
             files[name] = entry
         for pattern, (source, kwargs) in PACKED.items():
@@ -278,13 +278,15 @@ def main(argv=None) -> None:
                               wqkernels.Recipe(**dict(kwargs, storage="float32")))
             if not _same_arrays(wqkernels.load_weights(path), wqkernels.load_weights(as_float)):
                 raise AssertionError(f"{name}: packed arrays differ from the float32 rewrite's")
-            files[name] = {"expected": f"{name}.npz", "inspect": _inspected(wqkernels, path), "rewrites": {},
+            files[name] = {"expected": f"{name}.npz", "inspect": _inspected(path), "rewrites": {},
                            "packed": {"version": version, "source": source, "recipe": kwargs}}
-            _save_arrays(wqkernels, path, files[name]["expected"])
-    # packed files of older format versions stay, with their entries: they must read forever
+            _save_arrays(path, files[name]["expected"])
+    # packed files of older format versions stay, with how they were made: they must read forever
     for name, entry in old.items():
-        if name not in files and "packed" in entry and os.path.exists(os.path.join(GOLDEN, name)):
-            files[name] = entry
+        path = os.path.join(GOLDEN, name)
+        if name not in files and "packed" in entry and os.path.exists(path):
+            files[name] = dict(entry, inspect=_inspected(path))
+            _save_arrays(path, entry["expected"])
     manifest = {"made_with": {"wqkernels": wqkernels.__version__, "keras": keras.__version__,
                               "backend": keras.backend.backend(), "h5py": h5py.__version__,
                               "hdf5": h5py.version.hdf5_version, "numpy": np.__version__},
