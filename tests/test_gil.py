@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 
 import wqkernels
-from wqkernels.allocation import bits_for_sqnr
 
 #: elements of the large array: 64 MiB of float32, milliseconds per kernel call
 SIZE = 16 << 20
@@ -122,7 +121,7 @@ KERNELS = {
     "shrink": lambda d: wqkernels.shrink(d["x"], 0.1),
     "sparsity": lambda d: wqkernels.sparsity(d["x"]),
     "error": lambda d: wqkernels.error(d["x"], d["y"]),
-    "bits_for_sqnr": lambda d: bits_for_sqnr(d["quarter"], 20.0, axis=0),
+    "bits_for_sqnr": lambda d: wqkernels.bits_for_sqnr(d["quarter"], 20.0, axis=0),
 }
 
 
