@@ -21,6 +21,10 @@ UNCHECKED_BYTES = 1 << 26
 #: and filter pipeline cost more than they save)
 MIN_COMPRESS_BYTES = 16 << 10
 
+#: how a placeholder is told from a dataset: HDF5 never writes its fill value (h5py and Keras
+#: leave the default, "if set"), a creation property that copies keep and no attribute shows
+PLACEHOLDER_FILL_TIME = h5d.FILL_TIME_NEVER
+
 
 def copy_attrs(src, dst) -> None:
     """Copy every attribute of `src` to `dst` with its exact file type and dataspace."""
@@ -73,37 +77,93 @@ class DatasetInfo(NamedTuple):
 
     shape: tuple
     dtype: np.dtype
+    stored: int = 0            # bytes allocated in the file
+    placeholder: bool = False  # made by :func:`placeholder` (a packed skeleton's stand-in)
 
 
 def dataset_info(dsid: h5d.DatasetID) -> DatasetInfo:
-    return DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dsid.dtype)
+    return DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dsid.dtype, int(dsid.get_storage_size()),
+                       dsid.get_create_plist().get_fill_time() == PLACEHOLDER_FILL_TIME)
 
 
-def check_dataset(dsid: h5d.DatasetID, path: str, where: str) -> DatasetInfo:
-    """Refuse external and virtual datasets, and declared sizes the stored data cannot back."""
+#: the standard types a Keras file holds, which HDF5 converts safely; anything else (a float with
+#: odd bit fields, a variable-length sequence, a reference) is refused before it is read or copied
+_FLOATS = tuple(getattr(h5t, f"IEEE_F{bits}{order}") for bits in (16, 32, 64) for order in ("LE", "BE"))
+_INTEGERS = tuple(getattr(h5t, f"STD_{sign}{bits}{order}") for sign in "IU" for bits in (8, 16, 32, 64)
+                  for order in ("LE", "BE"))
+
+
+def type_problem(tid: h5t.TypeID) -> str | None:
+    """Why an HDF5 datatype is not one we read and copy safely, or None when it is."""
+    cls = tid.get_class()
+    if cls == h5t.FLOAT:
+        return None if any(tid.equal(t) for t in _FLOATS) else "a non-standard float type"
+    if cls == h5t.INTEGER:
+        return None if any(tid.equal(t) for t in _INTEGERS) else "a non-standard integer type"
+    if cls in (h5t.STRING, h5t.OPAQUE):
+        return None
+    if cls == h5t.ENUM:
+        return type_problem(tid.get_super())
+    if cls == h5t.ARRAY:
+        return type_problem(tid.get_super())
+    if cls == h5t.COMPOUND:
+        for k in range(tid.get_nmembers()):
+            problem = type_problem(tid.get_member_type(k))
+            if problem is not None:
+                return problem
+        return None
+    if cls == h5t.REFERENCE:
+        return "object or region references (they would point into the source file)"
+    if cls == h5t.VLEN:
+        return "a variable-length sequence type"
+    return f"an unsupported HDF5 type class ({cls})"
+
+
+def check_attrs(oid, path: str, where: str) -> None:
+    """Refuse attributes of types we do not read or copy safely (before anything reads them)."""
+    for k in range(h5a.get_num_attrs(oid)):
+        aid = h5a.open(oid, index=k)
+        problem = type_problem(aid.get_type())
+        if problem is not None:
+            name = aid.get_name().decode("utf-8", "replace")
+            raise KerasFileError(f"{where}: attribute {name!r} of {path or '/'!r} has {problem}; refused")
+
+
+def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = False) -> DatasetInfo:
+    """Refuse external and virtual datasets, types we do not read safely, and (unless `exempt`)
+    declared sizes the stored data cannot back."""
     dcpl = dsid.get_create_plist()
     if dcpl.get_layout() == h5d.VIRTUAL:
         raise KerasFileError(f"{where}: virtual dataset {path!r} refused")
     if dcpl.get_external_count() > 0:
         raise KerasFileError(f"{where}: dataset {path!r} stores its data in external files; refused")
+    problem = type_problem(dsid.get_type())
+    if problem is not None:
+        raise KerasFileError(f"{where}: dataset {path!r} has {problem}; refused")
     info = dataset_info(dsid)
-    declared = math.prod(info.shape) * info.dtype.itemsize
-    stored = dsid.get_storage_size()
-    if declared > UNCHECKED_BYTES and declared > 1000 * stored:
-        raise KerasFileError(f"{where}: dataset {path!r} declares {declared} bytes but stores "
-                             f"{stored}; refused")
+    if not exempt:
+        check_declared(info, path, where)
     return info
 
 
-def walk(group: h5py.Group, where: str, exempt=frozenset()) -> dict[str, DatasetInfo | None]:
-    """Check every member below `group`; return ``{path: DatasetInfo, or None for a group}``,
-    depth first in name order.
+def check_declared(info: DatasetInfo, path: str, where: str) -> None:
+    """Refuse a dataset declaring more than the stored data can back (never-written hostile sizes)."""
+    declared = math.prod(info.shape) * info.dtype.itemsize
+    if declared > UNCHECKED_BYTES and declared > 1000 * info.stored:
+        raise KerasFileError(f"{where}: dataset {path!r} declares {declared} bytes but stores "
+                             f"{info.stored}; refused")
+
+
+def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) -> dict[str, DatasetInfo | None]:
+    """Check every member below `group` (and `group` itself); return ``{path: DatasetInfo, or
+    None for a group}``, depth first in name order.
 
     Soft and external links are refused, as are objects linked more than once (a hard-link
-    cycle, or one dataset under two names); datasets whose path is in `exempt` (the unallocated
-    placeholders of a packed skeleton) skip the size check.  The traversal runs in HDF5 (one
-    H5Lvisit, one H5Ovisit) on low-level handles: h5py's objects cost more to make than reading
-    the weights of a small model.
+    cycle, or one dataset under two names), datatypes and attributes we do not read safely
+    (:func:`type_problem`); datasets whose path is in `exempt` (the unallocated placeholders of
+    a packed skeleton), or all when not `sizes`, skip the size check (:func:`check_declared`).  The traversal runs in HDF5 (one H5Lvisit, one
+    H5Ovisit) on low-level handles: h5py's objects cost more to make than reading the weights of
+    a small model.
     """
     # h5py's visit callbacks must not raise: they return the error, which stops the visit
     def check_link(name: bytes, info):
@@ -116,20 +176,25 @@ def walk(group: h5py.Group, where: str, exempt=frozenset()) -> dict[str, Dataset
 
     def check_object(name: bytes, info):
         path = name.decode("utf-8", "replace")
-        if path == ".":
-            return None
-        if info.rc > 1:
-            return KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
-        if info.type == h5o.TYPE_DATASET:
-            try:
+        try:
+            if path == ".":
+                check_attrs(group.id, "", where)
+                return None
+            if info.rc > 1:
+                return KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
+            if info.type == h5o.TYPE_DATASET:
                 dsid = h5d.open(group.id, name)
-                members[path] = dataset_info(dsid) if path in exempt else check_dataset(dsid, path, where)
-            except (KerasFileError, OSError, ValueError) as exc:
-                return exc
-        elif info.type == h5o.TYPE_GROUP:
-            members[path] = None
-        else:
-            return KerasFileError(f"{where}: unsupported object at {path!r}")
+                members[path] = check_dataset(dsid, path, where, exempt=not sizes or path in exempt)
+                if info.num_attrs:
+                    check_attrs(dsid, path, where)
+            elif info.type == h5o.TYPE_GROUP:
+                members[path] = None
+                if info.num_attrs:
+                    check_attrs(h5g.open(group.id, name), path, where)
+            else:
+                return KerasFileError(f"{where}: unsupported object at {path!r}")
+        except (KerasFileError, OSError, ValueError, TypeError) as exc:
+            return exc
         return None
 
     for problem in (group.id.links.visit(check_link, info=True),
@@ -188,10 +253,15 @@ def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = 
     return dset
 
 
+def is_placeholder(dset: h5py.Dataset) -> bool:
+    return dset.id.get_create_plist().get_fill_time() == PLACEHOLDER_FILL_TIME
+
+
 def placeholder(group: h5py.Group, name: str, shape: tuple, dtype,
                 like: h5py.Dataset | None = None) -> h5py.Dataset:
-    """An unallocated dataset (no data) standing for one stored elsewhere, with `like`'s attributes."""
-    dset = group.create_dataset(name, shape=shape, dtype=dtype)
+    """An unallocated dataset (no data) standing for one stored elsewhere, with `like`'s
+    attributes, marked as a placeholder (:data:`PLACEHOLDER_FILL_TIME`)."""
+    dset = group.create_dataset(name, shape=shape, dtype=dtype, fill_time="never")
     if like is not None:
         copy_attrs(like, dset)
     return dset

@@ -101,13 +101,9 @@ def read_zip_config(zf: zipfile.ZipFile, where: str) -> bytes | None:
     return zf.read(info)
 
 
-def entries(f: h5py.File, layout: str, config: dict | None, where: str, exempt=frozenset()) -> list[Entry]:
-    """Every weight dataset of the file in file order, with its role.
-
-    The whole file is walked first: links, external and virtual datasets and sizes the stored
-    data cannot back are refused (`exempt` paths skip the size check).
-    """
-    members = walk(f, where, exempt)
+def entries(f: h5py.File, layout: str, config: dict | None, where: str, members: dict) -> list[Entry]:
+    """Every weight dataset of the file in file order, with its role; `members` is the checked
+    :func:`~.h5tree.walk` of the file."""
     layers = ModelLayers(config)
     if layout in ("legacy", "legacy-weights"):
         return _legacy_entries(f, members, layout, layers, where)

@@ -204,9 +204,9 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
             for e in source.entries:
                 if source.is_packed(e) and e.path not in hooks:
                     hooks[e.path] = _restore_hook(source, e, writer, rows)
-            for path, dset in source.packed.datasets.items():
+            for path in source.packed.datasets:
                 if path not in hooks:
-                    hooks[path] = _copy_hook(dset, writer)
+                    hooks[path] = _copy_hook(source.packed.dataset(path), writer)
         copy_attrs(source.root, f)
         copy_tree(source.root, f, hooks, work.skip, writer)
     for e in source.entries:

@@ -12,6 +12,7 @@ import numpy as np
 from .atomic import scratch_file
 from .buffers import Buffers
 from .errors import KerasFileError, as_file_errors
+from .h5tree import walk
 from .layouts import KERAS_MEMBER, Entry, container, entries, model_config, read_zip_config, weights_layout
 from .packed import PackedReader
 
@@ -76,17 +77,17 @@ class Source:
         except OSError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "unreadable"
             raise KerasFileError(f"{where}: not a readable HDF5 file, truncated or corrupt ({first})") from None
+        members = walk(self.h5, where)  # before anything reads an attribute or a dataset
         layout = weights_layout(self.h5, where)
         self.root = self.h5
-        exempt = frozenset()
         if layout == "packed":
             self.packed = PackedReader(self.h5, where)
             self.root = self.packed.skeleton
             layout = self.packed.layout
-            exempt = frozenset(self.packed.tensors) | frozenset(self.packed.datasets)
+            members = self.packed.members
         self.layout = layout
         self.config = model_config(self.root, zip_config)
-        self.entries = entries(self.root, layout, self.config, where, exempt)
+        self.entries = entries(self.root, layout, self.config, where, members)
 
     @property
     def role_source(self) -> str:
