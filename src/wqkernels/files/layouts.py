@@ -65,6 +65,29 @@ def container(path) -> str:
     raise KerasFileError(f"{path}: not a Keras file (neither HDF5 nor a .keras zip archive)")
 
 
+#: the file name endings each format is loaded by, the one to suggest first
+NAME_ENDINGS = {"zip": (".keras",), "keras3": (".weights.h5",), "legacy": (".h5", ".hdf5")}
+_FORMAT_NAMES = {"zip": "a .keras archive", "keras3": "a Keras 3 .weights.h5 file",
+                 "legacy": "a legacy Keras .h5 file"}
+
+
+def _ending(name: str) -> str:
+    name = os.path.basename(name).lower()
+    return ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
+
+
+def check_output_name(dst: str, src: str, kind: str, layout: str) -> None:
+    """Refuse a destination name whose format differs from the one written (the source's: a
+    ``.keras`` archive, a Keras 3 ``.weights.h5`` or a legacy ``.h5``): Keras picks its loader by
+    the name.  A name ending like the source's is always accepted (the user's own naming)."""
+    fmt = "zip" if kind == "zip" else ("keras3" if layout == "keras3" else "legacy")
+    ending = _ending(dst)
+    if ending in NAME_ENDINGS[fmt] or (ending and ending == _ending(src)):
+        return
+    raise KerasFileError(f"{dst}: the output is {_FORMAT_NAMES[fmt]} like its source (wqkernels keeps the "
+                         f"format); name it {NAME_ENDINGS[fmt][0]}, as Keras picks its loader by the name")
+
+
 def weights_layout(f: h5py.File, where: str) -> str:
     """The layout of an open weights HDF5 file (see the module docstring)."""
     if PACKED_GROUP in f and isinstance(f[PACKED_GROUP], h5py.Group):

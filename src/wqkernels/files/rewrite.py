@@ -26,7 +26,7 @@ from . import atomic
 from .buffers import Buffers
 from .errors import KerasFileError, as_file_errors
 from .h5tree import Datasets, copy_attrs, copy_tree
-from .layouts import KERAS_MEMBER, Entry, container
+from .layouts import KERAS_MEMBER, Entry, check_output_name, container
 from .packed import PackedWriter
 from .plan import plan
 from .recipe import Recipe
@@ -160,6 +160,7 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
         with Source(src, tmp_dir=dst_dir) as source, as_file_errors(src):
             if restoring and source.packed is None:
                 raise KerasFileError(f"{src}: not a packed file; nothing to restore")
+            check_output_name(dst, src, source.kind, source.layout)
             report = Report(src, dst, source.description, recipe.to_dict(), role_source=source.role_source,
                             size_before=os.path.getsize(src))
             if source.kind == "zip":
