@@ -6,6 +6,7 @@ HDF5 types (fixed-length bytes stay bytes, ASCII stays ASCII), datasets are copi
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, NamedTuple
 
@@ -204,6 +205,83 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) 
     return members
 
 
+class _Sink:
+    """The file under an HDF5 file being written, for h5py's file-object driver: a write the
+    file system refuses (a full disk, a quota) is recorded and the data dropped, so that HDF5
+    itself never sees a failed write.  HDF5 does not recover from one: closing the datasets and
+    the file failed again, left objects half released, and the process crashed later (when h5py
+    freed them, or at exit)."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "w+b")
+        self.error: OSError | None = None
+
+    def _guard(self, call, *args):
+        if self.error is None:
+            try:
+                return call(*args)
+            except OSError as exc:
+                self.error = exc
+        return None
+
+    def write(self, data) -> int:
+        self._guard(self.file.write, data)
+        return memoryview(data).nbytes
+
+    def truncate(self, size=None) -> int:
+        self._guard(self.file.truncate, size)
+        return size
+
+    def flush(self) -> None:
+        self._guard(self.file.flush)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def readinto(self, buffer) -> int:
+        return self.file.readinto(buffer)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.file.read(size)
+
+
+#: the sinks of the files being written, by HDF5 file number
+_SINKS: dict[int, _Sink] = {}
+
+
+@contextlib.contextmanager
+def new_file(path: str):
+    """A new HDF5 file at `path` (see :class:`_Sink`), closed when the block ends; OSError
+    when the file system refused a write, at once if the block checks with
+    :func:`check_written`, else when it ends."""
+    sink = _Sink(path)
+    try:
+        f = h5py.File(sink, "w")
+        _SINKS[f.id.fileno] = sink
+        try:
+            yield f
+        except BaseException:
+            with contextlib.suppress(Exception):  # the contents no longer matter
+                f.close()
+            raise
+        f.close()
+    finally:
+        _SINKS.pop(next((k for k, v in _SINKS.items() if v is sink), None), None)
+        sink.file.close()
+    if sink.error is not None:
+        raise sink.error
+
+
+def check_written(obj) -> None:
+    """Raise the OSError of a refused write into the file of `obj`, if there was one."""
+    sink = _SINKS.get(obj.id.fileno)
+    if sink is not None and sink.error is not None:
+        raise sink.error
+
+
 def filters(compress: str, nbytes: int) -> dict:
     """h5py's creation options for `compress` on a dataset of `nbytes`: none below
     MIN_COMPRESS_BYTES."""
@@ -236,18 +314,15 @@ def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = 
     """Create a dataset with `data`, compressed when asked and large enough to gain.
 
     With `dtype`, the dataset has that type and HDF5 converts `data` as it writes (no copy in
-    memory).  The attributes of `like` (the dataset it replaces) are copied over.
+    memory).  `data` is an array of numbers.  The attributes of `like` (the dataset it replaces) are copied over.
     """
     dtype = data.dtype if dtype is None else np.dtype(dtype)
     options = filters(compress, data.size * dtype.itemsize) if data.ndim else {}
     if options:
         options["chunks"] = chunk_shape(data.shape, dtype.itemsize)
-    if dtype == data.dtype:
-        dset = group.create_dataset(name, data=data, **options)
-    else:
-        dset = group.create_dataset(name, shape=data.shape, dtype=dtype, **options)
-        if data.size:
-            dset.write_direct(np.ascontiguousarray(data))
+    dset = group.create_dataset(name, shape=data.shape, dtype=dtype, **options)
+    if data.size:
+        dset.write_direct(np.ascontiguousarray(data))
     if like is not None:
         copy_attrs(like, dset)
     return dset
@@ -296,6 +371,7 @@ def copy_tree(src: h5py.Group, dst: h5py.Group, hooks: dict[str, Hook], skip: fr
         path = prefix + name
         if path in skip:
             continue
+        check_written(dst)  # a full disk stops the copy at once
         obj = src[name]
         if isinstance(obj, h5py.Group):  # same creation properties: link/attribute order tracking
             sub = h5py.Group(h5g.create(dst.id, name.encode("utf-8"), gcpl=obj.id.get_create_plist()))

@@ -51,7 +51,7 @@ import numpy as np
 from ..packing import pack_bits, packed_size, unpack_bits
 from ..quantization import QuantizedArray
 from .errors import KerasFileError
-from .h5tree import DatasetInfo, check_declared, filters, is_placeholder, new_dataset, placeholder, walk
+from .h5tree import DatasetInfo, check_declared, filters, is_placeholder, new_dataset, new_file, placeholder, walk
 from .layouts import PACKED_GROUP, weights_layout
 from .writers import Writer
 
@@ -86,7 +86,7 @@ class PackedWriter(Writer):
 
     @contextlib.contextmanager
     def open(self, path: str):
-        with h5py.File(path, "w") as f:
+        with new_file(path) as f:
             self.group = f.create_group(PACKED_GROUP)
             self.group.attrs["format"] = FORMAT
             self.group.attrs["version"] = VERSION
@@ -94,7 +94,7 @@ class PackedWriter(Writer):
             self._arrays = {name: _GrowingArray(self.group, name, dtype, self.recipe.compress)
                             for name, dtype in ARRAYS}
             image = io.BytesIO()
-            with h5py.File(image, "w") as skeleton:
+            with h5py.File(image, "w") as skeleton:  # in memory: its writes cannot fail
                 yield skeleton
             self._finish(image.getbuffer())
 

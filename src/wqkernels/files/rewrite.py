@@ -157,7 +157,7 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
     if os.path.isdir(dst):
         raise KerasFileError(f"{dst}: is a directory")
     with atomic.written(dst) as tmp:
-        with Source(src, tmp_dir=dst_dir) as source, as_file_errors(src):
+        with Source(src, tmp_dir=dst_dir) as source, as_file_errors(src, output=dst):
             if restoring and source.packed is None:
                 raise KerasFileError(f"{src}: not a packed file; nothing to restore")
             check_output_name(dst, src, source.kind, source.layout)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .atomic import scratch_file
 from .buffers import Buffers
-from .errors import KerasFileError, as_file_errors
+from .errors import KerasFileError, as_file_errors, reason
 from .h5tree import walk
 from .layouts import KERAS_MEMBER, Entry, container, entries, model_config, read_zip_config, weights_layout
 from .packed import PackedReader
@@ -70,7 +70,11 @@ class Source:
                                      f"{info.compress_size}; refused")
             self._tmp = scratch_file(self.tmp_dir)
             with open(self._tmp, "wb") as out, self.zip.open(info) as member:
-                shutil.copyfileobj(member, out, 1 << 20)
+                try:
+                    shutil.copyfileobj(member, out, 1 << 20)
+                except OSError as exc:  # the scratch file's disk, not the archive
+                    raise KerasFileError(f"{where}: cannot extract {KERAS_MEMBER} into "
+                                         f"{os.path.dirname(self._tmp)} ({reason(exc)})") from None
             h5_path = self._tmp
         try:
             self.h5 = h5py.File(h5_path, "r")
