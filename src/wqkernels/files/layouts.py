@@ -46,9 +46,16 @@ class Entry:
     dtype: str
 
 
+def file_path(value, name: str = "path") -> str:
+    """A file path argument as a str: a str, bytes (decoded as the OS does) or os.PathLike."""
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return os.fsdecode(os.fspath(value))
+    raise TypeError(f"{name} must be a file path (str, bytes or os.PathLike), got {type(value).__name__}")
+
+
 def container(path) -> str:
     """``"hdf5"`` or ``"zip"`` from the first bytes of the file; KerasFileError otherwise."""
-    path = os.fspath(path)
+    path = file_path(path)
     if not os.path.exists(path):
         raise KerasFileError(f"{path}: no such file")
     if os.path.isdir(path):

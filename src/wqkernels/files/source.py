@@ -13,7 +13,8 @@ from .atomic import scratch_file
 from .buffers import Buffers
 from .errors import KerasFileError, as_file_errors, reason
 from .h5tree import walk
-from .layouts import KERAS_MEMBER, Entry, container, entries, model_config, read_zip_config, weights_layout
+from .layouts import (KERAS_MEMBER, Entry, container, entries, file_path, model_config, read_zip_config,
+                      weights_layout)
 from .packed import PackedReader
 
 __all__ = ["Source", "MAX_ZIP_RATIO"]
@@ -31,7 +32,7 @@ class Source:
     """
 
     def __init__(self, path, tmp_dir: str | None = None):
-        self.path = os.fspath(path)
+        self.path = file_path(path)
         self.tmp_dir = tmp_dir
         self.kind = container(self.path)
         self.zip = None
