@@ -2,6 +2,7 @@
 weights of each it zeroes, and what it leaves out."""
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from ..allocation import prune_counts
 from .buffers import Buffers
+from .errors import KerasFileError
 from .recipe import Recipe
 from .source import Source
 
@@ -38,7 +40,11 @@ def plan(source: Source, recipe: Recipe, buffers: Buffers) -> Plan:
     counts = {}
     if recipe.prunes and selected:
         candidates = [e for e in source.entries if recipe.selects(e, by_size=False)]
-        counts = _prune_counts(lambda e: source.read(e, buffers), candidates, recipe, notes)
+        try:
+            counts = _prune_counts(lambda e: source.read(e, buffers), candidates, recipe, notes)
+        except ValueError as exc:  # NaN or infinity in a weight: say which, as the rewrite does
+            text = re.sub(r"^tensors\[('.*?')\] ", r"weight \1: ", str(exc))
+            raise KerasFileError(f"{source.path}: {text}") from None
     skip = frozenset()
     optimizer = {"keras3": "optimizer", "legacy": "optimizer_weights"}.get(source.layout)
     if recipe.strip_optimizer and optimizer is not None and optimizer in source.root:
