@@ -7,6 +7,7 @@ import sys
 from .._text import one_line, table
 from ..allocation import ALLOCATIONS
 from ..files import KerasFileError, Recipe, inspect, restore, rewrite
+from ..files.plan import NOTHING_REWRITTEN
 from ..files.recipe import COMPRESSIONS, STORAGES
 from ..quantization import METHODS
 from . import batch
@@ -113,6 +114,9 @@ def run_inspect(args) -> int:
 
 def _finish(report, args) -> int:
     print(report.table())
+    for note in report.notes:
+        if note.startswith(NOTHING_REWRITTEN):
+            print(f"wqkernels {args.command}: note: {note}", file=sys.stderr)
     if getattr(args, "report", None):
         write_report(args.report, report.to_dict())
     return 0

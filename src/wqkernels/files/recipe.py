@@ -175,7 +175,10 @@ class Recipe:
         if self.granularity == "channel":
             return entry.shape, {"axis": entry.channel_axis, "symmetric": self.symmetric}
         view, axis = block_view(entry.shape, entry.layer_class, entry.role)
-        return view, {"axis": axis, "block_size": self.block_size, "symmetric": self.symmetric}
+        # a block longer than the axis is one block over it: the same scales, and no huge sizes
+        # for the kernels (2**63 overflowed them)
+        block = max(1, min(self.block_size, view[axis]))
+        return view, {"axis": axis, "block_size": block, "symmetric": self.symmetric}
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -26,7 +26,7 @@ from . import atomic
 from .buffers import Buffers
 from .errors import KerasFileError, as_file_errors
 from .h5tree import Datasets, copy_attrs, copy_tree
-from .layouts import KERAS_MEMBER, Entry, container
+from .layouts import KERAS_MEMBER, Entry, check_output_name, container, file_path
 from .packed import PackedWriter
 from .plan import plan
 from .recipe import Recipe
@@ -48,7 +48,7 @@ def inspect(path) -> list[WeightInfo]:
 
     Parameters
     ----------
-    path : str or os.PathLike
+    path : str, bytes or os.PathLike
         A legacy ``.h5``, a Keras 3 ``.weights.h5``, a ``.keras`` archive or a packed file
         (detected from the content, not the name).
 
@@ -68,7 +68,7 @@ def inspect(path) -> list[WeightInfo]:
     >>> [(w.path, w.role, w.shape) for w in wqkernels.inspect("model.h5") if w.prunable]  # doctest: +SKIP
     [('model_weights/dense/dense/kernel', 'kernel', (784, 128)), ...]
     """
-    path = os.fspath(path)
+    path = file_path(path)
     out = []
     with Source(path) as src, as_file_errors(path):
         packed = src.packed.tensors if src.packed is not None else {}
@@ -93,7 +93,7 @@ def load_weights(path) -> dict[str, np.ndarray]:
     >>> weights["layers/dense/vars/0"].dtype  # doctest: +SKIP
     dtype('float32')
     """
-    path = os.fspath(path)
+    path = file_path(path)
     with Source(path) as src, as_file_errors(path):
         return {e.path: src.read(e) for e in src.entries}
 
@@ -105,7 +105,7 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -
 
     Parameters
     ----------
-    src, dst : str or os.PathLike
+    src, dst : str, bytes or os.PathLike
         Source file (any supported layout) and destination (same layout, or packed).
     recipe : Recipe, optional
         What to do; the default Recipe() copies the file.
@@ -149,7 +149,7 @@ def restore(src, dst, *, in_place: bool = False) -> Report:
 
 def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
     start = time.perf_counter()
-    src, dst = os.fspath(src), os.fspath(dst)
+    src, dst = file_path(src, "src"), file_path(dst, "dst")
     container(src)  # missing, directory or not a Keras file: fail before creating anything
     if atomic.same_file(src, dst) and not in_place:
         raise KerasFileError(f"{dst}: is the source file; give in_place=True (--in-place) to overwrite it")
@@ -157,9 +157,10 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
     if os.path.isdir(dst):
         raise KerasFileError(f"{dst}: is a directory")
     with atomic.written(dst) as tmp:
-        with Source(src, tmp_dir=dst_dir) as source, as_file_errors(src):
+        with Source(src, tmp_dir=dst_dir) as source, as_file_errors(src, output=dst):
             if restoring and source.packed is None:
                 raise KerasFileError(f"{src}: not a packed file; nothing to restore")
+            check_output_name(dst, src, source.kind, source.layout)
             report = Report(src, dst, source.description, recipe.to_dict(), role_source=source.role_source,
                             size_before=os.path.getsize(src))
             if source.kind == "zip":
@@ -204,9 +205,9 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
             for e in source.entries:
                 if source.is_packed(e) and e.path not in hooks:
                     hooks[e.path] = _restore_hook(source, e, writer, rows)
-            for path, dset in source.packed.datasets.items():
+            for path in source.packed.datasets:
                 if path not in hooks:
-                    hooks[path] = _copy_hook(dset, writer)
+                    hooks[path] = _copy_hook(source.packed.dataset(path), writer)
         copy_attrs(source.root, f)
         copy_tree(source.root, f, hooks, work.skip, writer)
     for e in source.entries:
@@ -227,10 +228,10 @@ def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer
         try:
             x, quantization, out = prepare(original, e, recipe, counts, buffers, release=writer.holds_codes)
             stored, nbytes = writer.weight(group, name, dset, e, x, quantization, out)
+            # inline, not in a helper thread: batch workers each get their share of the cores
+            before, after, mse, sqnr = statistics(original, stored)
         except ValueError as exc:  # NaN or infinity in the weights: say which
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
-        # inline, not in a helper thread: batch workers each get their share of the cores
-        before, after, mse, sqnr = statistics(original, stored)
         bits = None if quantization is None else quantization.bits
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, before, after, bits, mse, sqnr,
                                  source.stored_bytes(e), nbytes)

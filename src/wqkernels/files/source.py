@@ -11,8 +11,10 @@ import numpy as np
 
 from .atomic import scratch_file
 from .buffers import Buffers
-from .errors import KerasFileError, as_file_errors
-from .layouts import KERAS_MEMBER, Entry, container, entries, model_config, read_zip_config, weights_layout
+from .errors import KerasFileError, as_file_errors, reason
+from .h5tree import walk
+from .layouts import (KERAS_MEMBER, Entry, container, entries, file_path, model_config, read_zip_config,
+                      weights_layout)
 from .packed import PackedReader
 
 __all__ = ["Source", "MAX_ZIP_RATIO"]
@@ -30,7 +32,7 @@ class Source:
     """
 
     def __init__(self, path, tmp_dir: str | None = None):
-        self.path = os.fspath(path)
+        self.path = file_path(path)
         self.tmp_dir = tmp_dir
         self.kind = container(self.path)
         self.zip = None
@@ -69,24 +71,28 @@ class Source:
                                      f"{info.compress_size}; refused")
             self._tmp = scratch_file(self.tmp_dir)
             with open(self._tmp, "wb") as out, self.zip.open(info) as member:
-                shutil.copyfileobj(member, out, 1 << 20)
+                try:
+                    shutil.copyfileobj(member, out, 1 << 20)
+                except OSError as exc:  # the scratch file's disk, not the archive
+                    raise KerasFileError(f"{where}: cannot extract {KERAS_MEMBER} into "
+                                         f"{os.path.dirname(self._tmp)} ({reason(exc)})") from None
             h5_path = self._tmp
         try:
             self.h5 = h5py.File(h5_path, "r")
         except OSError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "unreadable"
             raise KerasFileError(f"{where}: not a readable HDF5 file, truncated or corrupt ({first})") from None
+        members = walk(self.h5, where)  # before anything reads an attribute or a dataset
         layout = weights_layout(self.h5, where)
         self.root = self.h5
-        exempt = frozenset()
         if layout == "packed":
             self.packed = PackedReader(self.h5, where)
             self.root = self.packed.skeleton
             layout = self.packed.layout
-            exempt = frozenset(self.packed.tensors) | frozenset(self.packed.datasets)
+            members = self.packed.members
         self.layout = layout
         self.config = model_config(self.root, zip_config)
-        self.entries = entries(self.root, layout, self.config, where, exempt)
+        self.entries = entries(self.root, layout, self.config, where, members)
 
     @property
     def role_source(self) -> str:

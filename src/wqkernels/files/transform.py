@@ -52,7 +52,7 @@ def prepare(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, buffers: Buff
     weight, a rewrite holds one array of its size.  With `release` (a writer that keeps codes),
     a large buffer is not kept from the last weight, so it never sits beside the codes.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = as_float32(x)
     if release and not recipe.prunes:
         buffers.trim("stored")
     out = buffers.get("stored", e.shape)
@@ -67,6 +67,24 @@ def prepare(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, buffers: Buff
         search = options if recipe.method is None else dict(options, method=recipe.method)
         bits = int(bits_for_sqnr(x.reshape(view), recipe.target_sqnr, **search))
     return x, Quantization(view, bits, recipe.method_for(bits), options), out
+
+
+#: the largest float32
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def as_float32(x: np.ndarray) -> np.ndarray:
+    """A weight as contiguous float32; ValueError naming the first value that overflows float32
+    (a float64 beyond its range, which would become infinity)."""
+    if x.dtype.itemsize > 4 and x.size:
+        with np.errstate(invalid="ignore"):
+            beyond = np.abs(x) > _FLOAT32_MAX
+        if beyond.any():
+            count = int(np.count_nonzero(beyond))
+            first = tuple(int(i) for i in np.unravel_index(int(np.argmax(beyond.ravel())), x.shape))
+            raise ValueError(f"{count} value{'s' if count != 1 else ''} of this {x.dtype} weight overflow "
+                             f"float32, the first {x[first].item()!r} at index {first}")
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _prune(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, out: np.ndarray) -> np.ndarray | None:

@@ -12,7 +12,7 @@ import contextlib
 import h5py
 import numpy as np
 
-from .h5tree import Datasets
+from .h5tree import Datasets, new_file
 from .layouts import Entry
 from .recipe import Recipe
 from .transform import Quantization, half_values
@@ -33,7 +33,7 @@ class Writer(Datasets):
     @contextlib.contextmanager
     def open(self, path: str):
         """The HDF5 file the weights tree is copied into, complete at `path` when the block ends."""
-        with h5py.File(path, "w") as f:
+        with new_file(path) as f:
             yield f
 
     def weight(self, group: h5py.Group, name: str, like: h5py.Dataset, entry: Entry, x: np.ndarray,
