@@ -13,6 +13,7 @@ run in another process.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import time
@@ -27,6 +28,7 @@ from .buffers import Buffers
 from .errors import KerasFileError, as_file_errors
 from .h5tree import Datasets, copy_attrs, copy_tree
 from .layouts import KERAS_MEMBER, Entry, container
+from .keras_native import KerasWriter
 from .packed import PackedWriter
 from .plan import plan
 from .recipe import Recipe
@@ -38,7 +40,7 @@ from .writers import FloatWriter, Writer
 __all__ = ["inspect", "load_weights", "rewrite", "restore"]
 
 #: the writer of each storage
-WRITERS = {"float32": FloatWriter, "float16": FloatWriter, "packed": PackedWriter}
+WRITERS = {"float32": FloatWriter, "float16": FloatWriter, "packed": PackedWriter, "keras": KerasWriter}
 
 
 # ---- reading ----------------------------------------------------------------------------------
@@ -73,9 +75,11 @@ def inspect(path) -> list[WeightInfo]:
     with Source(path) as src, as_file_errors(path):
         packed = src.packed.tensors if src.packed is not None else {}
         for e in src.entries:
-            data = src.read(e)
+            data = src.values(e)
             zeros = sparsity(data) if data.dtype.kind == "f" else 0.0
             storage = f"packed:{packed[e.path]['bits']}" if e.path in packed else "dataset"
+            if e.path in src.quantized:
+                storage = src.quantized[e.path].storage
             out.append(WeightInfo(e.path, e.layer, e.layer_class, e.role, e.prunable, e.shape, e.dtype,
                                   src.stored_bytes(e), zeros, e.role_source, storage))
     return out
@@ -84,7 +88,9 @@ def inspect(path) -> list[WeightInfo]:
 def load_weights(path) -> dict[str, np.ndarray]:
     """All weight datasets of a Keras file as arrays, keyed by their path in the weights file.
 
-    Packed files are dequantized: the arrays equal those of the ``storage="float32"`` rewrite.
+    Packed files are dequantized: the arrays equal those of the ``storage="float32"`` rewrite;
+    kernels Keras quantized (int8, int4) are the float32 kernels their layers compute with, in
+    the kernel's own shape; bfloat16 weights are float32.
 
     Examples
     --------
@@ -95,7 +101,7 @@ def load_weights(path) -> dict[str, np.ndarray]:
     """
     path = os.fspath(path)
     with Source(path) as src, as_file_errors(path):
-        return {e.path: src.read(e) for e in src.entries}
+        return {e.path: src.values(e) for e in src.entries}
 
 
 # ---- writing ----------------------------------------------------------------------------------
@@ -160,6 +166,7 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
         with Source(src, tmp_dir=dst_dir) as source, as_file_errors(src):
             if restoring and source.packed is None:
                 raise KerasFileError(f"{src}: not a packed file; nothing to restore")
+            _refuse_requantizing(source, recipe)
             report = Report(src, dst, source.description, recipe.to_dict(), role_source=source.role_source,
                             size_before=os.path.getsize(src))
             if source.kind == "zip":
@@ -171,17 +178,32 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
     return report
 
 
+def _refuse_requantizing(source: Source, recipe: Recipe) -> None:
+    """Kernels Keras quantized are not quantized again (their float values are gone, and a
+    second rounding adds to the first): such a file is only copied."""
+    if source.quantized and (recipe.prunes or recipe.quantizes or recipe.storage != "float32"):
+        q = next(iter(source.quantized.values()))
+        path = next(iter(source.quantized))
+        raise KerasFileError(f"{source.path}: {len(source.quantized)} kernel(s) already quantized by Keras ({path!r}: "
+                             f"{q.mode}); rewrite the float model instead")
+
+
 def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir: str) -> None:
     """A .keras archive: every member copied in order with its compression, the weights rewritten."""
     weights = atomic.scratch_file(dst_dir)
     try:
-        _write_weights(source, weights, recipe, report)
+        replaced = _write_weights(source, weights, recipe, report).members()
         with zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
             for info in source.zip.infolist():
                 new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
                 new.compress_type, new.external_attr = info.compress_type, info.external_attr
                 new.comment, new.extra, new.create_system = info.comment, info.extra, info.create_system
-                data = open(weights, "rb") if info.filename == KERAS_MEMBER else source.zip.open(info)
+                if info.filename == KERAS_MEMBER:
+                    data = open(weights, "rb")
+                elif info.filename in replaced:
+                    data = io.BytesIO(replaced[info.filename])
+                else:
+                    data = source.zip.open(info)
                 with data, out.open(new, "w", force_zip64=True) as member:
                     shutil.copyfileobj(data, member, 1 << 20)
             out.comment = source.zip.comment
@@ -190,12 +212,14 @@ def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir
             os.unlink(weights)
 
 
-def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> None:
-    """The weights HDF5 file: everything copied, the planned weights transformed."""
+def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> Writer:
+    """The weights HDF5 file: everything copied, the planned weights transformed; returns the
+    writer (which may replace other members of a .keras archive)."""
     buffers = Buffers()
+    writer = WRITERS[recipe.storage](recipe, source.layout)
+    writer.start(source, report)
     work = plan(source, recipe, buffers)  # reads one tensor at a time, before anything is written
     report.notes.extend(work.notes)
-    writer = WRITERS[recipe.storage](recipe, source.layout)
     rows = {}
     with writer.open(tmp) as f:
         hooks = {e.path: _rewrite_hook(source, e, recipe, work.counts, writer, rows, buffers)
@@ -212,6 +236,7 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
     for e in source.entries:
         if e.prunable:
             report.rows.append(rows.get(e.path) or _untouched_row(source, e))
+    return writer
 
 
 def _untouched_row(source: Source, e: Entry) -> WeightRow:
