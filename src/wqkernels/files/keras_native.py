@@ -331,6 +331,12 @@ class QuantizedKernel:
     def storage(self) -> str:
         return f"keras:{self.mode}"
 
+    def roles(self) -> dict:
+        """{dataset path: role} of the scale, zero point and group index variables."""
+        prefix = "embeddings" if self.layer_class == "Embedding" else "kernel"
+        names = {"scale": f"{prefix}_scale", "zero": f"{prefix}_zero", "g_idx": "g_idx"}
+        return {path: names[kind] for kind, path in self.paths.items() if kind in names}
+
 
 def quantized_layers(root: h5py.Group, entries: list, config: dict | None) -> dict[str, QuantizedKernel]:
     """Kernel path -> QuantizedKernel for every layer Keras quantized to int8/int4, from the model
@@ -351,13 +357,13 @@ def quantized_layers(root: h5py.Group, entries: list, config: dict | None) -> di
         name = root[group_path].attrs.get("name")
         name = name.decode() if isinstance(name, bytes) else name
         layer_config = layers.find(name)
-        found = _describe(cls, ordered, layer_config)
+        found = _describe(cls, ordered, layer_config, root)
         if found is not None:
             out[first.path] = found
     return out
 
 
-def _describe(cls: str, ordered: list, layer_config: dict | None) -> QuantizedKernel | None:
+def _describe(cls: str, ordered: list, layer_config: dict | None, root: h5py.Group) -> QuantizedKernel | None:
     shapes = [e.shape for e in ordered]
     codes = ordered[0]
     mode = quantization_mode(layer_config) if layer_config is not None else None
@@ -380,11 +386,13 @@ def _describe(cls: str, ordered: list, layer_config: dict | None) -> QuantizedKe
         return None
     block = None
     if grouped:
-        g_idx_len = rest[2].shape[0] if len(rest[2].shape) == 1 else 0
         parsed = mode.split("/")
-        block = int(parsed[1]) if len(parsed) > 1 and parsed[1].lstrip("-").isdigit() and int(parsed[1]) > 0 \
-            else max(g_idx_len, 1)
-        mode = f"int4/{block}" if len(parsed) < 2 else mode
+        if len(parsed) > 1 and parsed[1].isdigit() and int(parsed[1]) > 0:
+            block = int(parsed[1])
+        else:  # the group index of each row: the block is the count of group 0 (all rows: one group)
+            g_idx = np.asarray(root[rest[2].path][()]).reshape(-1)
+            block = max(int(np.count_nonzero(g_idx == 0)), 1)
+        mode = f"int4/{block}"
     elif bits == 4 and "/" not in mode:
         mode = "int4/-1"
     if bits == 8:
@@ -397,7 +405,7 @@ def _describe(cls: str, ordered: list, layer_config: dict | None) -> QuantizedKe
         kernel_shape = _einsum_kernel_shape(layer_config, rows, columns) or (rows, columns)
     paths = {"codes": codes.path, "scale": rest[0].path}
     if grouped:
-        paths["zero"] = rest[1].path
+        paths["zero"], paths["g_idx"] = rest[1].path, rest[2].path
     return QuantizedKernel(cls, mode, bits, block, tuple(kernel_shape), paths)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import zipfile
@@ -90,6 +91,8 @@ class Source:
         self.config = model_config(self.root, zip_config)
         self.entries = entries(self.root, layout, self.config, where, exempt)
         self.quantized = quantized_layers(self.root, self.entries, self.config) if layout == "keras3" else {}
+        roles = {path: role for q in self.quantized.values() for path, role in q.roles().items()}
+        self.entries = [dataclasses.replace(e, role=roles[e.path]) if e.path in roles else e for e in self.entries]
 
     @property
     def role_source(self) -> str:
