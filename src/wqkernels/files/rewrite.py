@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import time
@@ -23,7 +24,7 @@ import h5py
 import numpy as np
 
 from ..statistics import sparsity
-from . import atomic
+from . import atomic, sharded
 from .buffers import Buffers
 from .errors import KerasFileError, as_file_errors
 from .h5tree import Datasets, copy_attrs, copy_tree
@@ -33,6 +34,7 @@ from .packed import PackedWriter
 from .plan import plan
 from .recipe import Recipe
 from .report import Report, WeightInfo, WeightRow
+from .sharded import Shards
 from .source import Source
 from .transform import prepare, statistics
 from .writers import FloatWriter, Writer
@@ -72,17 +74,23 @@ def inspect(path) -> list[WeightInfo]:
     """
     path = os.fspath(path)
     out = []
-    with Source(path) as src, as_file_errors(path):
-        packed = src.packed.tensors if src.packed is not None else {}
-        for e in src.entries:
-            data = src.values(e)
-            zeros = sparsity(data) if data.dtype.kind == "f" else 0.0
-            storage = f"packed:{packed[e.path]['bits']}" if e.path in packed else "dataset"
-            if e.path in src.quantized:
-                storage = src.quantized[e.path].storage
-            out.append(WeightInfo(e.path, e.layer, e.layer_class, e.role, e.prunable, e.shape, e.dtype,
-                                  src.stored_bytes(e), zeros, e.role_source, storage))
+    with _open(path) as opened, as_file_errors(path):
+        for src in getattr(opened, "sources", [opened]):
+            packed = src.packed.tensors if src.packed is not None else {}
+            for e in src.entries:
+                data = src.values(e)
+                zeros = sparsity(data) if data.dtype.kind == "f" else 0.0
+                storage = f"packed:{packed[e.path]['bits']}" if e.path in packed else "dataset"
+                if e.path in src.quantized:
+                    storage = src.quantized[e.path].storage
+                out.append(WeightInfo(e.path, e.layer, e.layer_class, e.role, e.prunable, e.shape, e.dtype,
+                                      src.stored_bytes(e), zeros, e.role_source, storage))
     return out
+
+
+def _open(path: str):
+    """The open file: a Source, or the Shards of a sharded index."""
+    return Shards(path) if sharded.is_index(path) else Source(path)
 
 
 def load_weights(path) -> dict[str, np.ndarray]:
@@ -100,7 +108,7 @@ def load_weights(path) -> dict[str, np.ndarray]:
     dtype('float32')
     """
     path = os.fspath(path)
-    with Source(path) as src, as_file_errors(path):
+    with _open(path) as src, as_file_errors(path):
         return {e.path: src.values(e) for e in src.entries}
 
 
@@ -156,6 +164,8 @@ def restore(src, dst, *, in_place: bool = False) -> Report:
 def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
     start = time.perf_counter()
     src, dst = os.fspath(src), os.fspath(dst)
+    if sharded.is_index(src):
+        return _write_sharded(src, dst, recipe, in_place, restoring, start)
     container(src)  # missing, directory or not a Keras file: fail before creating anything
     if atomic.same_file(src, dst) and not in_place:
         raise KerasFileError(f"{dst}: is the source file; give in_place=True (--in-place) to overwrite it")
@@ -174,6 +184,38 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
             else:
                 _write_weights(source, tmp, recipe, report)
     report.size_after = os.path.getsize(dst)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring: bool, start: float) -> Report:
+    """A sharded index and its shards: one plan over all shards, one output shard per source
+    shard, everything renamed into place once complete (the index last)."""
+    dst_dir = os.path.dirname(os.path.abspath(dst))
+    if os.path.isdir(dst):
+        raise KerasFileError(f"{dst}: is a directory")
+    with Shards(src, tmp_dir=dst_dir) as shards, as_file_errors(src):
+        names = sharded.output_names(dst, len(shards.sources))
+        finals = [os.path.join(dst_dir, n) for n in names] + [dst]
+        if not in_place and any(atomic.same_file(s.path, f) for s in shards.sources for f in finals) \
+                or not in_place and atomic.same_file(src, dst):
+            raise KerasFileError(f"{dst}: would overwrite the source's shards; give in_place=True (--in-place)")
+        if restoring and any(s.packed is None for s in shards.sources):
+            raise KerasFileError(f"{src}: not a packed file; nothing to restore")
+        _refuse_requantizing(shards, recipe)
+        report = Report(src, dst, shards.description, recipe.to_dict(), role_source=shards.role_source,
+                        size_before=shards.size())
+        buffers = Buffers()
+        work = plan(shards, recipe, buffers)
+        with sharded.written_shards(dst, names) as (temps, index_tmp):
+            for source, tmp in zip(shards.sources, temps):
+                _write_weights(source, tmp, recipe, report, work, buffers)
+            total = sum(os.path.getsize(t) for t in temps)
+            index = sharded.output_index(shards.index, dict(zip(shards.names, names)), total)
+            with open(index_tmp, "w") as f:
+                json.dump(index, f, indent=4)
+        report.notes = list(dict.fromkeys(work.notes + report.notes))
+    report.size_after = sum(os.path.getsize(f) for f in finals)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -212,14 +254,17 @@ def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir
             os.unlink(weights)
 
 
-def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> Writer:
-    """The weights HDF5 file: everything copied, the planned weights transformed; returns the
-    writer (which may replace other members of a .keras archive)."""
-    buffers = Buffers()
+def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, work=None,
+                   buffers: Buffers | None = None) -> Writer:
+    """The weights HDF5 file: everything copied, the planned weights transformed (`work`: the
+    plan of all shards, for one shard); returns the writer (which may replace other members of
+    a .keras archive)."""
+    buffers = Buffers() if buffers is None else buffers
     writer = WRITERS[recipe.storage](recipe, source.layout)
     writer.start(source, report)
-    work = plan(source, recipe, buffers)  # reads one tensor at a time, before anything is written
-    report.notes.extend(work.notes)
+    if work is None:
+        work = plan(source, recipe, buffers)  # reads one tensor at a time, before anything is written
+        report.notes.extend(work.notes)
     rows = {}
     with writer.open(tmp) as f:
         hooks = {e.path: _rewrite_hook(source, e, recipe, work.counts, writer, rows, buffers)
