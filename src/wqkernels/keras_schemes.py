@@ -98,7 +98,7 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
     >>> import numpy as np
     >>> codes, scale = absmax_quantize(np.array([[0.5, -2.0], [1.0, 4.0]], np.float32), axes=(0,))
     >>> codes
-    array([[ 64, -64],
+    array([[ 63, -64],
            [127, 127]], dtype=int8)
     >>> scale.shape
     (1, 2)
@@ -149,9 +149,9 @@ def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bo
     Examples
     --------
     >>> import numpy as np
-    >>> codes, scale, zero = grouped_quantize(np.array([[1.0], [2.0], [3.0]], np.float32), 2)
+    >>> codes, scale, zero = grouped_quantize(np.array([[-1.0], [2.0], [3.0]], np.float32), 2)
     >>> codes.ravel(), zero.ravel()
-    (array([-1,  7, -8], dtype=int8), array([-16, -8], dtype=int8))
+    (array([-8,  7,  7], dtype=int8), array([-3, -8], dtype=int8))
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
