@@ -6,8 +6,9 @@ import h5py
 import numpy as np
 
 from ..keras_schemes import bfloat16_bits, bfloat16_values, round_bfloat16
+from .h5tree import filters
 
-__all__ = ["BFLOAT16", "dtype_name", "is_float", "read_float32", "stored_values", "new_bfloat16"]
+__all__ = ["BFLOAT16", "dtype_name", "is_float", "read_float32", "stored_values", "new_float", "new_bfloat16"]
 
 BFLOAT16 = "bfloat16"
 _SLICE = 1 << 20
@@ -50,6 +51,20 @@ def stored_values(values: np.ndarray, name: str, out: np.ndarray) -> np.ndarray:
         part = src[i:i + _SLICE]
         dst[i:i + _SLICE] = part.astype(np.float16) if name == "float16" else round_bfloat16(part)
     return out
+
+
+def new_float(datasets, group: h5py.Group, name: str, values: np.ndarray, dtype: str, compress: str,
+              like: h5py.Dataset | None) -> h5py.Dataset:
+    """float32 `values` as a dataset of type `dtype` (a :func:`dtype_name`) made by `datasets`
+    (an :class:`~.h5tree.Datasets`), with the attributes of `like`."""
+    if dtype != BFLOAT16:
+        return datasets.new(group, name, values, compress, like=like, dtype=np.dtype(dtype))
+    dset = new_bfloat16(group, name, values, **filters(compress, values.size * 2))
+    if like is not None:
+        for key, value in like.attrs.items():
+            if key not in dset.attrs:
+                dset.attrs[key] = value
+    return dset
 
 
 def new_bfloat16(group: h5py.Group, name: str, values: np.ndarray, **options) -> h5py.Dataset:

@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import keras_schemes as ks
 from ..quantization import quantize
-from .dtypes import BFLOAT16, new_bfloat16, stored_values
+from .dtypes import BFLOAT16, new_bfloat16, new_float, stored_values
 from .errors import KerasFileError
 from .layouts import CONFIG_MEMBER, Entry
 from .roles import ModelLayers, quantization_mode
@@ -188,7 +188,7 @@ class KerasWriter(Writer):
                 return "a sublayer without a config of its own: Keras 3.15 cannot reload it quantized"
             if layer_config.get("class_name") != cls:
                 return f"{cls} subclass"
-            if _source_policy(layer_config) == "float16":
+            if _source_policy(layer_config) in ("float16", "mixed_float16"):
                 return "float16 compute: Keras does not quantize it"
             inner = layer_config.get("config", {})
             einsum = None
@@ -209,7 +209,7 @@ class KerasWriter(Writer):
         if native is None:  # float storage, own dtype
             values = x if quantization is None else quantization.values(x, out)
             values = stored_values(values, dtype, out)
-            return values, self._float(group, name, values, dtype, like)
+            return values, int(new_float(self, group, name, values, dtype, self.recipe.compress, like).id.get_storage_size())
         bits, block = quantization.bits, self.recipe.block_size
         arrays, values = _native_arrays(native, x, bits, block, quantization.method, dtype == BFLOAT16, out)
         index = int(name)
@@ -224,13 +224,6 @@ class KerasWriter(Writer):
         if native.config is not None:
             self._quantize_config(native, bits, block)
         return values, nbytes
-
-    def _float(self, group, name, values, dtype, like) -> int:
-        if dtype == BFLOAT16:
-            dset = new_bfloat16(group, name, values)
-        else:
-            dset = self.new(group, name, values, self.recipe.compress, like=like, dtype=np.dtype(dtype))
-        return int(dset.id.get_storage_size())
 
     def _quantize_config(self, native: NativeKernel, bits: int, block: int | None) -> None:
         """The layer's dtype policy and quantization_config as Keras writes them."""

@@ -97,7 +97,7 @@ class PackedWriter(Writer):
         scale, zero_point = codes.scale, codes.zero_point
         del codes
         values = quantization.values(x, out, scale, zero_point)
-        placeholder(group, name, entry.shape, np.float32, like)
+        placeholder(group, name, entry.shape, like.dtype, like)  # restored in the weight's own type
         return values, nbytes
 
     def add(self, path: str, shape: tuple, qa: QuantizedArray, compress: str) -> int:

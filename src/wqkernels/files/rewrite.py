@@ -26,6 +26,7 @@ import numpy as np
 from ..statistics import sparsity
 from . import atomic, sharded
 from .buffers import Buffers
+from .dtypes import dtype_name, new_float, stored_values
 from .errors import KerasFileError, as_file_errors
 from .h5tree import Datasets, copy_attrs, copy_tree
 from .layouts import KERAS_MEMBER, Entry, container
@@ -312,7 +313,9 @@ def _restore_hook(source: Source, e: Entry, out: Datasets, rows: dict):
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         record = source.packed.tensors[e.path]
         x = source.packed.read(e.path)
-        written = out.new(group, name, x, record.get("compress", "none"), like=dset)
+        dtype = dtype_name(dset) if dset.dtype.kind == "V" else ("float16" if dset.dtype == np.float16 else "float32")
+        x = stored_values(x, dtype, x)
+        written = new_float(out, group, name, x, dtype, record.get("compress", "none"), like=dset)
         sp = sparsity(x)
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, sp, sp, record["bits"], None, None,
                                  source.stored_bytes(e), int(written.id.get_storage_size()))

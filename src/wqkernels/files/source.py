@@ -131,11 +131,12 @@ class Source:
         return out
 
     def values(self, entry: Entry) -> np.ndarray:
-        """The weight's float values: :meth:`read`, or for a kernel Keras quantized, the float32
-        kernel its layer computes with."""
+        """The weight's values: :meth:`read` (float16 as float32), or for a kernel Keras quantized,
+        the float32 kernel its layer computes with."""
         q = self.quantized.get(entry.path)
         if q is None:
-            return self.read(entry)
+            data = self.read(entry)
+            return data.astype(np.float32) if data.dtype == np.float16 else data
         paths = {e.path: e for e in self.entries}
         return dequantize_kernel(self.root, q, lambda p: self.read(paths[p]))
 

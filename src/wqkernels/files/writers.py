@@ -12,8 +12,8 @@ import contextlib
 import h5py
 import numpy as np
 
-from .dtypes import BFLOAT16, new_bfloat16, stored_values
-from .h5tree import Datasets, filters
+from .dtypes import BFLOAT16, new_float, stored_values
+from .h5tree import Datasets
 from .layouts import Entry
 from .recipe import Recipe
 from .transform import Quantization
@@ -67,16 +67,5 @@ class FloatWriter(Writer):
         if dtype not in ("float16", BFLOAT16):
             dtype = "float32"
         values = stored_values(values, dtype, out)
-        if dtype == BFLOAT16:
-            dset = new_bfloat16(group, name, values, **filters(self.recipe.compress, values.size * 2))
-            copy_attrs_except(like, dset, "dtype")
-        else:
-            dset = self.new(group, name, values, self.recipe.compress, like=like, dtype=np.dtype(dtype))
+        dset = new_float(self, group, name, values, dtype, self.recipe.compress, like)
         return values, int(dset.id.get_storage_size())
-
-
-def copy_attrs_except(src: h5py.Dataset, dst: h5py.Dataset, *names: str) -> None:
-    """Attributes of `src` that `dst` does not have yet and that are not in `names`."""
-    for key, value in src.attrs.items():
-        if key not in names and key not in dst.attrs:
-            dst.attrs[key] = value
