@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import h5py
 
+from .dtypes import dtype_name, is_bfloat16, is_float
 from .errors import KerasFileError
 from .h5tree import DatasetInfo, read_name_list, walk
 from .roles import KERNEL_ROLES, ModelLayers, channel_axis, parse_config, var_role, weight_role
@@ -142,12 +143,12 @@ def entries(f: h5py.File, layout: str, config: dict | None, where: str, members:
     raise KerasFileError(f"{where}: unsupported layout {layout!r}")
 
 
-def _entry(path, info: DatasetInfo, layer, layer_class, role, source, quantized=False) -> Entry:
+def _entry(path, info: DatasetInfo, layer, layer_class, role, source, quantized=False, dtype=None) -> Entry:
     shape = info.shape
-    is_float = info.dtype.kind == "f"
-    prunable = role in KERNEL_ROLES and is_float and len(shape) >= 2 and not quantized
+    dtype = str(info.dtype) if dtype is None else dtype
+    prunable = role in KERNEL_ROLES and is_float(dtype) and len(shape) >= 2 and not quantized
     axis = channel_axis(layer_class, role, len(shape)) if prunable else None
-    return Entry(path, layer, layer_class, role, source, prunable, axis, shape, str(info.dtype))
+    return Entry(path, layer, layer_class, role, source, prunable, axis, shape, dtype)
 
 
 def _dataset(members: dict, path: str, where: str) -> DatasetInfo:
@@ -205,8 +206,9 @@ def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]
         cls, quantized, how = layers.class_for_group(owner, None if in_cell else vname)
         role = var_role(cls, index, in_cell)
         if role is None:  # no class for the layer: a float tensor of 2 or more axes is taken for a kernel
-            guess = obj.dtype.kind == "f" and len(obj.shape) >= 2
+            guess = (obj.dtype.kind == "f" or is_bfloat16(f[path])) and len(obj.shape) >= 2
             role, how = ("kernel", "shape") if guess else ("unknown", "none")
         layer = owner if in_cell or vname is None else vname
-        out.append(_entry(path, obj, layer, cls, role, how, quantized))
+        dtype = dtype_name(f[path]) if obj.dtype.kind == "V" else None
+        out.append(_entry(path, obj, layer, cls, role, how, quantized, dtype))
     return out

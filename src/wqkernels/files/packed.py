@@ -106,7 +106,7 @@ class PackedWriter(Writer):
         scale, zero_point = codes.scale, codes.zero_point
         del codes
         values = quantization.values(x, out, scale, zero_point)
-        placeholder(group, name, entry.shape, np.float32, like)
+        placeholder(group, name, entry.shape, like.dtype, like)  # restored in the weight's own type
         return values, nbytes
 
     def add(self, path: str, shape: tuple, qa: QuantizedArray, compress: str) -> int:
@@ -407,7 +407,7 @@ class PackedReader:
         version 3, every placeholder has one of them."""
         for path, t in self.tensors.items():
             stub = self.members.get(path)
-            if not isinstance(stub, DatasetInfo) or stub.dtype != np.float32 or stub.shape != tuple(t["shape"]) \
+            if not isinstance(stub, DatasetInfo) or not _weight_dtype(stub.dtype) or stub.shape != tuple(t["shape"]) \
                     or stub.stored or (self.version >= 3 and not stub.placeholder):
                 raise KerasFileError(f"{self.where}: packed record of {path!r} does not match the skeleton's "
                                      f"dataset there")
@@ -481,6 +481,12 @@ def _ints(values, name: str) -> list[int]:
     if any(v < 0 for v in out):
         raise ValueError(f"{name} has a negative value")
     return out
+
+
+def _weight_dtype(dtype: np.dtype) -> bool:
+    """Whether a placeholder's dtype is one a quantized weight is stored in: float32, float16, or
+    bfloat16 (an opaque 2-byte type)."""
+    return (dtype.kind == "f" and dtype.itemsize in (2, 4)) or (dtype.kind == "V" and dtype.itemsize == 2)
 
 
 def _member(group: h5py.Group | None, name: str, kind: type, where: str):

@@ -155,11 +155,21 @@ def layer_name(layer_config: dict) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _is_quantized(layer_config: dict) -> bool:
-    """Layers already in Keras's own int8 format (a QuantizedDTypePolicy) are left alone."""
+def quantization_mode(layer_config: dict) -> str | None:
+    """The mode of a layer Keras has quantized (``"int8"``, ``"int4/128"``, ...: its dtype
+    policy's), or None for a float layer."""
     inner = layer_config.get("config")
     dtype = inner.get("dtype") if isinstance(inner, dict) else None
-    return isinstance(dtype, dict) and "Quantized" in str(dtype.get("class_name", ""))
+    policy = dtype.get("config") if isinstance(dtype, dict) else None
+    mode = policy.get("mode") if isinstance(policy, dict) else None
+    if isinstance(mode, str):
+        return mode
+    return "int8" if isinstance(dtype, dict) and "Quantized" in str(dtype.get("class_name", "")) else None
+
+
+def _is_quantized(layer_config: dict) -> bool:
+    """Layers already in Keras's own quantized formats are left alone."""
+    return quantization_mode(layer_config) is not None
 
 
 class ModelLayers:
@@ -214,6 +224,10 @@ class ModelLayers:
             if found is not None and class_name(found) is not None:
                 return class_name(found), _is_quantized(found), "config"
         return class_from_name(group_name, self.classes), False, "names"
+
+    def find(self, name: str | None) -> dict | None:
+        """The config of the (innermost) layer named `name`, or None."""
+        return None if name is None or self.config is None else self._find(self.config, name)
 
     def _find(self, config: dict, name: str) -> dict | None:
         for child in _children(config) or []:

@@ -102,16 +102,6 @@ def _prune(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, out: np.ndarra
     return prune_n_m(x.reshape(view), n=n_m[0], m=n_m[1], axis=axis, out=out.reshape(view)).reshape(e.shape)
 
 
-def half_values(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """x rounded to float16 (as NumPy does), kept as float32 in `out` (which may be x): HDF5
-    then writes the float16 dataset from it exactly, and no half-size copy is made."""
-    src, dst = x.reshape(-1), out.reshape(-1)
-    step = 1 << 20
-    for i in range(0, src.size, step):
-        dst[i:i + step] = src[i:i + step].astype(np.float16)
-    return out
-
-
 def statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
     """(sparsity before, sparsity after, mse, SQNR dB) of one rewritten weight, in one pass."""
     stats, before, after = compare(original, stored)
