@@ -7,9 +7,9 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _core
-from ._checks import bits_view, float_array, nonfinite_error
+from ._checks import bits_view, check_int, float_array, is_real, nonfinite_error
 
-__all__ = ["ErrorStats", "sparsity", "error", "compare"]
+__all__ = ["ErrorStats", "sparsity", "error", "compare", "histogram_edges"]
 
 
 class ErrorStats(NamedTuple):
@@ -78,11 +78,32 @@ def error(x, x_hat) -> ErrorStats:
     return compare(x, x_hat)[0]
 
 
-def compare(x, x_hat) -> tuple[ErrorStats, float, float]:
-    """:func:`error` of x_hat, and the :func:`sparsity` of x and of x_hat, in one pass.
+def compare(x, x_hat, *, bins: int = 0, range=None):
+    """:func:`error` of x_hat, and the :func:`sparsity` of x and of x_hat, in one pass; with
+    `bins`, also the histograms of x and of x_hat.
 
     What a rewrite reports for each weight it changes; the same results as the three calls
     (validation and errors included), at the cost of one.
+
+    Parameters
+    ----------
+    x, x_hat : array_like of float16, float32 or float64
+        The same shape; differing dtypes are compared in the wider one.
+    bins : int
+        0 (the default): no histograms.  Otherwise the number of equal bins over `range`.
+    range : (float, float), optional
+        The histograms' lower and upper edges; default: the smallest and the largest value of
+        x and x_hat.  Values outside it count in the first or the last bin.  An empty range
+        (both edges equal) is widened by 0.5 on each side, as :func:`numpy.histogram` does.
+
+    Returns
+    -------
+    (ErrorStats, float, float)
+        The error, the sparsity of x and that of x_hat.
+    (ErrorStats, float, float, ndarray, ndarray)
+        With `bins`, also the counts (int64 of shape ``(2, bins)``: x's, then x_hat's) and the
+        ``bins + 1`` edges (float64).  Counts are those of :func:`numpy.histogram` over the
+        values, in float64, clipped to the range: bit for bit, so each sums to the size.
 
     Examples
     --------
@@ -91,23 +112,83 @@ def compare(x, x_hat) -> tuple[ErrorStats, float, float]:
     >>> x = np.array([1.0, -2.0, 3.0, 0.0], dtype=np.float32)
     >>> compare(x, np.array([0.0, -2.0, 3.0, 0.0], dtype=np.float32))
     (ErrorStats(mse=0.25, max_abs=1.0, sqnr_db=11.46128035678238), 0.25, 0.5)
+    >>> stats, _, _, counts, edges = compare(x, np.array([0.0, -2.0, 3.0, 0.0], np.float32), bins=5)
+    >>> counts
+    array([[1, 0, 1, 1, 1],
+           [1, 0, 2, 0, 1]])
+    >>> edges
+    array([-2., -1.,  0.,  1.,  2.,  3.])
     """
     xc = float_array(x)
     xh = float_array(x_hat, "x_hat")
     if xc.shape != xh.shape:
         raise ValueError(f"x and x_hat must have the same shape, got {xc.shape} and {xh.shape}")
+    bins = check_int(bins, "bins", 0)
     common = np.result_type(xc, xh)
     xc, xh = xc.astype(common, copy=False), xh.astype(common, copy=False)
     if xc.size == 0:
-        return ErrorStats(0.0, 0.0, math.inf), 0.0, 0.0
-    sums = np.empty(3, dtype=np.float64)
-    zeros = np.empty(2, dtype=np.int64)
-    if not _core.error_sums(bits_view(xc), bits_view(xh), sums, zeros):
-        bad_x = not np.isfinite(xc).all()
-        raise nonfinite_error(xc if bad_x else xh, "x" if bad_x else "x_hat")
-    signal, noise, max_abs = (float(v) for v in sums)
-    stats = ErrorStats(noise / xc.size, max_abs, _sqnr_db(signal, noise))
-    return stats, int(zeros[0]) / xc.size, int(zeros[1]) / xc.size
+        result = ErrorStats(0.0, 0.0, math.inf), 0.0, 0.0
+    else:
+        sums = np.empty(3, dtype=np.float64)
+        zeros = np.empty(2, dtype=np.int64)
+        if not _core.error_sums(bits_view(xc), bits_view(xh), sums, zeros):
+            bad_x = not np.isfinite(xc).all()
+            raise nonfinite_error(xc if bad_x else xh, "x" if bad_x else "x_hat")
+        signal, noise, max_abs = (float(v) for v in sums)
+        stats = ErrorStats(noise / xc.size, max_abs, _sqnr_db(signal, noise))
+        result = stats, int(zeros[0]) / xc.size, int(zeros[1]) / xc.size
+    if not bins:
+        return result
+    edges = histogram_edges(bins, _range(xc, xh) if range is None else range)
+    counts = np.stack([_histogram(a, edges) for a in (xc, xh)])
+    return (*result, counts, edges)
+
+
+def histogram_edges(bins: int, range) -> np.ndarray:
+    """The ``bins + 1`` equal-width edges (float64) :func:`compare` counts in over `range`.
+
+    Examples
+    --------
+    >>> from wqkernels.statistics import histogram_edges
+    >>> histogram_edges(4, (0, 2))
+    array([0. , 0.5, 1. , 1.5, 2. ])
+    >>> histogram_edges(2, (1, 1))
+    array([0.5, 1. , 1.5])
+    """
+    bins = check_int(bins, "bins", 1)
+    pair = tuple(range) if isinstance(range, (tuple, list, np.ndarray)) else ()
+    if len(pair) != 2 or not all(is_real(v) for v in pair):
+        raise TypeError(f"range must be a pair of real numbers, got {range!r}")
+    lo, hi = float(pair[0]), float(pair[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(hi - lo)):
+        raise ValueError(f"range must be finite, got {range!r}")
+    if lo > hi:
+        raise ValueError(f"range must run from low to high, got {range!r}")
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, bins + 1)
+
+
+def _range(x: np.ndarray, x_hat: np.ndarray) -> tuple[float, float]:
+    """From the smallest to the largest value of the two (finite) arrays; (0, 1) when empty."""
+    if x.size == 0:
+        return 0.0, 1.0
+    return float(min(x.min(), x_hat.min())), float(max(x.max(), x_hat.max()))
+
+
+#: elements histogrammed at a time: bounded float64 temporaries
+_HISTOGRAM_BLOCK = 1 << 16
+
+
+def _histogram(a: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts of the (finite) values of `a` in float64, clipped to the edges' range."""
+    lo, hi = float(edges[0]), float(edges[-1])
+    flat = a.reshape(-1)
+    counts = np.zeros(edges.size - 1, np.int64)
+    for start in range(0, flat.size, _HISTOGRAM_BLOCK):
+        block = np.clip(flat[start:start + _HISTOGRAM_BLOCK].astype(np.float64), lo, hi)
+        counts += np.histogram(block, edges.size - 1, (lo, hi))[0]
+    return counts
 
 
 def _sqnr_db(signal: float, noise: float) -> float:

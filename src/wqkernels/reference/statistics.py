@@ -21,3 +21,18 @@ def error(x, x_hat):
     signal, noise = float(np.sum(x * x)), float(np.sum(d * d))
     sqnr = math.inf if noise == 0 else (-math.inf if signal == 0 else 10 * math.log10(signal / noise))
     return ErrorStats(noise / x.size, float(np.max(np.abs(d))), sqnr)
+
+
+def compare(x, x_hat, bins=0, range=None):
+    """error, both sparsities and (with bins) numpy.histogram of each, clipped to the range."""
+    result = error(x, x_hat), sparsity(x), sparsity(x_hat)
+    if not bins:
+        return result
+    a, b = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (x, x_hat))
+    if range is None:
+        range = (0.0, 1.0) if a.size == 0 else (min(a.min(), b.min()), max(a.max(), b.max()))
+    lo, hi = (float(v) for v in range)
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts = np.stack([np.histogram(np.clip(v, lo, hi), bins, (lo, hi))[0] for v in (a, b)]).astype(np.int64)
+    return (*result, counts, np.linspace(lo, hi, bins + 1))
