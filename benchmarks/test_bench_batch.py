@@ -1,4 +1,4 @@
-"""Batch rewriting at scale (issue 6): parallel speed-up and the memory of one rewrite.
+"""Batch rewriting at scale: parallel speed-up and the memory of one rewrite.
 
 - speed: 16 legacy .h5 files of ~20 MB rewritten (int8 per channel, float32 storage) with
   ``--workers 1`` and ``--workers 2``, interleaved, best of `repeat`; goal: 2 workers at least
@@ -28,7 +28,7 @@ MB = 1_000_000
 MiB = 1 << 20
 #: the ~1 GB files: (Dense layers, kernel side); 16 MiB kernels, or 256 MiB ones
 BIG_MODELS = [(64, 2048), (4, 8192)]
-#: the recipes whose memory is measured: int8 (the issue's), global pruning with int4, packed storage
+#: the recipes whose memory is measured: int8, global pruning with int4, packed storage
 RECIPES = [("--bits", "8"), ("--sparsity", "0.5", "--bits", "4"), ("--bits", "8", "--storage", "packed")]
 
 

@@ -1,9 +1,16 @@
-"""Shared test helpers: array strategies for hypothesis and exact comparisons."""
+"""Shared test helpers: array strategies for hypothesis, exact comparisons, files and the CLI."""
 from __future__ import annotations
 
+import hashlib
+import os
+
+import h5py
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+import wqkernels
+from wqkernels.cli import main
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
@@ -55,3 +62,59 @@ def axes_for(ndim: int):
     if ndim == 0:
         return st.none()
     return st.one_of(st.none(), st.integers(-ndim, ndim - 1))
+
+
+# ---- files and the command line ------------------------------------------------------------
+
+def sha256_of(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def listing(directory) -> set:
+    return set(os.listdir(directory))
+
+
+def hdf5_attrs(obj) -> dict:
+    """Attributes with their exact HDF5 types (class, size, cset) and values."""
+    out = {}
+    for name in obj.attrs:
+        aid = h5py.h5a.open(obj.id, name.encode())
+        tid = aid.get_type()
+        kind = (type(tid).__name__, tid.get_size(),
+                tid.get_cset() if isinstance(tid, h5py.h5t.TypeStringID) else None,
+                tid.is_variable_str() if isinstance(tid, h5py.h5t.TypeStringID) else None)
+        value = obj.attrs[name]
+        out[name] = (kind, value.tolist() if isinstance(value, np.ndarray) else value)
+    return out
+
+
+def hdf5_tree(f: h5py.File) -> dict:
+    """Every object: groups with attributes, datasets with attributes, dtype, shape and filters."""
+    out = {"/": ("group", hdf5_attrs(f))}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Group):
+            out[name] = ("group", hdf5_attrs(obj))
+        else:
+            out[name] = ("dataset", hdf5_attrs(obj), str(obj.dtype), obj.shape, obj.compression)
+    f.visititems(visit)
+    return out
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def kernels_of(path) -> dict:
+    return {k: v for k, v in wqkernels.load_weights(path).items()
+            if k.endswith(("kernel:0", "depthwise_kernel:0"))}
+
+
+def assert_same_weights(a, b) -> None:
+    wa, wb = wqkernels.load_weights(a), wqkernels.load_weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert_bit_equal(wa[k], wb[k], k)

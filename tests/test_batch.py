@@ -20,8 +20,7 @@ from wqkernels import BatchError, Recipe, batch
 from wqkernels.cli import main
 from wqkernels.progress import progress_bar
 
-from .helpers import assert_bit_equal
-from .test_files import keras3_zip, run_cli  # noqa: F401 -- a fixture and the in-process CLI
+from .helpers import assert_bit_equal, run_cli
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
@@ -282,6 +281,7 @@ def _cli(*args, **popen):
                             stderr=subprocess.PIPE, text=True, **popen)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGINT to the process group (Ctrl-C)", "SIGTERM to the parent"])
 def test_interrupt_then_resume_equals_a_clean_run(how, tmp_path):
     sources = _models(tmp_path / "runs", 12, layers=3, side=256)  # 0.8 MB each
@@ -318,6 +318,7 @@ def test_interrupt_then_resume_equals_a_clean_run(how, tmp_path):
 
 # ---- dask --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::DeprecationWarning")
 def test_dask_local_cluster(tmp_path, capsys):
     distributed = pytest.importorskip("distributed", reason="--dask needs dask.distributed")
@@ -333,6 +334,7 @@ def test_dask_local_cluster(tmp_path, capsys):
         assert_same_datasets(out / src.name, _single(src, tmp_path))
 
 
+@pytest.mark.slow
 def test_dask_unreachable(tmp_path, capsys):
     pytest.importorskip("distributed", reason="--dask needs dask.distributed")
     sources = _models(tmp_path / "runs", 1)

@@ -52,6 +52,11 @@ def add_recipe_options(p) -> None:
     p.add_argument("--granularity", default="channel", help="tensor, channel (default) or block:N")
     p.add_argument("--method", choices=METHODS,
                    help="scale choice (default: mse at <= 4 bits, minmax above)")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
+                      help="signed codes, zero point 0 (the default)")
+    grid.add_argument("--asymmetric", dest="symmetric", action="store_false",
+                      help="unsigned codes over [min, max] with a zero point per group")
     p.add_argument("--storage", choices=STORAGES, default="float32",
                    help="float32 (default, loads in any Keras), float16, or packed codes (smallest; "
                         "wqkernels restore makes it loadable)")
@@ -76,7 +81,8 @@ def recipe_from_args(args) -> Recipe:
         return Recipe(sparsity=sparsity, bits=args.bits, granularity=args.granularity, method=args.method,
                       storage=args.storage, compress=args.compress, strip_optimizer=args.strip_optimizer,
                       include=tuple(args.include), exclude=tuple(args.exclude), min_size=args.min_size,
-                      allocation=args.allocation, target_sqnr=args.target_sqnr)
+                      allocation=args.allocation, target_sqnr=args.target_sqnr,
+                      **({} if args.symmetric is None else {"symmetric": args.symmetric}))
     except (ValueError, TypeError) as exc:
         raise CommandError(f"impossible recipe: {exc}") from None
 

@@ -148,8 +148,8 @@ def filters(compress: str, nbytes: int) -> dict:
 
 
 #: compressed datasets are chunked in runs of whole trailing rows of about this many bytes: HDF5
-#: keeps memory for every chunk it has written (h5py's own guess gives 64 KiB chunks: 26 MB kept
-#: after a 256 MiB kernel, 11 MB with 1 MiB chunks, the same file size, a write ~10 % slower)
+#: keeps memory for every chunk it has written, so a few large chunks keep less than many of
+#: h5py's 64 KiB guess, for the same file size
 CHUNK_BYTES = 1 << 20
 
 

@@ -1,0 +1,89 @@
+"""Every layout read and written exactly: Keras 2.0, tf.keras, Keras 3 (.weights.h5, .keras)."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+
+import wqkernels
+from wqkernels import Recipe, reference
+
+from .helpers import assert_bit_equal, hdf5_tree, run_cli, sha256_of
+
+
+def test_inspect_keras20(keras20):
+    path, _ = keras20
+    infos = {i.path: i for i in wqkernels.inspect(path)}
+    k = infos["model_weights/conv2d_1/conv2d_1_1/kernel:0"]
+    assert (k.layer, k.layer_class, k.role, k.prunable, k.shape) == ("conv2d_1", "Conv2D", "kernel", True, (3, 3, 3, 4))
+    assert infos["model_weights/depthwise_conv2d_1/depthwise_conv2d_1_1/depthwise_kernel:0"].prunable
+    assert not infos["model_weights/dense_1/dense_1_1/bias:0"].prunable
+    assert infos["optimizer_weights/Variable_0:0"].role == "optimizer"
+
+
+def test_inspect_json(keras20, capsys):
+    code, out, err = run_cli(["inspect", keras20[0], "--json"], capsys)
+    assert code == 0 and err == ""
+    rows = json.loads(out)
+    assert {"path", "layer", "layer_class", "role", "prunable", "shape", "dtype", "nbytes", "sparsity"} <= set(rows[0])
+    assert rows[0]["shape"] == [3, 3, 3, 4]
+
+
+@pytest.mark.parametrize("which", ["keras20", "tfkeras"])
+def test_rewrite_keras2_layouts_exact(which, keras20, tfkeras, tmp_path, capsys):
+    src, values = keras20 if which == "keras20" else tfkeras
+    before = sha256_of(src)
+    dst = tmp_path / "out.h5"
+    code, out, err = run_cli(["rewrite", src, "-o", dst, "--bits", "4"], capsys)
+    assert code == 0, err
+    assert sha256_of(src) == before
+    with h5py.File(src) as a, h5py.File(dst) as b:
+        ta, tb = hdf5_tree(a), hdf5_tree(b)
+        assert ta.keys() == tb.keys()
+        for name in ta:
+            assert ta[name] == tb[name], name  # attributes with exact types, dtypes, shapes
+        expected = {"conv2d_1": (0, 3), "depthwise_conv2d_1": (0, 2), "dense_1": (0, 1)}
+        for layer, (index, axis) in expected.items():
+            g = b[f"model_weights/{layer}" if which == "keras20" else layer]
+            names = [n.decode() for n in g.attrs["weight_names"]]
+            assert_bit_equal(g[names[index]][()],
+                             reference.fake_quantize(values[layer][index], 4, axis=axis, method="mse"), layer)
+            assert_bit_equal(g[names[1]][()], values[layer][1], "bias kept")
+    if which == "tfkeras":
+        with h5py.File(dst) as b:
+            assert "layer_names" not in b.attrs and "layer_names1" in b.attrs
+
+
+def test_keras3_zip_rewrite(keras3_zip, tmp_path):
+    dst = tmp_path / "out.keras"
+    report = wqkernels.rewrite(keras3_zip, dst, Recipe(bits=4, granularity="channel", strip_optimizer=True))
+    assert "names" in report.role_source
+    with zipfile.ZipFile(keras3_zip) as a, zipfile.ZipFile(dst) as b:
+        assert [(i.filename, i.compress_type) for i in a.infolist()] == \
+            [(i.filename, i.compress_type) for i in b.infolist()]
+        for name in ("metadata.json", "config.json"):
+            assert a.read(name) == b.read(name)
+    before, after = wqkernels.load_weights(keras3_zip), wqkernels.load_weights(dst)
+    assert "optimizer/vars/0" not in after
+    for path, axis in (("layers/conv2d/vars/0", 3), ("layers/depthwise_conv2d/vars/0", 2),
+                       ("layers/conv2d_transpose/vars/0", 2), ("layers/embedding/vars/0", 0)):
+        assert_bit_equal(after[path], reference.fake_quantize(before[path], 4, axis=axis, method="mse"), path)
+    assert_bit_equal(after["layers/conv2d/vars/1"], before["layers/conv2d/vars/1"])
+
+
+def test_group_creation_order_kept(tmp_path):
+    src = tmp_path / "ordered.h5"
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = np.array([b"zeta", b"alpha"])
+        for name in ("zeta", "alpha"):
+            g = f.create_group(name, track_order=True)
+            g.attrs["weight_names"] = np.array([f"{name}/kernel:0".encode()])
+            g.create_dataset(f"{name}/kernel:0", data=np.ones((4, 4), np.float32))
+            g.create_group("z_extra")
+            g.create_group("a_extra")
+    wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(bits=8))
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert list(f["zeta"]) == ["zeta", "z_extra", "a_extra"]

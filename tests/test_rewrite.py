@@ -1,0 +1,125 @@
+"""rewrite and restore: reports, storages, compression, in place, interruption, other processes."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import os
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+
+import wqkernels
+from wqkernels import Recipe, reference
+
+from .helpers import assert_bit_equal, listing, run_cli, sha256_of
+
+
+def test_report_json_and_table(keras20, tmp_path, capsys):
+    report_path = tmp_path / "r.json"
+    code, out, err = run_cli(["rewrite", keras20[0], "-o", tmp_path / "o.h5", "--bits", "8",
+                              "--report", report_path], capsys)
+    assert code == 0, err
+    assert "SQNR" in out and "ratio" in out
+    data = json.loads(report_path.read_text())
+    assert len(data["weights"]) == 3 and data["totals"]["bits_per_weight"] == 8
+    assert all(w["sqnr_db"] > 30 for w in data["weights"])
+
+
+def test_strip_optimizer_float16_and_compression(keras20, tmp_path):
+    src, values = keras20
+    dst = tmp_path / "o.h5"
+    report = wqkernels.rewrite(src, dst, Recipe(storage="float16", compress="gzip", strip_optimizer=True))
+    with h5py.File(dst) as f:
+        assert "optimizer_weights" not in f
+        kernel = f["model_weights/dense_1/dense_1_1/kernel:0"]
+        assert kernel.dtype == np.float16 and kernel.compression is None  # 640 bytes: too small to gain
+        assert_bit_equal(kernel[()], values["dense_1"][0].astype(np.float16))
+    assert pickle.loads(pickle.dumps(report)).to_dict() == report.to_dict()
+
+
+def test_large_datasets_get_compressed(tmp_path):
+    src = tmp_path / "big.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = np.array([b"dense"])
+        f.attrs["backend"], f.attrs["keras_version"] = b"tensorflow", b"2.4.0"
+        g = f.create_group("dense")
+        g.attrs["weight_names"] = np.array([b"dense/kernel:0", b"dense/bias:0"])
+        g.create_dataset("dense/kernel:0", data=rng.standard_normal((256, 128)).astype(np.float32))
+        g.create_dataset("dense/bias:0", data=np.zeros(128, np.float32))
+    for compress in ("gzip", "lzf"):
+        dst = tmp_path / f"{compress}.h5"
+        wqkernels.rewrite(src, dst, Recipe(bits=4, compress=compress))
+        with h5py.File(dst) as f:
+            assert f["dense/dense/kernel:0"].compression == compress
+            assert f["dense/dense/bias:0"].compression is None
+        assert os.path.getsize(dst) < 0.75 * os.path.getsize(src)  # 16 values per channel
+
+
+def test_in_place(keras20, capsys):
+    src = keras20[0]
+    code, out, err = run_cli(["rewrite", src, "-o", src, "--bits", "8"], capsys)
+    assert code != 0 and "in-place" in err
+    before = sha256_of(src)
+    code, out, err = run_cli(["rewrite", src, "-o", src, "--bits", "8", "--in-place"], capsys)
+    assert code == 0, err
+    assert sha256_of(src) != before
+    assert listing(src.parent) == {src.name}
+
+
+@pytest.mark.parametrize("which,patched,recipe,suffix", [
+    ("keras20", "fake_quantize", Recipe(bits=4), ".h5"),
+    ("keras3_zip", "quantize", Recipe(bits=4, storage="packed"), ".keras"),
+])
+def test_interrupted_rewrite_leaves_nothing(which, patched, recipe, suffix, request, tmp_path, monkeypatch):
+    src = request.getfixturevalue(which)
+    src = src[0] if isinstance(src, tuple) else src
+    before = sha256_of(src)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(importlib.import_module("wqkernels.files.transform"), patched, interrupt)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        wqkernels.rewrite(src, out_dir / f"o{suffix}", recipe)
+    assert listing(out_dir) == set()
+    assert sha256_of(src) == before
+
+
+def test_permissions_kept_and_no_optimizer_confusion(tfkeras, tmp_path):
+    src = tfkeras[0]
+    dst = tmp_path / "o.h5"
+    dst.write_bytes(b"old")
+    os.chmod(dst, 0o640)
+    report = wqkernels.rewrite(src, dst, Recipe(bits=8, strip_optimizer=True))
+    assert os.stat(dst).st_mode & 0o777 == 0o640
+    assert "optimizer state removed" not in report.notes  # weights-only legacy: nothing to strip
+    assert set(wqkernels.load_weights(dst)) == set(wqkernels.load_weights(src))
+
+
+def test_rewrite_runs_in_another_process(keras20, tmp_path):
+    """What batch rewriting (issue 6) relies on: a picklable call returning a picklable Report."""
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        report = pool.submit(wqkernels.rewrite, str(keras20[0]), str(tmp_path / "o.h5"), Recipe(bits=8)).result()
+    assert report.destination == str(tmp_path / "o.h5") and len(report.rows) == 3
+    assert_bit_equal(wqkernels.load_weights(tmp_path / "o.h5")["model_weights/dense_1/dense_1_1/kernel:0"],
+                     reference.fake_quantize(keras20[1]["dense_1"][0], 8, axis=1))
+
+
+@pytest.mark.parametrize("shape, chunks", [((8192, 8192), (32, 8192)), ((3, 3, 64, 128), (3, 3, 64, 128)),
+                                           ((2, 600_000), (1, 262_144)), ((5_000_000,), (262_144,)), ((7,), (7,))])
+def test_compressed_chunks_are_contiguous_runs_of_about_1_mib(shape, chunks):
+    from wqkernels.files.h5tree import CHUNK_BYTES, chunk_shape
+    got = chunk_shape(shape, 4)
+    assert got == chunks
+    differ = [i for i, (c, n) in enumerate(zip(got, shape)) if c != n]
+    if differ:  # a contiguous run: single indices, then part of one axis, then whole axes
+        assert all(c == 1 for c in got[:differ[-1]])
+        assert math.prod(got) * 4 <= CHUNK_BYTES
