@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import wqkernels
 from wqkernels.reference import statistics as ref
-from wqkernels.statistics import compare, histogram_edges
+from wqkernels.statistics import compare, histogram, histogram_edges
 
 ranges = st.one_of(st.none(), st.tuples(st.floats(-50, 50), st.floats(0, 100)).map(lambda t: (t[0], t[0] + t[1])))
 
@@ -84,3 +84,18 @@ def test_histogram_edges():
     assert histogram_edges(4, (0, 2)).tolist() == [0.0, 0.5, 1.0, 1.5, 2.0]
     with pytest.raises(ValueError, match="bins must be >= 1"):
         histogram_edges(0, (0, 1))
+
+
+@given(x=float_arrays(), bins=st.integers(1, 200), range_=ranges)
+def test_histogram_of_one_array(x, bins, range_):
+    counts, edges = histogram(x, bins, range_)
+    expected = ref.histogram(x, bins, range_)
+    assert_bit_equal(counts, expected[0], "counts")
+    assert_bit_equal(edges, expected[1], "edges")
+    if x.size:
+        assert_bit_equal(counts, compare(x, x, bins=bins, range=range_)[3][0], "as compare counts")
+
+
+def test_histogram_refuses_nonfinite_values():
+    with pytest.raises(ValueError, match="x has 1 NaN"):
+        histogram(np.array([1.0, np.inf]), 4)

@@ -9,7 +9,7 @@ import numpy as np
 from . import _core
 from ._checks import bits_view, check_int, float_array, is_real, nonfinite_error
 
-__all__ = ["ErrorStats", "sparsity", "error", "compare", "histogram_edges"]
+__all__ = ["ErrorStats", "sparsity", "error", "compare", "histogram", "histogram_edges"]
 
 
 class ErrorStats(NamedTuple):
@@ -142,6 +142,25 @@ def compare(x, x_hat, *, bins: int = 0, range=None):
     edges = histogram_edges(bins, _range(xc, xh) if range is None else range)
     counts = np.stack([_histogram(a, edges) for a in (xc, xh)])
     return (*result, counts, edges)
+
+
+def histogram(x, bins: int, range=None) -> tuple[np.ndarray, np.ndarray]:
+    """The counts of x's values in `bins` equal bins over `range`, and the edges, as
+    :func:`compare` counts them (values outside the range in the first or the last bin).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from wqkernels.statistics import histogram
+    >>> histogram(np.array([0.0, 0.5, 2.0, 1.0], np.float32), 2)
+    (array([2, 2]), array([0., 1., 2.]))
+    """
+    xc = float_array(x)
+    bins = check_int(bins, "bins", 1)
+    if not np.isfinite(xc).all():
+        raise nonfinite_error(xc)
+    edges = histogram_edges(bins, _range(xc, xc) if range is None else range)
+    return _histogram(xc, edges), edges
 
 
 def histogram_edges(bins: int, range) -> np.ndarray:
