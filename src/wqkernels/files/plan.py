@@ -12,7 +12,7 @@ from .buffers import Buffers
 from .recipe import Recipe
 from .source import Source
 
-__all__ = ["Plan", "plan"]
+__all__ = ["Plan", "plan", "skipped", "planned_reads"]
 
 
 @dataclass
@@ -25,20 +25,23 @@ class Plan:
     notes: list = field(default_factory=list)
 
 
-def plan(source: Source, recipe: Recipe, buffers: Buffers) -> Plan:
-    """Plan the rewrite of `source`; pruning counts read the weights one tensor at a time."""
+def plan(source: Source, recipe: Recipe, buffers: Buffers, advance=None) -> Plan:
+    """Plan the rewrite of `source`; pruning counts read the weights one tensor at a time
+    (``advance(nbytes)``, when given, is called after each read: a progress bar's)."""
     notes = []
     selected = [e for e in source.entries if recipe.selects(e)]
     if not recipe.changes:
         selected = []
     counts = {}
     if recipe.prunes and selected:
-        candidates = [e for e in source.entries if recipe.selects(e, by_size=False)]
-        counts = _prune_counts(lambda e: source.read(e, buffers), candidates, recipe, notes)
-    skip = frozenset()
-    optimizer = {"keras3": "optimizer", "legacy": "optimizer_weights"}.get(source.layout)
-    if recipe.strip_optimizer and optimizer is not None and optimizer in source.root:
-        skip = frozenset({optimizer})
+        def read(e):
+            x = source.read(e, buffers)
+            if advance is not None:
+                advance(source.stored_bytes(e))
+            return x
+        counts = _prune_counts(read, _candidates(source, recipe), recipe, notes)
+    skip = skipped(source, recipe)
+    if skip:
         notes.append("optimizer state removed")
     if source.role_source != "config":
         notes.append(f"roles from {source.role_source}: layer classes guessed from group and "
@@ -46,6 +49,29 @@ def plan(source: Source, recipe: Recipe, buffers: Buffers) -> Plan:
                                          "are taken for kernels, channels last (--exclude keeps them)"
                                          if "shape" in source.role_source else ""))
     return Plan(selected, counts, skip, notes)
+
+
+def skipped(source: Source, recipe: Recipe) -> frozenset:
+    """The paths a rewrite leaves out with everything below them (a stripped optimizer)."""
+    optimizer = {"keras3": "optimizer", "legacy": "optimizer_weights"}.get(source.layout)
+    if recipe.strip_optimizer and optimizer is not None and optimizer in source.root:
+        return frozenset({optimizer})
+    return frozenset()
+
+
+def planned_reads(source: Source, recipe: Recipe) -> int:
+    """How many stored bytes :func:`plan` reads: each weight the pruning counts need once, and
+    once more under global allocation (its second pass; see :func:`~wqkernels.allocation.prune_counts`)."""
+    if not (recipe.changes and recipe.prunes and recipe.n_m is None and any(map(recipe.selects, source.entries))):
+        return 0
+    passes = 2 if recipe.allocation == "global" else 1
+    return passes * sum(source.stored_bytes(e) for e in _candidates(source, recipe))
+
+
+def _candidates(source: Source, recipe: Recipe) -> list:
+    """The weights magnitude pruning spreads its zeros over: whatever their size (those under
+    min_size stay dense but count in the total)."""
+    return [e for e in source.entries if recipe.selects(e, by_size=False)]
 
 
 def _prune_counts(read, entries: list, recipe: Recipe, notes: list) -> dict:

@@ -21,16 +21,17 @@ import zipfile
 import h5py
 import numpy as np
 
-from ..statistics import sparsity
+from ..progress import progress_bar
+from ..statistics import histogram, sparsity
 from . import atomic
 from .buffers import Buffers
 from .errors import KerasFileError, as_file_errors
 from .h5tree import Datasets, copy_attrs, copy_tree
 from .layouts import KERAS_MEMBER, Entry, container
 from .packed import PackedWriter
-from .plan import plan
+from .plan import plan, planned_reads, skipped
 from .recipe import Recipe
-from .report import Report, WeightInfo, WeightRow
+from .report import HISTOGRAM_BINS, Histogram, Report, WeightInfo, WeightRow
 from .source import Source
 from .transform import prepare, statistics
 from .writers import FloatWriter, Writer
@@ -43,7 +44,7 @@ WRITERS = {"float32": FloatWriter, "float16": FloatWriter, "packed": PackedWrite
 
 # ---- reading ----------------------------------------------------------------------------------
 
-def inspect(path) -> list[WeightInfo]:
+def inspect(path, *, histograms: bool = False) -> list[WeightInfo]:
     """List the weight datasets of a Keras file with their roles.
 
     Parameters
@@ -51,6 +52,9 @@ def inspect(path) -> list[WeightInfo]:
     path : str or os.PathLike
         A legacy ``.h5``, a Keras 3 ``.weights.h5``, a ``.keras`` archive or a packed file
         (detected from the content, not the name).
+    histograms : bool
+        Also count the values of each float weight (optimizer state excepted) in
+        :data:`~.report.HISTOGRAM_BINS` equal bins from its smallest to its largest value.
 
     Returns
     -------
@@ -74,10 +78,14 @@ def inspect(path) -> list[WeightInfo]:
         packed = src.packed.tensors if src.packed is not None else {}
         for e in src.entries:
             data = src.read(e)
-            zeros = sparsity(data) if data.dtype.kind == "f" else 0.0
+            is_float = data.dtype.kind == "f"
+            zeros = sparsity(data) if is_float else 0.0
             storage = f"packed:{packed[e.path]['bits']}" if e.path in packed else "dataset"
+            counts = None
+            if histograms and is_float and data.size and e.role != "optimizer":
+                counts = Histogram.of(*histogram(data, HISTOGRAM_BINS))
             out.append(WeightInfo(e.path, e.layer, e.layer_class, e.role, e.prunable, e.shape, e.dtype,
-                                  src.stored_bytes(e), zeros, e.role_source, storage))
+                                  src.stored_bytes(e), zeros, e.role_source, storage, counts))
     return out
 
 
@@ -100,7 +108,8 @@ def load_weights(path) -> dict[str, np.ndarray]:
 
 # ---- writing ----------------------------------------------------------------------------------
 
-def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -> Report:
+def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False,
+            progress: bool = False) -> Report:
     """Prune and/or quantize the kernels of a Keras file and write the result to `dst`.
 
     Parameters
@@ -111,11 +120,14 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -
         What to do; the default Recipe() copies the file.
     in_place : bool
         Allow `dst` to be `src` (still written to a temporary file and renamed).
+    progress : bool
+        Draw a progress bar by bytes on stderr when it is a terminal (tqdm if installed).
 
     Returns
     -------
     Report
-        One row per prunable weight and the totals.
+        One row per prunable weight and the totals; each rewritten weight's row holds the
+        histogram of its values before and after (:class:`~.report.Histogram`).
 
     Examples
     --------
@@ -128,14 +140,15 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -
     recipe = Recipe() if recipe is None else recipe
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
-    return _write(src, dst, recipe, in_place, restoring=False)
+    return _write(src, dst, recipe, in_place, restoring=False, progress=progress)
 
 
-def restore(src, dst, *, in_place: bool = False) -> Report:
+def restore(src, dst, *, in_place: bool = False, progress: bool = False) -> Report:
     """Write a packed file back as a plain Keras file that stock Keras loads.
 
     Each restored dataset is bit-identical to the ``storage="float32"`` rewrite with the same
-    recipe; everything else is copied as it was.
+    recipe; everything else is copied as it was.  `in_place` and `progress` are those of
+    :func:`rewrite`.
 
     Examples
     --------
@@ -144,10 +157,10 @@ def restore(src, dst, *, in_place: bool = False) -> Report:
     >>> wqkernels.rewrite("model.keras", "small.keras", recipe)  # doctest: +SKIP
     >>> wqkernels.restore("small.keras", "model-int4.keras")  # doctest: +SKIP
     """
-    return _write(src, dst, Recipe(), in_place, restoring=True)
+    return _write(src, dst, Recipe(), in_place, restoring=True, progress=progress)
 
 
-def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
+def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool, progress: bool) -> Report:
     start = time.perf_counter()
     src, dst = os.fspath(src), os.fspath(dst)
     container(src)  # missing, directory or not a Keras file: fail before creating anything
@@ -162,20 +175,25 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
                 raise KerasFileError(f"{src}: not a packed file; nothing to restore")
             report = Report(src, dst, source.description, recipe.to_dict(), role_source=source.role_source,
                             size_before=os.path.getsize(src))
-            if source.kind == "zip":
-                _write_zip(source, tmp, recipe, report, dst_dir)
-            else:
-                _write_weights(source, tmp, recipe, report)
+            bar = _Progress(source, recipe, progress)
+            try:
+                if source.kind == "zip":
+                    _write_zip(source, tmp, recipe, report, dst_dir, bar)
+                else:
+                    _write_weights(source, tmp, recipe, report, bar)
+            finally:
+                bar.close()
     report.size_after = os.path.getsize(dst)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir: str) -> None:
+def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir: str,
+               bar: _Progress) -> None:
     """A .keras archive: every member copied in order with its compression, the weights rewritten."""
     weights = atomic.scratch_file(dst_dir)
     try:
-        _write_weights(source, weights, recipe, report)
+        _write_weights(source, weights, recipe, report, bar)
         with zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
             for info in source.zip.infolist():
                 new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
@@ -184,16 +202,18 @@ def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir
                 data = open(weights, "rb") if info.filename == KERAS_MEMBER else source.zip.open(info)
                 with data, out.open(new, "w", force_zip64=True) as member:
                     shutil.copyfileobj(data, member, 1 << 20)
+                if info.filename != KERAS_MEMBER:  # the weights were counted one by one
+                    bar.advance(info.file_size)
             out.comment = source.zip.comment
     finally:
         with contextlib.suppress(OSError):
             os.unlink(weights)
 
 
-def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> None:
+def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar: _Progress) -> None:
     """The weights HDF5 file: everything copied, the planned weights transformed."""
     buffers = Buffers()
-    work = plan(source, recipe, buffers)  # reads one tensor at a time, before anything is written
+    work = plan(source, recipe, buffers, bar.advance)  # reads one tensor at a time, before anything is written
     report.notes.extend(work.notes)
     writer = WRITERS[recipe.storage](recipe, source.layout)
     rows = {}
@@ -208,7 +228,7 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
                 if path not in hooks:
                     hooks[path] = _copy_hook(dset, writer)
         copy_attrs(source.root, f)
-        copy_tree(source.root, f, hooks, work.skip, writer)
+        copy_tree(source.root, f, bar.counting(hooks), work.skip, _Counted(writer, bar))
     for e in source.entries:
         if e.prunable:
             report.rows.append(rows.get(e.path) or _untouched_row(source, e))
@@ -217,7 +237,8 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> 
 def _untouched_row(source: Source, e: Entry) -> WeightRow:
     sp = sparsity(source.read(e))
     nbytes = source.stored_bytes(e)
-    return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes)
+    return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes,
+                     e.layer, e.layer_class, e.dtype)
 
 
 def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer: Writer, rows: dict,
@@ -230,10 +251,11 @@ def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer
         except ValueError as exc:  # NaN or infinity in the weights: say which
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
         # inline, not in a helper thread: batch workers each get their share of the cores
-        before, after, mse, sqnr = statistics(original, stored)
+        before, after, mse, sqnr, values, edges = statistics(original, stored, HISTOGRAM_BINS)
         bits = None if quantization is None else quantization.bits
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, before, after, bits, mse, sqnr,
-                                 source.stored_bytes(e), nbytes)
+                                 source.stored_bytes(e), nbytes, e.layer, e.layer_class, e.dtype,
+                                 Histogram.of(values, edges))
     return hook
 
 
@@ -245,7 +267,8 @@ def _restore_hook(source: Source, e: Entry, out: Datasets, rows: dict):
         written = out.new(group, name, x, record.get("compress", "none"), like=dset)
         sp = sparsity(x)
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, sp, sp, record["bits"], None, None,
-                                 source.stored_bytes(e), int(written.id.get_storage_size()))
+                                 source.stored_bytes(e), int(written.id.get_storage_size()),
+                                 e.layer, e.layer_class, e.dtype)
     return hook
 
 
@@ -254,3 +277,52 @@ def _copy_hook(dset: h5py.Dataset, out: Datasets):
     def hook(group: h5py.Group, name: str, _placeholder: h5py.Dataset) -> None:
         out.copy(group, name, dset)
     return hook
+
+
+# ---- progress ---------------------------------------------------------------------------------
+
+class _Progress:
+    """A rewrite's progress bar over the stored bytes it reads: the pruning plan's reads, then
+    each weight as it is written or copied, then the other members of a .keras archive."""
+
+    def __init__(self, source: Source, recipe: Recipe, enabled: bool):
+        self.sizes = {e.path: source.stored_bytes(e) for e in source.entries} if enabled else {}
+        skip = skipped(source, recipe)
+        total = sum(n for path, n in self.sizes.items() if not any(path.startswith(p + "/") for p in skip))
+        if enabled:
+            total += planned_reads(source, recipe)
+            if source.kind == "zip":
+                total += sum(i.file_size for i in source.zip.infolist() if i.filename != KERAS_MEMBER)
+        self.bar = progress_bar(None, total, enabled=enabled, label=os.path.basename(source.path))
+        self.advance = self.bar.advance
+
+    def weight(self, path: str) -> None:
+        """The weight at `path` is written."""
+        self.advance(self.sizes.get(path, 0))
+
+    def counting(self, hooks: dict) -> dict:
+        """`hooks`, each counting its weight once it has run."""
+        def counted(path, hook):
+            def run(group, name, dset):
+                hook(group, name, dset)
+                self.weight(path)
+            return run
+        return {path: counted(path, hook) for path, hook in hooks.items()} if self.sizes else hooks
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _Counted(Datasets):
+    """A writer whose copies of untouched datasets count on a rewrite's progress bar."""
+
+    def __init__(self, writer: Writer, bar: _Progress):
+        self.writer, self.bar = writer, bar
+
+    def copy(self, group: h5py.Group, name: str, dset: h5py.Dataset) -> h5py.Dataset:
+        out = self.writer.copy(group, name, dset)
+        self.bar.weight(dset.name.lstrip("/"))
+        return out
+
+    def new(self, *args, **kwargs) -> h5py.Dataset:
+        return self.writer.new(*args, **kwargs)

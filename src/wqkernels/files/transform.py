@@ -94,7 +94,8 @@ def half_values(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
-    """(sparsity before, sparsity after, mse, SQNR dB) of one rewritten weight, in one pass."""
-    stats, before, after = compare(original, stored)
-    return before, after, float(stats.mse), float(stats.sqnr_db)
+def statistics(original: np.ndarray, stored: np.ndarray, bins: int) -> tuple:
+    """(sparsity before, sparsity after, mse, SQNR dB, histogram counts, their edges) of one
+    rewritten weight, in one pass."""
+    stats, before, after, counts, edges = compare(original, stored, bins=bins)
+    return before, after, float(stats.mse), float(stats.sqnr_db), counts, edges
