@@ -1,8 +1,10 @@
 """Builds the kernel extension; all metadata lives in pyproject.toml.
 
-OpenMP is used when the compiler has it (tested by compiling a probe), else the kernels run on
-one thread.  Flags are portable (no -march=native): on x86-64 GCC the hot loops carry
-target_clones, so AVX2/AVX-512 copies are chosen at run time.
+The kernels' sources live in src/wqkernels/_ext/ and compile, as C++ (the loops over float bits
+are templates), into one module imported as wqkernels._core.  OpenMP is used when the compiler
+has it (tested by compiling a probe), else the kernels run on one thread.  Flags are portable
+(no -march=native): on x86-64 GCC the hot loops carry target_clones, so AVX2/AVX-512 copies are
+chosen at run time.
 """
 import os
 import sys
@@ -48,19 +50,17 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+KERNELS = "src/wqkernels/_ext"
+
 setup(
     ext_modules=[
         Extension(
-            "wqkernels._core",
-            ["src/wqkernels/_core.pyx"],
-            depends=[
-                "src/wqkernels/_loops.h",
-                "src/wqkernels/_units.pxi",
-                "src/wqkernels/_quantize.pxi",
-                "src/wqkernels/_packing.pxi",
-                "src/wqkernels/_prune_loops.h",
-                "src/wqkernels/_prune.pxi",
-            ],
+            "wqkernels._core",  # built from _ext/ and imported as wqkernels._core
+            [f"{KERNELS}/_core.pyx"],
+            language="c++",
+            depends=[f"{KERNELS}/{name}" for name in (
+                "_loops.h", "_bit_loops.h", "_units.pxi", "_keys.pxi", "_quantization.pxi",
+                "_packing.pxi", "_pruning.pxi", "_statistics.pxi", "_allocation.pxi")],
         )
     ],
     cmdclass={"build_ext": BuildExt},

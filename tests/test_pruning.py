@@ -320,7 +320,8 @@ def test_out_overlapping_x_is_refused():
 
 # ---- threads -------------------------------------------------------------------------------
 
-def test_kernels_release_the_gil_and_agree_across_threads(selection):
+def test_kernels_agree_across_threads(selection):
+    """Concurrent calls give the results of serial ones (that they run concurrently: test_gil.py)."""
     rng = np.random.default_rng(9)
     arrays = [rng.standard_normal(200_000).astype(np.float32) for _ in range(4)]
     calls = [

@@ -62,7 +62,7 @@ def _onnx_quantize():
 
 
 def quantization_cases(size: int) -> list[Case]:
-    """The quantization cases of the foundation issue at `size` elements."""
+    """The quantization cases at `size` elements."""
     x = _weights(size)
     m = _matrix(size)
     torch = _torch()
@@ -200,7 +200,7 @@ def run(sizes=SIZES, pattern: str = "*", threads: int = 1, repeat: int = 7, out=
 
 
 def pruning_cases(size: int) -> list[Case]:
-    """The pruning cases of issue 3 at `size` elements (names start with "prune")."""
+    """The pruning cases at `size` elements (names start with "prune")."""
     from .pruning import clip, prune, prune_channels, prune_global, prune_n_m, shrink
     from .statistics import error
 

@@ -1,26 +1,25 @@
-/* Innermost loops of the pruning kernels, called from _prune.pxi.
+/* Innermost loops over the bits of float16, float32 and float64 values, called from the pruning,
+ * statistics and allocation kernels (_pruning.pxi, _statistics.pxi, _allocation.pxi).
  *
- * They work on the bit patterns of float16, float32 and float64 values, read as unsigned
- * integers of the same width ("K").  The bits of |x|, x & ~sign, are a key that orders like the
- * magnitudes of finite values, with +-0 equal and lowest, and +-Inf and NaN above all of them.
- * Magnitude selection, N:M and threshold pruning therefore never leave the integers; only the
- * norms, shrink and the error statistics convert to floating point.
- *
- * The body below is written once and instantiated for the three widths by including this
- * file into itself; every function gets a _u16, _u32 or _u64 suffix, and wqk_NAME(width, ...)
- * picks the instance for an element width in bytes, so the Cython layer calls one name from
- * code generic over a fused type.  Loops are written so that GCC vectorises them (checked with
+ * Each loop is one C++ template over the unsigned integer K of the float's width (uint16_t,
+ * uint32_t, uint64_t); the Cython layer calls it from code generic over its fused type key_t,
+ * so every call is type-checked and the compiler instantiates the width it needs.  The bits of
+ * |x|, x & ~sign, are a key that orders like the magnitudes of finite values, with +-0 equal and
+ * lowest, and +-Inf and NaN above all of them.  Magnitude selection, N:M and threshold pruning
+ * therefore never leave the integers; only the norms, shrink and the error statistics convert
+ * to floating point.  Loops are written so that GCC vectorises them (checked with
  * -fopt-info-vec); WQK_CLONES (from _loops.h) builds an AVX2/AVX-512 copy of the hot ones.
  */
-#ifndef WQK_PRUNE_LOOPS_H
-#define WQK_PRUNE_LOOPS_H
+#ifndef WQK_BIT_LOOPS_H
+#define WQK_BIT_LOOPS_H
 
 #include <stdint.h>
 #include <string.h>
 
 #include "_loops.h"
 
-#define WQK_INLINE static inline __attribute__((always_inline))
+#define WQK_ALWAYS_INLINE inline __attribute__((always_inline))
+#define WQK_INLINE static WQK_ALWAYS_INLINE
 
 /* Sums whose order may change (statistics, never codes), on finite values checked beforehand. */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -74,96 +73,76 @@ WQK_INLINE uint16_t wqk_float_to_half(float f) {
     return (uint16_t)(sign | (bits >> 13));
 }
 
-/* ---- instantiate the body for each width ------------------------------------------------- */
-#define WQK_PRUNE_BODY
-#define K uint16_t
-#define SK int16_t
-#define F float
-#define W 16
-#define KEY_INF 0x7c00u
-#define S(name) name##_u16
-#define TO_F(b) wqk_half_to_float(b)
-#define FROM_F(f) wqk_float_to_half(f)
-#include "_prune_loops.h"
+/* What the bits of each width stand for: the float type its arithmetic is done in (float16's is
+ * float32's, rounded back, as NumPy does), the signed integer of the width, the key of infinity
+ * and the conversions between bits and that float type. */
+template <typename K> struct wqk_format;
 
-WQK_INLINE float wqk_bits_to_float(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
-WQK_INLINE uint32_t wqk_float_to_bits(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
-WQK_INLINE double wqk_bits_to_double(uint64_t b) { double f; memcpy(&f, &b, 8); return f; }
-WQK_INLINE uint64_t wqk_double_to_bits(double f) { uint64_t b; memcpy(&b, &f, 8); return b; }
+template <> struct wqk_format<uint16_t> {
+    typedef float F;
+    typedef int16_t SK;
+    static constexpr uint16_t inf = 0x7c00u;
+    static WQK_ALWAYS_INLINE F to_float(uint16_t b) { return wqk_half_to_float(b); }
+    static WQK_ALWAYS_INLINE uint16_t from_float(F f) { return wqk_float_to_half(f); }
+};
 
-#define K uint32_t
-#define SK int32_t
-#define F float
-#define W 32
-#define KEY_INF 0x7f800000u
-#define S(name) name##_u32
-#define TO_F(b) wqk_bits_to_float(b)
-#define FROM_F(f) wqk_float_to_bits(f)
-#include "_prune_loops.h"
+template <> struct wqk_format<uint32_t> {
+    typedef float F;
+    typedef int32_t SK;
+    static constexpr uint32_t inf = 0x7f800000u;
+    static WQK_ALWAYS_INLINE F to_float(uint32_t b) { F f; memcpy(&f, &b, 4); return f; }
+    static WQK_ALWAYS_INLINE uint32_t from_float(F f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+};
 
-#define K uint64_t
-#define SK int64_t
-#define F double
-#define W 64
-#define KEY_INF 0x7ff0000000000000ull
-#define S(name) name##_u64
-#define TO_F(b) wqk_bits_to_double(b)
-#define FROM_F(f) wqk_double_to_bits(f)
-#include "_prune_loops.h"
-#undef WQK_PRUNE_BODY
+template <> struct wqk_format<uint64_t> {
+    typedef double F;
+    typedef int64_t SK;
+    static constexpr uint64_t inf = 0x7ff0000000000000ull;
+    static WQK_ALWAYS_INLINE F to_float(uint64_t b) { F f; memcpy(&f, &b, 8); return f; }
+    static WQK_ALWAYS_INLINE uint64_t from_float(F f) { uint64_t b; memcpy(&b, &f, 8); return b; }
+};
 
-/* One name per loop, called with the element width in bytes first (a constant where the
- * Cython layer calls it, so only one branch is compiled in); arrays are passed as void
- * pointers and keys as uint64_t. */
-#define WQK_BY_WIDTH(name, width, ...) \
-    ((width) == 2 ? name##_u16(__VA_ARGS__) : (width) == 4 ? name##_u32(__VA_ARGS__) : name##_u64(__VA_ARGS__))
-#define wqk_scan(width, ...) WQK_BY_WIDTH(wqk_scan, width, __VA_ARGS__)
-#define wqk_histogram(width, ...) WQK_BY_WIDTH(wqk_histogram, width, __VA_ARGS__)
-#define wqk_compact(width, ...) WQK_BY_WIDTH(wqk_compact, width, __VA_ARGS__)
-#define wqk_zero_listed(width, ...) WQK_BY_WIDTH(wqk_zero_listed, width, __VA_ARGS__)
-#define wqk_find_equal(width, ...) WQK_BY_WIDTH(wqk_find_equal, width, __VA_ARGS__)
-#define wqk_mask_below(width, ...) WQK_BY_WIDTH(wqk_mask_below, width, __VA_ARGS__)
-#define wqk_count_below(width, ...) WQK_BY_WIDTH(wqk_count_below, width, __VA_ARGS__)
-#define wqk_n_m_runs(width, ...) WQK_BY_WIDTH(wqk_n_m_runs, width, __VA_ARGS__)
-#define wqk_n_m_lanes(width, ...) WQK_BY_WIDTH(wqk_n_m_lanes, width, __VA_ARGS__)
-#define wqk_norm_run(width, ...) WQK_BY_WIDTH(wqk_norm_run, width, __VA_ARGS__)
-#define wqk_norm_lanes(width, ...) WQK_BY_WIDTH(wqk_norm_lanes, width, __VA_ARGS__)
-#define wqk_keep_lanes(width, ...) WQK_BY_WIDTH(wqk_keep_lanes, width, __VA_ARGS__)
-#define wqk_clip(width, ...) WQK_BY_WIDTH(wqk_clip, width, __VA_ARGS__)
-#define wqk_shrink(width, ...) WQK_BY_WIDTH(wqk_shrink, width, __VA_ARGS__)
-#define wqk_error(width, ...) WQK_BY_WIDTH(wqk_error, width, __VA_ARGS__)
-#define wqk_lamp_histogram(width, ...) WQK_BY_WIDTH(wqk_lamp_histogram, width, __VA_ARGS__)
+/* A key's mask, ~sign, and the sign bit. */
+template <typename K> WQK_INLINE K wqk_abs_mask() { return (K)~((K)1 << (sizeof(K) * 8 - 1)); }
+template <typename K> WQK_INLINE K wqk_sign_bit() { return (K)((K)1 << (sizeof(K) * 8 - 1)); }
 
-#endif /* WQK_PRUNE_LOOPS_H */
+/* The magnitude key of a float's bits. */
+template <typename K> WQK_INLINE K wqk_magnitude(K bits) { return bits & wqk_abs_mask<K>(); }
 
+/* Whether a key is that of a finite value (keys at or above infinity's are infinities or NaNs). */
+template <typename K> WQK_INLINE bool wqk_finite_key(K key) { return key < wqk_format<K>::inf; }
 
-#ifdef WQK_PRUNE_BODY
-/* ==== the body, for K = uint16_t / uint32_t / uint64_t ====================================== */
+/* A run of a magnitude selection over several arrays taken as one sequence: the bits x (and
+ * the output y, or NULL) of positions [base, base + n) of the sequence. */
+template <typename K> struct wqk_segment {
+    const K *x;
+    K *y;
+    ptrdiff_t n;
+    int64_t base;
+};
 
-#define ABS ((K)~((K)1 << (W - 1)))  /* key = bits & ABS */
-#define SIGN ((K)((K)1 << (W - 1)))
-#define BLOCK 32                     /* elements per block of the blocked scans */
+enum { WQK_BLOCK = 32 }; /* elements per block of the blocked scans */
 
 /* The fused pass of a magnitude selection over one run (global indices base..base+n).
  * With a window [lo, hi] of keys known (from a sample) to hold the k-th smallest key:
  * counts[0] += keys below lo, counts[1] += keys in the window, and while counts[1] <= cap the
  * window's keys and global indices are appended to keys/index.  When y is not NULL, also
- * y = (key < lo) ? +0 : x.  Returns the largest key (>= KEY_INF: a NaN or an infinity).
+ * y = (key < lo) ? +0 : x.  Returns the largest key (not finite: a NaN or an infinity).
  * Blocks of 32 are vectorised into counts and a bit mask of the window's lanes; only the set
  * bits are visited, so a sparse window costs little more than a copy. */
-WQK_INLINE K S(wqk_scan_impl)(const K *x, K *y, ptrdiff_t n, K lo, K hi, int64_t base,
-                              K *keys, int64_t *index, int64_t cap, int64_t *counts,
-                              const int write) {
-    const K width = (K)(hi - lo);
+template <typename K>
+WQK_INLINE K wqk_scan_impl(const K *x, K *y, ptrdiff_t n, K lo, K hi, int64_t base, K *keys,
+                           int64_t *index, int64_t cap, int64_t *counts, const int write) {
+    const K abs = wqk_abs_mask<K>(), width = (K)(hi - lo);
     int64_t less = counts[0], inside = counts[1];
     K top = 0;
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += BLOCK) {
-        ptrdiff_t len = n - i0 < BLOCK ? n - i0 : BLOCK;
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += WQK_BLOCK) {
+        ptrdiff_t len = n - i0 < WQK_BLOCK ? n - i0 : WQK_BLOCK;
         uint32_t below = 0, mask = 0;
         K t = 0;
-        if (len == BLOCK) {
-            for (int j = 0; j < BLOCK; j++) {
-                K b = x[i0 + j], k = b & ABS;
+        if (len == WQK_BLOCK) {
+            for (int j = 0; j < WQK_BLOCK; j++) {
+                K b = x[i0 + j], k = b & abs;
                 below += k < lo;
                 mask |= (uint32_t)((K)(k - lo) <= width) << j;
                 t = k > t ? k : t;
@@ -171,7 +150,7 @@ WQK_INLINE K S(wqk_scan_impl)(const K *x, K *y, ptrdiff_t n, K lo, K hi, int64_t
             }
         } else {
             for (int j = 0; j < len; j++) {
-                K b = x[i0 + j], k = b & ABS;
+                K b = x[i0 + j], k = b & abs;
                 below += k < lo;
                 mask |= (uint32_t)((K)(k - lo) <= width) << j;
                 t = k > t ? k : t;
@@ -183,7 +162,7 @@ WQK_INLINE K S(wqk_scan_impl)(const K *x, K *y, ptrdiff_t n, K lo, K hi, int64_t
         for (; mask; mask &= mask - 1) {
             int j = wqk_ctz(mask);
             if (inside < cap) {
-                keys[inside] = x[i0 + j] & ABS;
+                keys[inside] = x[i0 + j] & abs;
                 index[inside] = base + i0 + j;
             }
             inside++;
@@ -194,23 +173,20 @@ WQK_INLINE K S(wqk_scan_impl)(const K *x, K *y, ptrdiff_t n, K lo, K hi, int64_t
     return top;
 }
 
-WQK_CLONES static K S(wqk_scan)(const void *x_, void *y_, ptrdiff_t n, K lo, K hi, int64_t base,
-                                void *keys_, int64_t *index, int64_t cap, int64_t *counts) {
-    const K *x = (const K *)x_;
-    K *y = (K *)y_;
-    K *keys = (K *)keys_;
+template <typename K>
+WQK_CLONES static K wqk_scan(const K *x, K *y, ptrdiff_t n, K lo, K hi, int64_t base, K *keys,
+                             int64_t *index, int64_t cap, int64_t *counts) {
     if (y)
-        return S(wqk_scan_impl)(x, y, n, lo, hi, base, keys, index, cap, counts, 1);
-    return S(wqk_scan_impl)(x, y, n, lo, hi, base, keys, index, cap, counts, 0);
+        return wqk_scan_impl(x, y, n, lo, hi, base, keys, index, cap, counts, 1);
+    return wqk_scan_impl(x, y, n, lo, hi, base, keys, index, cap, counts, 0);
 }
 
 /* For listed entries (keys and positions, positions increasing, all inside y's run that starts
  * at position base): y = +0 where key < t, or key == t at a position <= cut.  The writes are
  * scattered, so the cache lines a few entries ahead are fetched early. */
-WQK_CLONES static void S(wqk_zero_listed)(void *y_, const void *keys_, const int64_t *index,
-                                          ptrdiff_t count, K t, int64_t cut, int64_t base) {
-    K *y = (K *)y_;
-    const K *keys = (const K *)keys_;
+template <typename K>
+WQK_CLONES static void wqk_zero_listed(K *y, const K *keys, const int64_t *index, ptrdiff_t count,
+                                       K t, int64_t cut, int64_t base) {
     enum { AHEAD = 16 };
     for (ptrdiff_t c = 0; c < count; c++) {
         if (c + AHEAD < count) wqk_prefetch_write(y + (index[c + AHEAD] - base));
@@ -219,22 +195,23 @@ WQK_CLONES static void S(wqk_zero_listed)(void *y_, const void *keys_, const int
 }
 
 /* hist[(key >> shift) & mask] += 1 for the keys whose bits above `above` equal prefix. */
-static void S(wqk_histogram)(const void *x_, ptrdiff_t n, K prefix, int above, int shift,
-                             uint32_t mask, int64_t *hist) {
-    const K *x = (const K *)x_;
+template <typename K>
+static void wqk_histogram(const K *x, ptrdiff_t n, K prefix, int above, int shift, uint32_t mask,
+                          int64_t *hist) {
+    const K abs = wqk_abs_mask<K>();
     for (ptrdiff_t i = 0; i < n; i++) {
-        K k = x[i] & ABS;
+        K k = x[i] & abs;
         if ((K)(k >> above) == prefix) hist[(k >> shift) & mask]++;
     }
 }
 
 /* Appends to out the keys whose bits above `above` equal prefix; returns how many. */
-static ptrdiff_t S(wqk_compact)(const void *x_, ptrdiff_t n, K prefix, int above, void *out_) {
-    const K *x = (const K *)x_;
-    K *out = (K *)out_;
+template <typename K>
+static ptrdiff_t wqk_compact(const K *x, ptrdiff_t n, K prefix, int above, K *out) {
+    const K abs = wqk_abs_mask<K>();
     ptrdiff_t m = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
-        K k = x[i] & ABS;
+        K k = x[i] & abs;
         out[m] = k;
         m += (K)(k >> above) == prefix;
     }
@@ -243,16 +220,17 @@ static ptrdiff_t S(wqk_compact)(const void *x_, ptrdiff_t n, K prefix, int above
 
 /* Index of the r-th (1-based) element whose key is t; if there are fewer, -1 with *r reduced
  * by their number. */
-WQK_CLONES static ptrdiff_t S(wqk_find_equal)(const void *x_, ptrdiff_t n, K t, int64_t *r) {
-    const K *x = (const K *)x_;
+template <typename K>
+WQK_CLONES static ptrdiff_t wqk_find_equal(const K *x, ptrdiff_t n, K t, int64_t *r) {
+    const K abs = wqk_abs_mask<K>();
     int64_t need = *r;
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += BLOCK) {
-        ptrdiff_t len = n - i0 < BLOCK ? n - i0 : BLOCK;
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += WQK_BLOCK) {
+        ptrdiff_t len = n - i0 < WQK_BLOCK ? n - i0 : WQK_BLOCK;
         K count = 0;
-        for (ptrdiff_t j = 0; j < len; j++) count += (K)((x[i0 + j] & ABS) == t);
+        for (ptrdiff_t j = 0; j < len; j++) count += (K)((x[i0 + j] & abs) == t);
         if ((int64_t)count >= need) {
             for (ptrdiff_t j = 0; j < len; j++)
-                if ((x[i0 + j] & ABS) == t && --need == 0) return i0 + j;
+                if ((x[i0 + j] & abs) == t && --need == 0) return i0 + j;
         }
         need -= count;
     }
@@ -262,18 +240,18 @@ WQK_CLONES static ptrdiff_t S(wqk_find_equal)(const void *x_, ptrdiff_t n, K t, 
 
 /* y = +0 where key < t, or key == t and the index is below cut; else y = x.  Returns the
  * largest key. */
-WQK_CLONES static K S(wqk_mask_below)(const void *x_, void *y_, ptrdiff_t n, K t, ptrdiff_t cut) {
-    const K *x = (const K *)x_;
-    K *y = (K *)y_;
+template <typename K>
+WQK_CLONES static K wqk_mask_below(const K *x, K *y, ptrdiff_t n, K t, ptrdiff_t cut) {
+    const K abs = wqk_abs_mask<K>();
     K top = 0;
     cut = cut < 0 ? 0 : (cut > n ? n : cut);
     for (ptrdiff_t i = 0; i < cut; i++) {
-        K b = x[i], k = b & ABS;
+        K b = x[i], k = b & abs;
         top = k > top ? k : top;
         y[i] = k <= t ? (K)0 : b;
     }
     for (ptrdiff_t i = cut; i < n; i++) {
-        K b = x[i], k = b & ABS;
+        K b = x[i], k = b & abs;
         top = k > top ? k : top;
         y[i] = k < t ? (K)0 : b;
     }
@@ -281,16 +259,16 @@ WQK_CLONES static K S(wqk_mask_below)(const void *x_, void *y_, ptrdiff_t n, K t
 }
 
 /* The number of keys below t, and (in *top) the largest key. */
-WQK_CLONES static int64_t S(wqk_count_below)(const void *x_, ptrdiff_t n, K t, void *top_) {
-    const K *x = (const K *)x_;
-    K *top = (K *)top_;
+template <typename K>
+WQK_CLONES static int64_t wqk_count_below(const K *x, ptrdiff_t n, K t, K *top) {
+    const K abs = wqk_abs_mask<K>();
     int64_t count = 0;
     K m = *top;
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += BLOCK) {
-        ptrdiff_t len = n - i0 < BLOCK ? n - i0 : BLOCK;
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += WQK_BLOCK) {
+        ptrdiff_t len = n - i0 < WQK_BLOCK ? n - i0 : WQK_BLOCK;
         K c = 0;
         for (ptrdiff_t j = 0; j < len; j++) {
-            K k = x[i0 + j] & ABS;
+            K k = x[i0 + j] & abs;
             c += (K)(k < t);
             m = k > m ? k : m;
         }
@@ -305,14 +283,16 @@ WQK_CLONES static int64_t S(wqk_count_below)(const void *x_, ptrdiff_t n, K t, v
  * key, or the same key at a lower position.  Every rank is found before anything is written,
  * so y may be x. */
 
-WQK_INLINE K S(wqk_n_m_runs_impl)(const K *x, K *y, ptrdiff_t runs, int m, int n, K *rank) {
+template <typename K>
+WQK_INLINE K wqk_n_m_runs_any(const K *x, K *y, ptrdiff_t runs, int m, int n, K *rank) {
+    const K abs = wqk_abs_mask<K>();
     K top = 0;
     for (ptrdiff_t g = 0; g < runs; g++) {
         const K *a = x + g * m;
         for (int p = 0; p < m; p++) {
-            K kp = a[p] & ABS, r = 0;
+            K kp = a[p] & abs, r = 0;
             for (int l = 0; l < m; l++) {
-                K kl = a[l] & ABS;
+                K kl = a[l] & abs;
                 r += (K)((kl > kp) | ((kl == kp) & (l < p)));
             }
             rank[p] = r;
@@ -323,19 +303,21 @@ WQK_INLINE K S(wqk_n_m_runs_impl)(const K *x, K *y, ptrdiff_t runs, int m, int n
     return top;
 }
 
-/* The same for a constant small m, RUNS_AT_ONCE runs at a time: their keys are transposed into
- * one row per position so that the ranking is vectorised across runs. */
-#define RUNS_AT_ONCE 64
-WQK_INLINE K S(wqk_n_m_runs_wide)(const K *x, K *y, ptrdiff_t runs, const int m, int n) {
-    K key[8][RUNS_AT_ONCE], keep[8][RUNS_AT_ONCE];
+/* The same for a constant small m, WQK_RUNS_AT_ONCE runs at a time: their keys are transposed
+ * into one row per position so that the ranking is vectorised across runs. */
+enum { WQK_RUNS_AT_ONCE = 64 };
+template <typename K>
+WQK_INLINE K wqk_n_m_runs_wide(const K *x, K *y, ptrdiff_t runs, const int m, int n) {
+    const K abs = wqk_abs_mask<K>();
+    K key[8][WQK_RUNS_AT_ONCE], keep[8][WQK_RUNS_AT_ONCE];
     K top = 0;
     ptrdiff_t g0 = 0;
-    for (; g0 + RUNS_AT_ONCE <= runs; g0 += RUNS_AT_ONCE) {
+    for (; g0 + WQK_RUNS_AT_ONCE <= runs; g0 += WQK_RUNS_AT_ONCE) {
         const K *a = x + g0 * m;
-        for (int g = 0; g < RUNS_AT_ONCE; g++)
-            for (int p = 0; p < m; p++) key[p][g] = a[g * m + p] & ABS;
+        for (int g = 0; g < WQK_RUNS_AT_ONCE; g++)
+            for (int p = 0; p < m; p++) key[p][g] = a[g * m + p] & abs;
         for (int p = 0; p < m; p++) {
-            for (int g = 0; g < RUNS_AT_ONCE; g++) {
+            for (int g = 0; g < WQK_RUNS_AT_ONCE; g++) {
                 K r = 0, kp = key[p][g];
                 for (int l = 0; l < m; l++)
                     r += (K)(l < p ? key[l][g] >= kp : (l > p ? key[l][g] > kp : 0));
@@ -343,37 +325,33 @@ WQK_INLINE K S(wqk_n_m_runs_wide)(const K *x, K *y, ptrdiff_t runs, const int m,
                 top = kp > top ? kp : top;
             }
         }
-        for (int g = 0; g < RUNS_AT_ONCE; g++)
+        for (int g = 0; g < WQK_RUNS_AT_ONCE; g++)
             for (int p = 0; p < m; p++) y[g0 * m + g * m + p] = a[g * m + p] & keep[p][g];
     }
     K rank[8];
-    K t = S(wqk_n_m_runs_impl)(x + g0 * m, y + g0 * m, runs - g0, m, n, rank);
+    K t = wqk_n_m_runs_any(x + g0 * m, y + g0 * m, runs - g0, m, n, rank);
     return t > top ? t : top;
 }
-#undef RUNS_AT_ONCE
 
 /* `runs` consecutive runs of m contiguous elements (the axis is the last one); rank holds m.
  * Returns the largest key. */
-WQK_CLONES static K S(wqk_n_m_runs)(const void *x_, void *y_, ptrdiff_t runs, int m, int n, void *rank_) {
-    const K *x = (const K *)x_;
-    K *y = (K *)y_;
-    K *rank = (K *)rank_;
+template <typename K>
+WQK_CLONES static K wqk_n_m_runs(const K *x, K *y, ptrdiff_t runs, int m, int n, K *rank) {
     switch (m) { /* a constant m lets GCC unroll the ranking */
-    case 2: return S(wqk_n_m_runs_wide)(x, y, runs, 2, n);
-    case 4: return S(wqk_n_m_runs_wide)(x, y, runs, 4, n);
-    case 8: return S(wqk_n_m_runs_wide)(x, y, runs, 8, n);
-    default: return S(wqk_n_m_runs_impl)(x, y, runs, m, n, rank);
+    case 2: return wqk_n_m_runs_wide(x, y, runs, 2, n);
+    case 4: return wqk_n_m_runs_wide(x, y, runs, 4, n);
+    case 8: return wqk_n_m_runs_wide(x, y, runs, 8, n);
+    default: return wqk_n_m_runs_any(x, y, runs, m, n, rank);
     }
 }
 
 /* One run of `len` rows of `lanes` contiguous elements, rows `stride` apart, where each lane
  * is a separate run (the axis is not the last one).  rank holds len * chunk elements.
  * Returns the largest key. */
-WQK_CLONES static K S(wqk_n_m_lanes)(const void *x_, void *y_, ptrdiff_t lanes, ptrdiff_t stride,
-                                     int len, int n, void *rank_, ptrdiff_t chunk) {
-    const K *x = (const K *)x_;
-    K *y = (K *)y_;
-    K *rank = (K *)rank_;
+template <typename K>
+WQK_CLONES static K wqk_n_m_lanes(const K *x, K *y, ptrdiff_t lanes, ptrdiff_t stride, int len,
+                                  int n, K *rank, ptrdiff_t chunk) {
+    const K abs = wqk_abs_mask<K>();
     K top = 0;
     for (ptrdiff_t i0 = 0; i0 < lanes; i0 += chunk) {
         ptrdiff_t c = lanes - i0 < chunk ? lanes - i0 : chunk;
@@ -384,9 +362,9 @@ WQK_CLONES static K S(wqk_n_m_lanes)(const void *x_, void *y_, ptrdiff_t lanes, 
             for (int l = 0; l < len; l++) {
                 const K *xl = x + l * stride + i0;
                 if (l < p) {
-                    for (ptrdiff_t i = 0; i < c; i++) rp[i] += (K)((xl[i] & ABS) >= (xp[i] & ABS));
+                    for (ptrdiff_t i = 0; i < c; i++) rp[i] += (K)((xl[i] & abs) >= (xp[i] & abs));
                 } else if (l > p) {
-                    for (ptrdiff_t i = 0; i < c; i++) rp[i] += (K)((xl[i] & ABS) > (xp[i] & ABS));
+                    for (ptrdiff_t i = 0; i < c; i++) rp[i] += (K)((xl[i] & abs) > (xp[i] & abs));
                 }
             }
         }
@@ -394,7 +372,7 @@ WQK_CLONES static K S(wqk_n_m_lanes)(const void *x_, void *y_, ptrdiff_t lanes, 
             const K *xp = x + p * stride + i0, *rp = rank + p * chunk;
             K *yp = y + p * stride + i0;
             for (ptrdiff_t i = 0; i < c; i++) {
-                K b = xp[i], k = b & ABS;
+                K b = xp[i], k = b & abs;
                 top = k > top ? k : top;
                 yp[i] = rp[i] < (K)n ? b : (K)0;
             }
@@ -406,63 +384,59 @@ WQK_CLONES static K S(wqk_n_m_lanes)(const void *x_, void *y_, ptrdiff_t lanes, 
 /* ---- channels ------------------------------------------------------------------------------
  * Norms accumulate |x| (ord 1) or x^2 (ord 2) in float64, in a fixed order for a given shape. */
 
-WQK_INLINE double S(wqk_norm_term)(K b, int ord) {
-    double v = (double)TO_F((K)(b & ABS));
+template <typename K> WQK_INLINE double wqk_norm_term(K b, int ord) {
+    double v = (double)wqk_format<K>::to_float(wqk_magnitude(b));
     return ord == 1 ? v : v * v;
 }
 
 /* The sum of the terms of one contiguous run, in 8 interleaved partial sums. */
-WQK_CLONES static double S(wqk_norm_run)(const void *x_, ptrdiff_t n, int ord) {
-    const K *x = (const K *)x_;
+template <typename K> WQK_CLONES static double wqk_norm_run(const K *x, ptrdiff_t n, int ord) {
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     ptrdiff_t i = 0;
     if (ord == 1) {
         for (; i + 8 <= n; i += 8)
-            for (int j = 0; j < 8; j++) acc[j] += S(wqk_norm_term)(x[i + j], 1);
+            for (int j = 0; j < 8; j++) acc[j] += wqk_norm_term(x[i + j], 1);
     } else {
         for (; i + 8 <= n; i += 8)
-            for (int j = 0; j < 8; j++) acc[j] += S(wqk_norm_term)(x[i + j], 2);
+            for (int j = 0; j < 8; j++) acc[j] += wqk_norm_term(x[i + j], 2);
     }
-    for (; i < n; i++) acc[0] += S(wqk_norm_term)(x[i], ord);
+    for (; i < n; i++) acc[0] += wqk_norm_term(x[i], ord);
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 /* acc[i] += the term of x[i]: one row of a (rows, channels) array. */
-WQK_CLONES static void S(wqk_norm_lanes)(const void *x_, ptrdiff_t n, int ord, double *acc) {
-    const K *x = (const K *)x_;
+template <typename K> WQK_CLONES static void wqk_norm_lanes(const K *x, ptrdiff_t n, int ord, double *acc) {
     if (ord == 1) {
-        for (ptrdiff_t i = 0; i < n; i++) acc[i] += S(wqk_norm_term)(x[i], 1);
+        for (ptrdiff_t i = 0; i < n; i++) acc[i] += wqk_norm_term(x[i], 1);
     } else {
-        for (ptrdiff_t i = 0; i < n; i++) acc[i] += S(wqk_norm_term)(x[i], 2);
+        for (ptrdiff_t i = 0; i < n; i++) acc[i] += wqk_norm_term(x[i], 2);
     }
 }
 
 /* y = x & keep: keep[i] is all ones or zero. */
-WQK_CLONES static void S(wqk_keep_lanes)(const void *x_, void *y_, ptrdiff_t n, const void *keep_) {
-    const K *x = (const K *)x_;
-    K *y = (K *)y_;
-    const K *keep = (const K *)keep_;
+template <typename K> WQK_CLONES static void wqk_keep_lanes(const K *x, K *y, ptrdiff_t n, const K *keep) {
     for (ptrdiff_t i = 0; i < n; i++) y[i] = x[i] & keep[i];
 }
 
 /* ---- clip and shrink ------------------------------------------------------------------- */
 
 /* The bits as a signed integer that compares like the float (+0 and -0 equal). */
-WQK_INLINE SK S(wqk_signed)(K b) {
-    SK m = (SK)(b & ABS), s = (SK)((SK)b >> (W - 1));
+template <typename K> WQK_INLINE typename wqk_format<K>::SK wqk_signed(K b) {
+    typedef typename wqk_format<K>::SK SK;
+    SK m = (SK)wqk_magnitude(b), s = (SK)((SK)b >> (sizeof(K) * 8 - 1));
     return (SK)((m ^ s) - s);
 }
 
 /* y = lo where x < lo, hi where x > hi, else x (NumPy's clip: x itself when equal); returns
  * the largest key. */
-WQK_CLONES static K S(wqk_clip)(const void *x_, void *y_, ptrdiff_t n, K lo, K hi) {
-    const K *x = (const K *)x_;
-    K *y = (K *)y_;
-    SK vlo = S(wqk_signed)(lo), vhi = S(wqk_signed)(hi);
+template <typename K> WQK_CLONES static K wqk_clip(const K *x, K *y, ptrdiff_t n, K lo, K hi) {
+    typedef typename wqk_format<K>::SK SK;
+    const K abs = wqk_abs_mask<K>();
+    SK vlo = wqk_signed(lo), vhi = wqk_signed(hi);
     K top = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
-        K b = x[i], k = b & ABS;
-        SK v = S(wqk_signed)(b);
+        K b = x[i], k = b & abs;
+        SK v = wqk_signed(b);
         top = k > top ? k : top;
         y[i] = v < vlo ? lo : (v > vhi ? hi : b);
     }
@@ -470,17 +444,19 @@ WQK_CLONES static K S(wqk_clip)(const void *x_, void *y_, ptrdiff_t n, K lo, K h
 }
 
 /* y = sign(x) * max(|x| - alpha, 0) in x's precision (float16 via float32, as NumPy), with
- * sign(+-0) = 0; returns the largest key. */
-WQK_CLONES static K S(wqk_shrink)(const void *x_, void *y_, ptrdiff_t n, F alpha) {
-    const K *x = (const K *)x_;
-    K *y = (K *)y_;
+ * sign(+-0) = 0; alpha is first rounded to that precision.  Returns the largest key. */
+template <typename K> WQK_CLONES static K wqk_shrink(const K *x, K *y, ptrdiff_t n, double alpha) {
+    typedef wqk_format<K> Format;
+    const typename Format::F a = (typename Format::F)alpha;
+    const K abs = wqk_abs_mask<K>(), sign = wqk_sign_bit<K>();
     K top = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
-        K b = x[i], k = b & ABS;
-        F d = TO_F(k) - alpha;
-        K mag = d > 0 ? FROM_F(d) : (K)0;
+        K b = x[i], k = b & abs;
+        typename Format::F d = Format::to_float(k) - a;
+        K mag = d > 0 ? Format::from_float(d) : (K)0;
+        K keep_sign = (K)((K)0 - (K)(k != 0)); /* all ones unless x is +-0 */
         top = k > top ? k : top;
-        y[i] = mag | (k ? (K)(b & SIGN) : (K)0);
+        y[i] = mag | (K)(b & sign & keep_sign);
     }
     return top;
 }
@@ -490,18 +466,18 @@ WQK_CLONES static K S(wqk_shrink)(const void *x_, void *y_, ptrdiff_t n, F alpha
  * zeros[0] += zeros (+0 or -0) of x, zeros[1] += zeros of x_hat; returns the largest key of
  * either input.  The sums may be reassociated (WQK_SUMS) so that they vectorise: the order is
  * still fixed by the chunking, so results do not depend on threads. */
-WQK_CLONES WQK_SUMS static K S(wqk_error)(const void *x_, const void *x_hat_, ptrdiff_t n, double *out,
-                                          int64_t *zeros) {
-    const K *x = (const K *)x_;
-    const K *x_hat = (const K *)x_hat_;
+template <typename K>
+WQK_CLONES WQK_SUMS static K wqk_error(const K *x, const K *x_hat, ptrdiff_t n, double *out, int64_t *zeros) {
+    typedef wqk_format<K> Format;
+    const K abs = wqk_abs_mask<K>();
     double sx = 0, se = 0, mx = 0;
     int64_t za = 0, zb = 0;
     K top = 0;
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += BLOCK) {
-        ptrdiff_t len = n - i0 < BLOCK ? n - i0 : BLOCK;
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += WQK_BLOCK) {
+        ptrdiff_t len = n - i0 < WQK_BLOCK ? n - i0 : WQK_BLOCK;
         K ca = 0, cb = 0;
         for (ptrdiff_t j = 0; j < len; j++) {
-            K ka = x[i0 + j] & ABS, kb = x_hat[i0 + j] & ABS;
+            K ka = x[i0 + j] & abs, kb = x_hat[i0 + j] & abs;
             ca += (K)(ka == 0);
             cb += (K)(kb == 0);
             top = ka > top ? ka : top;
@@ -512,10 +488,10 @@ WQK_CLONES WQK_SUMS static K S(wqk_error)(const void *x_, const void *x_hat_, pt
     }
     zeros[0] += za;
     zeros[1] += zb;
-    if (top >= KEY_INF)
+    if (!wqk_finite_key(top))
         return top; /* NaN or infinity: the sums would mean nothing */
     for (ptrdiff_t i = 0; i < n; i++) {
-        double a = (double)TO_F(x[i]), d = a - (double)TO_F(x_hat[i]);
+        double a = (double)Format::to_float(x[i]), d = a - (double)Format::to_float(x_hat[i]);
         double ad = d < 0 ? -d : d;
         sx += a * a;
         se += d * d;
@@ -535,20 +511,20 @@ WQK_CLONES WQK_SUMS static K S(wqk_error)(const void *x_, const void *x_hat_, pt
  * otherwise *below counts those with u >> 16 < prefix and hist[u & 0xffff] those with
  * u >> 16 == prefix.  Returns the number of zero scores.  Sequential: the sums' order is fixed
  * (no WQK_SUMS), and the caller's sort costs far more. */
-static int64_t S(wqk_lamp_histogram)(const void *x_, ptrdiff_t n, int64_t prefix, int64_t *hist,
-                                     int64_t *below) {
-    const K *x = (const K *)x_;
+template <typename K>
+static int64_t wqk_lamp_histogram(const K *x, ptrdiff_t n, int64_t prefix, int64_t *hist, int64_t *below) {
+    typedef wqk_format<K> Format;
     double s = 0, q = 0, a;
     int64_t zeros = 0;
     if (n > 0) {
-        a = (double)TO_F(x[n - 1] & ABS);
+        a = (double)Format::to_float(wqk_magnitude(x[n - 1]));
         q = a * a;
     }
     for (ptrdiff_t i = n - 1, j; i >= 0; i = j - 1) { /* q: the square of x[i] */
         double next = q;
         s += q;
         for (j = i; j > 0; j--) { /* the run of equal squares ending at i starts at j */
-            a = (double)TO_F(x[j - 1] & ABS);
+            a = (double)Format::to_float(wqk_magnitude(x[j - 1]));
             next = a * a;
             if (next != q)
                 break;
@@ -570,16 +546,4 @@ static int64_t S(wqk_lamp_histogram)(const void *x_, ptrdiff_t n, int64_t prefix
     return zeros;
 }
 
-#undef ABS
-#undef SIGN
-#undef BLOCK
-/* the parameters of this instance: the next one defines its own */
-#undef K
-#undef SK
-#undef F
-#undef W
-#undef KEY_INF
-#undef S
-#undef TO_F
-#undef FROM_F
-#endif /* WQK_PRUNE_BODY */
+#endif /* WQK_BIT_LOOPS_H */

@@ -1,8 +1,4 @@
-# Pruning kernels: exact magnitude selection, threshold, N:M, channels, clip, shrink, statistics.
-#
-# Arrays arrive as 1-D views of their bits: uint16, uint32 or uint64 for float16, float32 and
-# float64 (the fused `key_t`).  A key is bits & ~sign: keys order like the magnitudes, +-0 is
-# the smallest and anything >= key_inf is an infinity or a NaN.
+# Pruning kernels: exact magnitude selection, threshold, N:M, channels, clip, shrink.
 #
 # Magnitude selection (prune by sparsity, prune_global) zeroes the k smallest keys of one or
 # more arrays taken as one sequence ("segments"), ties broken by the lower position.  It finds
@@ -14,47 +10,36 @@
 # t and the cut then come from the small window alone, and its entries that go are zeroed in
 # y.  When the window misses (the counts say so exactly) or for small inputs, a radix select
 # over all the keys finds t: histograms of 11-bit digits, most significant first.
+#
+# Every kernel reports whether its input held an infinity or a NaN (False, or NONFINITE) and
+# the Python layer raises; work in place checks before it writes anything.
 
-from libc.stdint cimport uint16_t, uint64_t
 from libc.string cimport memset, memcpy
 from libc.math cimport sqrt, floor, ceil
-from libc.stdlib cimport calloc
 
-ctypedef fused key_t:
-    uint16_t
-    uint32_t
-    uint64_t
-
-cdef extern from "_prune_loops.h" nogil:
+cdef extern from "_bit_loops.h" nogil:
     void wqk_prefetch(const void* p)
-    # each name picks the loop for the element width (bytes) given first; keys pass as uint64_t
-    uint64_t wqk_scan(int width, const void* x, void* y, Py_ssize_t n, uint64_t lo, uint64_t hi,
-                      int64_t base, void* keys, int64_t* index, int64_t cap, int64_t* counts)
-    void wqk_histogram(int width, const void* x, Py_ssize_t n, uint64_t prefix, int above, int shift,
-                       uint32_t mask, int64_t* hist)
-    Py_ssize_t wqk_compact(int width, const void* x, Py_ssize_t n, uint64_t prefix, int above, void* out)
-    void wqk_zero_listed(int width, void* y, const void* keys, const int64_t* index, Py_ssize_t count,
-                         uint64_t t, int64_t cut, int64_t base)
-    Py_ssize_t wqk_find_equal(int width, const void* x, Py_ssize_t n, uint64_t t, int64_t* r)
-    uint64_t wqk_mask_below(int width, const void* x, void* y, Py_ssize_t n, uint64_t t, Py_ssize_t cut)
-    int64_t wqk_count_below(int width, const void* x, Py_ssize_t n, uint64_t t, void* top)
-    uint64_t wqk_n_m_runs(int width, const void* x, void* y, Py_ssize_t runs, int m, int n, void* rank)
-    uint64_t wqk_n_m_lanes(int width, const void* x, void* y, Py_ssize_t lanes, Py_ssize_t stride,
-                           int length, int n, void* rank, Py_ssize_t chunk)
-    double wqk_norm_run(int width, const void* x, Py_ssize_t n, int ord)
-    void wqk_norm_lanes(int width, const void* x, Py_ssize_t n, int ord, double* acc)
-    void wqk_keep_lanes(int width, const void* x, void* y, Py_ssize_t n, const void* keep)
-    uint64_t wqk_clip(int width, const void* x, void* y, Py_ssize_t n, uint64_t lo, uint64_t hi)
-    uint64_t wqk_shrink(int width, const void* x, void* y, Py_ssize_t n, double alpha)
-    uint64_t wqk_error(int width, const void* x, const void* x_hat, Py_ssize_t n, double* out,
-                       int64_t* zeros)
-    int64_t wqk_lamp_histogram(int width, const void* x, Py_ssize_t n, int64_t prefix, int64_t* hist,
-                               int64_t* below)
+    K wqk_scan[K](const K* x, K* y, Py_ssize_t n, K lo, K hi, int64_t base, K* keys, int64_t* index,
+                  int64_t cap, int64_t* counts)
+    void wqk_histogram[K](const K* x, Py_ssize_t n, K prefix, int above, int shift, uint32_t mask,
+                          int64_t* hist)
+    Py_ssize_t wqk_compact[K](const K* x, Py_ssize_t n, K prefix, int above, K* out)
+    void wqk_zero_listed[K](K* y, const K* keys, const int64_t* index, Py_ssize_t count, K t,
+                            int64_t cut, int64_t base)
+    Py_ssize_t wqk_find_equal[K](const K* x, Py_ssize_t n, K t, int64_t* r)
+    K wqk_mask_below[K](const K* x, K* y, Py_ssize_t n, K t, Py_ssize_t cut)
+    K wqk_n_m_runs[K](const K* x, K* y, Py_ssize_t runs, int m, int n, K* rank)
+    K wqk_n_m_lanes[K](const K* x, K* y, Py_ssize_t lanes, Py_ssize_t stride, int length, int n,
+                       K* rank, Py_ssize_t chunk)
+    double wqk_norm_run[K](const K* x, Py_ssize_t n, int ord)
+    void wqk_norm_lanes[K](const K* x, Py_ssize_t n, int ord, double* acc)
+    void wqk_keep_lanes[K](const K* x, K* y, Py_ssize_t n, const K* keep)
+    K wqk_clip[K](const K* x, K* y, Py_ssize_t n, K lo, K hi)
+    K wqk_shrink[K](const K* x, K* y, Py_ssize_t n, double alpha)
 
 cdef enum:
     RADIX_BITS = 11             # bits per digit of the radix select
     MAX_PARTS = 64              # at most this many threads share a pass
-    ELEMENT_CHUNK = 1 << 16     # elements per task of element-wise loops
     SAMPLE_AHEAD = 32          # sample runs fetched ahead of use (their loads are cache misses)
     SAMPLE_RUN = 8              # consecutive keys per sample position (one TLB miss each)
     RANK_SCRATCH = 4096         # ranks held at once by the N:M kernel (they stay in L1)
@@ -74,33 +59,6 @@ cdef enum BitsOp:
 cdef double WINDOW_SIGMAS = 3.0
 
 
-cdef struct Segment:
-    const void* x   # keys (bits) to read
-    void* y         # output bits, or NULL
-    Py_ssize_t n
-    int64_t base    # position of x[0] in the whole sequence
-
-
-cdef inline key_t key_inf(key_t witness) noexcept nogil:
-    """The key of infinity: keys at or above it are infinities or NaNs."""
-    if key_t is uint16_t:
-        return 0x7c00
-    elif key_t is uint32_t:
-        return 0x7f800000
-    else:
-        return <uint64_t>0x7ff0000000000000ULL
-
-
-cdef inline key_t key_max(key_t witness) noexcept nogil:
-    """The largest key, ~sign: also the mask that turns bits into a key."""
-    return <key_t>~(<key_t>1 << (sizeof(key_t) * 8 - 1))
-
-
-cdef inline int key_bits(key_t witness) noexcept nogil:
-    """Bits of a key: all but the sign."""
-    return sizeof(key_t) * 8 - 1
-
-
 cdef inline int parts_for(int64_t total) noexcept nogil:
     return min(threads_for(total), <int>MAX_PARTS)
 
@@ -110,7 +68,7 @@ cdef inline int64_t part_start(int64_t total, int parts, int p) noexcept nogil:
     return total * p // parts
 
 
-cdef inline bint overlap(const Segment* s, int64_t a, int64_t b, Py_ssize_t* start,
+cdef inline bint overlap(const Segment[key_t]* s, int64_t a, int64_t b, Py_ssize_t* start,
                          Py_ssize_t* length) noexcept nogil:
     """The piece of segment s inside [a, b) of the whole sequence, if any (offsets into s)."""
     cdef int64_t lo = a if a > s.base else s.base
@@ -124,7 +82,7 @@ cdef inline bint overlap(const Segment* s, int64_t a, int64_t b, Py_ssize_t* sta
 
 # ---- selection ------------------------------------------------------------------------------
 
-cdef Status radix_select(key_t witness, const Segment* runs, Py_ssize_t nruns, int64_t k,
+cdef Status radix_select(const Segment[key_t]* runs, Py_ssize_t nruns, int64_t k,
                          int nt, bint check, key_t prefix, int bits, key_t* t_out,
                          int64_t* r_out) noexcept nogil:
     """The k-th smallest key (1-based) of the runs, and its rank r among the keys equal to it.
@@ -143,7 +101,7 @@ cdef Status radix_select(key_t witness, const Segment* runs, Py_ssize_t nruns, i
     cdef int64_t* hist = <int64_t*>malloc(sizeof(int64_t) * (nt << RADIX_BITS))
     cdef key_t* own = NULL
     cdef key_t* fresh
-    cdef Segment one
+    cdef Segment[key_t] one
     if hist == NULL:
         return NO_MEMORY
     for i in range(nruns):
@@ -156,14 +114,15 @@ cdef Status radix_select(key_t witness, const Segment* runs, Py_ssize_t nruns, i
         for p in prange(nt, num_threads=nt, schedule="static"):
             for i in range(nruns):
                 if overlap(&runs[i], part_start(total, nt, p), part_start(total, nt, p + 1), &start, &length):
-                    wqk_histogram(sizeof(key_t), <const key_t*>runs[i].x + start, length, prefix, above, shift,
+                    wqk_histogram(runs[i].x + start, length, prefix, above, shift,
                                   nbins - 1, hist + (p << RADIX_BITS))
         for t in range(1, nt):
             for v in range(nbins):
                 hist[v] += hist[(t << RADIX_BITS) + v]
         if check and bits == width - 1:
-            for v in range(key_inf(witness) >> shift, nbins):
-                if hist[v]:
+            # infinity's key has no bits below the top digit's: a bucket is all finite or none
+            for v in range(nbins):
+                if hist[v] and not finite_key(<key_t>(<key_t>v << shift)):
                     free(own)
                     free(hist)
                     return NONFINITE
@@ -185,7 +144,7 @@ cdef Status radix_select(key_t witness, const Segment* runs, Py_ssize_t nruns, i
                 return NO_MEMORY
             m = 0
             for i in range(nruns):
-                m += wqk_compact(sizeof(key_t), <const key_t*>runs[i].x, runs[i].n, prefix, above, fresh + m)
+                m += wqk_compact(runs[i].x, runs[i].n, prefix, above, fresh + m)
             free(own)
             own = fresh
             one.x = own
@@ -202,20 +161,20 @@ cdef Status radix_select(key_t witness, const Segment* runs, Py_ssize_t nruns, i
     return DONE
 
 
-cdef int64_t find_equal(key_t witness, const Segment* segs, Py_ssize_t nseg, key_t t,
+cdef int64_t find_equal(const Segment[key_t]* segs, Py_ssize_t nseg, key_t t,
                         int64_t r) noexcept nogil:
     """Position (in the whole sequence) of the r-th key equal to t, in order; -1 if r <= 0."""
     cdef Py_ssize_t s, i
     if r <= 0:
         return -1
     for s in range(nseg):
-        i = wqk_find_equal(sizeof(key_t), <const key_t*>segs[s].x, segs[s].n, t, &r)
+        i = wqk_find_equal(segs[s].x, segs[s].n, t, &r)
         if i >= 0:
             return segs[s].base + i
     return -1
 
 
-cdef bint mask_segments(key_t witness, const Segment* segs, Py_ssize_t nseg, int64_t total,
+cdef bint mask_segments(const Segment[key_t]* segs, Py_ssize_t nseg, int64_t total,
                         key_t t, int64_t cut) noexcept nogil:
     """y = 0 where key < t, or key == t at a position <= cut; else x.  False if a key is not finite."""
     cdef int nt = parts_for(total), p, bad = 0
@@ -225,13 +184,13 @@ cdef bint mask_segments(key_t witness, const Segment* segs, Py_ssize_t nseg, int
         top = 0
         for s in range(nseg):
             if overlap(&segs[s], part_start(total, nt, p), part_start(total, nt, p + 1), &start, &length):
-                top = max(top, wqk_mask_below(sizeof(key_t), <const key_t*>segs[s].x + start, <key_t*>segs[s].y + start,
+                top = max(top, wqk_mask_below(segs[s].x + start, segs[s].y + start,
                                               length, t, cut + 1 - (segs[s].base + start)))
-        bad += top >= key_inf(witness)
+        bad += not finite_key(top)
     return bad == 0
 
 
-cdef bint check_segments(key_t witness, const Segment* segs, Py_ssize_t nseg,
+cdef bint check_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
                          int64_t total) noexcept nogil:
     """False if a key is an infinity or NaN (a read-only pass, for work in place)."""
     cdef int nt = parts_for(total), p, bad = 0
@@ -241,8 +200,8 @@ cdef bint check_segments(key_t witness, const Segment* segs, Py_ssize_t nseg,
         top = 0
         for s in range(nseg):
             if overlap(&segs[s], part_start(total, nt, p), part_start(total, nt, p + 1), &start, &length):
-                wqk_count_below(sizeof(key_t), <const key_t*>segs[s].x + start, length, 0, &top)
-        bad += top >= key_inf(witness)
+                wqk_count_below(segs[s].x + start, length, <key_t>0, &top)
+        bad += not finite_key(top)
     return bad == 0
 
 
@@ -253,7 +212,7 @@ cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
     return z ^ (z >> 31)
 
 
-cdef Status sample_window(key_t witness, const Segment* segs, Py_ssize_t nseg, int64_t total,
+cdef Status sample_window(const Segment[key_t]* segs, Py_ssize_t nseg, int64_t total,
                           int64_t k, Py_ssize_t size, key_t* lo, key_t* hi,
                           int64_t* expected) noexcept nogil:
     """Keys lo <= hi such that the k-th smallest key is in [lo, hi] with high probability.
@@ -271,7 +230,7 @@ cdef Status sample_window(key_t witness, const Segment* segs, Py_ssize_t nseg, i
     cdef int64_t a, g, r, rank_lo, rank_hi
     cdef uint64_t stratum
     cdef double p, centre, spread
-    cdef Segment one
+    cdef Segment[key_t] one
     cdef Status status = DONE
     size = runs * SAMPLE_RUN
     sample = <key_t*>malloc(sizeof(key_t) * size)
@@ -300,7 +259,7 @@ cdef Status sample_window(key_t witness, const Segment* segs, Py_ssize_t nseg, i
                 while segs[s_key].base + segs[s_key].n <= g:
                     s_key += 1
                 sample[(j - SAMPLE_AHEAD) * SAMPLE_RUN + i] = \
-                    (<const key_t*>segs[s_key].x)[g - segs[s_key].base] & key_max(witness)
+                    magnitude(segs[s_key].x[g - segs[s_key].base])
     one.x = sample
     one.y = NULL
     one.n = size
@@ -311,11 +270,11 @@ cdef Status sample_window(key_t witness, const Segment* segs, Py_ssize_t nseg, i
     rank_lo = <int64_t>floor(centre - spread)
     rank_hi = <int64_t>ceil(centre + spread)
     lo[0] = 0
-    hi[0] = key_max(witness)
+    hi[0] = magnitude(<key_t>~(<key_t>0))
     if rank_lo >= 1:
-        status = radix_select(witness, &one, 1, rank_lo, 1, False, 0, key_bits(witness), lo, &r)
+        status = radix_select(&one, 1, rank_lo, 1, False, <key_t>0, sizeof(key_t) * 8 - 1, lo, &r)
     if status == DONE and rank_hi <= size:
-        status = radix_select(witness, &one, 1, rank_hi, 1, False, 0, key_bits(witness), hi, &r)
+        status = radix_select(&one, 1, rank_hi, 1, False, <key_t>0, sizeof(key_t) * 8 - 1, hi, &r)
     free(sample)
     rank_lo = max(rank_lo, <int64_t>0)
     rank_hi = min(rank_hi, <int64_t>size)
@@ -323,7 +282,7 @@ cdef Status sample_window(key_t witness, const Segment* segs, Py_ssize_t nseg, i
     return status
 
 
-cdef void zero_window(key_t witness, const Segment* segs, Py_ssize_t nseg, const key_t* keys,
+cdef void zero_window(const Segment[key_t]* segs, Py_ssize_t nseg, const key_t* keys,
                       const int64_t* index, Py_ssize_t count, key_t t, int64_t cut) noexcept nogil:
     """Zero in y the window entries that go: key < t, or key == t at a position <= cut."""
     cdef Py_ssize_t s, first = 0, last
@@ -331,12 +290,12 @@ cdef void zero_window(key_t witness, const Segment* segs, Py_ssize_t nseg, const
         last = first
         while last < count and index[last] < segs[s].base + segs[s].n:
             last += 1
-        wqk_zero_listed(sizeof(key_t), segs[s].y, keys + first, index + first, last - first, t, cut,
+        wqk_zero_listed(segs[s].y, keys + first, index + first, last - first, t, cut,
                         segs[s].base)
         first = last
 
 
-cdef Status prune_rank_segments(key_t witness, const Segment* segs, Py_ssize_t nseg,
+cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
                                 int64_t total, int64_t k, bint inplace, Py_ssize_t sample_size,
                                 int64_t sample_min) noexcept nogil:
     """Zero the k smallest keys of the segments (ties: lower position first) into their y.
@@ -353,20 +312,20 @@ cdef Status prune_rank_segments(key_t witness, const Segment* segs, Py_ssize_t n
     cdef int64_t* index
     cdef int64_t counts[2 * MAX_PARTS]  # per part: keys below lo, keys in the window
     cdef key_t tops[MAX_PARTS]
-    cdef Segment cand[MAX_PARTS]       # per part: its window entries (keys, in order)
+    cdef Segment[key_t] cand[MAX_PARTS]       # per part: its window entries (keys, in order)
 
     if k <= 0:  # nothing goes: a copy, with the finiteness check
         if inplace:
-            return DONE if check_segments(witness, segs, nseg, total) else NONFINITE
-        return DONE if mask_segments(witness, segs, nseg, total, 0, -1) else NONFINITE
+            return DONE if check_segments(segs, nseg, total) else NONFINITE
+        return DONE if mask_segments(segs, nseg, total, 0, -1) else NONFINITE
 
     if total < sample_min or sample_size <= 0:
-        status = radix_select(witness, segs, nseg, k, nt, True, 0, key_bits(witness), &t, &r)
+        status = radix_select(segs, nseg, k, nt, True, <key_t>0, sizeof(key_t) * 8 - 1, &t, &r)
         if status == DONE:
-            mask_segments(witness, segs, nseg, total, t, find_equal(witness, segs, nseg, t, r))
+            mask_segments(segs, nseg, total, t, find_equal(segs, nseg, t, r))
         return status
 
-    status = sample_window(witness, segs, nseg, total, k, min(<int64_t>sample_size, total),
+    status = sample_window(segs, nseg, total, k, min(<int64_t>sample_size, total),
                            &lo, &hi, &expected)
     if status != DONE:
         return status
@@ -384,7 +343,7 @@ cdef Status prune_rank_segments(key_t witness, const Segment* segs, Py_ssize_t n
         tops[p] = 0
         for s in range(nseg):
             if overlap(&segs[s], part_start(total, nt, p), part_start(total, nt, p + 1), &start, &length):
-                tops[p] = max(tops[p], wqk_scan(sizeof(key_t),
+                tops[p] = max(tops[p], wqk_scan(
                     <const key_t*>segs[s].x + start,
                     <key_t*>segs[s].y + start if scanned_into_y else NULL, length, lo, hi,
                     segs[s].base + start, keys + p * cap, index + p * cap, cap, counts + 2 * p))
@@ -398,13 +357,13 @@ cdef Status prune_rank_segments(key_t witness, const Segment* segs, Py_ssize_t n
         cand[p].y = NULL
         cand[p].n = min(counts[2 * p + 1], cap)
         cand[p].base = 0 if p == 0 else cand[p - 1].base + cand[p - 1].n
-    if top >= key_inf(witness):
+    if not finite_key(top):
         status = NONFINITE
     elif less < k <= less + inside and copied_out:  # t is in the window: select there
         bits = 0  # the window's keys share their bits above the highest bit where lo and hi differ
         while (lo ^ hi) >> bits:
             bits += 1
-        status = radix_select(witness, cand, nt, k - less, 1, False, lo >> bits, bits, &t, &r)
+        status = radix_select(cand, nt, k - less, 1, False, lo >> bits, bits, &t, &r)
         for p in range(nt if status == DONE else 0):  # the entries are in sequence order
             for c in range(cand[p].n):
                 if keys[p * cap + c] == t:
@@ -416,48 +375,21 @@ cdef Status prune_rank_segments(key_t witness, const Segment* segs, Py_ssize_t n
                 break
     elif less < k <= less + inside and lo == hi:
         t = lo
-        cut = find_equal(witness, segs, nseg, t, k - less)
+        cut = find_equal(segs, nseg, t, k - less)
         copied_out = False
     else:  # the sample missed, or the window overflowed: select over everything
         copied_out = False
-        status = radix_select(witness, segs, nseg, k, nt, False, 0, key_bits(witness), &t, &r)
+        status = radix_select(segs, nseg, k, nt, False, <key_t>0, sizeof(key_t) * 8 - 1, &t, &r)
         if status == DONE:
-            cut = find_equal(witness, segs, nseg, t, r)
+            cut = find_equal(segs, nseg, t, r)
     if status == DONE and copied_out and scanned_into_y:
         # y holds (key < lo) ? 0 : x already; zero the window's entries that go
         for p in prange(nt, num_threads=nt, schedule="static"):
-            zero_window(witness, segs, nseg, keys + p * cap, index + p * cap, cand[p].n, t, cut)
+            zero_window(segs, nseg, keys + p * cap, index + p * cap, cand[p].n, t, cut)
     elif status == DONE:
-        mask_segments(witness, segs, nseg, total, t, cut)
+        mask_segments(segs, nseg, total, t, cut)
     free(keys)
     free(index)
-    return status
-
-
-cdef int prune_rank_lists(key_t witness, list xs, list ys, int64_t k, bint inplace,
-                          Py_ssize_t sample_size, int64_t sample_min) except? -99:
-    """Segments from lists of 1-D bit arrays, then prune_rank_segments without the GIL."""
-    cdef Py_ssize_t nseg = len(xs), i
-    cdef const key_t[::1] xv
-    cdef key_t[::1] yv
-    cdef int64_t total = 0
-    cdef Status status
-    cdef Segment* segs = <Segment*>malloc(sizeof(Segment) * max(nseg, 1))
-    if segs == NULL:
-        raise MemoryError()
-    try:
-        for i in range(nseg):
-            xv = xs[i]
-            yv = ys[i]
-            segs[i].n = xv.shape[0]
-            segs[i].x = &xv[0] if xv.shape[0] else NULL
-            segs[i].y = &yv[0] if yv.shape[0] else NULL
-            segs[i].base = total
-            total += xv.shape[0]
-        with nogil:
-            status = prune_rank_segments(witness, segs, nseg, total, k, inplace, sample_size, sample_min)
-    finally:
-        free(segs)
     return status
 
 
@@ -468,16 +400,35 @@ def prune_rank(list xs, list ys, int64_t k, bint inplace, Py_ssize_t sample_size
     xs[i] (ys may be xs: then inplace).  Windows come from `sample_size` samples when the total
     is at least `sample_min`.  Returns False (y unspecified, x untouched) if x holds a NaN or Inf.
     """
-    cdef int status
     if not xs:
         return True
-    width = xs[0].itemsize
-    if width == 2:
-        status = prune_rank_lists(<uint16_t>0, xs, ys, k, inplace, sample_size, sample_min)
-    elif width == 4:
-        status = prune_rank_lists(<uint32_t>0, xs, ys, k, inplace, sample_size, sample_min)
-    else:
-        status = prune_rank_lists(<uint64_t>0, xs, ys, k, inplace, sample_size, sample_min)
+    return _prune_rank_as(xs[0], xs, ys, k, inplace, sample_size, sample_min)
+
+
+def _prune_rank_as(const key_t[::1] first, list xs, list ys, int64_t k, bint inplace,
+                   Py_ssize_t sample_size, int64_t sample_min):
+    """prune_rank with the key type of `first` (xs[0]: the fused dispatch reads it from there)."""
+    cdef Py_ssize_t nseg = len(xs), i
+    cdef const key_t[::1] xv
+    cdef key_t[::1] yv
+    cdef int64_t total = 0
+    cdef Status status
+    cdef Segment[key_t]* segs = <Segment[key_t]*>malloc(sizeof(Segment[key_t]) * max(nseg, 1))
+    if segs == NULL:
+        raise MemoryError()
+    try:
+        for i in range(nseg):  # the lists hold the arrays: the pointers outlive each view
+            xv = xs[i]
+            yv = ys[i]
+            segs[i].n = xv.shape[0]
+            segs[i].x = &xv[0] if xv.shape[0] else NULL
+            segs[i].y = &yv[0] if yv.shape[0] else NULL
+            segs[i].base = total
+            total += xv.shape[0]
+        with nogil:
+            status = prune_rank_segments(segs, nseg, total, k, inplace, sample_size, sample_min)
+    finally:
+        free(segs)
     if status == NO_MEMORY:
         raise MemoryError()
     return status == DONE
@@ -485,7 +436,7 @@ def prune_rank(list xs, list ys, int64_t k, bint inplace, Py_ssize_t sample_size
 
 # ---- element-wise: threshold, clip, shrink ------------------------------------------------
 
-cdef bint map_bits(key_t witness, BitsOp op, const key_t* x, key_t* y, Py_ssize_t n,
+cdef bint map_bits(BitsOp op, const key_t* x, key_t* y, Py_ssize_t n,
                       key_t a, key_t b, double alpha) noexcept nogil:
     """One element-wise pass in chunks over threads; False if a key is an infinity or NaN."""
     cdef Py_ssize_t chunks = (n + ELEMENT_CHUNK - 1) // ELEMENT_CHUNK, c, start, length
@@ -496,25 +447,24 @@ cdef bint map_bits(key_t witness, BitsOp op, const key_t* x, key_t* y, Py_ssize_
         length = min(<Py_ssize_t>ELEMENT_CHUNK, n - start)
         top = 0
         if op == THRESHOLD:
-            top = wqk_mask_below(sizeof(key_t), x + start, y + start, length, a, 0)
+            top = wqk_mask_below(x + start, y + start, length, a, 0)
         elif op == CLIP:
-            top = wqk_clip(sizeof(key_t), x + start, y + start, length, a, b)
+            top = wqk_clip(x + start, y + start, length, a, b)
         elif op == SHRINK:
-            top = wqk_shrink(sizeof(key_t), x + start, y + start, length, alpha)
+            top = wqk_shrink(x + start, y + start, length, alpha)
         else:
-            wqk_count_below(sizeof(key_t), x + start, length, 0, &top)
-        bad += top >= key_inf(witness)
+            wqk_count_below(x + start, length, <key_t>0, &top)
+        bad += not finite_key(top)
     return bad == 0
 
 
 cdef bint run_elementwise(BitsOp op, const key_t[::1] x, key_t[::1] y, uint64_t a, uint64_t b,
                           double alpha, bint inplace) noexcept nogil:
-    cdef key_t w = 0
     if x.shape[0] == 0:
         return True
-    if inplace and not map_bits(w, CHECK, &x[0], NULL, x.shape[0], 0, 0, 0.0):
+    if inplace and not map_bits(CHECK, &x[0], NULL, x.shape[0], 0, 0, 0.0):
         return False
-    return map_bits(w, op, &x[0], &y[0], x.shape[0], <key_t>a, <key_t>b, alpha)
+    return map_bits(op, &x[0], &y[0], x.shape[0], <key_t>a, <key_t>b, alpha)
 
 
 def prune_threshold(const key_t[::1] x, key_t[::1] y, uint64_t threshold, bint inplace):
@@ -552,13 +502,13 @@ def prune_n_m_into(const key_t[::1] x, key_t[::1] y, Py_ssize_t outer, Py_ssize_
     cdef Py_ssize_t size = x.shape[0], groups = (length + m - 1) // m, full = length // m
     cdef Py_ssize_t tasks, task, o, g, per_task, first, count, chunk
     cdef int nt = threads_for(size), bad = 0, run
-    cdef key_t top, w = 0
+    cdef key_t top
     cdef key_t* rank
     if size == 0:
         return True
     if inplace:
         with nogil:
-            bad = not map_bits(w, CHECK, &x[0], NULL, size, 0, 0, 0.0)
+            bad = not map_bits(CHECK, &x[0], NULL, size, 0, 0, 0.0)
         if bad:
             return False
     with nogil:
@@ -572,8 +522,8 @@ def prune_n_m_into(const key_t[::1] x, key_t[::1] y, Py_ssize_t outer, Py_ssize_
                 if rank == NULL:
                     bad += 1
                 else:
-                    top = wqk_n_m_runs(sizeof(key_t), &x[first * m], &y[first * m], min(per_task, count - first), m, n, rank)
-                    bad += top >= key_inf(w)
+                    top = wqk_n_m_runs(&x[first * m], &y[first * m], min(per_task, count - first), m, n, rank)
+                    bad += not finite_key(top)
                     free(rank)
         elif inner == 1:  # rows with a short last run
             for o in prange(outer, num_threads=nt, schedule="static"):
@@ -581,11 +531,11 @@ def prune_n_m_into(const key_t[::1] x, key_t[::1] y, Py_ssize_t outer, Py_ssize_
                 if rank == NULL:
                     bad += 1
                 else:
-                    top = wqk_n_m_runs(sizeof(key_t), &x[o * length], &y[o * length], full, m, n, rank)
+                    top = wqk_n_m_runs(&x[o * length], &y[o * length], full, m, n, rank)
                     if length > full * m:
-                        top = max(top, wqk_n_m_runs(sizeof(key_t), &x[o * length + full * m], &y[o * length + full * m],
+                        top = max(top, wqk_n_m_runs(&x[o * length + full * m], &y[o * length + full * m],
                                                     1, <int>(length - full * m), n, rank))
-                    bad += top >= key_inf(w)
+                    bad += not finite_key(top)
                     free(rank)
         else:  # each run is `inner` lanes of up to m rows
             chunk = max(RANK_SCRATCH // m, 16)
@@ -599,11 +549,11 @@ def prune_n_m_into(const key_t[::1] x, key_t[::1] y, Py_ssize_t outer, Py_ssize_
                 if rank == NULL:
                     bad += 1
                 else:
-                    top = wqk_n_m_lanes(sizeof(key_t), &x[first], &y[first], inner, inner, run, n, rank, chunk)
-                    bad += top >= key_inf(w)
+                    top = wqk_n_m_lanes(&x[first], &y[first], inner, inner, run, n, rank, chunk)
+                    bad += not finite_key(top)
                     free(rank)
         if bad:  # a NaN or infinity, or no memory for the ranks
-            bad = 1 if map_bits(w, CHECK, &x[0], NULL, size, 0, 0, 0.0) else 2
+            bad = 1 if map_bits(CHECK, &x[0], NULL, size, 0, 0, 0.0) else 2
     if bad == 1:
         raise MemoryError()
     return bad == 0
@@ -620,17 +570,16 @@ def prune_channels_into(const key_t[::1] x, key_t[::1] y, Py_ssize_t outer, Py_s
     """
     cdef Py_ssize_t size = x.shape[0], c, o, c0, task
     cdef int nt = threads_for(size)
-    cdef key_t w = 0
     cdef uint64_t t = 0
     cdef int64_t r, cut = -1
-    cdef Segment one
+    cdef Segment[uint64_t] ranked
     cdef Status status = DONE
     cdef key_t* keep
     if size == 0 or channels == 0:
         return True
     cdef bint finite
     with nogil:
-        finite = map_bits(w, CHECK, &x[0], NULL, size, 0, 0, 0.0)
+        finite = map_bits(CHECK, &x[0], NULL, size, 0, 0, 0.0)
     if not finite:
         return False
     keep = <key_t*>malloc(sizeof(key_t) * channels)
@@ -641,26 +590,25 @@ def prune_channels_into(const key_t[::1] x, key_t[::1] y, Py_ssize_t outer, Py_s
         if inner == 1:  # lanes: a chunk of channels over all rows (a fixed order per channel)
             for c0 in prange(0, channels, LANE_CHUNK, num_threads=nt, schedule="static"):
                 for o in range(outer):
-                    wqk_norm_lanes(sizeof(key_t), &x[o * channels + c0], min(<Py_ssize_t>LANE_CHUNK, channels - c0),
+                    wqk_norm_lanes(&x[o * channels + c0], min(<Py_ssize_t>LANE_CHUNK, channels - c0),
                                    ord, &norms[c0])
         else:
             for c in prange(channels, num_threads=nt, schedule="static"):
                 for o in range(outer):
-                    norms[c] += wqk_norm_run(sizeof(key_t), &x[(o * channels + c) * inner], inner, ord)
+                    norms[c] += wqk_norm_run(&x[(o * channels + c) * inner], inner, ord)
         # the norms are non-negative doubles: their bits are keys of the same order
-        one.x = &norms[0]
-        one.y = NULL
-        one.n = channels
-        one.base = 0
+        ranked.x = <const uint64_t*>&norms[0]
+        ranked.y = NULL
+        ranked.n = channels
+        ranked.base = 0
         if k > 0:
-            status = radix_select(<uint64_t>0, &one, 1, k, 1, False, 0, 63, &t, &r)
-            cut = find_equal(<uint64_t>0, &one, 1, t, r)
+            status = radix_select(&ranked, 1, k, 1, False, <uint64_t>0, 63, &t, &r)
+            cut = find_equal(&ranked, 1, t, r)
         for c in range(channels):
-            keep[c] = 0 if k > 0 and ((<uint64_t*>&norms[0])[c] < t or
-                                      ((<uint64_t*>&norms[0])[c] == t and c <= cut)) else <key_t>~(<key_t>0)
+            keep[c] = 0 if k > 0 and (ranked.x[c] < t or (ranked.x[c] == t and c <= cut)) else <key_t>~(<key_t>0)
         if status == DONE and inner == 1:
             for o in prange(outer, num_threads=nt, schedule="static"):
-                wqk_keep_lanes(sizeof(key_t), &x[o * channels], &y[o * channels], channels, keep)
+                wqk_keep_lanes(&x[o * channels], &y[o * channels], channels, keep)
         elif status == DONE:
             for task in prange(outer * channels, num_threads=nt, schedule="static"):
                 if not keep[task % channels]:
@@ -671,66 +619,3 @@ def prune_channels_into(const key_t[::1] x, key_t[::1] y, Py_ssize_t outer, Py_s
     if status == NO_MEMORY:
         raise MemoryError()
     return True
-
-
-# ---- statistics ----------------------------------------------------------------------------
-
-def count_zeros(const key_t[::1] x):
-    """The number of elements equal to +0 or -0."""
-    cdef Py_ssize_t n = x.shape[0], chunks = (n + ELEMENT_CHUNK - 1) // ELEMENT_CHUNK, c, start
-    cdef int64_t zeros = 0
-    cdef key_t top
-    with nogil:
-        for c in prange(chunks, num_threads=threads_for(n), schedule="static"):
-            start = c * ELEMENT_CHUNK
-            top = 0
-            zeros += wqk_count_below(sizeof(key_t), &x[start], min(<Py_ssize_t>ELEMENT_CHUNK, n - start), 1, &top)
-    return zeros
-
-
-def error_sums(const key_t[::1] x, const key_t[::1] x_hat, double[::1] out, int64_t[::1] zeros):
-    """out = [sum x^2, sum (x - x_hat)^2, max |x - x_hat|] in float64, zeros = [zeros of x, zeros
-    of x_hat] (+0 or -0).  False if not all finite (the zeros are counted all the same).
-
-    Each chunk of ELEMENT_CHUNK elements is summed on its own and the chunks' sums are added in
-    order, so the result does not depend on the number of threads.
-    """
-    cdef Py_ssize_t n = x.shape[0], chunks = (n + ELEMENT_CHUNK - 1) // ELEMENT_CHUNK, c, start
-    cdef double* parts = <double*>calloc(3 * max(chunks, 1), sizeof(double))
-    cdef int64_t* counts = <int64_t*>calloc(2 * max(chunks, 1), sizeof(int64_t))
-    cdef int bad = 0
-    cdef key_t top, w = 0
-    if parts == NULL or counts == NULL:
-        free(parts)
-        free(counts)
-        raise MemoryError()
-    with nogil:
-        for c in prange(chunks, num_threads=threads_for(n), schedule="static"):
-            start = c * ELEMENT_CHUNK
-            top = wqk_error(sizeof(key_t), &x[start], &x_hat[start], min(<Py_ssize_t>ELEMENT_CHUNK, n - start),
-                            parts + 3 * c, counts + 2 * c)
-            bad += top >= key_inf(w)
-        out[0] = out[1] = out[2] = 0.0
-        zeros[0] = zeros[1] = 0
-        for c in range(chunks):
-            out[0] += parts[3 * c]
-            out[1] += parts[3 * c + 1]
-            out[2] = max(out[2], parts[3 * c + 2])
-            zeros[0] += counts[2 * c]
-            zeros[1] += counts[2 * c + 1]
-    free(parts)
-    free(counts)
-    return bad == 0
-
-
-def lamp_histogram(const key_t[::1] ranked, int64_t prefix, int64_t[::1] hist, int64_t[::1] below):
-    """Count the LAMP scores of `ranked` (magnitudes sorted ascending) by their float32 bits u:
-    hist[u >> 16] += 1 when prefix < 0; else below[0] counts u >> 16 < prefix and hist[u & 0xffff]
-    those with u >> 16 == prefix.  hist has 65536 bins.  Returns the number of zero scores."""
-    if hist.shape[0] < 65536 or below.shape[0] < 1:
-        raise ValueError("lamp_histogram needs 65536 bins and one counter")
-    cdef int64_t zeros
-    with nogil:
-        zeros = wqk_lamp_histogram(sizeof(key_t), &ranked[0] if ranked.shape[0] else NULL, ranked.shape[0],
-                                   prefix, &hist[0], &below[0])
-    return zeros

@@ -1,6 +1,5 @@
 # Quantization kernels: group statistics, scale search, quantize, fake-quantize, dequantize.
 
-from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
 cdef extern from "_loops.h" nogil:
@@ -28,7 +27,9 @@ cdef enum:
 
 cdef inline float key_to_float(int32_t k) noexcept nogil:
     cdef uint32_t b = <uint32_t>wqk_key(<uint32_t>k)  # the key map is its own inverse
-    return (<float*>&b)[0]
+    cdef float f
+    memcpy(&f, &b, sizeof(float))
+    return f
 
 
 cdef inline void init_keys(int32_t* klo, int32_t* khi, Py_ssize_t count, bint asymmetric) noexcept nogil:

@@ -10,6 +10,7 @@
 
 from cython.parallel cimport prange
 from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t
+from libc.stdlib cimport malloc, free
 
 cdef extern from "_loops.h" nogil:
     int wqk_max_threads()

@@ -1,4 +1,5 @@
-/* Innermost element loops of wqkernels, called from _core.pyx.
+/* Innermost element loops over float32 values and codes, called from _quantization.pxi and
+ * _packing.pxi; also the thread settings every kernel uses.
  *
  * Each function walks one contiguous run of float32 (or code) elements and does nothing else:
  * the Cython layer splits arrays into runs and threads, the Python layer validates.  The loops
@@ -31,10 +32,9 @@
 #endif
 
 /* Threads: at most wqk_max_threads() per loop, and fewer while the machine is busy (OpenMP's
- * dynamic adjustment, from the load average).  A team of two on two cores that another process
- * also uses waits a time slice for its descheduled half at every loop: a file rewrite ran 4-6x
- * slower next to one busy process, and 1.6-1.9x the copy time with the adjustment on.  The
- * setting belongs to the calling thread (OpenMP ICVs), so set_max_threads renews it. */
+ * dynamic adjustment, from the load average): a team as large as the machine, on cores that
+ * another process also uses, would wait a time slice for its descheduled members at every
+ * loop.  The setting belongs to the calling thread (OpenMP ICVs), so set_max_threads renews it. */
 #ifdef _OPENMP
 #include <omp.h>
 static int wqk_max_threads(void) { return omp_get_max_threads(); }
