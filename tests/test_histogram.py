@@ -48,6 +48,8 @@ def test_default_range_and_degenerate_ranges():
     x = np.array([-1.0, 2.0], np.float64)
     assert compare(x, np.zeros(2), bins=3)[4].tolist() == [-1.0, 0.0, 1.0, 2.0]
     assert compare(np.full(3, 2.0), np.full(3, 2.0), bins=2)[4].tolist() == [1.5, 2.0, 2.5]
+    big = compare(np.full(3, 3e30, np.float32), np.full(3, 3e30, np.float32), bins=4)
+    assert big[3].tolist() == [[0, 0, 3, 0], [0, 0, 3, 0]] and big[4][0] < 3e30 < big[4][-1]
     empty = compare(np.zeros(0, np.float32), np.zeros(0, np.float32), bins=2)
     assert empty[3].tolist() == [[0, 0], [0, 0]] and empty[4].tolist() == [0.0, 0.5, 1.0]
 
@@ -99,3 +101,22 @@ def test_histogram_of_one_array(x, bins, range_):
 def test_histogram_refuses_nonfinite_values():
     with pytest.raises(ValueError, match="x has 1 NaN"):
         histogram(np.array([1.0, np.inf]), 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_same_counts_on_any_number_of_threads(dtype):
+    """Each thread counts into its own bins: the sums of them do not depend on the threads."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(700_001).astype(dtype)
+    x_hat = wqkernels.fake_quantize(x, 3).astype(dtype)
+    saved = wqkernels.max_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            wqkernels.set_max_threads(threads)
+            results.append(compare(x, x_hat, bins=97))
+    finally:
+        wqkernels.set_max_threads(saved)
+    assert results[0][:3] == results[1][:3] == compare(x, x_hat)
+    assert_bit_equal(results[0][3], results[1][3], "counts")
+    assert_bit_equal(results[0][3], ref.compare(x, x_hat, 97)[3], "counts against numpy")

@@ -93,8 +93,10 @@ def compare(x, x_hat, *, bins: int = 0, range=None):
         0 (the default): no histograms.  Otherwise the number of equal bins over `range`.
     range : (float, float), optional
         The histograms' lower and upper edges; default: the smallest and the largest value of
-        x and x_hat.  Values outside it count in the first or the last bin.  An empty range
-        (both edges equal) is widened by 0.5 on each side, as :func:`numpy.histogram` does.
+        x and x_hat.  Values outside it count in the first or the last bin.  A range too narrow
+        for the bins (both edges equal, say) is widened by 0.5 on each side, as
+        :func:`numpy.histogram` widens an empty range (and where 0.5 is lost in the rounding of
+        large edges, by half their magnitude).
 
     Returns
     -------
@@ -126,22 +128,24 @@ def compare(x, x_hat, *, bins: int = 0, range=None):
     bins = check_int(bins, "bins", 0)
     common = np.result_type(xc, xh)
     xc, xh = xc.astype(common, copy=False), xh.astype(common, copy=False)
+    edges = histogram_edges(bins, _range(xc, xh) if range is None else range) if bins else _NO_EDGES
+    counts = np.zeros((2, bins), dtype=np.int64)
     if xc.size == 0:
         result = ErrorStats(0.0, 0.0, math.inf), 0.0, 0.0
     else:
         sums = np.empty(3, dtype=np.float64)
         zeros = np.empty(2, dtype=np.int64)
-        if not _core.error_sums(bits_view(xc), bits_view(xh), sums, zeros):
+        if not _core.error_sums(bits_view(xc), bits_view(xh), sums, zeros, edges, counts.reshape(-1)):
             bad_x = not np.isfinite(xc).all()
             raise nonfinite_error(xc if bad_x else xh, "x" if bad_x else "x_hat")
         signal, noise, max_abs = (float(v) for v in sums)
         stats = ErrorStats(noise / xc.size, max_abs, _sqnr_db(signal, noise))
         result = stats, int(zeros[0]) / xc.size, int(zeros[1]) / xc.size
-    if not bins:
-        return result
-    edges = histogram_edges(bins, _range(xc, xh) if range is None else range)
-    counts = np.stack([_histogram(a, edges) for a in (xc, xh)])
-    return (*result, counts, edges)
+    return (*result, counts, edges) if bins else result
+
+
+#: the edges of no histogram
+_NO_EDGES = np.zeros(0, dtype=np.float64)
 
 
 def histogram(x, bins: int, range=None) -> tuple[np.ndarray, np.ndarray]:
@@ -155,12 +159,9 @@ def histogram(x, bins: int, range=None) -> tuple[np.ndarray, np.ndarray]:
     >>> histogram(np.array([0.0, 0.5, 2.0, 1.0], np.float32), 2)
     (array([2, 2]), array([0., 1., 2.]))
     """
-    xc = float_array(x)
     bins = check_int(bins, "bins", 1)
-    if not np.isfinite(xc).all():
-        raise nonfinite_error(xc)
-    edges = histogram_edges(bins, _range(xc, xc) if range is None else range)
-    return _histogram(xc, edges), edges
+    _, _, _, counts, edges = compare(x, x, bins=bins, range=range)
+    return counts[0], edges
 
 
 def histogram_edges(bins: int, range) -> np.ndarray:
@@ -183,31 +184,24 @@ def histogram_edges(bins: int, range) -> np.ndarray:
         raise ValueError(f"range must be finite, got {range!r}")
     if lo > hi:
         raise ValueError(f"range must run from low to high, got {range!r}")
-    if lo == hi:
-        lo, hi = lo - 0.5, hi + 0.5
-    return np.linspace(lo, hi, bins + 1)
+    edges = np.linspace(lo + 0.0, hi + 0.0, bins + 1)  # + 0.0: an edge at zero is +0, whichever zero was given
+    for wide in (0.5, 0.5 * max(abs(lo), abs(hi))):  # equal ends, or bins too narrow for the floats
+        if (np.diff(edges) > 0).all():
+            return edges
+        edges = np.linspace(lo - wide, hi + wide, bins + 1)
+    if not (math.isfinite(edges[-1] - edges[0]) and (np.diff(edges) > 0).all()):
+        raise ValueError(f"range {range!r} cannot be split into {bins} bins")
+    return edges
 
 
 def _range(x: np.ndarray, x_hat: np.ndarray) -> tuple[float, float]:
-    """From the smallest to the largest value of the two (finite) arrays; (0, 1) when empty."""
+    """From the smallest to the largest value of the two arrays; (0, 1) when they are empty or
+    not finite (then the kernel reports the values that are not, and no histogram is made)."""
     if x.size == 0:
         return 0.0, 1.0
-    return float(min(x.min(), x_hat.min())), float(max(x.max(), x_hat.max()))
-
-
-#: elements histogrammed at a time: bounded float64 temporaries
-_HISTOGRAM_BLOCK = 1 << 16
-
-
-def _histogram(a: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Counts of the (finite) values of `a` in float64, clipped to the edges' range."""
-    lo, hi = float(edges[0]), float(edges[-1])
-    flat = a.reshape(-1)
-    counts = np.zeros(edges.size - 1, np.int64)
-    for start in range(0, flat.size, _HISTOGRAM_BLOCK):
-        block = np.clip(flat[start:start + _HISTOGRAM_BLOCK].astype(np.float64), lo, hi)
-        counts += np.histogram(block, edges.size - 1, (lo, hi))[0]
-    return counts
+    with np.errstate(invalid="ignore"):
+        low, high = float(min(x.min(), x_hat.min())), float(max(x.max(), x_hat.max()))
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else (0.0, 1.0)
 
 
 def _sqnr_db(signal: float, noise: float) -> float:

@@ -31,9 +31,11 @@ def compare(x, x_hat, bins=0, range=None):
     a, b = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (x, x_hat))
     if range is None:
         range = (0.0, 1.0) if a.size == 0 else (min(a.min(), b.min()), max(a.max(), b.max()))
-    lo, hi = (float(v) for v in range)
-    if lo == hi:
-        lo, hi = lo - 0.5, hi + 0.5
+    low, high = (float(v) + 0.0 for v in range)
+    lo, hi = low, high
+    for wide in (0.5, 0.5 * max(abs(low), abs(high))):  # a range too narrow for the bins, widened
+        if not (np.diff(np.linspace(lo, hi, bins + 1)) > 0).all():
+            lo, hi = low - wide, high + wide
     counts = np.stack([np.histogram(np.clip(v, lo, hi), bins, (lo, hi))[0] for v in (a, b)]).astype(np.int64)
     return (*result, counts, np.linspace(lo, hi, bins + 1))
 
