@@ -49,7 +49,8 @@ def run_command(args, recipe: Recipe) -> int:
         signum = stack.enter_context(_sigterm_interrupts())
         try:
             result = execute(jobs, args.out_dir, recipe, workers=args.workers, executor=executor,
-                             skip_existing=args.skip_existing, progress=not args.quiet)
+                             skip_existing=args.skip_existing, progress=not args.quiet,
+                             histograms=bool(args.report or args.html))
         except BatchError as exc:
             raise CommandError(str(exc), status=1) from None
     print(result.summary(files=not args.quiet))

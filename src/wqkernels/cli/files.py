@@ -134,7 +134,7 @@ def run_rewrite(args) -> int:
     if batch.is_batch(args):
         return batch.run_command(args, recipe)
     return _finish(_guarded(rewrite, args.src[0], args.output, recipe, in_place=args.in_place,
-                            progress=not args.quiet), args)
+                            progress=not args.quiet, histograms=bool(args.report or args.html)), args)
 
 
 def run_restore(args) -> int:

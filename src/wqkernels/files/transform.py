@@ -17,6 +17,7 @@ from ..statistics import compare
 from .buffers import Buffers
 from .layouts import Entry
 from .recipe import Recipe
+from .report import Histogram
 from .roles import block_view
 
 __all__ = ["Quantization", "prepare", "statistics"]
@@ -95,7 +96,10 @@ def half_values(x: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def statistics(original: np.ndarray, stored: np.ndarray, bins: int) -> tuple:
-    """(sparsity before, sparsity after, mse, SQNR dB, histogram counts, their edges) of one
-    rewritten weight, in one pass."""
+    """(sparsity before, sparsity after, mse, SQNR dB, Histogram or None) of one rewritten
+    weight, in one pass; the histograms of its values before and after in `bins` bins, unless 0."""
+    if not bins:
+        stats, before, after = compare(original, stored)
+        return before, after, float(stats.mse), float(stats.sqnr_db), None
     stats, before, after, counts, edges = compare(original, stored, bins=bins)
-    return before, after, float(stats.mse), float(stats.sqnr_db), counts, edges
+    return before, after, float(stats.mse), float(stats.sqnr_db), Histogram.of(counts, edges)
