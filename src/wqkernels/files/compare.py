@@ -7,7 +7,8 @@ weight of each file is held at a time.
 
 Weights are paired by path; the rest by layer name and position among the layer's weights
 (a legacy file lists a layer's weights in the order Keras 3 numbers them: kernel, bias; gamma,
-beta, moving mean, moving variance), when their roles agree.  Two weights paired with different
+beta, moving mean, moving variance), when their roles agree; then, for the layers of a nested
+model (one layer of a legacy file), by the name of the group holding the weight.  Two weights paired with different
 shapes, or no pair at all, mean the files are not of the same model: that is an error.  The
 optimizer state is not compared (it is counted in the notes).
 """
@@ -254,9 +255,13 @@ def _pairs(first: Source, second: Source) -> tuple[list, list, list]:
     rest_a = [x for x in a if x.path not in paired]
     taken = {y.path for y in paired.values()}
     rest_b = [y for y in b if y.path not in taken]
-    if rest_a and rest_b:
-        by_place = _by_place(rest_b, second.layout)
-        for key, x in _by_place(rest_a, first.layout).items():
+    for owner in (_layer, _group):  # the layer's name, then (nested models) the weight's own group
+        rest_a = [x for x in rest_a if x.path not in paired]
+        rest_b = [y for y in rest_b if y.path not in taken]
+        if not (rest_a and rest_b):
+            break
+        by_place = _by_place(rest_b, second.layout, owner)
+        for key, x in _by_place(rest_a, first.layout, owner).items():
             y = by_place.get(key)
             if y is not None and _same_role(x.role, y.role):
                 paired[x.path] = y
@@ -274,12 +279,23 @@ def _pairs(first: Source, second: Source) -> tuple[list, list, list]:
     return pairs, [x for x in a if x.path not in paired], [y for y in b if y.path not in taken]
 
 
-def _by_place(entries: list, layout: str) -> dict:
-    """Entries by (layer name, position among that layer's weights): in file order for legacy
-    files (Keras's order), by variable number for Keras 3 files (whose walk is in name order)."""
+def _layer(e: Entry, layout: str) -> str:
+    return e.layer
+
+
+def _group(e: Entry, layout: str) -> str:
+    """The name of the group holding a legacy weight (inside a nested model: its own layer's,
+    where the entry's layer is the nested model's); a Keras 3 weight's layer."""
+    return e.path.split("/")[-2] if layout != "keras3" and "/" in e.path else e.layer
+
+
+def _by_place(entries: list, layout: str, owner) -> dict:
+    """Entries by (``owner(entry, layout)``, position among that owner's weights): in file
+    order for legacy files (Keras's order), by variable number for Keras 3 files (whose walk is
+    in name order)."""
     layers: dict[str, list] = {}
     for e in entries:
-        layers.setdefault(e.layer, []).append(e)
+        layers.setdefault(owner(e, layout), []).append(e)
     out = {}
     for layer, members in layers.items():
         if layout == "keras3":
