@@ -90,7 +90,7 @@ class LineProgress:
         self.files += self.total_files is not None
         self.nbytes += nbytes
         now = time.monotonic()
-        if now - self.last >= self.interval or self.files == self.total_files:
+        if now - self.last >= self.interval or self.files == self.total_files or self.nbytes >= self.total_bytes:
             self.last = now
             self._draw()
 

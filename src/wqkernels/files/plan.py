@@ -2,12 +2,13 @@
 weights of each it zeroes, and what it leaves out."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..allocation import prune_counts
+from ..allocation import default_min_size, prune_counts
 from .buffers import Buffers
 from .recipe import Recipe
 from .source import Source
@@ -61,11 +62,16 @@ def skipped(source: Source, recipe: Recipe) -> frozenset:
 
 def planned_reads(source: Source, recipe: Recipe) -> int:
     """How many stored bytes :func:`plan` reads: each weight the pruning counts need once, and
-    once more under global allocation (its second pass; see :func:`~wqkernels.allocation.prune_counts`)."""
+    under global allocation the tensors it spreads zeros over once more (its second pass; see
+    :func:`~wqkernels.allocation.prune_counts`)."""
     if not (recipe.changes and recipe.prunes and recipe.n_m is None and any(map(recipe.selects, source.entries))):
         return 0
-    passes = 2 if recipe.allocation == "global" else 1
-    return passes * sum(source.stored_bytes(e) for e in _candidates(source, recipe))
+    candidates = _candidates(source, recipe)
+    total = sum(source.stored_bytes(e) for e in candidates)
+    if recipe.allocation == "global":
+        least = max(default_min_size(recipe.allocation) if recipe.min_size is None else recipe.min_size, 1)
+        total += sum(source.stored_bytes(e) for e in candidates if math.prod(e.shape) >= least)
+    return total
 
 
 def _candidates(source: Source, recipe: Recipe) -> list:
