@@ -1,6 +1,7 @@
-"""A progress bar for batch work: tqdm when installed, else one line of our own; only on a terminal.
+"""A progress bar: tqdm when installed, else one line of our own; only on a terminal.
 
-Both count bytes of input (for MB/s and the ETA) and show the files done out of the total.
+Both count bytes of input (for MB/s and the ETA); a batch's bar also shows the files done out of
+the total, one file's bar (``total_files=None``) its label.
 """
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import time
 __all__ = ["progress_bar"]
 
 
-def progress_bar(total_files: int, total_bytes: int, *, enabled: bool = True, stream=None,
-                 use_tqdm: bool = True):
+def progress_bar(total_files: int | None, total_bytes: int, *, enabled: bool = True, stream=None,
+                 use_tqdm: bool = True, label: str = ""):
     """A progress object with ``advance(nbytes)`` and ``close()``.
 
     Nothing is drawn unless `enabled` and `stream` (default: stderr) is a terminal.  tqdm is used
-    when it can be imported and `use_tqdm`; otherwise a plain line rewritten in place.
+    when it can be imported and `use_tqdm`; otherwise a plain line rewritten in place.  Each
+    ``advance`` is one more file done, unless `total_files` is None: then the bar follows the
+    bytes of one file's work alone, described by `label`.
     """
     stream = sys.stderr if stream is None else stream
-    if not enabled or not _isatty(stream) or total_files == 0:
+    if not enabled or not _isatty(stream) or total_files == 0 or (total_files is None and not total_bytes):
         return NoProgress()
     if use_tqdm:
         try:
@@ -26,8 +29,8 @@ def progress_bar(total_files: int, total_bytes: int, *, enabled: bool = True, st
         except ImportError:
             pass
         else:
-            return TqdmProgress(tqdm, total_files, total_bytes, stream)
-    return LineProgress(total_files, total_bytes, stream)
+            return TqdmProgress(tqdm, total_files, total_bytes, stream, label)
+    return LineProgress(total_files, total_bytes, stream, label=label)
 
 
 def _isatty(stream) -> bool:
@@ -48,21 +51,22 @@ class NoProgress:
 
 
 class TqdmProgress:
-    """A tqdm bar over bytes, its description counting files."""
+    """A tqdm bar over bytes, its description counting files (or the label)."""
 
-    def __init__(self, tqdm, total_files: int, total_bytes: int, stream):
-        self.files, self.total_files = 0, total_files
+    def __init__(self, tqdm, total_files: int | None, total_bytes: int, stream, label: str = ""):
+        self.files, self.total_files, self.label = 0, total_files, label
         self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, file=stream,
                         desc=self._desc(), leave=False, dynamic_ncols=True, mininterval=0.2,
                         bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B "
                                    "[{elapsed}<{remaining}, {rate_fmt}]")
 
     def _desc(self) -> str:
-        return f"{self.files}/{self.total_files} files"
+        return self.label if self.total_files is None else f"{self.files}/{self.total_files} files"
 
     def advance(self, nbytes: int) -> None:
-        self.files += 1
-        self.bar.set_description_str(self._desc(), refresh=False)
+        if self.total_files is not None:
+            self.files += 1
+            self.bar.set_description_str(self._desc(), refresh=False)
         self.bar.update(nbytes)
 
     def close(self) -> None:
@@ -70,10 +74,12 @@ class TqdmProgress:
 
 
 class LineProgress:
-    """``  3/16 files  61.2/320.0 MB  25.4 MB/s  ETA 0:10`` rewritten in place with a carriage return."""
+    """``  3/16 files  61.2/320.0 MB  25.4 MB/s  ETA 0:10`` rewritten in place with a carriage return
+    (for one file: its label in place of the files)."""
 
-    def __init__(self, total_files: int, total_bytes: int, stream, interval: float = 0.2):
-        self.stream, self.interval = stream, interval
+    def __init__(self, total_files: int | None, total_bytes: int, stream, interval: float = 0.2,
+                 label: str = ""):
+        self.stream, self.interval, self.label = stream, interval, label
         self.total_files, self.total_bytes = total_files, total_bytes
         self.files = self.nbytes = 0
         self.start = self.last = time.monotonic()
@@ -81,10 +87,10 @@ class LineProgress:
         self._draw()
 
     def advance(self, nbytes: int) -> None:
-        self.files += 1
+        self.files += self.total_files is not None
         self.nbytes += nbytes
         now = time.monotonic()
-        if now - self.last >= self.interval or self.files == self.total_files:
+        if now - self.last >= self.interval or self.files == self.total_files or self.nbytes >= self.total_bytes:
             self.last = now
             self._draw()
 
@@ -92,7 +98,8 @@ class LineProgress:
         elapsed = time.monotonic() - self.start
         rate = self.nbytes / elapsed if elapsed > 0 and self.nbytes else 0.0
         eta = "?" if not rate else _clock((self.total_bytes - self.nbytes) / rate)
-        line = (f"{self.files}/{self.total_files} files  {self.nbytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB"
+        done = self.label if self.total_files is None else f"{self.files}/{self.total_files} files"
+        line = (f"{done}  {self.nbytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB"
                 f"  {rate / 1e6:.1f} MB/s  ETA {eta}")
         self.stream.write("\r" + line.ljust(self.width))
         self.stream.flush()

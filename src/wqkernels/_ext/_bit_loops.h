@@ -503,6 +503,42 @@ WQK_CLONES WQK_SUMS static K wqk_error(const K *x, const K *x_hat, ptrdiff_t n, 
     return top;
 }
 
+/* The bin of v among n equal bins between edges[0] and edges[n] (numpy.linspace's edges), v
+ * clipped to that range: bin k holds edges[k] <= v < edges[k + 1], the last also v == edges[n],
+ * as in numpy.histogram.  As numpy does, the bin is estimated, here from (v - low) * scale with
+ * scale = n / (high - low), and then moved to the one the edges say (near an edge the estimate
+ * can be a bin off), so the rounding of the estimate never shows. */
+WQK_INLINE ptrdiff_t wqk_bin(double v, const double *edges, ptrdiff_t n, double scale) {
+    double low = edges[0], high = edges[n];
+    v = v < low ? low : (v > high ? high : v);
+    ptrdiff_t k = (ptrdiff_t)((v - low) * scale);
+    k = k < 0 ? 0 : (k >= n ? n - 1 : k);
+    while (k > 0 && v < edges[k])
+        k--;
+    while (k < n - 1 && v >= edges[k + 1])
+        k++;
+    return k;
+}
+
+/* wqk_error, and the histograms of x and x_hat over the n bins of `edges` (see wqk_bin):
+ * counts[k] += values of x in bin k, counts[n + k] += those of x_hat.  The histograms are
+ * counted right after the sums, over the same n elements, still in cache (a chunk), so the
+ * data is read from memory once and the sums are wqk_error's to the bit. */
+template <typename K>
+WQK_CLONES static K wqk_error_histograms(const K *x, const K *x_hat, ptrdiff_t n, double *out, int64_t *zeros,
+                                         const double *edges, ptrdiff_t bins, int64_t *counts) {
+    typedef wqk_format<K> Format;
+    K top = wqk_error(x, x_hat, n, out, zeros);
+    if (!wqk_finite_key(top))
+        return top;
+    double scale = (double)bins / (edges[bins] - edges[0]);
+    for (ptrdiff_t i = 0; i < n; i++) {
+        counts[wqk_bin((double)Format::to_float(x[i]), edges, bins, scale)]++;
+        counts[bins + wqk_bin((double)Format::to_float(x_hat[i]), edges, bins, scale)]++;
+    }
+    return top;
+}
+
 /* ---- LAMP scores --------------------------------------------------------------------------
  * The LAMP scores of magnitudes x[0..n) sorted ascending, exactly as allocation._sorted_scores
  * computes them with NumPy: squares in double, suffix sums added one at a time from the end,

@@ -8,7 +8,7 @@
 # either one group whose elements are `rows` runs of `length` (a "single" unit), or `length`
 # groups side by side, one per lane, over `rows` runs (a "lanes" unit).
 
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t
 from libc.stdlib cimport malloc, free
 

@@ -31,7 +31,7 @@ __all__ = ["rewrite_many", "execute", "plan", "Job", "Outcome", "BatchResult", "
 
 def rewrite_many(srcs, out_dir, recipe: Recipe | None = None, *, workers: int | None = None,
                  executor: Executor | None = None, skip_existing: bool = False, progress: bool = True,
-                 recursive: bool = False) -> BatchResult:
+                 recursive: bool = False, histograms: bool = False) -> BatchResult:
     """Rewrite many Keras files into `out_dir`, in parallel, with the same recipe.
 
     Parameters
@@ -55,6 +55,9 @@ def rewrite_many(srcs, out_dir, recipe: Recipe | None = None, *, workers: int | 
         Draw a progress bar on stderr when it is a terminal (tqdm if installed).
     recursive : bool
         Descend into subdirectories of directories given in `srcs`.
+    histograms : bool
+        Each file's report keeps the histograms of its weights before and after (as
+        :func:`wqkernels.rewrite`), for a page of the batch.
 
     Returns
     -------
@@ -82,7 +85,7 @@ def rewrite_many(srcs, out_dir, recipe: Recipe | None = None, *, workers: int | 
     workers = _check_workers(workers, executor)
     jobs = plan(srcs, out_dir, recursive=recursive)
     result = execute(jobs, os.fspath(out_dir), recipe, workers=workers, executor=executor,
-                     skip_existing=skip_existing, progress=progress)
+                     skip_existing=skip_existing, progress=progress, histograms=histograms)
     if result.interrupted:
         raise KeyboardInterrupt
     if result.failed:
@@ -110,7 +113,7 @@ def _check_workers(workers, executor) -> int | None:
 
 def execute(jobs: list[Job], out_dir: str, recipe: Recipe, *, workers: int | None = None,
             executor: Executor | None = None, skip_existing: bool = False, progress: bool = True,
-            stream=None) -> BatchResult:
+            stream=None, histograms: bool = False) -> BatchResult:
     """Run planned jobs; file errors and interruption are recorded in the result, not raised."""
     start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
@@ -148,9 +151,9 @@ def execute(jobs: list[Job], out_dir: str, recipe: Recipe, *, workers: int | Non
         order = sorted(todo, key=lambda j: -j.size)  # largest first: the batch ends sooner
         try:
             if executor is None:
-                run_pool(order, recipe, workers or available_cores(), done)
+                run_pool(order, recipe, workers or available_cores(), done, histograms)
             else:
-                run_executor(order, recipe, executor, done)
+                run_executor(order, recipe, executor, done, histograms)
         except KeyboardInterrupt:
             interrupted = True
         finally:

@@ -30,7 +30,7 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def run_pool(jobs: list[Job], recipe: Recipe, workers: int, done) -> None:
+def run_pool(jobs: list[Job], recipe: Recipe, workers: int, done, histograms: bool = False) -> None:
     """Our own process pool, at most `workers` files in flight.
 
     A worker that dies (killed, out of memory) breaks a ProcessPoolExecutor and every file in
@@ -52,7 +52,7 @@ def run_pool(jobs: list[Job], recipe: Recipe, workers: int, done) -> None:
                 while source and not broken and len(inflight) < limit:
                     job = source.popleft()
                     try:
-                        fut = _submit(pool, job, recipe, done)
+                        fut = _submit(pool, job, recipe, done, histograms)
                     except BrokenProcessPool:
                         source.appendleft(job)
                         broken = True
@@ -96,12 +96,12 @@ def _workers(pool: ProcessPoolExecutor) -> list:
     return list((getattr(pool, "_processes", None) or {}).values())
 
 
-def run_executor(jobs: list[Job], recipe: Recipe, executor: Executor, done) -> None:
+def run_executor(jobs: list[Job], recipe: Recipe, executor: Executor, done, histograms: bool = False) -> None:
     """Someone else's executor: everything submitted at once, cancelled on interruption."""
     futures: dict = {}
     try:
         for job in jobs:
-            fut = _submit(executor, job, recipe, done)
+            fut = _submit(executor, job, recipe, done, histograms)
             if fut is not None:
                 futures[fut] = job
         for fut in as_completed(futures):
@@ -116,8 +116,9 @@ def run_executor(jobs: list[Job], recipe: Recipe, executor: Executor, done) -> N
         raise
 
 
-def _submit(executor: Executor, job: Job, recipe: Recipe, done):
-    """Submit one job, its destination directory made first; None (the job failed) if it cannot be."""
+def _submit(executor: Executor, job: Job, recipe: Recipe, done, histograms: bool):
+    """Submit one job, its destination directory made first; None (the job failed) if it cannot be.
+    `histograms`: the reports keep each weight's histograms (see :func:`wqkernels.rewrite`)."""
     directory = os.path.dirname(os.path.abspath(job.destination))
     try:
         os.makedirs(directory, exist_ok=True)
@@ -125,7 +126,7 @@ def _submit(executor: Executor, job: Job, recipe: Recipe, done):
         done(job, ("failed", f"{job.destination}: cannot create its directory ({exc.strerror or exc})"))
         return None
     return executor.submit(rewrite_job, os.path.abspath(job.source), os.path.abspath(job.destination),
-                           recipe)
+                           recipe, histograms)
 
 
 def _context():

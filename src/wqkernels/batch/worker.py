@@ -19,10 +19,10 @@ def init_worker(threads: int) -> None:
     set_max_threads(threads)
 
 
-def rewrite_job(source: str, destination: str, recipe: Recipe) -> tuple:
+def rewrite_job(source: str, destination: str, recipe: Recipe, histograms: bool = False) -> tuple:
     """Rewrite one file: ``("ok", Report)`` or ``("failed", one-line error)``; runs in a worker."""
     try:
-        return "ok", rewrite(source, destination, recipe)
+        return "ok", rewrite(source, destination, recipe, histograms=histograms)
     except Exception as exc:  # noqa: BLE001 -- one bad file must not stop the batch
         return "failed", describe_failure(exc, source)
 

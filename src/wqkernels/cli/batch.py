@@ -8,7 +8,9 @@ from concurrent.futures import Executor
 
 from ..batch import BatchError, execute, plan
 from ..files import Recipe
+from ..files.pages import report_page
 from .main import CommandError, write_report
+from .report import write_html
 
 __all__ = ["add_options", "is_batch", "run_command"]
 
@@ -19,14 +21,13 @@ def add_options(p) -> None:
     g.add_argument("--workers", type=int, metavar="N", help="parallel processes (default: the cores)")
     g.add_argument("--skip-existing", action="store_true", help="leave files whose output exists")
     g.add_argument("--recursive", action="store_true", help="descend into subdirectories of SRC")
-    g.add_argument("--quiet", action="store_true", help="no progress bar and no line per file")
     g.add_argument("--dask", metavar="ADDRESS", help="run on this dask.distributed scheduler")
 
 
 def is_batch(args) -> bool:
     """Whether the rewrite command line asks for batch rewriting."""
     return (args.out_dir is not None or len(args.src) > 1 or args.workers is not None or args.skip_existing
-            or args.recursive or args.quiet or args.dask is not None)
+            or args.recursive or args.dask is not None)
 
 
 def run_command(args, recipe: Recipe) -> int:
@@ -48,7 +49,8 @@ def run_command(args, recipe: Recipe) -> int:
         signum = stack.enter_context(_sigterm_interrupts())
         try:
             result = execute(jobs, args.out_dir, recipe, workers=args.workers, executor=executor,
-                             skip_existing=args.skip_existing, progress=not args.quiet)
+                             skip_existing=args.skip_existing, progress=not args.quiet,
+                             histograms=bool(args.report or args.html))
         except BatchError as exc:
             raise CommandError(str(exc), status=1) from None
     print(result.summary(files=not args.quiet))
@@ -57,6 +59,7 @@ def run_command(args, recipe: Recipe) -> int:
         print(f"wqkernels rewrite: error: {o.error}", file=sys.stderr)
     if args.report:
         write_report(args.report, result.to_dict())
+    write_html(args.html, lambda: report_page(result.to_dict()))
     if result.interrupted:
         print(f"wqkernels rewrite: interrupted: {len(result.ok)} of {len(jobs)} files done; run again "
               f"with --skip-existing to complete the rest", file=sys.stderr)

@@ -9,15 +9,18 @@ from ..allocation import ALLOCATIONS
 from ..files import KerasFileError, Recipe, inspect, restore, rewrite
 from ..files.plan import NOTHING_REWRITTEN
 from ..files.recipe import ACTIVATIONS, COMPRESSIONS, STORAGES
+from ..files.pages import inspect_page, report_page
 from ..quantization import METHODS
 from . import batch
 from .main import CommandError, write_report
+from .report import check_page, write_html
 
 
 def add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="list the weights of a Keras file with their roles")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per weight")
+    p.add_argument("--html", metavar="PAGE.html", help="also write the weights, with histograms, as an HTML page")
     p.set_defaults(run=run_inspect)
 
 
@@ -30,7 +33,10 @@ def add_rewrite(sub) -> None:
     dst.add_argument("--out-dir", metavar="DIR", help="rewrite every SRC into DIR")
     add_recipe_options(p)
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
+    p.add_argument("--html", metavar="PAGE.html", help="also write the report as an HTML page (charts, histograms)")
     p.add_argument("--in-place", action="store_true", help="allow DST to be SRC")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar; only the totals of the table (in a batch: no line per file)")
     batch.add_options(p)
     p.set_defaults(run=run_rewrite)
 
@@ -40,6 +46,7 @@ def add_restore(sub) -> None:
     p.add_argument("src", metavar="PACKED")
     p.add_argument("-o", "--output", required=True, metavar="DST")
     p.add_argument("--in-place", action="store_true", help="allow DST to be PACKED")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; only the totals of the table")
     p.set_defaults(run=run_restore)
 
 
@@ -103,7 +110,8 @@ def _guarded(fn, *args, **kwargs):
 
 
 def run_inspect(args) -> int:
-    infos = _guarded(inspect, args.file)
+    check_page(args.html, args.file)
+    infos = _guarded(inspect, args.file, histograms=args.html is not None)
     if args.json:
         json.dump([i.to_dict() for i in infos], sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -113,28 +121,33 @@ def run_inspect(args) -> int:
              "x".join(map(str, i.shape)) or "()", i.dtype if i.storage == "dataset" else i.storage,
              str(i.nbytes), f"{i.sparsity:.3f}") for i in infos]
     print("\n".join(table(head, rows)))
+    write_html(args.html, lambda: inspect_page(args.file, infos))
     return 0
 
 
 def _finish(report, args) -> int:
-    print(report.table())
+    print(report.table(weights=not args.quiet))
     for note in report.notes:
         if note.startswith(NOTHING_REWRITTEN):
             print(f"wqkernels {args.command}: note: {note}", file=sys.stderr)
     if getattr(args, "report", None):
         write_report(args.report, report.to_dict())
+    write_html(getattr(args, "html", None), lambda: report_page(report))
     return 0
 
 
 def run_rewrite(args) -> int:
     recipe = recipe_from_args(args)
+    check_page(args.html, *args.src, args.output, args.report)
     if batch.is_batch(args):
         return batch.run_command(args, recipe)
-    return _finish(_guarded(rewrite, args.src[0], args.output, recipe, in_place=args.in_place), args)
+    return _finish(_guarded(rewrite, args.src[0], args.output, recipe, in_place=args.in_place,
+                            progress=not args.quiet, histograms=bool(args.report or args.html)), args)
 
 
 def run_restore(args) -> int:
-    return _finish(_guarded(restore, args.src, args.output, in_place=args.in_place), args)
+    return _finish(_guarded(restore, args.src, args.output, in_place=args.in_place, progress=not args.quiet),
+                   args)
 
 
 def add_parser(sub) -> None:

@@ -14,7 +14,7 @@ from .._version import __version__
 from ..files.atomic import write_json
 
 #: the command groups: modules of this package, each defining add_parser(subparsers)
-GROUPS = (".files", ".bench")
+GROUPS = (".files", ".report", ".bench")
 
 
 class CommandError(Exception):

@@ -2,19 +2,20 @@
 weights of each it zeroes, and what it leaves out."""
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..allocation import prune_counts
+from ..allocation import default_min_size, prune_counts
 from .buffers import Buffers
 from .errors import KerasFileError
 from .recipe import Recipe
 from .source import Source
 
-__all__ = ["Plan", "plan", "NOTHING_REWRITTEN"]
+__all__ = ["Plan", "plan", "skipped", "planned_reads", "NOTHING_REWRITTEN"]
 
 #: the start of the note of a rewrite that changes no weight (the command line also prints it on
 #: stderr): not an error, since stripping the optimizer or copying can be all that is wanted
@@ -31,24 +32,27 @@ class Plan:
     notes: list = field(default_factory=list)
 
 
-def plan(source: Source, recipe: Recipe, buffers: Buffers) -> Plan:
-    """Plan the rewrite of `source`; pruning counts read the weights one tensor at a time."""
+def plan(source: Source, recipe: Recipe, buffers: Buffers, advance=None) -> Plan:
+    """Plan the rewrite of `source`; pruning counts read the weights one tensor at a time
+    (``advance(nbytes)``, when given, is called after each read: a progress bar's)."""
     notes = []
     selected = [e for e in source.entries if recipe.selects(e)]
     if not recipe.changes:
         selected = []
     counts = {}
     if recipe.prunes and selected:
-        candidates = [e for e in source.entries if recipe.selects(e, by_size=False)]
+        def read(e):
+            x = source.read(e, buffers)
+            if advance is not None:
+                advance(source.stored_bytes(e))
+            return x
         try:
-            counts = _prune_counts(lambda e: source.read(e, buffers), candidates, recipe, notes)
+            counts = _prune_counts(read, _candidates(source, recipe), recipe, notes)
         except ValueError as exc:  # NaN or infinity in a weight: say which, as the rewrite does
             text = re.sub(r"^tensors\[('.*?')\] ", r"weight \1: ", str(exc))
             raise KerasFileError(f"{source.path}: {text}") from None
-    skip = frozenset()
-    optimizer = {"keras3": "optimizer", "legacy": "optimizer_weights"}.get(source.layout)
-    if recipe.strip_optimizer and optimizer is not None and optimizer in source.root:
-        skip = frozenset({optimizer})
+    skip = skipped(source, recipe)
+    if skip:
         notes.append("optimizer state removed")
     if not selected and source.packed is None:  # (a packed source is restored at least)
         notes.append(NOTHING_REWRITTEN + _why_nothing(source, recipe))
@@ -71,6 +75,34 @@ def _why_nothing(source: Source, recipe: Recipe) -> str:
     if not matched:
         return f"no prunable weight matches --include/--exclude ({len(prunable)} prunable; see wqkernels inspect)"
     return f"every prunable weight is under --min-size {recipe.min_size}"
+
+
+def skipped(source: Source, recipe: Recipe) -> frozenset:
+    """The paths a rewrite leaves out with everything below them (a stripped optimizer)."""
+    optimizer = {"keras3": "optimizer", "legacy": "optimizer_weights"}.get(source.layout)
+    if recipe.strip_optimizer and optimizer is not None and optimizer in source.root:
+        return frozenset({optimizer})
+    return frozenset()
+
+
+def planned_reads(source: Source, recipe: Recipe) -> int:
+    """How many stored bytes :func:`plan` reads: each weight the pruning counts need once, and
+    under global allocation the tensors it spreads zeros over once more (its second pass; see
+    :func:`~wqkernels.allocation.prune_counts`)."""
+    if not (recipe.changes and recipe.prunes and recipe.n_m is None and any(map(recipe.selects, source.entries))):
+        return 0
+    candidates = _candidates(source, recipe)
+    total = sum(source.stored_bytes(e) for e in candidates)
+    if recipe.allocation == "global":
+        least = max(default_min_size(recipe.allocation) if recipe.min_size is None else recipe.min_size, 1)
+        total += sum(source.stored_bytes(e) for e in candidates if math.prod(e.shape) >= least)
+    return total
+
+
+def _candidates(source: Source, recipe: Recipe) -> list:
+    """The weights magnitude pruning spreads its zeros over: whatever their size (those under
+    min_size stay dense but count in the total)."""
+    return [e for e in source.entries if recipe.selects(e, by_size=False)]
 
 
 def _prune_counts(read, entries: list, recipe: Recipe, notes: list) -> dict:

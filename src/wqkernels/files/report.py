@@ -4,7 +4,54 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from .._text import table
+
+#: equal bins of the histograms a report keeps of each weight's values (before and after)
+HISTOGRAM_BINS = 128
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of a weight's values in equal bins from `low` to `high`: `before` a rewrite and
+    `after` it (of two files compared: the first and the second; of one file: `before` only)."""
+
+    low: float
+    high: float
+    before: np.ndarray
+    after: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, counts: np.ndarray, edges: np.ndarray) -> Histogram:
+        """From the counts and edges :func:`wqkernels.statistics.compare` (two rows: before and
+        after) or :func:`~wqkernels.statistics.histogram` (one) returns."""
+        counts = np.asarray(counts)
+        low, high = float(edges[0]), float(edges[-1])
+        return cls(low, high, counts) if counts.ndim == 1 else cls(low, high, counts[0], counts[1])
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(self.low, self.high, len(self.before) + 1)
+
+    def to_dict(self) -> dict:
+        d = {"range": [self.low, self.high], "before": [int(c) for c in self.before]}
+        if self.after is not None:
+            d["after"] = [int(c) for c in self.after]
+        return d
+
+    @classmethod
+    def from_dict(cls, d) -> Histogram | None:
+        """The histogram of a report's JSON (None when it has none, or not a usable one)."""
+        try:
+            low, high = (float(v) for v in d["range"])
+            before = np.asarray(d["before"], dtype=np.int64)
+            after = np.asarray(d["after"], dtype=np.int64) if d.get("after") is not None else None
+        except (KeyError, TypeError, ValueError):
+            return None
+        if before.ndim != 1 or not before.size or (after is not None and after.shape != before.shape):
+            return None
+        return cls(low, high, before, after)
 
 
 @dataclass(frozen=True)
@@ -22,10 +69,12 @@ class WeightInfo:
     sparsity: float
     role_source: str = "config"
     storage: str = "dataset"
+    histogram: Histogram | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["shape"] = list(self.shape)
+        d["histogram"] = None if self.histogram is None else self.histogram.to_dict()
         return d
 
 
@@ -44,10 +93,15 @@ class WeightRow:
     sqnr_db: float | None
     bytes_before: int
     bytes_after: int
+    layer: str | None = None
+    layer_class: str | None = None
+    dtype: str | None = None
+    histogram: Histogram | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["shape"] = list(self.shape)
+        d["histogram"] = None if self.histogram is None else self.histogram.to_dict()
         for k in ("mse", "sqnr_db"):
             if d[k] is not None and not math.isfinite(d[k]):
                 d[k] = str(d[k])  # JSON has no inf
@@ -101,17 +155,17 @@ class Report:
                        "weights_rewritten": sum(r.rewritten for r in self.rows)},
         }
 
-    def table(self) -> str:
-        """The report as a fixed-width text table."""
+    def table(self, weights: bool = True) -> str:
+        """The report as a fixed-width text table (without `weights`: its last lines only)."""
         head = ("weight", "role", "shape", "sparsity", "bits", "mse", "SQNR dB", "bytes")
         lines = []
-        for r in self.rows:
+        for r in self.rows if weights else ():
             sp = f"{r.sparsity_before:.2f}->{r.sparsity_after:.2f}"
             lines.append((r.path, r.role, "x".join(map(str, r.shape)), sp, str(r.bits or "-"),
                           "-" if r.mse is None else f"{r.mse:.3g}",
                           "-" if r.sqnr_db is None else f"{r.sqnr_db:.1f}",
                           f"{r.bytes_before}->{r.bytes_after}"))
-        out = table(head, lines)
+        out = table(head, lines) if weights else []
         out.append(f"{self.source} -> {self.destination} ({self.layout}; roles from {self.role_source})")
         out.append(f"size {self.size_before} -> {self.size_after} bytes, ratio {self.ratio:.2f}, "
                    f"sparsity {self.sparsity:.3f}, {self.bits_per_weight:.2f} bits/weight, "

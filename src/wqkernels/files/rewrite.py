@@ -23,7 +23,8 @@ import zipfile
 import h5py
 import numpy as np
 
-from ..statistics import sparsity
+from ..progress import progress_bar
+from ..statistics import histogram, sparsity
 from . import atomic, sharded
 from .buffers import Buffers
 from .dtypes import dtype_name, new_float, stored_values
@@ -32,9 +33,9 @@ from .h5tree import Datasets, copy_attrs, copy_tree
 from .keras_native import KerasWriter
 from .layouts import KERAS_MEMBER, Entry, check_output_name, container, file_path
 from .packed import PackedWriter
-from .plan import plan
+from .plan import plan, planned_reads, skipped
 from .recipe import Recipe
-from .report import Report, WeightInfo, WeightRow
+from .report import HISTOGRAM_BINS, Histogram, Report, WeightInfo, WeightRow
 from .sharded import Shards
 from .source import Source
 from .transform import prepare, statistics
@@ -48,7 +49,7 @@ WRITERS = {"float32": FloatWriter, "float16": FloatWriter, "packed": PackedWrite
 
 # ---- reading ----------------------------------------------------------------------------------
 
-def inspect(path) -> list[WeightInfo]:
+def inspect(path, *, histograms: bool = False) -> list[WeightInfo]:
     """List the weight datasets of a Keras file with their roles.
 
     Parameters
@@ -56,6 +57,9 @@ def inspect(path) -> list[WeightInfo]:
     path : str, bytes or os.PathLike
         A legacy ``.h5``, a Keras 3 ``.weights.h5``, a ``.keras`` archive or a packed file
         (detected from the content, not the name).
+    histograms : bool
+        Also count the values of each float weight (optimizer state excepted) in
+        :data:`~.report.HISTOGRAM_BINS` equal bins from its smallest to its largest value.
 
     Returns
     -------
@@ -80,12 +84,16 @@ def inspect(path) -> list[WeightInfo]:
             packed = src.packed.tensors if src.packed is not None else {}
             for e in src.entries:
                 data = src.values(e)
-                zeros = sparsity(data) if data.dtype.kind == "f" else 0.0
+                is_float = data.dtype.kind == "f"
+                zeros = sparsity(data) if is_float else 0.0
                 storage = f"packed:{packed[e.path]['bits']}" if e.path in packed else "dataset"
                 if e.path in src.quantized:
                     storage = src.quantized[e.path].storage
+                counts = None
+                if histograms and is_float and data.size and e.role != "optimizer":
+                    counts = Histogram.of(*histogram(data, HISTOGRAM_BINS))
                 out.append(WeightInfo(e.path, e.layer, e.layer_class, e.role, e.prunable, e.shape, e.dtype,
-                                      src.stored_bytes(e), zeros, e.role_source, storage))
+                                      src.stored_bytes(e), zeros, e.role_source, storage, counts))
     return out
 
 
@@ -115,7 +123,8 @@ def load_weights(path) -> dict[str, np.ndarray]:
 
 # ---- writing ----------------------------------------------------------------------------------
 
-def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -> Report:
+def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False,
+            progress: bool = False, histograms: bool = False) -> Report:
     """Prune and/or quantize the kernels of a Keras file and write the result to `dst`.
 
     Parameters
@@ -126,11 +135,18 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -
         What to do; the default Recipe() copies the file.
     in_place : bool
         Allow `dst` to be `src` (still written to a temporary file and renamed).
+    progress : bool
+        Draw a progress bar by bytes on stderr when it is a terminal (tqdm if installed).
+    histograms : bool
+        Count each rewritten weight's values before and after in :data:`~.report.HISTOGRAM_BINS`
+        equal bins (in the statistics pass: the weights are not read again), for the report's
+        page.  It costs a few nanoseconds per value: off by default.
 
     Returns
     -------
     Report
-        One row per prunable weight and the totals.
+        One row per prunable weight and the totals; with `histograms`, each rewritten weight's
+        row holds its :class:`~.report.Histogram`.
 
     Examples
     --------
@@ -143,14 +159,16 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -
     recipe = Recipe() if recipe is None else recipe
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
-    return _write(src, dst, recipe, in_place, restoring=False)
+    return _write(src, dst, recipe, in_place, restoring=False, progress=progress,
+                  bins=HISTOGRAM_BINS if histograms else 0)
 
 
-def restore(src, dst, *, in_place: bool = False) -> Report:
+def restore(src, dst, *, in_place: bool = False, progress: bool = False) -> Report:
     """Write a packed file back as a plain Keras file that stock Keras loads.
 
     Each restored dataset is bit-identical to the ``storage="float32"`` rewrite with the same
-    recipe; everything else is copied as it was.
+    recipe; everything else is copied as it was.  `in_place` and `progress` are those of
+    :func:`rewrite`.
 
     Examples
     --------
@@ -159,14 +177,14 @@ def restore(src, dst, *, in_place: bool = False) -> Report:
     >>> wqkernels.rewrite("model.keras", "small.keras", recipe)  # doctest: +SKIP
     >>> wqkernels.restore("small.keras", "model-int4.keras")  # doctest: +SKIP
     """
-    return _write(src, dst, Recipe(), in_place, restoring=True)
+    return _write(src, dst, Recipe(), in_place, restoring=True, progress=progress, bins=0)
 
 
-def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
+def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool, progress: bool, bins: int) -> Report:
     start = time.perf_counter()
     src, dst = file_path(src, "src"), file_path(dst, "dst")
     if sharded.is_index(src):
-        return _write_sharded(src, dst, recipe, in_place, restoring, start)
+        return _write_sharded(src, dst, recipe, in_place, restoring, start, bins)
     container(src)  # missing, directory or not a Keras file: fail before creating anything
     if atomic.same_file(src, dst) and not in_place:
         raise KerasFileError(f"{dst}: is the source file; give in_place=True (--in-place) to overwrite it")
@@ -181,16 +199,21 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
             _refuse_requantizing(source, recipe)
             report = Report(src, dst, source.description, recipe.to_dict(), role_source=source.role_source,
                             size_before=os.path.getsize(src))
-            if source.kind == "zip":
-                _write_zip(source, tmp, recipe, report, dst_dir)
-            else:
-                _write_weights(source, tmp, recipe, report)
+            bar = _Progress(source, recipe, progress)
+            try:
+                if source.kind == "zip":
+                    _write_zip(source, tmp, recipe, report, dst_dir, bar, bins)
+                else:
+                    _write_weights(source, tmp, recipe, report, bar, bins)
+            finally:
+                bar.close()
     report.size_after = os.path.getsize(dst)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring: bool, start: float) -> Report:
+def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring: bool, start: float,
+                   bins: int) -> Report:
     """A sharded index and its shards: one plan over all shards, one output shard per source
     shard, everything renamed into place once complete (the index last)."""
     dst_dir = os.path.dirname(os.path.abspath(dst))
@@ -211,7 +234,7 @@ def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring
         work = plan(shards, recipe, buffers)
         with sharded.written_shards(dst, names) as (temps, index_tmp):
             for source, tmp in zip(shards.sources, temps):
-                _write_weights(source, tmp, recipe, report, work, buffers)
+                _write_weights(source, tmp, recipe, report, _Progress(source, recipe, False), bins, work, buffers)
             total = sum(os.path.getsize(t) for t in temps)
             index = sharded.output_index(shards.index, dict(zip(shards.names, names)), total)
             with open(index_tmp, "w") as f:
@@ -232,11 +255,12 @@ def _refuse_requantizing(source: Source, recipe: Recipe) -> None:
                              f"{q.mode}); rewrite the float model instead")
 
 
-def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir: str) -> None:
+def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir: str,
+               bar: _Progress, bins: int) -> None:
     """A .keras archive: every member copied in order with its compression, the weights rewritten."""
     weights = atomic.scratch_file(dst_dir)
     try:
-        replaced = _write_weights(source, weights, recipe, report).members()
+        replaced = _write_weights(source, weights, recipe, report, bar, bins).members()
         with zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
             for info in source.zip.infolist():
                 new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
@@ -250,26 +274,28 @@ def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir
                     data = source.zip.open(info)
                 with data, out.open(new, "w", force_zip64=True) as member:
                     shutil.copyfileobj(data, member, 1 << 20)
+                if info.filename != KERAS_MEMBER:  # the weights were counted one by one
+                    bar.advance(info.file_size)
             out.comment = source.zip.comment
     finally:
         with contextlib.suppress(OSError):
             os.unlink(weights)
 
 
-def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, work=None,
-                   buffers: Buffers | None = None) -> Writer:
-    """The weights HDF5 file: everything copied, the planned weights transformed (`work`: the
-    plan of all shards, for one shard); returns the writer (which may replace other members of
-    a .keras archive)."""
+def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar: _Progress, bins: int,
+                   work=None, buffers: Buffers | None = None) -> Writer:
+    """The weights HDF5 file: everything copied, the planned weights transformed (with histograms
+    in `bins` bins unless 0; `work`: the plan of all shards, for one shard); returns the writer
+    (which may replace other members of a .keras archive)."""
     buffers = Buffers() if buffers is None else buffers
     writer = WRITERS[recipe.storage](recipe, source.layout)
     writer.start(source, report)
     if work is None:
-        work = plan(source, recipe, buffers)  # reads one tensor at a time, before anything is written
+        work = plan(source, recipe, buffers, bar.advance)  # reads one tensor at a time, before anything is written
         report.notes.extend(work.notes)
     rows = {}
     with writer.open(tmp) as f:
-        hooks = {e.path: _rewrite_hook(source, e, recipe, work.counts, writer, rows, buffers)
+        hooks = {e.path: _rewrite_hook(source, e, recipe, work.counts, writer, rows, buffers, bins)
                  for e in work.selected}
         if source.packed is not None:  # placeholders of a packed source not rewritten
             for e in source.entries:
@@ -279,7 +305,7 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, wor
                 if path not in hooks:
                     hooks[path] = _copy_hook(source.packed.dataset(path), writer)
         copy_attrs(source.root, f)
-        copy_tree(source.root, f, hooks, work.skip, writer)
+        copy_tree(source.root, f, bar.counting(hooks), work.skip, _Counted(writer, bar))
     for e in source.entries:
         if e.prunable:
             report.rows.append(rows.get(e.path) or _untouched_row(source, e))
@@ -289,23 +315,24 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, wor
 def _untouched_row(source: Source, e: Entry) -> WeightRow:
     sp = sparsity(source.read(e))
     nbytes = source.stored_bytes(e)
-    return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes)
+    return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes,
+                     e.layer, e.layer_class, e.dtype)
 
 
 def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer: Writer, rows: dict,
-                  buffers: Buffers):
+                  buffers: Buffers, bins: int):
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         original = source.read(e, buffers)
         try:
             x, quantization, out = prepare(original, e, recipe, counts, buffers, release=writer.holds_codes)
             stored, nbytes = writer.weight(group, name, dset, e, x, quantization, out)
             # inline, not in a helper thread: batch workers each get their share of the cores
-            before, after, mse, sqnr = statistics(original, stored)
+            before, after, mse, sqnr, histograms = statistics(original, stored, bins)
         except ValueError as exc:  # NaN or infinity in the weights: say which
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
         bits = None if quantization is None else quantization.bits
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, before, after, bits, mse, sqnr,
-                                 source.stored_bytes(e), nbytes)
+                                 source.stored_bytes(e), nbytes, e.layer, e.layer_class, e.dtype, histograms)
     return hook
 
 
@@ -319,7 +346,8 @@ def _restore_hook(source: Source, e: Entry, out: Datasets, rows: dict):
         written = new_float(out, group, name, x, dtype, record.get("compress", "none"), like=dset)
         sp = sparsity(x)
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, sp, sp, record["bits"], None, None,
-                                 source.stored_bytes(e), int(written.id.get_storage_size()))
+                                 source.stored_bytes(e), int(written.id.get_storage_size()),
+                                 e.layer, e.layer_class, e.dtype)
     return hook
 
 
@@ -328,3 +356,52 @@ def _copy_hook(dset: h5py.Dataset, out: Datasets):
     def hook(group: h5py.Group, name: str, _placeholder: h5py.Dataset) -> None:
         out.copy(group, name, dset)
     return hook
+
+
+# ---- progress ---------------------------------------------------------------------------------
+
+class _Progress:
+    """A rewrite's progress bar over the stored bytes it reads: the pruning plan's reads, then
+    each weight as it is written or copied, then the other members of a .keras archive."""
+
+    def __init__(self, source: Source, recipe: Recipe, enabled: bool):
+        self.sizes = {e.path: source.stored_bytes(e) for e in source.entries} if enabled else {}
+        skip = skipped(source, recipe)
+        total = sum(n for path, n in self.sizes.items() if not any(path.startswith(p + "/") for p in skip))
+        if enabled:
+            total += planned_reads(source, recipe)
+            if source.kind == "zip":
+                total += sum(i.file_size for i in source.zip.infolist() if i.filename != KERAS_MEMBER)
+        self.bar = progress_bar(None, total, enabled=enabled, label=os.path.basename(source.path))
+        self.advance = self.bar.advance
+
+    def weight(self, path: str) -> None:
+        """The weight at `path` is written."""
+        self.advance(self.sizes.get(path, 0))
+
+    def counting(self, hooks: dict) -> dict:
+        """`hooks`, each counting its weight once it has run."""
+        def counted(path, hook):
+            def run(group, name, dset):
+                hook(group, name, dset)
+                self.weight(path)
+            return run
+        return {path: counted(path, hook) for path, hook in hooks.items()} if self.sizes else hooks
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _Counted(Datasets):
+    """A writer whose copies of untouched datasets count on a rewrite's progress bar."""
+
+    def __init__(self, writer: Writer, bar: _Progress):
+        self.writer, self.bar = writer, bar
+
+    def copy(self, group: h5py.Group, name: str, dset: h5py.Dataset) -> h5py.Dataset:
+        out = self.writer.copy(group, name, dset)
+        self.bar.weight(dset.name.lstrip("/"))
+        return out
+
+    def new(self, *args, **kwargs) -> h5py.Dataset:
+        return self.writer.new(*args, **kwargs)

@@ -17,6 +17,7 @@ from ..statistics import compare
 from .buffers import Buffers
 from .layouts import Entry
 from .recipe import Recipe
+from .report import Histogram
 from .roles import block_view
 
 __all__ = ["Quantization", "prepare", "statistics"]
@@ -102,7 +103,11 @@ def _prune(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, out: np.ndarra
     return prune_n_m(x.reshape(view), n=n_m[0], m=n_m[1], axis=axis, out=out.reshape(view)).reshape(e.shape)
 
 
-def statistics(original: np.ndarray, stored: np.ndarray) -> tuple:
-    """(sparsity before, sparsity after, mse, SQNR dB) of one rewritten weight, in one pass."""
-    stats, before, after = compare(original, stored)
-    return before, after, float(stats.mse), float(stats.sqnr_db)
+def statistics(original: np.ndarray, stored: np.ndarray, bins: int) -> tuple:
+    """(sparsity before, sparsity after, mse, SQNR dB, Histogram or None) of one rewritten
+    weight, in one pass; the histograms of its values before and after in `bins` bins, unless 0."""
+    if not bins:
+        stats, before, after = compare(original, stored)
+        return before, after, float(stats.mse), float(stats.sqnr_db), None
+    stats, before, after, counts, edges = compare(original, stored, bins=bins)
+    return before, after, float(stats.mse), float(stats.sqnr_db), Histogram.of(counts, edges)
