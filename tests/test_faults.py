@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -29,12 +28,15 @@ def write_big_legacy(path, layers: int = 6) -> None:
 def cli(*args, limit_bytes: int | None = None, **popen) -> subprocess.CompletedProcess:
     """The command line in a fresh interpreter; with `limit_bytes`, files it writes may not grow
     beyond that (RLIMIT_FSIZE: the write fails with EFBIG, as on a full disk with ENOSPC)."""
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    # the limit is set by the child itself: a preexec_fn would fork this process, which JAX
+    # (imported by other tests) warns against
+    start = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_bytes}, {limit_bytes})); "
+             "sys.argv = ['wqkernels', *sys.argv[1:]]; runpy.run_module('wqkernels', run_name='__main__')")
+    command = ["-c", start] if limit_bytes else ["-m", "wqkernels"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    return subprocess.run([sys.executable, "-m", "wqkernels", *map(str, args)], capture_output=True, text=True,
-                          preexec_fn=limit if limit_bytes else None, env=env, timeout=120, **popen)
+    return subprocess.run([sys.executable, *command, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=120, **popen)
 
 
 @pytest.mark.parametrize("options", [["--compress", "gzip"], ["--storage", "packed"],
