@@ -9,11 +9,17 @@ cdef extern from "_loops.h" nogil:
     void wqk_key_range_lanes(const uint32_t* x, Py_ssize_t n, int32_t* lo, int32_t* hi)
     int32_t wqk_key(uint32_t b)
     float wqk_code(float x, float s, float zp, float lo, float hi)
-    void wqk_quantize_uniform(const float* x, uint8_t* q, Py_ssize_t n, float s, float zp, float qmin, float qmax)
-    void wqk_quantize_lanes(const float* x, uint8_t* q, Py_ssize_t n, const float* s, const float* zp, float qmin, float qmax)
-    void wqk_fake_quantize_uniform(const float* x, float* y, Py_ssize_t n, float s, float zp, float qmin, float qmax)
-    void wqk_fake_quantize_lanes(const float* x, float* y, Py_ssize_t n, const float* s, const float* zp, float qmin, float qmax)
+    void wqk_key_runs(const uint32_t* x, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail, int asymmetric,
+                      int32_t* lo, int32_t* hi)
+    # Out: uint8_t (codes) or float (fake-quantized values)
+    void wqk_quantize_uniform[Out](const float* x, Out* out, Py_ssize_t n, float s, float zp, float qmin, float qmax)
+    void wqk_quantize_runs[Out](const float* x, Out* out, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
+                                const float* s, const float* zp, float qmin, float qmax)
+    void wqk_quantize_lanes[Out](const float* x, Out* out, Py_ssize_t n, const float* s, const float* zp,
+                                 float qmin, float qmax)
     void wqk_dequantize_uniform(const uint8_t* q, float* y, Py_ssize_t n, float s, float zp, int is_signed)
+    void wqk_dequantize_runs(const uint8_t* q, float* y, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
+                             const float* s, const float* zp, int is_signed)
     void wqk_dequantize_lanes(const uint8_t* q, float* y, Py_ssize_t n, const float* s, const float* zp, int is_signed)
     void wqk_candidate_errors(const float* x, Py_ssize_t n, int ncand, const float* inv, const float* lo, const float* hi, double* acc)
     void wqk_candidate_errors_lanes(const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int ncand, const float* inv, const float* lo, const float* hi, float* acc)
@@ -44,6 +50,9 @@ cdef void unit_keys(const uint32_t* bits, const Layout* L, const Unit* U, bint a
     """Accumulate the keys of a unit's groups (klo, khi point at its first group)."""
     cdef Py_ssize_t r
     cdef const uint32_t* p
+    if L.runs:
+        wqk_key_runs(bits + U.start, U.rows, U.length, U.tail, asymmetric, klo, khi)
+        return
     for r in range(U.rows):
         p = bits + U.start + r * U.stride
         if asymmetric and L.lanes:
@@ -140,7 +149,7 @@ def search_scales(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t
                   const float[::1] ratios, bint symmetric, float qmin, float qmax,
                   float[::1] scale, float[::1] zero_point):
     """Per group, the clipping ratio whose fake-quantization has the least squared error."""
-    cdef Layout L = make_layout(outer, n, inner, block, per_axis, SEARCH_WIDTH)
+    cdef Layout L = make_layout(outer, n, inner, block, per_axis, SEARCH_WIDTH, False)
     cdef int ncand = ratios.shape[0]
     cdef int nt = threads_for(x.shape[0] * ncand // 8)
     cdef Py_ssize_t u
@@ -222,6 +231,14 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
                     const float* s, const float* zp, float qmin, float qmax, bint is_signed) noexcept nogil:
     """The element loop over a unit's runs (s, zp point at the unit's first group)."""
     cdef Py_ssize_t r, p
+    if L.runs:
+        if op == QUANTIZE:
+            wqk_quantize_runs(x + U.start, q + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax)
+        elif op == FAKE_QUANTIZE:
+            wqk_quantize_runs(x + U.start, y + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax)
+        else:
+            wqk_dequantize_runs(q + U.start, y + U.start, U.rows, U.length, U.tail, s, zp, is_signed)
+        return
     for r in range(U.rows):
         p = U.start + r * U.stride
         if op == QUANTIZE:
@@ -231,9 +248,9 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
                 wqk_quantize_uniform(x + p, q + p, U.length, s[0], zp[0], qmin, qmax)
         elif op == FAKE_QUANTIZE:
             if L.lanes:
-                wqk_fake_quantize_lanes(x + p, y + p, U.length, s, zp, qmin, qmax)
+                wqk_quantize_lanes(x + p, y + p, U.length, s, zp, qmin, qmax)
             else:
-                wqk_fake_quantize_uniform(x + p, y + p, U.length, s[0], zp[0], qmin, qmax)
+                wqk_quantize_uniform(x + p, y + p, U.length, s[0], zp[0], qmin, qmax)
         elif L.lanes:
             wqk_dequantize_lanes(q + p, y + p, U.length, s, zp, is_signed)
         else:
@@ -243,7 +260,7 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
 cdef bint unit_fit(const float* x, const Layout* L, const Unit* U, bint symmetric, float qmin,
                    float qmax, float* s, float* zp) noexcept nogil:
     """The min/max scale and zero point of a unit's groups; False if one holds NaN or infinity."""
-    cdef Py_ssize_t w = U.length if L.lanes else 1, i
+    cdef Py_ssize_t w = unit_groups(L, U), i
     cdef int32_t* keys = <int32_t*>malloc(sizeof(int32_t) * 2 * w)
     cdef float* stats = <float*>malloc(sizeof(float) * 2 * w)
     cdef bint finite = False
