@@ -16,7 +16,7 @@ MSE_RATIOS = (1.0 - np.arange(64) * (0.7 / 64)).astype(np.float32)
 #: first ratio with the least error among those tried wins, so the result is never worse than
 #: min/max.
 MSE_STEPS = np.array([16, 4, 1], dtype=np.int32)
-MSE_FULL_BELOW = 256
+MSE_FULL_BELOW = 1024
 
 #: Default percentile of ``method="percentile"``.
 DEFAULT_PERCENTILE = 99.99
