@@ -7,9 +7,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-#: Clipping ratios tried by ``method="mse"``: 64 evenly spaced in (0.3, 1], largest first, so
-#: that ties keep the min/max scale (ratio 1).
+#: Clipping ratios of ``method="mse"``: 64 evenly spaced in (0.3, 1], largest first, so that
+#: ties keep the min/max scale (ratio 1).
 MSE_RATIOS = (1.0 - np.arange(64) * (0.7 / 64)).astype(np.float32)
+#: Groups of at least MSE_FULL_BELOW elements search the ratios coarse to fine: every 16th from
+#: the first, then around the best so far every 4th (3 on each side), then each (3 on each
+#: side): 16 of the 64, their error curve being smooth; smaller groups try all.  Either way the
+#: first ratio with the least error among those tried wins, so the result is never worse than
+#: min/max.
+MSE_STEPS = np.array([16, 4, 1], dtype=np.int32)
+MSE_FULL_BELOW = 1024
 
 #: Default percentile of ``method="percentile"``.
 DEFAULT_PERCENTILE = 99.99

@@ -1,8 +1,13 @@
-"""Speed of the kernels against NumPy, torch and the memory-bandwidth floor, as ratios.
+"""Speed of the kernels against their memory-bandwidth floors, with NumPy and torch for information.
 
 Each case builds its inputs once (fixed seed) and times every implementation in the same process,
-interleaved (A B A B ...), best of `repeat`.  ``wqkernels bench`` prints the table; the
-pytest-benchmark suite in ``benchmarks/`` times the same cases.
+interleaved (A B A B ...), best of `repeat`.  A case's measure is its time over the time of its
+floor, measured in the same run: the least memory traffic that any implementation needs
+(``codes`` = ``x.max()`` + ``x.astype(np.int8)``: one read for the scale, one read and a byte
+write for the codes; ``values`` = ``x.max()`` + ``x.copy()``; ``copy`` = ``x.copy()``), or, for
+the scale search and global pruning, the simpler operation they are measured against.  Ratios
+to floors hold from machine to machine where ratios to NumPy do not.  ``wqkernels bench``
+prints the table; the pytest-benchmark suite in ``benchmarks/`` times the same cases.
 """
 from __future__ import annotations
 
@@ -21,16 +26,26 @@ from .threads import set_max_threads
 
 LARGE = 16 * 2**20  # elements: 64 MiB of float32
 SIZES = (10**3, 10**5, LARGE)
+OURS = "wqkernels"
 
 
 @dataclass
 class Case:
-    """One operation at one size: a function per implementation, all on the same inputs."""
+    """One operation at one size: a function per implementation, all on the same inputs.
+
+    `floor` names the implementation the case is measured against and `goal` the ratio
+    (wqkernels' time / the floor's) it should stay within; the other implementations are peers.
+    """
 
     name: str
     size: int
     impls: dict[str, Callable[[], object]] = field(default_factory=dict)
-    baseline: str = "numpy"
+    floor: str | None = None
+    goal: float | None = None
+
+    def add_floor(self, name: str, fn: Callable[[], object], goal: float | None = None) -> None:
+        self.impls[name] = fn
+        self.floor, self.goal = name, goal
 
 
 def _weights(size: int, seed: int = 0) -> np.ndarray:
@@ -40,6 +55,21 @@ def _weights(size: int, seed: int = 0) -> np.ndarray:
 def _matrix(size: int) -> np.ndarray:
     side = max(32, int(round(size**0.5)) // 32 * 32)  # whole blocks of 32 along both axes
     return _weights(side * side).reshape(side, side)
+
+
+def codes_floor(x: np.ndarray) -> Callable[[], object]:
+    """One read for a scale, one read and a byte per element written: int8 codes' traffic."""
+    return lambda: (x.max(), x.astype(np.int8))
+
+
+def values_floor(x: np.ndarray) -> Callable[[], object]:
+    """One read for a scale, one read and a float per element written: fake-quantize's traffic."""
+    return lambda: (x.max(), x.copy())
+
+
+CODES = "floor: x.max() + x.astype(int8)"
+VALUES = "floor: x.max() + x.copy()"
+COPY = "floor: x.copy()"
 
 
 def _torch():
@@ -61,6 +91,9 @@ def _onnx_quantize():
     return quantize_data
 
 
+AXES = {"axis 0": 0, "last axis": -1}
+
+
 def quantization_cases(size: int) -> list[Case]:
     """The quantization cases at `size` elements."""
     x = _weights(size)
@@ -69,9 +102,9 @@ def quantization_cases(size: int) -> list[Case]:
     cases = []
 
     c = Case("quantize int8 per-tensor", size)
-    c.impls["wqkernels"] = lambda: quantize(x, 8)
+    c.impls[OURS] = lambda: quantize(x, 8)
+    c.add_floor(CODES, codes_floor(x), 1.15)
     c.impls["numpy"] = lambda: np.clip(np.rint(x / (np.abs(x).max() / np.float32(127))), -127, 127).astype(np.int8)
-    c.impls["floor: max + astype"] = lambda: (x.max(), x.astype(np.int8))
     if torch is not None:
         t = torch.from_numpy(x)
         c.impls["torch"] = lambda: torch.quantize_per_tensor(t, float(t.abs().max()) / 127, 0, torch.qint8)
@@ -82,56 +115,65 @@ def quantization_cases(size: int) -> list[Case]:
         c.impls["onnxruntime"] = lambda: quantize_data(x, TensorProto.INT8, True)
     cases.append(c)
 
-    for axis in (0, 1):
-        c = Case(f"quantize int8 per-axis {m.shape} axis {axis}", m.size)
-        c.impls["wqkernels"] = lambda axis=axis: quantize(m, 8, axis=axis)
+    for where, axis in AXES.items():
+        c = Case(f"quantize int8 per-channel {where} {m.shape}", m.size)
+        c.impls[OURS] = lambda axis=axis: quantize(m, 8, axis=axis)
+        c.add_floor(CODES, codes_floor(m), 1.25)
         c.impls["numpy"] = lambda axis=axis: _numpy_per_axis(m, axis)
         if torch is not None:
             tm = torch.from_numpy(m)
-            c.impls["torch"] = lambda axis=axis: _torch_per_axis(torch, tm, axis)
+            c.impls["torch"] = lambda axis=axis: _torch_per_axis(torch, tm, axis % 2)
         cases.append(c)
 
-    c = Case(f"quantize int4 block 32 axis 0 + pack_bits {m.shape}", m.size)
-    c.impls["wqkernels"] = lambda: pack_bits(quantize(m, 4, axis=0, block_size=32).values, 4)
-    c.impls["numpy"] = lambda: _numpy_nibbles(_numpy_blocked(m, 4, 32))
-    cases.append(c)
+    for where, axis in AXES.items():
+        c = Case(f"quantize int4 block 32 {where} + pack_bits {m.shape}", m.size)
+        c.impls[OURS] = lambda axis=axis: pack_bits(quantize(m, 4, axis=axis, block_size=32).values, 4)
+        c.add_floor(CODES, codes_floor(m), 1.25)
+        c.impls["numpy"] = lambda axis=axis: _numpy_nibbles(_numpy_blocked(m, 4, 32, axis))
+        cases.append(c)
 
     qa = quantize(x, 8)
     c = Case("dequantize int8 per-tensor", size)
-    c.impls["wqkernels"] = lambda: dequantize(qa)
+    c.impls[OURS] = lambda: dequantize(qa)
+    c.add_floor(COPY, x.copy)
     c.impls["numpy"] = lambda: qa.values.astype(np.float32) * qa.scale
-    c.impls["floor: x.copy()"] = x.copy
     cases.append(c)
 
     c = Case("fake_quantize int8 per-tensor", size)
-    c.impls["wqkernels"] = lambda: fake_quantize(x, 8)
+    c.impls[OURS] = lambda: fake_quantize(x, 8)
+    c.add_floor(VALUES, values_floor(x))
     c.impls["numpy"] = lambda: _numpy_fake(x)
-    c.impls["floor: x.copy()"] = x.copy
     if torch is not None:
         t = torch.from_numpy(x)
         c.impls["torch"] = lambda: torch.fake_quantize_per_tensor_affine(t, float(t.abs().max()) / 127, 0, -127, 127)
     cases.append(c)
 
-    c = Case(f"quantize int4 per-axis mse {m.shape}", m.size, baseline="wqkernels minmax")
-    c.impls["wqkernels"] = lambda: quantize(m, 4, axis=1, method="mse")
-    c.impls["wqkernels minmax"] = lambda: quantize(m, 4, axis=1)
+    for where, axis in AXES.items():
+        c = Case(f"fake_quantize int8 per-channel {where} {m.shape}", m.size)
+        c.impls[OURS] = lambda axis=axis: fake_quantize(m, 8, axis=axis)
+        c.add_floor(VALUES, values_floor(m), 1.25)
+        cases.append(c)
+
+    c = Case(f"quantize int4 per-channel last axis mse {m.shape}", m.size)
+    c.impls[OURS] = lambda: quantize(m, 4, axis=-1, method="mse")
+    c.add_floor("floor: the same with method='minmax'", lambda: quantize(m, 4, axis=-1), 5.0)
     if m.size <= 10**5:
-        c.impls["numpy"] = lambda: ref.quantize(m, 4, axis=1, method="mse")
+        c.impls["numpy"] = lambda: ref.quantize(m, 4, axis=-1, method="mse")
     cases.append(c)
     return cases
 
 
 def _numpy_per_axis(m, axis):
-    amax = np.abs(m).max(axis=1 - axis, keepdims=True)
+    amax = np.abs(m).max(axis=1 - axis % 2, keepdims=True)
     s = np.where(amax > 0, amax / np.float32(127), np.float32(1))
     return np.clip(np.rint(m / s), -127, 127).astype(np.int8)
 
 
-def _numpy_blocked(m, bits, block):
+def _numpy_blocked(m, bits, block, axis):
     qmax = np.float32((1 << (bits - 1)) - 1)
     rows, cols = m.shape
-    b = m.reshape(rows // block, block, cols)
-    amax = np.abs(b).max(axis=1, keepdims=True)
+    b = m.reshape(rows // block, block, cols) if axis == 0 else m.reshape(rows, cols // block, block)
+    amax = np.abs(b).max(axis=1 if axis == 0 else 2, keepdims=True)
     s = np.where(amax > 0, amax / qmax, np.float32(1))
     return np.clip(np.rint(b / s), -qmax, qmax).astype(np.int8).reshape(m.shape)
 
@@ -178,25 +220,65 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def run(sizes=SIZES, pattern: str = "*", threads: int = 1, repeat: int = 7, out=sys.stdout) -> list[dict]:
-    """Time every case matching `pattern` (fnmatch) and print a table of ratios."""
-    set_threads(threads)
+def matches(name: str, pattern: str) -> bool:
+    """Whether a case name matches a glob, or contains the pattern when it has no glob characters."""
+    if any(ch in pattern for ch in "*?["):
+        return fnmatch.fnmatch(name, pattern)
+    return pattern in name
+
+
+def run(sizes=SIZES, pattern: str = "*", threads=(1,), repeat: int = 7, out=sys.stdout) -> list[dict]:
+    """Time every case matching `pattern` at each thread count and print one line per case.
+
+    Each line gives wqkernels' time, its ratio to the case's floor (with the goal, when the case
+    has one) and the peers' times as information (their time / wqkernels' time); with several
+    thread counts, each later count's line also says how much faster it is than the first.
+    """
+    threads = (threads,) if isinstance(threads, int) else tuple(threads)
     rows = []
-    print(f"wqkernels bench: {threads} thread(s), best of {repeat}; "
-          "ratio = other's time / wqkernels' time (higher is better for wqkernels)", file=out)
+    print(f"wqkernels bench: threads {', '.join(map(str, threads))}, best of {repeat}; "
+          "measure = wqkernels' time / its floor's (goal in brackets); "
+          "peers as information: their time / wqkernels' time", file=out)
     for size in sizes:
         for builder in CASE_BUILDERS:
             for case in builder(size):
-                if not fnmatch.fnmatch(case.name, pattern):
+                if not matches(case.name, pattern):
                     continue
-                times = time_case(case, repeat)
-                ours = times["wqkernels"]
-                row = {"case": case.name, "size": case.size, "threads": threads,
-                       "seconds": times, "ratios": {k: v / ours for k, v in times.items() if k != "wqkernels"}}
-                rows.append(row)
-                peers = "  ".join(f"{k} {v * 1e3:.3f} ms ({v / ours:.2f}x)" for k, v in times.items() if k != "wqkernels")
-                print(f"{case.name:<52} n={case.size:<9} wqkernels {ours * 1e3:.3f} ms  {peers}", file=out)
+                first = None
+                for count in threads:
+                    set_threads(count)
+                    times = time_case(case, repeat)
+                    row = _row(case, count, times, first)
+                    first = first or row
+                    rows.append(row)
+                    print(_line(case, row), file=out)
+    set_threads(threads[0])
+    if not rows:
+        print(f"no case matches {pattern!r}", file=out)
     return rows
+
+
+def _row(case: Case, threads: int, times: dict, first: dict | None) -> dict:
+    ours = times[OURS]
+    row = {"case": case.name, "size": case.size, "threads": threads, "seconds": times,
+           "peers": {k: v / ours for k, v in times.items() if k not in (OURS, case.floor)}}
+    if case.floor is not None:
+        row.update(floor=case.floor, floor_ratio=ours / times[case.floor], goal=case.goal)
+    if first is not None:
+        row["speedup"] = first["seconds"][OURS] / ours
+    return row
+
+
+def _line(case: Case, row: dict) -> str:
+    times = row["seconds"]
+    text = f"{case.name:<52} n={case.size:<9} t={row['threads']} {OURS} {times[OURS] * 1e3:9.3f} ms"
+    if case.floor is not None:
+        goal = f" [<= {case.goal:.2f}]" if case.goal is not None else ""
+        text += f"  {row['floor_ratio']:5.2f}x{goal} {case.floor} {times[case.floor] * 1e3:.3f} ms"
+    if "speedup" in row:
+        text += f"  {row['speedup']:.2f}x the first thread count"
+    peers = "  ".join(f"{k} {times[k] * 1e3:.3f} ms ({v:.2f}x)" for k, v in row["peers"].items())
+    return text + ("  | " + peers if peers else "")
 
 
 def pruning_cases(size: int) -> list[Case]:
@@ -206,70 +288,75 @@ def pruning_cases(size: int) -> list[Case]:
 
     x = _weights(size)
     m = _matrix(size)
-    layers = _layers(size, 50)
+    layers = _layers(size, 40)
     torch = _torch()
     t = torch.from_numpy(x) if torch is not None else None
-    k = size // 2
+    k = int(0.7 * size)
     cases = []
 
-    c = Case("prune sparsity 0.5", size)
-    c.impls["wqkernels"] = lambda: prune(x, 0.5)
+    c = Case("prune sparsity 0.7", size)
+    c.impls[OURS] = lambda: prune(x, 0.7)
+    c.add_floor(COPY, x.copy, 1.5)
     c.impls["numpy"] = lambda: _numpy_prune(x, k)
-    c.impls["floor: x.copy()"] = x.copy
     if torch is not None:
         c.impls["torch"] = lambda: _torch_prune(torch, t, k)
     cases.append(c)
 
     threshold = 0.6745  # about the median of |x|
     c = Case("prune threshold", size)
-    c.impls["wqkernels"] = lambda: prune(x, threshold=threshold)
+    c.impls[OURS] = lambda: prune(x, threshold=threshold)
+    c.add_floor(COPY, x.copy)
     c.impls["numpy"] = lambda: np.where(np.abs(x) < np.float32(threshold), np.float32(0), x)
-    c.impls["floor: x.copy()"] = x.copy
     if torch is not None:
         c.impls["torch"] = lambda: torch.where(t.abs() < threshold, 0.0, t)
     cases.append(c)
 
     c = Case("prune: clip [-1, 1]", size)
-    c.impls["wqkernels"] = lambda: clip(x, -1.0, 1.0)
+    c.impls[OURS] = lambda: clip(x, -1.0, 1.0)
+    c.add_floor(COPY, x.copy)
     c.impls["numpy"] = lambda: np.clip(x, -1.0, 1.0)
-    c.impls["floor: x.copy()"] = x.copy
     if torch is not None:
         c.impls["torch"] = lambda: torch.clamp(t, -1.0, 1.0)
     cases.append(c)
 
     c = Case("prune: shrink 0.1", size)
-    c.impls["wqkernels"] = lambda: shrink(x, 0.1)
+    c.impls[OURS] = lambda: shrink(x, 0.1)
+    c.add_floor(COPY, x.copy)
     c.impls["numpy"] = lambda: np.sign(x) * np.maximum(np.abs(x) - np.float32(0.1), np.float32(0))
-    c.impls["floor: x.copy()"] = x.copy
     if torch is not None:
         c.impls["torch"] = lambda: torch.nn.functional.softshrink(t, 0.1)
     cases.append(c)
 
     for axis in (-1, 0):
         c = Case(f"prune_n_m 2:4 {m.shape} axis {axis}", m.size)
-        c.impls["wqkernels"] = lambda axis=axis: prune_n_m(m, 2, 4, axis)
+        c.impls[OURS] = lambda axis=axis: prune_n_m(m, 2, 4, axis)
+        c.add_floor(COPY, m.copy)
         c.impls["numpy"] = lambda axis=axis: _numpy_n_m(m, 2, 4, axis)
         if torch is not None:
             tm = torch.from_numpy(m)
             c.impls["torch"] = lambda axis=axis: _torch_n_m(torch, tm, 2, 4, axis)
         cases.append(c)
 
-    c = Case(f"prune_global 0.5 over {len(layers)} arrays", size)
-    c.impls["wqkernels"] = lambda: prune_global(layers, 0.5)
-    c.impls["numpy"] = lambda: _numpy_global(layers, 0.5)
+    whole = np.concatenate([a.reshape(-1) for a in layers.values()])
+    c = Case(f"prune_global 0.7 over {len(layers)} arrays", size)
+    c.impls[OURS] = lambda: prune_global(layers, 0.7)
+    c.add_floor("floor: prune of one array of the same size", lambda: prune(whole, 0.7), 1.3)
+    c.impls["numpy"] = lambda: _numpy_global(layers, 0.7)
     if torch is not None:
         tl = {name: torch.from_numpy(a) for name, a in layers.items()}
-        c.impls["torch"] = lambda: _torch_global(torch, tl, 0.5)
+        c.impls["torch"] = lambda: _torch_global(torch, tl, 0.7)
     cases.append(c)
 
     c = Case(f"prune_channels 0.5 L2 {m.shape} axis 0", m.size)
-    c.impls["wqkernels"] = lambda: prune_channels(m, 0.5, axis=0)
+    c.impls[OURS] = lambda: prune_channels(m, 0.5, axis=0)
+    c.add_floor(COPY, m.copy)
     c.impls["numpy"] = lambda: _numpy_channels(m, 0.5)
     cases.append(c)
 
     y = prune(x, 0.5)
     c = Case("prune: error statistics", size)
-    c.impls["wqkernels"] = lambda: error(x, y)
+    c.impls[OURS] = lambda: error(x, y)
+    c.add_floor("floor: x.max() + y.max()", lambda: (x.max(), y.max()))
     c.impls["numpy"] = lambda: ref.error(x, y)
     cases.append(c)
     return cases

@@ -96,7 +96,7 @@ def prune(x, sparsity: float | None = None, *, threshold: float | None = None,
     y, inplace, finish = _output(out, x, xc)
     if xc.size:
         if sparsity is not None:
-            finite = _core.prune_rank([bits_view(xc)], [bits_view(y)], k, inplace, SAMPLE_SIZE, SAMPLE_MIN)
+            finite = _core.prune_rank([bits_view(xc)], bits_view(y), k, inplace, SAMPLE_SIZE, SAMPLE_MIN)
         else:
             finite = _core.prune_threshold(bits_view(xc), bits_view(y), _bits_of(t, xc.dtype), inplace)
         if not finite:
@@ -224,7 +224,8 @@ def prune_global(arrays: Mapping, sparsity: float) -> dict:
     Returns
     -------
     dict
-        The same keys, in the same order, each a new array of its input's dtype and shape.
+        The same keys, in the same order, each a new array of its input's dtype and shape
+        (arrays of the widest dtype are views into one buffer that holds them all).
 
     Examples
     --------
@@ -243,14 +244,16 @@ def prune_global(arrays: Mapping, sparsity: float) -> dict:
         return {}
     common = np.result_type(*originals.values())
     xs = {name: a.astype(common, copy=False) for name, a in originals.items()}
-    ys = {name: np.empty_like(a) for name, a in xs.items()}
     total = sum(a.size for a in xs.values())
     k = math.floor(fraction * total)
-    if total and not _core.prune_rank([bits_view(a) for a in xs.values()], [bits_view(a) for a in ys.values()],
-                                      k, False, SAMPLE_SIZE, SAMPLE_MIN):
+    out = np.empty(total, dtype=common)  # all outputs in one buffer: one allocation, one write pass
+    if total and not _core.prune_rank([bits_view(a) for a in xs.values()], bits_view(out), k, False,
+                                      SAMPLE_SIZE, SAMPLE_MIN):
         name = next(name for name, a in xs.items() if a.size and not np.isfinite(a).all())
         raise nonfinite_error(xs[name], f"arrays[{name!r}]")
-    return {name: ys[name].astype(originals[name].dtype, copy=False) for name in xs}
+    starts = np.cumsum([0] + [a.size for a in xs.values()]).tolist()
+    return {name: out[start:start + a.size].reshape(a.shape).astype(originals[name].dtype, copy=False)
+            for (name, a), start in zip(xs.items(), starts)}
 
 
 def clip(x, lo: float | None, hi: float | None, *, out: np.ndarray | None = None) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core
 from ._checks import as_float32, check_bits, check_int, is_real, nonfinite_error, normalize_axis
-from ._schemes import DEFAULT_PERCENTILE, MSE_RATIOS, Groups, groups, scheme
+from ._schemes import DEFAULT_PERCENTILE, MSE_FULL_BELOW, MSE_RATIOS, MSE_STEPS, Groups, groups, scheme
 
 __all__ = ["QuantizedArray", "quantize", "dequantize", "fake_quantize"]
 
@@ -90,8 +90,10 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
         the last block may be short.
     method : {"minmax", "mse", "percentile"}
         How each group's clipping range is chosen: its full range; the ratio of it in (0.3, 1]
-        (64 candidates) with the least squared reconstruction error, never worse than min/max;
-        or the `percentile`-th percentile of ``|x|`` (of x's tails when asymmetric).
+        with the least squared reconstruction error among those tried, never worse than
+        min/max (64 candidates; groups of 1024 elements or more search them coarse to fine,
+        16 of them, see ``MSE_STEPS``); or the `percentile`-th percentile of ``|x|`` (of x's
+        tails when asymmetric).
     frac_bits : int, optional
         Fixed point ``q = round(x * 2^frac_bits)``: scale ``2^-frac_bits``, zero point 0, the full
         signed range ``[-2^(b-1), 2^(b-1) - 1]``, saturating.
@@ -241,8 +243,8 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
         zp = np.empty(g.count, np.float32)
         _core.scales_from_stats(lo, hi, 1.0, sch.symmetric, top, s, zp)
         if method == "mse" and xf.size:
-            _core.search_scales(xf.reshape(-1), *_layout(g, search=True), lo, hi, MSE_RATIOS,
-                                sch.symmetric, float(sch.qmin), float(sch.qmax), s, zp)
+            _core.search_scales(xf.reshape(-1), *_layout(g, search=True), lo, hi, MSE_RATIOS, MSE_STEPS,
+                                MSE_FULL_BELOW, sch.symmetric, float(sch.qmin), float(sch.qmax), s, zp)
     return xf, g, sch, s, zp, False
 
 

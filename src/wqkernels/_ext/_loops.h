@@ -1,5 +1,6 @@
 /* Innermost element loops over float32 values and codes, called from _quantization.pxi and
- * _packing.pxi; also the thread settings every kernel uses.
+ * _packing.pxi (C++: quantize and fake-quantize share one template body); also the thread
+ * settings every kernel uses.
  *
  * Each function walks one contiguous run of float32 (or code) elements and does nothing else:
  * the Cython layer splits arrays into runs and threads, the Python layer validates.  The loops
@@ -99,31 +100,76 @@ WQK_CLONES static void wqk_key_range_lanes(const uint32_t *x, ptrdiff_t n, int32
     }
 }
 
+/* Keys of runs one after another (blocks along a contiguous axis), each its own group: run r
+ * is `length` elements long (the last one `tail`); klo[r], khi[r] take its (min, max) keys when
+ * asymmetric, else khi[r] its max |x| bits. */
+WQK_CLONES static void wqk_key_runs(const uint32_t *x, ptrdiff_t count, ptrdiff_t length, ptrdiff_t tail,
+                                    int asymmetric, int32_t *lo, int32_t *hi) {
+    for (ptrdiff_t r = 0; r < count; r++) {
+        const uint32_t *p = x + r * length;
+        ptrdiff_t n = r + 1 < count ? length : tail;
+        if (asymmetric) {
+            int32_t a = lo[r], b = hi[r];
+            for (ptrdiff_t i = 0; i < n; i++) {
+                int32_t k = wqk_key(p[i]);
+                a = k < a ? k : a;
+                b = k > b ? k : b;
+            }
+            lo[r] = a;
+            hi[r] = b;
+        } else {
+            uint32_t m = (uint32_t)hi[r];
+            for (ptrdiff_t i = 0; i < n; i++) {
+                uint32_t b = p[i] & 0x7fffffffu;
+                m = b > m ? b : m;
+            }
+            hi[r] = (int32_t)m;
+        }
+    }
+}
+
 /* ---- quantize, fake-quantize, dequantize --------------------------------------------------
- * "uniform" runs share one scale and zero point; "lanes" runs have one per element. */
+ * "uniform" runs share one scale and zero point; "lanes" runs have one per element; "runs" are
+ * runs one after another with one each.  Quantize writes codes as bytes, fake-quantize writes
+ * (code - zp) * s: one body for both, over the output's type.  Codes are made by true division:
+ * this CPU family divides fast enough that multiplying by 1/s, with the checks exactness would
+ * need, is no faster. */
 
-WQK_CLONES static void wqk_quantize_uniform(const float *x, uint8_t *q, ptrdiff_t n, float s,
-                                            float zp, float qmin, float qmax) {
-    float lo = qmin - zp, hi = qmax - zp;
-    for (ptrdiff_t i = 0; i < n; i++) q[i] = (uint8_t)(int32_t)wqk_code(x[i], s, zp, lo, hi);
+/* Store a code: as a byte (two's complement when signed), or as (code - zp) * s. */
+static inline void wqk_put(uint8_t *q, float code, float s, float zp) {
+    (void)s;
+    (void)zp;
+    *q = (uint8_t)(int32_t)code;
+}
+static inline void wqk_put(float *y, float code, float s, float zp) { *y = (code - zp) * s; }
+
+template <typename Out>
+static inline __attribute__((always_inline)) void wqk_quantize_run(const float *x, Out *out, ptrdiff_t n, float s,
+                                                                   float zp, float qmin, float qmax) {
+    const float lo = qmin - zp, hi = qmax - zp;
+    for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_code(x[i], s, zp, lo, hi), s, zp);
 }
 
-WQK_CLONES static void wqk_quantize_lanes(const float *x, uint8_t *q, ptrdiff_t n, const float *s,
-                                          const float *zp, float qmin, float qmax) {
-    for (ptrdiff_t i = 0; i < n; i++)
-        q[i] = (uint8_t)(int32_t)wqk_code(x[i], s[i], zp[i], qmin - zp[i], qmax - zp[i]);
+template <typename Out>
+WQK_CLONES static void wqk_quantize_uniform(const float *x, Out *out, ptrdiff_t n, float s, float zp, float qmin,
+                                            float qmax) {
+    wqk_quantize_run(x, out, n, s, zp, qmin, qmax);
 }
 
-WQK_CLONES static void wqk_fake_quantize_uniform(const float *x, float *y, ptrdiff_t n, float s,
-                                                 float zp, float qmin, float qmax) {
-    float lo = qmin - zp, hi = qmax - zp;
-    for (ptrdiff_t i = 0; i < n; i++) y[i] = (wqk_code(x[i], s, zp, lo, hi) - zp) * s;
+/* `count` runs of `length` elements one after another (the last one `tail`), run r with
+ * scale s[r] and zero point zp[r]. */
+template <typename Out>
+WQK_CLONES static void wqk_quantize_runs(const float *x, Out *out, ptrdiff_t count, ptrdiff_t length,
+                                         ptrdiff_t tail, const float *s, const float *zp, float qmin, float qmax) {
+    for (ptrdiff_t r = 0; r < count; r++)
+        wqk_quantize_run(x + r * length, out + r * length, r + 1 < count ? length : tail, s[r], zp[r], qmin, qmax);
 }
 
-WQK_CLONES static void wqk_fake_quantize_lanes(const float *x, float *y, ptrdiff_t n, const float *s,
-                                               const float *zp, float qmin, float qmax) {
-    for (ptrdiff_t i = 0; i < n; i++)
-        y[i] = (wqk_code(x[i], s[i], zp[i], qmin - zp[i], qmax - zp[i]) - zp[i]) * s[i];
+/* Element i with scale s[i] and zero point zp[i]. */
+template <typename Out>
+WQK_CLONES static void wqk_quantize_lanes(const float *x, Out *out, ptrdiff_t n, const float *s, const float *zp,
+                                          float qmin, float qmax) {
+    for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_code(x[i], s[i], zp[i], qmin - zp[i], qmax - zp[i]), s[i], zp[i]);
 }
 
 WQK_CLONES static void wqk_dequantize_uniform(const uint8_t *q, float *y, ptrdiff_t n, float s,
@@ -141,6 +187,22 @@ WQK_CLONES static void wqk_dequantize_lanes(const uint8_t *q, float *y, ptrdiff_
         for (ptrdiff_t i = 0; i < n; i++) y[i] = ((float)(int8_t)q[i] - zp[i]) * s[i];
     } else {
         for (ptrdiff_t i = 0; i < n; i++) y[i] = ((float)q[i] - zp[i]) * s[i];
+    }
+}
+
+/* `count` runs of `length` codes one after another (the last one `tail`), run r with scale s[r]
+ * and zero point zp[r]. */
+WQK_CLONES static void wqk_dequantize_runs(const uint8_t *q, float *y, ptrdiff_t count, ptrdiff_t length,
+                                           ptrdiff_t tail, const float *s, const float *zp, int is_signed) {
+    for (ptrdiff_t r = 0; r < count; r++) {
+        const uint8_t *p = q + r * length;
+        float *o = y + r * length, sr = s[r], zr = zp[r];
+        ptrdiff_t n = r + 1 < count ? length : tail;
+        if (is_signed) {
+            for (ptrdiff_t i = 0; i < n; i++) o[i] = ((float)(int8_t)p[i] - zr) * sr;
+        } else {
+            for (ptrdiff_t i = 0; i < n; i++) o[i] = ((float)p[i] - zr) * sr;
+        }
     }
 }
 
@@ -219,14 +281,36 @@ static inline uint64_t wqk_expand8(uint64_t w, int b) {
     return (w & m1) | ((w >> b) & m1) << 8;
 }
 
+/* Packs whole bytes of codes when B divides 8: byte i holds codes i * 8/B ... (i + 1) * 8/B - 1,
+ * the first in the lowest bits (the stream's order), in a loop GCC vectorises; returns how many
+ * codes it packed. */
+template <int B> static inline ptrdiff_t wqk_pack_bytes(const uint8_t *codes, ptrdiff_t n, uint8_t *out) {
+    enum { PER_BYTE = 8 / B };
+    const uint8_t mask = (uint8_t)((1u << B) - 1);
+    const ptrdiff_t nbytes = n / PER_BYTE;
+    for (ptrdiff_t i = 0; i < nbytes; i++) {
+        uint8_t v = 0;
+        for (int k = 0; k < PER_BYTE; k++) v |= (uint8_t)((codes[i * PER_BYTE + k] & mask) << (k * B));
+        out[i] = v;
+    }
+    return nbytes * PER_BYTE;
+}
+
 /* Packs n codes into ceil(n * b / 8) bytes; returns nonzero if a code does not fit in b bits.
- * Each 8 codes become b bytes; whole words store 8 bytes (the next word overwrites the spare
- * ones) while they stay inside the output, the last word only what is its own. */
+ * Widths that divide 8 pack whole bytes at once; the others, and what is left, go 8 codes at a
+ * time: each 8 codes become b bytes; whole words store 8 bytes (the next word overwrites the
+ * spare ones) while they stay inside the output, the last word only what is its own. */
 WQK_CLONES static int wqk_pack(const uint8_t *codes, ptrdiff_t n, int b, int is_signed, uint8_t *out) {
     const uint8_t bias = is_signed ? (uint8_t)(1u << (b - 1)) : 0;
-    uint8_t bad = 0;
-    for (ptrdiff_t i = 0; i < n; i++) bad |= (uint8_t)(codes[i] + bias) >> b;
+    uint8_t top = 0; /* the largest code once biased to unsigned: it fits if below 2^b */
+    for (ptrdiff_t i = 0; i < n; i++) {
+        uint8_t c = (uint8_t)(codes[i] + bias);
+        top = c > top ? c : top;
+    }
     ptrdiff_t g = 0, nbytes = (n * b + 7) / 8;
+    if (b == 2 || b == 4 || b == 8)  /* whole bytes: a multiple of 8 codes, or all of them */
+        g = (b == 2 ? wqk_pack_bytes<2>(codes, n, out) : b == 4 ? wqk_pack_bytes<4>(codes, n, out)
+                                                            : wqk_pack_bytes<8>(codes, n, out)) / 8;
     uint64_t w;
     for (; (g + 1) * 8 <= n && g * b + 8 <= nbytes; g++) {
         memcpy(&w, codes + g * 8, 8);
@@ -240,12 +324,25 @@ WQK_CLONES static int wqk_pack(const uint8_t *codes, ptrdiff_t n, int b, int is_
         w = wqk_compact8(w, b);
         memcpy(out + g * b, &w, (size_t)((count * b + 7) / 8));
     }
-    return bad != 0;
+    return (top >> b) != 0;
+}
+
+/* The inverse of wqk_pack_bytes: unpacks the codes of whole bytes; returns how many. */
+template <int B> static inline ptrdiff_t wqk_unpack_bytes(const uint8_t *packed, ptrdiff_t n, uint8_t *codes) {
+    enum { PER_BYTE = 8 / B };
+    const uint8_t mask = (uint8_t)((1u << B) - 1);
+    const ptrdiff_t nbytes = n / PER_BYTE;
+    for (ptrdiff_t i = 0; i < nbytes; i++)
+        for (int k = 0; k < PER_BYTE; k++) codes[i * PER_BYTE + k] = (uint8_t)((packed[i] >> (k * B)) & mask);
+    return nbytes * PER_BYTE;
 }
 
 /* Unpacks n codes of b bits; signed codes are sign-extended to bytes. */
 WQK_CLONES static void wqk_unpack(const uint8_t *packed, ptrdiff_t n, int b, int is_signed, uint8_t *codes) {
     ptrdiff_t g = 0, nbytes = (n * b + 7) / 8;
+    if (b == 2 || b == 4 || b == 8)
+        g = (b == 2 ? wqk_unpack_bytes<2>(packed, n, codes) : b == 4 ? wqk_unpack_bytes<4>(packed, n, codes)
+                                                                : wqk_unpack_bytes<8>(packed, n, codes)) / 8;
     uint64_t w;
     for (; (g + 1) * 8 <= n && g * b + 8 <= nbytes; g++) {
         memcpy(&w, packed + g * b, 8);

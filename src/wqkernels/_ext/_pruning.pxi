@@ -393,36 +393,30 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
     return status
 
 
-def prune_rank(list xs, list ys, int64_t k, bint inplace, Py_ssize_t sample_size, int64_t sample_min):
-    """Zero the k smallest magnitudes of the arrays xs taken as one sequence, into ys.
+def prune_rank(list xs, key_t[::1] y, int64_t k, bint inplace, Py_ssize_t sample_size, int64_t sample_min):
+    """Zero the k smallest magnitudes of the arrays xs taken as one sequence, into y.
 
-    xs, ys: 1-D uint16/uint32/uint64 views of float bits, all of one width, ys[i] the size of
-    xs[i] (ys may be xs: then inplace).  Windows come from `sample_size` samples when the total
-    is at least `sample_min`.  Returns False (y unspecified, x untouched) if x holds a NaN or Inf.
+    xs: 1-D uint16/uint32/uint64 views of float bits, all of y's width; y: their outputs one
+    after another (so one write pass, and one allocation, serves them all), or xs[0] itself
+    when inplace (one array).  Windows come from `sample_size` samples when the total is at
+    least `sample_min`.  Returns False (y unspecified, x untouched) if x holds a NaN or Inf.
     """
-    if not xs:
-        return True
-    return _prune_rank_as(xs[0], xs, ys, k, inplace, sample_size, sample_min)
-
-
-def _prune_rank_as(const key_t[::1] first, list xs, list ys, int64_t k, bint inplace,
-                   Py_ssize_t sample_size, int64_t sample_min):
-    """prune_rank with the key type of `first` (xs[0]: the fused dispatch reads it from there)."""
     cdef Py_ssize_t nseg = len(xs), i
     cdef const key_t[::1] xv
-    cdef key_t[::1] yv
     cdef int64_t total = 0
     cdef Status status
-    cdef Segment[key_t]* segs = <Segment[key_t]*>malloc(sizeof(Segment[key_t]) * max(nseg, 1))
+    cdef Segment[key_t]* segs
+    if nseg == 0 or y.shape[0] == 0:
+        return True
+    segs = <Segment[key_t]*>malloc(sizeof(Segment[key_t]) * nseg)
     if segs == NULL:
         raise MemoryError()
     try:
-        for i in range(nseg):  # the lists hold the arrays: the pointers outlive each view
+        for i in range(nseg):  # the list holds the arrays: the pointers outlive each view
             xv = xs[i]
-            yv = ys[i]
             segs[i].n = xv.shape[0]
             segs[i].x = &xv[0] if xv.shape[0] else NULL
-            segs[i].y = &yv[0] if yv.shape[0] else NULL
+            segs[i].y = &y[total]
             segs[i].base = total
             total += xv.shape[0]
         with nogil:

@@ -9,11 +9,17 @@ cdef extern from "_loops.h" nogil:
     void wqk_key_range_lanes(const uint32_t* x, Py_ssize_t n, int32_t* lo, int32_t* hi)
     int32_t wqk_key(uint32_t b)
     float wqk_code(float x, float s, float zp, float lo, float hi)
-    void wqk_quantize_uniform(const float* x, uint8_t* q, Py_ssize_t n, float s, float zp, float qmin, float qmax)
-    void wqk_quantize_lanes(const float* x, uint8_t* q, Py_ssize_t n, const float* s, const float* zp, float qmin, float qmax)
-    void wqk_fake_quantize_uniform(const float* x, float* y, Py_ssize_t n, float s, float zp, float qmin, float qmax)
-    void wqk_fake_quantize_lanes(const float* x, float* y, Py_ssize_t n, const float* s, const float* zp, float qmin, float qmax)
+    void wqk_key_runs(const uint32_t* x, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail, int asymmetric,
+                      int32_t* lo, int32_t* hi)
+    # Out: uint8_t (codes) or float (fake-quantized values)
+    void wqk_quantize_uniform[Out](const float* x, Out* out, Py_ssize_t n, float s, float zp, float qmin, float qmax)
+    void wqk_quantize_runs[Out](const float* x, Out* out, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
+                                const float* s, const float* zp, float qmin, float qmax)
+    void wqk_quantize_lanes[Out](const float* x, Out* out, Py_ssize_t n, const float* s, const float* zp,
+                                 float qmin, float qmax)
     void wqk_dequantize_uniform(const uint8_t* q, float* y, Py_ssize_t n, float s, float zp, int is_signed)
+    void wqk_dequantize_runs(const uint8_t* q, float* y, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
+                             const float* s, const float* zp, int is_signed)
     void wqk_dequantize_lanes(const uint8_t* q, float* y, Py_ssize_t n, const float* s, const float* zp, int is_signed)
     void wqk_candidate_errors(const float* x, Py_ssize_t n, int ncand, const float* inv, const float* lo, const float* hi, double* acc)
     void wqk_candidate_errors_lanes(const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int ncand, const float* inv, const float* lo, const float* hi, float* acc)
@@ -44,6 +50,9 @@ cdef void unit_keys(const uint32_t* bits, const Layout* L, const Unit* U, bint a
     """Accumulate the keys of a unit's groups (klo, khi point at its first group)."""
     cdef Py_ssize_t r
     cdef const uint32_t* p
+    if L.runs:
+        wqk_key_runs(bits + U.start, U.rows, U.length, U.tail, asymmetric, klo, khi)
+        return
     for r in range(U.rows):
         p = bits + U.start + r * U.stride
         if asymmetric and L.lanes:
@@ -137,78 +146,136 @@ def scales_from_stats(const float[::1] lo, const float[::1] hi, float ratio, bin
 
 def search_scales(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner,
                   Py_ssize_t block, bint per_axis, const float[::1] lo, const float[::1] hi,
-                  const float[::1] ratios, bint symmetric, float qmin, float qmax,
-                  float[::1] scale, float[::1] zero_point):
-    """Per group, the clipping ratio whose fake-quantization has the least squared error."""
-    cdef Layout L = make_layout(outer, n, inner, block, per_axis, SEARCH_WIDTH)
+                  const float[::1] ratios, const int32_t[::1] steps, Py_ssize_t full_below,
+                  bint symmetric, float qmin, float qmax, float[::1] scale, float[::1] zero_point):
+    """Per group, the clipping ratio whose fake-quantization has the least squared error.
+
+    Groups of fewer than `full_below` elements try every ratio.  Larger ones try every
+    steps[0]-th from the first; then, for each later step, the ratios that many apart around
+    the best so far, as many on each side as fit inside the previous step (steps decrease,
+    each dividing the one before).  The first ratio with the least error among those tried wins.
+    """
+    cdef Layout L = make_layout(outer, n, inner, block, per_axis, SEARCH_WIDTH, False)
     cdef int ncand = ratios.shape[0]
     cdef int nt = threads_for(x.shape[0] * ncand // 8)
     cdef Py_ssize_t u
     with nogil:
         for u in prange(L.count, num_threads=nt, schedule="dynamic"):
-            search_unit(&x[0], &L, u, &lo[0], &hi[0], &ratios[0], ncand, symmetric, qmin, qmax,
-                        &scale[0], &zero_point[0])
+            search_unit(&x[0], &L, u, &lo[0], &hi[0], &ratios[0], ncand, &steps[0], steps.shape[0],
+                        full_below, symmetric, qmin, qmax, &scale[0], &zero_point[0])
 
 
-cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float* lo, const float* hi,
-                      const float* ratios, int ncand, bint symmetric, float qmin, float qmax,
-                      float* scale, float* zero_point) noexcept nogil:
-    """Score every candidate on each group of unit u; keep the first with the least error."""
-    cdef Unit U = unit_at(L, u)
-    cdef Py_ssize_t w = U.length if L.lanes else 1, r, i, k, m, c0
-    cdef int c, best
-    cdef float top = qmax if symmetric else qmax - qmin
-    cdef double e, best_e
-    # scratch per candidate and lane: inverse scale, scale, zero point, code bounds, error;
-    # then a tile of rows copied together (rows of a large power-of-two stride share cache sets)
-    cdef float* buf = <float*>malloc(sizeof(float) * (6 * ncand + SEARCH_ROWS) * w)
-    cdef double* acc = <double*>malloc(sizeof(double) * ncand)
-    if buf == NULL or acc == NULL:
-        free(buf); free(acc)
-        return  # out of memory: the min/max scales already in place stay
-    cdef float* inv = buf
-    cdef float* s = buf + ncand * w
-    cdef float* zp = buf + 2 * ncand * w
-    cdef float* blo = buf + 3 * ncand * w
-    cdef float* bhi = buf + 4 * ncand * w
-    cdef float* err = buf + 5 * ncand * w
-    cdef float* tile = buf + 6 * ncand * w
-    for c in range(ncand):
-        acc[c] = 0.0
-        for i in range(w):
-            k = c * w + i
-            group_params(lo[U.group + i], hi[U.group + i], ratios[c], symmetric, top, &s[k], &zp[k])
-            inv[k] = 1.0 / s[k]
-            blo[k] = qmin - zp[k]
-            bhi[k] = qmax - zp[k]
-            err[k] = 0.0
-    if L.lanes:
+cdef struct Slots:
+    # per slot (a candidate tried) and lane: its candidate (-1: none), inverse scale, scale,
+    # zero point, code bounds and error; per lane the best so far
+    int* cand
+    float* inv
+    float* s
+    float* zp
+    float* blo
+    float* bhi
+    float* err
+    double* acc
+    int* best
+    double* best_e
+    float* tile
+
+
+cdef void set_slot(Slots* S, Py_ssize_t w, int slot, Py_ssize_t i, int c, float lo, float hi,
+                   const float* ratios, bint symmetric, float qmin, float qmax) noexcept nogil:
+    """Slot `slot` of lane i tries candidate c (c < 0: nothing; it repeats ratio 0, ignored)."""
+    cdef Py_ssize_t k = slot * w + i
+    S.cand[k] = c
+    group_params(lo, hi, ratios[c if c >= 0 else 0], symmetric, qmax if symmetric else qmax - qmin,
+                 &S.s[k], &S.zp[k])
+    S.inv[k] = 1.0 / S.s[k]
+    S.blo[k] = qmin - S.zp[k]
+    S.bhi[k] = qmax - S.zp[k]
+    S.err[k] = 0.0
+
+
+cdef void score_slots(const float* x, const Layout* L, const Unit* U, Py_ssize_t w, int nslot,
+                      Slots* S) noexcept nogil:
+    """Every slot's error over the unit's groups, then each lane's best: the least error, the
+    first candidate among equals."""
+    cdef Py_ssize_t r, m, c0, k, i
+    cdef int j
+    cdef double e
+    for j in range(nslot):
+        S.acc[j] = 0.0
+    if L.lanes:  # a tile of rows copied together (rows of a large power-of-two stride share cache sets)
         r = 0
         while r < U.rows:
             m = min(<Py_ssize_t>SEARCH_ROWS, U.rows - r)
             for k in range(m):
-                memcpy(tile + k * w, x + U.start + (r + k) * U.stride, w * sizeof(float))
-            wqk_candidate_errors_lanes(tile, m, w, w, ncand, inv, blo, bhi, err)
+                memcpy(S.tile + k * w, x + U.start + (r + k) * U.stride, w * sizeof(float))
+            wqk_candidate_errors_lanes(S.tile, m, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
             r += m
     else:
         for r in range(U.rows):
             c0 = 0
             while c0 < U.length:
                 m = min(<Py_ssize_t>SEARCH_CHUNK, U.length - c0)
-                wqk_candidate_errors(x + U.start + r * U.stride + c0, m, ncand, inv, blo, bhi, acc)
+                wqk_candidate_errors(x + U.start + r * U.stride + c0, m, nslot, S.inv, S.blo, S.bhi, S.acc)
                 c0 += m
     for i in range(w):
-        best = 0
-        best_e = 0.0
-        for c in range(ncand):
-            k = c * w + i
-            e = (err[k] if L.lanes else acc[c]) * (<double>s[k] * s[k])
-            if c == 0 or e < best_e:
-                best, best_e = c, e
-        scale[U.group + i] = s[best * w + i]
-        zero_point[U.group + i] = zp[best * w + i]
+        for j in range(nslot):
+            k = j * w + i
+            if S.cand[k] < 0:
+                continue
+            e = (S.err[k] if L.lanes else S.acc[j]) * (<double>S.s[k] * S.s[k])
+            if S.best[i] < 0 or e < S.best_e[i] or (e == S.best_e[i] and S.cand[k] < S.best[i]):
+                S.best[i], S.best_e[i] = S.cand[k], e
+
+
+cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float* lo, const float* hi,
+                      const float* ratios, int ncand, const int32_t* steps, Py_ssize_t nsteps,
+                      Py_ssize_t full_below, bint symmetric, float qmin, float qmax, float* scale,
+                      float* zero_point) noexcept nogil:
+    """The search of search_scales on the groups of unit u."""
+    cdef Unit U = unit_at(L, u)
+    cdef Py_ssize_t w = U.length if L.lanes else 1, i, k, level
+    cdef Py_ssize_t size = U.rows if L.lanes else U.rows * U.length  # elements per group
+    cdef bint full = size < full_below or nsteps == 0 or steps[0] <= 1
+    cdef int nslot = ncand if full else (ncand + steps[0] - 1) // steps[0], j, c, span
+    cdef Slots S
+    if not full:
+        for level in range(1, nsteps):
+            nslot = max(nslot, 2 * (steps[level - 1] // steps[level] - 1))
+    cdef char* buf = <char*>malloc((sizeof(int) + 7 * sizeof(float)) * nslot * w + sizeof(double) * nslot
+                                   + (sizeof(int) + sizeof(double)) * w + sizeof(float) * SEARCH_ROWS * w)
+    if buf == NULL:
+        return  # out of memory: the min/max scales already in place stay
+    S.acc = <double*>buf
+    S.best_e = S.acc + nslot
+    S.cand = <int*>(S.best_e + w)
+    S.best = S.cand + nslot * w
+    S.inv = <float*>(S.best + w)
+    S.s = S.inv + nslot * w
+    S.zp = S.s + nslot * w
+    S.blo = S.zp + nslot * w
+    S.bhi = S.blo + nslot * w
+    S.err = S.bhi + nslot * w
+    S.tile = S.err + nslot * w
+    for i in range(w):
+        S.best[i] = -1
+        for j in range(nslot):  # all candidates, or every steps[0]-th
+            c = j if full else j * steps[0]
+            set_slot(&S, w, j, i, c if c < ncand else -1, lo[U.group + i], hi[U.group + i], ratios,
+                     symmetric, qmin, qmax)
+    score_slots(x, L, &U, w, nslot, &S)
+    for level in range(1, 0 if full else nsteps):  # then around each lane's best, finer
+        span = steps[level - 1] // steps[level] - 1  # candidates on each side
+        for i in range(w):
+            for j in range(nslot):
+                k = S.best[i] + ((j - span) if j < span else (j - span + 1)) * steps[level]
+                set_slot(&S, w, j, i, k if j < 2 * span and 0 <= k < ncand else -1,
+                         lo[U.group + i], hi[U.group + i], ratios, symmetric, qmin, qmax)
+        score_slots(x, L, &U, w, nslot, &S)
+    for i in range(w):
+        group_params(lo[U.group + i], hi[U.group + i], ratios[S.best[i]], symmetric,
+                     qmax if symmetric else qmax - qmin, &scale[U.group + i], &zero_point[U.group + i])
     free(buf)
-    free(acc)
 
 
 cdef enum Op:
@@ -222,6 +289,14 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
                     const float* s, const float* zp, float qmin, float qmax, bint is_signed) noexcept nogil:
     """The element loop over a unit's runs (s, zp point at the unit's first group)."""
     cdef Py_ssize_t r, p
+    if L.runs:
+        if op == QUANTIZE:
+            wqk_quantize_runs(x + U.start, q + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax)
+        elif op == FAKE_QUANTIZE:
+            wqk_quantize_runs(x + U.start, y + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax)
+        else:
+            wqk_dequantize_runs(q + U.start, y + U.start, U.rows, U.length, U.tail, s, zp, is_signed)
+        return
     for r in range(U.rows):
         p = U.start + r * U.stride
         if op == QUANTIZE:
@@ -231,9 +306,9 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
                 wqk_quantize_uniform(x + p, q + p, U.length, s[0], zp[0], qmin, qmax)
         elif op == FAKE_QUANTIZE:
             if L.lanes:
-                wqk_fake_quantize_lanes(x + p, y + p, U.length, s, zp, qmin, qmax)
+                wqk_quantize_lanes(x + p, y + p, U.length, s, zp, qmin, qmax)
             else:
-                wqk_fake_quantize_uniform(x + p, y + p, U.length, s[0], zp[0], qmin, qmax)
+                wqk_quantize_uniform(x + p, y + p, U.length, s[0], zp[0], qmin, qmax)
         elif L.lanes:
             wqk_dequantize_lanes(q + p, y + p, U.length, s, zp, is_signed)
         else:
@@ -243,7 +318,7 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
 cdef bint unit_fit(const float* x, const Layout* L, const Unit* U, bint symmetric, float qmin,
                    float qmax, float* s, float* zp) noexcept nogil:
     """The min/max scale and zero point of a unit's groups; False if one holds NaN or infinity."""
-    cdef Py_ssize_t w = U.length if L.lanes else 1, i
+    cdef Py_ssize_t w = unit_groups(L, U), i
     cdef int32_t* keys = <int32_t*>malloc(sizeof(int32_t) * 2 * w)
     cdef float* stats = <float*>malloc(sizeof(float) * 2 * w)
     cdef bint finite = False

@@ -5,8 +5,10 @@
 # otherwise: blocks of `block` consecutive indices along n, one group per (o, n // block, i);
 #            per-tensor work is a blocked layout too (over the flat array).
 # A unit holds whole groups, so units can run on different threads without sharing results:
-# either one group whose elements are `rows` runs of `length` (a "single" unit), or `length`
-# groups side by side, one per lane, over `rows` runs (a "lanes" unit).
+# one group whose elements are `rows` runs of `length` (a "single" unit); `length` groups side
+# by side, one per lane, over `rows` runs (a "lanes" unit); or, for short blocks along a
+# contiguous axis, `rows` blocks one after another, each its own group, the last one `tail`
+# elements long (a "runs" unit).  In the other kinds tail = length.
 
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t
@@ -18,15 +20,21 @@ cdef extern from "_loops.h" nogil:
     void wqk_adapt_threads()
 
 cdef struct Layout:
-    Py_ssize_t outer, n, inner, block, nblocks, width, count
-    bint per_axis, lanes
+    Py_ssize_t outer, n, inner, block, nblocks, width, count, chunks
+    bint per_axis, lanes, runs
 
 cdef struct Unit:
-    Py_ssize_t start, rows, length, stride, group
+    Py_ssize_t start, rows, length, stride, group, tail
+
+cdef enum:
+    RUN_BLOCK_MAX = 4096    # blocks along a contiguous axis up to this long are grouped into runs
+    RUN_ELEMENTS = 16384    # elements of a runs unit (whole blocks; at least one)
 
 
 cdef Layout make_layout(Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner, Py_ssize_t block,
-                        bint per_axis, Py_ssize_t width) noexcept nogil:
+                        bint per_axis, Py_ssize_t width, bint runs=True) noexcept nogil:
+    """The layout of x as (outer, n, inner); `width`: lanes per lanes unit; `runs`: whether
+    short blocks along a contiguous axis may share units."""
     cdef Layout L
     L.outer = outer
     L.n = n
@@ -36,8 +44,12 @@ cdef Layout make_layout(Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner, Py_ssi
     L.width = width
     L.per_axis = per_axis
     L.lanes = (inner == 1) if per_axis else (inner > 1)
+    L.runs = runs and not per_axis and inner == 1 and L.block <= RUN_BLOCK_MAX
+    L.chunks = max(RUN_ELEMENTS // L.block, 1) if L.runs else 1  # blocks per runs unit
     if per_axis:
         L.count = (n + width - 1) // width if inner == 1 else n
+    elif L.runs:
+        L.count = outer * ((L.nblocks + L.chunks - 1) // L.chunks)
     elif inner == 1:
         L.count = outer * L.nblocks
     else:
@@ -48,6 +60,14 @@ cdef Layout make_layout(Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner, Py_ssi
 cdef inline Unit unit_at(const Layout* L, Py_ssize_t u) noexcept nogil:
     cdef Unit U
     cdef Py_ssize_t o, j, c0, chunks
+    if L.runs:  # runs: L.chunks blocks of a row (fewer at its end)
+        chunks = (L.nblocks + L.chunks - 1) // L.chunks
+        o = u // chunks
+        j = (u % chunks) * L.chunks
+        U.rows = min(L.chunks, L.nblocks - j)
+        U.start, U.length, U.stride, U.group = o * L.n + j * L.block, L.block, L.block, o * L.nblocks + j
+        U.tail = min(L.block, L.n - (j + U.rows - 1) * L.block)
+        return U
     if L.per_axis:
         if L.inner == 1:  # lanes: a chunk of columns, all rows
             c0 = u * L.width
@@ -70,7 +90,13 @@ cdef inline Unit unit_at(const Layout* L, Py_ssize_t u) noexcept nogil:
         U.length = min(L.width, L.inner - c0)
         U.stride = L.inner
         U.group = (o * L.nblocks + j) * L.inner + c0
+    U.tail = U.length
     return U
+
+
+cdef inline Py_ssize_t unit_groups(const Layout* L, const Unit* U) noexcept nogil:
+    """The number of groups in a unit (consecutive from U.group)."""
+    return U.length if L.lanes else (U.rows if L.runs else 1)
 
 
 cdef inline Py_ssize_t lane_width(Py_ssize_t n, int threads, Py_ssize_t least) noexcept nogil:

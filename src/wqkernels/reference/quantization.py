@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._schemes import DEFAULT_PERCENTILE, MSE_RATIOS, groups, scheme
+from .._schemes import DEFAULT_PERCENTILE, MSE_FULL_BELOW, MSE_RATIOS, MSE_STEPS, groups, scheme
 from ..quantization import QuantizedArray
 
 f32 = np.float32
@@ -52,16 +52,25 @@ def _scales(x, g, sch, method, percentile):
         lo, hi = np.nanmin(m, axis=1), np.nanmax(m, axis=1)
     s, zp = _params(lo, hi, 1, sch.symmetric, top)
     if method == "mse":
-        best = None
-        for ratio in MSE_RATIOS:  # error of each candidate; keep the first smallest
-            cs, czp = _params(lo, hi, ratio, sch.symmetric, top)
-            q = _codes(m, cs[:, None], czp[:, None], sch.qmin, sch.qmax)
-            err = np.nansum(((q - czp[:, None]) * cs[:, None] - m).astype(np.float64) ** 2, axis=1)
-            if best is None:
-                best = err
-            better = err < best
-            s, zp, best = np.where(better, cs, s), np.where(better, czp, zp), np.minimum(err, best)
+        errors = np.stack([  # (groups, candidates): the squared error of each candidate
+            np.nansum(((_codes(m, cs[:, None], czp[:, None], sch.qmin, sch.qmax) - czp[:, None]) * cs[:, None]
+                       - m).astype(np.float64) ** 2, axis=1)
+            for cs, czp in (_params(lo, hi, ratio, sch.symmetric, top) for ratio in MSE_RATIOS)], axis=1)
+        tried = _tried(errors, np.sum(~np.isnan(m), axis=1) >= MSE_FULL_BELOW)
+        best = np.argmin(np.where(tried, errors, np.inf), axis=1)  # the first with the least error
+        s, zp = _params(lo, hi, MSE_RATIOS[best], sch.symmetric, top)
     return s.astype(f32), zp.astype(f32)
+
+
+def _tried(errors, coarse):
+    """Which candidates each group tries: all; or, where `coarse`, every MSE_STEPS[0]-th, then
+    for each later step those that many apart around the best so far, within the step before."""
+    index = np.arange(errors.shape[1])
+    tried = np.broadcast_to(index % MSE_STEPS[0] == 0, errors.shape)
+    for before, step in zip(MSE_STEPS[:-1], MSE_STEPS[1:]):
+        offset = index - np.argmin(np.where(tried, errors, np.inf), axis=1)[:, None]
+        tried = tried | ((offset % step == 0) & (np.abs(offset) < before))
+    return np.where(coarse[:, None], tried, True)
 
 
 def _broadcast(v, g):
