@@ -332,7 +332,7 @@ def test_moments_of_pruned_weights_do_not_matter(keras, cb, fresh):
             class Reset(keras.callbacks.Callback):
                 def on_train_batch_begin(self, batch, logs=None):
                     opt = self.model.optimizer
-                    for path, (_, keep) in pruning._masks.items():
+                    for path, keep in pruning._masks.items():
                         i = opt._get_variable_index(pruning._kernels[path].variable)
                         for slots in (opt._momentums, opt._velocities):
                             slots[i].assign(np.where(keep, slots[i].numpy(), 0))
@@ -340,7 +340,7 @@ def test_moments_of_pruned_weights_do_not_matter(keras, cb, fresh):
         model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[pruning] + extra)
         opt = model.optimizer
         moments = [np.abs(opt._momentums[opt._get_variable_index(pruning._kernels[p].variable)].numpy())[~keep].max()
-                   for p, (_, keep) in pruning._masks.items()]
+                   for p, keep in pruning._masks.items()]
         return [np.array(v.numpy()) for v in model.weights], moments
 
     plain, moments = run(False)
