@@ -233,8 +233,9 @@ def _report_body(d: dict, painter, level: int, anchor: str = "") -> str:
         _histogram_cell(r.get("histogram"), painter, r.get("path")) if r.get("rewritten")
         else _cell('<span class="muted">kept as it was</span>')] for k, r in enumerate(rows)])
     note = _note("Histograms: each weight's values before the rewrite as a light area, after it as a dark "
-                 "area, over the range under them, counts on a log scale (the levels of a low bit width "
-                 "show as spikes); the thin line is zero.")
+                 "area over it, over the range under them, counts on a log scale; the thin line is zero.  With "
+                 "one scale per tensor the levels of a low bit width show as spikes; per channel or per block "
+                 "the levels of all the scales lie over each other.")
     parts.append(_section("Weights", note + table, level, anchor + "weights"))
     return "\n".join(parts)
 
