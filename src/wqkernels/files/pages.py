@@ -27,6 +27,9 @@ __all__ = ["report_page", "inspect_page", "compare_page", "page", "write_page"]
 
 #: above this many histograms in a page they are drawn at one pixel per CSS pixel instead of two
 SHARP_HISTOGRAMS = 400
+#: a batch's page draws each file's own chart up to this many files (each costs ~20 kB; the
+#: batch's chart shows every file)
+CHARTED_FILES = 20
 
 
 # ---- the public functions ---------------------------------------------------------------------
@@ -196,8 +199,8 @@ def _kind(document) -> str | None:
     return None
 
 
-def _report_body(d: dict, painter, level: int, anchor: str = "") -> str:
-    """Summary, charts and weights of one file's report, headed at `level`."""
+def _report_body(d: dict, painter, level: int, anchor: str = "", chart: bool = True) -> str:
+    """Summary, charts (unless not `chart`) and weights of one file's report, headed at `level`."""
     rows = [r for r in d.get("weights") or [] if isinstance(r, dict)]
     totals = d.get("totals") or {}
     recipe = d.get("recipe") or {}
@@ -220,7 +223,7 @@ def _report_body(d: dict, painter, level: int, anchor: str = "") -> str:
     ]
     summary += [("note", html.escape(str(n))) for n in d.get("notes") or []]
     parts = [_section("Summary", _dl(summary), level, anchor + "summary")]
-    if rows:
+    if rows and chart:
         parts.append(_section("Charts", _report_chart(rows), level, anchor + "charts"))
     head = ("#", "weight", "layer: class, role", "shape, dtype", "bits", "sparsity", "mse", "SQNR dB",
             "bytes", "values: before, after")
@@ -309,7 +312,7 @@ def _batch_page(d: dict) -> str:
     parts.append(_section("Files", _table(head, rows), 2, "files"))
     for k, f in done:
         report = f["report"]
-        body = _report_body(report, painter, level=3, anchor=f"file-{k + 1}-")
+        body = _report_body(report, painter, level=3, anchor=f"file-{k + 1}-", chart=len(done) <= CHARTED_FILES)
         heading = f"{k + 1}. {_code(f.get('source'))} → {_code(f.get('destination'))}"
         parts.append(f'<section class="file" id="file-{k + 1}"><h2>{heading}</h2>\n{body}\n'
                      f'<p><a href="#files">back to the files</a></p></section>')
