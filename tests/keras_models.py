@@ -21,14 +21,20 @@ from wqkernels import reference
 KERNEL_NAMES = ("kernel", "recurrent_kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
 
 
-def _randomize(model: keras.Model, seed: int) -> keras.Model:
-    """Random normal weights everywhere (biases and BN statistics included; variances positive)."""
+def randomize(model: keras.Model, seed: int, optimizer_variables=()) -> keras.Model:
+    """Random normal weights everywhere (biases and BN statistics included; variances positive),
+    then random moments for the given optimizer variables (velocities positive) from the same
+    stream, so that no weight or moment is all zeros or ones."""
     rng = np.random.default_rng(seed)
     for v in model.weights:
         w = rng.standard_normal(v.shape).astype(np.float32) * 0.5
         if "variance" in v.path:
             w = np.abs(w) + 0.5
         v.assign(w)
+    for v in optimizer_variables:
+        if v.dtype == "float32" and len(v.shape) > 0:
+            w = rng.standard_normal(v.shape).astype(np.float32) * 0.01
+            v.assign(np.abs(w) if "velocity" in v.path else w)
     return model
 
 
@@ -47,7 +53,7 @@ def conv_model(seed: int = 0) -> keras.Model:
     x = sub(x)
     shared = layers.Dense(8, name="shared")
     x = shared(shared(x))
-    return _randomize(keras.Model(inp, x, name="convnet"), seed)
+    return randomize(keras.Model(inp, x, name="convnet"), seed)
 
 
 def rnn_model(seed: int = 1) -> keras.Model:
@@ -56,7 +62,7 @@ def rnn_model(seed: int = 1) -> keras.Model:
     y = layers.Embedding(20, 8, name="emb")(inp)
     y = layers.LSTM(6, return_sequences=True, name="lstm")(y)
     y = layers.GRU(4, name="gru")(y)
-    return _randomize(keras.Model(inp, y, name="rnn"), seed)
+    return randomize(keras.Model(inp, y, name="rnn"), seed)
 
 
 MODELS = {"conv": conv_model, "rnn": rnn_model}

@@ -100,23 +100,6 @@ def write_tfkeras(path: str) -> None:
     k2.write_tfkeras_weights(path, seed=1)
 
 
-def _randomize(model, optimizer_variables, seed: int) -> None:
-    """Normal weights everywhere (variances positive) and random optimizer moments (velocities
-    positive), so that no golden array is all zeros or ones."""
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        w = rng.standard_normal(v.shape).astype(np.float32) * 0.5
-        if "variance" in v.path:
-            w = np.abs(w) + 0.5
-        v.assign(w)
-    for v in optimizer_variables:
-        if v.dtype == "float32" and len(v.shape) > 0:
-            w = rng.standard_normal(v.shape).astype(np.float32) * 0.01
-            v.assign(np.abs(w) if "velocity" in v.path else w)
-        elif "iteration" in v.path:
-            v.assign(7)
-
-
 def _keras():
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
@@ -124,10 +107,18 @@ def _keras():
     return keras
 
 
+def _randomize(model, seed: int, optimizer_variables=()):
+    """tests/keras_models.py's randomize, imported only here since that module imports Keras."""
+    sys.path.insert(0, os.path.dirname(HERE))
+    from keras_models import randomize
+
+    return randomize(model, seed, optimizer_variables)
+
+
 def _compiled(keras, model, seed: int):
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3), loss="mse")
     model.optimizer.build(model.trainable_variables)
-    _randomize(model, model.optimizer.variables, seed)
+    _randomize(model, seed, model.optimizer.variables)
     return model
 
 
@@ -155,7 +146,7 @@ def keras3_weights_model():
     x = layers.GlobalAveragePooling1D(name="pool")(x)
     x = layers.Dense(3, name="head")(x)
     model = keras.Model(inp, x, name="golden_weights")
-    _randomize(model, [], seed=4)
+    _randomize(model, seed=4)
     return model
 
 
