@@ -246,7 +246,8 @@ def test_batch_html(keras20, tfkeras, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content,message", [
-    (None, "cannot read"), (b"\x89HDF\r\n", "not JSON"), (b"[1, 2", "not JSON"), (b'{"a": 1}', "not a wqkernels report")])
+    (None, "cannot read"), (b"\x89HDF\r\n", "not JSON"), (b"[1, 2", "not JSON"),
+    (b'{"a": 1}', "not a wqkernels report")])
 def test_report_command_refuses_what_is_not_a_report(content, message, tmp_path, capsys):
     saved, page = tmp_path / "r.json", tmp_path / "p.html"
     if content is not None:

@@ -360,7 +360,8 @@ def _table(head: tuple, rows: list) -> str:
     """A sortable table: `rows` of cells made by :func:`_cell` (HTML and a sort key)."""
     th = "".join(f'<th scope="col">{html.escape(h)}</th>' for h in head)
     body = "\n".join("<tr>" + "".join(cells) + "</tr>" for cells in rows)
-    return f'<div class="scroll"><table class="sortable">\n<thead><tr>{th}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>'
+    return (f'<div class="scroll"><table class="sortable">\n<thead><tr>{th}</tr></thead>\n'
+            f"<tbody>\n{body}\n</tbody></table></div>")
 
 
 def _cell(content, key=None) -> str:
@@ -406,8 +407,8 @@ def _bytes_change_cell(before, after) -> str:
 def _shape_cell(shape, dtype: str) -> str:
     """The shape, the dtype under it; sorted by the number of values."""
     shape = list(shape or [])
-    text = f'{html.escape("×".join(map(str, shape)) or "scalar")}<div class="muted small">{html.escape(str(dtype))}</div>'
-    return _cell(text, math.prod(int(n) for n in shape))
+    under = f'<div class="muted small">{html.escape(str(dtype))}</div>'
+    return _cell(html.escape("×".join(map(str, shape)) or "scalar") + under, math.prod(int(n) for n in shape))
 
 
 def _histogram_cell(d, painter, name) -> str:
@@ -417,7 +418,8 @@ def _histogram_cell(d, painter, name) -> str:
     alt = f"histogram of {name}"
     img = (f'<img class="hist" width="{painter.width}" height="{painter.height}" alt="{html.escape(str(alt))}" '
            f'src="{_data_uri(painter.png(h))}">')
-    return f'<td class="histogram">{img}<div class="range"><span>{_tick(h.low)}</span><span>{_tick(h.high)}</span></div></td>'
+    ends = f"<span>{_tick(h.low)}</span><span>{_tick(h.high)}</span>"
+    return f'<td class="histogram">{img}<div class="range">{ends}</div></td>'
 
 
 def _path_cell(path, other=None) -> str:
