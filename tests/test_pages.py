@@ -246,7 +246,8 @@ def test_batch_html(keras20, tfkeras, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content,message", [
-    (None, "cannot read"), (b"\x89HDF\r\n", "not JSON"), (b"[1, 2", "not JSON"), (b'{"a": 1}', "not a wqkernels report")])
+    (None, "cannot read"), (b"\x89HDF\r\n", "not JSON"), (b"[1, 2", "not JSON"),
+    (b'{"a": 1}', "not a wqkernels report")])
 def test_report_command_refuses_what_is_not_a_report(content, message, tmp_path, capsys):
     saved, page = tmp_path / "r.json", tmp_path / "p.html"
     if content is not None:
@@ -354,3 +355,15 @@ def test_line_progress_of_one_file():
     bar.close()
     text = stream.getvalue()
     assert "model.h5  3.0/3.0 MB" in text and "files" not in text and text.endswith("\r")
+
+
+def test_large_batches_leave_out_each_file_s_chart(rewritten):
+    """Past CHARTED_FILES files, the batch's chart alone (a file's chart costs ~20 kB)."""
+    report = rewritten[2].to_dict()
+    histograms = sum(1 for r in report["weights"] if r.get("histogram"))
+    for files in (pages.CHARTED_FILES, pages.CHARTED_FILES + 1):
+        document = {"totals": {"files": files, "ok": files}, "notes": [],
+                    "files": [{"source": f"{k}.h5", "destination": f"out/{k}.h5", "status": "ok", "error": None,
+                               "size_before": 10, "size_after": 5, "report": report} for k in range(files)]}
+        charts = 1 + (files if files <= pages.CHARTED_FILES else 0)
+        assert len(check_page(pages.page(document)).images) == charts + files * histograms

@@ -27,6 +27,9 @@ __all__ = ["report_page", "inspect_page", "compare_page", "page", "write_page"]
 
 #: above this many histograms in a page they are drawn at one pixel per CSS pixel instead of two
 SHARP_HISTOGRAMS = 400
+#: a batch's page draws each file's own chart up to this many files (each costs ~20 kB; the
+#: batch's chart shows every file)
+CHARTED_FILES = 20
 
 
 # ---- the public functions ---------------------------------------------------------------------
@@ -196,8 +199,8 @@ def _kind(document) -> str | None:
     return None
 
 
-def _report_body(d: dict, painter, level: int, anchor: str = "") -> str:
-    """Summary, charts and weights of one file's report, headed at `level`."""
+def _report_body(d: dict, painter, level: int, anchor: str = "", chart: bool = True) -> str:
+    """Summary, charts (unless not `chart`) and weights of one file's report, headed at `level`."""
     rows = [r for r in d.get("weights") or [] if isinstance(r, dict)]
     totals = d.get("totals") or {}
     recipe = d.get("recipe") or {}
@@ -220,7 +223,7 @@ def _report_body(d: dict, painter, level: int, anchor: str = "") -> str:
     ]
     summary += [("note", html.escape(str(n))) for n in d.get("notes") or []]
     parts = [_section("Summary", _dl(summary), level, anchor + "summary")]
-    if rows:
+    if rows and chart:
         parts.append(_section("Charts", _report_chart(rows), level, anchor + "charts"))
     head = ("#", "weight", "layer: class, role", "shape, dtype", "bits", "sparsity", "mse", "SQNR dB",
             "bytes", "values: before, after")
@@ -233,8 +236,9 @@ def _report_body(d: dict, painter, level: int, anchor: str = "") -> str:
         _histogram_cell(r.get("histogram"), painter, r.get("path")) if r.get("rewritten")
         else _cell('<span class="muted">kept as it was</span>')] for k, r in enumerate(rows)])
     note = _note("Histograms: each weight's values before the rewrite as a light area, after it as a dark "
-                 "area, over the range under them, counts on a log scale (the levels of a low bit width "
-                 "show as spikes); the thin line is zero.")
+                 "area over it, over the range under them, counts on a log scale; the thin line is zero.  With "
+                 "one scale per tensor the levels of a low bit width show as spikes; per channel or per block "
+                 "the levels of all the scales lie over each other.")
     parts.append(_section("Weights", note + table, level, anchor + "weights"))
     return "\n".join(parts)
 
@@ -308,7 +312,7 @@ def _batch_page(d: dict) -> str:
     parts.append(_section("Files", _table(head, rows), 2, "files"))
     for k, f in done:
         report = f["report"]
-        body = _report_body(report, painter, level=3, anchor=f"file-{k + 1}-")
+        body = _report_body(report, painter, level=3, anchor=f"file-{k + 1}-", chart=len(done) <= CHARTED_FILES)
         heading = f"{k + 1}. {_code(f.get('source'))} → {_code(f.get('destination'))}"
         parts.append(f'<section class="file" id="file-{k + 1}"><h2>{heading}</h2>\n{body}\n'
                      f'<p><a href="#files">back to the files</a></p></section>')
@@ -356,7 +360,8 @@ def _table(head: tuple, rows: list) -> str:
     """A sortable table: `rows` of cells made by :func:`_cell` (HTML and a sort key)."""
     th = "".join(f'<th scope="col">{html.escape(h)}</th>' for h in head)
     body = "\n".join("<tr>" + "".join(cells) + "</tr>" for cells in rows)
-    return f'<div class="scroll"><table class="sortable">\n<thead><tr>{th}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>'
+    return (f'<div class="scroll"><table class="sortable">\n<thead><tr>{th}</tr></thead>\n'
+            f"<tbody>\n{body}\n</tbody></table></div>")
 
 
 def _cell(content, key=None) -> str:
@@ -402,8 +407,8 @@ def _bytes_change_cell(before, after) -> str:
 def _shape_cell(shape, dtype: str) -> str:
     """The shape, the dtype under it; sorted by the number of values."""
     shape = list(shape or [])
-    text = f'{html.escape("×".join(map(str, shape)) or "scalar")}<div class="muted small">{html.escape(str(dtype))}</div>'
-    return _cell(text, math.prod(int(n) for n in shape))
+    under = f'<div class="muted small">{html.escape(str(dtype))}</div>'
+    return _cell(html.escape("×".join(map(str, shape)) or "scalar") + under, math.prod(int(n) for n in shape))
 
 
 def _histogram_cell(d, painter, name) -> str:
@@ -413,7 +418,8 @@ def _histogram_cell(d, painter, name) -> str:
     alt = f"histogram of {name}"
     img = (f'<img class="hist" width="{painter.width}" height="{painter.height}" alt="{html.escape(str(alt))}" '
            f'src="{_data_uri(painter.png(h))}">')
-    return f'<td class="histogram">{img}<div class="range"><span>{_tick(h.low)}</span><span>{_tick(h.high)}</span></div></td>'
+    ends = f"<span>{_tick(h.low)}</span><span>{_tick(h.high)}</span>"
+    return f'<td class="histogram">{img}<div class="range">{ends}</div></td>'
 
 
 def _path_cell(path, other=None) -> str:
