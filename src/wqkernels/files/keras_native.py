@@ -261,35 +261,47 @@ def _native_arrays(native: NativeKernel, x: np.ndarray, bits: int, block: int | 
     and the float32 weight Keras computes with (in `out`)."""
     embedding = native.layer_class == "Embedding"
     if bits == 8 and native.layer_class == "EinsumDense":
-        codes, scale = _absmax(x, native.einsum.reduced, ks.INT8, method)
-        scale = _rounded(scale, bfloat16)
-        np.divide(codes, scale, out=out, dtype=np.float32)
+        codes, scale = _absmax(x, native.einsum.reduced, ks.INT8, method, out, bfloat16)
         return [("codes", codes), ("scale", native.einsum.stored_scale(scale))], out
     # Keras flattens an EinsumDense kernel in C order to (product of the reduced axes' sizes, rest)
     rows = math.prod(x.shape[a] for a in native.einsum.reduced) if native.einsum else x.shape[0]
     matrix = x if embedding else x.reshape(rows, -1)
     group_axis = 1 if embedding else 0
     if bits == 8 or block is None:
-        codes, scale = _absmax(matrix, (group_axis,), ks.INT8 if bits == 8 else ks.INT4, method)
-        scale = _rounded(scale, bfloat16)
-        np.divide(codes, scale, out=out.reshape(matrix.shape), dtype=np.float32)
+        codes, scale = _absmax(matrix, (group_axis,), ks.INT8 if bits == 8 else ks.INT4, method,
+                               out.reshape(matrix.shape), bfloat16)
         stored = codes if bits == 8 else ks.pack_int4(codes, -1)
         return [("codes", stored.reshape(x.shape) if bits == 8 else stored), ("scale", scale.reshape(-1))], out
+    values = out.reshape(matrix.shape)
+    exact = method == "minmax" and not bfloat16  # the values come with the codes
     if method == "minmax":
-        codes, scale, zero = ks.grouped_quantize(matrix, block, group_axis, bfloat16=bfloat16)
+        codes, scale, zero = ks.grouped_quantize(matrix, block, group_axis, bfloat16=bfloat16,
+                                                 values=values if exact else None)
     else:
         qa = quantize(matrix, 4, symmetric=False, axis=group_axis, block_size=block, method=method)
         codes = (qa.values.astype(np.int16) - 8).astype(np.int8)
         scale, zero = qa.scale, (qa.zero_point.astype(np.int16) - 8).astype(np.int8)
     scale = _rounded(scale, bfloat16)
-    out.reshape(matrix.shape)[...] = ks.grouped_dequantize(codes, scale, zero, block, group_axis)
+    if not exact:  # the values of the scales as stored
+        values[...] = ks.grouped_dequantize(codes, scale, zero, block, group_axis)
     g_idx = (np.arange(matrix.shape[group_axis]) // block).astype(np.float32)
     return [("codes", ks.pack_int4(codes, -1)), ("scale", scale), ("zero", zero), ("g_idx", g_idx)], out
 
 
-def _absmax(x: np.ndarray, axes: tuple, code_range: tuple, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and multiplier scales (keepdims) of Keras's absmax layout; methods other than minmax
-    choose their own scales (ours are divisors: Keras's multiplier is their inverse)."""
+def _absmax(x: np.ndarray, axes: tuple, code_range: tuple, method: str, values: np.ndarray,
+            bfloat16: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and multiplier scales (keepdims, as stored) of Keras's absmax layout, and in `values`
+    the weight Keras computes with; methods other than minmax choose their own scales (ours are
+    divisors: Keras's multiplier is their inverse)."""
+    if method == "minmax" and not bfloat16:
+        return ks.absmax_quantize(x, axes, code_range, values=values)
+    codes, scale = _other_absmax(x, axes, code_range, method)
+    scale = _rounded(scale, bfloat16)
+    np.divide(codes, scale, out=values, dtype=np.float32)
+    return codes, scale
+
+
+def _other_absmax(x: np.ndarray, axes: tuple, code_range: tuple, method: str) -> tuple[np.ndarray, np.ndarray]:
     if method == "minmax":
         return ks.absmax_quantize(x, axes, code_range)
     others = tuple(a for a in range(x.ndim) if a not in axes)
