@@ -203,6 +203,11 @@ class KerasWriter(Writer):
 
     # ---- the weights ----
 
+    def stored_dtype(self, entry: Entry) -> str:
+        if entry.path in self.native:
+            return "int8" if self.recipe.bits == 8 else "int4"
+        return entry.dtype if entry.dtype in ("float16", BFLOAT16) else "float32"
+
     def weight(self, group, name, like, entry, x, quantization, out):
         native = self.native.get(entry.path)
         dtype = entry.dtype

@@ -44,6 +44,7 @@ class WeightRow:
     sqnr_db: float | None
     bytes_before: int
     bytes_after: int
+    dtype: str = ""           # "float32", or what it became: "bfloat16->int8"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -103,11 +104,11 @@ class Report:
 
     def table(self) -> str:
         """The report as a fixed-width text table."""
-        head = ("weight", "role", "shape", "sparsity", "bits", "mse", "SQNR dB", "bytes")
+        head = ("weight", "role", "shape", "dtype", "sparsity", "bits", "mse", "SQNR dB", "bytes")
         lines = []
         for r in self.rows:
             sp = f"{r.sparsity_before:.2f}->{r.sparsity_after:.2f}"
-            lines.append((r.path, r.role, "x".join(map(str, r.shape)), sp, str(r.bits or "-"),
+            lines.append((r.path, r.role, "x".join(map(str, r.shape)), r.dtype or "-", sp, str(r.bits or "-"),
                           "-" if r.mse is None else f"{r.mse:.3g}",
                           "-" if r.sqnr_db is None else f"{r.sqnr_db:.1f}",
                           f"{r.bytes_before}->{r.bytes_after}"))

@@ -288,7 +288,7 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, wor
 def _untouched_row(source: Source, e: Entry) -> WeightRow:
     sp = sparsity(source.read(e))
     nbytes = source.stored_bytes(e)
-    return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes)
+    return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes, e.dtype)
 
 
 def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer: Writer, rows: dict,
@@ -303,8 +303,9 @@ def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer
         # inline, not in a helper thread: batch workers each get their share of the cores
         before, after, mse, sqnr = statistics(original, stored)
         bits = None if quantization is None else quantization.bits
+        stored = writer.stored_dtype(e)
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, before, after, bits, mse, sqnr,
-                                 source.stored_bytes(e), nbytes)
+                                 source.stored_bytes(e), nbytes, e.dtype if stored == e.dtype else f"{e.dtype}->{stored}")
     return hook
 
 
@@ -318,7 +319,7 @@ def _restore_hook(source: Source, e: Entry, out: Datasets, rows: dict):
         written = new_float(out, group, name, x, dtype, record.get("compress", "none"), like=dset)
         sp = sparsity(x)
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, sp, sp, record["bits"], None, None,
-                                 source.stored_bytes(e), int(written.id.get_storage_size()))
+                                 source.stored_bytes(e), int(written.id.get_storage_size()), f"codes->{dtype}")
     return hook
 
 
