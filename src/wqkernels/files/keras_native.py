@@ -112,9 +112,6 @@ class NativeKernel:
     has_bias: bool
     einsum: EinsumLayout | None = None
 
-    def mode(self, bits: int, block: int | None) -> str:
-        return "int8" if bits == 8 else f"int4/{block or -1}"
-
 
 def _source_policy(layer_config: dict | None) -> str:
     """The name of the float dtype policy a layer has (its source for a quantized one)."""
@@ -144,7 +141,6 @@ class KerasWriter(Writer):
         self.kind = source.kind
         self.layers = ModelLayers(self.config)
         self.native: dict[str, NativeKernel] = {}
-        self.quantized_configs: dict[int, tuple] = {}
         kept: dict[str, str] = {}
         for e in source.entries:
             if not recipe.selects(e):
@@ -223,8 +219,8 @@ class KerasWriter(Writer):
             slot = index if k == 0 else index + k + (1 if native.has_bias else 0)
             if kind == "scale" and dtype == BFLOAT16:
                 dset = new_bfloat16(group, str(slot), array)
-            else:
-                dset = group.create_dataset(str(slot), data=array)
+            else:  # (no attributes, as Keras writes them; compressed when asked and large enough)
+                dset = self.new(group, str(slot), array, self.recipe.compress)
             nbytes += int(dset.id.get_storage_size())
         if native.config is not None:
             self._quantize_config(native, bits, block)
@@ -374,7 +370,6 @@ def quantized_layers(root: h5py.Group, entries: list, config: dict | None) -> di
 
 
 def _describe(cls: str, ordered: list, layer_config: dict | None, root: h5py.Group) -> QuantizedKernel | None:
-    shapes = [e.shape for e in ordered]
     codes = ordered[0]
     mode = quantization_mode(layer_config) if layer_config is not None else None
     embedding = cls == "Embedding"
