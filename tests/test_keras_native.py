@@ -371,10 +371,13 @@ def test_quantized_inputs(tmp_path, mode_name, capsys):
 
 def test_cli_storage_keras(tmp_path, capsys):
     src, dst = tmp_path / "f.keras", tmp_path / "q.keras"
-    zoo_model().save(src)
-    assert main(["rewrite", str(src), "-o", str(dst), "--bits", "8", "--storage", "keras", "--activations", "float"]) == 0
+    dense_model().save(src)
+    assert main(["rewrite", str(src), "-o", str(dst), "--bits", "8", "--storage", "keras", "--activations", "float",
+                 "--compress", "gzip"]) == 0
     assert "Keras-native int8" in capsys.readouterr().out
-    assert keras.saving.load_model(dst).get_layer("emb").quantization_mode == "int8"
+    assert keras.saving.load_model(dst).get_layer("with_bias").quantization_mode == "int8"
+    with h5py.File(zipfile.ZipFile(dst).open("model.weights.h5")) as f:
+        assert f["layers/dense/vars/0"].compression == "gzip"  # 21 kB of codes
 
 
 def test_float16_layers_stay_float(tmp_path):

@@ -74,7 +74,8 @@ def bfloat16_values(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
-def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None = None,
+                    values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Keras's ``abs_max_quantize``: int8 codes of `x` and the multiplier of each channel.
 
     Parameters
@@ -87,6 +88,8 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
         :data:`INT8` or :data:`INT4`.
     out : ndarray of int8, optional
         The codes, of x's shape.
+    values : ndarray of float32, optional
+        Receives ``codes / scale``, the weight Keras computes with (x's shape; may be x).
 
     Returns
     -------
@@ -109,15 +112,23 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
     codes = np.empty(x.shape, np.int8) if out is None else out
     keep = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
     amax = np.zeros(keep, np.float32)
-    for rows, index in _slices(x.shape, 0 in axes):  # max|x|: exact in any order
-        top = np.abs(x[rows]).max(axis=axes, keepdims=True)
+    for rows, index in _slices(x.shape, 0 in axes):  # max|x| = max(max x, -min x), exactly
+        top = x[rows].max(axis=axes, keepdims=True)
+        np.maximum(top, -x[rows].min(axis=axes, keepdims=True), out=top)
         np.maximum(amax[index], top, out=amax[index])
     scale = np.float32(high) / (amax + np.float32(EPSILON))
+    work = None
     for rows, index in _slices(x.shape, 0 in axes):
-        y = x[rows] * scale[index]
+        part = x[rows]
+        if work is None or work.size < part.size:
+            work = np.empty(part.size, np.float32)
+        y = work[:part.size].reshape(part.shape)
+        np.multiply(part, scale[index], out=y)
         np.rint(y, out=y)
         np.clip(y, low, high, out=y)
         codes[rows] = y
+        if values is not None:
+            np.divide(y, scale[index], out=values[rows])
     return codes, scale
 
 
@@ -131,14 +142,15 @@ def _slices(shape: tuple, reduced_first: bool):
         yield rows, slice(None) if reduced_first else rows
 
 
-def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bool = False
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bool = False,
+                     values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keras's ``abs_max_quantize_grouped_with_zero_point`` (int4), along `axis` of a 2-D `x`.
 
     Groups of `block_size` consecutive indices along `axis` (0: Dense and EinsumDense kernels as
     (rows, columns); 1: Embedding matrices, grouped along their dimension as Keras does on the
     transpose), zero-padded to whole groups.  With `bfloat16` (x holds bfloat16 numbers), each
-    group's ``max - min`` is rounded to bfloat16 as NumPy does on bfloat16 arrays.
+    group's ``max - min`` is rounded to bfloat16 as NumPy does on bfloat16 arrays.  `values`, if
+    given (float32, x's shape; may be x), receives ``(codes - zero) * scale``.
 
     Returns
     -------
@@ -190,6 +202,10 @@ def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bo
             q += z[:, None, :]
             np.clip(q, low, high, out=q)
             codes_view[g0 * block:g0 * block + rows, c0:c1] = q.reshape(-1, c1 - c0)[:rows]
+            if values is not None:
+                q -= z[:, None, :]
+                q *= s[:, None, :]
+                (values if axis == 0 else values.T)[g0 * block:g0 * block + rows, c0:c1] = q.reshape(-1, c1 - c0)[:rows]
             scale_view[g0:g1, c0:c1] = s
             zero_view[g0:g1, c0:c1] = z
     return codes, scale, zero

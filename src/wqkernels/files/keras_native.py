@@ -112,9 +112,6 @@ class NativeKernel:
     has_bias: bool
     einsum: EinsumLayout | None = None
 
-    def mode(self, bits: int, block: int | None) -> str:
-        return "int8" if bits == 8 else f"int4/{block or -1}"
-
 
 def _source_policy(layer_config: dict | None) -> str:
     """The name of the float dtype policy a layer has (its source for a quantized one)."""
@@ -144,7 +141,6 @@ class KerasWriter(Writer):
         self.kind = source.kind
         self.layers = ModelLayers(self.config)
         self.native: dict[str, NativeKernel] = {}
-        self.quantized_configs: dict[int, tuple] = {}
         kept: dict[str, str] = {}
         for e in source.entries:
             if not recipe.selects(e):
@@ -203,6 +199,11 @@ class KerasWriter(Writer):
 
     # ---- the weights ----
 
+    def stored_dtype(self, entry: Entry) -> str:
+        if entry.path in self.native:
+            return "int8" if self.recipe.bits == 8 else "int4"
+        return entry.dtype if entry.dtype in ("float16", BFLOAT16) else "float32"
+
     def weight(self, group, name, like, entry, x, quantization, out):
         native = self.native.get(entry.path)
         dtype = entry.dtype
@@ -218,8 +219,8 @@ class KerasWriter(Writer):
             slot = index if k == 0 else index + k + (1 if native.has_bias else 0)
             if kind == "scale" and dtype == BFLOAT16:
                 dset = new_bfloat16(group, str(slot), array)
-            else:
-                dset = group.create_dataset(str(slot), data=array)
+            else:  # (no attributes, as Keras writes them; compressed when asked and large enough)
+                dset = self.new(group, str(slot), array, self.recipe.compress)
             nbytes += int(dset.id.get_storage_size())
         if native.config is not None:
             self._quantize_config(native, bits, block)
@@ -261,35 +262,47 @@ def _native_arrays(native: NativeKernel, x: np.ndarray, bits: int, block: int | 
     and the float32 weight Keras computes with (in `out`)."""
     embedding = native.layer_class == "Embedding"
     if bits == 8 and native.layer_class == "EinsumDense":
-        codes, scale = _absmax(x, native.einsum.reduced, ks.INT8, method)
-        scale = _rounded(scale, bfloat16)
-        np.divide(codes, scale, out=out, dtype=np.float32)
+        codes, scale = _absmax(x, native.einsum.reduced, ks.INT8, method, out, bfloat16)
         return [("codes", codes), ("scale", native.einsum.stored_scale(scale))], out
     # Keras flattens an EinsumDense kernel in C order to (product of the reduced axes' sizes, rest)
     rows = math.prod(x.shape[a] for a in native.einsum.reduced) if native.einsum else x.shape[0]
     matrix = x if embedding else x.reshape(rows, -1)
     group_axis = 1 if embedding else 0
     if bits == 8 or block is None:
-        codes, scale = _absmax(matrix, (group_axis,), ks.INT8 if bits == 8 else ks.INT4, method)
-        scale = _rounded(scale, bfloat16)
-        np.divide(codes, scale, out=out.reshape(matrix.shape), dtype=np.float32)
+        codes, scale = _absmax(matrix, (group_axis,), ks.INT8 if bits == 8 else ks.INT4, method,
+                               out.reshape(matrix.shape), bfloat16)
         stored = codes if bits == 8 else ks.pack_int4(codes, -1)
         return [("codes", stored.reshape(x.shape) if bits == 8 else stored), ("scale", scale.reshape(-1))], out
+    values = out.reshape(matrix.shape)
+    exact = method == "minmax" and not bfloat16  # the values come with the codes
     if method == "minmax":
-        codes, scale, zero = ks.grouped_quantize(matrix, block, group_axis, bfloat16=bfloat16)
+        codes, scale, zero = ks.grouped_quantize(matrix, block, group_axis, bfloat16=bfloat16,
+                                                 values=values if exact else None)
     else:
         qa = quantize(matrix, 4, symmetric=False, axis=group_axis, block_size=block, method=method)
         codes = (qa.values.astype(np.int16) - 8).astype(np.int8)
         scale, zero = qa.scale, (qa.zero_point.astype(np.int16) - 8).astype(np.int8)
     scale = _rounded(scale, bfloat16)
-    out.reshape(matrix.shape)[...] = ks.grouped_dequantize(codes, scale, zero, block, group_axis)
+    if not exact:  # the values of the scales as stored
+        values[...] = ks.grouped_dequantize(codes, scale, zero, block, group_axis)
     g_idx = (np.arange(matrix.shape[group_axis]) // block).astype(np.float32)
     return [("codes", ks.pack_int4(codes, -1)), ("scale", scale), ("zero", zero), ("g_idx", g_idx)], out
 
 
-def _absmax(x: np.ndarray, axes: tuple, code_range: tuple, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and multiplier scales (keepdims) of Keras's absmax layout; methods other than minmax
-    choose their own scales (ours are divisors: Keras's multiplier is their inverse)."""
+def _absmax(x: np.ndarray, axes: tuple, code_range: tuple, method: str, values: np.ndarray,
+            bfloat16: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and multiplier scales (keepdims, as stored) of Keras's absmax layout, and in `values`
+    the weight Keras computes with; methods other than minmax choose their own scales (ours are
+    divisors: Keras's multiplier is their inverse)."""
+    if method == "minmax" and not bfloat16:
+        return ks.absmax_quantize(x, axes, code_range, values=values)
+    codes, scale = _other_absmax(x, axes, code_range, method)
+    scale = _rounded(scale, bfloat16)
+    np.divide(codes, scale, out=values, dtype=np.float32)
+    return codes, scale
+
+
+def _other_absmax(x: np.ndarray, axes: tuple, code_range: tuple, method: str) -> tuple[np.ndarray, np.ndarray]:
     if method == "minmax":
         return ks.absmax_quantize(x, axes, code_range)
     others = tuple(a for a in range(x.ndim) if a not in axes)
@@ -357,7 +370,6 @@ def quantized_layers(root: h5py.Group, entries: list, config: dict | None) -> di
 
 
 def _describe(cls: str, ordered: list, layer_config: dict | None, root: h5py.Group) -> QuantizedKernel | None:
-    shapes = [e.shape for e in ordered]
     codes = ordered[0]
     mode = quantization_mode(layer_config) if layer_config is not None else None
     embedding = cls == "Embedding"

@@ -93,7 +93,7 @@ class WeightRow:
     sqnr_db: float | None
     bytes_before: int
     bytes_after: int
-    dtype: str | None = None
+    dtype: str | None = None      # "float32", or what it became: "bfloat16->int8"
     layer: str | None = None
     layer_class: str | None = None
     histogram: Histogram | None = None
@@ -157,11 +157,11 @@ class Report:
 
     def table(self, weights: bool = True) -> str:
         """The report as a fixed-width text table (without `weights`: its last lines only)."""
-        head = ("weight", "role", "shape", "sparsity", "bits", "mse", "SQNR dB", "bytes")
+        head = ("weight", "role", "shape", "dtype", "sparsity", "bits", "mse", "SQNR dB", "bytes")
         lines = []
         for r in self.rows if weights else ():
             sp = f"{r.sparsity_before:.2f}->{r.sparsity_after:.2f}"
-            lines.append((r.path, r.role, "x".join(map(str, r.shape)), sp, str(r.bits or "-"),
+            lines.append((r.path, r.role, "x".join(map(str, r.shape)), r.dtype or "-", sp, str(r.bits or "-"),
                           "-" if r.mse is None else f"{r.mse:.3g}",
                           "-" if r.sqnr_db is None else f"{r.sqnr_db:.1f}",
                           f"{r.bytes_before}->{r.bytes_after}"))

@@ -331,8 +331,10 @@ def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer
         except ValueError as exc:  # NaN or infinity in the weights: say which
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
         bits = None if quantization is None else quantization.bits
+        stored = writer.stored_dtype(e)
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, before, after, bits, mse, sqnr,
-                                 source.stored_bytes(e), nbytes, e.dtype, e.layer, e.layer_class, histograms)
+                                 source.stored_bytes(e), nbytes, e.dtype if stored == e.dtype else f"{e.dtype}->{stored}",
+                                 e.layer, e.layer_class, histograms)
     return hook
 
 
@@ -346,8 +348,8 @@ def _restore_hook(source: Source, e: Entry, out: Datasets, rows: dict):
         written = new_float(out, group, name, x, dtype, record.get("compress", "none"), like=dset)
         sp = sparsity(x)
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, sp, sp, record["bits"], None, None,
-                                 source.stored_bytes(e), int(written.id.get_storage_size()),
-                                 e.dtype, e.layer, e.layer_class)
+                                 source.stored_bytes(e), int(written.id.get_storage_size()), f"codes->{dtype}",
+                                 e.layer, e.layer_class)
     return hook
 
 

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import shutil
+import struct
 import zipfile
+import zlib
 
 import h5py
 import numpy as np
@@ -42,6 +45,7 @@ class Source:
         self.h5 = None
         self.packed = None
         self._tmp = None
+        self._window = None
 
     def __enter__(self) -> Source:
         try:
@@ -72,14 +76,7 @@ class Source:
             if info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1) + (64 << 20):
                 raise KerasFileError(f"{where}: {KERAS_MEMBER} declares {info.file_size} bytes from "
                                      f"{info.compress_size}; refused")
-            self._tmp = scratch_file(self.tmp_dir)
-            with open(self._tmp, "wb") as out, self.zip.open(info) as member:
-                try:
-                    shutil.copyfileobj(member, out, 1 << 20)
-                except OSError as exc:  # the scratch file's disk, not the archive
-                    raise KerasFileError(f"{where}: cannot extract {KERAS_MEMBER} into "
-                                         f"{os.path.dirname(self._tmp)} ({reason(exc)})") from None
-            h5_path = self._tmp
+            h5_path = self._member(info)
         try:
             self.h5 = h5py.File(h5_path, "r")
         except OSError as exc:
@@ -99,6 +96,22 @@ class Source:
         self.quantized = quantized_layers(self.root, self.entries, self.config) if layout == "keras3" else {}
         roles = {path: role for q in self.quantized.values() for path, role in q.roles().items()}
         self.entries = [dataclasses.replace(e, role=roles[e.path]) if e.path in roles else e for e in self.entries]
+
+    def _member(self, info: zipfile.ZipInfo):
+        """The weights member, for HDF5 to open: read in place when stored uncompressed (as Keras
+        writes it; its CRC checked first), else extracted to a scratch file."""
+        window = _StoredMember.of(self.path, info)
+        if window is not None:
+            self._window = window
+            return window
+        self._tmp = scratch_file(self.tmp_dir)
+        with open(self._tmp, "wb") as out, self.zip.open(info) as member:
+            try:
+                shutil.copyfileobj(member, out, 1 << 20)
+            except OSError as exc:  # the scratch file's disk, not the archive
+                raise KerasFileError(f"{self.path}: cannot extract {KERAS_MEMBER} into "
+                                     f"{os.path.dirname(self._tmp)} ({reason(exc)})") from None
+        return self._tmp
 
     @property
     def role_source(self) -> str:
@@ -156,12 +169,78 @@ class Source:
         return self.root[path] if self.packed is None else self.packed.dataset(path)
 
     def close(self) -> None:
-        for closer in (self.packed, self.h5, self.zip):
+        for closer in (self.packed, self.h5, self._window, self.zip):
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer.close()
-        self.packed = self.h5 = self.zip = None
+        self.packed = self.h5 = self._window = self.zip = None
         if self._tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._tmp)
             self._tmp = None
+
+
+class _StoredMember(io.RawIOBase):
+    """A zip member stored uncompressed, as a read-only file of its own (a window on the
+    archive) that h5py reads in place."""
+
+    @classmethod
+    def of(cls, path: str, info: zipfile.ZipInfo) -> _StoredMember | None:
+        """The member's window when it is stored and its CRC matches; None when compressed."""
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
+            return None
+        f = open(path, "rb")
+        try:
+            f.seek(info.header_offset)
+            header = f.read(30)
+            if len(header) != 30 or header[:4] != b"PK\x03\x04":
+                raise KerasFileError(f"{path}: corrupt zip archive (bad local header of {info.filename})")
+            name_len, extra_len = struct.unpack("<HH", header[26:30])
+            window = cls(f, info.header_offset + 30 + name_len + extra_len, info.file_size)
+        except BaseException:
+            f.close()
+            raise
+        crc = 0
+        while True:
+            chunk = window.read(1 << 20)
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+        if window.tell() != info.file_size or crc != info.CRC:
+            window.close()
+            raise KerasFileError(f"{path}: corrupt zip archive (bad CRC-32 for file {info.filename!r})")
+        window.seek(0)
+        return window
+
+    def __init__(self, f, start: int, size: int):
+        super().__init__()
+        self._f, self._start, self._size, self._pos = f, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self._size - self._pos))
+        if n == 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        got = self._f.readinto(view[:n])
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+        super().close()

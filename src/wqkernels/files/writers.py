@@ -41,6 +41,10 @@ class Writer(Datasets):
         """Called with the open source before anything is written (a writer may refuse it, or
         add notes to the report)."""
 
+    def stored_dtype(self, entry: Entry) -> str:
+        """What a rewritten weight of `entry` is stored as (for the report)."""
+        return "codes" if self.holds_codes else entry.dtype
+
     def members(self) -> dict:
         """Members of a .keras archive to replace once the weights are written: {name: bytes}."""
         return {}
@@ -59,13 +63,15 @@ class FloatWriter(Writer):
     of the weight's own type (float16 and bfloat16 weights stay so), or float16 when asked for
     and no larger."""
 
-    def weight(self, group, name, like, entry, x, quantization, out):
-        values = x if quantization is None else quantization.values(x, out)
+    def stored_dtype(self, entry: Entry) -> str:
         dtype = entry.dtype
         if self.recipe.storage == "float16" and dtype not in ("float16", BFLOAT16):
-            dtype = "float16"
-        if dtype not in ("float16", BFLOAT16):
-            dtype = "float32"
+            return "float16"
+        return dtype if dtype in ("float16", BFLOAT16) else "float32"
+
+    def weight(self, group, name, like, entry, x, quantization, out):
+        values = x if quantization is None else quantization.values(x, out)
+        dtype = self.stored_dtype(entry)
         values = stored_values(values, dtype, out)
         dset = new_float(self, group, name, values, dtype, self.recipe.compress, like)
         return values, int(dset.id.get_storage_size())
