@@ -12,7 +12,6 @@ run in another process.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
@@ -187,8 +186,7 @@ def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir
                     shutil.copyfileobj(data, member, 1 << 20)
             out.comment = source.zip.comment
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(weights)
+        atomic.remove(weights)
 
 
 def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> None:

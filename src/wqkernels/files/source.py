@@ -9,7 +9,7 @@ import zipfile
 import h5py
 import numpy as np
 
-from .atomic import scratch_file
+from .atomic import remove, scratch_file
 from .buffers import Buffers
 from .errors import KerasFileError, as_file_errors, reason
 from .h5tree import walk
@@ -78,7 +78,7 @@ class Source:
                                          f"{os.path.dirname(self._tmp)} ({reason(exc)})") from None
             h5_path = self._tmp
         try:
-            self.h5 = h5py.File(h5_path, "r")
+            self.h5 = h5py.File(h5_path, "r", locking=False if self._tmp else None)
         except OSError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "unreadable"
             raise KerasFileError(f"{where}: not a readable HDF5 file, truncated or corrupt ({first})") from None
@@ -143,6 +143,5 @@ class Source:
                     closer.close()
         self.packed = self.h5 = self.zip = None
         if self._tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._tmp)
+            remove(self._tmp)
             self._tmp = None
