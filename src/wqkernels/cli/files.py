@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from .._text import one_line, table
@@ -107,7 +108,8 @@ def run_inspect(args) -> int:
 
 
 def _finish(report, args) -> int:
-    print(report.table())
+    if not getattr(args, "quiet", False):
+        print(report.table())
     for note in report.notes:
         if note.startswith(NOTHING_REWRITTEN):
             print(f"wqkernels {args.command}: note: {note}", file=sys.stderr)
@@ -120,6 +122,8 @@ def run_rewrite(args) -> int:
     recipe = recipe_from_args(args)
     if batch.is_batch(args):
         return batch.run_command(args, recipe)
+    if os.path.isdir(args.src[0]):
+        raise CommandError(f"{args.src[0]}: is a directory; rewrite the files in it with --out-dir DIR instead of -o")
     return _finish(_guarded(rewrite, args.src[0], args.output, recipe, in_place=args.in_place), args)
 
 
