@@ -3,7 +3,9 @@ from __future__ import annotations
 
 
 def table(head: tuple, rows: list) -> list[str]:
-    """Lines of a table with left-aligned columns two spaces apart, the header first."""
+    """Lines of a table with left-aligned columns two spaces apart, the header first; control
+    characters in cells (a layer named with terminal escapes) are escaped."""
+    rows = [tuple(printable(str(c)) for c in r) for r in rows]
     widths = [max([len(h)] + [len(r[k]) for r in rows]) for k, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*head).rstrip()] + [fmt.format(*r).rstrip() for r in rows]

@@ -178,8 +178,11 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def run(sizes=SIZES, pattern: str = "*", threads: int = 1, repeat: int = 7, out=sys.stdout) -> list[dict]:
-    """Time every case matching `pattern` (fnmatch) and print a table of ratios."""
+def run(sizes=SIZES, pattern: str = "*", threads: int = 1, repeat: int = 7, out=None) -> list[dict]:
+    """Time every case matching `pattern` (a glob; a plain word matches as a substring) and print
+    a table of ratios; ValueError when no case matches."""
+    glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+    out = sys.stdout if out is None else out  # (the stdout of the call, not of the import)
     set_threads(threads)
     rows = []
     print(f"wqkernels bench: {threads} thread(s), best of {repeat}; "
@@ -187,7 +190,7 @@ def run(sizes=SIZES, pattern: str = "*", threads: int = 1, repeat: int = 7, out=
     for size in sizes:
         for builder in CASE_BUILDERS:
             for case in builder(size):
-                if not fnmatch.fnmatch(case.name, pattern):
+                if not fnmatch.fnmatch(case.name, glob):
                     continue
                 times = time_case(case, repeat)
                 ours = times["wqkernels"]
@@ -196,6 +199,9 @@ def run(sizes=SIZES, pattern: str = "*", threads: int = 1, repeat: int = 7, out=
                 rows.append(row)
                 peers = "  ".join(f"{k} {v * 1e3:.3f} ms ({v / ours:.2f}x)" for k, v in times.items() if k != "wqkernels")
                 print(f"{case.name:<52} n={case.size:<9} wqkernels {ours * 1e3:.3f} ms  {peers}", file=out)
+    if not rows:
+        names = sorted({case.name for builder in CASE_BUILDERS for case in builder(min(sizes))})
+        raise ValueError(f"no benchmark case matches {pattern!r}; the cases: {', '.join(names)}")
     return rows
 
 

@@ -53,6 +53,22 @@ def file_path(value, name: str = "path") -> str:
     raise TypeError(f"{name} must be a file path (str, bytes or os.PathLike), got {type(value).__name__}")
 
 
+#: other frameworks' files, by name ending, and what says so inside a zip (PyTorch's pickle)
+_FOREIGN = {".pt": "PyTorch", ".pth": "PyTorch", ".ckpt": "PyTorch", ".onnx": "ONNX", ".safetensors": "safetensors",
+            ".tflite": "TensorFlow Lite", ".pb": "TensorFlow", ".gguf": "GGUF"}
+
+
+def foreign_error(path: str, members=()) -> KerasFileError | None:
+    """The error for a file of another framework (by its name, or a zip's members), else None."""
+    kind = _FOREIGN.get(os.path.splitext(path)[1].lower())
+    if any(m == "data.pkl" or m.endswith("/data.pkl") for m in members):
+        kind = "PyTorch"
+    if kind is None:
+        return None
+    return KerasFileError(f"{path}: {kind} files are not supported (wqkernels reads Keras .h5, .weights.h5 "
+                          f"and .keras files)")
+
+
 def container(path) -> str:
     """``"hdf5"`` or ``"zip"`` from the first bytes of the file; KerasFileError otherwise."""
     path = file_path(path)
@@ -69,7 +85,7 @@ def container(path) -> str:
         return "zip"
     if head == HDF5_MAGIC or h5py.is_hdf5(path):
         return "hdf5"
-    raise KerasFileError(f"{path}: not a Keras file (neither HDF5 nor a .keras zip archive)")
+    raise foreign_error(path) or KerasFileError(f"{path}: not a Keras file (neither HDF5 nor a .keras zip archive)")
 
 
 #: the file name endings each format is loaded by, the one to suggest first
@@ -182,9 +198,16 @@ def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> lis
     return out
 
 
+def _natural(path: str) -> tuple:
+    """Sort key putting ``vars/2`` before ``vars/10`` (and ``dense_2`` before ``dense_10``): the
+    order of Keras's indices, as the file lists them in name order."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", path) if p)
+
+
 def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]:
     out = []
-    for path, obj in members.items():
+    for path in sorted(members, key=_natural):
+        obj = members[path]
         if obj is None:
             continue
         parts = path.split("/")

@@ -13,7 +13,7 @@ from .atomic import remove, scratch_file
 from .buffers import Buffers
 from .errors import KerasFileError, as_file_errors, reason
 from .h5tree import walk
-from .layouts import (KERAS_MEMBER, Entry, container, entries, file_path, model_config, read_zip_config,
+from .layouts import (KERAS_MEMBER, Entry, container, entries, file_path, foreign_error, model_config, read_zip_config,
                       weights_layout)
 from .packed import PackedReader
 
@@ -63,7 +63,7 @@ class Source:
                 raise KerasFileError(f"{where}: corrupt zip archive ({exc})") from None
             names = self.zip.namelist()
             if KERAS_MEMBER not in names:
-                raise KerasFileError(f"{where}: a zip archive, but not a .keras file (no {KERAS_MEMBER})")
+                raise foreign_error(where, names) or KerasFileError(f"{where}: a zip archive, but not a .keras file (no {KERAS_MEMBER})")
             zip_config = read_zip_config(self.zip, where)
             info = self.zip.getinfo(KERAS_MEMBER)
             if info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1) + (64 << 20):
