@@ -233,3 +233,34 @@ def test_interrupt_swallowed_on_its_way_still_stops_the_rename(tmp_path, monkeyp
     assert code == 130 and capsys.readouterr().err == "wqkernels rewrite: interrupted\n"
     assert sorted(os.listdir(tmp_path)) == ["m.h5"]
     assert not atomic.STOP.is_set() or main(["inspect", str(src)]) == 0
+
+
+def test_workers_end_when_the_batch_parent_is_killed(tmp_path):
+    """SIGKILL of a batch's parent left the forkserver, resource tracker and workers running,
+    holding its stdout/stderr open: the workers now end with their parent, and the rest follow."""
+    import select
+    import time
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i in range(4):
+        write_big_legacy(runs / f"m{i}.h5", layers=24)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-m", "wqkernels", "rewrite", str(runs), "--out-dir", str(out),
+                             "--bits", "3", "--method", "mse", "--granularity", "block:8", "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and any(n.endswith(".tmp") for n in os.listdir(out))):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    streams = [proc.stdout, proc.stderr]
+    while streams:  # EOF on both once nothing holds them open
+        ready, _, _ = select.select(streams, [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, "a process of the killed batch still holds its output open"
+        for s in ready:
+            if not os.read(s.fileno(), 65536):
+                streams.remove(s)
+                s.close()
