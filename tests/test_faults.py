@@ -264,3 +264,21 @@ def test_workers_end_when_the_batch_parent_is_killed(tmp_path):
             if not os.read(s.fileno(), 65536):
                 streams.remove(s)
                 s.close()
+
+
+def test_rewrite_many_from_a_script_without_a_main_guard(tmp_path):
+    """multiprocessing makes every worker import the script: one calling rewrite_many at its top
+    level failed every file with 'the worker process died'."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i in range(3):
+        write_big_legacy(runs / f"m{i}.h5", layers=1)
+    script = tmp_path / "script.py"
+    script.write_text("import wqkernels\n"
+                      f"result = wqkernels.rewrite_many([{str(runs)!r}], {str(tmp_path / 'out')!r}, "
+                      "wqkernels.Recipe(bits=8), workers=2, progress=False)\n"
+                      "print('done', len(result))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout == "done 3\n", done.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["m0.h5", "m1.h5", "m2.h5"]
