@@ -147,12 +147,27 @@ def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = Fal
     return info
 
 
+def unbacked_bytes(info: DatasetInfo) -> int:
+    """The bytes a dataset declares beyond what its stored data can back (1000 times it: the
+    best compression; a never-written dataset backs nothing): reading or copying them costs
+    memory and disk the file does not hold."""
+    declared = math.prod(info.shape) * info.dtype.itemsize
+    return declared if declared > 1000 * info.stored else 0
+
+
 def check_declared(info: DatasetInfo, path: str, where: str) -> None:
     """Refuse a dataset declaring more than the stored data can back (never-written hostile sizes)."""
-    declared = math.prod(info.shape) * info.dtype.itemsize
-    if declared > UNCHECKED_BYTES and declared > 1000 * info.stored:
-        raise KerasFileError(f"{where}: dataset {path!r} declares {declared} bytes but stores "
+    if unbacked_bytes(info) > UNCHECKED_BYTES:
+        raise KerasFileError(f"{where}: dataset {path!r} declares {unbacked_bytes(info)} bytes but stores "
                              f"{info.stored}; refused")
+
+
+def check_total_declared(members: dict, where: str, exempt=frozenset()) -> None:
+    """Refuse a file whose datasets together declare more than UNCHECKED_BYTES their stored data
+    cannot back (40 never-written kernels of 60 MiB each pass one by one)."""
+    total = sum(unbacked_bytes(info) for path, info in members.items() if info is not None and path not in exempt)
+    if total > UNCHECKED_BYTES:
+        raise KerasFileError(f"{where}: its datasets declare {total} bytes more than they store; refused")
 
 
 def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) -> dict[str, DatasetInfo | None]:
@@ -202,6 +217,8 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) 
                     h5o.visit(group.id, check_object, info=True)):
         if problem is not None:
             raise problem
+    if sizes:
+        check_total_declared(members, where, exempt)
     return members
 
 

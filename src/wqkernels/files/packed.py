@@ -51,7 +51,7 @@ import numpy as np
 from ..packing import pack_bits, packed_size, unpack_bits
 from ..quantization import QuantizedArray
 from .errors import KerasFileError
-from .h5tree import DatasetInfo, check_declared, filters, is_placeholder, new_dataset, new_file, placeholder, walk
+from .h5tree import DatasetInfo, check_declared, check_total_declared, filters, is_placeholder, new_dataset, new_file, placeholder, walk
 from .layouts import PACKED_GROUP, weights_layout
 from .writers import Writer
 
@@ -336,6 +336,7 @@ class PackedReader:
         for path, info in self.members.items():
             if info is not None and path not in self.tensors and path not in self.datasets:
                 check_declared(info, path, where)
+        check_total_declared(self.members, where, frozenset(self.tensors) | frozenset(self.datasets))
         self.layout = str(index.get("layout"))
         if weights_layout(self.skeleton, where) != self.layout:
             raise KerasFileError(f"{where}: packed index says layout {self.layout!r}, its skeleton holds "

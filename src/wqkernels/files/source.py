@@ -13,14 +13,12 @@ from .atomic import remove, scratch_file
 from .buffers import Buffers
 from .errors import KerasFileError, as_file_errors, reason
 from .h5tree import walk
-from .layouts import (KERAS_MEMBER, Entry, container, entries, file_path, foreign_error, model_config, read_zip_config,
+from .layouts import (KERAS_MEMBER, MAX_ZIP_RATIO, Entry, check_zip_members, container, entries, file_path,
+                      foreign_error, model_config, read_zip_config,
                       weights_layout)
 from .packed import PackedReader
 
 __all__ = ["Source", "MAX_ZIP_RATIO"]
-
-#: a .keras member may expand to at most this many times its compressed size (plus 64 MiB)
-MAX_ZIP_RATIO = 1000
 
 
 class Source:
@@ -64,11 +62,9 @@ class Source:
             names = self.zip.namelist()
             if KERAS_MEMBER not in names:
                 raise foreign_error(where, names) or KerasFileError(f"{where}: a zip archive, but not a .keras file (no {KERAS_MEMBER})")
+            check_zip_members(self.zip, where)
             zip_config = read_zip_config(self.zip, where)
             info = self.zip.getinfo(KERAS_MEMBER)
-            if info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1) + (64 << 20):
-                raise KerasFileError(f"{where}: {KERAS_MEMBER} declares {info.file_size} bytes from "
-                                     f"{info.compress_size}; refused")
             self._tmp = scratch_file(self.tmp_dir)
             with open(self._tmp, "wb") as out, self.zip.open(info) as member:
                 try:
@@ -91,7 +87,7 @@ class Source:
             layout = self.packed.layout
             members = self.packed.members
         self.layout = layout
-        self.config = model_config(self.root, zip_config)
+        self.config = model_config(self.root, zip_config, where)
         self.entries = entries(self.root, layout, self.config, where, members)
 
     @property
