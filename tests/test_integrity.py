@@ -312,3 +312,26 @@ def test_packed_index_bounded_by_the_skeleton(packed):
         group.attrs["index_bytes"] = len(text)
     with pytest.raises(KerasFileError, match="packed index declares .* bytes for .* datasets; refused"):
         wqkernels.inspect(packed)
+
+
+def test_global_heap_that_hangs_hdf5_is_refused(keras3, tmp_path):
+    """One flipped byte made a heap's free space 0 bytes long: HDF5 then loops for ever on the
+    first string attribute it reads."""
+    data = bytearray(keras3.read_bytes())
+    at = data.find(b"GCOL\x01\x00\x00\x00")
+    assert at >= 0
+    p = at + 16
+    while int.from_bytes(data[p:p + 2], "little") != 0:  # to the free-space object
+        p += 16 + (int.from_bytes(data[p + 8:p + 16], "little") + 7) // 8 * 8
+    data[p + 8:p + 16] = (0).to_bytes(8, "little")
+    hostile = tmp_path / "hang.weights.h5"
+    hostile.write_bytes(bytes(data))
+    with pytest.raises(KerasFileError, match=f"corrupt HDF5 global heap at byte {at}; refused"):
+        wqkernels.inspect(hostile)
+
+
+def test_damaged_version_does_not_skip_the_checks(packed):
+    with h5py.File(packed, "a") as f:
+        f["wqkernels"].attrs["version"] = 2
+    with pytest.raises(KerasFileError, match="inconsistent"):
+        wqkernels.load_weights(packed)

@@ -27,6 +27,39 @@ MIN_COMPRESS_BYTES = 16 << 10
 PLACEHOLDER_FILL_TIME = h5d.FILL_TIME_NEVER
 
 
+#: HDF5 global heap collections (where variable-length strings live), as HDF5 1.8-1.14 write
+#: them: "GCOL", version 1, 3 reserved bytes, the collection's size (8 bytes), then its objects
+_GCOL = b"GCOL\x01\x00\x00\x00"
+_OBJECT_HEADER = 16
+
+
+def check_global_heaps(data, where: str) -> None:
+    """Refuse global heap collections HDF5 would hang on or read past: HDF5 walks a collection's
+    objects by their sizes, and loops for ever on a free-space object of size 0 (one flipped
+    byte: every later read of a string attribute hung).  `data` is the file's bytes (a buffer
+    or an mmap); a collection is found by its signature."""
+    at = data.find(_GCOL)
+    while at >= 0:
+        size = int.from_bytes(data[at + 8:at + 16], "little")
+        if 4096 <= size <= len(data) - at:
+            _check_collection(data, at, size, where)
+        at = data.find(_GCOL, at + 1)
+
+
+def _check_collection(data, start: int, size: int, where: str) -> None:
+    """One collection walked as HDF5 walks it (H5HG__cache_heap_deserialize)."""
+    p, end = start + 16, start + size
+    while p < end:
+        if p + _OBJECT_HEADER > end:  # too small for an object: free space
+            return
+        index = int.from_bytes(data[p:p + 2], "little")
+        length = int.from_bytes(data[p + 8:p + 16], "little")
+        need = length if index == 0 else _OBJECT_HEADER + (length + 7) // 8 * 8
+        if need == 0 or p + need > end:
+            raise KerasFileError(f"{where}: corrupt HDF5 global heap at byte {start}; refused")
+        p += need
+
+
 def copy_attrs(src, dst) -> None:
     """Copy every attribute of `src` to `dst` with its exact file type and dataspace."""
     for name in src.attrs:

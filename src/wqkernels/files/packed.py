@@ -51,7 +51,7 @@ import numpy as np
 from ..packing import pack_bits, packed_size, unpack_bits
 from ..quantization import QuantizedArray
 from .errors import KerasFileError
-from .h5tree import DatasetInfo, check_declared, check_total_declared, filters, is_placeholder, new_dataset, new_file, placeholder, walk
+from .h5tree import DatasetInfo, check_declared, check_global_heaps, check_total_declared, filters, is_placeholder, new_dataset, new_file, placeholder, walk
 from .layouts import PACKED_GROUP, weights_layout
 from .writers import Writer
 
@@ -287,6 +287,7 @@ class PackedReader:
                 if self._arrays[name].ndim != 1 or self._arrays[name].dtype.kind not in "uf":
                     raise KerasFileError(f"{where}: packed container lacks a proper {name!r} dataset")
             raw = self._skeleton_image(group)
+        check_global_heaps(raw, where)
         self.skeleton = h5py.File(io.BytesIO(raw), "r")
         del raw
         try:
@@ -374,6 +375,8 @@ class PackedReader:
             spans = {name: _ints(t[name], name) for name, _ in ARRAYS}
             if self.version >= 3:
                 _int(t["crc32"], "crc32")
+            elif "crc32" in t:  # a version 3 record: the version was damaged, not older
+                raise ValueError("crc32")
         except (KeyError, TypeError, ValueError):
             raise bad from None
         count = math.prod(shape)

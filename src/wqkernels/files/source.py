@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import shutil
 import zipfile
@@ -12,13 +13,22 @@ import numpy as np
 from .atomic import remove, scratch_file
 from .buffers import Buffers
 from .errors import KerasFileError, as_file_errors, reason
-from .h5tree import walk
+from .h5tree import check_global_heaps, walk
 from .layouts import (KERAS_MEMBER, MAX_ZIP_RATIO, Entry, check_zip_members, container, entries, file_path,
                       foreign_error, model_config, read_zip_config,
                       weights_layout)
 from .packed import PackedReader
 
 __all__ = ["Source", "MAX_ZIP_RATIO"]
+
+
+def _check_heaps(path: str, where: str) -> None:
+    """:func:`~.h5tree.check_global_heaps` on the file at `path`, mapped into memory."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            check_global_heaps(data, where)
 
 
 class Source:
@@ -73,6 +83,7 @@ class Source:
                     raise KerasFileError(f"{where}: cannot extract {KERAS_MEMBER} into "
                                          f"{os.path.dirname(self._tmp)} ({reason(exc)})") from None
             h5_path = self._tmp
+        _check_heaps(h5_path, where)
         try:
             self.h5 = h5py.File(h5_path, "r", locking=False if self._tmp else None)
         except OSError as exc:
