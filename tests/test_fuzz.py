@@ -193,3 +193,15 @@ def test_mutants_through_the_command_line(kind, originals, tmp_path, capsys):
         assert code in (0, 1), (k, what, code, err)
         assert (err == "") == (code == 0) or err.startswith("wqkernels rewrite: note: "), (k, what, err)
         assert err.count("\n") <= 1 and "Traceback" not in err, (k, what, err)
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "data", "fuzz"))))
+@pytest.mark.parametrize("suffix", [".h5", ".weights.h5", ".keras"])
+def test_inputs_a_fuzzer_found(name, suffix, tmp_path):
+    """Inputs of a coverage-guided campaign (atheris) that raised something else than a
+    KerasFileError: a zip of an unsupported version, a link name that is not UTF-8."""
+    path = tmp_path / f"input{suffix}"
+    with open(os.path.join(os.path.dirname(__file__), "data", "fuzz", name), "rb") as f:
+        path.write_bytes(f.read())
+    with pytest.raises(KerasFileError):
+        wqkernels.load_weights(path)
