@@ -60,24 +60,47 @@ def _check_collection(data, start: int, size: int, where: str) -> None:
         p += need
 
 
+#: HDF5 object headers hold about 64 KB: Keras splits longer name lists into chunks of at most
+#: this many bytes, ``name0``, ``name1``, ... (see KERAS_FORMATS.md section 2)
+HEADER_LIMIT = 64512
+#: the list attributes Keras splits that way
+SPLIT_NAMES = ("layer_names", "weight_names")
+
+
 def copy_attrs(src, dst) -> None:
-    """Copy every attribute of `src` to `dst` with its exact file type and dataspace."""
+    """Copy every attribute of `src` to `dst` with its exact file type and dataspace.
+
+    A name list too long for an object header (a source written with dense attribute storage,
+    say 100 k layer names) is split as Keras splits it, where it would not fit."""
     for name in src.attrs:
         bname = name.encode("utf-8") if isinstance(name, str) else name
         aid = h5a.open(src.id, bname)
         tid = aid.get_type()
         sid = aid.get_space()
-        out = h5a.create(dst.id, bname, tid, sid)
         if sid.get_simple_extent_type() == h5s.NULL:
+            h5a.create(dst.id, bname, tid, sid)
             continue
         vlen_str = isinstance(tid, h5t.TypeStringID) and tid.is_variable_str()
         arr = np.empty(sid.shape, dtype=tid.dtype)
-        if vlen_str or tid.dtype.kind == "O":
-            aid.read(arr)
-            out.write(arr)
-        else:
-            aid.read(arr, mtype=tid)
-            out.write(arr, mtype=tid)
+        converted = vlen_str or tid.dtype.kind == "O"
+        aid.read(arr) if converted else aid.read(arr, mtype=tid)
+        if name in SPLIT_NAMES and arr.ndim == 1 and arr.size and aid.get_storage_size() > HEADER_LIMIT:
+            split_name_list(dst, name, arr)
+            continue
+        out = h5a.create(dst.id, bname, tid, sid)
+        out.write(arr) if converted else out.write(arr, mtype=tid)
+
+
+def split_name_list(obj, name: str, values: np.ndarray) -> None:
+    """Write a list attribute as Keras writes one too long for an object header: fixed-length
+    UTF-8 bytes, split by ``np.array_split`` into the fewest chunks of at most HEADER_LIMIT
+    bytes, as ``name0``, ``name1``, ..."""
+    data = np.asarray([v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values])
+    chunks = 1
+    while any(part.nbytes > HEADER_LIMIT for part in np.array_split(data, chunks)):
+        chunks += 1
+    for k, part in enumerate(np.array_split(data, chunks)):
+        obj.attrs[f"{name}{k}"] = part
 
 
 def decode(value):
@@ -242,12 +265,18 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) 
                     check_attrs(h5g.open(group.id, name), path, where)
             else:
                 return KerasFileError(f"{where}: unsupported object at {path!r}")
-        except (KerasFileError, OSError, ValueError, TypeError) as exc:
+        except KerasFileError as exc:
             return exc
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:  # (a name that is not UTF-8...)
+            return KerasFileError(f"{where}: unreadable object at {path!r} ({type(exc).__name__}: {exc})")
         return None
 
-    for problem in (group.id.links.visit(check_link, info=True),
-                    h5o.visit(group.id, check_object, info=True)):
+    for visit in (lambda: group.id.links.visit(check_link, info=True),
+                  lambda: h5o.visit(group.id, check_object, info=True)):
+        try:
+            problem = visit()
+        except (OSError, ValueError, RuntimeError) as exc:  # h5py's own decoding of damaged names
+            raise KerasFileError(f"{where}: unreadable HDF5 structure ({type(exc).__name__}: {exc})") from None
         if problem is not None:
             raise problem
     if sizes:

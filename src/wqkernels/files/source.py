@@ -129,7 +129,8 @@ class Source:
             return self.packed.read(entry.path)
         dset = self.dataset(entry.path)
         if buffers is None or dset.dtype != np.float32 or dset.size == 0:
-            return dset[()]
+            data = dset[()]  # in the machine's byte order (Keras loads big-endian kernels too)
+            return data.astype(data.dtype.newbyteorder("=")) if data.dtype.byteorder == ">" else data
         out = buffers.get("read", dset.shape)
         dset.read_direct(out)
         return out
