@@ -282,3 +282,23 @@ def test_rewrite_many_from_a_script_without_a_main_guard(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and done.stdout == "done 3\n", done.stderr
     assert sorted(os.listdir(tmp_path / "out")) == ["m0.h5", "m1.h5", "m2.h5"]
+
+
+def test_report_on_a_full_disk_leaves_no_empty_file(tmp_path, monkeypatch, capsys):
+    """--report is written like the outputs: a temporary file renamed into place when whole."""
+    import errno
+    import json as json_module
+
+    from wqkernels.cli import main
+    src = tmp_path / "m.h5"
+    write_big_legacy(src, layers=1)
+
+    def full(document, f, **kwargs):
+        f.write("{")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(json_module, "dump", full)
+    report = tmp_path / "r.json"
+    code = main(["rewrite", str(src), "-o", str(tmp_path / "o.h5"), "--bits", "8", "--report", str(report)])
+    err = capsys.readouterr().err
+    assert code == 1 and err == f"wqkernels rewrite: error: {report}: cannot write the report (No space left on device)\n"
+    assert sorted(os.listdir(tmp_path)) == ["m.h5", "o.h5"]
