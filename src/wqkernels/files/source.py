@@ -67,7 +67,7 @@ class Source:
         if self.kind == "zip":
             try:
                 self.zip = zipfile.ZipFile(self.path)
-            except zipfile.BadZipFile as exc:
+            except (zipfile.BadZipFile, UnicodeDecodeError) as exc:  # (a member name that is not UTF-8)
                 raise KerasFileError(f"{where}: corrupt zip archive ({exc})") from None
             names = self.zip.namelist()
             if KERAS_MEMBER not in names:
