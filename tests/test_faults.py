@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -73,3 +74,233 @@ def test_keras_archive_refused_write_is_one_line(tmp_path):
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert f"m.keras: cannot extract model.weights.h5 into {out} (File too large)" in done.stderr
     assert os.listdir(out) == []
+
+
+# ---- signals, leftovers, concurrent writers -----------------------------------------------------
+
+def _slow_rewrite(src, dst, *extra, **popen) -> subprocess.Popen:
+    """A rewrite that takes a few seconds (mse scales of many large kernels)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.Popen([sys.executable, "-m", "wqkernels", "rewrite", str(src), "-o", str(dst), "--bits", "3",
+                             "--method", "mse", "--granularity", "block:8", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **popen)
+
+
+def _wait_for_temp(directory, proc, what=".tmp") -> str:
+    import time
+    deadline = time.monotonic() + 60
+    while True:
+        names = [n for n in os.listdir(directory) if n.endswith(what) or n.startswith(".wqkernels-")]
+        if names:
+            return names[0]
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def slow_source(tmp_path):
+    src = tmp_path / "src" / "big.h5"
+    src.parent.mkdir()
+    write_big_legacy(src, layers=24)
+    return src
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_a_single_rewrite_leaving_nothing(signum, slow_source, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = _slow_rewrite(slow_source, out / "o.h5")
+    _wait_for_temp(out, proc)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, stderr
+    assert stderr == "wqkernels rewrite: interrupted\n"
+    assert os.listdir(out) == []
+
+
+def test_hard_kill_leftovers_removed_by_the_next_rewrite_there(slow_source, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = _slow_rewrite(slow_source, out / "o.h5")
+    _wait_for_temp(out, proc)
+    proc.kill()
+    proc.communicate()
+    assert os.listdir(out) != []  # a hard kill cleans nothing
+    done = cli("rewrite", slow_source, "-o", out / "o.h5", "--bits", "8")
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(out) == ["o.h5"]
+
+
+def test_keras_scratch_of_a_hard_kill_removed_by_the_next_rewrite_there(tmp_path):
+    import zipfile
+    src = tmp_path / "m.keras"
+    weights = tmp_path / "w.h5"
+    write_big_legacy(weights, layers=1)
+    with zipfile.ZipFile(src, "w") as z:
+        z.writestr("config.json", "{}")
+        z.write(weights, "model.weights.h5")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".wqkernels-deadbeef.weights.h5").write_bytes(b"x" * 1000)  # what a SIGKILL leaves
+    (out / ".o.keras.0123abcd.tmp").write_bytes(b"partial")
+    (out / ".other.keras.0123abcd.tmp").write_bytes(b"another destination's: kept")
+    assert cli("rewrite", src, "-o", out / "o.keras", "--bits", "8").returncode == 0
+    assert sorted(os.listdir(out)) == [".other.keras.0123abcd.tmp", "o.keras"]
+
+
+def _writer_of(dst) -> subprocess.Popen:
+    """Another process in the middle of writing `dst`: it holds a temporary file beside it."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    code = ("import sys, time; from wqkernels.files import atomic; "
+            "print(atomic.temp_beside(sys.argv[1]), flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(dst)], stdout=subprocess.PIPE, text=True, env=env)
+    proc.temp = proc.stdout.readline().strip()
+    return proc
+
+
+def test_second_rewrite_into_the_same_destination_refused_while_the_first_runs(tmp_path):
+    src = tmp_path / "m.h5"
+    write_big_legacy(src, layers=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = _writer_of(out / "o.h5")
+    try:
+        second = cli("rewrite", src, "-o", out / "o.h5", "--bits", "8")
+        assert second.returncode == 1
+        assert second.stderr == f"wqkernels rewrite: error: {out / 'o.h5'}: another process is writing it right " \
+                                f"now; refused (try again once it is done)\n"
+        assert cli("rewrite", src, "-o", out / "other.h5", "--bits", "8").returncode == 0  # others go on
+    finally:
+        writer.kill()
+        writer.communicate()
+    assert cli("rewrite", src, "-o", out / "o.h5", "--bits", "8").returncode == 0  # its writer is gone
+    assert sorted(os.listdir(out)) == ["o.h5", "other.h5"]
+
+
+def test_batch_keeps_the_temporary_file_of_a_running_single_rewrite(tmp_path):
+    """A batch into a directory removed the temporary files of a single rewrite running there,
+    which then failed: only files whose writer is gone (its lock free) are removed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = _writer_of(out / "m.h5")
+    try:
+        src = tmp_path / "src" / "m.h5"
+        src.parent.mkdir()
+        write_big_legacy(src, layers=1)
+        done = cli("rewrite", src, "--out-dir", out, "--bits", "8", "--workers", "1")
+        assert done.returncode == 1 and "another process is writing it right now" in done.stderr
+        assert os.path.exists(writer.temp)
+    finally:
+        writer.kill()
+        writer.communicate()
+    done = cli("rewrite", src, "--out-dir", out, "--bits", "8", "--workers", "1")
+    assert done.returncode == 0 and "removed 1 temporary file(s)" in done.stdout, done.stdout
+    assert os.listdir(out) == ["m.h5"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_non_regular_destination_refused(kind, tmp_path):
+    target = tmp_path / "fifo.h5" if kind == "fifo" else "/dev/null"
+    if kind == "fifo":
+        os.mkfifo(target)
+    src = tmp_path / "m.h5"
+    write_big_legacy(src, layers=1)
+    for args in (["-o", target], ["-o", tmp_path / "o.h5", "--report", target]):
+        done = cli("rewrite", src, *args, "--bits", "8")
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert f"{target}: is a {'FIFO' if kind == 'fifo' else 'device'}, not a regular file; refused" in done.stderr
+    assert os.stat(target).st_mode == os.stat(target).st_mode and not os.path.isfile(target)
+
+
+def test_interrupt_swallowed_on_its_way_still_stops_the_rename(tmp_path, monkeypatch, capsys):
+    """Ctrl-C raised where Python cannot propagate it (a finaliser, a C callback) was lost and
+    the rewrite completed with exit 0: the command line's handler also stops the rename."""
+    from wqkernels.cli import main
+    from wqkernels.files import atomic, transform
+    src = tmp_path / "m.h5"
+    write_big_legacy(src, layers=1)
+    real = transform.prepare
+
+    def prepare(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs at the next bytecode boundary
+                pass
+        except KeyboardInterrupt:
+            pass  # swallowed, as in a finaliser
+        return real(*args, **kwargs)
+    import importlib
+    monkeypatch.setattr(importlib.import_module("wqkernels.files.rewrite"), "prepare", prepare)
+    code = main(["rewrite", str(src), "-o", str(tmp_path / "o.h5"), "--bits", "8"])
+    assert code == 130 and capsys.readouterr().err == "wqkernels rewrite: interrupted\n"
+    assert sorted(os.listdir(tmp_path)) == ["m.h5"]
+    assert not atomic.STOP.is_set() or main(["inspect", str(src)]) == 0
+
+
+def test_workers_end_when_the_batch_parent_is_killed(tmp_path):
+    """SIGKILL of a batch's parent left the forkserver, resource tracker and workers running,
+    holding its stdout/stderr open: the workers now end with their parent, and the rest follow."""
+    import select
+    import time
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i in range(4):
+        write_big_legacy(runs / f"m{i}.h5", layers=24)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-m", "wqkernels", "rewrite", str(runs), "--out-dir", str(out),
+                             "--bits", "3", "--method", "mse", "--granularity", "block:8", "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and any(n.endswith(".tmp") for n in os.listdir(out))):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    streams = [proc.stdout, proc.stderr]
+    while streams:  # EOF on both once nothing holds them open
+        ready, _, _ = select.select(streams, [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, "a process of the killed batch still holds its output open"
+        for s in ready:
+            if not os.read(s.fileno(), 65536):
+                streams.remove(s)
+                s.close()
+
+
+def test_rewrite_many_from_a_script_without_a_main_guard(tmp_path):
+    """multiprocessing makes every worker import the script: one calling rewrite_many at its top
+    level failed every file with 'the worker process died'."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i in range(3):
+        write_big_legacy(runs / f"m{i}.h5", layers=1)
+    script = tmp_path / "script.py"
+    script.write_text("import wqkernels\n"
+                      f"result = wqkernels.rewrite_many([{str(runs)!r}], {str(tmp_path / 'out')!r}, "
+                      "wqkernels.Recipe(bits=8), workers=2, progress=False)\n"
+                      "print('done', len(result))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout == "done 3\n", done.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["m0.h5", "m1.h5", "m2.h5"]
+
+
+def test_report_on_a_full_disk_leaves_no_empty_file(tmp_path, monkeypatch, capsys):
+    """--report is written like the outputs: a temporary file renamed into place when whole."""
+    import errno
+    import json as json_module
+
+    from wqkernels.cli import main
+    src = tmp_path / "m.h5"
+    write_big_legacy(src, layers=1)
+
+    def full(document, f, **kwargs):
+        f.write("{")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(json_module, "dump", full)
+    report = tmp_path / "r.json"
+    code = main(["rewrite", str(src), "-o", str(tmp_path / "o.h5"), "--bits", "8", "--report", str(report)])
+    err = capsys.readouterr().err
+    assert code == 1 and err == f"wqkernels rewrite: error: {report}: cannot write the report (No space left on device)\n"
+    assert sorted(os.listdir(tmp_path)) == ["m.h5", "o.h5"]

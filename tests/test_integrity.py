@@ -257,3 +257,81 @@ def test_object_references_refused_clearly(kind, tmp_path):
     with pytest.raises(KerasFileError, match="references"):
         wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(bits=8))
     assert not (tmp_path / "o.h5").exists()
+
+
+# ---- bounded by the real content ---------------------------------------------------------------
+
+def _archive(path, config: bytes, weights, **members) -> None:
+    import zipfile
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("config.json", config)
+        z.write(weights, "model.weights.h5")
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+@pytest.mark.parametrize("config", [b"[" + b"{}," * (30 << 20) + b"{}]", b"[" * 200_000 + b"]" * 200_000,
+                                    b'{"config": [' + b"[]," * (5 << 20) + b"[]]}"])
+def test_config_beyond_what_a_model_needs_is_refused_before_parsing(config, keras3, tmp_path):
+    src = tmp_path / "bomb.keras"
+    _archive(src, config, keras3)
+    with pytest.raises(KerasFileError, match="model config|config.json"):
+        wqkernels.inspect(src)
+
+
+def test_asset_declaring_far_more_than_it_stores_is_refused(keras3, tmp_path):
+    src = tmp_path / "asset.keras"
+    _archive(src, b"{}", keras3, **{"assets/vocab.txt": b"\0" * (80 << 20)})
+    with pytest.raises(KerasFileError, match="assets/vocab.txt declares"):
+        wqkernels.inspect(src)
+
+
+def test_total_of_unbacked_declared_sizes_is_refused(tmp_path):
+    """40 never-written kernels of 60 MiB in a 99 KB file made a 2.5 GB output: each passes the
+    per-dataset check, their total does not."""
+    src = tmp_path / "declared.h5"
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = np.array([f"d{i}".encode() for i in range(40)])
+        for i in range(40):
+            g = f.create_group(f"d{i}")
+            g.attrs["weight_names"] = np.array([f"d{i}/kernel:0".encode()])
+            g.create_dataset(f"d{i}/kernel:0", shape=(3960, 3960), dtype="f4")
+    with pytest.raises(KerasFileError, match="declare 2509056000 bytes more than they store"):
+        wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(bits=8))
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_packed_index_bounded_by_the_skeleton(packed):
+    """60 M empty records (241 KB compressed) took 4.9 GB to parse: the index may take only so
+    many bytes per dataset of the skeleton."""
+    text = b'{"tensors": [' + b"{}," * (20 << 20) + b"{}]}"
+    with h5py.File(packed, "a") as f:
+        group = f["wqkernels"]
+        del group["index"]
+        group["index"] = np.frombuffer(zlib.compress(text, 9), np.uint8)
+        group.attrs["index_bytes"] = len(text)
+    with pytest.raises(KerasFileError, match="packed index declares .* bytes for .* datasets; refused"):
+        wqkernels.inspect(packed)
+
+
+def test_global_heap_that_hangs_hdf5_is_refused(keras3, tmp_path):
+    """One flipped byte made a heap's free space 0 bytes long: HDF5 then loops for ever on the
+    first string attribute it reads."""
+    data = bytearray(keras3.read_bytes())
+    at = data.find(b"GCOL\x01\x00\x00\x00")
+    assert at >= 0
+    p = at + 16
+    while int.from_bytes(data[p:p + 2], "little") != 0:  # to the free-space object
+        p += 16 + (int.from_bytes(data[p + 8:p + 16], "little") + 7) // 8 * 8
+    data[p + 8:p + 16] = (0).to_bytes(8, "little")
+    hostile = tmp_path / "hang.weights.h5"
+    hostile.write_bytes(bytes(data))
+    with pytest.raises(KerasFileError, match=f"corrupt HDF5 global heap at byte {at}; refused"):
+        wqkernels.inspect(hostile)
+
+
+def test_damaged_version_does_not_skip_the_checks(packed):
+    with h5py.File(packed, "a") as f:
+        f["wqkernels"].attrs["version"] = 2
+    with pytest.raises(KerasFileError, match="inconsistent"):
+        wqkernels.load_weights(packed)

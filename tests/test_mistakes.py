@@ -174,3 +174,87 @@ def test_float64_beyond_float32_says_it_overflows(tmp_path, capsys):
 def test_nan_printed_as_the_readme_shows():
     with pytest.raises(ValueError, match=r"the first is nan at index \(1,\)"):
         wqkernels.quantize(np.array([1.0, np.nan], np.float32), 8)
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+def test_abbreviated_option_refused_with_the_closest(files, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["rewrite", str(files["h5"]), "-o", str(tmp_path / "o.h5"), "--bit", "8"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert "unrecognized arguments: --bit 8 (did you mean --bits?)" in err
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_argparse_errors_are_one_line(files, tmp_path, capsys):
+    for args in (["rewrite", str(files["h5"]), "--bits", "3"], ["rewrite", str(files["h5"]), "-o", "x.h5", "--storage",
+                                                                 "int3"], ["frobnicate"]):
+        with pytest.raises(SystemExit):
+            main(args)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("wqkernels") and "error: " in err, err
+
+
+def test_directory_with_output_points_to_out_dir(tmp_path, capsys):
+    code, out, err = run_cli(["rewrite", tmp_path, "-o", tmp_path / "x.h5", "--bits", "8"], capsys)
+    assert code == 2 and "is a directory; rewrite the files in it with --out-dir DIR" in err
+
+
+def test_quiet_single_file(files, tmp_path, capsys):
+    code, out, err = run_cli(["rewrite", files["h5"], "-o", tmp_path / "o.h5", "--bits", "8", "--quiet"], capsys)
+    assert code == 0 and out == "" and err == "" and (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("name,kind", [("model.pt", "PyTorch"), ("model.onnx", "ONNX"), ("torch.bin", "PyTorch")])
+def test_other_frameworks_named(name, kind, tmp_path, capsys):
+    path = tmp_path / name
+    if name.endswith(".onnx"):
+        path.write_bytes(b"\x08\x07\x12\x04onnx")
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/data.pkl", b"\x80\x02")
+            z.writestr("archive/version", "3")
+    code, out, err = run_cli(["inspect", path], capsys)
+    assert code == 1 and err == f"wqkernels inspect: error: {path}: {kind} files are not supported (wqkernels reads " \
+                                f"Keras .h5, .weights.h5 and .keras files)\n"
+
+
+def test_names_with_newlines_and_escapes_stay_on_one_line(tmp_path, capsys):
+    missing = tmp_path / "bad\nname\x1b[31m.h5"
+    code, out, err = run_cli(["inspect", missing], capsys)
+    assert code == 1 and err.count("\n") == 1 and "\x1b" not in err and "bad\\nname\\x1b[31m.h5" in err
+    src = tmp_path / "escapes.h5"
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = np.array([b"dense\x1b]0;owned\x07"])
+        g = f.create_group("dense\x1b]0;owned\x07")
+        g.attrs["weight_names"] = np.array([b"dense\x1b]0;owned\x07/kernel:0"])
+        g["dense\x1b]0;owned\x07/kernel:0"] = np.ones((4, 4), np.float32)
+    code, out, err = run_cli(["inspect", src], capsys)
+    assert code == 0 and "\x1b" not in out and "\x07" not in out and "dense\\x1b]0;owned\\x07" in out
+
+
+def test_weights_listed_in_index_order(tmp_path):
+    src = tmp_path / "order.weights.h5"
+    with h5py.File(src, "w") as f:
+        for i in range(12):
+            f[f"layers/dense/vars/{i}"] = np.ones((2, 2), np.float32)
+        for k in (10, 2, 1):
+            f[f"layers/dense_{k}/vars/0"] = np.ones((2, 2), np.float32)
+    assert [i.path for i in wqkernels.inspect(src)] == [f"layers/dense/vars/{i}" for i in range(12)] + [
+        f"layers/dense_{k}/vars/0" for k in (1, 2, 10)]
+
+
+def test_inspect_into_a_closed_pipe_ends_quietly(files):
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    command = f"{sys.executable} -m wqkernels inspect {files['h5']} | head -1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, env=env)
+    assert done.stdout.startswith("weight") and done.stderr == ""
+
+
+def test_bench_only_matches_substrings_or_says_nothing_matched(capsys):
+    code, out, err = run_cli(["bench", "--only", "prune sparsity", "--size", "1000", "--repeat", "1"], capsys)
+    assert code == 0 and "prune sparsity 0.5" in out, err
+    code, out, err = run_cli(["bench", "--only", "nothing like it", "--size", "1000", "--repeat", "1"], capsys)
+    assert code == 1 and "no benchmark case matches 'nothing like it'; the cases: " in err and err.count("\n") == 1

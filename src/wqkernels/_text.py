@@ -3,7 +3,9 @@ from __future__ import annotations
 
 
 def table(head: tuple, rows: list) -> list[str]:
-    """Lines of a table with left-aligned columns two spaces apart, the header first."""
+    """Lines of a table with left-aligned columns two spaces apart, the header first; control
+    characters in cells (a layer named with terminal escapes) are escaped."""
+    rows = [tuple(printable(str(c)) for c in r) for r in rows]
     widths = [max([len(h)] + [len(r[k]) for r in rows]) for k, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*head).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
@@ -12,6 +14,14 @@ def table(head: tuple, rows: list) -> list[str]:
 def megabytes(n: int) -> str:
     """A byte count for people: ``12.3 MB`` or ``45.6 kB``."""
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters escaped (``\\n``, ``\\x1b``): a file or layer name
+    cannot break a line of output or drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def first_line(exc: BaseException) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from ..files.atomic import TEMP_PREFIX, is_temporary
+from ..files.atomic import TEMP_PREFIX, remove_abandoned
 from .plan import BatchError, Job
 
 __all__ = ["LOCK_NAME", "output_lock", "remove_leftovers"]
@@ -45,23 +45,11 @@ def output_lock(out_dir: str):
 
 
 def remove_leftovers(jobs: list[Job]) -> int:
-    """Remove the temporary files a killed rewrite left beside our destinations.
-
-    Which files are ours, :mod:`wqkernels.files.atomic` (which names them) says.
-    """
+    """Remove the temporary files killed rewrites left beside our destinations: only those whose
+    writer is provably gone (see :mod:`wqkernels.files.atomic`, which names and locks them), so
+    that a single rewrite running there keeps its own."""
     names_by_dir: dict[str, set] = {}
     for job in jobs:
         d, name = os.path.split(os.path.abspath(job.destination))
         names_by_dir.setdefault(d, set()).add(name)
-    removed = 0
-    for d, names in names_by_dir.items():
-        try:
-            entries = os.listdir(d)
-        except OSError:
-            continue
-        for entry in entries:
-            if is_temporary(entry, names):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(d, entry))
-                    removed += 1
-    return removed
+    return sum(remove_abandoned(d, names) for d, names in names_by_dir.items())

@@ -6,6 +6,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, as_completed, wait
@@ -52,7 +53,8 @@ def run_pool(jobs: list[Job], recipe: Recipe, workers: int, done, histograms: bo
                 while source and not broken and len(inflight) < limit:
                     job = source.popleft()
                     try:
-                        fut = _submit(pool, job, recipe, done, histograms)
+                        with _main_not_imported():  # (our pool's workers start as jobs are submitted)
+                            fut = _submit(pool, job, recipe, done, histograms)
                     except BrokenProcessPool:
                         source.appendleft(job)
                         broken = True
@@ -127,6 +129,25 @@ def _submit(executor: Executor, job: Job, recipe: Recipe, done, histograms: bool
         return None
     return executor.submit(rewrite_job, os.path.abspath(job.source), os.path.abspath(job.destination),
                            recipe, histograms)
+
+
+@contextlib.contextmanager
+def _main_not_imported():
+    """Processes started meanwhile do not import the caller's ``__main__``: multiprocessing makes
+    each worker run the script again, and a script calling rewrite_many without ``if __name__ ==
+    "__main__":`` then failed every file (its workers died starting a batch of their own).  The
+    jobs need nothing of ``__main__``: their function and arguments are wqkernels'."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    if not saved:
+        yield
+        return
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
 
 
 def _context():

@@ -43,10 +43,9 @@ def run_command(args, recipe: Recipe) -> int:
     try:
         jobs = plan(args.src, args.out_dir, recursive=args.recursive)
     except BatchError as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(str(exc), lines=True) from None
     with contextlib.ExitStack() as stack:
         executor = _dask_executor(args.dask, stack) if args.dask is not None else None
-        signum = stack.enter_context(_sigterm_interrupts())
         try:
             result = execute(jobs, args.out_dir, recipe, workers=args.workers, executor=executor,
                              skip_existing=args.skip_existing, progress=not args.quiet,
@@ -63,28 +62,8 @@ def run_command(args, recipe: Recipe) -> int:
     if result.interrupted:
         print(f"wqkernels rewrite: interrupted: {len(result.ok)} of {len(jobs)} files done; run again "
               f"with --skip-existing to complete the rest", file=sys.stderr)
-        return 128 + (signum[0] or signal.SIGINT)
+        return 128 + (args.interrupt[0] or signal.SIGINT)
     return 1 if result.failed else 0
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM raises KeyboardInterrupt in the main thread for the duration (yields [signum])."""
-    received = [None]
-
-    def handler(signum, frame):
-        received[0] = signum
-        raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield received
-        return
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _dask_executor(address: str, stack: contextlib.ExitStack) -> Executor:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from .._text import one_line, table
@@ -141,6 +142,8 @@ def run_rewrite(args) -> int:
     check_page(args.html, *args.src, args.output, args.report)
     if batch.is_batch(args):
         return batch.run_command(args, recipe)
+    if os.path.isdir(args.src[0]):
+        raise CommandError(f"{args.src[0]}: is a directory; rewrite the files in it with --out-dir DIR instead of -o")
     return _finish(_guarded(rewrite, args.src[0], args.output, recipe, in_place=args.in_place,
                             progress=not args.quiet, histograms=bool(args.report or args.html)), args)
 

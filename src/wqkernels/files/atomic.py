@@ -1,8 +1,12 @@
 """Writing files so that a destination only ever exists whole, and naming the temporary files.
 
 Every output (a rewritten model, a report) is written to a temporary file beside its destination
-and renamed into place once complete.  This module owns the names of those files, so that the
-batch layer can recognise, and remove, the ones a killed rewrite left behind.
+and renamed into place once complete.  This module owns those files: their names (so that they
+are recognised and never taken as input) and their locks.  The process writing a temporary file
+holds an exclusive ``flock`` on it from the moment it is created; a file whose lock can be taken
+is provably abandoned (its writer was killed) and is removed by the next rewrite into the same
+directory, while one whose lock is held belongs to a running writer and is left alone.  The
+same locks refuse a second rewrite into a destination another process is writing.
 """
 from __future__ import annotations
 
@@ -11,28 +15,68 @@ import json
 import os
 import re
 import secrets
+import stat
 import tempfile
+import threading
 
 from .errors import KerasFileError
 
-__all__ = ["TEMP_PREFIX", "temp_beside", "scratch_file", "is_temporary", "replace", "same_file",
-           "written", "write_json"]
+try:
+    import fcntl
+except ImportError:  # no flock: nothing is ever proved abandoned, so nothing is removed
+    fcntl = None
+
+__all__ = ["TEMP_PREFIX", "STOP", "temp_beside", "scratch_file", "remove", "is_temporary", "remove_abandoned",
+           "replace", "same_file", "written", "write_json"]
+
+#: set when the user asked the process to stop (the command line's Ctrl-C and SIGTERM handler):
+#: no temporary file is renamed into place after that, even when the interrupt was swallowed on
+#: its way (in a finaliser, a C callback) and the work went on
+STOP = threading.Event()
 
 #: prefix of our scratch files (a .keras archive's extracted weights), never taken as input
 TEMP_PREFIX = ".wqkernels-"
 _SCRATCH_SUFFIX = ".weights.h5"
 #: ``.<destination name>.<8 random characters>.tmp``
 _TEMP_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+#: the descriptors holding the locks of our temporary files, by path
+_HELD: dict[str, int] = {}
+
+
+def _create_locked(path: str) -> bool:
+    """Create `path` (O_EXCL) and lock it; False when a cleaner took the lock first (it removes
+    the file: the caller picks another name)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except OSError:  # a file system without locks: the file is just never proved abandoned
+            pass
+    _HELD[path] = fd
+    return True
+
+
+def remove(path: str) -> None:
+    """Remove one of our temporary files (if still there) and release its lock."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    fd = _HELD.pop(path, None)
+    if fd is not None:
+        os.close(fd)
 
 
 def temp_beside(dst: str) -> str:
-    """Create an empty temporary file next to `dst` (mode 0666 less the umask, like open())."""
+    """Create an empty temporary file next to `dst` (mode 0666 less the umask, like open()),
+    locked by this process until :func:`remove` (or :func:`written`) releases it."""
     dst_dir, base = os.path.split(os.path.abspath(dst))
     for _ in range(100):
         path = os.path.join(dst_dir, f".{base}.{secrets.token_hex(4)}.tmp")
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return path
+            if _create_locked(path):
+                return path
         except FileExistsError:
             continue
         except OSError as exc:
@@ -41,18 +85,94 @@ def temp_beside(dst: str) -> str:
 
 
 def scratch_file(directory: str | None) -> str:
-    """A new empty scratch file for a weights HDF5 file, in `directory` (default: the system's)."""
-    fd, path = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=_SCRATCH_SUFFIX, dir=directory)
-    os.close(fd)
-    return path
+    """A new empty scratch file for a weights HDF5 file, in `directory` (default: the system's),
+    locked like a temporary file; abandoned scratch files found there are removed first.  HDF5
+    must open it with ``locking=False`` (its own lock would conflict with ours)."""
+    directory = directory or tempfile.gettempdir()
+    remove_abandoned(directory, scratch_only=True)
+    for _ in range(100):
+        path = os.path.join(directory, f"{TEMP_PREFIX}{secrets.token_hex(4)}{_SCRATCH_SUFFIX}")
+        with contextlib.suppress(FileExistsError):
+            if _create_locked(path):
+                return path
+    raise OSError(f"cannot create a scratch file in {directory}")
 
 
-def is_temporary(name: str, destinations: set) -> bool:
-    """Whether the file `name` is a temporary file of a write into one of `destinations` (names
-    in the same directory) or one of our scratch files."""
-    m = _TEMP_NAME.fullmatch(name)
-    return (m is not None and m.group(1) in destinations) or (
-        name.startswith(TEMP_PREFIX) and name.endswith(_SCRATCH_SUFFIX))
+def is_temporary(name: str, destinations: set | None = None, scratch_only: bool = False) -> bool:
+    """Whether the file `name` is one of our scratch files or a temporary file of a write into
+    one of `destinations` (names in the same directory; None: any)."""
+    if name.startswith(TEMP_PREFIX) and name.endswith(_SCRATCH_SUFFIX):
+        return True
+    m = None if scratch_only else _TEMP_NAME.fullmatch(name)
+    return m is not None and (destinations is None or m.group(1) in destinations)
+
+
+def _abandoned(path: str):
+    """An open descriptor holding the lock of `path` when its writer is gone, else None."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:  # held by a running writer (or no locks here: nothing is proved)
+        os.close(fd)
+        return None
+
+
+def remove_abandoned(directory: str, destinations: set | None = None, scratch_only: bool = False) -> int:
+    """Remove the temporary files of killed writers in `directory` (of writes into
+    `destinations` when given); files whose writer still holds its lock stay.  Returns how many."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        path = os.path.join(directory, name)
+        if path in _HELD or not is_temporary(name, destinations, scratch_only):
+            continue
+        fd = _abandoned(path)
+        if fd is not None:
+            try:  # removed while locked: a writer creating this name now fails its own lock
+                os.unlink(path)
+                removed += 1
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return removed
+
+
+def _check_regular(dst: str) -> None:
+    """Refuse a destination that exists and is not a regular file (a FIFO, a device such as
+    /dev/null, a socket): renaming over it would replace it."""
+    try:
+        mode = os.stat(dst).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise KerasFileError(f"{dst}: is {kind}, not a regular file; refused (it would be replaced)")
+
+
+def _check_alone(dst: str, tmp: str) -> None:
+    """Refuse to write `dst` while another process writes it (holds the lock of another
+    temporary file of it); abandoned ones (and abandoned scratch files) are removed first.  (Two writers starting at the same
+    instant may both refuse: neither writes.)"""
+    directory, base = os.path.split(os.path.abspath(dst))
+    remove_abandoned(directory, {base})
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        found = _TEMP_NAME.fullmatch(name)
+        if found and found.group(1) == base and path != tmp and path not in _HELD:
+            raise KerasFileError(f"{dst}: another process is writing it right now; refused (try again "
+                                 f"once it is done)")
 
 
 def _sync(path: str) -> None:
@@ -84,15 +204,20 @@ def same_file(a: str, b: str) -> bool:
 @contextlib.contextmanager
 def written(dst: str):
     """Yield a temporary path beside `dst`; renamed to `dst` when the block completes, removed
-    whatever goes wrong (KeyboardInterrupt included)."""
+    whatever goes wrong (KeyboardInterrupt included).  Abandoned temporary files in the
+    directory are removed first; a destination another process is writing is refused."""
+    _check_regular(dst)
     tmp = temp_beside(dst)
     try:
+        _check_alone(dst, tmp)
         yield tmp
+        if STOP.is_set():
+            raise KeyboardInterrupt
         replace(tmp, dst)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        remove(tmp)
         raise
+    remove(tmp)  # (renamed: only the lock is left to release)
 
 
 def write_json(path, document) -> None:

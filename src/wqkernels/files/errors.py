@@ -46,8 +46,10 @@ def as_file_errors(where: str, output: str | None = None):
     `output` being written when its file system failed (full, read-only), else `where`."""
     try:
         yield
-    except (KerasFileError, NotImplementedError):
+    except KerasFileError:
         raise
+    except NotImplementedError as exc:  # zipfile: a compression method or zip version it lacks
+        raise KerasFileError(f"{where}: uses what this reader does not support ({reason(exc)})") from None
     except FILE_ERRORS as exc:
         if output is not None and _write_failure(exc):
             raise KerasFileError(f"{output}: cannot write ({reason(exc)})") from None

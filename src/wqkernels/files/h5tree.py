@@ -27,24 +27,80 @@ MIN_COMPRESS_BYTES = 16 << 10
 PLACEHOLDER_FILL_TIME = h5d.FILL_TIME_NEVER
 
 
+#: HDF5 global heap collections (where variable-length strings live), as HDF5 1.8-1.14 write
+#: them: "GCOL", version 1, 3 reserved bytes, the collection's size (8 bytes), then its objects
+_GCOL = b"GCOL\x01\x00\x00\x00"
+_OBJECT_HEADER = 16
+
+
+def check_global_heaps(data, where: str) -> None:
+    """Refuse global heap collections HDF5 would hang on or read past: HDF5 walks a collection's
+    objects by their sizes, and loops for ever on a free-space object of size 0 (one flipped
+    byte: every later read of a string attribute hung).  `data` is the file's bytes (a buffer
+    or an mmap); a collection is found by its signature."""
+    at = data.find(_GCOL)
+    while at >= 0:
+        size = int.from_bytes(data[at + 8:at + 16], "little")
+        if 4096 <= size <= len(data) - at:
+            _check_collection(data, at, size, where)
+        at = data.find(_GCOL, at + 1)
+
+
+def _check_collection(data, start: int, size: int, where: str) -> None:
+    """One collection walked as HDF5 walks it (H5HG__cache_heap_deserialize)."""
+    p, end = start + 16, start + size
+    while p < end:
+        if p + _OBJECT_HEADER > end:  # too small for an object: free space
+            return
+        index = int.from_bytes(data[p:p + 2], "little")
+        length = int.from_bytes(data[p + 8:p + 16], "little")
+        need = length if index == 0 else _OBJECT_HEADER + (length + 7) // 8 * 8
+        if need == 0 or p + need > end:
+            raise KerasFileError(f"{where}: corrupt HDF5 global heap at byte {start}; refused")
+        p += need
+
+
+#: HDF5 object headers hold about 64 KB: Keras splits longer name lists into chunks of at most
+#: this many bytes, ``name0``, ``name1``, ... (see KERAS_FORMATS.md section 2)
+HEADER_LIMIT = 64512
+#: the list attributes Keras splits that way
+SPLIT_NAMES = ("layer_names", "weight_names")
+
+
 def copy_attrs(src, dst) -> None:
-    """Copy every attribute of `src` to `dst` with its exact file type and dataspace."""
+    """Copy every attribute of `src` to `dst` with its exact file type and dataspace.
+
+    A name list too long for an object header (a source written with dense attribute storage,
+    say 100 k layer names) is split as Keras splits it, where it would not fit."""
     for name in src.attrs:
         bname = name.encode("utf-8") if isinstance(name, str) else name
         aid = h5a.open(src.id, bname)
         tid = aid.get_type()
         sid = aid.get_space()
-        out = h5a.create(dst.id, bname, tid, sid)
         if sid.get_simple_extent_type() == h5s.NULL:
+            h5a.create(dst.id, bname, tid, sid)
             continue
         vlen_str = isinstance(tid, h5t.TypeStringID) and tid.is_variable_str()
         arr = np.empty(sid.shape, dtype=tid.dtype)
-        if vlen_str or tid.dtype.kind == "O":
-            aid.read(arr)
-            out.write(arr)
-        else:
-            aid.read(arr, mtype=tid)
-            out.write(arr, mtype=tid)
+        converted = vlen_str or tid.dtype.kind == "O"
+        aid.read(arr) if converted else aid.read(arr, mtype=tid)
+        if name in SPLIT_NAMES and arr.ndim == 1 and arr.size and aid.get_storage_size() > HEADER_LIMIT:
+            split_name_list(dst, name, arr)
+            continue
+        out = h5a.create(dst.id, bname, tid, sid)
+        out.write(arr) if converted else out.write(arr, mtype=tid)
+
+
+def split_name_list(obj, name: str, values: np.ndarray) -> None:
+    """Write a list attribute as Keras writes one too long for an object header: fixed-length
+    UTF-8 bytes, split by ``np.array_split`` into the fewest chunks of at most HEADER_LIMIT
+    bytes, as ``name0``, ``name1``, ..."""
+    data = np.asarray([v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values])
+    chunks = 1
+    while any(part.nbytes > HEADER_LIMIT for part in np.array_split(data, chunks)):
+        chunks += 1
+    for k, part in enumerate(np.array_split(data, chunks)):
+        obj.attrs[f"{name}{k}"] = part
 
 
 def decode(value):
@@ -147,12 +203,27 @@ def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = Fal
     return info
 
 
+def unbacked_bytes(info: DatasetInfo) -> int:
+    """The bytes a dataset declares beyond what its stored data can back (1000 times it: the
+    best compression; a never-written dataset backs nothing): reading or copying them costs
+    memory and disk the file does not hold."""
+    declared = math.prod(info.shape) * info.dtype.itemsize
+    return declared if declared > 1000 * info.stored else 0
+
+
 def check_declared(info: DatasetInfo, path: str, where: str) -> None:
     """Refuse a dataset declaring more than the stored data can back (never-written hostile sizes)."""
-    declared = math.prod(info.shape) * info.dtype.itemsize
-    if declared > UNCHECKED_BYTES and declared > 1000 * info.stored:
-        raise KerasFileError(f"{where}: dataset {path!r} declares {declared} bytes but stores "
+    if unbacked_bytes(info) > UNCHECKED_BYTES:
+        raise KerasFileError(f"{where}: dataset {path!r} declares {unbacked_bytes(info)} bytes but stores "
                              f"{info.stored}; refused")
+
+
+def check_total_declared(members: dict, where: str, exempt=frozenset()) -> None:
+    """Refuse a file whose datasets together declare more than UNCHECKED_BYTES their stored data
+    cannot back (40 never-written kernels of 60 MiB each pass one by one)."""
+    total = sum(unbacked_bytes(info) for path, info in members.items() if info is not None and path not in exempt)
+    if total > UNCHECKED_BYTES:
+        raise KerasFileError(f"{where}: its datasets declare {total} bytes more than they store; refused")
 
 
 def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) -> dict[str, DatasetInfo | None]:
@@ -194,14 +265,22 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) 
                     check_attrs(h5g.open(group.id, name), path, where)
             else:
                 return KerasFileError(f"{where}: unsupported object at {path!r}")
-        except (KerasFileError, OSError, ValueError, TypeError) as exc:
+        except KerasFileError as exc:
             return exc
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:  # (a name that is not UTF-8...)
+            return KerasFileError(f"{where}: unreadable object at {path!r} ({type(exc).__name__}: {exc})")
         return None
 
-    for problem in (group.id.links.visit(check_link, info=True),
-                    h5o.visit(group.id, check_object, info=True)):
+    for visit in (lambda: group.id.links.visit(check_link, info=True),
+                  lambda: h5o.visit(group.id, check_object, info=True)):
+        try:
+            problem = visit()
+        except (OSError, ValueError, RuntimeError) as exc:  # h5py's own decoding of damaged names
+            raise KerasFileError(f"{where}: unreadable HDF5 structure ({type(exc).__name__}: {exc})") from None
         if problem is not None:
             raise problem
+    if sizes:
+        check_total_declared(members, where, exempt)
     return members
 
 

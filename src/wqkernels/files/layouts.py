@@ -20,7 +20,7 @@ import h5py
 
 from .dtypes import dtype_name, is_bfloat16, is_float
 from .errors import KerasFileError
-from .h5tree import DatasetInfo, read_name_list, walk
+from .h5tree import DatasetInfo, read_name_list
 from .roles import KERNEL_ROLES, ModelLayers, channel_axis, parse_config, var_role, weight_role
 
 PACKED_GROUP = "wqkernels"
@@ -28,8 +28,16 @@ KERAS_MEMBER = "model.weights.h5"
 CONFIG_MEMBER = "config.json"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
-#: members of a .keras archive we read into memory are refused above this size (zip bombs)
-MAX_CONFIG_BYTES = 256 << 20
+#: a model config (config.json or the model_config attribute) is refused above this size: the
+#: configs of real models take a few MB (a 255 MB one of ``[{},{},...]`` took 6.7 GB to parse)
+MAX_CONFIG_BYTES = 64 << 20
+#: ... or with more JSON objects and arrays than this (a layer takes a few dozen)
+MAX_CONFIG_ELEMENTS = 4_000_000
+#: a .keras member may expand to at most this many times its compressed size (plus 64 MiB):
+#: the weights, whose unwritten or pruned datasets compress well, and the others (Keras stores
+#: them uncompressed; text assets deflate ~3-10x; a 4 GiB member of a 4.3 MB file took 17.6 s)
+MAX_ZIP_RATIO = 1000
+MAX_MEMBER_RATIO = 100
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,22 @@ def file_path(value, name: str = "path") -> str:
     raise TypeError(f"{name} must be a file path (str, bytes or os.PathLike), got {type(value).__name__}")
 
 
+#: other frameworks' files, by name ending, and what says so inside a zip (PyTorch's pickle)
+_FOREIGN = {".pt": "PyTorch", ".pth": "PyTorch", ".ckpt": "PyTorch", ".onnx": "ONNX", ".safetensors": "safetensors",
+            ".tflite": "TensorFlow Lite", ".pb": "TensorFlow", ".gguf": "GGUF"}
+
+
+def foreign_error(path: str, members=()) -> KerasFileError | None:
+    """The error for a file of another framework (by its name, or a zip's members), else None."""
+    kind = _FOREIGN.get(os.path.splitext(path)[1].lower())
+    if any(m == "data.pkl" or m.endswith("/data.pkl") for m in members):
+        kind = "PyTorch"
+    if kind is None:
+        return None
+    return KerasFileError(f"{path}: {kind} files are not supported (wqkernels reads Keras .h5, .weights.h5 "
+                          f"and .keras files)")
+
+
 def container(path) -> str:
     """``"hdf5"`` or ``"zip"`` from the first bytes of the file; KerasFileError otherwise."""
     path = file_path(path)
@@ -70,7 +94,7 @@ def container(path) -> str:
         return "zip"
     if head == HDF5_MAGIC or h5py.is_hdf5(path):
         return "hdf5"
-    raise KerasFileError(f"{path}: not a Keras file (neither HDF5 nor a .keras zip archive)")
+    raise foreign_error(path) or KerasFileError(f"{path}: not a Keras file (neither HDF5 nor a .keras zip archive)")
 
 
 #: the file name endings each format is loaded by, the one to suggest first
@@ -112,24 +136,52 @@ def weights_layout(f: h5py.File, where: str) -> str:
     raise KerasFileError(f"{where}: an HDF5 file, but not a Keras weights file")
 
 
-def model_config(f: h5py.File, zip_config: bytes | None = None) -> dict | None:
-    """The model config: ``config.json`` of a .keras archive or the ``model_config`` attribute."""
-    if zip_config is not None:
-        return parse_config(zip_config)
-    if "model_config" in f.attrs:
-        return parse_config(f.attrs["model_config"])
-    return None
+def model_config(f: h5py.File, zip_config: bytes | None = None, where: str = "") -> dict | None:
+    """The model config: ``config.json`` of a .keras archive or the ``model_config`` attribute;
+    None when there is none or it is not usable, KerasFileError beyond what a real model needs."""
+    text = zip_config if zip_config is not None else f.attrs.get("model_config")
+    if text is None:
+        return None
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogateescape")
+    if not isinstance(text, bytes):
+        return None
+    if len(text) > MAX_CONFIG_BYTES or text.count(b"{") + text.count(b"[") > MAX_CONFIG_ELEMENTS:
+        raise KerasFileError(f"{where}: the model config holds more than a model needs ({len(text)} bytes); refused")
+    try:
+        return parse_config(text)
+    except RecursionError:
+        raise KerasFileError(f"{where}: the model config is nested too deeply; refused") from None
+
+
+def check_zip_members(zf: zipfile.ZipFile, where: str) -> None:
+    """Refuse members that declare far more than they store (zip bombs, assets included)."""
+    for info in zf.infolist():
+        ratio = MAX_ZIP_RATIO if info.filename == KERAS_MEMBER else MAX_MEMBER_RATIO
+        if info.file_size > ratio * max(info.compress_size, 1) + (64 << 20):
+            raise KerasFileError(f"{where}: {info.filename} declares {info.file_size} bytes from "
+                                 f"{info.compress_size}; refused")
 
 
 def read_zip_config(zf: zipfile.ZipFile, where: str) -> bytes | None:
-    """``config.json`` of a .keras archive, refusing absurd sizes."""
+    """``config.json`` of a .keras archive, inflated 1 MiB at a time up to MAX_CONFIG_BYTES
+    (zipfile's own read inflates up to 2 GiB in one call, whatever the member declares)."""
     try:
         info = zf.getinfo(CONFIG_MEMBER)
     except KeyError:
         return None
     if info.file_size > MAX_CONFIG_BYTES:
         raise KerasFileError(f"{where}: {CONFIG_MEMBER} declares {info.file_size} bytes; refused")
-    return zf.read(info)
+    parts, size = [], 0
+    with zf.open(info) as member:
+        while True:
+            part = member.read(1 << 20)
+            if not part:
+                return b"".join(parts)
+            size += len(part)
+            if size > MAX_CONFIG_BYTES:
+                raise KerasFileError(f"{where}: {CONFIG_MEMBER} inflates beyond {MAX_CONFIG_BYTES} bytes; refused")
+            parts.append(part)
 
 
 def entries(f: h5py.File, layout: str, config: dict | None, where: str, members: dict) -> list[Entry]:
@@ -183,9 +235,16 @@ def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> lis
     return out
 
 
+def _natural(path: str) -> tuple:
+    """Sort key putting ``vars/2`` before ``vars/10`` (and ``dense_2`` before ``dense_10``): the
+    order of Keras's indices, as the file lists them in name order."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", path) if p)
+
+
 def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]:
     out = []
-    for path, obj in members.items():
+    for path in sorted(members, key=_natural):
+        obj = members[path]
         if obj is None:
             continue
         parts = path.split("/")

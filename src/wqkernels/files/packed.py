@@ -51,7 +51,7 @@ import numpy as np
 from ..packing import pack_bits, packed_size, unpack_bits
 from ..quantization import QuantizedArray
 from .errors import KerasFileError
-from .h5tree import DatasetInfo, check_declared, filters, is_placeholder, new_dataset, new_file, placeholder, walk
+from .h5tree import DatasetInfo, check_declared, check_global_heaps, check_total_declared, filters, is_placeholder, new_dataset, new_file, placeholder, walk
 from .layouts import PACKED_GROUP, weights_layout
 from .writers import Writer
 
@@ -287,6 +287,7 @@ class PackedReader:
                 if self._arrays[name].ndim != 1 or self._arrays[name].dtype.kind not in "uf":
                     raise KerasFileError(f"{where}: packed container lacks a proper {name!r} dataset")
             raw = self._skeleton_image(group)
+        check_global_heaps(raw, where)
         self.skeleton = h5py.File(io.BytesIO(raw), "r")
         del raw
         try:
@@ -336,6 +337,7 @@ class PackedReader:
         for path, info in self.members.items():
             if info is not None and path not in self.tensors and path not in self.datasets:
                 check_declared(info, path, where)
+        check_total_declared(self.members, where, frozenset(self.tensors) | frozenset(self.datasets))
         self.layout = str(index.get("layout"))
         if weights_layout(self.skeleton, where) != self.layout:
             raise KerasFileError(f"{where}: packed index says layout {self.layout!r}, its skeleton holds "
@@ -373,6 +375,8 @@ class PackedReader:
             spans = {name: _ints(t[name], name) for name, _ in ARRAYS}
             if self.version >= 3:
                 _int(t["crc32"], "crc32")
+            elif "crc32" in t:  # a version 3 record: the version was damaged, not older
+                raise ValueError("crc32")
         except (KeyError, TypeError, ValueError):
             raise bad from None
         count = math.prod(shape)

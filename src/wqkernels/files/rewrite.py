@@ -12,7 +12,6 @@ run in another process.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -278,8 +277,7 @@ def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir
                     bar.advance(info.file_size)
             out.comment = source.zip.comment
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(weights)
+        atomic.remove(weights)
 
 
 def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar: _Progress, bins: int,

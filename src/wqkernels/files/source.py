@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import mmap
 import os
 import shutil
 import struct
@@ -13,20 +14,46 @@ import zlib
 import h5py
 import numpy as np
 
-from .atomic import scratch_file
+from .atomic import remove, scratch_file
 from .buffers import Buffers
 from .dtypes import BFLOAT16, read_float32
 from .errors import KerasFileError, as_file_errors, reason
-from .h5tree import walk
+from .h5tree import check_global_heaps, walk
 from .keras_native import dequantize_kernel, quantized_layers
-from .layouts import (KERAS_MEMBER, Entry, container, entries, file_path, model_config, read_zip_config,
+from .layouts import (KERAS_MEMBER, MAX_ZIP_RATIO, Entry, check_zip_members, container, entries, file_path,
+                      foreign_error, model_config, read_zip_config,
                       weights_layout)
 from .packed import PackedReader
 
 __all__ = ["Source", "MAX_ZIP_RATIO"]
 
-#: a .keras member may expand to at most this many times its compressed size (plus 64 MiB)
-MAX_ZIP_RATIO = 1000
+
+def _check_heaps(path: str, where: str, span: tuple | None = None) -> None:
+    """:func:`~.h5tree.check_global_heaps` on the file at `path` mapped into memory, or on the
+    bytes ``span = (start, size)`` of it (a member stored in a .keras archive)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            check_global_heaps(data if span is None else _Span(data, *span), where)
+
+
+class _Span:
+    """Bytes ``start .. start + size`` of a buffer, with the ``find``, ``len`` and slices that
+    :func:`~.h5tree.check_global_heaps` uses, offsets counted from `start`."""
+
+    def __init__(self, data, start: int, size: int):
+        self.data, self.start, self.size = data, start, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def find(self, sub: bytes, at: int = 0) -> int:
+        i = self.data.find(sub, self.start + at, self.start + self.size)
+        return i - self.start if i >= 0 else -1
+
+    def __getitem__(self, part: slice) -> bytes:
+        return self.data[self.start + part.start:self.start + min(part.stop, self.size)]
 
 
 class Source:
@@ -66,19 +93,22 @@ class Source:
         if self.kind == "zip":
             try:
                 self.zip = zipfile.ZipFile(self.path)
-            except zipfile.BadZipFile as exc:
+            except (zipfile.BadZipFile, UnicodeDecodeError) as exc:  # (a member name that is not UTF-8)
                 raise KerasFileError(f"{where}: corrupt zip archive ({exc})") from None
             names = self.zip.namelist()
             if KERAS_MEMBER not in names:
-                raise KerasFileError(f"{where}: a zip archive, but not a .keras file (no {KERAS_MEMBER})")
+                raise foreign_error(where, names) or KerasFileError(f"{where}: a zip archive, but not a .keras file (no {KERAS_MEMBER})")
+            check_zip_members(self.zip, where)
             zip_config = read_zip_config(self.zip, where)
             info = self.zip.getinfo(KERAS_MEMBER)
             if info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1) + (64 << 20):
                 raise KerasFileError(f"{where}: {KERAS_MEMBER} declares {info.file_size} bytes from "
                                      f"{info.compress_size}; refused")
             h5_path = self._member(info)
+        _check_heaps(self.path if isinstance(h5_path, _StoredMember) else h5_path, where,
+                     h5_path.span if isinstance(h5_path, _StoredMember) else None)
         try:
-            self.h5 = h5py.File(h5_path, "r")
+            self.h5 = h5py.File(h5_path, "r", locking=False if self._tmp else None)
         except OSError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "unreadable"
             raise KerasFileError(f"{where}: not a readable HDF5 file, truncated or corrupt ({first})") from None
@@ -91,7 +121,7 @@ class Source:
             layout = self.packed.layout
             members = self.packed.members
         self.layout = layout
-        self.config = model_config(self.root, zip_config)
+        self.config = model_config(self.root, zip_config, where)
         self.entries = entries(self.root, layout, self.config, where, members)
         self.quantized = quantized_layers(self.root, self.entries, self.config) if layout == "keras3" else {}
         roles = {path: role for q in self.quantized.values() for path, role in q.roles().items()}
@@ -144,7 +174,8 @@ class Source:
         if entry.dtype == BFLOAT16:
             return read_float32(dset)
         if buffers is None or dset.dtype != np.float32 or dset.size == 0:
-            return dset[()]
+            data = dset[()]  # in the machine's byte order (Keras loads big-endian kernels too)
+            return data.astype(data.dtype.newbyteorder("=")) if data.dtype.byteorder == ">" else data
         out = buffers.get("read", dset.shape)
         dset.read_direct(out)
         return out
@@ -175,8 +206,7 @@ class Source:
                     closer.close()
         self.packed = self.h5 = self._window = self.zip = None
         if self._tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._tmp)
+            remove(self._tmp)
             self._tmp = None
 
 
@@ -215,6 +245,11 @@ class _StoredMember(io.RawIOBase):
     def __init__(self, f, start: int, size: int):
         super().__init__()
         self._f, self._start, self._size, self._pos = f, start, size, 0
+
+    @property
+    def span(self) -> tuple:
+        """(offset in the archive, size) of the member's bytes."""
+        return self._start, self._size
 
     def readable(self) -> bool:
         return True
