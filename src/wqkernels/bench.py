@@ -227,7 +227,7 @@ def matches(name: str, pattern: str) -> bool:
     return pattern in name
 
 
-def run(sizes=SIZES, pattern: str = "*", threads=(1,), repeat: int = 7, out=sys.stdout) -> list[dict]:
+def run(sizes=SIZES, pattern: str = "*", threads=(1,), repeat: int = 7, out=None) -> list[dict]:
     """Time every case matching `pattern` at each thread count and print one line per case.
 
     Each line gives wqkernels' time, its ratio to the case's floor (with the goal, when the case
@@ -235,6 +235,10 @@ def run(sizes=SIZES, pattern: str = "*", threads=(1,), repeat: int = 7, out=sys.
     thread counts, each later count's line also says how much faster it is than the first.
     """
     threads = (threads,) if isinstance(threads, int) else tuple(threads)
+    out = sys.stdout if out is None else out  # (the stdout of the call, not of the import)
+    names = sorted({case.name for builder in CASE_BUILDERS for case in builder(min(sizes))})
+    if not any(matches(name, pattern) for name in names):
+        raise ValueError(f"no benchmark case matches {pattern!r}; the cases: {', '.join(names)}")
     rows = []
     print(f"wqkernels bench: threads {', '.join(map(str, threads))}, best of {repeat}; "
           "measure = wqkernels' time / its floor's (goal in brackets); "
@@ -253,8 +257,6 @@ def run(sizes=SIZES, pattern: str = "*", threads=(1,), repeat: int = 7, out=sys.
                     rows.append(row)
                     print(_line(case, row), file=out)
     set_threads(threads[0])
-    if not rows:
-        print(f"no case matches {pattern!r}", file=out)
     return rows
 
 
