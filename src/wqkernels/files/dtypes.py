@@ -29,8 +29,15 @@ def dtype_name(dset: h5py.Dataset) -> str:
 
 
 def is_float(name: str) -> bool:
-    """Whether a :func:`dtype_name` names real floats (bfloat16 included)."""
-    return name == BFLOAT16 or (name.startswith("float") and name[5:] in ("16", "32", "64"))
+    """Whether a dtype name (as :func:`dtype_name` gives it, either byte order) is a float type
+    the kernels compute on: float16/32/64 or bfloat16."""
+    if name == BFLOAT16:
+        return True
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        return False
+    return dtype.kind == "f" and dtype.itemsize in (2, 4, 8)
 
 
 def read_float32(dset: h5py.Dataset) -> np.ndarray:

@@ -202,11 +202,9 @@ def written_shards(dst: str, names: list[str]):
         yield temps[:-1], temps[-1]
         for tmp, final in zip(temps, finals + [dst]):
             atomic.replace(tmp, final)
-    except BaseException:
+    finally:  # removes what was not renamed, and releases every temporary file's lock
         for tmp in temps:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
+            atomic.remove(tmp)
 
 
 def output_index(source_index: dict, renames: dict, total_size: int) -> dict:

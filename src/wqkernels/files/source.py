@@ -108,7 +108,7 @@ class Source:
         _check_heaps(self.path if isinstance(h5_path, _StoredMember) else h5_path, where,
                      h5_path.span if isinstance(h5_path, _StoredMember) else None)
         try:
-            self.h5 = h5py.File(h5_path, "r", locking=False if self._tmp else None)
+            self.h5 = h5py.File(h5_path, "r", locking=False)  # read-only; our writers hold flocks of their own
         except OSError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "unreadable"
             raise KerasFileError(f"{where}: not a readable HDF5 file, truncated or corrupt ({first})") from None
