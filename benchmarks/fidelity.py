@@ -3,7 +3,7 @@
 Trains the models of ``models.py`` on scikit-learn's digits (Keras 3, JAX backend, fixed seeds),
 saves each as a legacy full-model ``.h5``, rewrites it with every recipe of RECIPES through the
 ``wqkernels rewrite`` command, loads the result with ``keras.models.load_model`` and prints its
-test accuracy next to the float model's, as a markdown table, with the targets of issue 5.
+test accuracy next to the float model's, as a markdown table, with the accuracy targets.
 
 Usage::
 
@@ -53,7 +53,7 @@ RECIPES = [
     ("sparsity 0.5 + int8", ["--sparsity", "0.5", "--bits", "8"], 0.5),
     ("target SQNR 20 dB", ["--target-sqnr", "20"], None),
 ]
-#: models whose float accuracy must reach this for the targets to apply (issue 5)
+#: models whose float accuracy must reach this for the targets to apply
 TARGET_FLOAT = 98.0
 TARGET_MODELS = ("cnn", "cnn_wide")
 
@@ -240,7 +240,7 @@ def table(rows: list[dict], names) -> str:
     lines.append("")
     lines.append(f"Accuracy in % on {len(models.digits(0)[1][1])} test images, mean over seeds {seeds}; "
                  f"Δ in points against the float model; recipes applied via {', '.join(via)}; ✓/✗: target "
-                 f"of issue 5 on the CNNs (float ≥ {TARGET_FLOAT:g} %); zeros: fraction of the prunable "
+                 f"on the CNNs (float ≥ {TARGET_FLOAT:g} %); zeros: fraction of the prunable "
                  "weights that are zero (pruned, or rounded to 0); bits: average bits per prunable weight.")
     return "\n".join(lines)
 

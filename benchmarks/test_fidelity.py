@@ -1,4 +1,4 @@
-"""The fidelity benchmark as a slow test: the targets of issue 5 that the default recipes meet.
+"""The fidelity benchmark as a slow test: the accuracy targets that the default recipes meet.
 
 Run explicitly: ``PYTHONPATH=src python -m pytest benchmarks/test_fidelity.py -p no:cacheprovider``.
 """
