@@ -48,7 +48,7 @@ def test_include_exclude_min_size(keras20, tmp_path):
 
 
 def _allocation():
-    return pytest.importorskip("wqkernels.allocation", reason="needs wqkernels.allocation (issue 5)")
+    return pytest.importorskip("wqkernels.allocation", reason="needs wqkernels.allocation")
 
 
 @pytest.mark.parametrize("allocation", ["global", "uniform"])

@@ -103,7 +103,7 @@ def test_permissions_kept_and_no_optimizer_confusion(tfkeras, tmp_path):
 
 
 def test_rewrite_runs_in_another_process(keras20, tmp_path):
-    """What batch rewriting (issue 6) relies on: a picklable call returning a picklable Report."""
+    """What batch rewriting relies on: a picklable call returning a picklable Report."""
     import concurrent.futures
     import multiprocessing
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
