@@ -238,6 +238,31 @@ def test_interrupt_swallowed_on_its_way_still_stops_the_rename(tmp_path, monkeyp
     assert not atomic.STOP.is_set() or main(["inspect", str(src)]) == 0
 
 
+def test_interrupt_in_a_finaliser_prints_no_traceback(tmp_path, monkeypatch, capsys):
+    """Python reports an exception raised in a finaliser as "Exception ignored in ..." with a
+    traceback; an interrupt landing there is the command's interrupt, reported as one line."""
+    from wqkernels.cli import main
+    from wqkernels.files import transform
+    src = tmp_path / "m.h5"
+    write_big_legacy(src, layers=1)
+    real = transform.prepare
+
+    class Finalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs here, inside the finaliser
+                pass
+
+    def prepare(*args, **kwargs):
+        Finalised()
+        return real(*args, **kwargs)
+    import importlib
+    monkeypatch.setattr(importlib.import_module("wqkernels.files.rewrite"), "prepare", prepare)
+    code = main(["rewrite", str(src), "-o", str(tmp_path / "o.h5"), "--bits", "8"])
+    assert code == 130 and capsys.readouterr().err == "wqkernels rewrite: interrupted\n"
+    assert sorted(os.listdir(tmp_path)) == ["m.h5"]
+
+
 def test_workers_end_when_the_batch_parent_is_killed(tmp_path):
     """SIGKILL of a batch's parent left the forkserver, resource tracker and workers running,
     holding its stdout/stderr open: the workers now end with their parent, and the rest follow."""

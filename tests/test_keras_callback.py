@@ -19,7 +19,6 @@ from wqkernels import reference
 from wqkernels.allocation import SparsityWarning, prune_model
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 #: keras 3.15 calls np.array(variable) in ways numpy 2 deprecates; nothing of ours
 pytestmark = pytest.mark.filterwarnings(
@@ -27,8 +26,8 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
-    """`code` in a fresh interpreter with this tree's package first on the path."""
-    environ = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
+    """`code` in a fresh interpreter that finds wqkernels where these tests found it."""
+    environ = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), **env)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env=environ, timeout=300)
 

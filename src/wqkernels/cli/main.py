@@ -101,14 +101,22 @@ def _interrupts():
         atomic.STOP.set()
         raise KeyboardInterrupt
 
+    def unraisable(info, report=sys.unraisablehook):
+        # an interrupt raised inside a finaliser is swallowed there, and STOP already says so:
+        # no "Exception ignored in ..." traceback for it
+        if not (info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt)):
+            report(info)
+
     atomic.STOP.clear()
     try:
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: signals are someone else's business
         old = {}
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield received
     finally:
+        sys.unraisablehook = hook
         for s, previous in old.items():
             signal.signal(s, previous)
 
