@@ -93,6 +93,7 @@ DAMAGE = {
     "bool-as-bits": lambda index, group: first(index).__setitem__("bits", True),
     "string-offset": lambda index, group: first(index).__setitem__("codes", ["0", 5]),
     "not-a-record": lambda index, group: index["tensors"].append([]),
+    "dataset-checksums-removed": lambda index, group: index.pop("dataset_crc32"),
 }
 
 

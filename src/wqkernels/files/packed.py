@@ -329,7 +329,7 @@ class PackedReader:
                 raise KerasFileError(f"{where}: packed index has two records for {t['path']!r}")
             self.tensors[t["path"]] = t
         crcs = index.get("dataset_crc32") if self.version >= 3 else None
-        if crcs is not None and (not isinstance(crcs, list) or len(crcs) != len(paths)):
+        if self.version >= 3 and (not isinstance(crcs, list) or len(crcs) != len(paths)):
             raise KerasFileError(f"{where}: packed index lists no proper dataset checksums")
         self._crcs = {}
         self.datasets = self._kept(group, paths, crcs)
