@@ -211,8 +211,12 @@ def test_a_newer_packed_version_is_refused_naming_it(tmp_path):
 
 # ---- Keras loads what a packed file restores to ---------------------------------------------------
 
-#: packed files made from files Keras 3 wrote (it does not read Keras 2.0's model config)
-KERAS3_PACKED = [name for name in PACKED if FILES[name]["packed"]["source"].startswith("keras3")]
+#: packed HDF5 files made from files Keras 3 wrote (Keras 3 does not read Keras 2.0's model
+#: config).  A format version changes how the packed weights are read, whatever holds them; a
+#: .keras archive around them is rebuilt as for a current packed file, which the Keras tests of
+#: rewrites load.  So archives are left out here, where Keras takes seconds per layer to build.
+KERAS3_PACKED = [name for name in PACKED if FILES[name]["packed"]["source"].startswith("keras3")
+                 and not zipfile.is_zipfile(golden(name))]
 
 
 @pytest.mark.keras
@@ -225,8 +229,7 @@ def test_keras_loads_the_restored_packed_files(name, tmp_path):
     os.environ.setdefault("KERAS_BACKEND", "jax")
     pytest.importorskip("jax")
     keras = pytest.importorskip("keras")
-    suffix = ".keras" if name.endswith(".keras") else ".h5"
-    restored, saved = tmp_path / f"restored{suffix}", tmp_path / f"saved{suffix}"
+    restored, saved = tmp_path / "restored.h5", tmp_path / "saved.h5"
     wqkernels.restore(golden(name), restored)
     # compile=False: Keras 3 cannot compile its own legacy .h5 of a loss="mse" model
     model = keras.saving.load_model(restored, compile=False)
