@@ -26,9 +26,9 @@ cdef extern from "_loops.h" nogil:
 
 cdef enum:
     LANE_WIDTH = 1024       # least lanes per unit for streaming loops
-    SEARCH_WIDTH = 64       # lanes per unit in the scale search (its scratch stays in L1/L2)
+    SEARCH_WIDTH = 256      # lanes per unit in the scale search (its scratch stays in L2; rows of 1 KiB)
     SEARCH_CHUNK = 4096     # elements of a run scored against every candidate while in cache
-    SEARCH_ROWS = 64        # rows of a lanes unit scored against every candidate while in cache
+    SEARCH_ROWS = 32        # rows of a lanes unit scored against every candidate while in cache
 
 
 cdef inline float key_to_float(int32_t k) noexcept nogil:
