@@ -50,7 +50,8 @@ def nonfinite_error(x: np.ndarray, name: str = "x") -> ValueError:
     count = int(np.count_nonzero(bad))
     first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad.ravel())), x.shape))
     where = f"at index {first}" if x.ndim else "(a 0-d array)"
-    return ValueError(f"{name} has {count} NaN or infinite value{'s' if count != 1 else ''}; the first is {x[first]!r} {where}")
+    return ValueError(f"{name} has {count} NaN or infinite value{'s' if count != 1 else ''}; the first is "
+                      f"{x[first].item()!r} {where}")
 
 
 def check_int(value, name: str, low: int | None = None, high: int | None = None) -> int:

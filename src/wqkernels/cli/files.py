@@ -7,9 +7,10 @@ import sys
 from .._text import one_line, table
 from ..allocation import ALLOCATIONS
 from ..files import KerasFileError, Recipe, inspect, restore, rewrite
-from ..files.recipe import COMPRESSIONS, STORAGES
-from ..quantization import METHODS
+from ..files.plan import NOTHING_REWRITTEN
+from ..files.recipe import ACTIVATIONS, COMPRESSIONS, STORAGES
 from ..files.pages import inspect_page, report_page
+from ..quantization import METHODS
 from . import batch
 from .main import CommandError, write_report
 from .report import check_page, write_html
@@ -65,8 +66,12 @@ def add_recipe_options(p) -> None:
     grid.add_argument("--asymmetric", dest="symmetric", action="store_false",
                       help="unsigned codes over [min, max] with a zero point per group")
     p.add_argument("--storage", choices=STORAGES, default="float32",
-                   help="float32 (default, loads in any Keras), float16, or packed codes (smallest; "
-                        "wqkernels restore makes it loadable)")
+                   help="float32 (default, loads in any Keras), float16, packed codes (smallest; "
+                        "wqkernels restore makes it loadable), or keras: Keras 3's own int8/int4 layers "
+                        "(--bits 8 or 4), which load_model keeps quantized")
+    p.add_argument("--activations", choices=ACTIVATIONS,
+                   help="with --storage keras: int8 (dynamic int8 inputs, Keras's int8 default) or float "
+                        "(weight-only, Keras's int4 default)")
     p.add_argument("--compress", choices=COMPRESSIONS, default="none",
                    help="HDF5 filter for rewritten datasets large enough to gain")
     p.add_argument("--strip-optimizer", action="store_true", help="drop the optimizer state")
@@ -88,7 +93,7 @@ def recipe_from_args(args) -> Recipe:
         return Recipe(sparsity=sparsity, bits=args.bits, granularity=args.granularity, method=args.method,
                       storage=args.storage, compress=args.compress, strip_optimizer=args.strip_optimizer,
                       include=tuple(args.include), exclude=tuple(args.exclude), min_size=args.min_size,
-                      allocation=args.allocation, target_sqnr=args.target_sqnr,
+                      allocation=args.allocation, target_sqnr=args.target_sqnr, activations=args.activations,
                       **({} if args.symmetric is None else {"symmetric": args.symmetric}))
     except (ValueError, TypeError) as exc:
         raise CommandError(f"impossible recipe: {exc}") from None
@@ -122,6 +127,9 @@ def run_inspect(args) -> int:
 
 def _finish(report, args) -> int:
     print(report.table(weights=not args.quiet))
+    for note in report.notes:
+        if note.startswith(NOTHING_REWRITTEN):
+            print(f"wqkernels {args.command}: note: {note}", file=sys.stderr)
     if getattr(args, "report", None):
         write_report(args.report, report.to_dict())
     write_html(getattr(args, "html", None), lambda: report_page(report))

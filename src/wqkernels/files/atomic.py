@@ -97,6 +97,6 @@ def written(dst: str):
 
 def write_json(path, document) -> None:
     """Write a JSON document to `path` atomically; OSError (or KerasFileError) when it cannot."""
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))
     with written(path) as tmp, open(tmp, "w") as f:
         json.dump(document, f, indent=1)

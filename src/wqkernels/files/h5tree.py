@@ -6,6 +6,7 @@ HDF5 types (fixed-length bytes stay bytes, ASCII stays ASCII), datasets are copi
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, NamedTuple
 
@@ -20,6 +21,10 @@ UNCHECKED_BYTES = 1 << 26
 #: datasets smaller than this stay contiguous when compression is asked for (the chunk index
 #: and filter pipeline cost more than they save)
 MIN_COMPRESS_BYTES = 16 << 10
+
+#: how a placeholder is told from a dataset: HDF5 never writes its fill value (h5py and Keras
+#: leave the default, "if set"), a creation property that copies keep and no attribute shows
+PLACEHOLDER_FILL_TIME = h5d.FILL_TIME_NEVER
 
 
 def copy_attrs(src, dst) -> None:
@@ -73,37 +78,93 @@ class DatasetInfo(NamedTuple):
 
     shape: tuple
     dtype: np.dtype
+    stored: int = 0            # bytes allocated in the file
+    placeholder: bool = False  # made by :func:`placeholder` (a packed skeleton's stand-in)
 
 
 def dataset_info(dsid: h5d.DatasetID) -> DatasetInfo:
-    return DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dsid.dtype)
+    return DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dsid.dtype, int(dsid.get_storage_size()),
+                       dsid.get_create_plist().get_fill_time() == PLACEHOLDER_FILL_TIME)
 
 
-def check_dataset(dsid: h5d.DatasetID, path: str, where: str) -> DatasetInfo:
-    """Refuse external and virtual datasets, and declared sizes the stored data cannot back."""
+#: the standard types a Keras file holds, which HDF5 converts safely; anything else (a float with
+#: odd bit fields, a variable-length sequence, a reference) is refused before it is read or copied
+_FLOATS = tuple(getattr(h5t, f"IEEE_F{bits}{order}") for bits in (16, 32, 64) for order in ("LE", "BE"))
+_INTEGERS = tuple(getattr(h5t, f"STD_{sign}{bits}{order}") for sign in "IU" for bits in (8, 16, 32, 64)
+                  for order in ("LE", "BE"))
+
+
+def type_problem(tid: h5t.TypeID) -> str | None:
+    """Why an HDF5 datatype is not one we read and copy safely, or None when it is."""
+    cls = tid.get_class()
+    if cls == h5t.FLOAT:
+        return None if any(tid.equal(t) for t in _FLOATS) else "a non-standard float type"
+    if cls == h5t.INTEGER:
+        return None if any(tid.equal(t) for t in _INTEGERS) else "a non-standard integer type"
+    if cls in (h5t.STRING, h5t.OPAQUE):
+        return None
+    if cls == h5t.ENUM:
+        return type_problem(tid.get_super())
+    if cls == h5t.ARRAY:
+        return type_problem(tid.get_super())
+    if cls == h5t.COMPOUND:
+        for k in range(tid.get_nmembers()):
+            problem = type_problem(tid.get_member_type(k))
+            if problem is not None:
+                return problem
+        return None
+    if cls == h5t.REFERENCE:
+        return "object or region references (they would point into the source file)"
+    if cls == h5t.VLEN:
+        return "a variable-length sequence type"
+    return f"an unsupported HDF5 type class ({cls})"
+
+
+def check_attrs(oid, path: str, where: str) -> None:
+    """Refuse attributes of types we do not read or copy safely (before anything reads them)."""
+    for k in range(h5a.get_num_attrs(oid)):
+        aid = h5a.open(oid, index=k)
+        problem = type_problem(aid.get_type())
+        if problem is not None:
+            name = aid.get_name().decode("utf-8", "replace")
+            raise KerasFileError(f"{where}: attribute {name!r} of {path or '/'!r} has {problem}; refused")
+
+
+def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = False) -> DatasetInfo:
+    """Refuse external and virtual datasets, types we do not read safely, and (unless `exempt`)
+    declared sizes the stored data cannot back."""
     dcpl = dsid.get_create_plist()
     if dcpl.get_layout() == h5d.VIRTUAL:
         raise KerasFileError(f"{where}: virtual dataset {path!r} refused")
     if dcpl.get_external_count() > 0:
         raise KerasFileError(f"{where}: dataset {path!r} stores its data in external files; refused")
+    problem = type_problem(dsid.get_type())
+    if problem is not None:
+        raise KerasFileError(f"{where}: dataset {path!r} has {problem}; refused")
     info = dataset_info(dsid)
-    declared = math.prod(info.shape) * info.dtype.itemsize
-    stored = dsid.get_storage_size()
-    if declared > UNCHECKED_BYTES and declared > 1000 * stored:
-        raise KerasFileError(f"{where}: dataset {path!r} declares {declared} bytes but stores "
-                             f"{stored}; refused")
+    if not exempt:
+        check_declared(info, path, where)
     return info
 
 
-def walk(group: h5py.Group, where: str, exempt=frozenset()) -> dict[str, DatasetInfo | None]:
-    """Check every member below `group`; return ``{path: DatasetInfo, or None for a group}``,
-    depth first in name order.
+def check_declared(info: DatasetInfo, path: str, where: str) -> None:
+    """Refuse a dataset declaring more than the stored data can back (never-written hostile sizes)."""
+    declared = math.prod(info.shape) * info.dtype.itemsize
+    if declared > UNCHECKED_BYTES and declared > 1000 * info.stored:
+        raise KerasFileError(f"{where}: dataset {path!r} declares {declared} bytes but stores "
+                             f"{info.stored}; refused")
+
+
+def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) -> dict[str, DatasetInfo | None]:
+    """Check every member below `group` (and `group` itself); return ``{path: DatasetInfo, or
+    None for a group}``, depth first in name order.
 
     Soft and external links are refused, as are objects linked more than once (a hard-link
-    cycle, or one dataset under two names); datasets whose path is in `exempt` (the unallocated
-    placeholders of a packed skeleton) skip the size check.  The traversal runs in HDF5 (one
-    H5Lvisit, one H5Ovisit) on low-level handles: h5py's objects cost more to make than reading
-    the weights of a small model.
+    cycle, or one dataset under two names), datatypes and attributes we do not read safely
+    (:func:`type_problem`); datasets whose path is in `exempt` (the unallocated placeholders of
+    a packed skeleton), or all when not `sizes`, skip the size check (:func:`check_declared`).  The traversal runs in HDF5 (one H5Lvisit, one
+    H5Ovisit) on low-level handles: h5py's objects cost more to make than reading the weights of
+    a small model.
     """
     # h5py's visit callbacks must not raise: they return the error, which stops the visit
     def check_link(name: bytes, info):
@@ -116,20 +177,25 @@ def walk(group: h5py.Group, where: str, exempt=frozenset()) -> dict[str, Dataset
 
     def check_object(name: bytes, info):
         path = name.decode("utf-8", "replace")
-        if path == ".":
-            return None
-        if info.rc > 1:
-            return KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
-        if info.type == h5o.TYPE_DATASET:
-            try:
+        try:
+            if path == ".":
+                check_attrs(group.id, "", where)
+                return None
+            if info.rc > 1:
+                return KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
+            if info.type == h5o.TYPE_DATASET:
                 dsid = h5d.open(group.id, name)
-                members[path] = dataset_info(dsid) if path in exempt else check_dataset(dsid, path, where)
-            except (KerasFileError, OSError, ValueError) as exc:
-                return exc
-        elif info.type == h5o.TYPE_GROUP:
-            members[path] = None
-        else:
-            return KerasFileError(f"{where}: unsupported object at {path!r}")
+                members[path] = check_dataset(dsid, path, where, exempt=not sizes or path in exempt)
+                if info.num_attrs:
+                    check_attrs(dsid, path, where)
+            elif info.type == h5o.TYPE_GROUP:
+                members[path] = None
+                if info.num_attrs:
+                    check_attrs(h5g.open(group.id, name), path, where)
+            else:
+                return KerasFileError(f"{where}: unsupported object at {path!r}")
+        except (KerasFileError, OSError, ValueError, TypeError) as exc:
+            return exc
         return None
 
     for problem in (group.id.links.visit(check_link, info=True),
@@ -137,6 +203,83 @@ def walk(group: h5py.Group, where: str, exempt=frozenset()) -> dict[str, Dataset
         if problem is not None:
             raise problem
     return members
+
+
+class _Sink:
+    """The file under an HDF5 file being written, for h5py's file-object driver: a write the
+    file system refuses (a full disk, a quota) is recorded and the data dropped, so that HDF5
+    itself never sees a failed write.  HDF5 does not recover from one: closing the datasets and
+    the file failed again, left objects half released, and the process crashed later (when h5py
+    freed them, or at exit)."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "w+b")
+        self.error: OSError | None = None
+
+    def _guard(self, call, *args):
+        if self.error is None:
+            try:
+                return call(*args)
+            except OSError as exc:
+                self.error = exc
+        return None
+
+    def write(self, data) -> int:
+        self._guard(self.file.write, data)
+        return memoryview(data).nbytes
+
+    def truncate(self, size=None) -> int:
+        self._guard(self.file.truncate, size)
+        return size
+
+    def flush(self) -> None:
+        self._guard(self.file.flush)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def readinto(self, buffer) -> int:
+        return self.file.readinto(buffer)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.file.read(size)
+
+
+#: the sinks of the files being written, by HDF5 file number
+_SINKS: dict[int, _Sink] = {}
+
+
+@contextlib.contextmanager
+def new_file(path: str):
+    """A new HDF5 file at `path` (see :class:`_Sink`), closed when the block ends; OSError
+    when the file system refused a write, at once if the block checks with
+    :func:`check_written`, else when it ends."""
+    sink = _Sink(path)
+    try:
+        f = h5py.File(sink, "w")
+        _SINKS[f.id.fileno] = sink
+        try:
+            yield f
+        except BaseException:
+            with contextlib.suppress(Exception):  # the contents no longer matter
+                f.close()
+            raise
+        f.close()
+    finally:
+        _SINKS.pop(next((k for k, v in _SINKS.items() if v is sink), None), None)
+        sink.file.close()
+    if sink.error is not None:
+        raise sink.error
+
+
+def check_written(obj) -> None:
+    """Raise the OSError of a refused write into the file of `obj`, if there was one."""
+    sink = _SINKS.get(obj.id.fileno)
+    if sink is not None and sink.error is not None:
+        raise sink.error
 
 
 def filters(compress: str, nbytes: int) -> dict:
@@ -171,27 +314,29 @@ def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = 
     """Create a dataset with `data`, compressed when asked and large enough to gain.
 
     With `dtype`, the dataset has that type and HDF5 converts `data` as it writes (no copy in
-    memory).  The attributes of `like` (the dataset it replaces) are copied over.
+    memory).  `data` is an array of numbers.  The attributes of `like` (the dataset it replaces) are copied over.
     """
     dtype = data.dtype if dtype is None else np.dtype(dtype)
     options = filters(compress, data.size * dtype.itemsize) if data.ndim else {}
     if options:
         options["chunks"] = chunk_shape(data.shape, dtype.itemsize)
-    if dtype == data.dtype:
-        dset = group.create_dataset(name, data=data, **options)
-    else:
-        dset = group.create_dataset(name, shape=data.shape, dtype=dtype, **options)
-        if data.size:
-            dset.write_direct(np.ascontiguousarray(data))
+    dset = group.create_dataset(name, shape=data.shape, dtype=dtype, **options)
+    if data.size:
+        dset.write_direct(np.ascontiguousarray(data))
     if like is not None:
         copy_attrs(like, dset)
     return dset
 
 
+def is_placeholder(dset: h5py.Dataset) -> bool:
+    return dset.id.get_create_plist().get_fill_time() == PLACEHOLDER_FILL_TIME
+
+
 def placeholder(group: h5py.Group, name: str, shape: tuple, dtype,
                 like: h5py.Dataset | None = None) -> h5py.Dataset:
-    """An unallocated dataset (no data) standing for one stored elsewhere, with `like`'s attributes."""
-    dset = group.create_dataset(name, shape=shape, dtype=dtype)
+    """An unallocated dataset (no data) standing for one stored elsewhere, with `like`'s
+    attributes, marked as a placeholder (:data:`PLACEHOLDER_FILL_TIME`)."""
+    dset = group.create_dataset(name, shape=shape, dtype=dtype, fill_time="never")
     if like is not None:
         copy_attrs(like, dset)
     return dset
@@ -226,6 +371,7 @@ def copy_tree(src: h5py.Group, dst: h5py.Group, hooks: dict[str, Hook], skip: fr
         path = prefix + name
         if path in skip:
             continue
+        check_written(dst)  # a full disk stops the copy at once
         obj = src[name]
         if isinstance(obj, h5py.Group):  # same creation properties: link/attribute order tracking
             sub = h5py.Group(h5g.create(dst.id, name.encode("utf-8"), gcpl=obj.id.get_create_plist()))

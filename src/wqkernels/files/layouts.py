@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import h5py
 
+from .dtypes import dtype_name, is_bfloat16, is_float
 from .errors import KerasFileError
 from .h5tree import DatasetInfo, read_name_list, walk
 from .roles import KERNEL_ROLES, ModelLayers, channel_axis, parse_config, var_role, weight_role
@@ -46,9 +47,16 @@ class Entry:
     dtype: str
 
 
+def file_path(value, name: str = "path") -> str:
+    """A file path argument as a str: a str, bytes (decoded as the OS does) or os.PathLike."""
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return os.fsdecode(os.fspath(value))
+    raise TypeError(f"{name} must be a file path (str, bytes or os.PathLike), got {type(value).__name__}")
+
+
 def container(path) -> str:
     """``"hdf5"`` or ``"zip"`` from the first bytes of the file; KerasFileError otherwise."""
-    path = os.fspath(path)
+    path = file_path(path)
     if not os.path.exists(path):
         raise KerasFileError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -63,6 +71,29 @@ def container(path) -> str:
     if head == HDF5_MAGIC or h5py.is_hdf5(path):
         return "hdf5"
     raise KerasFileError(f"{path}: not a Keras file (neither HDF5 nor a .keras zip archive)")
+
+
+#: the file name endings each format is loaded by, the one to suggest first
+NAME_ENDINGS = {"zip": (".keras",), "keras3": (".weights.h5",), "legacy": (".h5", ".hdf5")}
+_FORMAT_NAMES = {"zip": "a .keras archive", "keras3": "a Keras 3 .weights.h5 file",
+                 "legacy": "a legacy Keras .h5 file"}
+
+
+def _ending(name: str) -> str:
+    name = os.path.basename(name).lower()
+    return ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
+
+
+def check_output_name(dst: str, src: str, kind: str, layout: str) -> None:
+    """Refuse a destination name whose format differs from the one written (the source's: a
+    ``.keras`` archive, a Keras 3 ``.weights.h5`` or a legacy ``.h5``): Keras picks its loader by
+    the name.  A name ending like the source's is always accepted (the user's own naming)."""
+    fmt = "zip" if kind == "zip" else ("keras3" if layout == "keras3" else "legacy")
+    ending = _ending(dst)
+    if ending in NAME_ENDINGS[fmt] or (ending and ending == _ending(src)):
+        return
+    raise KerasFileError(f"{dst}: the output is {_FORMAT_NAMES[fmt]} like its source (wqkernels keeps the "
+                         f"format); name it {NAME_ENDINGS[fmt][0]}, as Keras picks its loader by the name")
 
 
 def weights_layout(f: h5py.File, where: str) -> str:
@@ -101,13 +132,9 @@ def read_zip_config(zf: zipfile.ZipFile, where: str) -> bytes | None:
     return zf.read(info)
 
 
-def entries(f: h5py.File, layout: str, config: dict | None, where: str, exempt=frozenset()) -> list[Entry]:
-    """Every weight dataset of the file in file order, with its role.
-
-    The whole file is walked first: links, external and virtual datasets and sizes the stored
-    data cannot back are refused (`exempt` paths skip the size check).
-    """
-    members = walk(f, where, exempt)
+def entries(f: h5py.File, layout: str, config: dict | None, where: str, members: dict) -> list[Entry]:
+    """Every weight dataset of the file in file order, with its role; `members` is the checked
+    :func:`~.h5tree.walk` of the file."""
     layers = ModelLayers(config)
     if layout in ("legacy", "legacy-weights"):
         return _legacy_entries(f, members, layout, layers, where)
@@ -116,12 +143,12 @@ def entries(f: h5py.File, layout: str, config: dict | None, where: str, exempt=f
     raise KerasFileError(f"{where}: unsupported layout {layout!r}")
 
 
-def _entry(path, info: DatasetInfo, layer, layer_class, role, source, quantized=False) -> Entry:
+def _entry(path, info: DatasetInfo, layer, layer_class, role, source, quantized=False, dtype=None) -> Entry:
     shape = info.shape
-    is_float = info.dtype.kind == "f"
-    prunable = role in KERNEL_ROLES and is_float and len(shape) >= 2 and not quantized
+    dtype = str(info.dtype) if dtype is None else dtype
+    prunable = role in KERNEL_ROLES and is_float(dtype) and len(shape) >= 2 and not quantized
     axis = channel_axis(layer_class, role, len(shape)) if prunable else None
-    return Entry(path, layer, layer_class, role, source, prunable, axis, shape, str(info.dtype))
+    return Entry(path, layer, layer_class, role, source, prunable, axis, shape, dtype)
 
 
 def _dataset(members: dict, path: str, where: str) -> DatasetInfo:
@@ -179,8 +206,9 @@ def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]
         cls, quantized, how = layers.class_for_group(owner, None if in_cell else vname)
         role = var_role(cls, index, in_cell)
         if role is None:  # no class for the layer: a float tensor of 2 or more axes is taken for a kernel
-            guess = obj.dtype.kind == "f" and len(obj.shape) >= 2
+            guess = (obj.dtype.kind == "f" or is_bfloat16(f[path])) and len(obj.shape) >= 2
             role, how = ("kernel", "shape") if guess else ("unknown", "none")
         layer = owner if in_cell or vname is None else vname
-        out.append(_entry(path, obj, layer, cls, role, how, quantized))
+        dtype = dtype_name(f[path]) if obj.dtype.kind == "V" else None
+        out.append(_entry(path, obj, layer, cls, role, how, quantized, dtype))
     return out

@@ -2,14 +2,15 @@
 
 A packed file is an HDF5 file whose root holds only the group ``wqkernels``::
 
-    wqkernels/            attrs format="wqkernels-packed", version=2
+    wqkernels/            attrs format="wqkernels-packed", version=3, index_bytes, skeleton_bytes
         index             uint8, zlib-compressed JSON: layout, recipe, per quantized tensor its
-                          path, shape, bits, axis, block size and offsets into the arrays below,
-                          and the paths of the datasets kept in ``datasets``
+                          path, shape, bits, axis, block size, offsets into the arrays below and
+                          a CRC-32 of the record and its data, and the paths and CRC-32s of the
+                          datasets kept in ``datasets``
         skeleton          uint8, xz-compressed image of the HDF5 weights file as the float32
                           rewrite would be, with each quantized dataset and each dataset kept in
-                          ``datasets`` left unallocated (same name, shape, dtype and attributes,
-                          no data)
+                          ``datasets`` left as a placeholder: unallocated, same name, shape, dtype
+                          and attributes, marked by its fill time (:func:`~.h5tree.placeholder`)
         codes             uint8, the codes of all quantized tensors, bit-packed, concatenated
         scales            float32, their scales, concatenated
         zero_points       uint8, their zero points (int8 bytes when signed), concatenated;
@@ -18,6 +19,11 @@ A packed file is an HDF5 file whose root holds only the group ``wqkernels``::
             0, 1, ...     or more that are not quantized (optimizer state, weights the recipe
                           leaves alone) as that rewrite stores them (type, filters, chunks,
                           attributes), in the order of the index's paths
+
+A reader checks that every placeholder has exactly one record or kept dataset and the other
+way round, that shapes and dtypes agree, and each tensor's CRC when it is read: a damaged file is
+an error naming the weight, never different weights.  Versions 1 and 2 (no marks, no CRCs) are
+still read, with every check they allow.
 
 Keras finds neither ``layer_names``/``model_config`` nor ``layers``/``vars`` in it, so
 ``load_model`` and ``load_weights`` raise instead of loading codes as weights.  Storing all codes
@@ -36,6 +42,7 @@ import io
 import json
 import lzma
 import math
+import numbers
 import zlib
 
 import h5py
@@ -44,17 +51,19 @@ import numpy as np
 from ..packing import pack_bits, packed_size, unpack_bits
 from ..quantization import QuantizedArray
 from .errors import KerasFileError
-from .h5tree import check_dataset, filters, new_dataset, placeholder
-from .layouts import PACKED_GROUP
+from .h5tree import DatasetInfo, check_declared, filters, is_placeholder, new_dataset, new_file, placeholder, walk
+from .layouts import PACKED_GROUP, weights_layout
 from .writers import Writer
 
 FORMAT = "wqkernels-packed"
-VERSION = 2
-#: the index and the skeleton are decompressed into memory: refuse declared sizes beyond these
-#: bounds or more than MAX_RATIO times their compressed size (plus 64 MiB)
-MAX_INDEX_BYTES = 256 << 20
+VERSION = 3
+#: the skeleton is decompressed into memory: refuse it beyond MAX_SKELETON_BYTES or more than
+#: MAX_RATIO times its compressed size (plus 64 MiB)
 MAX_SKELETON_BYTES = 1 << 32
 MAX_RATIO = 1000
+#: the index describes the datasets of the skeleton: its text may take at most this many bytes
+#: per dataset of the skeleton (a record takes ~300), plus 1 MiB, before it is parsed
+INDEX_BYTES_PER_DATASET = 4096
 #: datasets of the skeleton this large or larger are kept in ``datasets``, outside the image
 LARGE_BYTES = 64 << 10
 #: an array of codes, scales or zero points stays in memory (and contiguous) below this size;
@@ -77,15 +86,15 @@ class PackedWriter(Writer):
 
     @contextlib.contextmanager
     def open(self, path: str):
-        with h5py.File(path, "w") as f:
+        with new_file(path) as f:
             self.group = f.create_group(PACKED_GROUP)
             self.group.attrs["format"] = FORMAT
             self.group.attrs["version"] = VERSION
-            self.tensors, self.datasets, self._kept = [], [], None
+            self.tensors, self.datasets, self.dataset_crcs, self._kept = [], [], [], None
             self._arrays = {name: _GrowingArray(self.group, name, dtype, self.recipe.compress)
                             for name, dtype in ARRAYS}
             image = io.BytesIO()
-            with h5py.File(image, "w") as skeleton:
+            with h5py.File(image, "w") as skeleton:  # in memory: its writes cannot fail
                 yield skeleton
             self._finish(image.getbuffer())
 
@@ -97,7 +106,7 @@ class PackedWriter(Writer):
         scale, zero_point = codes.scale, codes.zero_point
         del codes
         values = quantization.values(x, out, scale, zero_point)
-        placeholder(group, name, entry.shape, np.float32, like)
+        placeholder(group, name, entry.shape, like.dtype, like)  # restored in the weight's own type
         return values, nbytes
 
     def add(self, path: str, shape: tuple, qa: QuantizedArray, compress: str) -> int:
@@ -114,17 +123,20 @@ class PackedWriter(Writer):
         nbytes = 0
         # 8-bit codes are their own packing: written as they are, without a copy
         codes = qa.values.reshape(-1).view(np.uint8) if qa.bits == 8 else pack_bits(qa.values, qa.bits)
-        for name, part in (("codes", codes), ("scales", scale), ("zero_points", zero_point)):
+        parts = (("codes", codes), ("scales", scale), ("zero_points", zero_point))
+        for name, part in parts:
             record[name] = [self._arrays[name].append(part), int(part.size)]
             nbytes += part.nbytes
+        record["crc32"] = record_crc(record, [part for _, part in parts])
         self.tensors.append(record)
         return nbytes
 
     def copy(self, group: h5py.Group, name: str, dset: h5py.Dataset) -> h5py.Dataset:
-        """A dataset copied as it is: into the skeleton, or when large into ``datasets``."""
-        if dset.nbytes < LARGE_BYTES or not dset.ndim:
+        """A dataset copied as it is: into the skeleton, or when large (or when it has the mark
+        of a placeholder, which only ours may have there) into ``datasets``."""
+        if (dset.nbytes < LARGE_BYTES or not dset.ndim) and not is_placeholder(dset):
             return super().copy(group, name, dset)
-        return super().copy(*self._keep_aside(group, name, dset.shape, dset.dtype, dset), dset)
+        return self._kept_crc(super().copy(*self._keep_aside(group, name, dset.shape, dset.dtype, dset), dset))
 
     def new(self, group: h5py.Group, name: str, data: np.ndarray, compress: str = "none",
             like: h5py.Dataset | None = None, dtype=None) -> h5py.Dataset:
@@ -132,7 +144,13 @@ class PackedWriter(Writer):
         dtype = data.dtype if dtype is None else np.dtype(dtype)
         if data.size * dtype.itemsize < LARGE_BYTES or not data.ndim:
             return super().new(group, name, data, compress, like, dtype)
-        return super().new(*self._keep_aside(group, name, data.shape, dtype, like), data, compress, like, dtype)
+        return self._kept_crc(super().new(*self._keep_aside(group, name, data.shape, dtype, like), data, compress,
+                                          like, dtype))
+
+    def _kept_crc(self, dset: h5py.Dataset) -> h5py.Dataset:
+        """Record the CRC-32 of a dataset just written into ``datasets``."""
+        self.dataset_crcs.append(dataset_crc(dset))
+        return dset
 
     def _keep_aside(self, group: h5py.Group, name: str, shape: tuple, dtype, like) -> tuple:
         """Leave a placeholder in the skeleton; returns (group, name) of the dataset in ``datasets``."""
@@ -147,11 +165,43 @@ class PackedWriter(Writer):
         for array in self._arrays.values():
             array.close()
         index = {"format": FORMAT, "version": VERSION, "layout": self.layout, "recipe": self.recipe.to_dict(),
-                 "skeleton_bytes": len(skeleton), "tensors": self.tensors, "datasets": self.datasets}
+                 "skeleton_bytes": len(skeleton), "tensors": self.tensors, "datasets": self.datasets,
+                 "dataset_crc32": self.dataset_crcs}
         text = json.dumps(index).encode()
         self.group.attrs["index_bytes"] = len(text)
+        self.group.attrs["skeleton_bytes"] = len(skeleton)
         new_dataset(self.group, "index", np.frombuffer(zlib.compress(text, 9), np.uint8))
         new_dataset(self.group, "skeleton", np.frombuffer(xz_compress(skeleton), np.uint8))
+
+
+def record_crc(record: dict, parts) -> int:
+    """CRC-32 of an index record (its other fields, canonical JSON) and of its arrays' bytes."""
+    meta = {k: v for k, v in record.items() if k != "crc32"}
+    crc = zlib.crc32(json.dumps(meta, sort_keys=True).encode())
+    for part in parts:
+        crc = zlib.crc32(np.ascontiguousarray(part).view(np.uint8).reshape(-1), crc)
+    return crc
+
+
+def dataset_crc(dset: h5py.Dataset) -> int:
+    """CRC-32 of a dataset's values as stored, read in slices of about CHUNK_BYTES."""
+    crc = zlib.crc32(f"{dset.shape} {dset.dtype.str}".encode())
+    if dset.size == 0:
+        return crc
+    if dset.ndim == 0:
+        return zlib.crc32(_bytes_of(dset[()]), crc)
+    step = max(1, CHUNK_BYTES // max(1, dset.nbytes // dset.shape[0]))
+    for i in range(0, dset.shape[0], step):
+        crc = zlib.crc32(_bytes_of(dset[i:i + step]), crc)
+    return crc
+
+
+def _bytes_of(values) -> bytes:
+    """The bytes of an array read from HDF5 (variable-length strings by their text)."""
+    arr = np.asarray(values)
+    if arr.dtype.hasobject:
+        return repr(arr.tolist()).encode()
+    return np.ascontiguousarray(arr).view(np.uint8).tobytes()
 
 
 class _GrowingArray:
@@ -215,7 +265,9 @@ def xz_compress(data) -> bytes:
 
 
 class PackedReader:
-    """Reads a packed container: the skeleton as an in-memory HDF5 file, tensors on demand."""
+    """Reads a packed container (whose HDF5 file has been walked, so its attributes are safe to
+    read): the skeleton as an in-memory HDF5 file, checked against the index; tensors on demand,
+    checked against their CRCs.  `members` is the checked walk of the skeleton."""
 
     def __init__(self, f: h5py.File, where: str):
         self.where = where
@@ -225,94 +277,216 @@ class PackedReader:
             fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
             if fmt != FORMAT:
                 raise KerasFileError(f"{where}: group {PACKED_GROUP!r} is not a wqkernels packed container")
-            if int(group.attrs.get("version", 0)) > VERSION:
-                raise KerasFileError(f"{where}: packed format version {group.attrs['version']} is newer "
+            self.version = _int(group.attrs.get("version", 0), "version")
+            if self.version > VERSION:
+                raise KerasFileError(f"{where}: packed format version {self.version} is newer "
                                      f"than this wqkernels reads ({VERSION})")
             self._arrays = {}
             for name in ("index", "skeleton", "codes", "scales", "zero_points"):
                 self._arrays[name] = _member(group, name, h5py.Dataset, where)
-                if self._arrays[name].ndim != 1:
+                if self._arrays[name].ndim != 1 or self._arrays[name].dtype.kind not in "uf":
                     raise KerasFileError(f"{where}: packed container lacks a proper {name!r} dataset")
-            size = int(group.attrs["index_bytes"])
-            if not 0 < size <= MAX_INDEX_BYTES or self._arrays["index"].size > MAX_INDEX_BYTES:
-                raise KerasFileError(f"{where}: packed index declares {size} bytes")
-            d = zlib.decompressobj()
-            text = d.decompress(self._arrays["index"][()].tobytes(), size)
-            if len(text) != size or d.unconsumed_tail:
-                raise KerasFileError(f"{where}: packed index is corrupt")
-            index = json.loads(text)
-            size = int(index["skeleton_bytes"])
-            bound = min(MAX_SKELETON_BYTES, MAX_RATIO * self._arrays["skeleton"].size + (64 << 20))
-            if not 0 < size <= bound:
-                raise KerasFileError(f"{where}: packed skeleton declares {size} bytes")
-            x = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-            raw = x.decompress(self._arrays["skeleton"][()].tobytes(), size)
-            if len(raw) != size or not x.eof:
-                raise KerasFileError(f"{where}: packed skeleton is corrupt")
-            self.layout = str(index["layout"])
-            self.recipe = index.get("recipe", {})
-            self.tensors = {t["path"]: self._check(t) for t in index["tensors"]}
+            raw = self._skeleton_image(group)
         self.skeleton = h5py.File(io.BytesIO(raw), "r")
+        del raw
         try:
             with _corrupt_as_error(where):
-                self.datasets = self._kept(group, index.get("datasets", []))
+                self._open(group)
         except BaseException:
             self.skeleton.close()
             raise
 
-    def _kept(self, group: h5py.Group, paths: list) -> dict[str, h5py.Dataset]:
+    def _skeleton_image(self, group: h5py.Group) -> bytes:
+        """The skeleton decompressed, bounded by its compressed size (xz checks its own CRC-64)."""
+        stored = self._arrays["skeleton"]
+        bound = min(MAX_SKELETON_BYTES, MAX_RATIO * stored.size + (64 << 20))
+        x = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        raw = x.decompress(stored[()].tobytes(), bound)
+        if not x.eof or not raw:
+            raise KerasFileError(f"{self.where}: packed skeleton is corrupt or larger than its stored "
+                                 f"size allows")
+        declared = group.attrs.get("skeleton_bytes")
+        if declared is not None and _int(declared, "skeleton_bytes") != len(raw):
+            raise KerasFileError(f"{self.where}: packed skeleton is corrupt (its size differs from the declared)")
+        self._skeleton_bytes = len(raw)
+        return raw
+
+    def _open(self, group: h5py.Group) -> None:
+        """Walk the skeleton, parse the index within a bound set by it, check one against the other."""
+        where = self.where
+        self.members = walk(self.skeleton, where, sizes=False)  # sizes checked once placeholders are known
+        index = self._index(group, sum(info is not None for info in self.members.values()))
+        if _int(index.get("skeleton_bytes", self._skeleton_bytes), "skeleton_bytes") != self._skeleton_bytes:
+            raise KerasFileError(f"{where}: packed index does not describe this skeleton")
+        tensors, paths = index.get("tensors"), index.get("datasets", [])
+        if not isinstance(tensors, list) or not isinstance(paths, list):
+            raise KerasFileError(f"{where}: packed index lists no proper tensors or datasets")
+        self.tensors = {}
+        for t in tensors:
+            t = self._check(t)
+            if t["path"] in self.tensors:
+                raise KerasFileError(f"{where}: packed index has two records for {t['path']!r}")
+            self.tensors[t["path"]] = t
+        crcs = index.get("dataset_crc32") if self.version >= 3 else None
+        if crcs is not None and (not isinstance(crcs, list) or len(crcs) != len(paths)):
+            raise KerasFileError(f"{where}: packed index lists no proper dataset checksums")
+        self._crcs = {}
+        self.datasets = self._kept(group, paths, crcs)
+        self._check_placeholders()
+        for path, info in self.members.items():
+            if info is not None and path not in self.tensors and path not in self.datasets:
+                check_declared(info, path, where)
+        self.layout = str(index.get("layout"))
+        if weights_layout(self.skeleton, where) != self.layout:
+            raise KerasFileError(f"{where}: packed index says layout {self.layout!r}, its skeleton holds "
+                                 f"{weights_layout(self.skeleton, where)!r}")
+        self.recipe = index.get("recipe", {})
+
+    def _index(self, group: h5py.Group, datasets: int) -> dict:
+        """The index, inflated and parsed only within what `datasets` of the skeleton can need."""
+        bound = INDEX_BYTES_PER_DATASET * datasets + (1 << 20)
+        size = _int(group.attrs["index_bytes"], "index_bytes")
+        if not 0 < size <= bound or self._arrays["index"].size > bound:
+            raise KerasFileError(f"{self.where}: packed index declares {size} bytes for {datasets} datasets; refused")
+        d = zlib.decompressobj()
+        text = d.decompress(self._arrays["index"][()].tobytes(), size)
+        if len(text) != size or d.unconsumed_tail or not d.eof:
+            raise KerasFileError(f"{self.where}: packed index is corrupt")
+        index = json.loads(text)
+        if not isinstance(index, dict):
+            raise KerasFileError(f"{self.where}: packed index is corrupt")
+        return index
+
+    def _check(self, t) -> dict:
+        """One index record: its fields of the right types, consistent with each other and the
+        arrays (the codes' CRC is checked when they are read)."""
+        where = self.where
+        if not isinstance(t, dict) or not isinstance(t.get("path"), str):
+            raise KerasFileError(f"{where}: packed index has a record without a path")
+        path = t["path"]
+        bad = KerasFileError(f"{where}: packed record of {path!r} is inconsistent")
+        try:
+            shape, view, scale_shape = (_ints(t[k], k) for k in ("shape", "view_shape", "scale_shape"))
+            bits = _int(t["bits"], "bits")
+            axis = None if t["axis"] is None else _int(t["axis"], "axis")
+            block = None if t["block_size"] is None else _int(t["block_size"], "block_size")
+            spans = {name: _ints(t[name], name) for name, _ in ARRAYS}
+            if self.version >= 3:
+                _int(t["crc32"], "crc32")
+        except (KeyError, TypeError, ValueError):
+            raise bad from None
+        count = math.prod(shape)
+        if not 2 <= bits <= 8 or not isinstance(t.get("signed"), bool) or math.prod(view) != count \
+                or (axis is not None and not 0 <= axis < max(len(view), 1)) or (block is not None and block < 1) \
+                or any(len(v) != 2 for v in spans.values()) or spans["codes"][1] != packed_size(count, bits):
+            raise bad
+        for name, (off, n) in spans.items():
+            if off + n > self._arrays[name].size:
+                raise KerasFileError(f"{where}: packed record of {path!r} points outside {name!r}")
+        if math.prod(scale_shape) != spans["scales"][1] or spans["zero_points"][1] not in (0, spans["scales"][1]):
+            raise KerasFileError(f"{where}: packed record of {path!r} has bad scales")
+        return t
+
+    def _kept(self, group: h5py.Group, paths: list, crcs) -> dict[str, h5py.Dataset]:
         """The datasets kept outside the skeleton by path; each must match its placeholder."""
-        if not isinstance(paths, list):
-            raise KerasFileError(f"{self.where}: packed index lists no proper datasets")
         kept = _member(group, "datasets", h5py.Group, self.where) if paths else None
         out = {}
         for k, path in enumerate(paths):
             dset = _member(kept, str(k), h5py.Dataset, self.where)
-            stub = self.skeleton.get(path) if isinstance(path, str) and path else None
-            if not isinstance(stub, h5py.Dataset) or stub.name != "/" + path or path in self.tensors \
-                    or path in out or (stub.shape, stub.dtype) != (dset.shape, dset.dtype):
+            stub = self.members.get(path) if isinstance(path, str) else None
+            if not isinstance(stub, DatasetInfo) or path in self.tensors or path in out \
+                    or (stub.shape, stub.dtype) != (dset.shape, dset.dtype):
                 raise KerasFileError(f"{self.where}: packed dataset {k} does not match the skeleton's {path!r}")
-            check_dataset(dset.id, f"{PACKED_GROUP}/datasets/{k}", self.where)
             out[path] = dset
+            if crcs is not None:
+                self._crcs[path] = _int(crcs[k], "dataset_crc32")
         return out
 
-    def _check(self, t: dict) -> dict:
-        """Offsets and sizes of one index record must agree with each other and the arrays."""
-        count = math.prod(t["shape"])
-        if math.prod(t["view_shape"]) != count or t["codes"][1] != packed_size(count, t["bits"]):
-            raise KerasFileError(f"{self.where}: packed record of {t['path']!r} is inconsistent")
-        for name in ("codes", "scales", "zero_points"):
-            off, n = (int(v) for v in t[name])
-            if off < 0 or n < 0 or off + n > self._arrays[name].size:
-                raise KerasFileError(f"{self.where}: packed record of {t['path']!r} points outside {name!r}")
-        if math.prod(t["scale_shape"]) != t["scales"][1] or t["zero_points"][1] not in (0, t["scales"][1]):
-            raise KerasFileError(f"{self.where}: packed record of {t['path']!r} has bad scales")
-        return t
+    def _check_placeholders(self) -> None:
+        """Every record and kept dataset has an empty placeholder of its shape and dtype; from
+        version 3, every placeholder has one of them."""
+        for path, t in self.tensors.items():
+            stub = self.members.get(path)
+            if not isinstance(stub, DatasetInfo) or not _weight_dtype(stub.dtype) or stub.shape != tuple(t["shape"]) \
+                    or stub.stored or (self.version >= 3 and not stub.placeholder):
+                raise KerasFileError(f"{self.where}: packed record of {path!r} does not match the skeleton's "
+                                     f"dataset there")
+        for path in self.datasets:
+            stub = self.members[path]
+            if stub.stored or (self.version >= 3 and not stub.placeholder):
+                raise KerasFileError(f"{self.where}: packed dataset for {path!r} does not match the "
+                                     f"skeleton's dataset there")
+        if self.version >= 3:
+            for path, info in self.members.items():
+                if info is not None and info.placeholder and path not in self.tensors and path not in self.datasets:
+                    raise KerasFileError(f"{self.where}: weight {path!r} has no data in the packed container "
+                                         f"(its record is missing)")
 
     def stored_bytes(self, path: str) -> int:
         t = self.tensors[path]
         return t["codes"][1] + 4 * t["scales"][1] + t["zero_points"][1]
 
     def quantized(self, path: str) -> QuantizedArray:
+        """The codes, scales and zero points of `path`, checked against the record's CRC."""
         t = self.tensors[path]
         (co, cn), (so, sn), (zo, zn) = t["codes"], t["scales"], t["zero_points"]
-        values = unpack_bits(self._arrays["codes"][co:co + cn], t["bits"], math.prod(t["shape"]), t["signed"])
-        scale = self._arrays["scales"][so:so + sn].astype(np.float32, copy=False)
-        dtype = np.int8 if t["signed"] else np.uint8
-        zero_point = self._arrays["zero_points"][zo:zo + zn].view(dtype) if zn else np.zeros(sn, dtype)
-        return QuantizedArray(values.reshape(t["view_shape"]), scale.reshape(t["scale_shape"]),
-                              zero_point.reshape(t["scale_shape"]), t["bits"], t["axis"], t["block_size"])
+        with _corrupt_as_error(self.where):
+            packed = self._arrays["codes"][co:co + cn]
+            scale = self._arrays["scales"][so:so + sn].astype(np.float32, copy=False)
+            zero_point = self._arrays["zero_points"][zo:zo + zn].astype(np.uint8, copy=False)
+            if self.version >= 3 and record_crc(t, (packed, scale, zero_point)) != t["crc32"]:
+                raise KerasFileError(f"{self.where}: weight {path!r} is corrupt in the packed container "
+                                     f"(checksum mismatch)")
+            values = unpack_bits(packed, t["bits"], math.prod(t["shape"]), t["signed"])
+            dtype = np.int8 if t["signed"] else np.uint8
+            zero_point = zero_point.view(dtype) if zn else np.zeros(sn, dtype)
+            return QuantizedArray(values.reshape(t["view_shape"]), scale.reshape(t["scale_shape"]),
+                                  zero_point.reshape(t["scale_shape"]), t["bits"], t["axis"], t["block_size"])
 
     def read(self, path: str) -> np.ndarray:
         """The dequantized float32 tensor, in its original shape."""
-        return self.quantized(path).dequantize().reshape(self.tensors[path]["shape"])
+        with _corrupt_as_error(self.where):
+            return self.quantized(path).dequantize().reshape(self.tensors[path]["shape"])
 
     def dataset(self, path: str) -> h5py.Dataset:
-        """The dataset holding the data of `path` (not quantized): kept aside, or the skeleton's."""
-        return self.datasets[path] if path in self.datasets else self.skeleton[path]
+        """The dataset holding the data of `path` (not quantized): kept aside (checked against
+        its CRC the first time), or the skeleton's."""
+        if path not in self.datasets:
+            return self.skeleton[path]
+        dset = self.datasets[path]
+        crc = self._crcs.pop(path, None)
+        if crc is not None and dataset_crc(dset) != crc:
+            raise KerasFileError(f"{self.where}: weight {path!r} is corrupt in the packed container "
+                                 f"(checksum mismatch)")
+        return dset
 
     def close(self) -> None:
         self.skeleton.close()
+
+
+def _int(value, name: str) -> int:
+    """An integer field of the index or an attribute (bools and floats refused)."""
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} is not an integer")
+    return int(value)
+
+
+def _ints(values, name: str) -> list[int]:
+    """A list of non-negative integers of the index."""
+    if not isinstance(values, list):
+        raise TypeError(f"{name} is not a list")
+    out = [_int(v, name) for v in values]
+    if any(v < 0 for v in out):
+        raise ValueError(f"{name} has a negative value")
+    return out
+
+
+def _weight_dtype(dtype: np.dtype) -> bool:
+    """Whether a placeholder's dtype is one a quantized weight is stored in: float32, float16, or
+    bfloat16 (an opaque 2-byte type)."""
+    return (dtype.kind == "f" and dtype.itemsize in (2, 4)) or (dtype.kind == "V" and dtype.itemsize == 2)
 
 
 def _member(group: h5py.Group | None, name: str, kind: type, where: str):

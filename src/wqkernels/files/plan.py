@@ -3,6 +3,7 @@ weights of each it zeroes, and what it leaves out."""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -10,10 +11,15 @@ import numpy as np
 
 from ..allocation import default_min_size, prune_counts
 from .buffers import Buffers
+from .errors import KerasFileError
 from .recipe import Recipe
 from .source import Source
 
-__all__ = ["Plan", "plan", "skipped", "planned_reads"]
+__all__ = ["Plan", "plan", "skipped", "planned_reads", "NOTHING_REWRITTEN"]
+
+#: the start of the note of a rewrite that changes no weight (the command line also prints it on
+#: stderr): not an error, since stripping the optimizer or copying can be all that is wanted
+NOTHING_REWRITTEN = "nothing rewritten: "
 
 
 @dataclass
@@ -40,16 +46,35 @@ def plan(source: Source, recipe: Recipe, buffers: Buffers, advance=None) -> Plan
             if advance is not None:
                 advance(source.stored_bytes(e))
             return x
-        counts = _prune_counts(read, _candidates(source, recipe), recipe, notes)
+        try:
+            counts = _prune_counts(read, _candidates(source, recipe), recipe, notes)
+        except ValueError as exc:  # NaN or infinity in a weight: say which, as the rewrite does
+            text = re.sub(r"^tensors\[('.*?')\] ", r"weight \1: ", str(exc))
+            raise KerasFileError(f"{source.path}: {text}") from None
     skip = skipped(source, recipe)
     if skip:
         notes.append("optimizer state removed")
+    if not selected and source.packed is None:  # (a packed source is restored at least)
+        notes.append(NOTHING_REWRITTEN + _why_nothing(source, recipe))
     if source.role_source != "config":
         notes.append(f"roles from {source.role_source}: layer classes guessed from group and "
                      f"dataset names" + ("; float tensors of 2 or more axes in layers no name identifies "
                                          "are taken for kernels, channels last (--exclude keeps them)"
                                          if "shape" in source.role_source else ""))
     return Plan(selected, counts, skip, notes)
+
+
+def _why_nothing(source: Source, recipe: Recipe) -> str:
+    """Why a rewrite selects no weight, in the words of the command line."""
+    if not recipe.changes:
+        return "the recipe changes no weight (no --bits, --target-sqnr, --sparsity, --storage or --compress)"
+    prunable = [e for e in source.entries if e.prunable]
+    if not prunable:
+        return "the file has no prunable weights (kernels)"
+    matched = [e for e in prunable if recipe.selects(e, by_size=False)]
+    if not matched:
+        return f"no prunable weight matches --include/--exclude ({len(prunable)} prunable; see wqkernels inspect)"
+    return f"every prunable weight is under --min-size {recipe.min_size}"
 
 
 def skipped(source: Source, recipe: Recipe) -> frozenset:

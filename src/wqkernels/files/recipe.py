@@ -11,7 +11,9 @@ from ..quantization import METHODS
 from .layouts import Entry
 from .roles import block_view
 
-STORAGES = ("float32", "float16", "packed")
+STORAGES = ("float32", "float16", "packed", "keras")
+#: what storage="keras" does with a layer's inputs: Keras's dynamic int8 quantization, or none
+ACTIVATIONS = ("int8", "float")
 COMPRESSIONS = ("none", "gzip", "lzf")
 
 
@@ -31,9 +33,11 @@ class Recipe:
         N weights along the input (reduction) axis of each channel.
     method : {"minmax", "mse", "percentile"}, optional
         How scales are chosen; default "mse" at 4 bits and below, "minmax" above.
-    storage : {"float32", "float16", "packed"}
-        float32: values on the quantization grid (every Keras loads the file); float16;
-        packed: bit-packed integer codes with scales (read by wqkernels only).
+    storage : {"float32", "float16", "packed", "keras"}
+        float32: values on the quantization grid (every Keras loads the file), float16 and
+        bfloat16 weights kept in their type; float16; packed: bit-packed integer codes with
+        scales (read by wqkernels only); keras: Keras 3's own int8/int4 layers (bits 8 or 4;
+        ``load_model`` returns a model that keeps int8 variables), the default method Keras's.
     compress : {"none", "gzip", "lzf"}
         HDF5 filter for rewritten datasets large enough to gain.
     strip_optimizer : bool
@@ -49,6 +53,9 @@ class Recipe:
         Choose per tensor the fewest bits (2..8) reaching this SQNR in dB (instead of `bits`).
     symmetric : bool
         Symmetric (signed codes, zero point 0) or asymmetric quantization.
+    activations : {"int8", "float"}, optional
+        With storage="keras": quantize layer inputs dynamically to int8 (W8A8, the default of
+        Keras's int8) or keep them float (weight-only, the default of Keras's int4).
 
     Examples
     --------
@@ -76,6 +83,7 @@ class Recipe:
     allocation: str = "global"
     target_sqnr: float | None = None
     symmetric: bool = True
+    activations: str | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -95,8 +103,10 @@ class Recipe:
         self.block_size  # validates the granularity
         if self.method is not None and self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.storage == "keras":
+            self._check_keras()
         if self.method is None and self.bits is not None:
-            set_(self, "method", default_method(self.bits))
+            set_(self, "method", "minmax" if self.storage == "keras" else default_method(self.bits))
         for name, allowed in (("storage", STORAGES), ("compress", COMPRESSIONS), ("allocation", ALLOCATIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -111,7 +121,28 @@ class Recipe:
                 raise TypeError(f"{name} must be glob patterns (str), got {value!r}")
             set_(self, name, value)
         set_(self, "strip_optimizer", bool(self.strip_optimizer))
+        if self.activations is not None and self.storage != "keras":
+            raise ValueError("activations applies to storage='keras' only")
         set_(self, "symmetric", bool(self.symmetric))
+
+    def _check_keras(self) -> None:
+        """What Keras 3's quantized layers can hold: int8 or int4 per channel, int4 in blocks."""
+        if self.bits not in (8, 4):
+            got = f"target_sqnr={self.target_sqnr}" if self.target_sqnr is not None else f"bits={self.bits}"
+            raise ValueError(f"storage='keras' writes Keras 3's int8 and int4 layers: bits must be 8 or 4, got {got}")
+        if self.granularity == "tensor":
+            raise ValueError("storage='keras': Keras 3 quantizes per channel (or int4 in blocks), not per tensor")
+        if self.bits == 8 and self.block_size is not None:
+            raise ValueError(f"storage='keras': Keras 3's int8 is per channel; blocks ({self.granularity}) "
+                             f"need bits=4")
+        if not self.symmetric:
+            raise ValueError("storage='keras' uses Keras's own schemes (symmetric per channel, zero points in "
+                             "int4 blocks): symmetric=False does not apply")
+        if self.activations is not None and self.activations not in ACTIVATIONS:
+            raise ValueError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {self.activations!r}")
+        if self.activations == "int8" and self.bits == 4 and self.block_size is not None:
+            raise ValueError("storage='keras': Keras 3's int4 in blocks takes no activation quantizer "
+                             "(activations='int8' needs per-channel int4)")
 
     @property
     def quantizes(self) -> bool:
@@ -175,7 +206,10 @@ class Recipe:
         if self.granularity == "channel":
             return entry.shape, {"axis": entry.channel_axis, "symmetric": self.symmetric}
         view, axis = block_view(entry.shape, entry.layer_class, entry.role)
-        return view, {"axis": axis, "block_size": self.block_size, "symmetric": self.symmetric}
+        # a block longer than the axis is one block over it: the same scales, and no huge sizes
+        # for the kernels (2**63 overflowed them)
+        block = max(1, min(self.block_size, view[axis]))
+        return view, {"axis": axis, "block_size": block, "symmetric": self.symmetric}
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -13,6 +13,8 @@ run in another process.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import shutil
 import time
@@ -23,15 +25,18 @@ import numpy as np
 
 from ..progress import progress_bar
 from ..statistics import histogram, sparsity
-from . import atomic
+from . import atomic, sharded
 from .buffers import Buffers
+from .dtypes import dtype_name, new_float, stored_values
 from .errors import KerasFileError, as_file_errors
 from .h5tree import Datasets, copy_attrs, copy_tree
-from .layouts import KERAS_MEMBER, Entry, container
+from .keras_native import KerasWriter
+from .layouts import KERAS_MEMBER, Entry, check_output_name, container, file_path
 from .packed import PackedWriter
 from .plan import plan, planned_reads, skipped
 from .recipe import Recipe
 from .report import HISTOGRAM_BINS, Histogram, Report, WeightInfo, WeightRow
+from .sharded import Shards
 from .source import Source
 from .transform import prepare, statistics
 from .writers import FloatWriter, Writer
@@ -39,7 +44,7 @@ from .writers import FloatWriter, Writer
 __all__ = ["inspect", "load_weights", "rewrite", "restore"]
 
 #: the writer of each storage
-WRITERS = {"float32": FloatWriter, "float16": FloatWriter, "packed": PackedWriter}
+WRITERS = {"float32": FloatWriter, "float16": FloatWriter, "packed": PackedWriter, "keras": KerasWriter}
 
 
 # ---- reading ----------------------------------------------------------------------------------
@@ -49,7 +54,7 @@ def inspect(path, *, histograms: bool = False) -> list[WeightInfo]:
 
     Parameters
     ----------
-    path : str or os.PathLike
+    path : str, bytes or os.PathLike
         A legacy ``.h5``, a Keras 3 ``.weights.h5``, a ``.keras`` archive or a packed file
         (detected from the content, not the name).
     histograms : bool
@@ -72,27 +77,37 @@ def inspect(path, *, histograms: bool = False) -> list[WeightInfo]:
     >>> [(w.path, w.role, w.shape) for w in wqkernels.inspect("model.h5") if w.prunable]  # doctest: +SKIP
     [('model_weights/dense/dense/kernel', 'kernel', (784, 128)), ...]
     """
-    path = os.fspath(path)
+    path = file_path(path)
     out = []
-    with Source(path) as src, as_file_errors(path):
-        packed = src.packed.tensors if src.packed is not None else {}
-        for e in src.entries:
-            data = src.read(e)
-            is_float = data.dtype.kind == "f"
-            zeros = sparsity(data) if is_float else 0.0
-            storage = f"packed:{packed[e.path]['bits']}" if e.path in packed else "dataset"
-            counts = None
-            if histograms and is_float and data.size and e.role != "optimizer":
-                counts = Histogram.of(*histogram(data, HISTOGRAM_BINS))
-            out.append(WeightInfo(e.path, e.layer, e.layer_class, e.role, e.prunable, e.shape, e.dtype,
-                                  src.stored_bytes(e), zeros, e.role_source, storage, counts))
+    with _open(path) as opened, as_file_errors(path):
+        for src in getattr(opened, "sources", [opened]):
+            packed = src.packed.tensors if src.packed is not None else {}
+            for e in src.entries:
+                data = src.values(e)
+                is_float = data.dtype.kind == "f"
+                zeros = sparsity(data) if is_float else 0.0
+                storage = f"packed:{packed[e.path]['bits']}" if e.path in packed else "dataset"
+                if e.path in src.quantized:
+                    storage = src.quantized[e.path].storage
+                counts = None
+                if histograms and is_float and data.size and e.role != "optimizer":
+                    counts = Histogram.of(*histogram(data, HISTOGRAM_BINS))
+                out.append(WeightInfo(e.path, e.layer, e.layer_class, e.role, e.prunable, e.shape, e.dtype,
+                                      src.stored_bytes(e), zeros, e.role_source, storage, counts))
     return out
+
+
+def _open(path: str):
+    """The open file: a Source, or the Shards of a sharded index."""
+    return Shards(path) if sharded.is_index(path) else Source(path)
 
 
 def load_weights(path) -> dict[str, np.ndarray]:
     """All weight datasets of a Keras file as arrays, keyed by their path in the weights file.
 
-    Packed files are dequantized: the arrays equal those of the ``storage="float32"`` rewrite.
+    Packed files are dequantized: the arrays equal those of the ``storage="float32"`` rewrite;
+    kernels Keras quantized (int8, int4) are the float32 kernels their layers compute with, in
+    the kernel's own shape; bfloat16 weights are float32.
 
     Examples
     --------
@@ -101,9 +116,9 @@ def load_weights(path) -> dict[str, np.ndarray]:
     >>> weights["layers/dense/vars/0"].dtype  # doctest: +SKIP
     dtype('float32')
     """
-    path = os.fspath(path)
-    with Source(path) as src, as_file_errors(path):
-        return {e.path: src.read(e) for e in src.entries}
+    path = file_path(path)
+    with _open(path) as src, as_file_errors(path):
+        return {e.path: src.values(e) for e in src.entries}
 
 
 # ---- writing ----------------------------------------------------------------------------------
@@ -114,7 +129,7 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False,
 
     Parameters
     ----------
-    src, dst : str or os.PathLike
+    src, dst : str, bytes or os.PathLike
         Source file (any supported layout) and destination (same layout, or packed).
     recipe : Recipe, optional
         What to do; the default Recipe() copies the file.
@@ -167,7 +182,9 @@ def restore(src, dst, *, in_place: bool = False, progress: bool = False) -> Repo
 
 def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool, progress: bool, bins: int) -> Report:
     start = time.perf_counter()
-    src, dst = os.fspath(src), os.fspath(dst)
+    src, dst = file_path(src, "src"), file_path(dst, "dst")
+    if sharded.is_index(src):
+        return _write_sharded(src, dst, recipe, in_place, restoring, start, bins)
     container(src)  # missing, directory or not a Keras file: fail before creating anything
     if atomic.same_file(src, dst) and not in_place:
         raise KerasFileError(f"{dst}: is the source file; give in_place=True (--in-place) to overwrite it")
@@ -175,9 +192,11 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool, progress: 
     if os.path.isdir(dst):
         raise KerasFileError(f"{dst}: is a directory")
     with atomic.written(dst) as tmp:
-        with Source(src, tmp_dir=dst_dir) as source, as_file_errors(src):
+        with Source(src, tmp_dir=dst_dir) as source, as_file_errors(src, output=dst):
             if restoring and source.packed is None:
                 raise KerasFileError(f"{src}: not a packed file; nothing to restore")
+            check_output_name(dst, src, source.kind, source.layout)
+            _refuse_requantizing(source, recipe)
             report = Report(src, dst, source.description, recipe.to_dict(), role_source=source.role_source,
                             size_before=os.path.getsize(src))
             bar = _Progress(source, recipe, progress)
@@ -193,18 +212,66 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool, progress: 
     return report
 
 
+def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring: bool, start: float,
+                   bins: int) -> Report:
+    """A sharded index and its shards: one plan over all shards, one output shard per source
+    shard, everything renamed into place once complete (the index last)."""
+    dst_dir = os.path.dirname(os.path.abspath(dst))
+    if os.path.isdir(dst):
+        raise KerasFileError(f"{dst}: is a directory")
+    with Shards(src, tmp_dir=dst_dir) as shards, as_file_errors(src):
+        names = sharded.output_names(dst, len(shards.sources))
+        finals = [os.path.join(dst_dir, n) for n in names] + [dst]
+        if not in_place and any(atomic.same_file(s.path, f) for s in shards.sources for f in finals) \
+                or not in_place and atomic.same_file(src, dst):
+            raise KerasFileError(f"{dst}: would overwrite the source's shards; give in_place=True (--in-place)")
+        if restoring and any(s.packed is None for s in shards.sources):
+            raise KerasFileError(f"{src}: not a packed file; nothing to restore")
+        _refuse_requantizing(shards, recipe)
+        report = Report(src, dst, shards.description, recipe.to_dict(), role_source=shards.role_source,
+                        size_before=shards.size())
+        buffers = Buffers()
+        work = plan(shards, recipe, buffers)
+        with sharded.written_shards(dst, names) as (temps, index_tmp):
+            for source, tmp in zip(shards.sources, temps):
+                _write_weights(source, tmp, recipe, report, _Progress(source, recipe, False), bins, work, buffers)
+            total = sum(os.path.getsize(t) for t in temps)
+            index = sharded.output_index(shards.index, dict(zip(shards.names, names)), total)
+            with open(index_tmp, "w") as f:
+                json.dump(index, f, indent=4)
+        report.notes = list(dict.fromkeys(work.notes + report.notes))
+    report.size_after = sum(os.path.getsize(f) for f in finals)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _refuse_requantizing(source: Source, recipe: Recipe) -> None:
+    """Kernels Keras quantized are not quantized again (their float values are gone, and a
+    second rounding adds to the first): such a file is only copied."""
+    if source.quantized and (recipe.prunes or recipe.quantizes or recipe.storage != "float32"):
+        q = next(iter(source.quantized.values()))
+        path = next(iter(source.quantized))
+        raise KerasFileError(f"{source.path}: {len(source.quantized)} kernel(s) already quantized by Keras ({path!r}: "
+                             f"{q.mode}); rewrite the float model instead")
+
+
 def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir: str,
                bar: _Progress, bins: int) -> None:
     """A .keras archive: every member copied in order with its compression, the weights rewritten."""
     weights = atomic.scratch_file(dst_dir)
     try:
-        _write_weights(source, weights, recipe, report, bar, bins)
+        replaced = _write_weights(source, weights, recipe, report, bar, bins).members()
         with zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
             for info in source.zip.infolist():
                 new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
                 new.compress_type, new.external_attr = info.compress_type, info.external_attr
                 new.comment, new.extra, new.create_system = info.comment, info.extra, info.create_system
-                data = open(weights, "rb") if info.filename == KERAS_MEMBER else source.zip.open(info)
+                if info.filename == KERAS_MEMBER:
+                    data = open(weights, "rb")
+                elif info.filename in replaced:
+                    data = io.BytesIO(replaced[info.filename])
+                else:
+                    data = source.zip.open(info)
                 with data, out.open(new, "w", force_zip64=True) as member:
                     shutil.copyfileobj(data, member, 1 << 20)
                 if info.filename != KERAS_MEMBER:  # the weights were counted one by one
@@ -215,13 +282,17 @@ def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir
             os.unlink(weights)
 
 
-def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar: _Progress, bins: int) -> None:
+def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar: _Progress, bins: int,
+                   work=None, buffers: Buffers | None = None) -> Writer:
     """The weights HDF5 file: everything copied, the planned weights transformed (with histograms
-    in `bins` bins unless 0)."""
-    buffers = Buffers()
-    work = plan(source, recipe, buffers, bar.advance)  # reads one tensor at a time, before anything is written
-    report.notes.extend(work.notes)
+    in `bins` bins unless 0; `work`: the plan of all shards, for one shard); returns the writer
+    (which may replace other members of a .keras archive)."""
+    buffers = Buffers() if buffers is None else buffers
     writer = WRITERS[recipe.storage](recipe, source.layout)
+    writer.start(source, report)
+    if work is None:
+        work = plan(source, recipe, buffers, bar.advance)  # reads one tensor at a time, before anything is written
+        report.notes.extend(work.notes)
     rows = {}
     with writer.open(tmp) as f:
         hooks = {e.path: _rewrite_hook(source, e, recipe, work.counts, writer, rows, buffers, bins)
@@ -230,14 +301,15 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar
             for e in source.entries:
                 if source.is_packed(e) and e.path not in hooks:
                     hooks[e.path] = _restore_hook(source, e, writer, rows)
-            for path, dset in source.packed.datasets.items():
+            for path in source.packed.datasets:
                 if path not in hooks:
-                    hooks[path] = _copy_hook(dset, writer)
+                    hooks[path] = _copy_hook(source.packed.dataset(path), writer)
         copy_attrs(source.root, f)
         copy_tree(source.root, f, bar.counting(hooks), work.skip, _Counted(writer, bar))
     for e in source.entries:
         if e.prunable:
             report.rows.append(rows.get(e.path) or _untouched_row(source, e))
+    return writer
 
 
 def _untouched_row(source: Source, e: Entry) -> WeightRow:
@@ -254,10 +326,10 @@ def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer
         try:
             x, quantization, out = prepare(original, e, recipe, counts, buffers, release=writer.holds_codes)
             stored, nbytes = writer.weight(group, name, dset, e, x, quantization, out)
+            # inline, not in a helper thread: batch workers each get their share of the cores
+            before, after, mse, sqnr, histograms = statistics(original, stored, bins)
         except ValueError as exc:  # NaN or infinity in the weights: say which
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
-        # inline, not in a helper thread: batch workers each get their share of the cores
-        before, after, mse, sqnr, histograms = statistics(original, stored, bins)
         bits = None if quantization is None else quantization.bits
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, before, after, bits, mse, sqnr,
                                  source.stored_bytes(e), nbytes, e.dtype, e.layer, e.layer_class, histograms)
@@ -269,7 +341,9 @@ def _restore_hook(source: Source, e: Entry, out: Datasets, rows: dict):
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         record = source.packed.tensors[e.path]
         x = source.packed.read(e.path)
-        written = out.new(group, name, x, record.get("compress", "none"), like=dset)
+        dtype = dtype_name(dset) if dset.dtype.kind == "V" else ("float16" if dset.dtype == np.float16 else "float32")
+        x = stored_values(x, dtype, x)
+        written = new_float(out, group, name, x, dtype, record.get("compress", "none"), like=dset)
         sp = sparsity(x)
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, sp, sp, record["bits"], None, None,
                                  source.stored_bytes(e), int(written.id.get_storage_size()),

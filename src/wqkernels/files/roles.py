@@ -141,6 +141,12 @@ def _children(layer_config: dict) -> list | None:
     return None
 
 
+def class_name(layer_config: dict) -> str | None:
+    """The layer class a config names, or None when it names none (or not as a string)."""
+    cls = layer_config.get("class_name")
+    return cls if isinstance(cls, str) else None
+
+
 def layer_name(layer_config: dict) -> str | None:
     inner = layer_config.get("config")
     if isinstance(inner, dict) and isinstance(inner.get("name"), str):
@@ -149,11 +155,21 @@ def layer_name(layer_config: dict) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _is_quantized(layer_config: dict) -> bool:
-    """Layers already in Keras's own int8 format (a QuantizedDTypePolicy) are left alone."""
+def quantization_mode(layer_config: dict) -> str | None:
+    """The mode of a layer Keras has quantized (``"int8"``, ``"int4/128"``, ...: its dtype
+    policy's), or None for a float layer."""
     inner = layer_config.get("config")
     dtype = inner.get("dtype") if isinstance(inner, dict) else None
-    return isinstance(dtype, dict) and "Quantized" in str(dtype.get("class_name", ""))
+    policy = dtype.get("config") if isinstance(dtype, dict) else None
+    mode = policy.get("mode") if isinstance(policy, dict) else None
+    if isinstance(mode, str):
+        return mode
+    return "int8" if isinstance(dtype, dict) and "Quantized" in str(dtype.get("class_name", "")) else None
+
+
+def _is_quantized(layer_config: dict) -> bool:
+    """Layers already in Keras's own quantized formats are left alone."""
+    return quantization_mode(layer_config) is not None
 
 
 class ModelLayers:
@@ -171,8 +187,8 @@ class ModelLayers:
                     self.top[name] = child
 
     def _index(self, layer_config: dict) -> None:
-        cls = layer_config.get("class_name")
-        if isinstance(cls, str):
+        cls = class_name(layer_config)
+        if cls is not None:
             self.classes.add(cls)
         for child in _children(layer_config) or []:
             self._index(child)
@@ -194,19 +210,24 @@ class ModelLayers:
                 if layer_name(child) == part:
                     current = child
                     break
-        cls = current.get("class_name")
         if _children(current) is not None and parts:  # still at a model: guess from the names
             guess = class_from_name(parts[-1], self.classes)
             return guess, False, "names"
-        return (cls if isinstance(cls, str) else None), _is_quantized(current), "config"
+        if class_name(current) is None:  # a config naming no usable class: as without one
+            return class_from_name(top_name, self.classes), False, "names"
+        return class_name(current), _is_quantized(current), "config"
 
     def class_for_group(self, group_name: str, vars_name: str | None) -> tuple[str | None, bool, str]:
         """(class, quantized, how) for a Keras 3 ``layers/<group>`` with its ``vars`` name attribute."""
         if vars_name is not None and self.config is not None:
             found = self._find(self.config, vars_name)
-            if found is not None:
-                return found.get("class_name"), _is_quantized(found), "config"
+            if found is not None and class_name(found) is not None:
+                return class_name(found), _is_quantized(found), "config"
         return class_from_name(group_name, self.classes), False, "names"
+
+    def find(self, name: str | None) -> dict | None:
+        """The config of the (innermost) layer named `name`, or None."""
+        return None if name is None or self.config is None else self._find(self.config, name)
 
     def _find(self, config: dict, name: str) -> dict | None:
         for child in _children(config) or []:

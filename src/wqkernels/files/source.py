@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import zipfile
@@ -11,8 +12,12 @@ import numpy as np
 
 from .atomic import scratch_file
 from .buffers import Buffers
-from .errors import KerasFileError, as_file_errors
-from .layouts import KERAS_MEMBER, Entry, container, entries, model_config, read_zip_config, weights_layout
+from .dtypes import BFLOAT16, read_float32
+from .errors import KerasFileError, as_file_errors, reason
+from .h5tree import walk
+from .keras_native import dequantize_kernel, quantized_layers
+from .layouts import (KERAS_MEMBER, Entry, container, entries, file_path, model_config, read_zip_config,
+                      weights_layout)
 from .packed import PackedReader
 
 __all__ = ["Source", "MAX_ZIP_RATIO"]
@@ -30,7 +35,7 @@ class Source:
     """
 
     def __init__(self, path, tmp_dir: str | None = None):
-        self.path = os.fspath(path)
+        self.path = file_path(path)
         self.tmp_dir = tmp_dir
         self.kind = container(self.path)
         self.zip = None
@@ -69,24 +74,31 @@ class Source:
                                      f"{info.compress_size}; refused")
             self._tmp = scratch_file(self.tmp_dir)
             with open(self._tmp, "wb") as out, self.zip.open(info) as member:
-                shutil.copyfileobj(member, out, 1 << 20)
+                try:
+                    shutil.copyfileobj(member, out, 1 << 20)
+                except OSError as exc:  # the scratch file's disk, not the archive
+                    raise KerasFileError(f"{where}: cannot extract {KERAS_MEMBER} into "
+                                         f"{os.path.dirname(self._tmp)} ({reason(exc)})") from None
             h5_path = self._tmp
         try:
             self.h5 = h5py.File(h5_path, "r")
         except OSError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "unreadable"
             raise KerasFileError(f"{where}: not a readable HDF5 file, truncated or corrupt ({first})") from None
+        members = walk(self.h5, where)  # before anything reads an attribute or a dataset
         layout = weights_layout(self.h5, where)
         self.root = self.h5
-        exempt = frozenset()
         if layout == "packed":
             self.packed = PackedReader(self.h5, where)
             self.root = self.packed.skeleton
             layout = self.packed.layout
-            exempt = frozenset(self.packed.tensors) | frozenset(self.packed.datasets)
+            members = self.packed.members
         self.layout = layout
         self.config = model_config(self.root, zip_config)
-        self.entries = entries(self.root, layout, self.config, where, exempt)
+        self.entries = entries(self.root, layout, self.config, where, members)
+        self.quantized = quantized_layers(self.root, self.entries, self.config) if layout == "keras3" else {}
+        roles = {path: role for q in self.quantized.values() for path, role in q.roles().items()}
+        self.entries = [dataclasses.replace(e, role=roles[e.path]) if e.path in roles else e for e in self.entries]
 
     @property
     def role_source(self) -> str:
@@ -110,16 +122,29 @@ class Source:
         return self.packed is not None and entry.path in self.packed.tensors
 
     def read(self, entry: Entry, buffers: Buffers | None = None) -> np.ndarray:
-        """The weight as stored (packed tensors dequantized to float32); a float32 weight is read
-        into ``buffers`` when given (valid until the next read into them)."""
+        """The weight as stored (packed tensors dequantized to float32, bfloat16 ones as
+        float32); a float32 weight is read into ``buffers`` when given (valid until the next
+        read into them)."""
         if self.is_packed(entry):
             return self.packed.read(entry.path)
         dset = self.dataset(entry.path)
+        if entry.dtype == BFLOAT16:
+            return read_float32(dset)
         if buffers is None or dset.dtype != np.float32 or dset.size == 0:
             return dset[()]
         out = buffers.get("read", dset.shape)
         dset.read_direct(out)
         return out
+
+    def values(self, entry: Entry) -> np.ndarray:
+        """The weight's values: :meth:`read` (float16 as float32), or for a kernel Keras quantized,
+        the float32 kernel its layer computes with."""
+        q = self.quantized.get(entry.path)
+        if q is None:
+            data = self.read(entry)
+            return data.astype(np.float32) if data.dtype == np.float16 else data
+        paths = {e.path: e for e in self.entries}
+        return dequantize_kernel(self.root, q, lambda p: self.read(paths[p]))
 
     def stored_bytes(self, entry: Entry) -> int:
         if self.is_packed(entry):

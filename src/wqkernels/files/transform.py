@@ -53,7 +53,7 @@ def prepare(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, buffers: Buff
     weight, a rewrite holds one array of its size.  With `release` (a writer that keeps codes),
     a large buffer is not kept from the last weight, so it never sits beside the codes.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = as_float32(x)
     if release and not recipe.prunes:
         buffers.trim("stored")
     out = buffers.get("stored", e.shape)
@@ -70,6 +70,24 @@ def prepare(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, buffers: Buff
     return x, Quantization(view, bits, recipe.method_for(bits), options), out
 
 
+#: the largest float32
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def as_float32(x: np.ndarray) -> np.ndarray:
+    """A weight as contiguous float32; ValueError naming the first value that overflows float32
+    (a float64 beyond its range, which would become infinity)."""
+    if x.dtype.itemsize > 4 and x.size:
+        with np.errstate(invalid="ignore"):
+            beyond = np.abs(x) > _FLOAT32_MAX
+        if beyond.any():
+            count = int(np.count_nonzero(beyond))
+            first = tuple(int(i) for i in np.unravel_index(int(np.argmax(beyond.ravel())), x.shape))
+            raise ValueError(f"{count} value{'s' if count != 1 else ''} of this {x.dtype} weight overflow "
+                             f"float32, the first {x[first].item()!r} at index {first}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def _prune(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, out: np.ndarray) -> np.ndarray | None:
     """One float32 tensor pruned as the recipe says, written into `out` (which may be x); None
     when it stays dense.  N:M runs along the input axis, on tensors of at least min_size
@@ -83,16 +101,6 @@ def _prune(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, out: np.ndarra
         return None
     view, axis = block_view(e.shape, e.layer_class, e.role)
     return prune_n_m(x.reshape(view), n=n_m[0], m=n_m[1], axis=axis, out=out.reshape(view)).reshape(e.shape)
-
-
-def half_values(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """x rounded to float16 (as NumPy does), kept as float32 in `out` (which may be x): HDF5
-    then writes the float16 dataset from it exactly, and no half-size copy is made."""
-    src, dst = x.reshape(-1), out.reshape(-1)
-    step = 1 << 20
-    for i in range(0, src.size, step):
-        dst[i:i + step] = src[i:i + step].astype(np.float16)
-    return out
 
 
 def statistics(original: np.ndarray, stored: np.ndarray, bins: int) -> tuple:

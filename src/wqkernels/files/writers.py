@@ -12,10 +12,11 @@ import contextlib
 import h5py
 import numpy as np
 
-from .h5tree import Datasets
+from .dtypes import BFLOAT16, new_float, stored_values
+from .h5tree import Datasets, new_file
 from .layouts import Entry
 from .recipe import Recipe
-from .transform import Quantization, half_values
+from .transform import Quantization
 
 __all__ = ["Writer", "FloatWriter"]
 
@@ -33,8 +34,16 @@ class Writer(Datasets):
     @contextlib.contextmanager
     def open(self, path: str):
         """The HDF5 file the weights tree is copied into, complete at `path` when the block ends."""
-        with h5py.File(path, "w") as f:
+        with new_file(path) as f:
             yield f
+
+    def start(self, source, report) -> None:
+        """Called with the open source before anything is written (a writer may refuse it, or
+        add notes to the report)."""
+
+    def members(self) -> dict:
+        """Members of a .keras archive to replace once the weights are written: {name: bytes}."""
+        return {}
 
     def weight(self, group: h5py.Group, name: str, like: h5py.Dataset, entry: Entry, x: np.ndarray,
                quantization: Quantization | None, out: np.ndarray) -> tuple[np.ndarray, int]:
@@ -46,12 +55,17 @@ class Writer(Datasets):
 
 
 class FloatWriter(Writer):
-    """``float32`` and ``float16`` storage: the values on the grid, as a dataset stock Keras loads."""
+    """``float32`` and ``float16`` storage: the values on the grid, as a dataset stock Keras loads,
+    of the weight's own type (float16 and bfloat16 weights stay so), or float16 when asked for
+    and no larger."""
 
     def weight(self, group, name, like, entry, x, quantization, out):
         values = x if quantization is None else quantization.values(x, out)
-        half = self.recipe.storage == "float16"
-        if half:
-            values = half_values(values, out)
-        dset = self.new(group, name, values, self.recipe.compress, like=like, dtype=np.float16 if half else None)
+        dtype = entry.dtype
+        if self.recipe.storage == "float16" and dtype not in ("float16", BFLOAT16):
+            dtype = "float16"
+        if dtype not in ("float16", BFLOAT16):
+            dtype = "float32"
+        values = stored_values(values, dtype, out)
+        dset = new_float(self, group, name, values, dtype, self.recipe.compress, like)
         return values, int(dset.id.get_storage_size())

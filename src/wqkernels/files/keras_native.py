@@ -1,0 +1,459 @@
+"""Keras 3's own quantized layers: written (``storage="keras"``) and read (files Keras quantized).
+
+Dense, EinsumDense and Embedding layers quantized by Keras 3 (``model.quantize``) keep int8
+variables in memory.  :class:`KerasWriter` writes a file in that layout directly: per layer the
+codes, scales (and zero points and group indices of sub-channel int4) in the order and dtypes
+Keras saves them, and in a ``.keras`` archive the layer's dtype policy and
+``quantization_config`` in ``config.json`` as Keras writes them, so that
+``keras.saving.load_model`` builds the quantized layers.  With the default method the variables
+are those of ``model.quantize`` bit for bit (:mod:`wqkernels.keras_schemes`).
+
+Where Keras cannot load a quantized layer, the layer keeps its float dtype with values on the
+grid (as ``storage="float32"`` writes them): layers Keras does not quantize (convolutions,
+recurrent cells), layers without a config of their own in a ``.keras`` archive (the sublayers of
+MultiHeadAttention, which Keras 3.15's ``load_model`` cannot reload quantized, even from its own
+files), float16 layers (Keras refuses to quantize float16 compute) and EinsumDense equations with
+``...`` (Keras 3.15 fails on them).  A ``.weights.h5`` has no config: it loads into a model the
+user quantized (``model.quantize(mode)``, then ``model.load_weights``), so every Dense and
+Embedding is written natively and an EinsumDense, whose scale layout only its equation tells, is
+refused.
+
+:func:`quantized_layers` reads files Keras quantized: per kernel, the mode, bits, block size and
+the variables needed to dequantize it (:class:`QuantizedKernel`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+
+from .. import keras_schemes as ks
+from ..quantization import quantize
+from .dtypes import BFLOAT16, new_bfloat16, new_float, stored_values
+from .errors import KerasFileError
+from .layouts import CONFIG_MEMBER, Entry
+from .roles import ModelLayers, quantization_mode
+from .writers import Writer
+
+__all__ = ["KerasWriter", "NATIVE_CLASSES", "QuantizedKernel", "quantized_layers", "einsum_layout",
+           "dequantize_kernel"]
+
+#: the layer classes Keras 3 quantizes to int8/int4, and the role of their kernel
+NATIVE_CLASSES = {"Dense": "kernel", "EinsumDense": "kernel", "Embedding": "embeddings"}
+
+_ABSMAX = {"module": "keras.quantizers", "class_name": "AbsMaxQuantizer",
+           "config": {"value_range": [-127, 127], "epsilon": 1e-07, "output_dtype": "int8"},
+           "registered_name": None}
+
+
+# ---- EinsumDense equations ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EinsumLayout:
+    """Where the scales of an EinsumDense kernel go: the reduced (contracted) kernel axes, and
+    the transpose, expand and squeeze that turn the per-channel scales (kernel-shaped, reduced
+    axes of size 1) into the shape Keras stores."""
+
+    reduced: tuple
+    transpose: tuple
+    expand: tuple
+    squeeze: tuple
+
+    def stored_scale(self, scale: np.ndarray) -> np.ndarray:
+        if self.transpose:
+            scale = np.transpose(scale, self.transpose)
+        if self.expand:
+            scale = np.expand_dims(scale, self.expand)
+        if self.squeeze:
+            scale = np.squeeze(scale, self.squeeze)
+        return np.ascontiguousarray(scale)
+
+
+def einsum_layout(equation: str) -> EinsumLayout | None:
+    """The scale layout Keras 3.15 derives from an EinsumDense equation (``"ab,bc->ac"``), or
+    None for equations Keras cannot quantize (those with ``...``)."""
+    m = re.match(r"([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)", equation)
+    if m is None:
+        return None
+    inputs, weights, outputs = m.groups()
+    reduced = [i for i, c in enumerate(weights) if c not in outputs]
+    expand = [i for i, c in enumerate(outputs) if c not in weights]
+    transpose = [weights.index(c) for c in outputs if c in weights]
+    # Keras places each reduced axis at the next free expand position; when none is left it
+    # squeezes the axis and reuses the position found last (its input-side loop included)
+    position = outputs.find(weights[-1])
+    input_expand = [i for i, c in enumerate(outputs) if c not in inputs]
+    for _ in (i for i, c in enumerate(inputs) if c not in outputs):
+        if input_expand:
+            position = input_expand.pop(0)
+    squeeze = []
+    for axis in reduced:
+        if expand:
+            position = expand.pop(0)
+        else:
+            squeeze.append(axis)
+        transpose.insert(position, axis)
+    return EinsumLayout(tuple(reduced), tuple(transpose), tuple(expand), tuple(squeeze))
+
+
+# ---- what a native layer stores ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NativeKernel:
+    """One kernel written in Keras's quantized layout."""
+
+    layer_class: str
+    layer: str                # the layer's name
+    config: dict | None       # its config in the model config (None: a .weights.h5)
+    has_bias: bool
+    einsum: EinsumLayout | None = None
+
+    def mode(self, bits: int, block: int | None) -> str:
+        return "int8" if bits == 8 else f"int4/{block or -1}"
+
+
+def _source_policy(layer_config: dict | None) -> str:
+    """The name of the float dtype policy a layer has (its source for a quantized one)."""
+    dtype = (layer_config or {}).get("config", {}).get("dtype")
+    if isinstance(dtype, str):
+        return dtype
+    if isinstance(dtype, dict) and isinstance(dtype.get("config"), dict):
+        return str(dtype["config"].get("name", "float32"))
+    return "float32"
+
+
+class KerasWriter(Writer):
+    """``storage="keras"``: native layers in Keras's quantized layout, the rest as float32
+    storage writes them; in a ``.keras`` archive, ``config.json`` says which layers are quantized.
+    """
+
+    holds_codes = True
+
+    def start(self, source, report) -> None:
+        """Decide which kernels are native (before anything is written); notes for the report."""
+        recipe = self.recipe
+        if source.layout not in ("keras3",):
+            raise KerasFileError(f"{source.path}: storage='keras' writes Keras 3 files; Keras 3 loads quantized "
+                                 f"layers from .keras and .weights.h5 only, not legacy {source.layout} .h5: "
+                                 f"save the model as .keras first")
+        self.config = source.config if source.kind == "zip" else None
+        self.kind = source.kind
+        self.layers = ModelLayers(self.config)
+        self.native: dict[str, NativeKernel] = {}
+        self.quantized_configs: dict[int, tuple] = {}
+        kept: dict[str, str] = {}
+        for e in source.entries:
+            if not recipe.selects(e):
+                continue
+            why = self._native(source, e)
+            if isinstance(why, NativeKernel):
+                self.native[e.path] = why
+            else:
+                kept[e.layer or e.path] = why
+        if self.config is None:
+            einsum = [p for p, n in self.native.items() if n.layer_class == "EinsumDense"]
+            if einsum:
+                raise KerasFileError(f"{source.path}: storage='keras': {einsum[0]!r} is an EinsumDense kernel, whose "
+                                     f"scale layout only its equation in the model config tells; rewrite the .keras "
+                                     f"file instead, or --exclude it")
+        bits, block = recipe.bits, recipe.block_size
+        mode = "int8" if bits == 8 else f"int4/{block or -1}"
+        names = sorted({n.layer for n in self.native.values()})
+        report.notes.append(f"Keras-native {mode}: {len(names)} layer{'s' if len(names) != 1 else ''}"
+                            + (f" ({', '.join(names)})" if names else ""))
+        for layer, why in sorted(kept.items()):
+            report.notes.append(f"kept float on the {bits}-bit grid: {layer} ({why})")
+        if self.kind != "zip":
+            how = "'int8'" if bits == 8 else (f"config=keras.quantizers.Int4QuantizationConfig(block_size="
+                                              f"{block or -1})")
+            report.notes.append(f"loads with model.quantize({how}) then model.load_weights(...)"
+                                + (" (layers kept float must be left out of quantize's filters)" if kept else ""))
+
+    def _native(self, source, e: Entry):
+        """The NativeKernel of entry `e`, or why it stays float."""
+        cls = e.layer_class
+        if cls not in NATIVE_CLASSES or e.role != NATIVE_CLASSES[cls]:
+            return f"{cls or 'an unknown layer'}: Keras does not quantize it"
+        vars_group = source.root[e.path].parent
+        count = sum(isinstance(v, h5py.Dataset) for v in vars_group.values())
+        if self.config is not None:
+            name = vars_group.attrs.get("name")
+            name = name.decode() if isinstance(name, bytes) else name
+            layer_config = self.layers.find(name) if e.role_source == "config" else None
+            if layer_config is None:
+                return "a sublayer without a config of its own: Keras 3.15 cannot reload it quantized"
+            if layer_config.get("class_name") != cls:
+                return f"{cls} subclass"
+            if _source_policy(layer_config) in ("float16", "mixed_float16"):
+                return "float16 compute: Keras does not quantize it"
+            inner = layer_config.get("config", {})
+            einsum = None
+            if cls == "EinsumDense":
+                einsum = einsum_layout(str(inner.get("equation", "")))
+                if einsum is None:
+                    return "an equation with '...': Keras 3.15 cannot quantize it"
+            if inner.get("lora_rank"):
+                return "LoRA enabled"
+            return NativeKernel(cls, str(name), layer_config, count > 1 and cls != "Embedding", einsum)
+        return NativeKernel(cls, e.layer, None, count > 1 and cls != "Embedding", None)
+
+    # ---- the weights ----
+
+    def weight(self, group, name, like, entry, x, quantization, out):
+        native = self.native.get(entry.path)
+        dtype = entry.dtype
+        if native is None:  # float storage, own dtype
+            values = x if quantization is None else quantization.values(x, out)
+            values = stored_values(values, dtype, out)
+            return values, int(new_float(self, group, name, values, dtype, self.recipe.compress, like).id.get_storage_size())
+        bits, block = quantization.bits, self.recipe.block_size
+        arrays, values = _native_arrays(native, x, bits, block, quantization.method, dtype == BFLOAT16, out)
+        index = int(name)
+        nbytes = 0
+        for k, (kind, array) in enumerate(arrays):
+            slot = index if k == 0 else index + k + (1 if native.has_bias else 0)
+            if kind == "scale" and dtype == BFLOAT16:
+                dset = new_bfloat16(group, str(slot), array)
+            else:
+                dset = group.create_dataset(str(slot), data=array)
+            nbytes += int(dset.id.get_storage_size())
+        if native.config is not None:
+            self._quantize_config(native, bits, block)
+        return values, nbytes
+
+    def _quantize_config(self, native: NativeKernel, bits: int, block: int | None) -> None:
+        """The layer's dtype policy and quantization_config as Keras writes them."""
+        inner = native.config["config"]
+        source = _source_policy(native.config)
+        activations = self.recipe.activations
+        if activations is None:
+            activations = "int8" if bits == 8 else "float"
+        quantizer = dict(_ABSMAX) if activations == "int8" else None
+        if bits == 8:
+            inner["dtype"] = {"module": "keras.dtype_policies", "class_name": "QuantizedDTypePolicy",
+                              "config": {"mode": "int8", "source_name": source}, "registered_name": None}
+            inner["quantization_config"] = {
+                "module": "keras.quantizers", "class_name": "Int8QuantizationConfig",
+                "config": {"weight_quantizer": None, "activation_quantizer": quantizer}, "registered_name": None}
+        else:
+            inner["dtype"] = {"module": "keras.dtype_policies", "class_name": "Int4DTypePolicy",
+                              "config": {"mode": f"int4/{block or -1}", "source_name": source},
+                              "registered_name": None}
+            inner["quantization_config"] = {
+                "module": "keras.quantizers", "class_name": "Int4QuantizationConfig",
+                "config": {"weight_quantizer": None, "activation_quantizer": quantizer, "block_size": block or -1},
+                "registered_name": None}
+
+    def members(self) -> dict:
+        """``config.json`` of a .keras archive with the native layers' policies."""
+        if self.config is None or not self.native:
+            return {}
+        return {CONFIG_MEMBER: json.dumps(self.config).encode()}
+
+
+def _native_arrays(native: NativeKernel, x: np.ndarray, bits: int, block: int | None, method: str,
+                   bfloat16: bool, out: np.ndarray) -> tuple[list, np.ndarray]:
+    """[(kind, array)] in Keras's order (codes, scale, then zero and g_idx for sub-channel int4)
+    and the float32 weight Keras computes with (in `out`)."""
+    embedding = native.layer_class == "Embedding"
+    if bits == 8 and native.layer_class == "EinsumDense":
+        codes, scale = _absmax(x, native.einsum.reduced, ks.INT8, method)
+        scale = _rounded(scale, bfloat16)
+        np.divide(codes, scale, out=out, dtype=np.float32)
+        return [("codes", codes), ("scale", native.einsum.stored_scale(scale))], out
+    # Keras flattens an EinsumDense kernel in C order to (product of the reduced axes' sizes, rest)
+    rows = math.prod(x.shape[a] for a in native.einsum.reduced) if native.einsum else x.shape[0]
+    matrix = x if embedding else x.reshape(rows, -1)
+    group_axis = 1 if embedding else 0
+    if bits == 8 or block is None:
+        codes, scale = _absmax(matrix, (group_axis,), ks.INT8 if bits == 8 else ks.INT4, method)
+        scale = _rounded(scale, bfloat16)
+        np.divide(codes, scale, out=out.reshape(matrix.shape), dtype=np.float32)
+        stored = codes if bits == 8 else ks.pack_int4(codes, -1)
+        return [("codes", stored.reshape(x.shape) if bits == 8 else stored), ("scale", scale.reshape(-1))], out
+    if method == "minmax":
+        codes, scale, zero = ks.grouped_quantize(matrix, block, group_axis, bfloat16=bfloat16)
+    else:
+        qa = quantize(matrix, 4, symmetric=False, axis=group_axis, block_size=block, method=method)
+        codes = (qa.values.astype(np.int16) - 8).astype(np.int8)
+        scale, zero = qa.scale, (qa.zero_point.astype(np.int16) - 8).astype(np.int8)
+    scale = _rounded(scale, bfloat16)
+    out.reshape(matrix.shape)[...] = ks.grouped_dequantize(codes, scale, zero, block, group_axis)
+    g_idx = (np.arange(matrix.shape[group_axis]) // block).astype(np.float32)
+    return [("codes", ks.pack_int4(codes, -1)), ("scale", scale), ("zero", zero), ("g_idx", g_idx)], out
+
+
+def _absmax(x: np.ndarray, axes: tuple, code_range: tuple, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and multiplier scales (keepdims) of Keras's absmax layout; methods other than minmax
+    choose their own scales (ours are divisors: Keras's multiplier is their inverse)."""
+    if method == "minmax":
+        return ks.absmax_quantize(x, axes, code_range)
+    others = tuple(a for a in range(x.ndim) if a not in axes)
+    order = tuple(axes) + others
+    moved = np.ascontiguousarray(np.transpose(x, order))
+    rows = math.prod(moved.shape[:len(axes)])
+    qa = quantize(moved.reshape(rows, -1), 8 if code_range == ks.INT8 else 4, axis=1, method=method)
+    codes = np.ascontiguousarray(np.transpose(qa.values.reshape(moved.shape), np.argsort(order)))
+    keep = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
+    return codes, (np.float32(1) / qa.scale).astype(np.float32).reshape(keep)
+
+
+def _rounded(scale: np.ndarray, bfloat16: bool) -> np.ndarray:
+    """The scales as Keras stores them: rounded to bfloat16 for bfloat16 weights."""
+    return ks.bfloat16_values(ks.bfloat16_bits(scale)).reshape(scale.shape) if bfloat16 else scale
+
+
+# ---- reading files Keras quantized -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class QuantizedKernel:
+    """A kernel Keras quantized: how to get its float values back."""
+
+    layer_class: str
+    mode: str                 # "int8", "int4/-1", "int4/128", ...
+    bits: int
+    block_size: int | None
+    kernel_shape: tuple       # the float kernel's shape
+    paths: dict = field(default_factory=dict)   # role -> dataset path (codes, scale, zero)
+
+    @property
+    def storage(self) -> str:
+        return f"keras:{self.mode}"
+
+    def roles(self) -> dict:
+        """{dataset path: role} of the scale, zero point and group index variables."""
+        prefix = "embeddings" if self.layer_class == "Embedding" else "kernel"
+        names = {"scale": f"{prefix}_scale", "zero": f"{prefix}_zero", "g_idx": "g_idx"}
+        return {path: names[kind] for kind, path in self.paths.items() if kind in names}
+
+
+def quantized_layers(root: h5py.Group, entries: list, config: dict | None) -> dict[str, QuantizedKernel]:
+    """Kernel path -> QuantizedKernel for every layer Keras quantized to int8/int4, from the model
+    config (its dtype policy and shapes) or, without one, from the variables' shapes."""
+    layers = ModelLayers(config)
+    by_group: dict[str, list] = {}
+    for e in entries:
+        parts = e.path.split("/")
+        if len(parts) >= 3 and parts[-2] == "vars":
+            by_group.setdefault("/".join(parts[:-1]), []).append(e)
+    out = {}
+    for group_path, group_entries in by_group.items():
+        first = min(group_entries, key=lambda e: int(e.path.rsplit("/", 1)[1]))
+        cls = first.layer_class
+        if cls not in NATIVE_CLASSES or first.dtype != "int8":
+            continue
+        ordered = sorted(group_entries, key=lambda e: int(e.path.rsplit("/", 1)[1]))
+        name = root[group_path].attrs.get("name")
+        name = name.decode() if isinstance(name, bytes) else name
+        layer_config = layers.find(name)
+        found = _describe(cls, ordered, layer_config, root)
+        if found is not None:
+            out[first.path] = found
+    return out
+
+
+def _describe(cls: str, ordered: list, layer_config: dict | None, root: h5py.Group) -> QuantizedKernel | None:
+    shapes = [e.shape for e in ordered]
+    codes = ordered[0]
+    mode = quantization_mode(layer_config) if layer_config is not None else None
+    embedding = cls == "Embedding"
+    bias = 0 if embedding else int(len(ordered) >= 2 and ordered[1].dtype != "int8" and (
+        mode is None and len(ordered) in (3, 5) or mode is not None and
+        bool((layer_config.get("config", {}).get("use_bias", True) if cls == "Dense"
+              else layer_config.get("config", {}).get("bias_axes")))))
+    rest = ordered[1 + bias:]
+    if not rest:
+        return None
+    scale_shape = rest[0].shape
+    grouped = len(rest) >= 3
+    if mode is None:  # no config: from the shapes
+        packed = len(codes.shape) == 2 and (grouped or len(scale_shape) == 1 and not embedding and
+                                            codes.shape[1] == -(-scale_shape[0] // 2) != scale_shape[0])
+        mode = "int8" if not packed else "int4"
+    bits = 8 if mode.startswith("int8") else 4
+    if not mode.startswith("int"):
+        return None
+    block = None
+    if grouped:
+        parsed = mode.split("/")
+        if len(parsed) > 1 and parsed[1].isdigit() and int(parsed[1]) > 0:
+            block = int(parsed[1])
+        else:  # the group index of each row: the block is the count of group 0 (all rows: one group)
+            g_idx = np.asarray(root[rest[2].path][()]).reshape(-1)
+            block = max(int(np.count_nonzero(g_idx == 0)), 1)
+        mode = f"int4/{block}"
+    elif bits == 4 and "/" not in mode:
+        mode = "int4/-1"
+    if bits == 8:
+        kernel_shape = codes.shape
+    elif embedding:
+        kernel_shape = (codes.shape[0], rest[2].shape[0] if grouped else 2 * codes.shape[1])
+    else:
+        columns = scale_shape[-1]
+        rows = rest[2].shape[0] if grouped else codes.shape[0]
+        kernel_shape = _einsum_kernel_shape(layer_config, rows, columns) or (rows, columns)
+    paths = {"codes": codes.path, "scale": rest[0].path}
+    if grouped:
+        paths["zero"], paths["g_idx"] = rest[1].path, rest[2].path
+    return QuantizedKernel(cls, mode, bits, block, tuple(kernel_shape), paths)
+
+
+def _einsum_kernel_shape(layer_config: dict | None, rows: int, columns: int) -> tuple | None:
+    """An int4 EinsumDense kernel's own shape, from the config's build input shape and equation."""
+    if layer_config is None or layer_config.get("class_name") != "EinsumDense":
+        return None
+    inner = layer_config.get("config", {})
+    m = re.match(r"([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)", str(inner.get("equation", "")))
+    input_shape = (layer_config.get("build_config") or {}).get("input_shape")
+    out_shape = inner.get("output_shape")
+    if m is None or not isinstance(input_shape, list):
+        return None
+    inputs, weights, outputs = m.groups()
+    out_shape = [out_shape] if isinstance(out_shape, int) else list(out_shape or [])
+    sizes = dict(zip(inputs, input_shape))
+    sizes.update(dict(zip(outputs[len(outputs) - len(out_shape):], out_shape)))
+    try:
+        shape = tuple(int(sizes[c]) for c in weights)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return shape if math.prod(shape) == rows * columns else None
+
+
+def dequantize_kernel(root: h5py.Group, q: QuantizedKernel, read) -> np.ndarray:
+    """The float32 kernel Keras computes with, in the kernel's own shape."""
+    codes = read(q.paths["codes"])
+    scale = np.asarray(read(q.paths["scale"]), np.float32)
+    embedding = q.layer_class == "Embedding"
+    if q.bits == 8:
+        if embedding:
+            scale = scale.reshape(-1, 1)
+        elif q.layer_class == "EinsumDense" and scale.ndim != codes.ndim:
+            scale = _einsum_keep_scale(scale, codes.shape)
+        return ks.absmax_dequantize(codes, scale).reshape(q.kernel_shape)
+    axis = 1 if embedding else 0
+    length = q.kernel_shape[1] if embedding else math.prod(q.kernel_shape) // codes.shape[0]
+    unpacked = ks.unpack_int4(codes, length, -1)
+    if q.block_size is None:
+        s = scale.reshape(-1, 1) if embedding else scale.reshape(1, -1)
+        values = ks.absmax_dequantize(unpacked, s)
+    else:
+        values = ks.grouped_dequantize(unpacked, scale, read(q.paths["zero"]), q.block_size, axis)
+    return values.reshape(q.kernel_shape)
+
+
+def _einsum_keep_scale(scale: np.ndarray, kernel_shape: tuple) -> np.ndarray:
+    """A stored EinsumDense int8 scale broadcast against its kernel (without the equation: its
+    non-unit dimensions in order are the kernel's channel axes)."""
+    dims = [n for n in scale.shape if n != 1]
+    keep, k = [], 0
+    for n in kernel_shape:
+        if k < len(dims) and dims[k] == n:
+            keep.append(n)
+            k += 1
+        else:
+            keep.append(1)
+    return scale.reshape(keep) if math.prod(keep) == scale.size else scale

@@ -1,0 +1,260 @@
+"""Keras 3's own int8 and int4 weight quantization, bit for bit, without Keras.
+
+What ``model.quantize("int8" | "int4")`` computes (``keras.quantizers`` of Keras 3.15, its NumPy
+path), on the host, in the weights' own float type:
+
+- **absmax** (int8, and int4 per channel): per output channel, over the reduced (contracted)
+  axes, ``scale = qmax / (max|w| + 1e-7)``, a *multiplier*; ``q = clip(round(w * scale), lo, qmax)``
+  with ``(lo, qmax) = (-127, 127)`` for int8 and ``(-8, 7)`` for int4 (whose codes reach +-7).
+  The weight Keras computes with is ``q / scale``.
+- **grouped** (int4 sub-channel): groups of `block_size` rows along axis 0, zero-padded to whole
+  groups (the padding joins the last group's min and max); per group and column
+  ``scale = (max - min + 1e-7) / 15`` (a *divisor*), ``zero = clip(round(-min / scale) - 8, -8, 7)``,
+  ``q = clip(round(w / scale) + zero, -8, 7)``; Keras computes with ``(q - zero) * scale``.
+- **int4 packing**: two signed nibbles per int8 byte along the last axis, element 2j in the low
+  nibble, 2j + 1 in the high one; an odd length is padded with a zero code.
+
+Rounding is half to even throughout, in float32.  bfloat16 weights are computed as NumPy
+computes on ``ml_dtypes.bfloat16`` arrays: their max and min are exact, ``max - min`` is rounded
+to bfloat16, every other operation promotes to float32, and Keras stores the scales rounded to
+bfloat16 (:func:`bfloat16_bits`), the codes being those of the float32 scales.  Work runs in
+slices of about a million elements, so memory beyond the inputs and outputs stays small.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._checks import check_int
+from .packing import pack_bits, unpack_bits
+
+__all__ = ["EPSILON", "INT8", "INT4", "absmax_quantize", "grouped_quantize", "pack_int4", "unpack_int4",
+           "absmax_dequantize", "grouped_dequantize", "round_bfloat16", "bfloat16_bits", "bfloat16_values"]
+
+#: Keras's ``backend.epsilon()``
+EPSILON = 1e-7
+#: (lowest code, highest code) of Keras's int8 and int4 absmax quantizers
+INT8 = (-127, 127)
+INT4 = (-8, 7)
+#: elements per slice of work
+_SLICE = 1 << 20
+
+
+def round_bfloat16(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), kept as float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> round_bfloat16(np.array([1.0, 1.00390625, 1.01171875], np.float32))
+    array([1.      , 1.      , 1.015625], dtype=float32)
+    """
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty_like(x) if out is None else out
+    bits = x.view(np.uint32)
+    rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+    np.bitwise_and(rounded, np.uint32(0xFFFF0000), out=out.view(np.uint32))
+    return out
+
+
+def bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """The bfloat16 nearest to each float32 value, as its 16 bits (uint16)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(x.shape, np.uint16)
+    flat, dst = x.reshape(-1), out.reshape(-1)
+    for i in range(0, flat.size, _SLICE):
+        dst[i:i + _SLICE] = round_bfloat16(flat[i:i + _SLICE]).view(np.uint32) >> np.uint32(16)
+    return out
+
+
+def bfloat16_values(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 numbers given as their 16 bits (uint16, or 2-byte opaque data) as float32."""
+    bits = np.ascontiguousarray(bits).view(np.uint16)
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Keras's ``abs_max_quantize``: int8 codes of `x` and the multiplier of each channel.
+
+    Parameters
+    ----------
+    x : ndarray of float32
+        C-contiguous (bfloat16 weights: their values as float32).
+    axes : tuple of int
+        The reduced axes: one scale per index of the other axes.
+    code_range : (int, int)
+        :data:`INT8` or :data:`INT4`.
+    out : ndarray of int8, optional
+        The codes, of x's shape.
+
+    Returns
+    -------
+    (codes, scale)
+        int8 codes of x's shape; float32 scales of x's shape with the reduced axes of size 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> codes, scale = absmax_quantize(np.array([[0.5, -2.0], [1.0, 4.0]], np.float32), axes=(0,))
+    >>> codes
+    array([[ 63, -64],
+           [127, 127]], dtype=int8)
+    >>> scale.shape
+    (1, 2)
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    axes = tuple(sorted(a % x.ndim for a in axes)) if x.ndim else ()
+    low, high = code_range
+    codes = np.empty(x.shape, np.int8) if out is None else out
+    keep = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
+    amax = np.zeros(keep, np.float32)
+    for rows, index in _slices(x.shape, 0 in axes):  # max|x|: exact in any order
+        top = np.abs(x[rows]).max(axis=axes, keepdims=True)
+        np.maximum(amax[index], top, out=amax[index])
+    scale = np.float32(high) / (amax + np.float32(EPSILON))
+    for rows, index in _slices(x.shape, 0 in axes):
+        y = x[rows] * scale[index]
+        np.rint(y, out=y)
+        np.clip(y, low, high, out=y)
+        codes[rows] = y
+    return codes, scale
+
+
+def _slices(shape: tuple, reduced_first: bool):
+    """(rows, index of their scales) for slices of about _SLICE elements along axis 0: the
+    scales of all rows when axis 0 is reduced, else those of the slice's rows."""
+    per_row = max(1, math.prod(shape[1:]))
+    step = max(1, _SLICE // per_row)
+    for start in range(0, shape[0], step):
+        rows = slice(start, min(start + step, shape[0]))
+        yield rows, slice(None) if reduced_first else rows
+
+
+def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keras's ``abs_max_quantize_grouped_with_zero_point`` (int4), along `axis` of a 2-D `x`.
+
+    Groups of `block_size` consecutive indices along `axis` (0: Dense and EinsumDense kernels as
+    (rows, columns); 1: Embedding matrices, grouped along their dimension as Keras does on the
+    transpose), zero-padded to whole groups.  With `bfloat16` (x holds bfloat16 numbers), each
+    group's ``max - min`` is rounded to bfloat16 as NumPy does on bfloat16 arrays.
+
+    Returns
+    -------
+    (codes, scale, zero)
+        int8 codes in [-8, 7] of x's shape; float32 scales and int8 zero points of x's shape with
+        `axis` of size ``ceil(n / block_size)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> codes, scale, zero = grouped_quantize(np.array([[-1.0], [2.0], [3.0]], np.float32), 2)
+    >>> codes.ravel(), zero.ravel()
+    (array([-8,  7,  7], dtype=int8), array([-3, -8], dtype=int8))
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D, got shape {x.shape}")
+    block = check_int(block_size, "block_size", 1)
+    axis = check_int(axis, "axis", 0, 1)
+    low, high = INT4
+    view = x if axis == 0 else x.T  # groups along axis 0 of `view`
+    n, cols = view.shape
+    groups = -(-n // block)
+    codes = np.empty(x.shape, np.int8)
+    scale = np.empty((groups, cols) if axis == 0 else (cols, groups), np.float32)
+    zero = np.empty(scale.shape, np.int8)
+    codes_view, scale_view, zero_view = (codes, scale, zero) if axis == 0 else (codes.T, scale.T, zero.T)
+    # whole groups per step, along axis 0 (contiguous for Dense; for Embedding columns of x)
+    step = max(1, _SLICE // max(block * cols, 1)) if axis == 0 else groups
+    col_step = cols if axis == 0 else max(1, _SLICE // max(groups * block, 1))
+    for c0 in range(0, cols, col_step):
+        c1 = min(cols, c0 + col_step)
+        for g0 in range(0, groups, step):
+            g1 = min(groups, g0 + step)
+            part = view[g0 * block:g1 * block, c0:c1]
+            rows = part.shape[0]
+            padded = np.zeros(((g1 - g0) * block, c1 - c0), np.float32)
+            padded[:rows] = part
+            blocks = padded.reshape(g1 - g0, block, c1 - c0)
+            lo = blocks.min(axis=1)
+            hi = blocks.max(axis=1)
+            spread = hi - lo
+            if bfloat16:
+                round_bfloat16(spread, out=spread)
+            s = (spread + np.float32(EPSILON)) / np.float32(high - low)
+            z = np.clip(np.rint(-lo / s) + np.float32(low), low, high)
+            q = blocks / s[:, None, :]
+            np.rint(q, out=q)
+            q += z[:, None, :]
+            np.clip(q, low, high, out=q)
+            codes_view[g0 * block:g0 * block + rows, c0:c1] = q.reshape(-1, c1 - c0)[:rows]
+            scale_view[g0:g1, c0:c1] = s
+            zero_view[g0:g1, c0:c1] = z
+    return codes, scale, zero
+
+
+def pack_int4(codes: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Keras's ``pack_int4``: int4 codes (int8 in [-8, 7]) two per int8 byte along `axis`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pack_int4(np.array([[-3, 7, 2], [-8, 1, 0]], np.int8))
+    array([[125,   2],
+           [ 24,   0]], dtype=int8)
+    """
+    codes = np.asarray(codes)
+    if codes.dtype != np.int8:
+        raise TypeError(f"codes must be int8, got dtype {codes.dtype}")
+    moved = np.moveaxis(codes, axis, -1)
+    n = moved.shape[-1]
+    if n % 2 or not moved.flags.c_contiguous:
+        padded = np.zeros(moved.shape[:-1] + (n + n % 2,), np.int8)
+        padded[..., :n] = moved
+        moved = padded
+    packed = pack_bits(moved.reshape(-1), 4).view(np.int8).reshape(moved.shape[:-1] + (moved.shape[-1] // 2,))
+    return np.ascontiguousarray(np.moveaxis(packed, -1, axis))
+
+
+def unpack_int4(packed: np.ndarray, length: int, axis: int = -1) -> np.ndarray:
+    """The int4 codes of :func:`pack_int4`'s output, `length` of them along `axis` (int8).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> unpack_int4(np.array([[125, 2], [24, 0]], np.int8), 3)
+    array([[-3,  7,  2],
+           [-8,  1,  0]], dtype=int8)
+    """
+    packed = np.asarray(packed)
+    if packed.dtype not in (np.int8, np.uint8):
+        raise TypeError(f"packed must be int8, got dtype {packed.dtype}")
+    moved = np.ascontiguousarray(np.moveaxis(packed, axis, -1))
+    width = moved.shape[-1]
+    length = check_int(length, "length", 0, 2 * width)
+    if length < 2 * width - 1:
+        raise ValueError(f"length must be {2 * width - 1} or {2 * width} for {width} packed bytes, got {length}")
+    rows = math.prod(moved.shape[:-1])
+    codes = unpack_bits(moved.reshape(-1).view(np.uint8), 4, 2 * moved.size).reshape(rows, 2 * width)
+    codes = codes[:, :length].reshape(moved.shape[:-1] + (length,))
+    return np.ascontiguousarray(np.moveaxis(codes, -1, axis))
+
+
+def absmax_dequantize(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The float32 weight Keras computes with from absmax codes: ``codes / scale`` (scale
+    broadcast against the codes)."""
+    return np.divide(np.asarray(codes, np.float32), np.asarray(scale, np.float32), dtype=np.float32)
+
+
+def grouped_dequantize(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, block_size: int,
+                       axis: int = 0) -> np.ndarray:
+    """The float32 weight Keras computes with from grouped codes: ``(codes - zero) * scale`` with
+    the group of each index along `axis` of the 2-D codes."""
+    block = check_int(block_size, "block_size", 1)
+    n = codes.shape[axis]
+    index = np.arange(n) // block
+    s = np.take(np.asarray(scale, np.float32), index, axis=axis)
+    z = np.take(np.asarray(zero, np.float32), index, axis=axis)
+    return ((np.asarray(codes, np.float32) - z) * s).astype(np.float32, copy=False)

@@ -1,0 +1,259 @@
+"""Integrity of what is read: packed containers that do not match themselves, damaged HDF5
+types and attributes, and older packed versions still read."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import zlib
+
+import h5py
+import numpy as np
+import pytest
+
+import wqkernels
+from wqkernels import KerasFileError, Recipe
+
+from .helpers import assert_bit_equal
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))
+import make_keras2_files as k2  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def write_keras3(path, seed: int = 12) -> None:
+    """A Keras 3 .weights.h5 written with h5py: the source of ``data/packed-v2.weights.h5``."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        f.create_group("vars").attrs["name"] = "model"
+        for group, arrays in (("conv2d", [(3, 3, 2, 8), (8,)]), ("dense", [(40, 8), (8,)]), ("embedding", [(30, 8)])):
+            g = f.create_group(f"layers/{group}/vars")
+            for i, shape in enumerate(arrays):
+                g.create_dataset(str(i), data=rng.standard_normal(shape).astype(np.float32))
+        f.create_group("optimizer/vars").create_dataset("0", data=np.int64(3))
+
+
+@pytest.fixture
+def keras3(tmp_path):
+    path = tmp_path / "m.weights.h5"
+    write_keras3(path)
+    return path
+
+
+@pytest.fixture
+def packed(keras3, tmp_path):
+    path = tmp_path / "p.weights.h5"
+    wqkernels.rewrite(keras3, path, Recipe(bits=4, storage="packed", symmetric=False))
+    return path
+
+
+def edit_index(path, change) -> None:
+    """Rewrite the index of a packed container with `change(index, group)` applied."""
+    with h5py.File(path, "a") as f:
+        group = f["wqkernels"]
+        index = json.loads(zlib.decompress(group["index"][()].tobytes()))
+        change(index, group)
+        text = json.dumps(index).encode()
+        del group["index"]
+        group["index"] = np.frombuffer(zlib.compress(text), np.uint8)
+        group.attrs["index_bytes"] = len(text)
+
+
+def first(index) -> dict:
+    return index["tensors"][0]
+
+
+def _flip_code(index, group):
+    group["codes"][3] = group["codes"][3] ^ 1
+
+
+def _double_scale(index, group):
+    group["scales"][0] = group["scales"][0] * 2
+
+
+def _unwritten_codes(index, group):
+    size = group["codes"].shape
+    del group["codes"]
+    group.create_dataset("codes", shape=size, dtype=np.uint8)
+
+
+DAMAGE = {
+    "record-removed": lambda index, group: index["tensors"].pop(0),
+    "layout-relabelled": lambda index, group: index.__setitem__("layout", "legacy-weights"),
+    "shape-flattened": lambda index, group: first(index).__setitem__("shape", [int(np.prod(first(index)["shape"]))]),
+    "points-at-a-bias": lambda index, group: first(index).__setitem__("path", "layers/conv2d/vars/1"),
+    "record-twice": lambda index, group: index["tensors"].append(dict(first(index))),
+    "axis-edited": lambda index, group: first(index).__setitem__("axis", 0),
+    "bits-edited": lambda index, group: first(index).__setitem__("bits", 8),
+    "scale-edited": _double_scale,
+    "code-flipped": _flip_code,
+    "codes-unwritten": _unwritten_codes,
+    "bool-as-bits": lambda index, group: first(index).__setitem__("bits", True),
+    "string-offset": lambda index, group: first(index).__setitem__("codes", ["0", 5]),
+    "not-a-record": lambda index, group: index["tensors"].append([]),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_packed_container_is_an_error_never_different_weights(damage, packed, tmp_path):
+    edit_index(packed, DAMAGE[damage])
+    with pytest.raises(KerasFileError) as info:
+        wqkernels.load_weights(packed)
+    assert str(packed) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(KerasFileError):
+        wqkernels.restore(packed, tmp_path / "r.weights.h5")
+    assert not (tmp_path / "r.weights.h5").exists()
+
+
+def test_checksum_error_names_the_weight(packed):
+    edit_index(packed, _flip_code)
+    with pytest.raises(KerasFileError, match=r"weight 'layers/conv2d/vars/0' is corrupt .*checksum"):
+        wqkernels.load_weights(packed)
+
+
+def test_placeholder_redeclared_huge_is_refused_without_allocating(packed):
+    """The skeleton's placeholder re-declared 10^6 x 10^6: the record no longer matches it."""
+    from wqkernels.files import packed as module
+    with h5py.File(packed, "a") as f:
+        group = f["wqkernels"]
+        image = module.lzma.decompress(group["skeleton"][()].tobytes())
+        import io
+        buffer = io.BytesIO(image)
+        with h5py.File(buffer, "a") as skeleton:
+            like = skeleton["layers/conv2d/vars/0"]
+            attrs = dict(like.attrs)
+            del skeleton["layers/conv2d/vars/0"]
+            stub = skeleton.create_dataset("layers/conv2d/vars/0", shape=(10**6, 10**6), dtype=np.float32,
+                                           fill_time="never")
+            stub.attrs.update(attrs)
+        image = buffer.getvalue()
+        del group["skeleton"]
+        group["skeleton"] = np.frombuffer(module.xz_compress(image), np.uint8)
+        group.attrs["skeleton_bytes"] = len(image)
+        index = json.loads(zlib.decompress(group["index"][()].tobytes()))
+        index["skeleton_bytes"] = len(image)
+        text = json.dumps(index).encode()
+        del group["index"]
+        group["index"] = np.frombuffer(zlib.compress(text), np.uint8)
+        group.attrs["index_bytes"] = len(text)
+    with pytest.raises(KerasFileError, match="does not match the skeleton"):
+        wqkernels.inspect(packed)
+
+
+def test_kept_dataset_checked(tmp_path):
+    """A large dataset kept outside the skeleton is checked against its CRC too."""
+    src = tmp_path / "big.h5"
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = np.array([b"dense"])
+        g = f.create_group("dense")
+        g.attrs["weight_names"] = np.array([b"dense/kernel:0", b"dense/bias:0"])
+        g["dense/kernel:0"] = np.random.default_rng(0).standard_normal((128, 256)).astype(np.float32)
+        g["dense/bias:0"] = np.zeros(256, np.float32)
+    packed = tmp_path / "p.h5"
+    wqkernels.rewrite(src, packed, Recipe(bits=8, storage="packed", exclude=("*kernel*",)))  # kept aside
+    assert_bit_equal(wqkernels.load_weights(packed)["dense/dense/kernel:0"], wqkernels.load_weights(src)["dense/dense/kernel:0"])
+    with h5py.File(packed, "a") as f:
+        f["wqkernels/datasets/0"][5, 5] = 1.0
+    with pytest.raises(KerasFileError, match="dense/dense/kernel:0' is corrupt"):
+        wqkernels.load_weights(packed)
+    with pytest.raises(KerasFileError, match="corrupt"):
+        wqkernels.restore(packed, tmp_path / "r.h5")
+    assert not (tmp_path / "r.h5").exists()
+
+
+def test_version_2_still_read(tmp_path):
+    """``data/packed-v2.weights.h5``: ``write_keras3`` packed at 4 bits, asymmetric, by format
+    version 2 (no placeholder marks, no checksums); it restores to the float32 rewrite."""
+    src = tmp_path / "src.weights.h5"
+    write_keras3(src)
+    golden = os.path.join(DATA, "packed-v2.weights.h5")
+    with h5py.File(golden) as f:
+        assert f["wqkernels"].attrs["version"] == 2
+    wqkernels.rewrite(src, tmp_path / "f.weights.h5", Recipe(bits=4, symmetric=False))
+    expected = wqkernels.load_weights(tmp_path / "f.weights.h5")
+    got = wqkernels.load_weights(golden)
+    assert got.keys() == expected.keys()
+    for k in got:
+        assert_bit_equal(got[k], expected[k], k)
+    wqkernels.restore(golden, tmp_path / "r.weights.h5")
+    restored = wqkernels.load_weights(tmp_path / "r.weights.h5")
+    for k in got:
+        assert_bit_equal(restored[k], expected[k], k)
+
+
+def test_version_2_record_pointing_at_a_bias_is_refused(tmp_path):
+    golden = tmp_path / "v2.weights.h5"
+    shutil.copy(os.path.join(DATA, "packed-v2.weights.h5"), golden)
+    edit_index(golden, lambda index, group: first(index).__setitem__("path", "layers/conv2d/vars/1"))
+    with pytest.raises(KerasFileError, match="does not match"):
+        wqkernels.load_weights(golden)
+
+
+def test_written_container_is_version_3_with_marked_placeholders(packed):
+    with h5py.File(packed) as f:
+        assert f["wqkernels"].attrs["version"] == 3
+    from wqkernels.files.source import Source
+    with Source(packed) as source:
+        marked = {p for p, info in source.packed.members.items() if info is not None and info.placeholder}
+        assert marked == set(source.packed.tensors) and all("crc32" in t for t in source.packed.tensors.values())
+
+
+# ---- HDF5 types and attributes that are not read safely --------------------------------------
+
+def _retype_attribute(path, obj: str, name: str, tid) -> None:
+    """Replace attribute `name` of `obj` by one of the HDF5 type `tid` (scalar)."""
+    with h5py.File(path, "a") as f:
+        target = f[obj]
+        del target.attrs[name]
+        h5py.h5a.create(target.id, name.encode(), tid, h5py.h5s.create(h5py.h5s.SCALAR))
+
+
+@pytest.mark.parametrize("command", ["inspect", "rewrite", "restore"])
+def test_vlen_sequence_attribute_refused_not_read(command, packed, tmp_path):
+    """A flipped class bit turns the ``format`` string into a variable-length sequence: reading it
+    crashed h5py.  Types are checked before any attribute is read."""
+    _retype_attribute(packed, "wqkernels", "format", h5py.h5t.vlen_create(h5py.h5t.STD_U8LE))
+    call = {"inspect": lambda: wqkernels.inspect(packed),
+            "rewrite": lambda: wqkernels.rewrite(packed, tmp_path / "o.weights.h5", Recipe(bits=8)),
+            "restore": lambda: wqkernels.restore(packed, tmp_path / "o.weights.h5")}[command]
+    with pytest.raises(KerasFileError, match="attribute 'format' of 'wqkernels' has a variable-length"):
+        call()
+    assert sorted(os.listdir(tmp_path)) == ["m.weights.h5", "p.weights.h5"]
+
+
+def test_non_standard_float_dataset_refused_by_rewrite_as_by_inspect(tmp_path):
+    """A damaged datatype message (odd float bit fields): inspect could not read the data, and
+    rewrite copied it unread (H5Ocopy).  Both refuse it now, naming the dataset."""
+    src = tmp_path / "odd.h5"
+    k2.write_tfkeras_weights(src)
+    odd = h5py.h5t.IEEE_F32LE.copy()
+    odd.set_fields(31, 23, 8, 0, 23)
+    odd.set_ebias(100)
+    with h5py.File(src, "a") as f:
+        g = f["dense_1/dense_1"]
+        data = g["bias:0"][()]
+        del g["bias:0"]
+        dset = h5py.h5d.create(g.id, b"bias:0", odd, h5py.h5s.create_simple(data.shape))
+        dset.write(h5py.h5s.ALL, h5py.h5s.ALL, data)
+    for call in (lambda: wqkernels.inspect(src), lambda: wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(bits=8))):
+        with pytest.raises(KerasFileError, match="'dense_1/dense_1/bias:0' has a non-standard float type"):
+            call()
+    assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("kind", ["attribute", "dataset"])
+def test_object_references_refused_clearly(kind, tmp_path):
+    """References would be copied as addresses into the source file: refused, with the reason."""
+    src = tmp_path / "refs.h5"
+    k2.write_tfkeras_weights(src)
+    with h5py.File(src, "a") as f:
+        ref = f["dense_1"].ref
+        if kind == "attribute":
+            f["dense_1"].attrs.create("link", ref, dtype=h5py.ref_dtype)
+        else:
+            f["dense_1"].create_dataset("links", data=np.array([ref]), dtype=h5py.ref_dtype)
+    with pytest.raises(KerasFileError, match="references"):
+        wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(bits=8))
+    assert not (tmp_path / "o.h5").exists()
