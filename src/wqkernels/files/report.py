@@ -93,9 +93,9 @@ class WeightRow:
     sqnr_db: float | None
     bytes_before: int
     bytes_after: int
-    dtype: str | None = None
     layer: str | None = None
     layer_class: str | None = None
+    dtype: str | None = None
     histogram: Histogram | None = None
 
     def to_dict(self) -> dict:

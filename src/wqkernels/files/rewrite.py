@@ -316,7 +316,7 @@ def _untouched_row(source: Source, e: Entry) -> WeightRow:
     sp = sparsity(source.read(e))
     nbytes = source.stored_bytes(e)
     return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes,
-                     e.dtype, e.layer, e.layer_class)
+                     e.layer, e.layer_class, e.dtype)
 
 
 def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer: Writer, rows: dict,
@@ -332,7 +332,7 @@ def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
         bits = None if quantization is None else quantization.bits
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, before, after, bits, mse, sqnr,
-                                 source.stored_bytes(e), nbytes, e.dtype, e.layer, e.layer_class, histograms)
+                                 source.stored_bytes(e), nbytes, e.layer, e.layer_class, e.dtype, histograms)
     return hook
 
 
@@ -347,7 +347,7 @@ def _restore_hook(source: Source, e: Entry, out: Datasets, rows: dict):
         sp = sparsity(x)
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, sp, sp, record["bits"], None, None,
                                  source.stored_bytes(e), int(written.id.get_storage_size()),
-                                 e.dtype, e.layer, e.layer_class)
+                                 e.layer, e.layer_class, e.dtype)
     return hook
 
 
