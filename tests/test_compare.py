@@ -202,3 +202,58 @@ def test_h5_against_keras_archive_of_the_same_keras_model(tmp_path):
         c = compare(tmp_path / f"{name}.h5", tmp_path / f"{name}.keras")
         assert not c.only_a and not c.only_b, (name, c.only_a, c.only_b)
         assert len(c.rows) == len(model.weights) and all(r.identical for r in c.rows), name
+
+
+def _keras():
+    pytest.importorskip("jax", reason="keras tests need jax (the CPU backend)")
+    return pytest.importorskip("keras", reason="keras tests need keras 3")
+
+
+def _dense_model(keras, seed=0):
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((64,))
+    x = keras.layers.Dense(96, name="d1")(inp)
+    x = keras.layers.Dense(40, name="d2", use_bias=False)(x)
+    model = keras.Model(inp, x)
+    for v in model.weights:
+        v.assign(rng.standard_normal(v.shape).astype(np.float32) * 0.1)
+    return model
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("options", [{"bits": 8}, {"bits": 4}, {"bits": 4, "granularity": "block:32"}])
+def test_keras_native_kernels_compare_as_their_layers_compute(options, tmp_path):
+    """A kernel Keras quantized is its float kernel (its scales and zero points part of it, not
+    weights of their own), with its bits, against the float model."""
+    keras = _keras()
+    src, dst = tmp_path / "m.keras", tmp_path / "q.keras"
+    _dense_model(keras).save(src)
+    wqkernels.rewrite(src, dst, Recipe(storage="keras", **options))
+    c = compare(src, dst)
+    assert not c.only_a and not c.only_b and len(c.rows) == 3
+    a, b = wqkernels.load_weights(src), wqkernels.load_weights(dst)
+    for r in c.rows:
+        assert r.shape == a[r.path].shape == b[r.path].shape
+        assert r.mse == wqkernels.error(a[r.path], b[r.path]).mse
+        if r.role == "kernel":
+            assert r.bits_b == options["bits"] and r.dtype_b.startswith("int8 (keras:int")
+            assert not r.identical and r.bytes_b < r.bytes_a
+        else:
+            assert r.identical and r.bits_b is None
+    assert "keras:int" in compare(dst, dst).table()
+
+
+@pytest.mark.keras
+def test_sharded_saves_compare_shard_by_shard(tmp_path):
+    keras = _keras()
+    model = _dense_model(keras)
+    index, whole = tmp_path / "x.weights.json", tmp_path / "x.weights.h5"
+    model.save_weights(index, max_shard_size=0.00003)  # GB: shards of ~30 kB
+    model.save_weights(whole)
+    assert len([n for n in os.listdir(tmp_path) if n.startswith("x_")]) >= 2
+    packed = tmp_path / "p.weights.json"
+    wqkernels.rewrite(index, packed, Recipe(bits=4, storage="packed"))
+    c = compare(whole, index)
+    assert len(c.rows) == 3 and all(r.identical for r in c.rows) and c.size_b > os.path.getsize(index)
+    c = compare(whole, packed)
+    assert [r.bits_b for r in c.rows if r.role == "kernel"] == [4, 4]

@@ -1,9 +1,11 @@
 """Two files of the same model compared weight by weight, without Keras.
 
-The weights are read through :class:`~.source.Source`, as :func:`wqkernels.load_weights` reads
-them (packed tensors dequantized), so any supported layout and storage compares with any other:
-a model against its compressed rewrite, a legacy ``.h5`` against a ``.keras`` archive.  One
-weight of each file is held at a time.
+The weights are read as :func:`wqkernels.load_weights` reads them (packed tensors and kernels
+Keras quantized dequantized to the float values a reader gets, sharded saves shard by shard), so
+any supported layout and storage compares with any other: a model against its compressed
+rewrite, a legacy ``.h5`` against a ``.keras`` archive.  One weight of each file is held at a
+time.  The scales, zero points and group indexes of a kernel Keras quantized are part of that
+kernel, not weights of their own.
 
 Weights are paired by path; the rest by layer name and position among the layer's weights
 (a legacy file lists a layer's weights in the order Keras 3 numbers them: kernel, bias; gamma,
@@ -27,9 +29,10 @@ from ..progress import progress_bar
 from ..statistics import compare as compare_arrays
 from ..statistics import error, sparsity
 from .errors import KerasFileError, as_file_errors
-from .layouts import Entry
+from .layouts import Entry, file_path
 from .report import HISTOGRAM_BINS, Histogram
-from .source import Source
+from .rewrite import _open
+from .sharded import Shards
 
 __all__ = ["compare", "Comparison", "WeightComparison"]
 
@@ -51,7 +54,7 @@ class WeightComparison:
     dtype_b: str
     sparsity_a: float | None    # None for integer datasets
     sparsity_b: float | None
-    bits_a: int | None          # the bit width of packed codes
+    bits_a: int | None          # the bit width of packed or Keras-quantized codes
     bits_b: int | None
     mse: float | None           # None for integer datasets and non-finite values
     max_abs: float | None
@@ -164,16 +167,17 @@ def compare(a, b, *, progress: bool = False) -> Comparison:
 
     Parameters
     ----------
-    a, b : str or os.PathLike
-        Any supported files (legacy ``.h5``, ``.weights.h5``, ``.keras``, packed), of any
-        storage: packed weights are compared as they dequantize.
+    a, b : str, bytes or os.PathLike
+        Any supported files (legacy ``.h5``, ``.weights.h5``, ``.keras``, packed, the index of
+        a sharded save), of any storage: packed weights and kernels Keras quantized are
+        compared as they dequantize.
     progress : bool
         Draw a progress bar by bytes on stderr when it is a terminal.
 
     Returns
     -------
     Comparison
-        Per weight of `a` paired in `b`: shape, dtypes, sparsities, bits of packed codes, mse,
+        Per weight of `a` paired in `b`: shape, dtypes, sparsities, bits of codes, mse,
         largest absolute difference and SQNR of `b` against `a` (with the histograms of both),
         the weights found in only one of them, and the totals.
 
@@ -189,38 +193,37 @@ def compare(a, b, *, progress: bool = False) -> Comparison:
     >>> print(compare("model.keras", "model.int4.keras").table())  # doctest: +SKIP
     """
     start = time.perf_counter()
-    a, b = os.fspath(a), os.fspath(b)
-    with Source(a) as first, Source(b) as second:
+    a, b = file_path(a, "a"), file_path(b, "b")
+    with _open(a) as first, _open(b) as second:
         pairs, only_a, only_b = _pairs(first, second)
         comparison = Comparison(a, b, first.description, second.description, only_a=[e.path for e in only_a],
-                                only_b=[e.path for e in only_b], size_a=os.path.getsize(a),
-                                size_b=os.path.getsize(b))
+                                only_b=[e.path for e in only_b], size_a=_size(first), size_b=_size(second))
         for name, source in (("first", first), ("second", second)):
             state = [e for e in source.entries if e.role == "optimizer"]
             if state:
                 comparison.notes.append(f"optimizer state of the {name} file not compared ({len(state)} tensors)")
-        total = sum(first.stored_bytes(x) + second.stored_bytes(y) for x, y in pairs)
+        total = sum(_bytes(first, x) + _bytes(second, y) for x, y in pairs)
         bar = progress_bar(None, total, enabled=progress, label=os.path.basename(b))
         try:
             for x, y in pairs:
                 comparison.rows.append(_compare(first, x, second, y))
-                bar.advance(first.stored_bytes(x) + second.stored_bytes(y))
+                bar.advance(_bytes(first, x) + _bytes(second, y))
         finally:
             bar.close()
     comparison.seconds = time.perf_counter() - start
     return comparison
 
 
-def _compare(first: Source, x: Entry, second: Source, y: Entry) -> WeightComparison:
+def _compare(first, x: Entry, second, y: Entry) -> WeightComparison:
     """One pair of weights, read one after the other."""
     with as_file_errors(first.path):
-        va = first.read(x)
+        va = first.values(x)
     with as_file_errors(second.path):
-        vb = second.read(y)
+        vb = second.values(y)
     row = WeightComparison(x.path, y.path, x.layer, x.layer_class or y.layer_class,
-                           x.role if x.role not in _ANY_ROLE else y.role, x.shape, x.dtype, y.dtype,
-                           None, None, _bits(first, x), _bits(second, y), None, None, None, False,
-                           first.stored_bytes(x), second.stored_bytes(y))
+                           x.role if x.role not in _ANY_ROLE else y.role, _shape(first, x), _dtype(first, x),
+                           _dtype(second, y), None, None, _bits(first, x), _bits(second, y), None, None, None,
+                           False, _bytes(first, x), _bytes(second, y))
     floats = va.dtype.kind == "f" and vb.dtype.kind == "f"
     if not floats or not (np.isfinite(va).all() and np.isfinite(vb).all()):
         row.sparsity_a = sparsity(va) if va.dtype.kind == "f" else None
@@ -239,17 +242,64 @@ def _compare(first: Source, x: Entry, second: Source, y: Entry) -> WeightCompari
     return row
 
 
-def _bits(source: Source, entry: Entry) -> int | None:
-    """The bit width of a weight stored as packed codes, else None."""
-    return int(source.packed.tensors[entry.path]["bits"]) if source.is_packed(entry) else None
+# ---- what each file says of a weight -----------------------------------------------------------
+# `source` is an open Source, or the Shards of a sharded save (the same interface, and `owner`).
+
+def _bits(source, entry: Entry) -> int | None:
+    """The bit width of a weight stored as packed or Keras-quantized codes, else None."""
+    quantized = source.quantized.get(entry.path)
+    if quantized is not None:
+        return quantized.bits
+    if not source.is_packed(entry):
+        return None
+    owner = source.owner(entry) if isinstance(source, Shards) else source
+    return int(owner.packed.tensors[entry.path]["bits"])
+
+
+def _storage(source, entry: Entry) -> str | None:
+    """How a weight is stored when it is not a plain dataset: ``packed:4``, ``keras:int8``, ..."""
+    quantized = source.quantized.get(entry.path)
+    if quantized is not None:
+        return quantized.storage
+    return f"packed:{_bits(source, entry)}" if source.is_packed(entry) else None
+
+
+def _dtype(source, entry: Entry) -> str:
+    storage = _storage(source, entry)
+    return entry.dtype if storage is None else f"{entry.dtype} ({storage})"
+
+
+def _shape(source, entry: Entry) -> tuple:
+    """The shape of the weight's values (a kernel Keras packed to int4 has half its columns stored)."""
+    quantized = source.quantized.get(entry.path)
+    return tuple(quantized.kernel_shape) if quantized is not None else tuple(entry.shape)
+
+
+def _bytes(source, entry: Entry) -> int:
+    """Bytes stored for the weight (a kernel Keras quantized: its codes, scales and zero points)."""
+    quantized = source.quantized.get(entry.path)
+    if quantized is None:
+        return source.stored_bytes(entry)
+    paths = set(quantized.paths.values())
+    return sum(source.stored_bytes(e) for e in source.entries if e.path in paths)
+
+
+def _parts(source) -> set:
+    """The paths of the scales, zero points and group indexes of kernels Keras quantized."""
+    return {path for q in source.quantized.values() for path in q.paths.values()} - set(source.quantized)
+
+
+def _size(source) -> int:
+    return source.size() if isinstance(source, Shards) else os.path.getsize(source.path)
 
 
 # ---- pairing ----------------------------------------------------------------------------------
 
-def _pairs(first: Source, second: Source) -> tuple[list, list, list]:
+def _pairs(first, second) -> tuple[list, list, list]:
     """(pairs of entries in the first file's order, entries only in the first, only in the second)."""
-    a = [e for e in first.entries if e.role != "optimizer"]
-    b = [e for e in second.entries if e.role != "optimizer"]
+    parts_a, parts_b = _parts(first), _parts(second)
+    a = [e for e in first.entries if e.role != "optimizer" and e.path not in parts_a]
+    b = [e for e in second.entries if e.role != "optimizer" and e.path not in parts_b]
     by_path = {e.path: e for e in b}
     paired = {x.path: by_path[x.path] for x in a if x.path in by_path}
     rest_a = [x for x in a if x.path not in paired]
@@ -269,9 +319,10 @@ def _pairs(first: Source, second: Source) -> tuple[list, list, list]:
     entries = {x.path: x for x in a}
     for path, y in paired.items():
         x = entries[path]
-        if x.shape != y.shape:
+        if _shape(first, x) != _shape(second, y):
             raise KerasFileError(f"{first.path} and {second.path} are not the same model: weight {x.path!r} is "
-                                 f"{_shape(x.shape)} in the first and {y.path!r} is {_shape(y.shape)} in the second")
+                                 f"{_dims(_shape(first, x))} in the first and {y.path!r} is "
+                                 f"{_dims(_shape(second, y))} in the second")
     if a and b and not paired:
         raise KerasFileError(f"{first.path} and {second.path} are not the same model: they have no weight in "
                              f"common ({len(a)} and {len(b)} weights, no path or layer name shared)")
@@ -314,5 +365,5 @@ def _same_role(r: str, s: str) -> bool:
     return r == s or r in _ANY_ROLE or s in _ANY_ROLE
 
 
-def _shape(shape: tuple) -> str:
+def _dims(shape: tuple) -> str:
     return "x".join(map(str, shape)) or "a scalar"
