@@ -300,7 +300,7 @@ def test_polynomial_fit_zeros_stay_and_end_exact(keras, cb, fresh, tmp_path):
     record = recorder(keras)
     x, y = data()
     model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[callback, record])
-    assert (callback.schedule.begin, callback.schedule.end, callback.step) == (0, 24, 24)
+    assert (callback.schedule.begin, callback.schedule.end, callback.step) == (0, 17, 24)  # 70 % of 24
     total = sum(a.size for a in record.begins[0].values())
     previous = {p: np.zeros(a.shape, bool) for p, a in record.begins[0].items()}
     for step, seen in enumerate(record.begins):
@@ -384,7 +384,7 @@ def test_resumed_fit_continues_the_schedule(keras, cb, fresh, tmp_path):
     assert_same_values(kernels(loaded), halfway)
     again = cb.PruningCallback(0.8, frequency=5)
     loaded.fit(x, y, batch_size=8, epochs=4, initial_epoch=2, shuffle=False, verbose=0, callbacks=[again])
-    assert (again.schedule.begin, again.schedule.end, again.step) == (0, 32, 32)
+    assert (again.schedule.begin, again.schedule.end, again.step) == (0, 23, 32)
     for a, b in zip(kernels(loaded).values(), halfway.values()):
         assert (a[b == 0] == 0).all()
     assert_same_values({v.path: np.array(v.numpy()) for v in loaded.weights}, dict(enumerate(through)))
@@ -461,6 +461,8 @@ def test_other_backends(backend, module):
     import importlib.util
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"the {backend} backend needs {module}, which is not installed")
-    done = _run(BACKEND_SCRIPT, KERAS_BACKEND=backend)
+    # one OpenMP thread: torch's wheel brings its own OpenMP runtime beside the one of our
+    # kernels, and with two threads one torch backward pass was seen to hang with both loaded
+    done = _run(BACKEND_SCRIPT, KERAS_BACKEND=backend, OMP_NUM_THREADS="1")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == [backend, "ok"]
