@@ -564,7 +564,8 @@ h2 { font-size: 18px; margin: 28px 0 8px; }
 h3 { font-size: 15px; margin: 20px 0 6px; }
 .muted { color: var(--muted); }
 code { font: 12.5px/1.3 ui-monospace, "DejaVu Sans Mono", Menlo, monospace; overflow-wrap: break-word; }
-td.path { min-width: 14em; max-width: 22em; }
+td.path { min-width: 12em; max-width: 20em; }
+td.path code { overflow-wrap: anywhere; }
 td.layer { max-width: 13em; overflow-wrap: anywhere; }
 .small { font-size: 12px; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 3px 18px; margin: 0; }
@@ -575,7 +576,7 @@ img.chart { display: block; max-width: 100%; height: auto; width: 1000px; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 13px; margin: 4px 0 12px; }
-th, td { padding: 3px 8px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th, td { padding: 3px 6px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
 thead th { position: sticky; top: 0; background: #fff; border-bottom: 2px solid var(--line); white-space: nowrap; }
 tbody tr:nth-child(even) { background: var(--band); }
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
