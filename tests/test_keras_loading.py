@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import warnings
 import zipfile
@@ -71,6 +72,24 @@ CASES = [("float32", "none"), ("float32", "gzip"), ("float16", "lzf"), ("packed"
 
 
 PREDICT = ("gzip", "packed")  # predictions are compared for these cases, weights bit for bit for all
+
+
+@pytest.mark.keras
+def test_stripped_keras_archive_loads_without_warnings(saved, tmp_path, capsys):
+    """Keras compiles a model whose archive has a compile config and then warns that the
+    optimizer's variables are missing: a stripped archive has neither, and loads uncompiled."""
+    keras = _keras()
+    model, paths, x = saved["conv"]
+    dst = tmp_path / "stripped.keras"
+    code, out, err = run_cli(["rewrite", paths["keras"], "-o", dst, "--bits", "8", "--strip-optimizer"], capsys)
+    assert code == 0 and "the model loads uncompiled" in out + err, err
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        loaded = keras.models.load_model(dst)
+    assert not loaded.compiled
+    with zipfile.ZipFile(paths["keras"]) as a, zipfile.ZipFile(dst) as b:
+        before, after = json.loads(a.read("config.json")), json.loads(b.read("config.json"))
+    assert before.pop("compile_config") is not None and after == before
 
 
 @pytest.mark.slow

@@ -53,7 +53,9 @@ def plan(source: Source, recipe: Recipe, buffers: Buffers, advance=None) -> Plan
             raise KerasFileError(f"{source.path}: {text}") from None
     skip = skipped(source, recipe)
     if skip:
-        notes.append("optimizer state removed")
+        notes.append("optimizer state removed" + (
+            " and the compile config with it (Keras would compile the model and expect the optimizer's "
+            "variables): the model loads uncompiled" if strips_compile_config(source, recipe) else ""))
     if not selected and source.packed is None:  # (a packed source is restored at least)
         notes.append(NOTHING_REWRITTEN + _why_nothing(source, recipe))
     if source.role_source != "config":
@@ -83,6 +85,13 @@ def skipped(source: Source, recipe: Recipe) -> frozenset:
     if recipe.strip_optimizer and optimizer is not None and optimizer in source.root:
         return frozenset({optimizer})
     return frozenset()
+
+
+def strips_compile_config(source: Source, recipe: Recipe) -> bool:
+    """Whether the rewrite also leaves out the archive's compile config: a stripped optimizer
+    that Keras would otherwise build on load, then warn that its saved variables are missing."""
+    return (recipe.strip_optimizer and source.kind == "zip" and isinstance(source.config, dict)
+            and source.config.get("compile_config") is not None and bool(skipped(source, recipe)))
 
 
 def planned_reads(source: Source, recipe: Recipe) -> int:

@@ -30,9 +30,9 @@ from .dtypes import dtype_name, new_float, stored_values
 from .errors import KerasFileError, as_file_errors
 from .h5tree import Datasets, copy_attrs, copy_tree
 from .keras_native import KerasWriter
-from .layouts import KERAS_MEMBER, Entry, check_output_name, container, file_path
+from .layouts import CONFIG_MEMBER, KERAS_MEMBER, Entry, check_output_name, container, file_path
 from .packed import PackedWriter
-from .plan import plan, planned_reads, skipped
+from .plan import plan, planned_reads, skipped, strips_compile_config
 from .recipe import Recipe
 from .report import HISTOGRAM_BINS, Histogram, Report, WeightInfo, WeightRow
 from .sharded import Shards
@@ -260,6 +260,10 @@ def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir
     weights = atomic.scratch_file(dst_dir)
     try:
         replaced = _write_weights(source, weights, recipe, report, bar, bins).members()
+        if strips_compile_config(source, recipe):
+            config = json.loads(replaced[CONFIG_MEMBER]) if CONFIG_MEMBER in replaced else dict(source.config)
+            config.pop("compile_config", None)
+            replaced[CONFIG_MEMBER] = json.dumps(config).encode()
         with zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
             for info in source.zip.infolist():
                 new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
