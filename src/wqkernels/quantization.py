@@ -146,6 +146,10 @@ def fake_quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None 
     ``quantize(x, ...).dequantize()`` without materialising the codes.  `out`, if given, is a
     C-contiguous float32 array of x's shape to write into (it may be x itself).
 
+    The result is float32 for every float input: a grid value (code times a float32 scale) is a
+    float32 number, which float16 would round off the grid.  (The pruning functions keep x's
+    dtype: a zero is exact in every type.)
+
     Examples
     --------
     >>> import numpy as np, wqkernels
