@@ -238,6 +238,22 @@ def test_interrupt_swallowed_on_its_way_still_stops_the_rename(tmp_path, monkeyp
     assert not atomic.STOP.is_set() or main(["inspect", str(src)]) == 0
 
 
+def test_interrupt_while_the_package_imports_is_one_line(monkeypatch, capsys):
+    """Ctrl-C in the first second of the command, while NumPy and the kernels are still being
+    imported, ends it with one line (exit 130), not an import traceback."""
+    import wqkernels.cli as cli
+
+    class Interrupted:
+        def find_spec(self, name, path=None, target=None):
+            if name == "wqkernels.cli.app":
+                raise KeyboardInterrupt
+            return None
+    monkeypatch.delitem(sys.modules, "wqkernels.cli.app", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    assert cli.main(["inspect", "x.h5"]) == 130
+    assert capsys.readouterr().err == "wqkernels: interrupted\n"
+
+
 def test_interrupt_in_a_finaliser_prints_no_traceback(tmp_path, monkeypatch, capsys):
     """Python reports an exception raised in a finaliser as "Exception ignored in ..." with a
     traceback; an interrupt landing there is the command's interrupt, reported as one line."""

@@ -83,3 +83,22 @@ def test_the_check_can_fail(tmp_path):
     bad = tmp_path / "m.py"
     bad.write_text("from ..cli import main\nfrom wqkernels.batch import plan\n")
     assert _imported_parts(bad, ["files", "m"]) == {"cli", "batch"}
+
+
+def test_import_is_light_and_names_resolve_on_use():
+    """``import wqkernels`` imports no NumPy (the command line takes Ctrl-C from its first
+    instant); every public name resolves, to the object its module defines."""
+    import importlib
+    import subprocess
+    import sys
+    code = "import sys, wqkernels; assert 'numpy' not in sys.modules, 'numpy imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    import wqkernels
+    for name in wqkernels.__all__:
+        value = getattr(wqkernels, name)
+        if name != "__version__":
+            assert value is getattr(importlib.import_module(wqkernels._NAMES[name], "wqkernels"), name), name
+    assert set(wqkernels.__all__) <= set(dir(wqkernels))
+    with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
+        wqkernels.nonesuch

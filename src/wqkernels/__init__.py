@@ -2,40 +2,41 @@
 
 Kernels are Cython loops over float32 buffers with the GIL released (OpenMP where available);
 every public function has a pure-NumPy twin in :mod:`wqkernels.reference`.
+
+The names below are imported on first use, so that ``import wqkernels`` costs nothing until
+one is needed and the command line can take Ctrl-C from its first instant.
 """
+import importlib
+
 from ._version import __version__
-from .packing import pack_bits, packed_size, unpack_bits
-from .quantization import QuantizedArray, dequantize, fake_quantize, quantize
 
-__all__ = [
-    "__version__",
-    "QuantizedArray",
-    "quantize",
-    "dequantize",
-    "fake_quantize",
-    "pack_bits",
-    "unpack_bits",
-    "packed_size",
-]
-from .pruning import clip, prune, prune_channels, prune_global, prune_n_m, shrink  # noqa: E402
-from .statistics import ErrorStats, error, sparsity  # noqa: E402
+#: public name -> the module that defines it
+_NAMES = {
+    "QuantizedArray": ".quantization", "quantize": ".quantization", "dequantize": ".quantization",
+    "fake_quantize": ".quantization",
+    "pack_bits": ".packing", "unpack_bits": ".packing", "packed_size": ".packing",
+    "prune": ".pruning", "prune_n_m": ".pruning", "prune_channels": ".pruning", "prune_global": ".pruning",
+    "clip": ".pruning", "shrink": ".pruning",
+    "sparsity": ".statistics", "error": ".statistics", "ErrorStats": ".statistics",
+    "DEFAULT_MIN_SIZE": ".allocation", "SparsityWarning": ".allocation", "default_method": ".allocation",
+    "default_min_size": ".allocation", "prune_model": ".allocation", "bits_for_sqnr": ".allocation",
+    "inspect": ".files", "load_weights": ".files", "rewrite": ".files", "restore": ".files",
+    "Recipe": ".files", "Report": ".files", "WeightInfo": ".files", "KerasFileError": ".files",
+    "rewrite_many": ".batch", "BatchResult": ".batch", "BatchError": ".batch",
+    "max_threads": ".threads", "set_max_threads": ".threads",
+}
 
-__all__ += ["prune", "prune_n_m", "prune_channels", "prune_global", "clip", "shrink",
-            "sparsity", "error", "ErrorStats"]
-from .allocation import (DEFAULT_MIN_SIZE, SparsityWarning, bits_for_sqnr, default_method,  # noqa: E402
-                         default_min_size, prune_model)
+__all__ = ["__version__", *_NAMES]
 
-__all__ += ["DEFAULT_MIN_SIZE", "SparsityWarning", "default_method", "default_min_size", "prune_model",
-            "bits_for_sqnr"]
 
-from .files import KerasFileError, Recipe, Report, WeightInfo, inspect, load_weights, restore, rewrite
+def __getattr__(name: str):
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wqkernels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # found once: later lookups are plain attribute reads
+    return value
 
-__all__ += ["inspect", "load_weights", "rewrite", "restore", "Recipe", "Report", "WeightInfo", "KerasFileError"]
 
-from .batch import BatchError, BatchResult, rewrite_many  # noqa: E402
-
-__all__ += ["rewrite_many", "BatchResult", "BatchError"]
-
-from .threads import max_threads, set_max_threads  # noqa: E402
-
-__all__ += ["max_threads", "set_max_threads"]
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_NAMES))

@@ -9,7 +9,7 @@ from concurrent.futures import Executor
 from ..batch import BatchError, execute, plan
 from ..files import Recipe
 from ..files.pages import report_page
-from .main import CommandError, write_report
+from .app import CommandError, write_report
 from .report import write_html
 
 __all__ = ["add_options", "is_batch", "run_command"]

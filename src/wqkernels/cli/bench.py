@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .. import bench
-from .main import CommandError, write_report
+from .app import CommandError, write_report
 
 __all__ = ["add_parser"]
 

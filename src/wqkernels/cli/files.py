@@ -13,7 +13,7 @@ from ..files.recipe import ACTIVATIONS, COMPRESSIONS, STORAGES
 from ..files.pages import inspect_page, report_page
 from ..quantization import METHODS
 from . import batch
-from .main import CommandError, write_report
+from .app import CommandError, write_report
 from .report import check_page, write_html
 
 

@@ -9,7 +9,7 @@ from ..files.atomic import same_file
 from ..files.charts import MissingExtra, require
 from ..files.compare import compare
 from ..files.pages import compare_page, page, write_page
-from .main import CommandError
+from .app import CommandError
 
 __all__ = ["add_parser", "check_page", "write_html"]
 
