@@ -138,9 +138,11 @@ class DatasetInfo(NamedTuple):
     placeholder: bool = False  # made by :func:`placeholder` (a packed skeleton's stand-in)
 
 
-def dataset_info(dsid: h5d.DatasetID) -> DatasetInfo:
+def dataset_info(dsid: h5d.DatasetID, dcpl=None) -> DatasetInfo:
+    """`dcpl`: the dataset's creation property list, when the caller has it already."""
+    dcpl = dsid.get_create_plist() if dcpl is None else dcpl
     return DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dsid.dtype, int(dsid.get_storage_size()),
-                       dsid.get_create_plist().get_fill_time() == PLACEHOLDER_FILL_TIME)
+                       dcpl.get_fill_time() == PLACEHOLDER_FILL_TIME)
 
 
 #: the standard types a Keras file holds, which HDF5 converts safely; anything else (a float with
@@ -197,7 +199,7 @@ def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = Fal
     problem = type_problem(dsid.get_type())
     if problem is not None:
         raise KerasFileError(f"{where}: dataset {path!r} has {problem}; refused")
-    info = dataset_info(dsid)
+    info = dataset_info(dsid, dcpl)
     if not exempt:
         check_declared(info, path, where)
     return info

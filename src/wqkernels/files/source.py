@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import math
 import mmap
 import os
 import shutil
@@ -13,12 +14,13 @@ import zlib
 
 import h5py
 import numpy as np
+from h5py import h5d, h5s
 
 from .atomic import remove, scratch_file
 from .buffers import Buffers
 from .dtypes import BFLOAT16, read_float32
 from .errors import KerasFileError, as_file_errors, reason
-from .h5tree import check_global_heaps, walk
+from .h5tree import check_global_heaps, dataset_info, walk
 from .keras_native import dequantize_kernel, quantized_layers
 from .layouts import (KERAS_MEMBER, MAX_ZIP_RATIO, Entry, check_zip_members, container, entries, file_path,
                       foreign_error, model_config, read_zip_config,
@@ -71,6 +73,7 @@ class Source:
         self.zip = None
         self.h5 = None
         self.packed = None
+        self.members: dict = {}
         self._tmp = None
         self._window = None
 
@@ -121,6 +124,7 @@ class Source:
             layout = self.packed.layout
             members = self.packed.members
         self.layout = layout
+        self.members = members  # {path: DatasetInfo, None for a group}, as the walk found them
         self.config = model_config(self.root, zip_config, where)
         self.entries = entries(self.root, layout, self.config, where, members)
         self.quantized = quantized_layers(self.root, self.entries, self.config) if layout == "keras3" else {}
@@ -170,14 +174,23 @@ class Source:
         read into them)."""
         if self.is_packed(entry):
             return self.packed.read(entry.path)
-        dset = self.dataset(entry.path)
-        if entry.dtype == BFLOAT16:
-            return read_float32(dset)
-        if buffers is None or dset.dtype != np.float32 or dset.size == 0:
-            data = dset[()]  # in the machine's byte order (Keras loads big-endian kernels too)
-            return data.astype(data.dtype.newbyteorder("=")) if data.dtype.byteorder == ">" else data
-        out = buffers.get("read", dset.shape)
-        dset.read_direct(out)
+        info = self.members.get(entry.path) if self.packed is None else None
+        if info is None or entry.dtype == BFLOAT16:
+            dset = self.dataset(entry.path)
+            if entry.dtype == BFLOAT16:
+                return read_float32(dset)
+            dsid, info = dset.id, dataset_info(dset.id)
+        else:
+            dsid = None
+        # a dataset of the walk is read through its low-level handle: h5py's Dataset object costs
+        # more to make than reading a small weight
+        dtype = info.dtype.newbyteorder("=")  # in the machine's byte order (Keras loads big-endian kernels too)
+        if buffers is not None and dtype == np.float32 and math.prod(info.shape):
+            out = buffers.get("read", info.shape)
+        else:
+            out = np.empty(info.shape, dtype)
+        if out.size:
+            (dsid or h5d.open(self.root.id, entry.path.encode())).read(h5s.ALL, h5s.ALL, out)
         return out
 
     def values(self, entry: Entry) -> np.ndarray:
@@ -193,7 +206,8 @@ class Source:
     def stored_bytes(self, entry: Entry) -> int:
         if self.is_packed(entry):
             return self.packed.stored_bytes(entry.path)
-        return int(self.dataset(entry.path).id.get_storage_size())
+        info = self.members.get(entry.path) if self.packed is None else None
+        return info.stored if info is not None else int(self.dataset(entry.path).id.get_storage_size())
 
     def dataset(self, path: str) -> h5py.Dataset:
         """The dataset holding the data of `path` (of a packed file: its own, not the placeholder)."""
