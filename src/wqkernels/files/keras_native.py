@@ -492,23 +492,31 @@ def _describe(cls: str, ordered: list, layer_config: dict | None, root: h5py.Gro
 
 
 def _einsum_kernel_shape(layer_config: dict | None, rows: int, columns: int) -> tuple | None:
-    """An int4 EinsumDense kernel's own shape, from the config's build input shape and equation."""
+    """An int4 EinsumDense kernel's own shape, from the equation, the output shape and the
+    build input shape in the config; an axis none of them sizes (a legacy .h5 has no build
+    config) takes what is left of the ``rows * columns`` values, when it is the only one."""
     if layer_config is None or layer_config.get("class_name") != "EinsumDense":
         return None
     inner = layer_config.get("config", {})
     m = re.match(r"([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)", str(inner.get("equation", "")))
     input_shape = (layer_config.get("build_config") or {}).get("input_shape")
     out_shape = inner.get("output_shape")
-    if m is None or not isinstance(input_shape, list):
+    if m is None:
         return None
     inputs, weights, outputs = m.groups()
     out_shape = [out_shape] if isinstance(out_shape, int) else list(out_shape or [])
-    sizes = dict(zip(inputs, input_shape))
+    sizes = dict(zip(inputs, input_shape)) if isinstance(input_shape, list) else {}
     sizes.update(dict(zip(outputs[len(outputs) - len(out_shape):], out_shape)))
     try:
-        shape = tuple(int(sizes[c]) for c in weights)
-    except (KeyError, TypeError, ValueError):
+        known = {c: int(sizes[c]) for c in weights if sizes.get(c) is not None}
+    except (TypeError, ValueError):
         return None
+    missing = [c for c in weights if c not in known]
+    if len(missing) == 1 and known and rows * columns % math.prod(known.values()) == 0:
+        known[missing[0]] = rows * columns // math.prod(known.values())
+    if len(known) != len(weights):
+        return None
+    shape = tuple(known[c] for c in weights)
     return shape if math.prod(shape) == rows * columns else None
 
 
