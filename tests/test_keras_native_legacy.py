@@ -253,6 +253,25 @@ def test_nested_model_layers_stay_float(tmp_path):
     loaded(np.zeros((1, 12), np.float32))
 
 
+def test_attention_stays_float_and_loads(tmp_path):
+    """Keras 3.15 cannot reload a quantized MultiHeadAttention from a legacy .h5, even its own
+    ("Weight count mismatch"): its sublayers keep their float dtype on the grid."""
+    inp = keras.Input((6, 16))
+    x = layers.MultiHeadAttention(2, 8, name="mha")(inp, inp)
+    x = layers.Dense(5, name="head")(x)
+    src, dst = tmp_path / "att.h5", tmp_path / "att8.h5"
+    _randomize(keras.Model(inp, x), 6).save(src)
+    report = wqkernels.rewrite(src, dst, Recipe(bits=8, storage="keras"))
+    assert "Keras-native int8: 1 layer (head)" in report.notes
+    assert any(n.startswith("kept float on the 8-bit grid: mha (sublayers") and "reload" in n for n in report.notes)
+    loaded = keras.saving.load_model(dst, compile=False)
+    assert loaded.get_layer("head").quantization_mode == "int8" and loaded.get_layer("mha").quantization_mode is None
+    kernel = "model_weights/mha/mha/query/kernel"
+    np.testing.assert_array_equal(wqkernels.load_weights(dst)[kernel],
+                                  wqkernels.fake_quantize(wqkernels.load_weights(src)[kernel], 8, axis=2))
+    loaded(np.zeros((2, 6, 16), np.float32))
+
+
 # ---- sparsity, reading back, the CLI ---------------------------------------------------------
 
 def dense_model(seed=0):

@@ -179,6 +179,8 @@ class KerasWriter(Writer):
     def _native(self, source, e: Entry):
         """The NativeKernel of entry `e`, or why it stays float."""
         cls = e.layer_class
+        if self.legacy and cls == "MultiHeadAttention" and e.role == "kernel":  # its EinsumDense sublayers
+            return "sublayers without a config of their own: Keras 3.15 cannot reload them quantized"
         if cls not in NATIVE_CLASSES or e.role != NATIVE_CLASSES[cls]:
             return f"{cls or 'an unknown layer'}: Keras does not quantize it"
         vars_group = source.root[e.path].parent
