@@ -513,9 +513,9 @@ def _einsum_kernel_shape(layer_config: dict | None, rows: int, columns: int) -> 
         known = {c: int(sizes[c]) for c in weights if sizes.get(c) is not None}
     except (TypeError, ValueError):
         return None
-    missing = [c for c in weights if c not in known]
-    if len(missing) == 1 and known and rows * columns % math.prod(known.values()) == 0:
-        known[missing[0]] = rows * columns // math.prod(known.values())
+    missing, product = [c for c in weights if c not in known], math.prod(known.values())
+    if len(missing) == 1 and product > 0 and rows * columns % product == 0:
+        known[missing[0]] = rows * columns // product
     if len(known) != len(weights):
         return None
     shape = tuple(known[c] for c in weights)
