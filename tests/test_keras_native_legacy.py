@@ -350,6 +350,22 @@ def test_keras_own_legacy_files_read_back(tmp_path):
     assert {i.storage for i in wqkernels.inspect(theirs) if i.role in ("kernel", "embeddings")} == {"keras:int4/32"}
 
 
+def test_compiled_model_with_optimizer_loads(tmp_path):
+    """A .h5 saved with its optimizer state loads compiled (keras.saving.load_model's default)."""
+    model = dense_model()
+    model.compile(keras.optimizers.Adam(), keras.losses.MeanSquaredError())
+    model.fit(np.ones((8, 300), np.float32), np.ones((8, 33), np.float32), verbose=0)
+    src, dst = tmp_path / "trained.h5", tmp_path / "q.h5"
+    model.save(src)
+    with h5py.File(src) as f:
+        assert "optimizer_weights" in f
+    wqkernels.rewrite(src, dst, Recipe(bits=8, storage="keras"))
+    loaded = keras.saving.load_model(dst)
+    model.quantize("int8")
+    x = np.random.default_rng(5).standard_normal((2, 300)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+
+
 def test_cli_storage_keras_on_legacy_h5(tmp_path, capsys):
     src, dst = tmp_path / "m.h5", tmp_path / "q.h5"
     dense_model().save(src)
