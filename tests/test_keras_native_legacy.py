@@ -272,6 +272,20 @@ def test_attention_stays_float_and_loads(tmp_path):
     loaded(np.zeros((2, 6, 16), np.float32))
 
 
+def test_float16_layers_stay_float(tmp_path):
+    """Keras refuses to quantize float16 compute; such layers keep float16 on the grid."""
+    inp = keras.Input((20,))
+    y = layers.Dense(8, name="half", dtype="float16")(inp)
+    y = layers.Dense(4, name="full")(y)
+    src, dst = tmp_path / "h.h5", tmp_path / "q.h5"
+    _randomize(keras.Model(inp, y), 8).save(src)
+    report = wqkernels.rewrite(src, dst, Recipe(bits=8, storage="keras"))
+    loaded = keras.saving.load_model(dst, compile=False)
+    assert loaded.get_layer("half").quantization_mode is None and loaded.get_layer("full").quantization_mode == "int8"
+    assert any("half (float16 compute" in n for n in report.notes)
+    assert _layer_groups(dst)["half"][0][1] == np.float16
+
+
 # ---- sparsity, reading back, the CLI ---------------------------------------------------------
 
 def dense_model(seed=0):
