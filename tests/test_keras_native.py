@@ -329,15 +329,6 @@ def test_what_keras_cannot_hold_is_one_line(options, message):
         Recipe(bits=8, activations="int8")
 
 
-def test_legacy_h5_is_refused_in_one_line(tmp_path, capsys):
-    src = tmp_path / "m.h5"
-    dense_model().save(src)
-    assert main(["rewrite", str(src), "-o", str(tmp_path / "q.h5"), "--bits", "8", "--storage", "keras"]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "save the model as .keras" in err
-    assert not os.path.exists(tmp_path / "q.h5")
-
-
 def test_einsum_without_config_is_refused(tmp_path):
     src = tmp_path / "e.weights.h5"
     zoo_model().save_weights(src)

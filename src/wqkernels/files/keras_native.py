@@ -3,26 +3,32 @@
 Dense, EinsumDense and Embedding layers quantized by Keras 3 (``model.quantize``) keep int8
 variables in memory.  :class:`KerasWriter` writes a file in that layout directly: per layer the
 codes, scales (and zero points and group indices of sub-channel int4) in the order and dtypes
-Keras saves them, and in a ``.keras`` archive the layer's dtype policy and
-``quantization_config`` in ``config.json`` as Keras writes them, so that
-``keras.saving.load_model`` builds the quantized layers.  With the default method the variables
-are those of ``model.quantize`` bit for bit (:mod:`wqkernels.keras_schemes`).
+Keras saves them, and the layer's dtype policy and ``quantization_config`` in the model config
+as Keras writes them (``config.json`` of a ``.keras`` archive, the ``model_config`` attribute of
+a legacy ``.h5``), so that ``keras.saving.load_model`` builds the quantized layers.  A legacy
+``.h5`` (Keras 3's, Keras 2's or tf.keras's) gets the variables under Keras's names in the
+kernel's naming style (``kernel:0`` -> ``kernel_scale:0``) and each layer group's
+``weight_names`` in the order Keras's legacy loader assigns them (trainable first: the bias, then
+the codes, scales, zero points and group indices).  With the default method the variables are
+those of ``model.quantize`` bit for bit (:mod:`wqkernels.keras_schemes`).
 
 Where Keras cannot load a quantized layer, the layer keeps its float dtype with values on the
 grid (as ``storage="float32"`` writes them): layers Keras does not quantize (convolutions,
 recurrent cells), layers without a config of their own in a ``.keras`` archive (the sublayers of
 MultiHeadAttention, which Keras 3.15's ``load_model`` cannot reload quantized, even from its own
-files), float16 layers (Keras refuses to quantize float16 compute) and EinsumDense equations with
-``...`` (Keras 3.15 fails on them).  A ``.weights.h5`` has no config: it loads into a model the
-user quantized (``model.quantize(mode)``, then ``model.load_weights``), so every Dense and
-Embedding is written natively and an EinsumDense, whose scale layout only its equation tells, is
-refused.
+files), the layers of a model nested in a legacy ``.h5`` (whose group lists all its layers'
+variables together), float16 layers (Keras refuses to quantize float16 compute) and EinsumDense
+equations with ``...`` (Keras 3.15 fails on them).  A ``.weights.h5`` or a legacy weights-only
+``.h5`` has no config: it loads into a model the user quantized (``model.quantize(mode)``, then
+``model.load_weights``), so every Dense and Embedding is written natively and an EinsumDense,
+whose scale layout only its equation tells, is refused.
 
 :func:`quantized_layers` reads files Keras quantized: per kernel, the mode, bits, block size and
 the variables needed to dequantize it (:class:`QuantizedKernel`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -35,6 +41,7 @@ from .. import keras_schemes as ks
 from ..quantization import quantize
 from .dtypes import BFLOAT16, new_bfloat16, new_float, stored_values
 from .errors import KerasFileError
+from .h5tree import HEADER_LIMIT, read_name_list, split_name_list
 from .layouts import CONFIG_MEMBER, Entry
 from .roles import ModelLayers, quantization_mode
 from .writers import Writer
@@ -133,14 +140,14 @@ class KerasWriter(Writer):
     def start(self, source, report) -> None:
         """Decide which kernels are native (before anything is written); notes for the report."""
         recipe = self.recipe
-        if source.layout not in ("keras3",):
-            raise KerasFileError(f"{source.path}: storage='keras' writes Keras 3 files; Keras 3 loads quantized "
-                                 f"layers from .keras and .weights.h5 only, not legacy {source.layout} .h5: "
-                                 f"save the model as .keras first")
-        self.config = source.config if source.kind == "zip" else None
+        self.legacy = source.layout in ("legacy", "legacy-weights")
+        self.config = source.config if source.kind == "zip" or source.layout == "legacy" else None
         self.kind = source.kind
         self.layers = ModelLayers(self.config)
         self.native: dict[str, NativeKernel] = {}
+        #: legacy .h5: layer group -> (the kernel's weight name, the names of its quantized variables)
+        self.renamed: dict[str, tuple] = {}
+        self.config_as_bytes = isinstance(source.root.attrs.get("model_config"), bytes)
         kept: dict[str, str] = {}
         for e in source.entries:
             if not recipe.selects(e):
@@ -163,7 +170,7 @@ class KerasWriter(Writer):
                             + (f" ({', '.join(names)})" if names else ""))
         for layer, why in sorted(kept.items()):
             report.notes.append(f"kept float on the {bits}-bit grid: {layer} ({why})")
-        if self.kind != "zip":
+        if self.config is None:
             how = "'int8'" if bits == 8 else (f"config=keras.quantizers.Int4QuantizationConfig(block_size="
                                               f"{block or -1})")
             report.notes.append(f"loads with model.quantize({how}) then model.load_weights(...)"
@@ -172,14 +179,22 @@ class KerasWriter(Writer):
     def _native(self, source, e: Entry):
         """The NativeKernel of entry `e`, or why it stays float."""
         cls = e.layer_class
+        if self.legacy and cls == "MultiHeadAttention" and e.role == "kernel":  # its EinsumDense sublayers
+            return "sublayers without a config of their own: Keras 3.15 cannot reload them quantized"
         if cls not in NATIVE_CLASSES or e.role != NATIVE_CLASSES[cls]:
             return f"{cls or 'an unknown layer'}: Keras does not quantize it"
         vars_group = source.root[e.path].parent
         count = sum(isinstance(v, h5py.Dataset) for v in vars_group.values())
         if self.config is not None:
-            name = vars_group.attrs.get("name")
-            name = name.decode() if isinstance(name, bytes) else name
-            layer_config = self.layers.find(name) if e.role_source == "config" else None
+            if self.legacy:  # a layer group of model_weights: the layer's own name
+                name = e.layer
+                layer_config = self.layers.top.get(name) if e.role_source == "config" else None
+                if layer_config is not None and layer_config.get("class_name") != cls:
+                    return "a layer of a nested model: a legacy .h5 gets Keras-native layers at its top level only"
+            else:
+                name = vars_group.attrs.get("name")
+                name = name.decode() if isinstance(name, bytes) else name
+                layer_config = self.layers.find(name) if e.role_source == "config" else None
             if layer_config is None:
                 return "a sublayer without a config of its own: Keras 3.15 cannot reload it quantized"
             if layer_config.get("class_name") != cls:
@@ -213,10 +228,10 @@ class KerasWriter(Writer):
             return values, int(new_float(self, group, name, values, dtype, self.recipe.compress, like).id.get_storage_size())
         bits, block = quantization.bits, self.recipe.block_size
         arrays, values = _native_arrays(native, x, bits, block, quantization.method, dtype == BFLOAT16, out)
-        index = int(name)
+        slots = self._legacy_slots(entry, name, arrays) if self.legacy else \
+            [int(name) + k + (1 if k and native.has_bias else 0) for k in range(len(arrays))]
         nbytes = 0
-        for k, (kind, array) in enumerate(arrays):
-            slot = index if k == 0 else index + k + (1 if native.has_bias else 0)
+        for slot, (kind, array) in zip(slots, arrays):
             if kind == "scale" and dtype == BFLOAT16:
                 dset = new_bfloat16(group, str(slot), array)
             else:  # (no attributes, as Keras writes them; compressed when asked and large enough)
@@ -225,6 +240,19 @@ class KerasWriter(Writer):
         if native.config is not None:
             self._quantize_config(native, bits, block)
         return values, nbytes
+
+    def _legacy_slots(self, entry: Entry, name: str, arrays: list) -> list[str]:
+        """The dataset names of a kernel's quantized variables in a legacy .h5 layer group, in
+        the naming style of the kernel's (``kernel:0`` -> ``kernel_scale:0``); remembers them
+        for the group's ``weight_names``."""
+        stem, suffix = re.fullmatch(r"(.*?)((?::\d+)?)", name).groups()
+        names = variable_names(stem)
+        slots = [name] + [names[kind] + suffix for kind, _ in arrays[1:]]
+        layer_group = ("model_weights/" if self.layout == "legacy" else "") + entry.layer
+        listed = entry.path[len(layer_group) + 1:]  # as weight_names lists it: "dense/kernel:0"
+        inner = listed[:-len(name)]
+        self.renamed[layer_group] = (listed, [inner + slot for slot in slots])
+        return slots
 
     def _quantize_config(self, native: NativeKernel, bits: int, block: int | None) -> None:
         """The layer's dtype policy and quantization_config as Keras writes them."""
@@ -249,11 +277,48 @@ class KerasWriter(Writer):
                 "config": {"weight_quantizer": None, "activation_quantizer": quantizer, "block_size": block or -1},
                 "registered_name": None}
 
+    @contextlib.contextmanager
+    def open(self, path: str):
+        """The weights file; in a legacy .h5, once its tree is copied, the native layers' groups
+        list their quantized variables in the order Keras assigns them (trainable first: the
+        bias, then the kernel's codes, scales, ...), and ``model_config`` has their policies."""
+        with super().open(path) as f:
+            yield f
+            if self.legacy and self.native:
+                for group, (kernel, variables) in self.renamed.items():
+                    _write_weight_names(f[group], kernel, variables)
+                if self.config is not None:
+                    text = json.dumps(self.config)
+                    f.attrs["model_config"] = np.bytes_(text.encode()) if self.config_as_bytes else text
+
     def members(self) -> dict:
         """``config.json`` of a .keras archive with the native layers' policies."""
         if self.config is None or not self.native:
             return {}
         return {CONFIG_MEMBER: json.dumps(self.config).encode()}
+
+
+def variable_names(stem: str) -> dict:
+    """{kind: name} of a quantized kernel's variables as Keras names them, from the kernel's own
+    name (``kernel`` or ``embeddings``)."""
+    return {"codes": stem, "scale": f"{stem}_scale", "zero": f"{stem}_zero", "g_idx": "g_idx"}
+
+
+def _write_weight_names(group: h5py.Group, kernel: str, variables: list) -> None:
+    """A legacy layer group's ``weight_names`` with `kernel` replaced by its quantized
+    `variables` after the other weights, in the attribute's own string type."""
+    names = [n for n in read_name_list(group, "weight_names") or [] if n != kernel] + variables
+    listed = [a for a in group.attrs if re.fullmatch(r"weight_names\d*", a)]
+    as_bytes = np.asarray(group.attrs[listed[0]]).dtype.kind == "S"  # Keras 2's fixed-length bytes
+    for a in listed:
+        del group.attrs[a]
+    values = np.array([n.encode() for n in names], dtype="S") if as_bytes else np.array(names, dtype=object)
+    if sum(len(n.encode()) for n in names) > HEADER_LIMIT:
+        split_name_list(group, "weight_names", values)
+    elif as_bytes:
+        group.attrs["weight_names"] = values
+    else:
+        group.attrs.create("weight_names", values, dtype=h5py.string_dtype())
 
 
 def _native_arrays(native: NativeKernel, x: np.ndarray, bits: int, block: int | None, method: str,
@@ -339,34 +404,48 @@ class QuantizedKernel:
 
     def roles(self) -> dict:
         """{dataset path: role} of the scale, zero point and group index variables."""
-        prefix = "embeddings" if self.layer_class == "Embedding" else "kernel"
-        names = {"scale": f"{prefix}_scale", "zero": f"{prefix}_zero", "g_idx": "g_idx"}
-        return {path: names[kind] for kind, path in self.paths.items() if kind in names}
+        names = variable_names(NATIVE_CLASSES[self.layer_class])
+        return {path: names[kind] for kind, path in self.paths.items() if kind != "codes"}
 
 
-def quantized_layers(root: h5py.Group, entries: list, config: dict | None) -> dict[str, QuantizedKernel]:
+def quantized_layers(root: h5py.Group, entries: list, config: dict | None,
+                     layout: str = "keras3") -> dict[str, QuantizedKernel]:
     """Kernel path -> QuantizedKernel for every layer Keras quantized to int8/int4, from the model
-    config (its dtype policy and shapes) or, without one, from the variables' shapes."""
+    config (its dtype policy and shapes) or, without one, from the variables' shapes; in a
+    Keras 3 file (`layout` ``keras3``) or a legacy .h5 (``legacy``, ``legacy-weights``)."""
     layers = ModelLayers(config)
     by_group: dict[str, list] = {}
     for e in entries:
         parts = e.path.split("/")
-        if len(parts) >= 3 and parts[-2] == "vars":
+        if layout == "keras3" and len(parts) >= 3 and parts[-2] == "vars" or \
+                layout != "keras3" and len(parts) >= 2 and e.role != "optimizer":
             by_group.setdefault("/".join(parts[:-1]), []).append(e)
     out = {}
     for group_path, group_entries in by_group.items():
-        first = min(group_entries, key=lambda e: int(e.path.rsplit("/", 1)[1]))
+        ordered = _variable_order(group_entries, layout)
+        first = ordered[0]
         cls = first.layer_class
         if cls not in NATIVE_CLASSES or first.dtype != "int8":
             continue
-        ordered = sorted(group_entries, key=lambda e: int(e.path.rsplit("/", 1)[1]))
-        name = root[group_path].attrs.get("name")
-        name = name.decode() if isinstance(name, bytes) else name
-        layer_config = layers.find(name)
-        found = _describe(cls, ordered, layer_config, root)
+        if layout == "keras3":
+            name = root[group_path].attrs.get("name")
+            name = name.decode() if isinstance(name, bytes) else name
+        else:  # the group named after the layer (Keras 2.0's inner group is not: then the layer group's)
+            name = group_path.rsplit("/", 1)[-1]
+            name = name if layers.find(name) is not None else first.layer
+        found = _describe(cls, ordered, layers.find(name), root)
         if found is not None:
             out[first.path] = found
     return out
+
+
+def _variable_order(group_entries: list, layout: str) -> list:
+    """A layer's variables in Keras 3's ``vars`` order (codes, bias, scale, zero, g_idx): by index
+    in a Keras 3 file; in a legacy .h5, which lists the bias first, the kernel moved ahead."""
+    if layout == "keras3":
+        return sorted(group_entries, key=lambda e: int(e.path.rsplit("/", 1)[1]))
+    kernel = [e for e in group_entries if e.role == NATIVE_CLASSES.get(e.layer_class)]
+    return kernel[:1] + [e for e in group_entries if e not in kernel[:1]]
 
 
 def _describe(cls: str, ordered: list, layer_config: dict | None, root: h5py.Group) -> QuantizedKernel | None:
@@ -415,23 +494,31 @@ def _describe(cls: str, ordered: list, layer_config: dict | None, root: h5py.Gro
 
 
 def _einsum_kernel_shape(layer_config: dict | None, rows: int, columns: int) -> tuple | None:
-    """An int4 EinsumDense kernel's own shape, from the config's build input shape and equation."""
+    """An int4 EinsumDense kernel's own shape, from the equation, the output shape and the
+    build input shape in the config; an axis none of them sizes (a legacy .h5 has no build
+    config) takes what is left of the ``rows * columns`` values, when it is the only one."""
     if layer_config is None or layer_config.get("class_name") != "EinsumDense":
         return None
     inner = layer_config.get("config", {})
     m = re.match(r"([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)", str(inner.get("equation", "")))
     input_shape = (layer_config.get("build_config") or {}).get("input_shape")
     out_shape = inner.get("output_shape")
-    if m is None or not isinstance(input_shape, list):
+    if m is None:
         return None
     inputs, weights, outputs = m.groups()
     out_shape = [out_shape] if isinstance(out_shape, int) else list(out_shape or [])
-    sizes = dict(zip(inputs, input_shape))
+    sizes = dict(zip(inputs, input_shape)) if isinstance(input_shape, list) else {}
     sizes.update(dict(zip(outputs[len(outputs) - len(out_shape):], out_shape)))
     try:
-        shape = tuple(int(sizes[c]) for c in weights)
-    except (KeyError, TypeError, ValueError):
+        known = {c: int(sizes[c]) for c in weights if sizes.get(c) is not None}
+    except (TypeError, ValueError):
         return None
+    missing, product = [c for c in weights if c not in known], math.prod(known.values())
+    if len(missing) == 1 and product > 0 and rows * columns % product == 0:
+        known[missing[0]] = rows * columns // product
+    if len(known) != len(weights):
+        return None
+    shape = tuple(known[c] for c in weights)
     return shape if math.prod(shape) == rows * columns else None
 
 

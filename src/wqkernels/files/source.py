@@ -127,7 +127,7 @@ class Source:
         self.members = members  # {path: DatasetInfo, None for a group}, as the walk found them
         self.config = model_config(self.root, zip_config, where)
         self.entries = entries(self.root, layout, self.config, where, members)
-        self.quantized = quantized_layers(self.root, self.entries, self.config) if layout == "keras3" else {}
+        self.quantized = quantized_layers(self.root, self.entries, self.config, layout)
         roles = {path: role for q in self.quantized.values() for path, role in q.roles().items()}
         self.entries = [dataclasses.replace(e, role=roles[e.path]) if e.path in roles else e for e in self.entries]
 
