@@ -385,3 +385,59 @@ def test_float16_layers_stay_float(tmp_path):
     assert loaded.get_layer("half").quantization_mode is None and loaded.get_layer("full").quantization_mode == "int8"
     assert any("half (float16 compute" in n for n in report.notes)
     assert _datasets(dst)["layers/dense/vars/0"][0] == np.float16
+
+
+def reversible_model(tie: bool, seed=0):
+    """A ReversibleEmbedding used both ways: lookup, a Dense between, and the reverse projection
+    to logits (tied: through the table itself; untied: through a table of its own)."""
+    inp = keras.Input((7,), dtype="int32")
+    table = layers.ReversibleEmbedding(50, 129, tie_weights=tie, name="rev")
+    x = layers.Dense(129, name="mix")(table(inp))
+    return _randomize(keras.Model(inp, table(x, reverse=True)), seed)
+
+
+@pytest.mark.parametrize("mode_name", list(MODES))
+def test_tied_reversible_embedding_is_keras_own(tmp_path, mode_name):
+    src, ours, theirs = tmp_path / "float.keras", tmp_path / "ours.keras", tmp_path / "keras.keras"
+    reversible_model(tie=True).save(src)
+    expected = _keras_quantized(src, mode_name, theirs)
+    report = wqkernels.rewrite(src, ours, Recipe(storage="keras", **MODES[mode_name][2]))
+    assert _datasets(ours) == _datasets(theirs)
+    ours_layers, their_layers = _config_layers(ours), _config_layers(theirs)
+    for key in ("dtype", "quantization_config"):
+        assert _strip_ids(ours_layers["rev"][key]) == _strip_ids(their_layers["rev"][key]), key
+    loaded = keras.saving.load_model(ours)
+    assert loaded.get_layer("rev").quantization_mode == MODES[mode_name][0]
+    x = _input((4, 7))
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(expected(x)))
+    assert any("rev" in n and n.startswith("Keras-native") for n in report.notes), report.notes
+    read = wqkernels.inspect(ours)  # read back as a kernel Keras quantized
+    assert {w.path: w.storage for w in read if w.path.startswith("layers/reversible_embedding")}[
+        "layers/reversible_embedding/vars/0"] == "keras:" + ("int8" if mode_name == "int8" else
+                                                             "int4/-1" if mode_name == "int4" else mode_name)
+    table = wqkernels.load_weights(ours)["layers/reversible_embedding/vars/0"]  # dequantized
+    float_table = wqkernels.load_weights(src)["layers/reversible_embedding/vars/0"]
+    assert table.dtype == np.float32 and table.shape == float_table.shape == (50, 129)
+    assert wqkernels.error(float_table, table).sqnr_db > (30 if mode_name == "int8" else 10)
+
+
+def test_untied_reversible_embedding_stays_float_on_the_grid(tmp_path):
+    """Both tables of an untied ReversibleEmbedding are kernels (quantized on the grid by float
+    storage); Keras-native storage keeps the layer float, saying why, and the model loads."""
+    src, dst = tmp_path / "float.keras", tmp_path / "ours.keras"
+    model = reversible_model(tie=False)
+    model.save(src)
+    rows = {w.path: w for w in wqkernels.inspect(src)}
+    assert rows["layers/reversible_embedding/vars/0"].role == "embeddings"
+    assert rows["layers/reversible_embedding/vars/1"].role == "reverse_embeddings"
+    assert all(rows[f"layers/reversible_embedding/vars/{i}"].prunable for i in (0, 1))
+    report = wqkernels.rewrite(src, dst, Recipe(bits=8, storage="keras"))
+    assert any("rev (ReversibleEmbedding" not in n and "untied reverse embeddings" in n for n in report.notes), report.notes
+    loaded = keras.saving.load_model(dst)
+    assert loaded.get_layer("rev").quantization_mode is None and loaded.get_layer("mix").quantization_mode == "int8"
+    weights = wqkernels.load_weights(dst)
+    before = wqkernels.load_weights(src)
+    for i, axis in ((0, 0), (1, 1)):
+        path = f"layers/reversible_embedding/vars/{i}"
+        np.testing.assert_array_equal(weights[path], wqkernels.fake_quantize(before[path], 8, axis=axis,
+                                                                             symmetric=True), path)

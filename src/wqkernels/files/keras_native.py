@@ -50,7 +50,11 @@ __all__ = ["KerasWriter", "NATIVE_CLASSES", "QuantizedKernel", "quantized_layers
            "dequantize_kernel"]
 
 #: the layer classes Keras 3 quantizes to int8/int4, and the role of their kernel
-NATIVE_CLASSES = {"Dense": "kernel", "EinsumDense": "kernel", "Embedding": "embeddings"}
+NATIVE_CLASSES = {"Dense": "kernel", "EinsumDense": "kernel", "Embedding": "embeddings",
+                  "ReversibleEmbedding": "embeddings"}
+#: the classes whose kernel is an embedding table (one scale per row, no bias); a
+#: ReversibleEmbedding is written natively when its reverse projection is the tied table itself
+EMBEDDINGS = ("Embedding", "ReversibleEmbedding")
 
 _ABSMAX = {"module": "keras.quantizers", "class_name": "AbsMaxQuantizer",
            "config": {"value_range": [-127, 127], "epsilon": 1e-07, "output_dtype": "int8"},
@@ -181,10 +185,12 @@ class KerasWriter(Writer):
         cls = e.layer_class
         if self.legacy and cls == "MultiHeadAttention" and e.role == "kernel":  # its EinsumDense sublayers
             return "sublayers without a config of their own: Keras 3.15 cannot reload them quantized"
-        if cls not in NATIVE_CLASSES or e.role != NATIVE_CLASSES[cls]:
-            return f"{cls or 'an unknown layer'}: Keras does not quantize it"
         vars_group = source.root[e.path].parent
         count = sum(isinstance(v, h5py.Dataset) for v in vars_group.values())
+        if cls == "ReversibleEmbedding" and count > 1:
+            return "untied reverse embeddings: written in Keras's layout only when tied"
+        if cls not in NATIVE_CLASSES or e.role != NATIVE_CLASSES[cls]:
+            return f"{cls or 'an unknown layer'}: Keras does not quantize it"
         if self.config is not None:
             if self.legacy:  # a layer group of model_weights: the layer's own name
                 name = e.layer
@@ -209,8 +215,8 @@ class KerasWriter(Writer):
                     return "an equation with '...': Keras 3.15 cannot quantize it"
             if inner.get("lora_rank"):
                 return "LoRA enabled"
-            return NativeKernel(cls, str(name), layer_config, count > 1 and cls != "Embedding", einsum)
-        return NativeKernel(cls, e.layer, None, count > 1 and cls != "Embedding", None)
+            return NativeKernel(cls, str(name), layer_config, count > 1 and cls not in EMBEDDINGS, einsum)
+        return NativeKernel(cls, e.layer, None, count > 1 and cls not in EMBEDDINGS, None)
 
     # ---- the weights ----
 
@@ -325,7 +331,7 @@ def _native_arrays(native: NativeKernel, x: np.ndarray, bits: int, block: int | 
                    bfloat16: bool, out: np.ndarray) -> tuple[list, np.ndarray]:
     """[(kind, array)] in Keras's order (codes, scale, then zero and g_idx for sub-channel int4)
     and the float32 weight Keras computes with (in `out`)."""
-    embedding = native.layer_class == "Embedding"
+    embedding = native.layer_class in EMBEDDINGS
     if bits == 8 and native.layer_class == "EinsumDense":
         codes, scale = _absmax(x, native.einsum.reduced, ks.INT8, method, out, bfloat16)
         return [("codes", codes), ("scale", native.einsum.stored_scale(scale))], out
@@ -451,7 +457,7 @@ def _variable_order(group_entries: list, layout: str) -> list:
 def _describe(cls: str, ordered: list, layer_config: dict | None, root: h5py.Group) -> QuantizedKernel | None:
     codes = ordered[0]
     mode = quantization_mode(layer_config) if layer_config is not None else None
-    embedding = cls == "Embedding"
+    embedding = cls in EMBEDDINGS
     bias = 0 if embedding else int(len(ordered) >= 2 and ordered[1].dtype != "int8" and (
         mode is None and len(ordered) in (3, 5) or mode is not None and
         bool((layer_config.get("config", {}).get("use_bias", True) if cls == "Dense"
@@ -482,7 +488,11 @@ def _describe(cls: str, ordered: list, layer_config: dict | None, root: h5py.Gro
     if bits == 8:
         kernel_shape = codes.shape
     elif embedding:
-        kernel_shape = (codes.shape[0], rest[2].shape[0] if grouped else 2 * codes.shape[1])
+        # packed along the row: an odd width is only known from g_idx or the config
+        width = (layer_config or {}).get("config", {}).get("output_dim")
+        kernel_shape = (codes.shape[0], rest[2].shape[0] if grouped else
+                        int(width) if isinstance(width, int) and -(-width // 2) == codes.shape[1]
+                        else 2 * codes.shape[1])
     else:
         columns = scale_shape[-1]
         rows = rest[2].shape[0] if grouped else codes.shape[0]
@@ -526,7 +536,7 @@ def dequantize_kernel(root: h5py.Group, q: QuantizedKernel, read) -> np.ndarray:
     """The float32 kernel Keras computes with, in the kernel's own shape."""
     codes = read(q.paths["codes"])
     scale = np.asarray(read(q.paths["scale"]), np.float32)
-    embedding = q.layer_class == "Embedding"
+    embedding = q.layer_class in EMBEDDINGS
     if q.bits == 8:
         if embedding:
             scale = scale.reshape(-1, 1)

@@ -11,13 +11,15 @@ import json
 import re
 
 #: weight roles that are pruned and quantized; everything else is kept as it is
-KERNEL_ROLES = ("kernel", "recurrent_kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
+KERNEL_ROLES = ("kernel", "recurrent_kernel", "depthwise_kernel", "pointwise_kernel", "embeddings",
+                "reverse_embeddings")
 
 #: Keras 3 ``vars/<i>`` index tables, by layer class family
 _KERNEL_BIAS = ("kernel", "bias")
 _VAR_TABLES = {
     "separable": ("depthwise_kernel", "pointwise_kernel", "bias"),
     "embedding": ("embeddings",),
+    "reversible_embedding": ("embeddings", "reverse_embeddings"),  # the second when not tied
     "rnn_cell": ("kernel", "recurrent_kernel", "bias"),
 }
 _KERNEL_CLASSES = re.compile(r"^(Dense|EinsumDense|Conv[123]D|Convolution[123]D|Conv[123]DTranspose|"
@@ -25,7 +27,7 @@ _KERNEL_CLASSES = re.compile(r"^(Dense|EinsumDense|Conv[123]D|Convolution[123]D|
 _KNOWN_CLASSES = (
     "Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
     "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
-    "Embedding", "LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell", "ConvLSTM1D",
+    "Embedding", "ReversibleEmbedding", "LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell", "ConvLSTM1D",
     "ConvLSTM2D", "ConvLSTM3D", "Bidirectional", "TimeDistributed", "BatchNormalization",
     "LayerNormalization", "GroupNormalization", "UnitNormalization", "PReLU", "InputLayer",
     "Sequential", "Functional", "Model", "MultiHeadAttention",
@@ -69,6 +71,8 @@ def var_role(layer_class: str | None, index: int, in_cell: bool) -> str | None:
         table = _VAR_TABLES["separable"]
     elif layer_class == "Embedding":
         table = _VAR_TABLES["embedding"]
+    elif layer_class == "ReversibleEmbedding":
+        table = _VAR_TABLES["reversible_embedding"]
     elif _KERNEL_CLASSES.match(layer_class):
         table = _KERNEL_BIAS
     else:  # a known layer without kernels (normalisation, PReLU, ...): kept as it is
@@ -81,7 +85,8 @@ def channel_axis(layer_class: str | None, role: str, ndim: int) -> int:
 
     Dense/Conv kernels: last; depthwise kernels (DepthwiseConv and the depthwise half of
     SeparableConv): 2 = ``ndim - 2`` (input channels); Conv*Transpose: second-to-last;
-    Embedding: 0 (one scale per row).
+    Embedding: 0 (one scale per row); a ReversibleEmbedding's ``reverse_embeddings`` ``(dim,
+    vocab)`` projects like a Dense kernel: last.
     """
     cls = layer_class or ""
     if role == "embeddings":
