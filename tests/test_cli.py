@@ -116,7 +116,7 @@ def test_restore_refuses_unpacked(keras20, tmp_path, capsys):
     assert code != 0 and "not a packed file" in err
 
 
-@pytest.mark.parametrize("flag,signed", [(None, True), ("--symmetric", True), ("--asymmetric", False)])
+@pytest.mark.parametrize("flag,signed", [(None, False), ("--symmetric", True), ("--asymmetric", False)])
 def test_symmetric_and_asymmetric_grids(flag, signed, keras20, tmp_path, capsys):
     out = tmp_path / "out.h5"
     code, _, err = run_cli(["rewrite", keras20[0], "-o", out, "--bits", "3", "--method", "minmax",

@@ -20,7 +20,10 @@ from ._schemes import DEFAULT_PERCENTILE, MSE_FULL_BELOW, MSE_RATIOS, MSE_STEPS,
 __all__ = ["QuantizedArray", "quantize", "dequantize", "fake_quantize"]
 
 METHODS = ("minmax", "mse", "percentile")
+ROUNDINGS = ("nearest", "sum")
 _CHUNK = 1 << 16  # per-tensor work is cut into blocks of this many elements
+_SUM_CHUNK = 1 << 20  # sum-preserving rounding works on groups of about this many elements at a time
+_SHORT_ROW = 256  # groups up to this size are sorted whole to find the codes to move
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +74,8 @@ class QuantizedArray:
 
 def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = None,
              block_size: int | None = None, method: str = "minmax", frac_bits: int | None = None,
-             scale=None, zero_point=None, percentile: float = DEFAULT_PERCENTILE) -> QuantizedArray:
+             scale=None, zero_point=None, percentile: float = DEFAULT_PERCENTILE,
+             rounding: str = "nearest") -> QuantizedArray:
     """Quantize a float array to `bits`-bit integer codes.
 
     Parameters
@@ -102,6 +106,16 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
         defaults to 0 and must be 0 when symmetric.
     percentile : float
         For ``method="percentile"``, in (0, 100].
+    rounding : {"nearest", "sum"}
+        "nearest": round half to even.  "sum": sum-preserving rounding within each group (the
+        tensor, a channel or a block): after rounding to nearest, the fewest codes are moved one
+        step so that the group's codes add up to the integer nearest the sum of their unrounded
+        values ``x / scale + zero_point`` (clipped codes included), so the dequantized group keeps
+        the sum of x to within half a step whenever enough codes can move.  The codes moved are
+        those nearest a rounding boundary (least added squared error); equal costs: the earlier
+        element of the group (C order within the group).  The sum is accumulated in float64, in
+        that order.  Keeps the mean output of a layer whose inputs share a mean, which rounding
+        each weight alone does not.
 
     Returns
     -------
@@ -112,12 +126,18 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
     TypeError
         x is not an array of real floats, or bits is not an integer.
     ValueError
-        bits outside 2..8, a bad axis or block size, an unknown method, NaN or infinity in x
-        (the message says how many and where the first is), or a bad scale or zero point.
+        bits outside 2..8, a bad axis or block size, an unknown method or rounding, NaN or
+        infinity in x (the message says how many and where the first is), or a bad scale or
+        zero point.
 
     Examples
     --------
     >>> import numpy as np, wqkernels
+    >>> x = np.array([0.4, 0.4, 0.4, 1.0])
+    >>> wqkernels.quantize(x, bits=2, axis=0, block_size=4).values.ravel()  # sum of codes 1, of x / scale 2.2
+    array([0, 0, 0, 1], dtype=int8)
+    >>> wqkernels.quantize(x, bits=2, axis=0, block_size=4, rounding="sum").values.ravel()
+    array([1, 0, 0, 1], dtype=int8)
     >>> qa = wqkernels.quantize(np.array([-1.0, 0.0, 0.5, 1.0]), bits=8)
     >>> qa.values
     array([-127,    0,   64,  127], dtype=int8)
@@ -128,10 +148,13 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
     """
     xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
                                       zero_point, percentile)
+    _check_rounding(rounding)
     codes = np.empty(g.shape, dtype=sch.dtype)
     if not _core.quantize_into(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g),
                                _per_block(s, g), _per_block(zp, g), float(sch.qmin), float(sch.qmax), fit):
         raise nonfinite_error(xf)
+    if rounding == "sum" and xf.size:
+        _preserve_sums(xf, codes, s, zp, g, sch)
     return QuantizedArray(codes, s.reshape(g.scale_shape), zp.astype(sch.dtype).reshape(g.scale_shape),
                           bits, g.axis, g.block)
 
@@ -139,7 +162,7 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
 def fake_quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = None,
                   block_size: int | None = None, method: str = "minmax", frac_bits: int | None = None,
                   scale=None, zero_point=None, percentile: float = DEFAULT_PERCENTILE,
-                  out: np.ndarray | None = None) -> np.ndarray:
+                  rounding: str = "nearest", out: np.ndarray | None = None) -> np.ndarray:
     """Quantize and dequantize in one pass: float32 values on the quantization grid.
 
     Takes the options of :func:`quantize` and returns, bit for bit,
@@ -156,6 +179,11 @@ def fake_quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None 
     >>> y * 3
     array([-3., -2., -1.,  0.,  1.,  2.,  3.], dtype=float32)
     """
+    if _check_rounding(rounding) == "sum":  # the codes are needed whole before any value is written
+        qa = quantize(x, bits, symmetric=symmetric, axis=axis, block_size=block_size, method=method,
+                      frac_bits=frac_bits, scale=scale, zero_point=zero_point, percentile=percentile,
+                      rounding=rounding)
+        return dequantize(qa, out=_output(out, qa.shape))
     xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
                                       zero_point, percentile)
     y = _output(out, g.shape)
@@ -246,6 +274,86 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
             _core.search_scales(xf.reshape(-1), *_layout(g, search=True), lo, hi, MSE_RATIOS, MSE_STEPS,
                                 MSE_FULL_BELOW, sch.symmetric, float(sch.qmin), float(sch.qmax), s, zp)
     return xf, g, sch, s, zp, False
+
+
+def _check_rounding(rounding) -> str:
+    if not isinstance(rounding, str) or rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {', '.join(map(repr, ROUNDINGS))}, got {rounding!r}")
+    return rounding
+
+
+def _preserve_sums(xf: np.ndarray, codes: np.ndarray, s: np.ndarray, zp: np.ndarray, g: Groups, sch) -> None:
+    """Sum-preserving rounding: adjust the round-to-nearest `codes` in place, group by group.
+
+    The groups are taken a chunk of about _SUM_CHUNK elements at a time (a per-tensor group
+    whole), as rows of a matrix in the group's C order; short blocks are padded.
+    """
+    x3 = xf.reshape(g.outer, g.n, g.inner)
+    q3 = codes.reshape(g.outer, g.n, g.inner)
+    if g.axis is None:
+        q = q3.reshape(1, -1).astype(np.float64)
+        _adjust_rows(x3.reshape(1, -1), q, s.reshape(1, 1), zp.reshape(1, 1), None, sch)
+        codes.reshape(-1)[...] = q.reshape(-1)
+    elif g.block is None:
+        step = max(1, _SUM_CHUNK // max(g.outer * g.inner, 1))
+        for j in range(0, g.n, step):
+            k = slice(j, min(j + step, g.n))
+            rows = np.moveaxis(x3[:, k], 1, 0).reshape(-1, g.outer * g.inner)
+            q = np.moveaxis(q3[:, k], 1, 0).reshape(rows.shape).astype(np.float64)
+            _adjust_rows(rows, q, s[k, None], zp[k, None], None, sch)
+            q3[:, k] = np.moveaxis(q.reshape(-1, g.outer, g.inner), 0, 1)
+    else:
+        nb = -(-g.n // g.block)
+        step = max(1, _SUM_CHUNK // max(nb * g.block * g.inner, 1))
+        pad = nb * g.block - g.n
+        s3, zp3 = s.reshape(g.outer, nb, g.inner), zp.reshape(g.outer, nb, g.inner)
+        for o in range(0, g.outer, step):
+            k = slice(o, min(o + step, g.outer))
+            xs = np.pad(x3[k], ((0, 0), (0, pad), (0, 0)))
+            valid = np.pad(np.ones(x3[k].shape, bool), ((0, 0), (0, pad), (0, 0)))
+
+            def rows(a):
+                return a.reshape(a.shape[0], nb, g.block, g.inner).transpose(0, 1, 3, 2).reshape(-1, g.block)
+
+            q = rows(np.pad(q3[k], ((0, 0), (0, pad), (0, 0))).astype(np.float64))
+            _adjust_rows(rows(xs), q, s3[k].reshape(-1, 1), zp3[k].reshape(-1, 1), rows(valid), sch)
+            back = q.reshape(-1, nb, g.inner, g.block).transpose(0, 1, 3, 2).reshape(-1, nb * g.block, g.inner)
+            q3[k] = back[:, :g.n]
+
+
+def _adjust_rows(x: np.ndarray, q: np.ndarray, s: np.ndarray, zp: np.ndarray, valid, sch) -> None:
+    """One group per row: move the cheapest codes of `q` (float64, in place) one step each until
+    the row's codes sum to the nearest integer of ``sum(x / s + zp)`` (as far as codes can move)."""
+    r = (x / s).astype(np.float64) + zp  # x / s in float32, as the codes were made
+    e = r - q
+    if valid is not None:
+        e[~valid] = 0.0
+    k = np.rint(np.cumsum(e, axis=1)[:, -1])  # a sequential sum: the same in any implementation
+    direction = np.sign(k)[:, None]
+    target = q + direction
+    movable = (direction != 0) & (target >= sch.qmin) & (target <= sch.qmax)
+    if valid is not None:
+        movable &= valid
+    cost = np.where(movable, 1.0 - 2.0 * direction * e, np.inf)
+    count = np.minimum(np.abs(k), movable.sum(axis=1)).astype(np.int64)
+    most = int(count.max(initial=0))
+    if most == 0:
+        return
+    # the `count` cheapest of each row, ties to the earlier element
+    if q.shape[1] <= _SHORT_ROW:  # short rows (blocks): one stable sort of each row
+        order = np.argsort(cost, axis=1, kind="stable")
+        take = np.arange(q.shape[1])[None, :] < count[:, None]
+        rows, cols = np.nonzero(take)[0], order[take]
+    else:  # long rows: every element no dearer than the row's most-th cheapest (found in linear
+        # time) is a candidate, and only the candidates are sorted
+        bound = np.take_along_axis(cost, np.argpartition(cost, most - 1, axis=1)[:, most - 1:most], axis=1)
+        rows, cols = np.nonzero((cost <= bound) & movable)
+        order = np.lexsort((cols, cost[rows, cols], rows))
+        rows, cols = rows[order], cols[order]
+        rank = np.arange(rows.size) - np.searchsorted(rows, np.arange(q.shape[0]))[rows]
+        chosen = rank < count[rows]
+        rows, cols = rows[chosen], cols[chosen]
+    q[rows, cols] += direction[rows, 0]
 
 
 def _grouping(shape, axis, block_size) -> Groups:
