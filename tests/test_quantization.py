@@ -393,18 +393,29 @@ def test_sum_rounding_moves_the_codes_nearest_a_boundary():
     assert ties.values.tolist() == [1, 0, 0, 1]  # equal remainders: the earlier element
 
 
-def test_sum_rounding_on_large_channels_and_blocks_agrees_with_reference(monkeypatch):
-    """Groups are processed a chunk at a time: chunks that cut the groups differently agree."""
-    from wqkernels import quantization
-
+@pytest.mark.parametrize("options", [dict(axis=1), dict(axis=2), dict(axis=1, block_size=8),
+                                     dict(axis=0, block_size=4), dict(), dict(axis=0, symmetric=True, method="mse")])
+def test_sum_rounding_on_large_groups_agrees_with_reference(options):
+    """Groups of hundreds to thousands of codes, many of them moved: the kernel's selection of
+    the codes to move (no sort) picks those of the reference's stable sort."""
     x = np.random.default_rng(3).standard_normal((37, 29, 5)).astype(np.float32)
-    for options in (dict(axis=1), dict(axis=2), dict(axis=1, block_size=8), dict(axis=0, block_size=4), dict()):
-        expected = ref.quantize(x, 3, symmetric=False, rounding="sum", **options)
-        monkeypatch.setattr(quantization, "_SUM_CHUNK", 64)
-        monkeypatch.setattr(quantization, "_SHORT_ROW", 2)  # the selection for long groups, too
-        assert_same_quantization(wqkernels.quantize(x, 3, symmetric=False, rounding="sum", **options), expected)
-        monkeypatch.undo()
-        assert_same_quantization(wqkernels.quantize(x, 3, symmetric=False, rounding="sum", **options), expected)
+    x[:, 3] += 0.7  # a channel leaning to one side: many codes of it move
+    options = {"symmetric": False, **options}
+    qa = wqkernels.quantize(x, 3, rounding="sum", **options)
+    assert_same_quantization(qa, ref.quantize(x, 3, rounding="sum", **options))
+    assert (qa.values != wqkernels.quantize(x, 3, **options).values).any()
+
+
+def test_sum_rounding_ties_in_a_long_group_go_to_the_earlier_elements():
+    x = np.full(5000, 0.25, np.float32)
+    # scale 2/3 and zero point 2 at 2 bits: -1.0 is 0.5 above its code (the cheapest move), 1.0 at
+    # the top code, and 4998 equal remainders of 0.375 between
+    x[0], x[-1] = -1.0, 1.0
+    qa = wqkernels.quantize(x, 2, symmetric=False, rounding="sum")
+    expected = ref.quantize(x, 2, symmetric=False, rounding="sum")
+    assert_same_quantization(qa, expected)
+    moved = np.flatnonzero(qa.values != wqkernels.quantize(x, 2, symmetric=False).values)
+    assert moved.size > 1000 and (moved == np.arange(moved.size)).all()
 
 
 @pytest.mark.parametrize("rounding", ["up", "", None, 1])

@@ -22,8 +22,6 @@ __all__ = ["QuantizedArray", "quantize", "dequantize", "fake_quantize"]
 METHODS = ("minmax", "mse", "percentile")
 ROUNDINGS = ("nearest", "sum")
 _CHUNK = 1 << 16  # per-tensor work is cut into blocks of this many elements
-_SUM_CHUNK = 1 << 20  # sum-preserving rounding works on groups of about this many elements at a time
-_SHORT_ROW = 256  # groups up to this size are sorted whole to find the codes to move
 
 
 @dataclass(frozen=True, eq=False)
@@ -283,77 +281,10 @@ def _check_rounding(rounding) -> str:
 
 
 def _preserve_sums(xf: np.ndarray, codes: np.ndarray, s: np.ndarray, zp: np.ndarray, g: Groups, sch) -> None:
-    """Sum-preserving rounding: adjust the round-to-nearest `codes` in place, group by group.
-
-    The groups are taken a chunk of about _SUM_CHUNK elements at a time (a per-tensor group
-    whole), as rows of a matrix in the group's C order; short blocks are padded.
-    """
-    x3 = xf.reshape(g.outer, g.n, g.inner)
-    q3 = codes.reshape(g.outer, g.n, g.inner)
-    if g.axis is None:
-        q = q3.reshape(1, -1).astype(np.float64)
-        _adjust_rows(x3.reshape(1, -1), q, s.reshape(1, 1), zp.reshape(1, 1), None, sch)
-        codes.reshape(-1)[...] = q.reshape(-1)
-    elif g.block is None:
-        step = max(1, _SUM_CHUNK // max(g.outer * g.inner, 1))
-        for j in range(0, g.n, step):
-            k = slice(j, min(j + step, g.n))
-            rows = np.moveaxis(x3[:, k], 1, 0).reshape(-1, g.outer * g.inner)
-            q = np.moveaxis(q3[:, k], 1, 0).reshape(rows.shape).astype(np.float64)
-            _adjust_rows(rows, q, s[k, None], zp[k, None], None, sch)
-            q3[:, k] = np.moveaxis(q.reshape(-1, g.outer, g.inner), 0, 1)
-    else:
-        nb = -(-g.n // g.block)
-        step = max(1, _SUM_CHUNK // max(nb * g.block * g.inner, 1))
-        pad = nb * g.block - g.n
-        s3, zp3 = s.reshape(g.outer, nb, g.inner), zp.reshape(g.outer, nb, g.inner)
-        for o in range(0, g.outer, step):
-            k = slice(o, min(o + step, g.outer))
-            xs = np.pad(x3[k], ((0, 0), (0, pad), (0, 0)))
-            valid = np.pad(np.ones(x3[k].shape, bool), ((0, 0), (0, pad), (0, 0)))
-
-            def rows(a):
-                return a.reshape(a.shape[0], nb, g.block, g.inner).transpose(0, 1, 3, 2).reshape(-1, g.block)
-
-            q = rows(np.pad(q3[k], ((0, 0), (0, pad), (0, 0))).astype(np.float64))
-            _adjust_rows(rows(xs), q, s3[k].reshape(-1, 1), zp3[k].reshape(-1, 1), rows(valid), sch)
-            back = q.reshape(-1, nb, g.inner, g.block).transpose(0, 1, 3, 2).reshape(-1, nb * g.block, g.inner)
-            q3[k] = back[:, :g.n]
-
-
-def _adjust_rows(x: np.ndarray, q: np.ndarray, s: np.ndarray, zp: np.ndarray, valid, sch) -> None:
-    """One group per row: move the cheapest codes of `q` (float64, in place) one step each until
-    the row's codes sum to the nearest integer of ``sum(x / s + zp)`` (as far as codes can move)."""
-    r = (x / s).astype(np.float64) + zp  # x / s in float32, as the codes were made
-    e = r - q
-    if valid is not None:
-        e[~valid] = 0.0
-    k = np.rint(np.cumsum(e, axis=1)[:, -1])  # a sequential sum: the same in any implementation
-    direction = np.sign(k)[:, None]
-    target = q + direction
-    movable = (direction != 0) & (target >= sch.qmin) & (target <= sch.qmax)
-    if valid is not None:
-        movable &= valid
-    cost = np.where(movable, 1.0 - 2.0 * direction * e, np.inf)
-    count = np.minimum(np.abs(k), movable.sum(axis=1)).astype(np.int64)
-    most = int(count.max(initial=0))
-    if most == 0:
-        return
-    # the `count` cheapest of each row, ties to the earlier element
-    if q.shape[1] <= _SHORT_ROW:  # short rows (blocks): one stable sort of each row
-        order = np.argsort(cost, axis=1, kind="stable")
-        take = np.arange(q.shape[1])[None, :] < count[:, None]
-        rows, cols = np.nonzero(take)[0], order[take]
-    else:  # long rows: every element no dearer than the row's most-th cheapest (found in linear
-        # time) is a candidate, and only the candidates are sorted
-        bound = np.take_along_axis(cost, np.argpartition(cost, most - 1, axis=1)[:, most - 1:most], axis=1)
-        rows, cols = np.nonzero((cost <= bound) & movable)
-        order = np.lexsort((cols, cost[rows, cols], rows))
-        rows, cols = rows[order], cols[order]
-        rank = np.arange(rows.size) - np.searchsorted(rows, np.arange(q.shape[0]))[rows]
-        chosen = rank < count[rows]
-        rows, cols = rows[chosen], cols[chosen]
-    q[rows, cols] += direction[rows, 0]
+    """Sum-preserving rounding: adjust the round-to-nearest `codes` in place, group by group."""
+    _core.preserve_sums(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g, search=True),
+                        np.ascontiguousarray(s, dtype=np.float32).reshape(-1),
+                        np.ascontiguousarray(zp, dtype=np.float32).reshape(-1), float(sch.qmin), float(sch.qmax))
 
 
 def _grouping(shape, axis, block_size) -> Groups:
