@@ -1,24 +1,28 @@
-"""Fidelity benchmark: test accuracy of small trained Keras models after each compression recipe.
+"""Fidelity benchmark: how close the outputs of compressed models stay to the float model's.
 
-Trains the models of ``models.py`` on scikit-learn's digits (Keras 3, JAX backend, fixed seeds),
-saves each as a legacy full-model ``.h5``, rewrites it with every recipe of RECIPES through the
-``wqkernels rewrite`` command, loads the result with ``keras.models.load_model`` and prints its
-test accuracy next to the float model's, as a markdown table, with the accuracy targets.
+Trains the architectures of ``models.py`` (several seeds each, cached), then applies every recipe
+of the grid to each trained model and compares the compressed model's outputs on the test set with
+the float model's: the task score (accuracy, F1 of the edge map against the float model's map,
+R² of the regression) and the relative error of the raw outputs (logits), which separates recipes
+where the score cannot.  Weight error is never used.
+
+A recipe is either a :class:`wqkernels.Recipe`, applied with ``wqkernels.rewrite`` to the saved
+``.keras`` file exactly as users run it, or a function from the float weights (and the float model
+and some training samples, for calibrated methods) to new weights, written into a copy of the
+model's weights file.  Either way the model loads the resulting file with ``load_weights``.
 
 Usage::
 
-    python benchmarks/fidelity.py [--quick] [--markdown] [--backend auto|cli|memory]
-                                  [--models cnn,cnn_wide,mlp] [--seeds 3]
+    python benchmarks/fidelity.py [--models cnn_bn,vgg,...] [--seeds 3] [--bits 2,3,4]
+                                  [--groups quant,prune] [--out results.json] [--markdown]
+    python benchmarks/fidelity.py --from results.json --markdown     # tables from saved results
 
-``--backend memory`` applies the same recipes to the weights in memory with the package's
-functions (``prune_model``, ``prune_n_m``, ``fake_quantize`` with the CLI's defaults) instead of
-going through files; ``auto`` (the default) uses the CLI when the package has ``rewrite``.
+``--quick``: one seed, bits 2..4, the CNN with BN and the VGG-style net.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import dataclasses
 import json
 import math
 import os
@@ -27,6 +31,9 @@ import sys
 import tempfile
 import time
 import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,257 +41,623 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 import models  # noqa: E402
+import wqkernels  # noqa: E402
 
-#: (label, CLI arguments of ``wqkernels rewrite``, accuracy target in points below float or None)
-RECIPES = [
-    ("int8 per-channel", ["--bits", "8"], 0.3),
-    ("int4 per-channel", ["--bits", "4"], 0.3),
-    ("int3 per-channel", ["--bits", "3"], 1.0),
-    ("int2 per-channel", ["--bits", "2"], 15.0),
-    ("int4 block 32", ["--bits", "4", "--granularity", "block:32"], None),
-    ("sparsity 0.5", ["--sparsity", "0.5"], 0.5),
-    ("sparsity 0.75", ["--sparsity", "0.75"], 1.0),
-    ("sparsity 0.9", ["--sparsity", "0.9"], 4.0),
-    ("sparsity 0.5 uniform", ["--sparsity", "0.5", "--allocation", "uniform"], None),
-    ("sparsity 0.75 uniform", ["--sparsity", "0.75", "--allocation", "uniform"], None),
-    ("sparsity 0.9 uniform", ["--sparsity", "0.9", "--allocation", "uniform"], None),
-    ("2:4", ["--sparsity", "2:4"], None),
-    ("2:4, min-size 1024", ["--sparsity", "2:4", "--min-size", "1024"], None),
-    ("sparsity 0.5 + int8", ["--sparsity", "0.5", "--bits", "8"], 0.5),
-    ("target SQNR 20 dB", ["--target-sqnr", "20"], None),
-]
-#: models whose float accuracy must reach this for the targets to apply
-TARGET_FLOAT = 98.0
-TARGET_MODELS = ("cnn", "cnn_wide")
+BITS = tuple(range(2, 9))
+SEEDS = 3
+#: bits of one group's scale (float32) and zero point (8-bit) in packed storage
+SCALE_BITS = 40
 
 
-# ---- the two ways of applying a recipe --------------------------------------------------------
+# ---- recipes ------------------------------------------------------------------------------------
 
-def parse_recipe(args: list[str]) -> dict:
-    """The recipe's CLI arguments as a dict (``--target-sqnr 20`` -> ``{"target_sqnr": "20"}``)."""
-    return {key.lstrip("-").replace("-", "_"): value for key, value in zip(args[::2], args[1::2])}
+@dataclass(frozen=True)
+class Tensor:
+    """A prunable weight of the model file and how the file layer lays it out."""
 
-
-def apply_in_memory(model, recipe: dict) -> dict:
-    """Compress the prunable kernels of `model` in place as the CLI would; returns a summary."""
-    import wqkernels
-
-    weights = models.prunable_weights(model)
-    arrays = {path: np.asarray(var.numpy()) for path, (var, _) in weights.items()}
-    sparsity = recipe.get("sparsity")
-    min_size = int(recipe.get("min_size", 0))
-    if sparsity is not None and ":" in sparsity:  # N:M along the input axis of every kernel
-        n, m = (int(v) for v in sparsity.split(":"))
-        arrays = {path: _prune_n_m(_reduction_view(x, weights[path][1]), n, m).reshape(x.shape)
-                  if x.size >= min_size else x for path, x in arrays.items()}
-    elif sparsity is not None:
-        arrays = wqkernels.prune_model(arrays, float(sparsity), allocation=recipe.get("allocation", "global"))
-    bits_used = {}
-    if "bits" in recipe or "target_sqnr" in recipe:
-        block = recipe.get("granularity", "channel")
-        for path, x in arrays.items():
-            view, options = x, {"axis": weights[path][1]}
-            if block.startswith("block:"):
-                view = _reduction_view(x, weights[path][1])
-                options = {"axis": 0, "block_size": int(block.split(":")[1])}
-            if "target_sqnr" in recipe:
-                bits = wqkernels.bits_for_sqnr(view, float(recipe["target_sqnr"]), **options)
-            else:
-                bits = int(recipe["bits"])
-            bits_used[path] = bits
-            method = recipe.get("method", wqkernels.default_method(bits))
-            arrays[path] = wqkernels.fake_quantize(view, bits, method=method, **options).reshape(x.shape)
-    for path, (var, _) in weights.items():
-        var.assign(arrays[path])
-    return _summary(arrays, bits_used)
+    path: str
+    layer: str
+    layer_class: str | None
+    role: str
+    shape: tuple
+    channel_axis: int
 
 
-def apply_with_cli(model, args: list[str], workdir: str) -> tuple:
-    """Save `model` as .h5, rewrite it with ``wqkernels rewrite``, load the result.
+@dataclass
+class Context:
+    """What a weights function may use besides the weights: the float model (its float weights
+    loaded) and a batch of training inputs, for calibrated methods."""
 
-    Returns (the loaded model, a summary), or (None, the error) when the CLI refuses the recipe.
+    model: object
+    samples: np.ndarray
+
+
+#: a weights function: (float weights by path, the prunable tensors, context) -> new weights by path
+Transform = Callable[[dict, list, Context], dict]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One recipe of the benchmark.  `group` names the recipes compared with each other (a bit
+    width, a sparsity); `recipe` is applied with ``wqkernels.rewrite``, `transform` to the
+    weights."""
+
+    label: str
+    group: str
+    recipe: wqkernels.Recipe | None = None
+    transform: Transform | None = None
+    tags: tuple = ()
+
+    def __post_init__(self):
+        if (self.recipe is None) == (self.transform is None):
+            raise ValueError("a Candidate has a recipe or a transform")
+
+    def apply(self, weights: dict, tensors: list, context: Context) -> dict:
+        """The new prunable tensors by path."""
+        new = (replica(self.recipe) if self.transform is None else self.transform)(weights, tensors, context)
+        return {t.path: new.get(t.path, weights[t.path]) for t in tensors}
+
+
+def quantization_label(symmetric: bool, method: str, granularity: str) -> str:
+    return f"{'sym' if symmetric else 'asym'} {method} {granularity}"
+
+
+def quantization_grid(bits: int) -> list[Candidate]:
+    """Every data-free quantization recipe at `bits`: the CLI default, then symmetric/asymmetric x
+    min/max, mse, percentile x per channel, blocks of 32 and 128, per tensor, rounded to nearest."""
+    group = f"int{bits}"
+    out = [Candidate("default", group, wqkernels.Recipe(bits=bits), tags=("default",)),
+           Candidate("default, rounding to nearest", group, wqkernels.Recipe(bits=bits, rounding="nearest"))]
+    for symmetric in (True, False):
+        for method in ("minmax", "mse", "percentile"):
+            for granularity in ("channel", "block:32", "block:128", "tensor"):
+                out.append(Candidate(quantization_label(symmetric, method, granularity), group,
+                                     wqkernels.Recipe(bits=bits, symmetric=symmetric, method=method,
+                                                      granularity=granularity, rounding="nearest")))
+    return out + [dataclasses.replace(c, group=group) for c in improvements(bits)]
+
+
+def improvements(bits: int) -> list[Candidate]:
+    """Data-free improvements measured against the grid: sum-preserving rounding
+    (``rounding="sum"`` of :func:`wqkernels.quantize`) on the grid's main recipes, and on all
+    kernels but the recurrent ones (``default_rounding`` of each role)."""
+    out = []
+    for symmetric in (True, False):
+        for method in ("minmax", "mse"):
+            for granularity in ("channel", "block:32"):
+                out.append(Candidate(quantization_label(symmetric, method, granularity) + " sum", f"int{bits}",
+                                     wqkernels.Recipe(bits=bits, symmetric=symmetric, method=method,
+                                                      granularity=granularity, rounding="sum")))
+    for granularity in ("channel", "block:32"):
+        out.append(Candidate(quantization_label(False, "minmax", granularity) + " sum, recurrent nearest",
+                             f"int{bits}", wqkernels.Recipe(bits=bits, symmetric=False, method="minmax",
+                                                            granularity=granularity)))
+    return out
+
+
+BASELINE = quantization_label(False, "minmax", "channel")
+
+
+def pruning_grid() -> list[Candidate]:
+    """Magnitude pruning at 50 / 75 / 90 % (global LAMP and uniform allocation) and 2:4."""
+    out = []
+    for sparsity in (0.5, 0.75, 0.9):
+        group = f"sparsity {sparsity:g}"
+        out.append(Candidate("default (global)", group, wqkernels.Recipe(sparsity=sparsity), tags=("default",)))
+        out.append(Candidate("uniform", group, wqkernels.Recipe(sparsity=sparsity, allocation="uniform")))
+    out.append(Candidate("default (min size 1024)", "2:4", wqkernels.Recipe(sparsity="2:4"), tags=("default",)))
+    out.append(Candidate("every kernel (min size 0)", "2:4", wqkernels.Recipe(sparsity="2:4", min_size=0)))
+    for c in list(out):
+        if c.recipe.allocation == "global":
+            out.append(Candidate(c.label + " sum-preserving", c.group, transform=_sum_preserving_pruning(c.recipe)))
+    for sparsity in (0.5, 0.75, 0.9):
+        for min_size in (256, 1024):
+            out.append(Candidate(f"raw global magnitude (min size {min_size})", f"sparsity {sparsity:g}",
+                                 transform=_magnitude_pruning(sparsity, min_size)))
+    return out
+
+
+def _magnitude_pruning(sparsity: float, min_size: int) -> Transform:
+    """One |w| threshold across the tensors of at least `min_size` weights (ties: the earlier
+    tensor, then the lower index), floor(sparsity * all weights) zeros in all."""
+
+    def transform(weights, tensors, context):
+        arrays = {t.path: np.asarray(weights[t.path], np.float32) for t in tensors}
+        eligible = [p for p, x in arrays.items() if x.size >= min_size]
+        total = sum(x.size for x in arrays.values())
+        count = min(math.floor(sparsity * total), sum(arrays[p].size for p in eligible))
+        scores = np.concatenate([np.abs(arrays[p]).ravel() for p in eligible])
+        mask = np.zeros(scores.size, bool)
+        mask[np.argsort(scores, kind="stable")[:count]] = True
+        out, start = {}, 0
+        for p in eligible:
+            x = arrays[p]
+            out[p] = np.where(mask[start:start + x.size].reshape(x.shape), np.float32(0), x)
+            start += x.size
+        return out
+
+    return transform
+
+
+def _sum_preserving_pruning(recipe: wqkernels.Recipe) -> Transform:
+    """Prune as `recipe` does, then give each output channel's kept weights an equal share of the
+    sum its pruned weights had, so that the channel keeps the float sum (a NumPy prototype)."""
+    prune = replica(recipe)
+
+    def transform(weights, tensors, context):
+        pruned = prune(weights, tensors, context)
+        out = {}
+        for t in tensors:
+            w, p = weights[t.path].astype(np.float64), pruned[t.path]
+            axes = tuple(i for i in range(w.ndim) if i != t.channel_axis)
+            kept = p != 0
+            removed = np.sum(np.where(kept, 0.0, w), axis=axes, keepdims=True)
+            count = np.sum(kept, axis=axes, keepdims=True)
+            share = np.divide(removed, count, out=np.zeros_like(removed), where=count > 0)
+            out[t.path] = np.where(kept, p + share, 0.0).astype(np.float32)
+        return out
+
+    return transform
+
+
+def grid(bits=BITS, groups=("quant", "prune")) -> list[Candidate]:
+    """The recipes of `groups`: "quant" (quantization_grid of each of `bits`), "prune"
+    (pruning_grid), "variants" (the rounding variants of ``rounding_variants.py``)."""
+    out = []
+    if "quant" in groups:
+        for b in bits:
+            out += quantization_grid(b)
+    if "variants" in groups:
+        import rounding_variants
+
+        for b in bits:
+            out += rounding_variants.variants(b)
+    if "prune" in groups:
+        out += pruning_grid()
+    return out
+
+
+# ---- applying recipes to one trained model ------------------------------------------------------
+
+class Case:
+    """One trained model: its file, the loaded model, its float outputs on the test set.
+
+    Compressed weights go straight into the model's variables (which variable holds which dataset
+    of the file is found once, by loading a file of marker values); the model runs as one jitted
+    function of its variables.
+    """
+
+    def __init__(self, arch: str, seed: int, path: str, workdir: str):
+        import keras
+
+        self.arch, self.seed, self.workdir = arch, seed, workdir
+        self.task = models.task(models.ARCHITECTURES[arch].task)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model = keras.models.load_model(path, compile=False)
+        self.path = os.path.join(workdir, f"{arch}-s{seed}.keras")  # without the optimizer state
+        self.model.save(self.path)
+        self.weights = wqkernels.load_weights(self.path)
+        self.tensors = _tensors(self.path)
+        self.slots = self._find_variables()
+        self.variables = [v.value for v in self.model.trainable_variables], \
+            [v.value for v in self.model.non_trainable_variables]
+        self._run = _compiled(self.model)
+        self.reference = self.predict({})
+        self.context = Context(self.model, self.task.x_train[:256])
+
+    def _find_variables(self) -> dict:
+        """{path of a prunable tensor: index in the model's trainable variables}."""
+        import h5py
+
+        marked = os.path.join(self.workdir, "marked.weights.h5")
+        with zipfile.ZipFile(self.path) as z, open(marked, "wb") as f:
+            f.write(z.read("model.weights.h5"))
+        with h5py.File(marked, "r+") as f:
+            for i, t in enumerate(self.tensors):
+                f[t.path][...] = np.float32(i + 1)
+        self.model.load_weights(marked)
+        found = {}
+        for j, v in enumerate(self.model.trainable_variables):
+            value = np.asarray(v.numpy())
+            if value.size and np.all(value == value.flat[0]) and float(value.flat[0]).is_integer():
+                i = int(value.flat[0]) - 1
+                if 0 <= i < len(self.tensors) and self.tensors[i].shape == value.shape:
+                    found[self.tensors[i].path] = j
+        self.model.load_weights(self.path)
+        missing = [t.path for t in self.tensors if t.path not in found]
+        if missing:
+            raise RuntimeError(f"{self.arch}: no variable found for {missing}")
+        return found
+
+    def predict(self, kernels: dict) -> np.ndarray:
+        """The test outputs with the prunable tensors of `kernels` (by path) replacing the float ones."""
+        trainable = list(self.variables[0])
+        for path, value in kernels.items():
+            trainable[self.slots[path]] = np.asarray(value, dtype=np.float32)
+        return np.asarray(self._run(trainable, self.variables[1], self.task.x_test), dtype=np.float64)
+
+    def compress(self, candidate: Candidate, via: str = "memory") -> dict:
+        """The prunable tensors after `candidate`: computed in memory as the file layer does, or
+        (`via` "rewrite", or "check" for the default recipes) also by ``wqkernels.rewrite`` of the
+        ``.keras`` file, which must give the same bits."""
+        floats = {t.path: self.weights[t.path] for t in self.tensors}
+        new = candidate.apply(floats, self.tensors, self.context)
+        if candidate.recipe is not None and (via == "rewrite" or (via == "check" and "default" in candidate.tags)):
+            dst = os.path.join(self.workdir, "rewritten.keras")
+            wqkernels.rewrite(self.path, dst, candidate.recipe)
+            written = wqkernels.load_weights(dst)
+            for t in self.tensors:
+                if not np.array_equal(written[t.path], new[t.path]):
+                    raise AssertionError(f"{self.arch} {candidate.group} {candidate.label}: {t.path} differs "
+                                         "between wqkernels.rewrite and the benchmark's replica")
+        return new
+
+    def outputs(self, candidate: Candidate, via: str = "memory") -> tuple[np.ndarray, dict]:
+        """The test outputs of the model compressed by `candidate`, and facts about the weights."""
+        new = self.compress(candidate, via)
+        out = self.predict(new)
+        kernels = [new[t.path] for t in self.tensors]
+        total = sum(k.size for k in kernels)
+        facts = {"zeros": sum(int(np.count_nonzero(k == 0)) for k in kernels) / total}
+        if candidate.recipe is not None and candidate.recipe.bits is not None:
+            facts["bits"] = _stored_bits(self.tensors, candidate.recipe)
+        return out, facts
+
+
+def _compiled(model):
+    """model(x) as a jitted function of (trainable values, non-trainable values, x)."""
+    import jax
+
+    @jax.jit
+    def run(trainable, non_trainable, x):
+        return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+    return run
+
+
+def replica(recipe: wqkernels.Recipe) -> Transform:
+    """What ``wqkernels.rewrite`` does to the prunable tensors under `recipe` (pruning, then
+    quantization), with the package's public functions and the file layer's layouts."""
+    from wqkernels.allocation import count_fraction, default_min_size, prune_counts
+
+    def transform(weights, tensors, context):
+        out = {t.path: np.ascontiguousarray(weights[t.path], dtype=np.float32) for t in tensors}
+        if recipe.n_m is not None:
+            least = default_min_size("n:m") if recipe.min_size is None else recipe.min_size
+            for t in tensors:
+                if math.prod(t.shape) >= least:
+                    view, axis = block_view(t)
+                    out[t.path] = wqkernels.prune_n_m(out[t.path].reshape(view), n=recipe.n_m[0], m=recipe.n_m[1],
+                                                      axis=axis).reshape(t.shape)
+        elif recipe.prunes:
+            counts = prune_counts(out, recipe.sparsity, allocation=recipe.allocation, min_size=recipe.min_size)
+            out = {p: wqkernels.prune(x, sparsity=count_fraction(counts[p], x.size)) if counts[p] else x
+                   for p, x in out.items()}
+        if recipe.bits is not None:
+            for t in tensors:
+                if recipe.min_size is not None and math.prod(t.shape) < recipe.min_size:
+                    continue
+                view, options = layout(recipe, t)
+                out[t.path] = wqkernels.fake_quantize(out[t.path].reshape(view), recipe.bits,
+                                                      method=recipe.method_for(recipe.bits),
+                                                      **options).reshape(t.shape)
+        return out
+
+    return transform
+
+
+def block_view(tensor: Tensor) -> tuple[tuple, int]:
+    from wqkernels.files.roles import block_view as view
+
+    return view(tensor.shape, tensor.layer_class, tensor.role)
+
+
+def _tensors(path: str) -> list[Tensor]:
+    """The prunable weights of a model file, with the file layer's channel axes."""
+    from wqkernels.files.roles import channel_axis
+
+    return [Tensor(w.path, w.layer, w.layer_class, w.role, tuple(w.shape),
+                   channel_axis(w.layer_class, w.role, len(w.shape)))
+            for w in wqkernels.inspect(path) if w.prunable]
+
+
+def layout(recipe: wqkernels.Recipe, tensor: Tensor) -> tuple[tuple, dict]:
+    """(shape to quantize, quantize options) of `tensor` under `recipe`, as the file layer has it."""
+    return recipe.layout_for(tensor)
+
+
+def _stored_bits(tensors: list[Tensor], recipe: wqkernels.Recipe) -> float:
+    """Bits per prunable weight in packed storage: the codes plus each group's scale and zero point."""
+    from wqkernels._schemes import groups
+
+    total = bits = 0
+    for t in tensors:
+        view, options = layout(recipe, t)
+        axis = options.get("axis")
+        g = groups(view, None if axis is None else axis % len(view), options.get("block_size"))
+        size = math.prod(t.shape)
+        total += size
+        bits += recipe.bits * size + (SCALE_BITS if not recipe.symmetric else 32) * g.count
+    return bits / total
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+def metrics(task: models.Task, out: np.ndarray, reference: np.ndarray) -> dict:
+    """Score (in points) and relative output error of `out` against the float model's `reference`.
+
+    classification: accuracy (%), predictions changed against the float model, relative error of
+    the logits centred per sample (softmax ignores a common shift); map: F1 (%) of the thresholded
+    map against the float model's, PSNR (dB) of the sigmoid maps; regression: R² (in points) and
+    the error relative to the spread of the float model's outputs.
+    """
+    if task.kind == "classification":
+        centred = out - out.mean(axis=-1, keepdims=True)
+        ref = reference - reference.mean(axis=-1, keepdims=True)
+        pred = out.argmax(axis=-1)
+        return {"score": 100.0 * float(np.mean(pred == task.y_test)),
+                "flips": int(np.count_nonzero(pred != reference.argmax(axis=-1))),
+                "rel_err": float(np.linalg.norm(centred - ref) / np.linalg.norm(ref))}
+    if task.kind == "map":
+        p, r = out > 0, reference > 0
+        f1 = 2.0 * np.count_nonzero(p & r) / max(np.count_nonzero(p) + np.count_nonzero(r), 1)
+        mse = float(np.mean((_sigmoid(out) - _sigmoid(reference)) ** 2))
+        return {"score": 100.0 * f1, "psnr": 10 * math.log10(1 / mse) if mse else math.inf,
+                "rel_err": float(np.linalg.norm(out - reference) / np.linalg.norm(reference))}
+    r2 = 1.0 - float(np.mean((out - task.y_test) ** 2) / np.var(task.y_test))
+    return {"score": 100.0 * r2,
+            "rel_err": float(np.linalg.norm(out - reference) / np.linalg.norm(reference - reference.mean()))}
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# ---- the benchmark ------------------------------------------------------------------------------
+
+def run(archs, seeds, candidates, cache=models.DEFAULT_CACHE, via="check", log=sys.stderr) -> list[dict]:
+    """Train (or load from `cache`), compress and evaluate; one row per (arch, seed, candidate).
+
+    `via`: "memory" computes every recipe as the file layer does, "check" also rewrites the file
+    for the CLI defaults and checks the same bits came out, "rewrite" does that for every recipe.
     """
     import keras
 
-    from wqkernels import cli
-
-    src = os.path.join(workdir, f"{model.name}.h5")
-    if not os.path.exists(src):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.save(src)
-    dst = os.path.join(workdir, f"{model.name}.out.h5")
-    report = os.path.join(workdir, "report.json")
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            status = cli.main(["rewrite", src, "-o", dst, "--report", report, *args])
-        except SystemExit as exc:  # argparse: an unknown option
-            status = exc.code
-    if status:
-        lines = (stderr.getvalue().strip() or stdout.getvalue().strip() or f"exit status {status}").splitlines()
-        return None, lines[-1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loaded = keras.models.load_model(dst, compile=False)
-    weights = models.prunable_weights(loaded)
-    arrays = {path: np.asarray(var.numpy()) for path, (var, _) in weights.items()}
-    summary = _summary(arrays, {})
-    with open(report) as f:
-        totals = json.load(f).get("totals", {})
-    if ("--bits" in args or "--target-sqnr" in args) and "bits_per_weight" in totals:
-        summary["bits"] = totals["bits_per_weight"]
-    return loaded, summary
-
-
-def _reduction_view(x: np.ndarray, channel_axis: int) -> np.ndarray:
-    """x as (reduction, channels): the axes before the channel axis flattened, as the file layer
-    does for blocks and N:M groups (``(kh, kw, in, out)`` -> ``(kh*kw*in, out)``; a depthwise
-    ``(kh, kw, in, 1)`` -> ``(kh*kw, in)``), which then run along axis 0."""
-    lead = int(np.prod(x.shape[:channel_axis]))
-    return np.ascontiguousarray(x).reshape(lead, -1)
-
-
-def _prune_n_m(x, n, m, axis=0):
-    """N:M pruning with the package's kernel."""
-    import wqkernels
-
-    return wqkernels.prune_n_m(x, n=n, m=m, axis=axis)
-
-
-def _summary(arrays: dict, bits_used: dict) -> dict:
-    total = sum(x.size for x in arrays.values())
-    zeros = sum(int(np.count_nonzero(x == 0)) for x in arrays.values())
-    summary = {"sparsity": zeros / total}
-    if bits_used:
-        summary["bits"] = sum(bits_used[p] * arrays[p].size for p in bits_used) / total
-    return summary
-
-
-# ---- the benchmark ----------------------------------------------------------------------------
-
-def run(names, seeds, backend, out=sys.stdout, log=sys.stderr) -> list[dict]:
-    """Train, compress and evaluate; returns one row per (model, seed, recipe)."""
-    import keras
-
-    data = models.digits(0)
-    x_test, y_test = data[1]
     rows = []
     with tempfile.TemporaryDirectory(prefix="wqkernels-fidelity-") as workdir:
-        for name in names:
+        for arch in archs:
             for seed in seeds:
+                path, seconds = models.trained(arch, seed, cache, log=log)
+                case = Case(arch, seed, path, workdir)
+                score = metrics(case.task, case.reference, case.reference)["score"]
+                rows.append({"arch": arch, "seed": seed, "group": "float", "label": "float", "score": score,
+                             "rel_err": 0.0, "train_seconds": seconds,
+                             "params": int(case.model.count_params()),
+                             "kernels": [[t.layer, t.layer_class, t.role, list(t.shape)] for t in case.tensors]})
                 start = time.perf_counter()
-                model = models.train(name, data, seed=seed)
-                model.name = f"{name}_{seed}"  # noqa: the file names in workdir
-                trained = time.perf_counter() - start
-                base = models.accuracy(model, x_test, y_test)
-                print(f"{name} seed {seed}: {model.count_params()} parameters, trained in {trained:.0f} s, "
-                      f"float accuracy {base:.2f} %", file=log, flush=True)
-                rows.append({"model": name, "seed": seed, "recipe": "float", "accuracy": base,
-                             "sparsity": 0.0, "via": "-"})
-                original = [w.copy() for w in model.get_weights()]
-                for label, args, _ in RECIPES:
-                    row = {"model": name, "seed": seed, "recipe": label}
-                    if backend == "cli":
-                        loaded, summary = apply_with_cli(model, args, workdir)
-                        if loaded is None:
-                            row.update(accuracy=math.nan, error=summary, via="cli")
-                        else:
-                            row.update(accuracy=models.accuracy(loaded, x_test, y_test), via="cli", **summary)
-                            del loaded
-                    else:
-                        summary = apply_in_memory(model, parse_recipe(args))
-                        row.update(accuracy=models.accuracy(model, x_test, y_test), via="memory", **summary)
-                        model.set_weights(original)
-                    rows.append(row)
-                del model
+                for c in candidates:
+                    out, facts = case.outputs(c, via)
+                    rows.append({"arch": arch, "seed": seed, "group": c.group, "label": c.label,
+                                 "tags": list(c.tags), **metrics(case.task, out, case.reference), **facts})
+                print(f"{arch} seed {seed}: float score {score:.2f}, {len(candidates)} recipes in "
+                      f"{time.perf_counter() - start:.0f} s", file=log, flush=True)
+                del case
                 keras.backend.clear_session()
     return rows
 
 
-def table(rows: list[dict], names) -> str:
-    """Markdown: one line per recipe, per model the mean accuracy over seeds and its change."""
-    seeds = sorted({r["seed"] for r in rows})
-    labels = ["float"] + [label for label, _, _ in RECIPES]
-    targets = {label: target for label, _, target in RECIPES}
-    head = ["recipe", "target"] + [f"{n} (Δ)" for n in names] + ["zeros", "bits"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    floats = {n: [r["accuracy"] for r in rows if r["model"] == n and r["recipe"] == "float"] for n in names}
+# ---- analysis -----------------------------------------------------------------------------------
+
+def _by(rows, *keys):
+    out = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
+
+
+@dataclass
+class Cell:
+    """One recipe on one architecture, over the seeds: score loss (points) and relative error."""
+
+    loss: list = field(default_factory=list)
+    rel_err: list = field(default_factory=list)
+
+    @property
+    def mean_loss(self) -> float:
+        return statistics.fmean(self.loss)
+
+    @property
+    def mean_err(self) -> float:
+        return statistics.fmean(self.rel_err)
+
+
+def cells(rows) -> dict:
+    """{(group, label, arch): Cell} with seeds paired against each seed's float model."""
+    floats = {(r["arch"], r["seed"]): r["score"] for r in rows if r["group"] == "float"}
+    out = {}
+    for r in rows:
+        if r["group"] == "float":
+            continue
+        cell = out.setdefault((r["group"], r["label"], r["arch"]), Cell())
+        cell.loss.append(floats[(r["arch"], r["seed"])] - r["score"])
+        cell.rel_err.append(r["rel_err"])
+    return out
+
+
+def paired_log_ratio(rows, group, label, other, arch) -> list:
+    """Per seed: log(rel_err of label / rel_err of other) on arch."""
+    err = {(r["label"], r["seed"]): r["rel_err"] for r in rows if r["group"] == group and r["arch"] == arch}
+    seeds = sorted({s for (lab, s) in err if lab == label} & {s for (lab, s) in err if lab == other})
+    return [math.log(max(err[(label, s)], 1e-12) / max(err[(other, s)], 1e-12)) for s in seeds]
+
+
+def compare(rows, group, label, other, archs) -> dict:
+    """`label` against `other` in `group`, per architecture: the mean log error ratio over seeds,
+    its seed-to-seed spread (standard deviation), the mean score difference and its spread."""
+    c = cells(rows)
+    out = {}
+    for arch in archs:
+        ratios = paired_log_ratio(rows, group, label, other, arch)
+        a, b = c[(group, label, arch)], c[(group, other, arch)]
+        diffs = [x - y for x, y in zip(a.loss, b.loss)]
+        out[arch] = {"log_ratio": statistics.fmean(ratios),
+                     "log_spread": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
+                     "loss_diff": statistics.fmean(diffs),
+                     "loss_spread": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
+    return out
+
+
+def ranking(rows, group, archs) -> list[tuple[str, float]]:
+    """Labels of `group` by the geometric mean over architectures of their error relative to
+    the baseline (asymmetric min/max per channel), best first."""
+    labels = sorted({r["label"] for r in rows if r["group"] == group})
+    if BASELINE not in labels:
+        return []
+    scored = []
     for label in labels:
-        cells = [label, "" if label == "float" or targets[label] is None else f"≥ −{targets[label]:g}"]
-        sparsities, bits, errors = [], [], set()
-        for n in names:
-            accs = [r["accuracy"] for r in rows if r["model"] == n and r["recipe"] == label]
-            errors.update(r["error"] for r in rows if r["model"] == n and r["recipe"] == label and "error" in r)
-            sparsities += [r["sparsity"] for r in rows if r["model"] == n and r["recipe"] == label and "sparsity" in r]
-            bits += [r["bits"] for r in rows if r["model"] == n and r["recipe"] == label and "bits" in r]
-            if not accs or any(math.isnan(a) for a in accs):
-                cells.append("n/a")
-                continue
-            mean = statistics.fmean(accs)
-            if label == "float":
-                cells.append(f"{mean:.2f}")
-                continue
-            delta = mean - statistics.fmean(floats[n])
-            mark = ""
-            target = targets[label]
-            if target is not None and n in TARGET_MODELS:
-                mark = " ✓" if delta >= -target - 1e-9 else " ✗"
-            cells.append(f"{mean:.2f} ({delta:+.2f}){mark}")
-        cells.append(f"{statistics.fmean(sparsities):.3f}" if sparsities and label != "float" else "")
-        cells.append(f"{statistics.fmean(bits):.2f}" if bits else "")
-        lines.append("| " + " | ".join(cells) + " |")
-        if errors:
-            lines[-1] += "  ← " + "; ".join(sorted(errors))
-    via = sorted({r["via"] for r in rows if r["via"] != "-"})
-    lines.append("")
-    lines.append(f"Accuracy in % on {len(models.digits(0)[1][1])} test images, mean over seeds {seeds}; "
-                 f"Δ in points against the float model; recipes applied via {', '.join(via)}; ✓/✗: target "
-                 f"on the CNNs (float ≥ {TARGET_FLOAT:g} %); zeros: fraction of the prunable "
-                 "weights that are zero (pruned, or rounded to 0); bits: average bits per prunable weight.")
-    return "\n".join(lines)
+        ratios = [statistics.fmean(paired_log_ratio(rows, group, label, BASELINE, a)) for a in archs]
+        scored.append((label, math.exp(statistics.fmean(ratios))))
+    return sorted(scored, key=lambda t: t[1])
 
 
-def per_seed(rows: list[dict], names) -> str:
-    """Markdown: the accuracy of every seed, for the spread."""
-    seeds = sorted({r["seed"] for r in rows})
-    head = ["recipe"] + [f"{n} s{s}" for n in names for s in seeds]
+def group_table(rows, group, archs) -> str:
+    """Markdown: per recipe of `group`, per architecture the mean score loss and relative error."""
+    c = cells(rows)
+    labels = [lab for lab, _ in ranking(rows, group, archs)] or sorted({r["label"] for r in rows
+                                                                         if r["group"] == group})
+    order = {lab: i for i, lab in enumerate(labels)}
+    geo = dict(ranking(rows, group, archs))
+    head = ["recipe"] + archs + (["error vs baseline"] if geo else []) + ["bits/weight packed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label in ["float"] + [label for label, _, _ in RECIPES]:
-        cells = [label]
-        for n in names:
-            for s in seeds:
-                acc = [r["accuracy"] for r in rows if r["model"] == n and r["seed"] == s and r["recipe"] == label]
-                cells.append(f"{acc[0]:.2f}" if acc and not math.isnan(acc[0]) else "n/a")
-        lines.append("| " + " | ".join(cells) + " |")
+    bits = {r["label"]: r.get("bits") for r in rows if r["group"] == group}
+    for label in sorted(labels, key=lambda lab: order[lab]):
+        cells_ = [f"**{label}**" if label in ("default", BASELINE) else label]
+        for arch in archs:
+            cell = c.get((group, label, arch))
+            cells_.append("" if cell is None else f"{cell.mean_loss:+.2f} / {cell.mean_err:.3f}")
+        if geo:
+            cells_.append(f"{geo[label]:.2f}")
+        cells_.append("" if bits.get(label) is None else f"{bits[label]:.2f}")
+        lines.append("| " + " | ".join(cells_) + " |")
     return "\n".join(lines)
+
+
+def summary_table(rows, archs, labels) -> str:
+    """Markdown: per group (bit width, sparsity), the given recipes' score loss / relative error
+    per architecture (means over seeds)."""
+    c = cells(rows)
+    head = ["group", "recipe"] + archs
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups = [g for g in dict.fromkeys(r["group"] for r in rows) if g != "float"]
+    for group in groups:
+        for label in labels:
+            if (group, label, archs[0]) not in c:
+                continue
+            line = [group, label] + [f"{c[(group, label, a)].mean_loss:+.2f} / {c[(group, label, a)].mean_err:.3f}"
+                                     for a in archs]
+            lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
+def verdict(rows, group, label, other, archs) -> dict:
+    """Per architecture, whether `label` is worse than `other` beyond the seed-to-seed noise: its
+    mean log error ratio exceeds the ratios' spread over seeds, or its mean extra score loss
+    exceeds that loss difference's spread (and one test sample).  Returns {arch: (worse, text)}."""
+    out = {}
+    task_sizes = {a: len(models.task(models.ARCHITECTURES[a].task).y_test) for a in archs}
+    for arch, d in compare(rows, group, label, other, archs).items():
+        sample = 100.0 / task_sizes[arch]
+        worse_err = d["log_ratio"] > max(d["log_spread"], 0.0) and d["log_ratio"] > 0.05
+        worse_loss = d["loss_diff"] > max(d["loss_spread"], sample) * 1.01
+        text = (f"error x{math.exp(d['log_ratio']):.2f} (spread x{math.exp(d['log_spread']):.2f}), "
+                f"loss {d['loss_diff']:+.2f} (spread {d['loss_spread']:.2f})")
+        out[arch] = (worse_err or worse_loss, text)
+    return out
+
+
+def models_table(rows, archs) -> str:
+    floats = _by([r for r in rows if r["group"] == "float"], "arch")
+    head = ["model", "task", "parameters", "prunable kernels", "float score per seed", "training s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arch in archs:
+        rs = sorted(floats[(arch,)], key=lambda r: r["seed"])
+        kernels = ", ".join(f"{k[0]} {'x'.join(map(str, k[3]))}" for k in rs[0]["kernels"])
+        secs = [r["train_seconds"] for r in rs if r.get("train_seconds")]
+        lines.append(f"| `{arch}` | {models.ARCHITECTURES[arch].task} | {rs[0]['params']:,} | {kernels} | "
+                     f"{' / '.join(format(r['score'], '.2f') for r in rs)} | "
+                     f"{'/'.join(f'{s:.0f}' for s in secs) if secs else 'cached'} |")
+    return "\n".join(lines)
+
+
+#: the recipes of the summary: the default, the baseline, blocks of 32, the former default
+SUMMARY = ("default", "default, rounding to nearest", BASELINE, "asym minmax block:32", "asym minmax block:32 sum",
+           "sym mse channel")
+
+
+def verdicts(rows, archs) -> str:
+    """Markdown: per bit width, where the default is worse than the baseline or blocks of 32 beyond
+    the seed-to-seed noise (see :func:`verdict`)."""
+    lines = []
+    groups = [g for g in dict.fromkeys(r["group"] for r in rows) if g.startswith("int")]
+    for group in groups:
+        for other in (BASELINE, "asym minmax block:32"):
+            worse = {a: t for a, (w, t) in verdict(rows, group, "default", other, archs).items() if w}
+            lines.append(f"- {group}, default against {other}: "
+                         + ("not worse beyond noise on any model" if not worse else
+                            "worse on " + "; ".join(f"{a} ({t})" for a, t in worse.items())))
+    return "\n".join(lines)
+
+
+def report(rows, archs) -> str:
+    groups = []
+    for r in rows:
+        if r["group"] != "float" and r["group"] not in groups:
+            groups.append(r["group"])
+    parts = [models_table(rows, archs), "", "## Summary", "",
+             "Score loss in points / relative output error, means over seeds.", "",
+             summary_table(rows, archs, SUMMARY), "", verdicts(rows, archs), ""]
+    for group in groups:
+        parts += [f"### {group}", "", group_table(rows, group, archs), ""]
+    return "\n".join(parts)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, the CNN and the MLP only")
-    parser.add_argument("--markdown", action="store_true", help="also print the per-seed table")
-    parser.add_argument("--backend", choices=("auto", "cli", "memory"), default="auto")
-    parser.add_argument("--models", default=None, help=f"comma-separated, of {', '.join(models.BUILDERS)}")
-    parser.add_argument("--seeds", type=int, default=None, help="how many seeds per model (default 3)")
+    parser.add_argument("--models", default=",".join(models.ARCHITECTURES),
+                        help=f"comma-separated, of {', '.join(models.ARCHITECTURES)}")
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--bits", default=",".join(map(str, BITS)))
+    parser.add_argument("--groups", default="quant,prune", help="quant, prune or both")
+    parser.add_argument("--cache", default=models.DEFAULT_CACHE, help="where trained models are kept")
+    parser.add_argument("--out", help="write the rows as JSON")
+    parser.add_argument("--from", dest="source", help="read rows from this JSON instead of running")
+    parser.add_argument("--quick", action="store_true", help="one seed, bits 2..4, cnn_bn and vgg")
+    parser.add_argument("--via", choices=("memory", "check", "rewrite"), default="check",
+                        help="compute recipes in memory as the file layer does; check: also rewrite "
+                             "the file for the CLI defaults and compare (default); rewrite: for all")
     args = parser.parse_args(argv)
-    names = (args.models.split(",") if args.models else
-             ["cnn", "mlp"] if args.quick else ["cnn", "cnn_wide", "mlp"])
-    unknown = [n for n in names if n not in models.BUILDERS]
+    archs = args.models.split(",")
+    unknown = [a for a in archs if a not in models.ARCHITECTURES]
     if unknown:
-        parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(models.BUILDERS)}")
-    seeds = range(args.seeds if args.seeds else 1 if args.quick else 3)
-    backend = args.backend
-    if backend == "auto":
-        from wqkernels import cli
-
-        backend = "cli" if "rewrite" in cli.COMMANDS else "memory"
-    print(f"backend: {backend}", file=sys.stderr)
-    rows = run(names, seeds, backend)
-    print(table(rows, names))
-    if args.markdown:
-        print()
-        print(per_seed(rows, names))
+        parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(models.ARCHITECTURES)}")
+    if args.source:
+        with open(args.source) as f:
+            rows = json.load(f)
+        present = {r["arch"] for r in rows}
+        archs = [a for a in archs if a in present]
+    else:
+        bits = [int(b) for b in args.bits.split(",")]
+        seeds = range(args.seeds)
+        if args.quick:
+            archs, seeds, bits = ["cnn_bn", "vgg"], range(1), [2, 3, 4]
+        start = time.perf_counter()
+        rows = run(archs, seeds, grid(bits, args.groups.split(",")), args.cache, args.via)
+        print(f"{len(rows)} rows in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(rows, f)
+    print(report(rows, archs))
     return 0
 
 

@@ -2,7 +2,7 @@
 ``wqkernels.keras.PruningCallback`` to 90 % sparsity and to 2:4, beside one-shot pruning of the
 same float weights (``wqkernels.prune_model`` / N:M, no fine-tuning).
 
-Each model is trained in float (Adam, cosine schedule, as ``models.train``), then fine-tuned
+Each model is trained in float (Adam, cosine schedule), then fine-tuned
 for 10 epochs from those weights with the callback and its defaults (polynomial schedule over
 the fit, global LAMP allocation, min_size 256; 2:4 along the input axis, tensors under 1024
 weights dense), saved with ``model.save("x.keras")`` and checked with ``wqkernels.inspect``:
@@ -38,6 +38,48 @@ LEARNING_RATE = 1e-3
 TARGET_FLOAT = 98.0
 
 
+def build_cnn(seed: int = 0, width: int = 16):
+    """Conv2D -> DepthwiseConv2D -> pointwise Conv2D -> pool -> Conv2D -> Dense -> Dense."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        layers.Conv2D(width, 3, padding="same", activation="relu", name="conv1"),
+        layers.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise"),
+        layers.Conv2D(2 * width, 1, activation="relu", name="pointwise"),
+        layers.MaxPooling2D(2, name="pool"),
+        layers.Conv2D(2 * width, 3, padding="same", activation="relu", name="conv2"),
+        layers.Flatten(name="flatten"),
+        layers.Dropout(0.3, name="dropout"),
+        layers.Dense(64, activation="relu", name="dense1"),
+        layers.Dense(10, activation="softmax", name="logits"),
+    ], name="digits_cnn")
+
+
+def build_cnn_bn(seed: int = 0, width: int = 16):
+    """A second CNN with BatchNormalization, a SeparableConv2D and a flattening head."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        layers.Conv2D(width, 3, padding="same", use_bias=False, name="conv1"),
+        layers.BatchNormalization(name="bn1"),
+        layers.ReLU(name="relu1"),
+        layers.SeparableConv2D(2 * width, 3, padding="same", activation="relu", name="separable"),
+        layers.MaxPooling2D(2, name="pool"),
+        layers.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise"),
+        layers.Conv2D(2 * width, 1, use_bias=False, name="pointwise"),
+        layers.BatchNormalization(name="bn2"),
+        layers.ReLU(name="relu2"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(10, activation="softmax", name="logits"),
+    ], name="digits_cnn_bn")
+
+
 def build_cnn_dw(seed: int = 0, width: int = 32):
     """Conv2D + BN -> DepthwiseConv2D + BN -> 1x1 Conv2D + BN -> MaxPool -> DepthwiseConv2D + BN
     -> 1x1 Conv2D + BN -> Flatten -> Dropout -> Dense 64 -> Dense 10."""
@@ -63,7 +105,7 @@ def build_cnn_dw(seed: int = 0, width: int = 32):
     ], name="digits_cnn_dw")
 
 
-BUILDERS = {"cnn_dw": build_cnn_dw, "cnn_bn": models.build_cnn_bn, "cnn": models.build_cnn}
+BUILDERS = {"cnn_dw": build_cnn_dw, "cnn_bn": build_cnn_bn, "cnn": build_cnn}
 EPOCHS = {"cnn_dw": 30, "cnn_bn": 30, "cnn": 40}
 
 

@@ -15,6 +15,15 @@ from wqkernels.cli import main
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
+def default_grid(bits: int, role: str = "kernel") -> dict:
+    """What a rewrite with the default recipe at `bits` passes to quantize besides the bits and
+    the axis, for a weight of `role`: the grid, the scale search and the rounding."""
+    from wqkernels.allocation import default_rounding
+
+    recipe = wqkernels.Recipe(bits=bits)
+    return {"symmetric": recipe.symmetric, "method": recipe.method, "rounding": default_rounding(role)}
+
+
 def assert_bit_equal(a, b, what: str = "arrays") -> None:
     """Same dtype, shape and bits (so -0.0 differs from 0.0 and NaN payloads count)."""
     a, b = np.asarray(a), np.asarray(b)

@@ -98,15 +98,20 @@ def channel_axis(layer_class: str, name: str, ndim: int) -> int:
     return ndim - 1
 
 
-def expected_weights(model: keras.Model, bits: int, method: str, storage: str = "float32") -> list:
-    """The model's weights with every kernel fake-quantized per channel by the NumPy reference."""
+def expected_weights(model: keras.Model, bits: int, method: str, storage: str = "float32",
+                     symmetric: bool = True, rounding: str | None = None) -> list:
+    """The model's weights with every kernel fake-quantized per channel by the NumPy reference
+    (rounding None: each kernel's ``default_rounding`` of its role, as a rewrite does)."""
+    from wqkernels.allocation import default_rounding
+
     out = []
     for v in model.weights:
         w = np.asarray(v.numpy())
         name = v.path.rsplit("/", 1)[-1]
         if name in KERNEL_NAMES and w.ndim >= 2:
             axis = channel_axis(_owner(model, v), name, w.ndim)
-            w = reference.fake_quantize(w, bits, axis=axis, method=method)
+            w = reference.fake_quantize(w, bits, axis=axis, method=method, symmetric=symmetric,
+                                        rounding=default_rounding(name) if rounding is None else rounding)
             if storage == "float16":
                 w = w.astype(np.float16).astype(np.float32)
         out.append(w)

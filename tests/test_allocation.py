@@ -217,7 +217,7 @@ def test_bits_for_sqnr_is_the_fewest(options):
         bits = wqkernels.bits_for_sqnr(x, target, **options)
         assert bits == ref_allocation.bits_for_sqnr(x, target, **options)
         def sqnr(b):
-            opts = {"method": allocation.default_method(b), **options}
+            opts = {"method": allocation.default_method(b, options.get("symmetric", True)), **options}
             return _sqnr(x, wqkernels.fake_quantize(x, b, **opts))
         if bits < 8 or sqnr(8) >= target:
             assert sqnr(bits) >= target
@@ -253,7 +253,8 @@ def test_bits_for_sqnr_edge_cases():
 
 
 def test_default_method():
-    assert [wqkernels.default_method(b) for b in range(2, 9)] == ["mse"] * 3 + ["minmax"] * 4
+    assert [wqkernels.default_method(b) for b in range(2, 9)] == ["minmax"] * 7
+    assert [wqkernels.default_method(b, symmetric=True) for b in range(2, 9)] == ["mse"] * 2 + ["minmax"] * 5
     with pytest.raises(ValueError, match="bits"):
         wqkernels.default_method(9)
     with pytest.raises(TypeError, match="bits"):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import wqkernels
+from wqkernels import reference
 
-from .helpers import listing, run_cli, sha256_of
+from .helpers import assert_bit_equal, listing, run_cli, sha256_of
 
 
 def _make_bad(kind: str, tmp_path, good):
@@ -116,7 +117,7 @@ def test_restore_refuses_unpacked(keras20, tmp_path, capsys):
     assert code != 0 and "not a packed file" in err
 
 
-@pytest.mark.parametrize("flag,signed", [(None, True), ("--symmetric", True), ("--asymmetric", False)])
+@pytest.mark.parametrize("flag,signed", [(None, False), ("--symmetric", True), ("--asymmetric", False)])
 def test_symmetric_and_asymmetric_grids(flag, signed, keras20, tmp_path, capsys):
     out = tmp_path / "out.h5"
     code, _, err = run_cli(["rewrite", keras20[0], "-o", out, "--bits", "3", "--method", "minmax",
@@ -128,6 +129,23 @@ def test_symmetric_and_asymmetric_grids(flag, signed, keras20, tmp_path, capsys)
             codes = levels / np.abs(levels[levels != 0]).min()  # symmetric: whole steps from -3 to 3
             symmetric_grid = np.allclose(codes, np.round(codes), atol=1e-4) and np.abs(codes).max() <= 3 + 1e-4
             assert symmetric_grid if signed else (len(levels) == 8 and not symmetric_grid)
+
+
+@pytest.mark.parametrize("flag,symmetric", [(None, False), ("--symmetric", True), ("--asymmetric", False)])
+def test_grid_flags_write_what_the_recipe_says(flag, symmetric, keras20, tmp_path, capsys):
+    out = tmp_path / "out.h5"
+    code, _, err = run_cli(["rewrite", keras20[0], "-o", out, "--bits", "2", *([flag] if flag else [])], capsys)
+    assert code == 0, err
+    method = "mse" if symmetric else "minmax"  # the default method: mse for symmetric 2-bit grids only
+    assert_bit_equal(wqkernels.load_weights(out)["model_weights/dense_1/dense_1_1/kernel:0"],
+                     reference.fake_quantize(keras20[1]["dense_1"][0], 2, axis=1, symmetric=symmetric,
+                                             method=method, rounding="sum"))
+
+
+def test_keras_storage_is_symmetric(keras20, tmp_path, capsys):
+    code, _, err = run_cli(["rewrite", keras20[0], "-o", tmp_path / "o.h5", "--bits", "8", "--storage", "keras",
+                            "--asymmetric"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "symmetric=False does not apply" in err, err
 
 
 def test_symmetric_excludes_asymmetric(keras20, tmp_path, capsys):

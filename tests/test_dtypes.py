@@ -13,6 +13,8 @@ import wqkernels
 from wqkernels import Recipe, reference
 from wqkernels.keras_schemes import bfloat16_values, round_bfloat16
 
+from .helpers import default_grid
+
 os.environ.setdefault("KERAS_BACKEND", "jax")
 pytest.importorskip("jax", reason="keras tests need jax (the CPU backend)")
 keras = pytest.importorskip("keras", reason="keras tests need keras 3")
@@ -81,7 +83,7 @@ def test_every_storage(tmp_path, dtype, storage):
         # computed in float32: the float32 values on the grid, rounded to the weight's own type
         before = wqkernels.load_weights(src)["layers/dense/vars/0"]
         pruned = wqkernels.prune(before, sparsity=report.rows[0].sparsity_after)
-        grid = reference.fake_quantize(pruned, 4, axis=1, method="mse")
+        grid = reference.fake_quantize(pruned, 4, axis=1, **default_grid(4))
         own = round_bfloat16(grid) if dtype == "bfloat16" else grid.astype(np.float16).astype(np.float32)
         np.testing.assert_array_equal(wqkernels.load_weights(loaded_path)["layers/dense/vars/0"], own)
     loaded = keras.saving.load_model(loaded_path)

@@ -108,6 +108,7 @@ KERNELS = {
     "quantize-mse-asymmetric": lambda d: wqkernels.quantize(d["quarter"], 4, axis=0, method="mse",
                                                             symmetric=False),
     "quantize-block": lambda d: wqkernels.quantize(d["rows"], 4, axis=1, block_size=32),
+    "quantize-sum": lambda d: wqkernels.quantize(d["rows"], 4, axis=0, symmetric=False, rounding="sum"),
     "fake_quantize": lambda d: wqkernels.fake_quantize(d["rows"], 4, axis=0),
     "dequantize": lambda d: wqkernels.dequantize(d["qa"]),
     "pack_bits": lambda d: wqkernels.pack_bits(d["codes"], 4),

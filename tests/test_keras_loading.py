@@ -14,7 +14,7 @@ import pytest
 import wqkernels
 from wqkernels import Recipe, reference
 
-from .helpers import assert_bit_equal, run_cli, sha256_of
+from .helpers import assert_bit_equal, default_grid, run_cli, sha256_of
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -116,7 +116,7 @@ def test_keras_loads_rewrites(name, fmt, km, saved, tmp_path, capsys):
             restored = tmp_path / f"restored.{fmt}"
             assert run_cli(["restore", dst, "-o", restored], capsys)[0] == 0
             dst, storage = restored, "float32"
-        expected.set_weights(km.expected_weights(model, 4, "mse", storage))
+        expected.set_weights(km.expected_weights(model, 4, Recipe(bits=4).method, storage, symmetric=Recipe(bits=4).symmetric))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the stripped optimizer state is reported as a warning
             loaded = _load(keras, km, name, fmt, dst)
@@ -158,7 +158,7 @@ def test_keras2_layouts_load_in_keras3(keras20, tfkeras, tmp_path, capsys):
         model.load_weights(dst)
         expected = build()
         axes = {"conv2d_1": 3, "depthwise_conv2d_1": 2, "dense_1": 1}
-        expected.set_weights([w if i else reference.fake_quantize(w, 4, axis=axes[layer], method="mse")
+        expected.set_weights([w if i else reference.fake_quantize(w, 4, axis=axes[layer], **default_grid(4))
                               for layer, ws in values.items() for i, w in enumerate(ws)])
         np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(expected(x)))
 

@@ -11,7 +11,7 @@ import pytest
 import wqkernels
 from wqkernels import Recipe, reference
 
-from .helpers import assert_bit_equal, hdf5_tree, run_cli, sha256_of
+from .helpers import assert_bit_equal, default_grid, hdf5_tree, run_cli, sha256_of
 
 
 def test_inspect_keras20(keras20):
@@ -50,7 +50,7 @@ def test_rewrite_keras2_layouts_exact(which, keras20, tfkeras, tmp_path, capsys)
             g = b[f"model_weights/{layer}" if which == "keras20" else layer]
             names = [n.decode() for n in g.attrs["weight_names"]]
             assert_bit_equal(g[names[index]][()],
-                             reference.fake_quantize(values[layer][index], 4, axis=axis, method="mse"), layer)
+                             reference.fake_quantize(values[layer][index], 4, axis=axis, **default_grid(4)), layer)
             assert_bit_equal(g[names[1]][()], values[layer][1], "bias kept")
     if which == "tfkeras":
         with h5py.File(dst) as b:
@@ -70,7 +70,7 @@ def test_keras3_zip_rewrite(keras3_zip, tmp_path):
     assert "optimizer/vars/0" not in after
     for path, axis in (("layers/conv2d/vars/0", 3), ("layers/depthwise_conv2d/vars/0", 2),
                        ("layers/conv2d_transpose/vars/0", 2), ("layers/embedding/vars/0", 0)):
-        assert_bit_equal(after[path], reference.fake_quantize(before[path], 4, axis=axis, method="mse"), path)
+        assert_bit_equal(after[path], reference.fake_quantize(before[path], 4, axis=axis, **default_grid(4)), path)
     assert_bit_equal(after["layers/conv2d/vars/1"], before["layers/conv2d/vars/1"])
 
 

@@ -16,7 +16,7 @@ import wqkernels
 from wqkernels import Recipe, reference
 from wqkernels.files.packed import xz_compress
 
-from .helpers import assert_bit_equal, assert_same_weights, hdf5_tree, run_cli
+from .helpers import assert_bit_equal, assert_same_weights, default_grid, hdf5_tree, run_cli
 
 
 def test_packed_restore_is_bit_identical_to_float32(keras20, tmp_path, capsys):
@@ -56,7 +56,7 @@ def test_blocked_packed_keras3(keras3_zip, tmp_path):
     for k in a:
         assert_bit_equal(a[k], b[k], k)
     source = wqkernels.load_weights(keras3_zip)["layers/conv2d/vars/0"]
-    expected = reference.fake_quantize(source.reshape(18, 8), 4, axis=0, block_size=8, method="mse")
+    expected = reference.fake_quantize(source.reshape(18, 8), 4, axis=0, block_size=8, **default_grid(4))
     assert_bit_equal(a["layers/conv2d/vars/0"], expected.reshape(3, 3, 2, 8))
 
 
@@ -129,7 +129,8 @@ def test_packed_dense_codes_stay_uncompressed(tmp_path):
         g = f.create_group("dense")
         g.attrs["weight_names"] = np.array([b"dense/kernel:0"])
         g.create_dataset("dense/kernel:0", data=np.random.default_rng(2).standard_normal((256, 512)).astype(np.float32))
-    wqkernels.rewrite(src, tmp_path / "p.h5", Recipe(bits=4, storage="packed", compress="gzip"))
+    recipe = Recipe(bits=4, symmetric=True, method="mse", storage="packed", compress="gzip")
+    wqkernels.rewrite(src, tmp_path / "p.h5", recipe)
     with h5py.File(tmp_path / "p.h5") as p:
         assert p["wqkernels/codes"].compression is None  # 4-bit codes of a Gaussian: nothing to gain
         assert p["wqkernels/codes"].chunks is None  # 64 KiB, under 1 MiB: contiguous, no chunk index
@@ -169,7 +170,7 @@ def big_legacy(tmp_path):
     return path
 
 
-BIG_RECIPE = dict(bits=8, exclude=("*dense_2*",))
+BIG_RECIPE = dict(bits=8, symmetric=True, exclude=("*dense_2*",))  # a symmetric grid requantizes exactly
 
 
 @pytest.mark.parametrize("compress", ["none", "gzip", "lzf"])
@@ -208,12 +209,14 @@ def test_packed_source_with_kept_datasets_rewrites(big_legacy, tmp_path):
     with h5py.File(f32) as a, h5py.File(tmp_path / "restored.h5") as b:
         assert hdf5_tree(a) == hdf5_tree(b)
     fewer = tmp_path / "fewer.h5"  # dense_1's codes dequantized: a large float32 dataset, kept aside
-    wqkernels.rewrite(packed, fewer, Recipe(storage="packed", bits=8, exclude=("*dense_1*", "*dense_2*")))
+    wqkernels.rewrite(packed, fewer, Recipe(storage="packed", bits=8, symmetric=True,
+                                            exclude=("*dense_1*", "*dense_2*")))
     assert_same_weights(packed, fewer)
     with h5py.File(fewer) as p:
         index = json.loads(zlib.decompress(p["wqkernels/index"][()].tobytes()))
         assert "model_weights/dense_1/dense_1/kernel:0" in index["datasets"]
-    report = wqkernels.rewrite(packed, stripped, Recipe(storage="packed", bits=8, strip_optimizer=True))
+    report = wqkernels.rewrite(packed, stripped, Recipe(storage="packed", bits=8, symmetric=True,
+                                                        strip_optimizer=True))
     with h5py.File(stripped) as p:  # dense_2 quantized now; no optimizer state left to keep aside
         assert json.loads(zlib.decompress(p["wqkernels/index"][()].tobytes()))["datasets"] == []
         assert "datasets" not in p["wqkernels"]

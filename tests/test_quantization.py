@@ -350,3 +350,76 @@ def test_empty_groups_get_scale_one_and_zero_point_zero(symmetric, method):
         qa = wqkernels.quantize(x, 2, symmetric=symmetric, method=method, **options)
         assert (qa.scale == 1).all() and not qa.zero_point.any()
         assert_same_quantization(qa, ref.quantize(x, 2, symmetric=symmetric, method=method, **options))
+
+
+# ---- sum-preserving rounding ----------------------------------------------------------------
+
+@given(quantize_cases(methods=("minmax", "mse", "percentile")))
+def test_sum_rounding_matches_reference(case):
+    x, options = case
+    original = x.copy()
+    qa = wqkernels.quantize(x, **options, rounding="sum")
+    assert_same_quantization(qa, ref.quantize(x, **options, rounding="sum"))
+    assert_bit_equal(wqkernels.fake_quantize(x, **options, rounding="sum"), qa.dequantize(), "fake_quantize")
+    assert_bit_equal(x, original, "input")
+
+
+@given(quantize_cases(methods=("minmax",)))
+def test_sum_rounding_keeps_each_groups_sum_and_moves_codes_one_step(case):
+    x, options = case
+    nearest = wqkernels.quantize(x, **options)
+    qa = wqkernels.quantize(x, **options, rounding="sum")
+    # the same scales; every code is the nearest one or its neighbour
+    assert_bit_equal(qa.scale, nearest.scale, "scale")
+    assert_bit_equal(qa.zero_point, nearest.zero_point, "zero_point")
+    assert (np.abs(qa.values.astype(np.int64) - nearest.values) <= 1).all()
+    # min/max covers every value: each group's sum of codes reaches the nearest integer of the
+    # unrounded sum, so its dequantized sum is within half a step of the float sum (+ float slack)
+    owner = _scale_index(qa).reshape(-1)
+    scale = _scale_of_each_element(qa).reshape(-1).astype(np.float64)
+    xf = x.astype(np.float32).astype(np.float64).reshape(-1)
+    err = np.bincount(owner, qa.dequantize().astype(np.float64).reshape(-1) - xf, minlength=qa.scale.size)
+    size = np.bincount(owner, minlength=qa.scale.size)
+    step = np.asarray(qa.scale, np.float64).reshape(-1)
+    assert (np.abs(err) <= step * (0.5 + 1e-4 * np.maximum(size, 1)) + 1e-30).all()
+    assert (np.abs(xf - qa.dequantize().reshape(-1)) <= scale * (1 + 1e-5) + 1e-30).all()
+
+
+def test_sum_rounding_moves_the_codes_nearest_a_boundary():
+    x = np.array([0.4, 0.45, 0.4, 1.0, 0.2])  # scale 1: nearest codes 0 0 0 1 0, unrounded sum 2.45
+    qa = wqkernels.quantize(x, bits=2, axis=0, block_size=5, rounding="sum")
+    assert qa.values.tolist() == [0, 1, 0, 1, 0]  # one code up: the one with the largest remainder
+    ties = wqkernels.quantize(np.array([0.4, 0.4, 0.4, 1.0]), bits=2, axis=0, block_size=4, rounding="sum")
+    assert ties.values.tolist() == [1, 0, 0, 1]  # equal remainders: the earlier element
+
+
+@pytest.mark.parametrize("options", [dict(axis=1), dict(axis=2), dict(axis=1, block_size=8),
+                                     dict(axis=0, block_size=4), dict(), dict(axis=0, symmetric=True, method="mse")])
+def test_sum_rounding_on_large_groups_agrees_with_reference(options):
+    """Groups of hundreds to thousands of codes, many of them moved: the kernel's selection of
+    the codes to move (no sort) picks those of the reference's stable sort."""
+    x = np.random.default_rng(3).standard_normal((37, 29, 5)).astype(np.float32)
+    x[:, 3] += 0.7  # a channel leaning to one side: many codes of it move
+    options = {"symmetric": False, **options}
+    qa = wqkernels.quantize(x, 3, rounding="sum", **options)
+    assert_same_quantization(qa, ref.quantize(x, 3, rounding="sum", **options))
+    assert (qa.values != wqkernels.quantize(x, 3, **options).values).any()
+
+
+def test_sum_rounding_ties_in_a_long_group_go_to_the_earlier_elements():
+    x = np.full(5000, 0.25, np.float32)
+    # scale 2/3 and zero point 2 at 2 bits: -1.0 is 0.5 above its code (the cheapest move), 1.0 at
+    # the top code, and 4998 equal remainders of 0.375 between
+    x[0], x[-1] = -1.0, 1.0
+    qa = wqkernels.quantize(x, 2, symmetric=False, rounding="sum")
+    expected = ref.quantize(x, 2, symmetric=False, rounding="sum")
+    assert_same_quantization(qa, expected)
+    moved = np.flatnonzero(qa.values != wqkernels.quantize(x, 2, symmetric=False).values)
+    assert moved.size > 1000 and (moved == np.arange(moved.size)).all()
+
+
+@pytest.mark.parametrize("rounding", ["up", "", None, 1])
+def test_unknown_rounding_is_refused(rounding):
+    for fn in (wqkernels.quantize, wqkernels.fake_quantize):
+        with pytest.raises(ValueError, match="rounding must be one of 'nearest', 'sum'"):
+            fn(np.ones(4, np.float32), 4, rounding=rounding)

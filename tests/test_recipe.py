@@ -12,7 +12,7 @@ import pytest
 import wqkernels
 from wqkernels import Recipe, reference
 
-from .helpers import assert_bit_equal, kernels_of, run_cli
+from .helpers import assert_bit_equal, default_grid, kernels_of, run_cli
 
 
 @pytest.mark.parametrize("kwargs", [{"bits": 1}, {"bits": 9}, {"sparsity": 1.5}, {"sparsity": -0.1},
@@ -20,16 +20,20 @@ from .helpers import assert_bit_equal, kernels_of, run_cli
                                     {"granularity": "row"}, {"storage": "int8"}, {"compress": "zstd"},
                                     {"storage": "packed"}, {"method": "best", "bits": 4},
                                     {"sparsity": "3:2"}, {"bits": 4, "target_sqnr": 30},
-                                    {"min_size": -1}, {"allocation": "spread"}])
+                                    {"min_size": -1}, {"allocation": "spread"},
+                                    {"bits": 4, "rounding": "up"}, {"bits": 4, "rounding": 1}])
 def test_recipe_refuses_impossible(kwargs):
     with pytest.raises(ValueError):
         Recipe(**kwargs)
 
 
 def test_recipe_defaults():
-    assert Recipe(bits=4).method == "mse"
-    assert Recipe(bits=3).method == "mse"
-    assert Recipe(bits=5).method == "minmax"
+    assert not Recipe(bits=4).symmetric
+    assert Recipe(bits=2).method == Recipe(bits=8).method == "minmax"
+    assert Recipe(bits=3, symmetric=True).method == "mse"
+    assert Recipe(bits=4, symmetric=True).method == "minmax"
+    assert Recipe(bits=8, storage="keras").symmetric  # Keras's own layers are symmetric
+    assert Recipe(bits=4).rounding is None  # each weight rounds as default_rounding(role) says
     assert Recipe(bits=8, method="mse").method == "mse"
     assert Recipe().granularity == "channel"
     assert Recipe(bits=4, granularity="block:32").block_size == 32
@@ -75,7 +79,7 @@ def test_sparsity_then_bits(keras20, tmp_path):
     axes = {"conv2d_1": 3, "depthwise_conv2d_1": 2, "dense_1": 1}
     for k in before:
         axis = axes[k.split("/")[1]]
-        assert_bit_equal(after[k], reference.fake_quantize(pruned[k], 4, axis=axis, method="mse"), k)
+        assert_bit_equal(after[k], reference.fake_quantize(pruned[k], 4, axis=axis, **default_grid(4)), k)
 
 
 def test_target_sqnr_chooses_bits_per_tensor(keras20, tmp_path, capsys):
@@ -89,7 +93,8 @@ def test_target_sqnr_chooses_bits_per_tensor(keras20, tmp_path, capsys):
     axes = {"conv2d_1": 3, "depthwise_conv2d_1": 2, "dense_1": 1}
     for row in rows:
         axis = axes[row["path"].split("/")[1]]
-        assert row["bits"] == alloc.bits_for_sqnr(before[row["path"]], 25, axis=axis)
+        assert row["bits"] == alloc.bits_for_sqnr(before[row["path"]], 25, axis=axis, symmetric=Recipe().symmetric,
+                                                  rounding="sum")
         assert row["sqnr_db"] >= 25 or row["bits"] == 8
 
 

@@ -15,7 +15,7 @@ import pytest
 import wqkernels
 from wqkernels import Recipe, reference
 
-from .helpers import assert_bit_equal, listing, run_cli, sha256_of
+from .helpers import assert_bit_equal, default_grid, listing, run_cli, sha256_of
 
 
 def test_report_json_and_table(keras20, tmp_path, capsys):
@@ -110,7 +110,7 @@ def test_rewrite_runs_in_another_process(keras20, tmp_path):
         report = pool.submit(wqkernels.rewrite, str(keras20[0]), str(tmp_path / "o.h5"), Recipe(bits=8)).result()
     assert report.destination == str(tmp_path / "o.h5") and len(report.rows) == 3
     assert_bit_equal(wqkernels.load_weights(tmp_path / "o.h5")["model_weights/dense_1/dense_1_1/kernel:0"],
-                     reference.fake_quantize(keras20[1]["dense_1"][0], 8, axis=1))
+                     reference.fake_quantize(keras20[1]["dense_1"][0], 8, axis=1, **default_grid(8)))
 
 
 @pytest.mark.parametrize("shape, chunks", [((8192, 8192), (32, 8192)), ((3, 3, 64, 128), (3, 3, 64, 128)),

@@ -9,7 +9,7 @@ import wqkernels
 from wqkernels import reference
 from wqkernels.files import roles
 
-from .helpers import assert_bit_equal, run_cli
+from .helpers import assert_bit_equal, default_grid, run_cli
 
 
 @pytest.mark.parametrize("cls,role,ndim,axis", [
@@ -64,7 +64,8 @@ def test_bare_weights_unnamed_layers_by_shape(tmp_path, capsys):
     assert "shapes where no name says" in out and "taken for kernels" in out
     before, after = wqkernels.load_weights(src), wqkernels.load_weights(dst)
     assert_bit_equal(after["layers/my_projection/vars/0"],
-                     reference.fake_quantize(before["layers/my_projection/vars/0"], 8, axis=1))
+                     reference.fake_quantize(before["layers/my_projection/vars/0"], 8, axis=1,
+                                             **default_grid(8)))
     for path in ("layers/block/vars/0", "layers/my_projection/vars/1", "layers/my_projection/vars/2",
                  "layers/scales/vars/0"):
         assert_bit_equal(after[path], before[path], path)

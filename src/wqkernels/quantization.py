@@ -20,6 +20,7 @@ from ._schemes import DEFAULT_PERCENTILE, MSE_FULL_BELOW, MSE_RATIOS, MSE_STEPS,
 __all__ = ["QuantizedArray", "quantize", "dequantize", "fake_quantize"]
 
 METHODS = ("minmax", "mse", "percentile")
+ROUNDINGS = ("nearest", "sum")
 _CHUNK = 1 << 16  # per-tensor work is cut into blocks of this many elements
 
 
@@ -71,7 +72,8 @@ class QuantizedArray:
 
 def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = None,
              block_size: int | None = None, method: str = "minmax", frac_bits: int | None = None,
-             scale=None, zero_point=None, percentile: float = DEFAULT_PERCENTILE) -> QuantizedArray:
+             scale=None, zero_point=None, percentile: float = DEFAULT_PERCENTILE,
+             rounding: str = "nearest") -> QuantizedArray:
     """Quantize a float array to `bits`-bit integer codes.
 
     Parameters
@@ -102,6 +104,16 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
         defaults to 0 and must be 0 when symmetric.
     percentile : float
         For ``method="percentile"``, in (0, 100].
+    rounding : {"nearest", "sum"}
+        "nearest": round half to even.  "sum": sum-preserving rounding within each group (the
+        tensor, a channel or a block): after rounding to nearest, the fewest codes are moved one
+        step so that the group's codes add up to the integer nearest the sum of their unrounded
+        values ``x / scale + zero_point`` (clipped codes included), so the dequantized group keeps
+        the sum of x to within half a step whenever enough codes can move.  The codes moved are
+        those nearest a rounding boundary (least added squared error); equal costs: the earlier
+        element of the group (C order within the group).  The sum is accumulated in float64, in
+        that order.  Keeps the mean output of a layer whose inputs share a mean, which rounding
+        each weight alone does not.
 
     Returns
     -------
@@ -112,12 +124,18 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
     TypeError
         x is not an array of real floats, or bits is not an integer.
     ValueError
-        bits outside 2..8, a bad axis or block size, an unknown method, NaN or infinity in x
-        (the message says how many and where the first is), or a bad scale or zero point.
+        bits outside 2..8, a bad axis or block size, an unknown method or rounding, NaN or
+        infinity in x (the message says how many and where the first is), or a bad scale or
+        zero point.
 
     Examples
     --------
     >>> import numpy as np, wqkernels
+    >>> x = np.array([0.4, 0.4, 0.4, 1.0])
+    >>> wqkernels.quantize(x, bits=2, axis=0, block_size=4).values.ravel()  # sum of codes 1, of x / scale 2.2
+    array([0, 0, 0, 1], dtype=int8)
+    >>> wqkernels.quantize(x, bits=2, axis=0, block_size=4, rounding="sum").values.ravel()
+    array([1, 0, 0, 1], dtype=int8)
     >>> qa = wqkernels.quantize(np.array([-1.0, 0.0, 0.5, 1.0]), bits=8)
     >>> qa.values
     array([-127,    0,   64,  127], dtype=int8)
@@ -128,10 +146,13 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
     """
     xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
                                       zero_point, percentile)
+    _check_rounding(rounding)
     codes = np.empty(g.shape, dtype=sch.dtype)
     if not _core.quantize_into(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g),
                                _per_block(s, g), _per_block(zp, g), float(sch.qmin), float(sch.qmax), fit):
         raise nonfinite_error(xf)
+    if rounding == "sum" and xf.size:
+        _preserve_sums(xf, codes, s, zp, g, sch)
     return QuantizedArray(codes, s.reshape(g.scale_shape), zp.astype(sch.dtype).reshape(g.scale_shape),
                           bits, g.axis, g.block)
 
@@ -139,7 +160,7 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
 def fake_quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = None,
                   block_size: int | None = None, method: str = "minmax", frac_bits: int | None = None,
                   scale=None, zero_point=None, percentile: float = DEFAULT_PERCENTILE,
-                  out: np.ndarray | None = None) -> np.ndarray:
+                  rounding: str = "nearest", out: np.ndarray | None = None) -> np.ndarray:
     """Quantize and dequantize in one pass: float32 values on the quantization grid.
 
     Takes the options of :func:`quantize` and returns, bit for bit,
@@ -160,6 +181,11 @@ def fake_quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None 
     >>> y * 3
     array([-3., -2., -1.,  0.,  1.,  2.,  3.], dtype=float32)
     """
+    if _check_rounding(rounding) == "sum":  # the codes are needed whole before any value is written
+        qa = quantize(x, bits, symmetric=symmetric, axis=axis, block_size=block_size, method=method,
+                      frac_bits=frac_bits, scale=scale, zero_point=zero_point, percentile=percentile,
+                      rounding=rounding)
+        return dequantize(qa, out=_output(out, qa.shape))
     xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
                                       zero_point, percentile)
     y = _output(out, g.shape)
@@ -250,6 +276,19 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
             _core.search_scales(xf.reshape(-1), *_layout(g, search=True), lo, hi, MSE_RATIOS, MSE_STEPS,
                                 MSE_FULL_BELOW, sch.symmetric, float(sch.qmin), float(sch.qmax), s, zp)
     return xf, g, sch, s, zp, False
+
+
+def _check_rounding(rounding) -> str:
+    if not isinstance(rounding, str) or rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {', '.join(map(repr, ROUNDINGS))}, got {rounding!r}")
+    return rounding
+
+
+def _preserve_sums(xf: np.ndarray, codes: np.ndarray, s: np.ndarray, zp: np.ndarray, g: Groups, sch) -> None:
+    """Sum-preserving rounding: adjust the round-to-nearest `codes` in place, group by group."""
+    _core.preserve_sums(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g, search=True),
+                        np.ascontiguousarray(s, dtype=np.float32).reshape(-1),
+                        np.ascontiguousarray(zp, dtype=np.float32).reshape(-1), float(sch.qmin), float(sch.qmax))
 
 
 def _grouping(shape, axis, block_size) -> Groups:

@@ -20,6 +20,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <algorithm>
+#include <cmath>
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(WQK_NO_CLONES)
 #define WQK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -359,6 +362,85 @@ WQK_CLONES static void wqk_unpack(const uint8_t *packed, ptrdiff_t n, int b, int
     if (is_signed) {
         const uint8_t h = (uint8_t)(1u << (b - 1));
         for (ptrdiff_t i = 0; i < n; i++) codes[i] = (uint8_t)((codes[i] ^ h) - h);
+    }
+}
+
+/* Sum-preserving rounding of a tile of `w` groups of codes, in place.  Member (r, c) of group j
+ * (r < rows, c < length; C order within the group) is at j * lane + r * row + c * elem; the
+ * members of the groups side by side are read together (a blocked transpose into `e` and
+ * `code`, rows * length entries per group), so strided groups are read a cache line at a time.
+ * Per group, with r = x / s (float32) + zp and e = r - q in float64, summed in member order: the
+ * fewest codes, at most |rint(sum e)|, move one step towards the sum, those of least cost
+ * 1 - 2 * dir * e (the least added squared error), equal costs the earlier member; a code at the
+ * end of the grid in that direction does not move.  A bound on the costs keeps few candidates,
+ * and a selection (no sort) picks among them: linear time on average.
+ * Scratch: e and code of w * rows * length entries, moves of rows * length.
+ * Code: int8_t (signed codes) or uint8_t. */
+struct wqk_move {
+    double cost;
+    ptrdiff_t at;
+};
+
+static inline bool wqk_cheaper(const wqk_move &a, const wqk_move &b) {
+    return a.cost < b.cost || (a.cost == b.cost && a.at < b.at);
+}
+
+#define WQK_SUM_LANES 64 /* groups of a tile, at most */
+
+template <typename Code>
+static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t lane, ptrdiff_t rows, ptrdiff_t row,
+                              ptrdiff_t length, ptrdiff_t elem, const float *s, const float *zp, float qmin,
+                              float qmax, double *e, Code *code, wqk_move *moves) {
+    const ptrdiff_t m = rows * length;
+    double total[WQK_SUM_LANES] = {0.0}; /* each group's members are met in their order */
+    for (ptrdiff_t r = 0; r < rows; r++)
+        for (ptrdiff_t j = 0; j < w; j++) {
+            const float sj = s[j];
+            const double zj = (double)zp[j];
+            double sum = total[j];
+            for (ptrdiff_t c = 0; c < length; c++) {
+                const ptrdiff_t at = j * lane + r * row + c * elem, t = j * m + r * length + c;
+                code[t] = q[at];
+                e[t] = ((double)(x[at] / sj) + zj) - (double)code[t];
+                sum += e[t];
+            }
+            total[j] = sum;
+        }
+    for (ptrdiff_t j = 0; j < w; j++) {
+        const double k = std::nearbyint(total[j]);
+        if (k == 0.0) continue;
+        const double *ej = e + j * m;
+        const Code *cj = code + j * m;
+        const double dir = k > 0.0 ? 1.0 : -1.0;
+        const ptrdiff_t want = std::fabs(k) < (double)m ? (ptrdiff_t)std::fabs(k) : m;
+        /* the candidates: movable members of cost up to `bound`, raised until there are `want`
+         * of them or every movable member is one (costs of unclipped codes lie in [0, 2], about
+         * uniformly: the first bound takes about 4 * want) */
+        double bound = 8.0 * (double)want / (double)m;
+        ptrdiff_t n;
+        for (;;) {
+            n = 0;
+            bool all = bound >= 2.0;
+            for (ptrdiff_t t = 0; t < m; t++) {
+                const double next = (double)cj[t] + dir;
+                if (next < (double)qmin || next > (double)qmax) continue;
+                const double cost = 1.0 - 2.0 * dir * ej[t];
+                if (cost > bound && !all) continue;
+                moves[n].cost = cost;
+                moves[n].at = t;
+                n++;
+            }
+            if (n >= want || all) break;
+            bound *= 4.0;
+        }
+        const ptrdiff_t take = want < n ? want : n;
+        if (take < n) std::nth_element(moves, moves + take, moves + n, wqk_cheaper);
+        const int step = k > 0.0 ? 1 : -1;
+        for (ptrdiff_t i = 0; i < take; i++) {
+            const ptrdiff_t t = moves[i].at;
+            Code *p = q + j * lane + (t / length) * row + (t % length) * elem;
+            *p = (Code)(*p + step);
+        }
     }
 }
 

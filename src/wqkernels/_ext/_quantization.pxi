@@ -1,5 +1,7 @@
-# Quantization kernels: group statistics, scale search, quantize, fake-quantize, dequantize.
+# Quantization kernels: group statistics, scale search, quantize, fake-quantize, dequantize,
+# sum-preserving rounding.
 
+from libc.stdint cimport int8_t
 from libc.string cimport memcpy
 
 cdef extern from "_loops.h" nogil:
@@ -22,6 +24,12 @@ cdef extern from "_loops.h" nogil:
                              const float* s, const float* zp, int is_signed)
     void wqk_dequantize_lanes(const uint8_t* q, float* y, Py_ssize_t n, const float* s, const float* zp, int is_signed)
     void wqk_candidate_errors(const float* x, Py_ssize_t n, int ncand, const float* inv, const float* lo, const float* hi, double* acc)
+    ctypedef struct wqk_move:
+        pass
+    # Code: int8_t (signed codes) or uint8_t
+    void wqk_preserve_sums[Code](const float* x, Code* q, Py_ssize_t w, Py_ssize_t lane, Py_ssize_t rows,
+                                 Py_ssize_t row, Py_ssize_t length, Py_ssize_t elem, const float* s,
+                                 const float* zp, float qmin, float qmax, double* e, Code* code, wqk_move* moves)
     void wqk_candidate_errors_lanes(const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int ncand, const float* inv, const float* lo, const float* hi, float* acc)
 
 cdef enum:
@@ -29,6 +37,8 @@ cdef enum:
     SEARCH_WIDTH = 256      # lanes per unit in the scale search (its scratch stays in L2; rows of 1 KiB)
     SEARCH_CHUNK = 4096     # elements of a run scored against every candidate while in cache
     SEARCH_ROWS = 32        # rows of a lanes unit scored against every candidate while in cache
+    SUM_TILE = 65536        # members of the groups of a sum-preserving tile (16 groups of 4096)
+    SUM_LANES = 64          # groups of a sum-preserving tile, at most (WQK_SUM_LANES)
 
 
 cdef inline float key_to_float(int32_t k) noexcept nogil:
@@ -402,3 +412,96 @@ def dequantize_into(const uint8_t[::1] codes, float[::1] out, Py_ssize_t outer, 
     with nogil:
         elementwise(DEQUANTIZE, NULL, <uint8_t*>&codes[0], &out[0], codes.shape[0], outer, n, inner,
                     block, per_axis, <float*>&scale[0], <float*>&zero_point[0], 0.0, 0.0, is_signed, False)
+
+
+cdef struct SumTile:
+    Py_ssize_t start, w, lane, rows, row, length, group
+
+
+cdef SumTile sum_tile(Py_ssize_t t, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner, Py_ssize_t block,
+                      bint per_axis, Py_ssize_t lanes) noexcept nogil:
+    """Tile t of sum-preserving rounding: up to `lanes` groups side by side (see wqk_preserve_sums;
+    elem is 1 throughout).  Per axis: channels j0.. of `outer` runs of `inner`; blocks across a
+    strided axis: groups (o, b, i0..) of one member per row; blocks along a contiguous axis: the
+    full blocks b0.. of slice o, or its short last block alone."""
+    cdef SumTile T
+    cdef Py_ssize_t nb = (n + block - 1) // block, per, o, b, i0, full
+    if per_axis:
+        T.group = t * lanes
+        T.w, T.lane = min(lanes, n - T.group), inner
+        T.rows, T.row, T.length = outer, n * inner, inner
+        T.start = T.group * inner
+    elif inner > 1:
+        per = (inner + lanes - 1) // lanes
+        i0, b, o = (t % per) * lanes, (t // per) % nb, t // (per * nb)
+        T.w, T.lane = min(lanes, inner - i0), 1
+        T.rows, T.row, T.length = min(block, n - b * block), inner, 1
+        T.start = o * n * inner + b * block * inner + i0
+        T.group = (o * nb + b) * inner + i0
+    else:
+        full = n // block
+        per = (full + lanes - 1) // lanes + (1 if n % block else 0)
+        o, b = t // per, (t % per) * lanes
+        T.rows, T.row = 1, 0
+        if b < full:
+            T.w, T.lane, T.length = min(lanes, full - b), block, block
+        else:
+            b, T.w, T.lane, T.length = full, 1, block, n - full * block
+        T.start = o * n + b * block
+        T.group = o * nb + b
+    return T
+
+
+cdef void sum_tile_codes(const float* x, uint8_t* codes, SumTile T, const float* scale, const float* zero_point,
+                         float qmin, float qmax, double* e, uint8_t* code, wqk_move* moves, Py_ssize_t scratch,
+                         Py_ssize_t size, int own) noexcept nogil:
+    """Sum-preserving rounding of tile T with the scratch of thread `own`."""
+    e += own * scratch
+    code += own * scratch
+    moves += own * size
+    if qmin < 0:
+        wqk_preserve_sums[int8_t](x + T.start, <int8_t*>(codes + T.start), T.w, T.lane, T.rows, T.row, T.length, 1,
+                                  scale + T.group, zero_point + T.group, qmin, qmax, e, <int8_t*>code, moves)
+    else:
+        wqk_preserve_sums[uint8_t](x + T.start, codes + T.start, T.w, T.lane, T.rows, T.row, T.length, 1,
+                                   scale + T.group, zero_point + T.group, qmin, qmax, e, code, moves)
+
+
+def preserve_sums(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner,
+                  Py_ssize_t block, bint per_axis, const float[::1] scale, const float[::1] zero_point,
+                  float qmin, float qmax):
+    """Sum-preserving rounding of the codes of x, in place, group by group (one scale each; a
+    per-tensor group is one block of the whole array): the fewest codes move one step so that
+    each group's codes sum to the integer nearest the sum of x / scale + zero_point (see
+    wqk_preserve_sums).  Codes are int8 when qmin < 0, else uint8; x is finite."""
+    cdef Py_ssize_t size, lanes, tiles, t, per
+    cdef int nt
+    cdef double* e
+    cdef uint8_t* code
+    cdef wqk_move* moves
+    if x.shape[0] == 0:
+        return
+    size = outer * inner if per_axis else min(block, n)  # members of a group
+    lanes = max(1, min(<Py_ssize_t>SUM_LANES, SUM_TILE // max(size, 1)))
+    if per_axis:
+        tiles = (n + lanes - 1) // lanes
+    elif inner > 1:
+        tiles = outer * ((n + block - 1) // block) * ((inner + lanes - 1) // lanes)
+    else:
+        tiles = outer * ((n // block + lanes - 1) // lanes + (1 if n % block else 0))
+    nt = <int>min(<Py_ssize_t>threads_for(x.shape[0]), tiles)
+    e = <double*>malloc(sizeof(double) * lanes * size * nt)
+    code = <uint8_t*>malloc(lanes * size * nt)
+    moves = <wqk_move*>malloc(sizeof(wqk_move) * size * nt)
+    if e == NULL or code == NULL or moves == NULL:
+        free(e)
+        free(code)
+        free(moves)
+        raise MemoryError()
+    with nogil:
+        for t in prange(tiles, num_threads=nt, schedule="dynamic"):
+            sum_tile_codes(&x[0], &codes[0], sum_tile(t, outer, n, inner, block, per_axis, lanes), &scale[0],
+                           &zero_point[0], qmin, qmax, e, code, moves, lanes * size, size, threadid())
+    free(e)
+    free(code)
+    free(moves)

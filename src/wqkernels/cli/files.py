@@ -60,12 +60,12 @@ def add_recipe_options(p) -> None:
     p.add_argument("--target-sqnr", type=float, metavar="DB", help="per tensor, the fewest bits reaching DB")
     p.add_argument("--granularity", default="channel", help="tensor, channel (default) or block:N")
     p.add_argument("--method", choices=METHODS,
-                   help="scale choice (default: mse at <= 4 bits, minmax above)")
+                   help="scale choice (default: minmax; mse for symmetric grids of 2 and 3 bits)")
     grid = p.add_mutually_exclusive_group()
     grid.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
-                      help="signed codes, zero point 0 (the default)")
+                      help="signed codes, zero point 0 (the default with --storage keras)")
     grid.add_argument("--asymmetric", dest="symmetric", action="store_false",
-                      help="unsigned codes over [min, max] with a zero point per group")
+                      help="unsigned codes over [min, max] with a zero point per group (the default)")
     p.add_argument("--storage", choices=STORAGES, default="float32",
                    help="float32 (default, loads in any Keras), float16, packed codes (smallest; "
                         "wqkernels restore makes it loadable), or keras: Keras 3's own int8/int4 layers "

@@ -294,7 +294,8 @@ class _Sink:
     freed them, or at exit)."""
 
     def __init__(self, path: str):
-        self.file = open(path, "w+b")
+        # unbuffered: a buffer would be flushed by a seek or a read, outside the guard
+        self.file = open(path, "w+b", buffering=0)
         self.error: OSError | None = None
 
     def _guard(self, call, *args):
@@ -306,8 +307,13 @@ class _Sink:
         return None
 
     def write(self, data) -> int:
-        self._guard(self.file.write, data)
-        return memoryview(data).nbytes
+        view = memoryview(data).cast("B")
+        self._guard(self._write_all, view)
+        return view.nbytes
+
+    def _write_all(self, view: memoryview) -> None:
+        while view.nbytes:  # an unbuffered write may write part (up to a size limit)
+            view = view[self.file.write(view):]
 
     def truncate(self, size=None) -> int:
         self._guard(self.file.truncate, size)

@@ -6,8 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 
 from .._checks import check_bits, check_fraction, check_int, is_real
-from ..allocation import ALLOCATIONS, default_method
-from ..quantization import METHODS
+from ..allocation import ALLOCATIONS, DEFAULT_SYMMETRIC, default_method, default_rounding
+from ..quantization import METHODS, ROUNDINGS
 from .layouts import Entry
 from .roles import block_view
 
@@ -32,7 +32,8 @@ class Recipe:
         One scale per output channel (the layer's real channel axis), per tensor, or per block of
         N weights along the input (reduction) axis of each channel.
     method : {"minmax", "mse", "percentile"}, optional
-        How scales are chosen; default "mse" at 4 bits and below, "minmax" above.
+        How scales are chosen; default :func:`wqkernels.default_method` (min/max, except mse for
+        symmetric grids of 2 and 3 bits; Keras's min/max with storage="keras").
     storage : {"float32", "float16", "packed", "keras"}
         float32: values on the quantization grid (every Keras loads the file), float16 and
         bfloat16 weights kept in their type; float16; packed: bit-packed integer codes with
@@ -51,8 +52,15 @@ class Recipe:
         How `sparsity` is spread over tensors: one global criterion, or equal per tensor.
     target_sqnr : float, optional
         Choose per tensor the fewest bits (2..8) reaching this SQNR in dB (instead of `bits`).
-    symmetric : bool
-        Symmetric (signed codes, zero point 0) or asymmetric quantization.
+    symmetric : bool, optional
+        Symmetric (signed codes, zero point 0) or asymmetric quantization.  Default asymmetric
+        (2^bits levels over each group's range, which kept model outputs closer on every
+        architecture of ``benchmarks/FIDELITY.md``), symmetric with storage="keras" (Keras's own
+        layers are symmetric).
+    rounding : {"nearest", "sum"}, optional
+        The `rounding` of :func:`wqkernels.quantize`; default per weight
+        :func:`wqkernels.allocation.default_rounding` of its role (sum-preserving, recurrent
+        kernels to nearest).
     activations : {"int8", "float"}, optional
         With storage="keras": quantize layer inputs dynamically to int8 (W8A8, the default of
         Keras's int8) or keep them float (weight-only, the default of Keras's int4).
@@ -60,8 +68,8 @@ class Recipe:
     Examples
     --------
     >>> from wqkernels import Recipe
-    >>> Recipe(bits=4).method
-    'mse'
+    >>> Recipe(bits=4).method, Recipe(bits=4).symmetric, Recipe(bits=2, symmetric=True).method
+    ('minmax', False, 'mse')
     >>> Recipe(bits=4, granularity="block:32").block_size
     32
     >>> Recipe(bits=1)
@@ -82,8 +90,9 @@ class Recipe:
     min_size: int | None = None
     allocation: str = "global"
     target_sqnr: float | None = None
-    symmetric: bool = True
+    symmetric: bool | None = None
     activations: str | None = None
+    rounding: str | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -103,10 +112,15 @@ class Recipe:
         self.block_size  # validates the granularity
         if self.method is not None and self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.symmetric is None:
+            set_(self, "symmetric", True if self.storage == "keras" else DEFAULT_SYMMETRIC)
+        set_(self, "symmetric", bool(self.symmetric))
+        if self.rounding is not None and (not isinstance(self.rounding, str) or self.rounding not in ROUNDINGS):
+            raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
         if self.storage == "keras":
             self._check_keras()
         if self.method is None and self.bits is not None:
-            set_(self, "method", "minmax" if self.storage == "keras" else default_method(self.bits))
+            set_(self, "method", "minmax" if self.storage == "keras" else default_method(self.bits, self.symmetric))
         for name, allowed in (("storage", STORAGES), ("compress", COMPRESSIONS), ("allocation", ALLOCATIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -123,7 +137,6 @@ class Recipe:
         set_(self, "strip_optimizer", bool(self.strip_optimizer))
         if self.activations is not None and self.storage != "keras":
             raise ValueError("activations applies to storage='keras' only")
-        set_(self, "symmetric", bool(self.symmetric))
 
     def _check_keras(self) -> None:
         """What Keras 3's quantized layers can hold: int8 or int4 per channel, int4 in blocks."""
@@ -186,7 +199,7 @@ class Recipe:
         raise ValueError(f"granularity must be 'tensor', 'channel' or 'block:N', got {g!r}")
 
     def method_for(self, bits: int) -> str:
-        return self.method if self.method is not None else default_method(bits)
+        return self.method if self.method is not None else default_method(bits, self.symmetric)
 
     def selects(self, entry: Entry, *, by_size: bool = True) -> bool:
         """Whether this recipe touches the weight of `entry` (by_size=False: whatever its size,
@@ -201,15 +214,17 @@ class Recipe:
 
     def layout_for(self, entry: Entry) -> tuple[tuple, dict]:
         """(shape to quantize, quantize options without bits/method) for `entry`'s weight."""
+        grid = {"symmetric": self.symmetric,
+                "rounding": self.rounding if self.rounding is not None else default_rounding(entry.role)}
         if self.granularity == "tensor":
-            return entry.shape, {"axis": None, "symmetric": self.symmetric}
+            return entry.shape, {"axis": None, **grid}
         if self.granularity == "channel":
-            return entry.shape, {"axis": entry.channel_axis, "symmetric": self.symmetric}
+            return entry.shape, {"axis": entry.channel_axis, **grid}
         view, axis = block_view(entry.shape, entry.layer_class, entry.role)
         # a block longer than the axis is one block over it: the same scales, and no huge sizes
         # for the kernels (2**63 overflowed them)
         block = max(1, min(self.block_size, view[axis]))
-        return view, {"axis": axis, "block_size": block, "symmetric": self.symmetric}
+        return view, {"axis": axis, "block_size": block, **grid}
 
     def to_dict(self) -> dict:
         d = asdict(self)

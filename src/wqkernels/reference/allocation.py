@@ -76,7 +76,8 @@ def bits_for_sqnr(x, target_db, **quantize_options):
     x = np.asarray(x)
     xd = x.astype(np.float64)
     for bits in range(2, 9):
-        options = {"method": "mse" if bits <= 4 else "minmax", **quantize_options}
+        symmetric = quantize_options.get("symmetric", True)
+        options = {"method": "mse" if bits <= 3 and symmetric else "minmax", **quantize_options}
         x_hat = fake_quantize(x, bits, **options).astype(np.float64)
         noise = np.sum((xd - x_hat) ** 2)
         if noise == 0 or 10 * np.log10(np.sum(xd ** 2) / noise) >= target_db:

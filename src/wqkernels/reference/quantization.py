@@ -83,8 +83,32 @@ def _broadcast(v, g):
     return np.repeat(v.reshape(g.outer, nb, g.inner), g.block, axis=1)[:, : g.n]
 
 
+def _sum_preserving(x, q, s, zp, g, sch):
+    """Sum-preserving rounding, one group at a time: move the codes nearest a rounding boundary
+    one step until the group's codes sum to the nearest integer of sum(x / scale + zero point)."""
+    positions = g.matrix(np.arange(x.size, dtype=np.float64).reshape(x.shape))  # NaN: padding
+    xs, qs = x.reshape(-1), q.reshape(-1).copy()  # C order, whatever the layout of x and q
+    ss = np.broadcast_to(_broadcast(s, g), (g.outer, g.n, g.inner)).reshape(-1)
+    zs = np.broadcast_to(_broadcast(zp, g), (g.outer, g.n, g.inner)).reshape(-1)
+    for row in positions:
+        members = [int(i) for i in row if not np.isnan(i)]
+        residual = {i: float(xs[i] / ss[i]) + float(zs[i]) - float(qs[i]) for i in members}
+        total = 0.0
+        for i in members:
+            total += residual[i]
+        k = int(np.rint(total))
+        if k == 0:
+            continue
+        step = 1 if k > 0 else -1
+        movable = [i for i in members if sch.qmin <= qs[i] + step <= sch.qmax]
+        movable.sort(key=lambda i: 1.0 - 2.0 * step * residual[i])  # stable: earlier first on ties
+        for i in movable[:abs(k)]:
+            qs[i] += step
+    q[...] = qs.reshape(q.shape)
+
+
 def quantize(x, bits=8, *, symmetric=True, axis=None, block_size=None, method="minmax",
-             frac_bits=None, scale=None, zero_point=None, percentile=DEFAULT_PERCENTILE):
+             frac_bits=None, scale=None, zero_point=None, percentile=DEFAULT_PERCENTILE, rounding="nearest"):
     x = np.asarray(x)
     if x.dtype.kind != "f":
         raise TypeError(f"x must be an array of real floats, got dtype {x.dtype}")
@@ -105,6 +129,8 @@ def quantize(x, bits=8, *, symmetric=True, axis=None, block_size=None, method="m
         s, zp = _scales(x, g, sch, method, percentile)
     x3 = x.reshape(g.outer, g.n, g.inner)
     q = _codes(x3, _broadcast(s, g), _broadcast(zp, g), sch.qmin, sch.qmax)
+    if rounding == "sum":
+        _sum_preserving(x, q, s, zp, g, sch)
     return QuantizedArray(q.astype(sch.dtype).reshape(x.shape), s.reshape(g.scale_shape).astype(f32),
                           zp.astype(sch.dtype).reshape(g.scale_shape), bits, axis, block_size)
 
