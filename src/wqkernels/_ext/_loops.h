@@ -393,6 +393,18 @@ static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t la
                               float qmax, double *e, Code *code, wqk_move *moves) {
     const ptrdiff_t m = rows * length;
     double total[WQK_SUM_LANES] = {0.0}; /* each group's members are met in their order */
+    if (length == 1 && elem == 1 && lane == 1) { /* channels side by side (a Dense kernel's columns) */
+        for (ptrdiff_t r = 0; r < rows; r++) {
+            const float *xr = x + r * row;
+            const Code *qr = q + r * row;
+            for (ptrdiff_t j = 0; j < w; j++) {
+                const double d = ((double)(xr[j] / s[j]) + (double)zp[j]) - (double)qr[j];
+                code[j * m + r] = qr[j];
+                e[j * m + r] = d;
+                total[j] += d;
+            }
+        }
+    } else
     for (ptrdiff_t r = 0; r < rows; r++)
         for (ptrdiff_t j = 0; j < w; j++) {
             const float sj = s[j];
