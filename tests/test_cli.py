@@ -142,6 +142,17 @@ def test_grid_flags_write_what_the_recipe_says(flag, symmetric, keras20, tmp_pat
                                              method=method, rounding="sum"))
 
 
+@pytest.mark.parametrize("flag,rounding", [(None, "sum"), ("sum", "sum"), ("nearest", "nearest")])
+def test_rounding_flag_writes_what_the_recipe_says(flag, rounding, keras20, tmp_path, capsys):
+    out = tmp_path / "out.h5"
+    code, _, err = run_cli(["rewrite", keras20[0], "-o", out, "--bits", "3",
+                            *(["--rounding", flag] if flag else [])], capsys)
+    assert code == 0, err
+    assert_bit_equal(wqkernels.load_weights(out)["model_weights/dense_1/dense_1_1/kernel:0"],
+                     reference.fake_quantize(keras20[1]["dense_1"][0], 3, axis=1, symmetric=False,
+                                             rounding=rounding))
+
+
 def test_keras_storage_is_symmetric(keras20, tmp_path, capsys):
     code, _, err = run_cli(["rewrite", keras20[0], "-o", tmp_path / "o.h5", "--bits", "8", "--storage", "keras",
                             "--asymmetric"], capsys)

@@ -11,7 +11,7 @@ from ..files import KerasFileError, Recipe, inspect, restore, rewrite
 from ..files.plan import NOTHING_REWRITTEN
 from ..files.recipe import ACTIVATIONS, COMPRESSIONS, STORAGES
 from ..files.pages import inspect_page, report_page
-from ..quantization import METHODS
+from ..quantization import METHODS, ROUNDINGS
 from . import batch
 from .app import CommandError, write_report
 from .report import check_page, write_html
@@ -66,6 +66,10 @@ def add_recipe_options(p) -> None:
                       help="signed codes, zero point 0 (the default with --storage keras)")
     grid.add_argument("--asymmetric", dest="symmetric", action="store_false",
                       help="unsigned codes over [min, max] with a zero point per group (the default)")
+    p.add_argument("--rounding", choices=ROUNDINGS,
+                   help="sum: the fewest codes move one step so that each channel keeps its sum (the "
+                        "default; recurrent kernels and Keras-native layers round to nearest); nearest: "
+                        "faster, less accurate")
     p.add_argument("--storage", choices=STORAGES, default="float32",
                    help="float32 (default, loads in any Keras), float16, packed codes (smallest; "
                         "wqkernels restore makes it loadable), or keras: Keras 3's own int8/int4 layers "
@@ -95,6 +99,7 @@ def recipe_from_args(args) -> Recipe:
                       storage=args.storage, compress=args.compress, strip_optimizer=args.strip_optimizer,
                       include=tuple(args.include), exclude=tuple(args.exclude), min_size=args.min_size,
                       allocation=args.allocation, target_sqnr=args.target_sqnr, activations=args.activations,
+                      rounding=args.rounding,
                       **({} if args.symmetric is None else {"symmetric": args.symmetric}))
     except (ValueError, TypeError) as exc:
         raise CommandError(f"impossible recipe: {exc}") from None
