@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 import zipfile
+from collections.abc import Mapping
 
 import h5py
 import numpy as np
@@ -32,7 +33,7 @@ from .plan import plan
 from .recipe import Recipe
 from .report import Report, WeightInfo, WeightRow
 from .source import Source
-from .transform import prepare, statistics
+from .transform import Grid, prepare, statistics
 from .writers import FloatWriter, Writer
 
 __all__ = ["inspect", "load_weights", "rewrite", "restore"]
@@ -100,7 +101,8 @@ def load_weights(path) -> dict[str, np.ndarray]:
 
 # ---- writing ----------------------------------------------------------------------------------
 
-def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -> Report:
+def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False, weights: Mapping | None = None,
+            grids: Mapping | None = None) -> Report:
     """Prune and/or quantize the kernels of a Keras file and write the result to `dst`.
 
     Parameters
@@ -111,6 +113,13 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -
         What to do; the default Recipe() copies the file.
     in_place : bool
         Allow `dst` to be `src` (still written to a temporary file and renamed).
+    weights : mapping, optional
+        Weight path (as :func:`inspect` lists it) -> values to start from instead of the file's
+        (anything ``np.asarray`` converts, read when the weight is written).  The recipe still
+        applies to the weights it selects; others are stored as given, in their dataset's type.
+    grids : mapping, optional
+        Weight path -> :class:`~wqkernels.files.transform.Grid`: the bits, scale and zero point
+        to quantize that weight with (no search), e.g. a calibration's.
 
     Returns
     -------
@@ -128,7 +137,10 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False) -
     recipe = Recipe() if recipe is None else recipe
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
-    return _write(src, dst, recipe, in_place, restoring=False)
+    for name, given in (("weights", weights), ("grids", grids)):
+        if given is not None and not isinstance(given, Mapping):
+            raise TypeError(f"{name} must be a mapping of weight paths, got {type(given).__name__}")
+    return _write(src, dst, recipe, in_place, restoring=False, overrides=(dict(weights or {}), dict(grids or {})))
 
 
 def restore(src, dst, *, in_place: bool = False) -> Report:
@@ -147,7 +159,7 @@ def restore(src, dst, *, in_place: bool = False) -> Report:
     return _write(src, dst, Recipe(), in_place, restoring=True)
 
 
-def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
+def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool, overrides=({}, {})) -> Report:
     start = time.perf_counter()
     src, dst = os.fspath(src), os.fspath(dst)
     container(src)  # missing, directory or not a Keras file: fail before creating anything
@@ -163,19 +175,19 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool) -> Report:
             report = Report(src, dst, source.description, recipe.to_dict(), role_source=source.role_source,
                             size_before=os.path.getsize(src))
             if source.kind == "zip":
-                _write_zip(source, tmp, recipe, report, dst_dir)
+                _write_zip(source, tmp, recipe, report, dst_dir, overrides)
             else:
-                _write_weights(source, tmp, recipe, report)
+                _write_weights(source, tmp, recipe, report, overrides)
     report.size_after = os.path.getsize(dst)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir: str) -> None:
+def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir: str, overrides) -> None:
     """A .keras archive: every member copied in order with its compression, the weights rewritten."""
     weights = atomic.scratch_file(dst_dir)
     try:
-        _write_weights(source, weights, recipe, report)
+        _write_weights(source, weights, recipe, report, overrides)
         with zipfile.ZipFile(tmp, "w", allowZip64=True) as out:
             for info in source.zip.infolist():
                 new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
@@ -190,16 +202,21 @@ def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir
             os.unlink(weights)
 
 
-def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report) -> None:
+def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, overrides=({}, {})) -> None:
     """The weights HDF5 file: everything copied, the planned weights transformed."""
     buffers = Buffers()
     work = plan(source, recipe, buffers)  # reads one tensor at a time, before anything is written
     report.notes.extend(work.notes)
+    weights, grids = _checked_overrides(source, recipe, work.selected, *overrides)
     writer = WRITERS[recipe.storage](recipe, source.layout)
     rows = {}
     with writer.open(tmp) as f:
-        hooks = {e.path: _rewrite_hook(source, e, recipe, work.counts, writer, rows, buffers)
-                 for e in work.selected}
+        hooks = {}
+        for e in work.selected:
+            _, given = weights.pop(e.path, (e, None))
+            hooks[e.path] = _rewrite_hook(source, e, recipe, work.counts, writer, rows, buffers, given,
+                                          grids.get(e.path))
+        hooks.update({e.path: _override_hook(source, e, value, recipe, writer) for e, value in weights.values()})
         if source.packed is not None:  # placeholders of a packed source not rewritten
             for e in source.entries:
                 if source.is_packed(e) and e.path not in hooks:
@@ -220,12 +237,37 @@ def _untouched_row(source: Source, e: Entry) -> WeightRow:
     return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes)
 
 
+def _checked_overrides(source: Source, recipe: Recipe, selected: list, weights: dict, grids: dict):
+    """The given weights as {path: (entry, value)} and grids, checked against the file and recipe."""
+    entries = {e.path: e for e in source.entries}
+    for path in weights:
+        e = entries.get(path)
+        if e is None or np.dtype(e.dtype).kind != "f":
+            raise ValueError(f"weights: {path!r} is not a float weight of {source.path}")
+    quantized = {e.path for e in selected} if recipe.quantizes else set()
+    for path, grid in grids.items():
+        if path not in quantized:
+            raise ValueError(f"grids: {path!r} is not a weight the recipe quantizes")
+        if not isinstance(grid, Grid):
+            raise TypeError(f"grids[{path!r}] must be a Grid, got {type(grid).__name__}")
+    return {path: (entries[path], value) for path, value in weights.items()}, grids
+
+
+def _given(e: Entry, value, dtype=np.float32) -> np.ndarray:
+    """A given weight as an array of `dtype` and of its entry's shape."""
+    x = np.ascontiguousarray(np.asarray(value), dtype=dtype)
+    if x.shape != tuple(e.shape):
+        raise ValueError(f"weights[{e.path!r}] has shape {x.shape}, the file's weight {tuple(e.shape)}")
+    return x
+
+
 def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer: Writer, rows: dict,
-                  buffers: Buffers):
+                  buffers: Buffers, given=None, grid: Grid | None = None):
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         original = source.read(e, buffers)
         try:
-            x, quantization, out = prepare(original, e, recipe, counts, buffers, release=writer.holds_codes)
+            start = original if given is None else _given(e, given)
+            x, quantization, out = prepare(start, e, recipe, counts, buffers, release=writer.holds_codes, grid=grid)
             stored, nbytes = writer.weight(group, name, dset, e, x, quantization, out)
         except ValueError as exc:  # NaN or infinity in the weights: say which
             raise KerasFileError(f"{source.path}: weight {e.path!r}: {exc}") from None
@@ -234,6 +276,17 @@ def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer
         bits = None if quantization is None else quantization.bits
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, before, after, bits, mse, sqnr,
                                  source.stored_bytes(e), nbytes)
+    return hook
+
+
+def _override_hook(source: Source, e: Entry, value, recipe: Recipe, out: Datasets):
+    """A weight the recipe leaves alone, stored with the given values in its dataset's type."""
+    def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
+        try:
+            x = _given(e, value, dset.dtype)
+        except ValueError as exc:
+            raise KerasFileError(f"{source.path}: {exc}") from None
+        out.new(group, name, x, recipe.compress, like=dset)
     return hook
 
 
