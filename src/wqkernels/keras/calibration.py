@@ -156,7 +156,7 @@ def calibrate(src, samples, recipe: Recipe, *, batch_size: int = 128, damping: f
     if not isinstance(damping, (int, float)) or isinstance(damping, bool) or not damping >= 0:
         raise ValueError(f"damping must be a number >= 0, got {damping!r}")
     src = os.fspath(src)
-    with Source(src) as source:
+    with tempfile.TemporaryDirectory(prefix="wqkernels-") as scratch, Source(src, tmp_dir=scratch) as source:
         if source.packed is not None:
             raise KerasFileError(f"{src}: a packed file; calibration needs a model Keras loads (restore it first)")
         if source.config is None:
@@ -212,7 +212,16 @@ def load_samples(samples, model) -> list:
     """
     where = os.fspath(samples) if isinstance(samples, (str, os.PathLike)) else "samples"
     arrays = _read_samples(samples, where)
-    names = [getattr(t, "name", None) for t in model.inputs]
+    try:
+        inputs = list(model.inputs)
+    except (AttributeError, ValueError):  # a subclassed model: its inputs are whatever it takes
+        inputs = None
+    if inputs is None:
+        arrays = list(arrays.values()) if isinstance(arrays, dict) else list(arrays)
+        if len(arrays) != 1 or np.asarray(arrays[0]).dtype.kind not in "fiub" or not len(arrays[0]):
+            raise KerasFileError(f"{where}: a model without declared inputs takes one non-empty array of numbers")
+        return [np.ascontiguousarray(arrays[0])]
+    names = [getattr(t, "name", None) for t in inputs]
     if isinstance(arrays, dict):
         if len(arrays) == 1 and len(names) == 1:
             arrays = list(arrays.values())
@@ -226,14 +235,14 @@ def load_samples(samples, model) -> list:
     if len(arrays) != len(names):
         raise KerasFileError(f"{where}: {len(arrays)} arrays for a model of {len(names)} inputs")
     out = []
-    for array, tensor, name in zip(arrays, model.inputs, names):
+    for array, tensor, name in zip(arrays, inputs, names):
         a = np.asarray(array)
         if a.dtype.kind not in "fiub":
             raise KerasFileError(f"{where}: samples for input {name!r} must be numbers, got dtype {a.dtype}")
         shape = tuple(tensor.shape)
         if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape[1:], a.shape[1:])):
-            raise KerasFileError(f"{where}: samples of shape {a.shape} do not fit input {name!r} of shape "
-                                 f"{tuple('None' if s is None else s for s in shape)}")
+            expected = "(" + ", ".join("None" if s is None else str(s) for s in shape) + ")"
+            raise KerasFileError(f"{where}: samples of shape {a.shape} do not fit input {name!r} of shape {expected}")
         if len(a) == 0:
             raise KerasFileError(f"{where}: no samples")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -256,7 +265,8 @@ def _read_samples(samples, where: str):
     try:
         data = np.load(where, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise KerasFileError(f"{where}: not a .npy or .npz file of arrays ({first_line(exc)})") from None
+        why = "arrays of Python objects are not read" if "pickle" in str(exc) else first_line(exc)
+        raise KerasFileError(f"{where}: not a .npy or .npz file of numbers ({why})") from None
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:
             try:

@@ -151,7 +151,7 @@ def refit(w, hessian, *, view=None, damping=0.01):
 def mean_output_error(hessian, before, after, view=None):
     view = KernelView.linear(np.shape(before)) if view is None else view
     g, k, c = view.matrix_shape
-    if hasattr(hessian, "mean"):
+    if hasattr(hessian, "target_mean"):
         mean = hessian.mean.reshape(g, k)
         target = mean if hessian.target_mean is None else hessian.target_mean.reshape(g, k)
     else:
