@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import warnings
 
 import h5py
 import numpy as np
@@ -548,10 +547,11 @@ def test_the_command_line_says_what_is_wrong_in_one_line(small_cnn, tmp_path, ca
     np.save(tmp_path / "wrong.npy", np.zeros((4, 8, 8), np.float32))
     np.save(tmp_path / "objects.npy", np.array([{}], dtype=object), allow_pickle=True)
     cases = [(tmp_path / "none.npy", "none.npy: no such file"),
-             (tmp_path / "wrong.npy", "do not fit input 'input_layer' of shape (None, 8, 8, 1)"),
+             (tmp_path / "wrong.npy", "samples of shape (4, 8, 8) do not fit input"),
              (tmp_path / "objects.npy", "arrays of Python objects are not read")]
     for samples, message in cases:
-        code, _, err = run_cli(["rewrite", base / "m.keras", "-o", dst, "--bits", "3", "--calibration", samples], capsys)
+        code, _, err = run_cli(["rewrite", base / "m.keras", "-o", dst, "--bits", "3", "--calibration", samples],
+                               capsys)
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
     code, _, err = run_cli(["rewrite", base / "m.keras", "--out-dir", tmp_path / "d", "--bits", "3",
                             "--calibration", base / "samples.npy"], capsys)

@@ -47,30 +47,33 @@ def on_grid(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmin: floa
 
 
 def inverse_cholesky(h: np.ndarray, damping: float) -> np.ndarray:
-    """U upper triangular with ``UᵀU = (H + λI)⁻¹`` per group, float64.
+    """U upper triangular with ``UᵀU = (H + λI)⁻¹`` per group, float64; `h` (float64
+    ``(groups, k, k)``) is overwritten.
 
     Inputs that are never non-zero (a zero diagonal) get 1 on the diagonal, so their weights
     are rounded on their own; ``λ = damping · mean(diag H)`` keeps the factorisation stable and
     is raised tenfold while it fails.
     """
-    h = np.array(h, dtype=np.float64)
-    k = h.shape[-1]
-    idx = np.arange(k)
+    idx = np.arange(h.shape[-1])
     diag = h[:, idx, idx]
     diag[diag <= 0] = 1.0
-    h[:, idx, idx] = diag
     lam = max(float(damping), 1e-10) * diag.mean(axis=1)
-    eye = np.eye(k)
+    h[:, idx, idx] = diag + lam[:, None]
     for attempt in range(_RETRIES + 1):
         try:
-            lower = np.linalg.cholesky(h + lam[:, None, None] * eye)
-            inverse = np.linalg.inv(lower)
-            return np.linalg.cholesky(inverse.transpose(0, 2, 1) @ inverse).transpose(0, 2, 1)
+            lower = np.linalg.cholesky(h)
+            break
         except np.linalg.LinAlgError:
             if attempt == _RETRIES:
                 raise ValueError("the Hessian is not positive definite even with damping "
                                  f"{damping * 10 ** _RETRIES:g}") from None
+            h[:, idx, idx] += 9 * lam[:, None]
             lam = lam * 10
+    inverse = np.linalg.inv(lower)
+    del lower
+    hinv = np.matmul(inverse.transpose(0, 2, 1), inverse)
+    del inverse
+    return np.linalg.cholesky(hinv).transpose(0, 2, 1)
 
 
 def nm_block(block: int, m: int, segment: int) -> int:
@@ -183,7 +186,7 @@ def arguments(w, hessian, view, damping, block) -> tuple:
     h = hessian.matrix() if isinstance(hessian, Hessian) else np.asarray(hessian)
     if h.dtype.kind not in "fiu":
         raise TypeError(f"hessian must be a Hessian or an array of real numbers, got dtype {h.dtype}")
-    h = np.asarray(h, dtype=np.float64)
+    h = np.array(h, dtype=np.float64)  # a copy: the factorisation overwrites it
     if h.ndim == 2:
         h = h[None]
     if h.shape != (groups, k, k):
