@@ -302,6 +302,25 @@ def test_rewrite_stores_given_values_on_given_grids(tmp_path, storage):
     assert_bit_equal(stored["layers/dense/vars/1"], bias)
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_keras_storage_keeps_the_given_grid_of_a_dense_kernel(tmp_path, bits):
+    from wqkernels import keras_schemes as ks
+
+    src = _weights_file(tmp_path / "m.weights.h5")
+    kernel = np.random.default_rng(9).standard_normal((64, 32)).astype(np.float32)
+    grid = quantize(kernel * 1.3, bits, axis=1)  # wider than the values need: no channel reaches the top code
+    values = fake_quantize(kernel, bits, axis=1, scale=grid.scale)
+    codes = quantize(kernel, bits, axis=1, scale=grid.scale).values
+    assert np.abs(codes).max(axis=0).max() < 2 ** (bits - 1) - 1  # Keras's absmax would choose other scales
+    dst = tmp_path / "out.weights.h5"
+    wqkernels.rewrite(src, dst, Recipe(bits=bits, storage="keras"), weights={"layers/dense/vars/0": values},
+                      grids={"layers/dense/vars/0": Grid(bits, grid.scale, grid.zero_point)})
+    with h5py.File(dst, "r") as f:
+        stored, scale = f["layers/dense/vars/0"][()], f["layers/dense/vars/2"][()]
+    assert_bit_equal(stored if bits == 8 else ks.unpack_int4(stored, 32, -1), codes)
+    assert_bit_equal(scale, (np.float32(1) / grid.scale).astype(np.float32))
+
+
 def test_rewrite_refuses_given_weights_that_do_not_fit(tmp_path):
     src = _weights_file(tmp_path / "m.weights.h5")
     dst = tmp_path / "out.weights.h5"
@@ -541,31 +560,117 @@ def test_every_storage_writes_what_keras_loads(small_cnn, tmp_path, storage, fmt
 
 
 @pytest.mark.keras
+@pytest.mark.parametrize("bits", [4, 8])
+def test_keras_storage_of_a_calibrated_model_loads_in_keras(small_cnn, tmp_path, capsys, bits):
+    keras = _keras()
+    model, base, held_out = small_cnn
+    dst = tmp_path / "out.keras"
+    code, out, err = run_cli(["rewrite", base / "m.keras", "-o", dst, "--bits", str(bits), "--storage", "keras",
+                              "--calibration", base / "samples.npy"], capsys)
+    assert code == 0, err
+    assert f"Keras-native int{bits}" in out and "calibrated on 128 samples" in out
+    loaded = keras.models.load_model(dst, compile=False)
+    assert loaded.get_layer("dense").quantization_mode == f"int{bits}"
+    want, got = np.asarray(model(held_out)), np.asarray(loaded(held_out))
+    assert np.isfinite(got).all() and np.mean(np.argmax(got, -1) == np.argmax(want, -1)) > 0.9
+
+
+#: bad samples for the small CNN (inputs (None, 8, 8, 1)): what is saved, what the one line says
+BAD_SAMPLES = {
+    "missing": (None, "none.npy: no such file"),
+    "shape": (lambda: np.zeros((4, 8, 8), np.float32), "samples of shape (4, 8, 8) do not fit input"),
+    "width": (lambda: np.zeros((4, 8, 7, 1), np.float32), "samples of shape (4, 8, 7, 1) do not fit input"),
+    "objects": (lambda: np.array([{}], dtype=object), "arrays of Python objects are not read"),
+    "strings": (lambda: np.full((4, 8, 8, 1), "a"), "must be numbers, got dtype <U1"),
+    "complex": (lambda: np.zeros((4, 8, 8, 1), np.complex64), "must be numbers, got dtype complex64"),
+    "none": (lambda: np.zeros((0, 8, 8, 1), np.float32), "no samples"),
+    "nan": (lambda: np.full((4, 8, 8, 1), np.nan, np.float32), "hold NaN or infinity"),
+    "overflow": (lambda: np.full((4, 8, 8, 1), 1e300), "hold NaN or infinity"),
+    "two arrays": (lambda: {"a": np.zeros((4, 8, 8, 1)), "b": np.zeros((4, 8, 8, 1))},
+                   "holds 2 arrays (a, b) but the model has 1 input"),
+    "no arrays": (lambda: {}, "holds 0 arrays () but the model has 1 input"),
+    "not numpy": (lambda: b"not a numpy file", "not a .npy or .npz file of numbers"),
+}
+
+
+def _save_samples(path_stem, made):
+    """`made` saved as .npy (an array), .npz (a dict) or raw bytes as .npy; the path."""
+    if isinstance(made, dict):
+        np.savez(f"{path_stem}.npz", **made)
+        return f"{path_stem}.npz"
+    if isinstance(made, bytes):
+        with open(f"{path_stem}.npy", "wb") as f:
+            f.write(made)
+    else:
+        np.save(f"{path_stem}.npy", made, allow_pickle=made.dtype == object)
+    return f"{path_stem}.npy"
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("case", sorted(BAD_SAMPLES))
+def test_bad_samples_are_one_line_and_nothing_is_written(small_cnn, tmp_path, capsys, case):
+    _, base, _ = small_cnn
+    make, message = BAD_SAMPLES[case]
+    samples = tmp_path / "none.npy" if make is None else _save_samples(tmp_path / "samples", make())
+    before = sorted(os.listdir(tmp_path))
+    dst = tmp_path / "out.keras"
+    code, out, err = run_cli(["rewrite", base / "m.keras", "-o", dst, "--bits", "3", "--calibration", samples],
+                             capsys)
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("wqkernels rewrite: ") and "Traceback" not in err + out
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written, no scratch left
+
+
+@pytest.mark.keras
+def test_samples_of_each_input_of_a_two_input_model(tmp_path, capsys):
+    keras = _keras()
+    L = keras.layers
+    a, b = keras.Input((6,), name="a"), keras.Input((4,), name="b")
+    out = L.Dense(3, name="head")(L.Concatenate()([L.Dense(8, name="da")(a), L.Dense(8, name="db")(b)]))
+    keras.Model([a, b], out).save(tmp_path / "m.keras")
+    rng = np.random.default_rng(3)
+    xa, xb = rng.standard_normal((64, 6)), rng.standard_normal((64, 4))
+    np.savez(tmp_path / "by_name.npz", b=xb, a=xa)
+    code, out, err = run_cli(["rewrite", tmp_path / "m.keras", "-o", tmp_path / "o.keras", "--bits", "3",
+                              "--min-size", "0", "--calibration", tmp_path / "by_name.npz"], capsys)
+    assert code == 0 and "calibrated on 64 samples" in out, err
+    np.savez(tmp_path / "one.npz", xa)
+    np.savez(tmp_path / "counts.npz", a=xa, b=xb[:10])
+    np.savez(tmp_path / "three.npz", a=xa, b=xb, c=xb)
+    for name, message in [("one.npz", "holds 1 arrays (arr_0) but the model has 2 inputs (a, b)"),
+                          ("counts.npz", "the inputs have different numbers of samples: [64, 10]"),
+                          ("three.npz", "holds 3 arrays (a, b, c) but the model has 2 inputs (a, b)")]:
+        dst = tmp_path / f"bad-{name}.keras"
+        code, _, err = run_cli(["rewrite", tmp_path / "m.keras", "-o", dst, "--bits", "3", "--calibration",
+                                tmp_path / name], capsys)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not dst.exists()
+
+
+@pytest.mark.keras
 def test_the_command_line_says_what_is_wrong_in_one_line(small_cnn, tmp_path, capsys, monkeypatch):
     _, base, _ = small_cnn
     dst = tmp_path / "out.keras"
-    np.save(tmp_path / "wrong.npy", np.zeros((4, 8, 8), np.float32))
-    np.save(tmp_path / "objects.npy", np.array([{}], dtype=object), allow_pickle=True)
-    cases = [(tmp_path / "none.npy", "none.npy: no such file"),
-             (tmp_path / "wrong.npy", "samples of shape (4, 8, 8) do not fit input"),
-             (tmp_path / "objects.npy", "arrays of Python objects are not read")]
-    for samples, message in cases:
-        code, _, err = run_cli(["rewrite", base / "m.keras", "-o", dst, "--bits", "3", "--calibration", samples],
-                               capsys)
-        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
     code, _, err = run_cli(["rewrite", base / "m.keras", "--out-dir", tmp_path / "d", "--bits", "3",
                             "--calibration", base / "samples.npy"], capsys)
     assert code == 2 and "--calibration rewrites one model" in err
+    assert not (tmp_path / "d").exists()
     weights_only = tmp_path / "m.weights.h5"
     _small_cnn(_keras())[0].save_weights(weights_only)
+    before = sorted(os.listdir(tmp_path))
     code, _, err = run_cli(["rewrite", weights_only, "-o", tmp_path / "o.weights.h5", "--bits", "3",
                             "--calibration", base / "samples.npy"], capsys)
-    assert code == 1 and "no model config" in err
+    assert code == 1 and "no model config" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(os.listdir(tmp_path)) == before
+    code, _, err = run_cli(["rewrite", base / "m.keras", "-o", dst, "--calibration", base / "samples.npy"], capsys)
+    assert code == 1 and "calibration needs a recipe that prunes or quantizes" in err, err
     monkeypatch.delitem(sys.modules, "wqkernels.keras.calibration", raising=False)
+    monkeypatch.delitem(sys.modules, "wqkernels.keras", raising=False)
     monkeypatch.setitem(sys.modules, "keras", None)
     code, _, err = run_cli(["rewrite", base / "m.keras", "-o", dst, "--bits", "3", "--calibration",
                             base / "samples.npy"], capsys)
-    assert code == 1 and "pip install 'wqkernels[keras]'" in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and "pip install 'wqkernels[keras]'" in err and len(err.strip().splitlines()) == 1, err
+    assert err.count("wqkernels[keras]") == 1, err
     assert not dst.exists()
 
 

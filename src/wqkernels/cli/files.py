@@ -161,9 +161,9 @@ def _calibrated(args):
         raise CommandError("--calibration rewrites one model: give -o DST and one SRC")
     try:
         from ..keras.calibration import rewrite_calibrated
-    except ImportError as exc:
-        raise CommandError(f"--calibration runs the model in Keras: pip install 'wqkernels[keras]' ({exc})",
-                           status=1) from None
+    except ImportError as exc:  # wqkernels.keras names the extra itself; a failure past it may not
+        why = str(exc) if "wqkernels[keras]" in str(exc) else f"pip install 'wqkernels[keras]' ({exc})"
+        raise CommandError(f"--calibration runs the model in Keras: {why}", status=1) from None
     return rewrite_calibrated
 
 

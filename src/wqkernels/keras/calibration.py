@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -98,10 +99,12 @@ def rewrite_calibrated(src, dst, recipe: Recipe, samples, *, in_place: bool = Fa
     Report
         The rewrite's report, with the calibration's notes.
     """
+    start = time.perf_counter()
     result = calibrate(src, samples, recipe, **options)
     report = rewrite(src, dst, recipe, in_place=in_place, progress=progress, histograms=histograms,
                      weights=result.weights, grids=result.grids)
     report.notes.extend(result.notes)
+    report.seconds = time.perf_counter() - start  # the calibration's time too
     report.recipe["calibration"] = {"samples": result.samples,
                                     "source": os.fspath(samples) if isinstance(samples, (str, os.PathLike)) else None}
     return report
@@ -259,9 +262,11 @@ def load_samples(samples, model) -> list:
             raise KerasFileError(f"{where}: samples of shape {a.shape} do not fit input {name!r} of shape {expected}")
         if len(a) == 0:
             raise KerasFileError(f"{where}: no samples")
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise KerasFileError(f"{where}: samples for input {name!r} hold NaN or infinity")
-        out.append(np.ascontiguousarray(a, dtype=tensor.dtype or "float32"))
+        with np.errstate(over="ignore"):
+            a = np.ascontiguousarray(a, dtype=tensor.dtype or "float32")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():  # after the cast: a float64 beyond float32 too
+            raise KerasFileError(f"{where}: samples for input {name!r} hold NaN or infinity (as {a.dtype})")
+        out.append(a)
     if len({len(a) for a in out}) != 1:
         raise KerasFileError(f"{where}: the inputs have different numbers of samples: {[len(a) for a in out]}")
     return out
