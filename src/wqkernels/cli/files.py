@@ -33,6 +33,9 @@ def add_rewrite(sub) -> None:
     dst.add_argument("-o", "--output", metavar="DST", help="the file to write")
     dst.add_argument("--out-dir", metavar="DIR", help="rewrite every SRC into DIR")
     add_recipe_options(p)
+    p.add_argument("--calibration", metavar="SAMPLES", help="a .npy or .npz of sample inputs: compress each layer "
+                   "to keep its outputs on them (GPTQ, SparseGPT, bias correction; needs wqkernels[keras] and a "
+                   ".keras or full .h5 model file)")
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
     p.add_argument("--html", metavar="PAGE.html", help="also write the report as an HTML page (charts, histograms)")
     p.add_argument("--in-place", action="store_true", help="allow DST to be SRC")
@@ -145,12 +148,28 @@ def _finish(report, args) -> int:
 def run_rewrite(args) -> int:
     recipe = recipe_from_args(args)
     check_page(args.html, *args.src, args.output, args.report)
+    if args.calibration is not None:
+        return _finish(_guarded(_calibrated(args), args.src[0], args.output, recipe, args.calibration,
+                                in_place=args.in_place, progress=not args.quiet,
+                                histograms=bool(args.report or args.html)), args)
     if batch.is_batch(args):
         return batch.run_command(args, recipe)
     if os.path.isdir(args.src[0]):
         raise CommandError(f"{args.src[0]}: is a directory; rewrite the files in it with --out-dir DIR instead of -o")
     return _finish(_guarded(rewrite, args.src[0], args.output, recipe, in_place=args.in_place,
                             progress=not args.quiet, histograms=bool(args.report or args.html)), args)
+
+
+def _calibrated(args):
+    """The calibrated rewrite (which runs the model in Keras), or a CommandError saying why not."""
+    if batch.is_batch(args):
+        raise CommandError("--calibration rewrites one model: give -o DST and one SRC")
+    try:
+        from ..keras.calibration import rewrite_calibrated
+    except ImportError as exc:  # wqkernels.keras names the extra itself; a failure past it may not
+        why = str(exc) if "wqkernels[keras]" in str(exc) else f"pip install 'wqkernels[keras]' ({exc})"
+        raise CommandError(f"--calibration runs the model in Keras: {why}", status=1) from None
+    return rewrite_calibrated
 
 
 def run_restore(args) -> int:

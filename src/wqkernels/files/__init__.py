@@ -15,6 +15,7 @@ from .errors import KerasFileError
 from .recipe import Recipe
 from .report import Report, WeightInfo
 from .rewrite import inspect, load_weights, restore, rewrite
+from .transform import Grid
 
 __all__ = ["inspect", "load_weights", "rewrite", "restore", "Recipe", "Report", "WeightInfo",
-           "KerasFileError"]
+           "KerasFileError", "Grid"]

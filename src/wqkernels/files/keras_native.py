@@ -233,7 +233,8 @@ class KerasWriter(Writer):
             values = stored_values(values, dtype, out)
             return values, int(new_float(self, group, name, values, dtype, self.recipe.compress, like).id.get_storage_size())
         bits, block = quantization.bits, self.recipe.block_size
-        arrays, values = _native_arrays(native, x, bits, block, quantization.method, dtype == BFLOAT16, out)
+        given = _given_grid(native, x, quantization, block, dtype == BFLOAT16, out)
+        arrays, values = given or _native_arrays(native, x, bits, block, quantization.method, dtype == BFLOAT16, out)
         slots = self._legacy_slots(entry, name, arrays) if self.legacy else \
             [int(name) + k + (1 if k and native.has_bias else 0) for k in range(len(arrays))]
         nbytes = 0
@@ -358,6 +359,24 @@ def _native_arrays(native: NativeKernel, x: np.ndarray, bits: int, block: int | 
         values[...] = ks.grouped_dequantize(codes, scale, zero, block, group_axis)
     g_idx = (np.arange(matrix.shape[group_axis]) // block).astype(np.float32)
     return [("codes", ks.pack_int4(codes, -1)), ("scale", scale), ("zero", zero), ("g_idx", g_idx)], out
+
+
+def _given_grid(native: NativeKernel, x: np.ndarray, quantization, block: int | None, bfloat16: bool,
+                out: np.ndarray) -> tuple[list, np.ndarray] | None:
+    """The arrays of a Dense kernel quantized per output channel on the grid it was given (a
+    calibration's: its values are on that grid already, and Keras's absmax would choose a finer
+    one for a channel whose largest code is not the largest there is); None for other kernels,
+    which :func:`_native_arrays` writes."""
+    if "scale" not in quantization.options or native.layer_class != "Dense" or block is not None or bfloat16 \
+            or x.ndim != 2 or quantization.options.get("axis") != 1:
+        return None
+    qa = quantization.codes(x)
+    if np.any(qa.zero_point) or qa.values.dtype != np.int8:
+        return None
+    scale = (np.float32(1) / qa.scale).astype(np.float32).reshape(1, -1)  # Keras multiplies by its scale
+    np.divide(qa.values, scale, out=out, dtype=np.float32)  # the weight Keras computes with
+    codes = qa.values if quantization.bits == 8 else ks.pack_int4(qa.values, -1)
+    return [("codes", codes), ("scale", scale.reshape(-1))], out
 
 
 def _absmax(x: np.ndarray, axes: tuple, code_range: tuple, method: str, values: np.ndarray,

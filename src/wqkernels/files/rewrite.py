@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 import zipfile
+from collections.abc import Mapping
 
 import h5py
 import numpy as np
@@ -37,7 +38,7 @@ from .recipe import Recipe
 from .report import HISTOGRAM_BINS, Histogram, Report, WeightInfo, WeightRow
 from .sharded import Shards
 from .source import Source
-from .transform import prepare, statistics
+from .transform import Grid, prepare, statistics
 from .writers import FloatWriter, Writer
 
 __all__ = ["inspect", "load_weights", "rewrite", "restore"]
@@ -123,7 +124,8 @@ def load_weights(path) -> dict[str, np.ndarray]:
 # ---- writing ----------------------------------------------------------------------------------
 
 def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False,
-            progress: bool = False, histograms: bool = False) -> Report:
+            progress: bool = False, histograms: bool = False, weights: Mapping | None = None,
+            grids: Mapping | None = None) -> Report:
     """Prune and/or quantize the kernels of a Keras file and write the result to `dst`.
 
     Parameters
@@ -140,6 +142,13 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False,
         Count each rewritten weight's values before and after in :data:`~.report.HISTOGRAM_BINS`
         equal bins (in the statistics pass: the weights are not read again), for the report's
         page.  It costs a few nanoseconds per value: off by default.
+    weights : mapping, optional
+        Weight path (as :func:`inspect` lists it) -> values to start from instead of the file's
+        (anything ``np.asarray`` converts, read when the weight is written).  The recipe still
+        applies to the weights it selects; others are stored as given, in their dataset's type.
+    grids : mapping, optional
+        Weight path -> :class:`~wqkernels.files.transform.Grid`: the bits, scale and zero point
+        to quantize that weight with (no search), e.g. a calibration's.
 
     Returns
     -------
@@ -158,8 +167,11 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False,
     recipe = Recipe() if recipe is None else recipe
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+    for name, given in (("weights", weights), ("grids", grids)):
+        if given is not None and not isinstance(given, Mapping):
+            raise TypeError(f"{name} must be a mapping of weight paths, got {type(given).__name__}")
     return _write(src, dst, recipe, in_place, restoring=False, progress=progress,
-                  bins=HISTOGRAM_BINS if histograms else 0)
+                  bins=HISTOGRAM_BINS if histograms else 0, overrides=(dict(weights or {}), dict(grids or {})))
 
 
 def restore(src, dst, *, in_place: bool = False, progress: bool = False) -> Report:
@@ -179,10 +191,13 @@ def restore(src, dst, *, in_place: bool = False, progress: bool = False) -> Repo
     return _write(src, dst, Recipe(), in_place, restoring=True, progress=progress, bins=0)
 
 
-def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool, progress: bool, bins: int) -> Report:
+def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool, progress: bool, bins: int,
+           overrides=({}, {})) -> Report:
     start = time.perf_counter()
     src, dst = file_path(src, "src"), file_path(dst, "dst")
     if sharded.is_index(src):
+        if any(overrides):
+            raise ValueError(f"weights, grids: given for {src}, a sharded index; rewrite its shards' model instead")
         return _write_sharded(src, dst, recipe, in_place, restoring, start, bins)
     container(src)  # missing, directory or not a Keras file: fail before creating anything
     if atomic.same_file(src, dst) and not in_place:
@@ -201,9 +216,9 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool, progress: 
             bar = _Progress(source, recipe, progress)
             try:
                 if source.kind == "zip":
-                    _write_zip(source, tmp, recipe, report, dst_dir, bar, bins)
+                    _write_zip(source, tmp, recipe, report, dst_dir, bar, bins, overrides)
                 else:
-                    _write_weights(source, tmp, recipe, report, bar, bins)
+                    _write_weights(source, tmp, recipe, report, bar, bins, overrides=overrides)
             finally:
                 bar.close()
     report.size_after = os.path.getsize(dst)
@@ -255,11 +270,11 @@ def _refuse_requantizing(source: Source, recipe: Recipe) -> None:
 
 
 def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir: str,
-               bar: _Progress, bins: int) -> None:
+               bar: _Progress, bins: int, overrides) -> None:
     """A .keras archive: every member copied in order with its compression, the weights rewritten."""
     weights = atomic.scratch_file(dst_dir)
     try:
-        replaced = _write_weights(source, weights, recipe, report, bar, bins).members()
+        replaced = _write_weights(source, weights, recipe, report, bar, bins, overrides=overrides).members()
         if strips_compile_config(source, recipe):
             config = json.loads(replaced[CONFIG_MEMBER]) if CONFIG_MEMBER in replaced else dict(source.config)
             config.pop("compile_config", None)
@@ -285,20 +300,26 @@ def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir
 
 
 def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar: _Progress, bins: int,
-                   work=None, buffers: Buffers | None = None) -> Writer:
+                   work=None, buffers: Buffers | None = None, overrides=({}, {})) -> Writer:
     """The weights HDF5 file: everything copied, the planned weights transformed (with histograms
-    in `bins` bins unless 0; `work`: the plan of all shards, for one shard); returns the writer
-    (which may replace other members of a .keras archive)."""
+    in `bins` bins unless 0; `work`: the plan of all shards, for one shard; `overrides`: the given
+    weights and grids of :func:`rewrite`); returns the writer (which may replace other members of
+    a .keras archive)."""
     buffers = Buffers() if buffers is None else buffers
     writer = WRITERS[recipe.storage](recipe, source.layout)
     writer.start(source, report)
     if work is None:
         work = plan(source, recipe, buffers, bar.advance)  # reads one tensor at a time, before anything is written
         report.notes.extend(work.notes)
+    weights, grids = _checked_overrides(source, recipe, work.selected, *overrides)
     rows = {}
     with writer.open(tmp) as f:
-        hooks = {e.path: _rewrite_hook(source, e, recipe, work.counts, writer, rows, buffers, bins)
-                 for e in work.selected}
+        hooks = {}
+        for e in work.selected:
+            _, given = weights.pop(e.path, (e, None))
+            hooks[e.path] = _rewrite_hook(source, e, recipe, work.counts, writer, rows, buffers, bins, given,
+                                          grids.get(e.path))
+        hooks.update({e.path: _override_hook(source, e, value, recipe, writer) for e, value in weights.values()})
         if source.packed is not None:  # placeholders of a packed source not rewritten
             for e in source.entries:
                 if source.is_packed(e) and e.path not in hooks:
@@ -321,12 +342,37 @@ def _untouched_row(source: Source, e: Entry) -> WeightRow:
                      e.dtype, e.layer, e.layer_class)
 
 
+def _checked_overrides(source: Source, recipe: Recipe, selected: list, weights: dict, grids: dict):
+    """The given weights as {path: (entry, value)} and grids, checked against the file and recipe."""
+    entries = {e.path: e for e in source.entries}
+    for path in weights:
+        e = entries.get(path)
+        if e is None or np.dtype(e.dtype).kind != "f":
+            raise ValueError(f"weights: {path!r} is not a float weight of {source.path}")
+    quantized = {e.path for e in selected} if recipe.quantizes else set()
+    for path, grid in grids.items():
+        if path not in quantized:
+            raise ValueError(f"grids: {path!r} is not a weight the recipe quantizes")
+        if not isinstance(grid, Grid):
+            raise TypeError(f"grids[{path!r}] must be a Grid, got {type(grid).__name__}")
+    return {path: (entries[path], value) for path, value in weights.items()}, grids
+
+
+def _given(e: Entry, value, dtype=np.float32) -> np.ndarray:
+    """A given weight as an array of `dtype` and of its entry's shape."""
+    x = np.ascontiguousarray(np.asarray(value), dtype=dtype)
+    if x.shape != tuple(e.shape):
+        raise ValueError(f"weights[{e.path!r}] has shape {x.shape}, the file's weight {tuple(e.shape)}")
+    return x
+
+
 def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer: Writer, rows: dict,
-                  buffers: Buffers, bins: int):
+                  buffers: Buffers, bins: int, given=None, grid: Grid | None = None):
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         original = source.read(e, buffers)
         try:
-            x, quantization, out = prepare(original, e, recipe, counts, buffers, release=writer.holds_codes)
+            start = original if given is None else _given(e, given)
+            x, quantization, out = prepare(start, e, recipe, counts, buffers, release=writer.holds_codes, grid=grid)
             stored, nbytes = writer.weight(group, name, dset, e, x, quantization, out)
             # inline, not in a helper thread: batch workers each get their share of the cores
             before, after, mse, sqnr, histograms = statistics(original, stored, bins)
@@ -337,6 +383,17 @@ def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, before, after, bits, mse, sqnr,
                                  source.stored_bytes(e), nbytes, e.dtype if stored == e.dtype else f"{e.dtype}->{stored}",
                                  e.layer, e.layer_class, histograms)
+    return hook
+
+
+def _override_hook(source: Source, e: Entry, value, recipe: Recipe, out: Datasets):
+    """A weight the recipe leaves alone, stored with the given values in its dataset's type."""
+    def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
+        try:
+            x = _given(e, value, dset.dtype)
+        except ValueError as exc:
+            raise KerasFileError(f"{source.path}: {exc}") from None
+        out.new(group, name, x, recipe.compress, like=dset)
     return hook
 
 

@@ -7,6 +7,7 @@ the same scales.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,7 +21,16 @@ from .recipe import Recipe
 from .report import Histogram
 from .roles import block_view
 
-__all__ = ["Quantization", "prepare", "statistics"]
+__all__ = ["Grid", "Quantization", "prepare", "statistics"]
+
+
+class Grid(NamedTuple):
+    """A weight's quantization grid given in advance (by a calibration): the bits, and the scale
+    and zero point :func:`wqkernels.quantize` takes for the recipe's granularity of the weight."""
+
+    bits: int
+    scale: np.ndarray
+    zero_point: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -46,12 +56,13 @@ class Quantization:
 
 
 def prepare(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, buffers: Buffers,
-            release: bool = False) -> tuple[np.ndarray, Quantization | None, np.ndarray]:
+            release: bool = False, grid: Grid | None = None) -> tuple[np.ndarray, Quantization | None, np.ndarray]:
     """(x pruned, how to quantize it or None, the buffer its values go into).
 
     Pruned values and quantized ones go into the same buffer, in place: beside the original
     weight, a rewrite holds one array of its size.  With `release` (a writer that keeps codes),
-    a large buffer is not kept from the last weight, so it never sits beside the codes.
+    a large buffer is not kept from the last weight, so it never sits beside the codes.  A
+    `grid` fixes the bits, scale and zero point instead of the recipe's search.
     """
     x = as_float32(x)
     if release and not recipe.prunes:
@@ -62,6 +73,9 @@ def prepare(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, buffers: Buff
     if not recipe.quantizes:
         return x, None, out
     view, options = recipe.layout_for(e)
+    if grid is not None:
+        options = dict(options, scale=grid.scale, zero_point=grid.zero_point)
+        return x, Quantization(view, grid.bits, recipe.method_for(grid.bits), options), out
     if recipe.bits is not None:
         bits = recipe.bits
     else:
