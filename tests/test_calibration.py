@@ -288,7 +288,7 @@ def test_rewrite_stores_given_values_on_given_grids(tmp_path, storage):
     grid = quantize(kernel * 1.3, 3, axis=1)  # another weight's grid: the values must follow it
     values = fake_quantize(kernel, 3, axis=1, scale=grid.scale)
     bias = rng.standard_normal(32).astype(np.float32)
-    recipe = Recipe(bits=3, storage=storage)
+    recipe = Recipe(bits=3, storage=storage, symmetric=True)  # the grid's scheme
     weights = {"layers/dense/vars/0": values, "layers/dense/vars/1": bias}
     grids = {"layers/dense/vars/0": Grid(3, grid.scale, grid.zero_point)}
     wqkernels.rewrite(src, tmp_path / "out.weights.h5", recipe, weights=weights, grids=grids)

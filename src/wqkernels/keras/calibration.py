@@ -914,6 +914,9 @@ class _Calibrator:
         else:
             search = grid_options if recipe.method is None else dict(grid_options, method=recipe.method)
             bits = int(bits_for_sqnr(w.reshape(view), recipe.target_sqnr, **search))
+        # GPTQ rounds column by column, pushing each error onto the columns left: the file's own
+        # rounding rule has no part in it (and changes nothing on values already on the grid)
+        grid_options = {k: v for k, v in grid_options.items() if k != "rounding"}
         q = gptq(w.reshape(view), hessian, bits, method=recipe.method_for(bits), act_order=self.act_order,
                  **grid_options, **options)
         self.grids[e.path] = Grid(bits, q.scale, q.zero_point)
