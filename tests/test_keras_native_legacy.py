@@ -268,7 +268,8 @@ def test_attention_stays_float_and_loads(tmp_path):
     assert loaded.get_layer("head").quantization_mode == "int8" and loaded.get_layer("mha").quantization_mode is None
     kernel = "model_weights/mha/mha/query/kernel"
     np.testing.assert_array_equal(wqkernels.load_weights(dst)[kernel],
-                                  wqkernels.fake_quantize(wqkernels.load_weights(src)[kernel], 8, axis=2))
+                                  wqkernels.fake_quantize(wqkernels.load_weights(src)[kernel], 8, axis=2,
+                                                          rounding="sum"))
     loaded(np.zeros((2, 6, 16), np.float32))
 
 
