@@ -33,21 +33,31 @@ _GCOL = b"GCOL\x01\x00\x00\x00"
 _OBJECT_HEADER = 16
 
 
+#: a collection up to this size is walked in memory (read at once); a larger one, which only a
+#: damaged size claims, is walked where it lies
+_WALKED_IN_MEMORY = 1 << 24
+
+
 def check_global_heaps(data, where: str) -> None:
     """Refuse global heap collections HDF5 would hang on or read past: HDF5 walks a collection's
     objects by their sizes, and loops for ever on a free-space object of size 0 (one flipped
-    byte: every later read of a string attribute hung).  `data` is the file's bytes (a buffer
-    or an mmap); a collection is found by its signature."""
+    byte: every later read of a string attribute hung).  `data` is the file's bytes: anything
+    with ``len``, ``find`` and slices (bytes, or :class:`FileBytes`); a collection is found by
+    its signature."""
     at = data.find(_GCOL)
     while at >= 0:
         size = int.from_bytes(data[at + 8:at + 16], "little")
         if 4096 <= size <= len(data) - at:
-            _check_collection(data, at, size, where)
+            if size <= _WALKED_IN_MEMORY:
+                _check_collection(data[at:at + size], 0, size, where, at)
+            else:
+                _check_collection(data, at, size, where, at)
         at = data.find(_GCOL, at + 1)
 
 
-def _check_collection(data, start: int, size: int, where: str) -> None:
-    """One collection walked as HDF5 walks it (H5HG__cache_heap_deserialize)."""
+def _check_collection(data, start: int, size: int, where: str, offset: int) -> None:
+    """One collection (at `start` of `data`, at byte `offset` of the file) walked as HDF5 walks
+    it (H5HG__cache_heap_deserialize)."""
     p, end = start + 16, start + size
     while p < end:
         if p + _OBJECT_HEADER > end:  # too small for an object: free space
@@ -56,8 +66,42 @@ def _check_collection(data, start: int, size: int, where: str) -> None:
         length = int.from_bytes(data[p + 8:p + 16], "little")
         need = length if index == 0 else _OBJECT_HEADER + (length + 7) // 8 * 8
         if need == 0 or p + need > end:
-            raise KerasFileError(f"{where}: corrupt HDF5 global heap at byte {start}; refused")
+            raise KerasFileError(f"{where}: corrupt HDF5 global heap at byte {offset}; refused")
         p += need
+
+
+class FileBytes:
+    """Bytes ``start .. start + size`` of an open binary file, read on demand (``len``, ``find``,
+    slices; offsets counted from `start`): a scan of a large file through a small buffer, which
+    keeps no part of the file mapped in the process (a memory map of a 400 MB model, once
+    scanned, counted 400 MB towards its resident memory)."""
+
+    CHUNK = 1 << 22
+
+    def __init__(self, f, start: int, size: int):
+        self.f, self.start, self.size = f, start, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, part: slice) -> bytes:
+        a, b = max(part.start or 0, 0), min(part.stop, self.size)
+        if b <= a:
+            return b""
+        self.f.seek(self.start + a)
+        return self.f.read(b - a)
+
+    def find(self, sub: bytes, at: int = 0) -> int:
+        overlap = len(sub) - 1
+        while at < self.size:
+            chunk = self[at:at + self.CHUNK + overlap]
+            i = chunk.find(sub)
+            if i >= 0:
+                return at + i
+            if len(chunk) < self.CHUNK + overlap:
+                return -1
+            at += self.CHUNK
+        return -1
 
 
 #: HDF5 object headers hold about 64 KB: Keras splits longer name lists into chunks of at most

@@ -5,7 +5,6 @@ import contextlib
 import dataclasses
 import io
 import math
-import mmap
 import os
 import shutil
 import struct
@@ -20,7 +19,7 @@ from .atomic import remove, scratch_file
 from .buffers import Buffers
 from .dtypes import BFLOAT16, read_float32
 from .errors import KerasFileError, as_file_errors, reason
-from .h5tree import check_global_heaps, dataset_info, walk
+from .h5tree import FileBytes, check_global_heaps, dataset_info, walk
 from .keras_native import dequantize_kernel, quantized_layers
 from .layouts import (KERAS_MEMBER, MAX_ZIP_RATIO, Entry, check_zip_members, container, entries, file_path,
                       foreign_error, model_config, read_zip_config,
@@ -31,31 +30,12 @@ __all__ = ["Source", "MAX_ZIP_RATIO"]
 
 
 def _check_heaps(path: str, where: str, span: tuple | None = None) -> None:
-    """:func:`~.h5tree.check_global_heaps` on the file at `path` mapped into memory, or on the
-    bytes ``span = (start, size)`` of it (a member stored in a .keras archive)."""
+    """:func:`~.h5tree.check_global_heaps` on the file at `path`, or on the bytes ``span =
+    (start, size)`` of it (a member stored in a .keras archive)."""
     with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            check_global_heaps(data if span is None else _Span(data, *span), where)
-
-
-class _Span:
-    """Bytes ``start .. start + size`` of a buffer, with the ``find``, ``len`` and slices that
-    :func:`~.h5tree.check_global_heaps` uses, offsets counted from `start`."""
-
-    def __init__(self, data, start: int, size: int):
-        self.data, self.start, self.size = data, start, size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def find(self, sub: bytes, at: int = 0) -> int:
-        i = self.data.find(sub, self.start + at, self.start + self.size)
-        return i - self.start if i >= 0 else -1
-
-    def __getitem__(self, part: slice) -> bytes:
-        return self.data[self.start + part.start:self.start + min(part.stop, self.size)]
+        size = os.fstat(f.fileno()).st_size
+        if size:
+            check_global_heaps(FileBytes(f, *(span or (0, size))), where)
 
 
 class Source:
