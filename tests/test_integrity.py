@@ -337,3 +337,28 @@ def test_damaged_version_does_not_skip_the_checks(packed):
         f["wqkernels"].attrs["version"] = 2
     with pytest.raises(KerasFileError, match="inconsistent"):
         wqkernels.load_weights(packed)
+
+
+def test_keras_weights_member_with_a_flipped_byte_is_refused(keras3_zip, tmp_path):
+    """A .keras archive's weights are read in place when stored uncompressed (as Keras writes
+    them); a byte flipped inside a weight's data fails the member's CRC-32, checked in the same
+    read as the heap scan, before anything is read or written."""
+    import zipfile
+    with zipfile.ZipFile(keras3_zip) as z:
+        info = z.getinfo("model.weights.h5")
+        assert info.compress_type == zipfile.ZIP_STORED
+    with h5py.File(zipfile.ZipFile(keras3_zip).open("model.weights.h5")) as f:
+        offset = f["layers/embedding/vars/0"].id.get_offset()  # of the data in the member
+    data = bytearray(keras3_zip.read_bytes())
+    with open(keras3_zip, "rb") as raw:
+        raw.seek(info.header_offset + 26)
+        name_len, extra_len = np.frombuffer(raw.read(4), "<u2")
+    at = info.header_offset + 30 + int(name_len) + int(extra_len) + offset + 17
+    data[at] ^= 0x10
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(bytes(data))
+    for call in (lambda: wqkernels.load_weights(bad), lambda: wqkernels.rewrite(bad, tmp_path / "o.keras", Recipe(bits=8))):
+        with pytest.raises(KerasFileError, match=r"bad CRC-32 for file 'model.weights.h5'"):
+            call()
+    assert not (tmp_path / "o.keras").exists()
+    assert wqkernels.load_weights(keras3_zip)  # the intact archive reads

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import zlib
 from typing import Callable, NamedTuple
 
 import h5py
@@ -80,6 +81,18 @@ class FileBytes:
 
     def __init__(self, f, start: int, size: int):
         self.f, self.start, self.size = f, start, size
+        self._crc, self._summed = 0, 0  # the CRC-32 of the bytes a scan by find has passed
+
+    def crc32(self) -> int:
+        """The CRC-32 of all the bytes (what a scan by :meth:`find` read is not read again)."""
+        while self._summed < self.size:
+            self._sum(self._summed, self[self._summed:self._summed + self.CHUNK])
+        return self._crc
+
+    def _sum(self, at: int, chunk: bytes) -> None:
+        if at <= self._summed < at + len(chunk):
+            self._crc = zlib.crc32(memoryview(chunk)[self._summed - at:], self._crc)
+            self._summed = at + len(chunk)
 
     def __len__(self) -> int:
         return self.size
@@ -95,6 +108,7 @@ class FileBytes:
         overlap = len(sub) - 1
         while at < self.size:
             chunk = self[at:at + self.CHUNK + overlap]
+            self._sum(at, chunk)
             i = chunk.find(sub)
             if i >= 0:
                 return at + i

@@ -9,7 +9,6 @@ import os
 import shutil
 import struct
 import zipfile
-import zlib
 
 import h5py
 import numpy as np
@@ -29,13 +28,16 @@ from .packed import PackedReader
 __all__ = ["Source", "MAX_ZIP_RATIO"]
 
 
-def _check_heaps(path: str, where: str, span: tuple | None = None) -> None:
-    """:func:`~.h5tree.check_global_heaps` on the file at `path`, or on the bytes ``span =
-    (start, size)`` of it (a member stored in a .keras archive)."""
+def _check_heaps(path: str, where: str, member: _StoredMember | None = None) -> None:
+    """:func:`~.h5tree.check_global_heaps` on the file at `path`, or on the bytes of `member`
+    stored in the .keras archive at `path`, whose CRC-32 the same read checks."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if size:
-            check_global_heaps(FileBytes(f, *(span or (0, size))), where)
+        data = FileBytes(f, *(member.span if member is not None else (0, size)))
+        if len(data):
+            check_global_heaps(data, where)
+        if member is not None and data.crc32() != member.info.CRC:
+            raise KerasFileError(f"{where}: corrupt zip archive (bad CRC-32 for file {member.info.filename!r})")
 
 
 class Source:
@@ -88,8 +90,8 @@ class Source:
                 raise KerasFileError(f"{where}: {KERAS_MEMBER} declares {info.file_size} bytes from "
                                      f"{info.compress_size}; refused")
             h5_path = self._member(info)
-        _check_heaps(self.path if isinstance(h5_path, _StoredMember) else h5_path, where,
-                     h5_path.span if isinstance(h5_path, _StoredMember) else None)
+        stored = h5_path if isinstance(h5_path, _StoredMember) else None
+        _check_heaps(self.path if stored is not None else h5_path, where, stored)
         try:
             self.h5 = h5py.File(h5_path, "r", locking=False)  # read-only; our writers hold flocks of their own
         except OSError as exc:
@@ -210,7 +212,8 @@ class _StoredMember(io.RawIOBase):
 
     @classmethod
     def of(cls, path: str, info: zipfile.ZipInfo) -> _StoredMember | None:
-        """The member's window when it is stored and its CRC matches; None when compressed."""
+        """The member's window when it is stored (its CRC is checked with the heap scan, in the
+        same read: :func:`_check_heaps`); None when compressed."""
         if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
             return None
         f = open(path, "rb")
@@ -220,25 +223,19 @@ class _StoredMember(io.RawIOBase):
             if len(header) != 30 or header[:4] != b"PK\x03\x04":
                 raise KerasFileError(f"{path}: corrupt zip archive (bad local header of {info.filename})")
             name_len, extra_len = struct.unpack("<HH", header[26:30])
-            window = cls(f, info.header_offset + 30 + name_len + extra_len, info.file_size)
+            window = cls(f, info.header_offset + 30 + name_len + extra_len, info)
         except BaseException:
             f.close()
             raise
-        crc = 0
-        while True:
-            chunk = window.read(1 << 20)
-            if not chunk:
-                break
-            crc = zlib.crc32(chunk, crc)
-        if window.tell() != info.file_size or crc != info.CRC:
+        if window._start + info.file_size > os.fstat(f.fileno()).st_size:
             window.close()
-            raise KerasFileError(f"{path}: corrupt zip archive (bad CRC-32 for file {info.filename!r})")
-        window.seek(0)
+            raise KerasFileError(f"{path}: corrupt zip archive ({info.filename!r} runs past its end)")
         return window
 
-    def __init__(self, f, start: int, size: int):
+    def __init__(self, f, start: int, info: zipfile.ZipInfo):
         super().__init__()
-        self._f, self._start, self._size, self._pos = f, start, size, 0
+        self.info = info
+        self._f, self._start, self._size, self._pos = f, start, info.file_size, 0
 
     @property
     def span(self) -> tuple:
