@@ -79,12 +79,14 @@ class FileBytes:
 
     CHUNK = 1 << 22
 
-    def __init__(self, f, start: int, size: int):
+    def __init__(self, f, start: int, size: int, crc: bool = False):
         self.f, self.start, self.size = f, start, size
-        self._crc, self._summed = 0, 0  # the CRC-32 of the bytes a scan by find has passed
+        # with `crc`, the CRC-32 of the bytes a scan by find has passed
+        self._crc, self._summed = 0, 0 if crc else size
 
     def crc32(self) -> int:
-        """The CRC-32 of all the bytes (what a scan by :meth:`find` read is not read again)."""
+        """The CRC-32 of all the bytes (made with `crc`; what a scan by :meth:`find` read is not
+        read again)."""
         while self._summed < self.size:
             self._sum(self._summed, self[self._summed:self._summed + self.CHUNK])
         return self._crc

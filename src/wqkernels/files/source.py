@@ -33,7 +33,7 @@ def _check_heaps(path: str, where: str, member: _StoredMember | None = None) -> 
     stored in the .keras archive at `path`, whose CRC-32 the same read checks."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        data = FileBytes(f, *(member.span if member is not None else (0, size)))
+        data = FileBytes(f, *(member.span if member is not None else (0, size)), crc=member is not None)
         if len(data):
             check_global_heaps(data, where)
         if member is not None and data.crc32() != member.info.CRC:
