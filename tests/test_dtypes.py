@@ -15,14 +15,9 @@ from wqkernels.keras_schemes import bfloat16_values, round_bfloat16
 
 from .helpers import default_grid
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-pytest.importorskip("jax", reason="keras tests need jax (the CPU backend)")
-keras = pytest.importorskip("keras", reason="keras tests need keras 3")
+from .keras_env import KERAS_MARKS, keras
 
-pytestmark = [
-    pytest.mark.keras,
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
-]
+pytestmark = KERAS_MARKS
 
 DTYPES = ("bfloat16", "float16")
 

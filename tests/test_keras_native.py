@@ -8,7 +8,6 @@ model predicts.
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 import zipfile
@@ -22,16 +21,12 @@ from wqkernels import Recipe, keras_schemes
 from wqkernels.cli import main
 from wqkernels.files.keras_native import einsum_layout
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-pytest.importorskip("jax", reason="keras tests need jax (the CPU backend)")
-keras = pytest.importorskip("keras", reason="keras tests need keras 3")
+from .keras_env import KERAS_MARKS, keras, randomize, strip_ids
 from keras.quantizers import Int4QuantizationConfig, Int8QuantizationConfig  # noqa: E402
 
 pytestmark = [
-    pytest.mark.keras,
-    # keras 3.15 calls np.array(variable) in ways numpy 2 deprecates, and warns when it skips a
-    # layer it cannot quantize: nothing of ours
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
+    *KERAS_MARKS,
+    # keras warns when it skips a layer it cannot quantize: nothing of ours
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 layers = keras.layers
@@ -45,20 +40,6 @@ MODES = {
     "int4/48": ("int4", Int4QuantizationConfig(block_size=48), {"bits": 4, "granularity": "block:48"}),
 }
 
-
-def _randomize(model, seed: int):
-    """Random weights over a wide range of magnitudes, an all-zero channel and a channel of tiny
-    values in each kernel."""
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        w = rng.standard_normal(v.shape).astype(np.float32) * np.float32(10.0 ** rng.integers(-3, 2))
-        if len(v.shape) >= 2:
-            w[..., 0] = 0
-            w[..., 1 % v.shape[-1]] *= np.float32(1e-7)
-        v.assign(w)
-    return model
-
-
 def zoo_model(seed=0):
     """Embedding, EinsumDense with four equations (one contracting an axis that is not the
     first), Dense with and without bias; 129 and 300 rows: blocks of 32, 48 and 128 do not divide."""
@@ -71,14 +52,14 @@ def zoo_model(seed=0):
     x = layers.Reshape((7, 15))(x)
     x = layers.Dense(70, name="with_bias")(x)
     x = layers.Dense(33, use_bias=False, name="no_bias")(x)
-    return _randomize(keras.Model(inp, x), seed)
+    return randomize(keras.Model(inp, x), seed)
 
 
 def dense_model(seed=0):
     inp = keras.Input((300,))
     x = layers.Dense(70, name="with_bias")(inp)
     x = layers.Dense(33, use_bias=False, name="no_bias")(x)
-    return _randomize(keras.Model(inp, x), seed)
+    return randomize(keras.Model(inp, x), seed)
 
 
 def _input(shape, seed=3):
@@ -124,9 +105,9 @@ def test_variables_are_keras_own(tmp_path, mode_name):
         assert _datasets(ours)[path] == (dtype, dshape, data, attrs), path
     ours_layers, their_layers = _config_layers(ours), _config_layers(theirs)
     for name, config in their_layers.items():
-        assert _strip_ids(ours_layers[name]["dtype"]) == _strip_ids(config["dtype"]), name
+        assert strip_ids(ours_layers[name]["dtype"]) == strip_ids(config["dtype"]), name
         if config.get("quantization_config") is not None:
-            assert _strip_ids(ours_layers[name]["quantization_config"]) == _strip_ids(config["quantization_config"])
+            assert strip_ids(ours_layers[name]["quantization_config"]) == strip_ids(config["quantization_config"])
     loaded = keras.saving.load_model(ours)
     native = [layer for layer in loaded.layers if layer.quantization_mode is not None]
     assert {layer.quantization_mode for layer in native} == {MODES[mode_name][0]}
@@ -134,14 +115,6 @@ def test_variables_are_keras_own(tmp_path, mode_name):
     x = _input((4, 7))
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(expected(x)))
     assert any(n.startswith("Keras-native") for n in report.notes)
-
-
-def _strip_ids(config):
-    """A config without Keras's shared-object bookkeeping."""
-    if isinstance(config, dict):
-        return {k: _strip_ids(v) for k, v in config.items() if k != "shared_object_id"}
-    return config
-
 
 EQUATIONS = ["ab,bc->ac", "abc,cd->abd", "abc,cde->abde", "abcd,cde->abe", "abc,dce->abde", "ab,cbd->acd",
              "abc,bcd->ad", "abcd,dce->abce", "abc,cd->adb", "ab,bcd->acd", "abc,acd->abd", "abcd,bd->abc"]
@@ -164,7 +137,7 @@ def test_ellipsis_equations_stay_float(tmp_path):
     y = layers.EinsumDense("...b,bc->...c", output_shape=6, name="ell")(inp)
     y = layers.Dense(4, name="head")(y)
     src, dst = tmp_path / "e.keras", tmp_path / "q.keras"
-    _randomize(keras.Model(inp, y), 4).save(src)
+    randomize(keras.Model(inp, y), 4).save(src)
     report = wqkernels.rewrite(src, dst, Recipe(bits=8, storage="keras"))
     loaded = keras.saving.load_model(dst)
     assert loaded.get_layer("ell").quantization_mode is None and loaded.get_layer("head").quantization_mode == "int8"
@@ -228,7 +201,7 @@ def test_bfloat16_model_is_keras_own(tmp_path):
     x = layers.Dense(24, name="a", dtype="bfloat16")(inp)
     x = layers.Dense(9, name="b", dtype="bfloat16")(x)
     src = tmp_path / "bf16.keras"
-    _randomize(keras.Model(inp, x), 5).save(src)
+    randomize(keras.Model(inp, x), 5).save(src)
     for mode_name in ("int8", "int4", "int4/32"):
         theirs, ours = tmp_path / f"k{mode_name[-2:]}.keras", tmp_path / f"o{mode_name[-2:]}.keras"
         expected = _keras_quantized(src, mode_name, theirs)
@@ -274,7 +247,7 @@ def test_attention_and_convolutions_stay_float_and_load(tmp_path):
     x = layers.MultiHeadAttention(2, 8, name="mha")(x, x)
     x = layers.Dense(5, name="head")(x)
     src, dst = tmp_path / "att.keras", tmp_path / "att8.keras"
-    _randomize(keras.Model(inp, x), 6).save(src)
+    randomize(keras.Model(inp, x), 6).save(src)
     report = wqkernels.rewrite(src, dst, Recipe(bits=8, storage="keras"))
     loaded = keras.saving.load_model(dst)
     assert loaded.get_layer("head").quantization_mode == "int8"
@@ -377,7 +350,7 @@ def test_float16_layers_stay_float(tmp_path):
     y = layers.Dense(8, name="half", dtype="float16")(inp)
     y = layers.Dense(4, name="full")(y)
     src, dst = tmp_path / "h.keras", tmp_path / "q.keras"
-    _randomize(keras.Model(inp, y), 8).save(src)
+    randomize(keras.Model(inp, y), 8).save(src)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = wqkernels.rewrite(src, dst, Recipe(bits=8, storage="keras"))
@@ -393,7 +366,7 @@ def reversible_model(tie: bool, seed=0):
     inp = keras.Input((7,), dtype="int32")
     table = layers.ReversibleEmbedding(50, 129, tie_weights=tie, name="rev")
     x = layers.Dense(129, name="mix")(table(inp))
-    return _randomize(keras.Model(inp, table(x, reverse=True)), seed)
+    return randomize(keras.Model(inp, table(x, reverse=True)), seed)
 
 
 @pytest.mark.parametrize("mode_name", list(MODES))
@@ -405,7 +378,7 @@ def test_tied_reversible_embedding_is_keras_own(tmp_path, mode_name):
     assert _datasets(ours) == _datasets(theirs)
     ours_layers, their_layers = _config_layers(ours), _config_layers(theirs)
     for key in ("dtype", "quantization_config"):
-        assert _strip_ids(ours_layers["rev"][key]) == _strip_ids(their_layers["rev"][key]), key
+        assert strip_ids(ours_layers["rev"][key]) == strip_ids(their_layers["rev"][key]), key
     loaded = keras.saving.load_model(ours)
     assert loaded.get_layer("rev").quantization_mode == MODES[mode_name][0]
     x = _input((4, 7))

@@ -20,16 +20,12 @@ import wqkernels
 from wqkernels import Recipe
 from wqkernels.cli import main
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-pytest.importorskip("jax", reason="keras tests need jax (the CPU backend)")
-keras = pytest.importorskip("keras", reason="keras tests need keras 3")
+from .keras_env import KERAS_MARKS, keras, randomize, strip_ids
 from keras.quantizers import Int4QuantizationConfig  # noqa: E402
 
 pytestmark = [
-    pytest.mark.keras,
-    # keras 3.15 calls np.array(variable) in ways numpy 2 deprecates, and warns when it skips a
-    # layer it cannot quantize: nothing of ours
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
+    *KERAS_MARKS,
+    # keras warns when it skips a layer it cannot quantize: nothing of ours
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 layers = keras.layers
@@ -41,20 +37,6 @@ MODES = {
     "int4/32": ("int4", Int4QuantizationConfig(block_size=32), {"bits": 4, "granularity": "block:32"}, "int4/32"),
 }
 
-
-def _randomize(model, seed: int):
-    """Random weights over a wide range of magnitudes, with an all-zero channel and a channel of
-    tiny values in each kernel."""
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        w = rng.standard_normal(v.shape).astype(np.float32) * np.float32(10.0 ** rng.integers(-3, 2))
-        if len(v.shape) >= 2:
-            w[..., 0] = 0
-            w[..., 1 % v.shape[-1]] *= np.float32(1e-7)
-        v.assign(w)
-    return model
-
-
 def zoo_model(seed=0):
     """Embedding, EinsumDense with two equations (with and without bias), Dense with and without
     bias; 129 rows: blocks of 32 do not divide them."""
@@ -65,7 +47,7 @@ def zoo_model(seed=0):
     x = layers.Reshape((7, 36))(x)
     x = layers.Dense(70, name="with_bias")(x)
     x = layers.Dense(33, use_bias=False, name="no_bias")(x)
-    return _randomize(keras.Model(inp, x), seed)
+    return randomize(keras.Model(inp, x), seed)
 
 
 def _zoo_input(n=4):
@@ -100,14 +82,6 @@ def _config_layers(path) -> dict:
         config = json.loads(f.attrs["model_config"])
     return {c["config"]["name"]: c["config"] for c in config["config"]["layers"]}
 
-
-def _strip_ids(config):
-    """A config without Keras's shared-object bookkeeping."""
-    if isinstance(config, dict):
-        return {k: _strip_ids(v) for k, v in config.items() if k != "shared_object_id"}
-    return config
-
-
 @pytest.mark.parametrize("mode_name", list(MODES))
 def test_variables_are_keras_own(tmp_path, mode_name):
     src, ours, theirs = tmp_path / "float.h5", tmp_path / "ours.h5", tmp_path / "keras.h5"
@@ -118,9 +92,9 @@ def test_variables_are_keras_own(tmp_path, mode_name):
     ours_layers, their_layers = _config_layers(ours), _config_layers(theirs)
     assert ours_layers.keys() == their_layers.keys()
     for name, config in their_layers.items():
-        assert _strip_ids(ours_layers[name].get("dtype")) == _strip_ids(config.get("dtype")), name
-        assert _strip_ids(ours_layers[name].get("quantization_config")) == \
-            _strip_ids(config.get("quantization_config")), name
+        assert strip_ids(ours_layers[name].get("dtype")) == strip_ids(config.get("dtype")), name
+        assert strip_ids(ours_layers[name].get("quantization_config")) == \
+            strip_ids(config.get("quantization_config")), name
     loaded = keras.saving.load_model(ours, compile=False)
     native = [layer.name for layer in loaded.layers if layer.quantization_mode is not None]
     assert sorted(native) == ["emb", "heads", "no_bias", "plain", "with_bias"]
@@ -240,7 +214,7 @@ def test_nested_model_layers_stay_float(tmp_path):
     inp = keras.Input((12,))
     out = layers.Dense(3, name="top")(inner(inp))
     src, dst = tmp_path / "nested.h5", tmp_path / "q.h5"
-    _randomize(keras.Model(inp, out), 2).save(src)
+    randomize(keras.Model(inp, out), 2).save(src)
     report = wqkernels.rewrite(src, dst, Recipe(bits=8, storage="keras"))
     assert "Keras-native int8: 1 layer (top)" in report.notes
     assert any(n.startswith("kept float on the 8-bit grid: inner (a layer of a nested model") for n in report.notes)
@@ -260,7 +234,7 @@ def test_attention_stays_float_and_loads(tmp_path):
     x = layers.MultiHeadAttention(2, 8, name="mha")(inp, inp)
     x = layers.Dense(5, name="head")(x)
     src, dst = tmp_path / "att.h5", tmp_path / "att8.h5"
-    _randomize(keras.Model(inp, x), 6).save(src)
+    randomize(keras.Model(inp, x), 6).save(src)
     report = wqkernels.rewrite(src, dst, Recipe(bits=8, storage="keras"))
     assert "Keras-native int8: 1 layer (head)" in report.notes
     assert any(n.startswith("kept float on the 8-bit grid: mha (sublayers") and "reload" in n for n in report.notes)
@@ -279,7 +253,7 @@ def test_float16_layers_stay_float(tmp_path):
     y = layers.Dense(8, name="half", dtype="float16")(inp)
     y = layers.Dense(4, name="full")(y)
     src, dst = tmp_path / "h.h5", tmp_path / "q.h5"
-    _randomize(keras.Model(inp, y), 8).save(src)
+    randomize(keras.Model(inp, y), 8).save(src)
     report = wqkernels.rewrite(src, dst, Recipe(bits=8, storage="keras"))
     loaded = keras.saving.load_model(dst, compile=False)
     assert loaded.get_layer("half").quantization_mode is None and loaded.get_layer("full").quantization_mode == "int8"
@@ -293,7 +267,7 @@ def dense_model(seed=0):
     inp = keras.Input((300,))
     x = layers.Dense(70, name="with_bias")(inp)
     x = layers.Dense(33, use_bias=False, name="no_bias")(x)
-    return _randomize(keras.Model(inp, x), seed)
+    return randomize(keras.Model(inp, x), seed)
 
 
 @pytest.mark.parametrize("granularity", ["channel", "block:32"])

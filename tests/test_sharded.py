@@ -13,13 +13,10 @@ import wqkernels
 from wqkernels import Recipe
 from wqkernels.cli import main
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-pytest.importorskip("jax", reason="keras tests need jax (the CPU backend)")
-keras = pytest.importorskip("keras", reason="keras tests need keras 3")
+from .keras_env import KERAS_MARKS, keras
 
 pytestmark = [
-    pytest.mark.keras,
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
+    *KERAS_MARKS,
     pytest.mark.filterwarnings("ignore:Layer InputLayer does not have a `quantize` method:UserWarning"),
 ]
 
