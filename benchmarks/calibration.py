@@ -39,6 +39,9 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import models  # noqa: E402 -- the fidelity benchmark's data and architectures
+
 #: (label, recipe options of ``wqkernels rewrite``, calibrated target in points below float)
 RECIPES = [
     ("int2", ["--bits", "2"], 2.0),
@@ -58,38 +61,14 @@ DEFAULT_CACHE = os.environ.get("WQKERNELS_CALIBRATION_CACHE",
 # ---- data and models ------------------------------------------------------------------------------
 
 def digits():
-    """scikit-learn's digits: (x_train, y_train, x_test, y_test), images (N, 8, 8, 1) in [0, 1],
-    a stratified 70 / 30 split (seed 0)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = load_digits()
-    x = (data.images / 16.0).astype(np.float32)[..., None]
-    x_train, x_test, y_train, y_test = train_test_split(x, data.target.astype(np.int32), test_size=0.3,
-                                                        random_state=0, stratify=data.target)
+    """scikit-learn's digits as (x_train, y_train, x_test, y_test): the fidelity benchmark's
+    split (:func:`models.digits`, stratified 70 / 30, seed 0)."""
+    (x_train, y_train), (x_test, y_test) = models.digits()
     return x_train, y_train, x_test, y_test
 
 
-def build_cnn(width: int = 16):
-    """Conv2D+BN -> DepthwiseConv2D+BN -> 1x1 Conv2D+BN -> pool -> Conv2D+BN -> Dense -> Dense (logits)."""
-    import keras
-    from keras import layers
-
-    def conv_bn(layer, name):
-        return [layer, layers.BatchNormalization(name=f"{name}_bn"), layers.ReLU(name=f"{name}_relu")]
-
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        *conv_bn(layers.Conv2D(width, 3, padding="same", use_bias=False, name="conv1"), "conv1"),
-        *conv_bn(layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="depthwise"), "depthwise"),
-        *conv_bn(layers.Conv2D(2 * width, 1, use_bias=False, name="pointwise"), "pointwise"),
-        layers.MaxPooling2D(2, name="pool"),
-        *conv_bn(layers.Conv2D(2 * width, 3, padding="same", use_bias=False, name="conv2"), "conv2"),
-        layers.Flatten(name="flatten"),
-        layers.Dropout(0.3, name="dropout"),
-        layers.Dense(64, activation="relu", name="dense"),
-        layers.Dense(10, name="logits"),
-    ], name="digits_cnn")
+#: the fidelity benchmark's digits CNN with BatchNorm (Conv2D, DepthwiseConv2D, 1x1 Conv2D, Dense)
+build_cnn = models.build_cnn_bn
 
 
 def build_token_mlp():
