@@ -144,7 +144,6 @@ def recorder(keras):
     ({"sparsity": "0:4"}, "sparsity N:M needs 0 < N <= M"),
     ({"sparsity": "two:four"}, "sparsity must be a fraction or 'N:M', got 'two:four'"),
     ({"sparsity": 0.5, "schedule": "cosine"}, "schedule must be one of 'polynomial', 'constant', got 'cosine'"),
-    ({"sparsity": "2:4", "schedule": "polynomial"}, "schedule must be 'constant' for sparsity='2:4'"),
     ({"sparsity": 0.5, "begin_step": 100, "end_step": 50}, "end_step must be > begin_step"),
     ({"sparsity": 0.5, "begin_step": 100, "end_step": 100}, "end_step must be > begin_step"),
     ({"sparsity": 0.5, "schedule": "constant", "begin_step": 100, "end_step": 99}, "end_step must be >= begin_step"),
@@ -349,16 +348,80 @@ def test_moments_of_pruned_weights_do_not_matter(keras, cb, fresh):
         np.testing.assert_array_equal(a, b)
 
 
+def runs_in_pattern(x: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Which runs of m inputs (per output) of a Dense or 1x1 Conv kernel keep at most n weights."""
+    runs = x.reshape(-1, m, x.shape[-1])
+    return np.count_nonzero(runs, axis=1) <= n
+
+
 @pytest.mark.keras
-def test_n_m_fit(keras, cb, fresh):
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.5, 0.999])
+def test_n_m_masks_on_some_runs(cb, fresh, fraction):
+    """floor(fraction * runs) runs of each tensor take the pattern: those whose dropped weights
+    weigh least (ties: the first in C order); the others stay dense."""
+    from wqkernels.keras.weights import keep_masks, prunable_weights
     model = fresh()
+    found = {k.path: k for k in prunable_weights(model)}
+    values = {p: np.array(k.variable.numpy()) for p, k in found.items()}
+    values["small/head/kernel"][:8, :3] = 0  # runs already in the pattern weigh nothing
+    keep = keep_masks(values, found, None, (2, 4), runs=fraction)
+    full = keep_masks(values, found, None, (2, 4))
+    for path, mask in keep.items():
+        x = values[path]
+        flat_full = np.where(full[path], x, 0).reshape(-1, 4, x.shape[-1])
+        flat = x.reshape(-1, 4, x.shape[-1])
+        dropped = np.abs(np.where(flat_full == 0, flat, 0).astype(np.float64)).sum(axis=1)  # (runs, outputs)
+        order = np.argsort(dropped.T.ravel(), kind="stable")  # C order of the (output, run) view
+        chosen = np.zeros(dropped.size, bool)
+        chosen[order[:math.floor(fraction * dropped.size)]] = True
+        chosen = chosen.reshape(dropped.T.shape).T[:, None, :]
+        expected = np.where(chosen, flat_full, flat).reshape(x.shape)
+        np.testing.assert_array_equal(np.where(mask, x, 0), expected)
+        assert not mask[x == 0].any()
+
+
+@pytest.mark.keras
+def test_n_m_fit_grows_to_the_pattern(keras, cb, fresh):
+    """The polynomial schedule puts floor(s * runs) runs of each tensor in the pattern at each
+    update; the zeros only grow; at the end every run of the large tensors is 2:4 and the small
+    ones are dense."""
+    model = fresh()
+    callback = cb.PruningCallback("2:4", frequency=3)
+    record = recorder(keras)
     x, y = data()
-    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[cb.PruningCallback("2:4")])
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[callback, record])
+    assert (callback.schedule.begin, callback.schedule.end) == (0, 17)
+    previous = {p: np.zeros(a.shape, bool) for p, a in record.begins[0].items()}
+    grew = set()
+    for step, seen in enumerate(record.begins):
+        fraction = callback.schedule.sparsity_at(step)
+        for path in ("small/pw/kernel", "small/head/kernel"):
+            pattern = runs_in_pattern(seen[path], 2, 4)
+            assert pattern.sum() >= math.floor(fraction * pattern.size), (step, path)
+            grew.add(int(pattern.sum()))
+        for path, a in seen.items():
+            assert (a[previous[path]] == 0).all(), (step, path)
+            previous[path] = a == 0
+    assert len(grew) > 3  # the pattern spread over several updates
     weights = kernels(model)
     for path in ("small/pw/kernel", "small/head/kernel"):
         runs = weights[path].reshape(-1, 4, weights[path].shape[-1])  # 4 consecutive inputs per output
         assert (np.count_nonzero(runs, axis=1) == 2).all(), path
     assert zeros({p: weights[p] for p in ("small/conv/kernel", "small/dw/kernel")}) == 0
+
+
+@pytest.mark.keras
+def test_n_m_constant_fit(keras, cb, fresh):
+    """schedule="constant": every run in the pattern from the first step on."""
+    model = fresh()
+    record = recorder(keras)
+    x, y = data()
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+              callbacks=[cb.PruningCallback("2:4", schedule="constant"), record])
+    for seen in record.begins:
+        for path in ("small/pw/kernel", "small/head/kernel"):
+            runs = seen[path].reshape(-1, 4, seen[path].shape[-1])
+            assert (np.count_nonzero(runs, axis=1) == 2).all(), path
 
 
 @pytest.mark.keras

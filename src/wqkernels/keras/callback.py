@@ -44,12 +44,14 @@ class PruningCallback(keras.callbacks.Callback):
     sparsity : float or str
         The final sparsity, in [0, 1], or ``"N:M"`` (e.g. ``"2:4"``).
     schedule : {"polynomial", "constant"}, optional
-        ``"polynomial"`` (the default for a fraction): from `initial_sparsity` at `begin_step`
-        to `sparsity` at `end_step` with a cubic decay, as TensorFlow Model Optimization's
-        ``PolynomialDecay``.  ``"constant"`` (the only one for N:M): `sparsity` from
-        `begin_step` on.
+        ``"polynomial"`` (the default): from `initial_sparsity` at `begin_step` to `sparsity`
+        at `end_step` with a cubic decay, as TensorFlow Model Optimization's
+        ``PolynomialDecay``; for N:M, the fraction of each tensor's runs of M in the pattern
+        rises so from 0 to 1, the runs whose dropped weights weigh least first.
+        ``"constant"``: `sparsity` (every run in the N:M pattern) from `begin_step` on.
     initial_sparsity : float
-        The polynomial schedule's sparsity at `begin_step`, at most `sparsity`.
+        The polynomial schedule's sparsity at `begin_step`, at most `sparsity` (for N:M, its
+        fraction of runs in the pattern).
     begin_step, end_step : int, optional
         Optimizer iterations (``model.optimizer.iterations``) where pruning starts and where
         the masks stop changing.  Defaults from the fit (``self.params["epochs"]`` epochs of
@@ -98,7 +100,7 @@ class PruningCallback(keras.callbacks.Callback):
     >>> model.fit(x, y, epochs=10, callbacks=[PruningCallback(sparsity=0.9)])  # doctest: +SKIP
     >>> model.save("pruned.keras")  # doctest: +SKIP
     >>> PruningCallback(sparsity="2:4").schedule_kind
-    'constant'
+    'polynomial'
     >>> PruningCallback(sparsity=1.5)
     Traceback (most recent call last):
     ...
@@ -116,18 +118,15 @@ class PruningCallback(keras.callbacks.Callback):
         self.sparsity = recipe.sparsity
         self.allocation, self.min_size = recipe.allocation, recipe.min_size
         if schedule is None:
-            schedule = "constant" if self.n_m else "polynomial"
+            schedule = "polynomial"
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {schedule!r}")
-        if self.n_m and schedule != "constant":
-            raise ValueError(f"an N:M pattern is applied at once: schedule must be 'constant' for "
-                             f"sparsity={sparsity!r}, got {schedule!r}")
         self.schedule_kind = schedule
         self.initial_sparsity = check_fraction(initial_sparsity, "initial_sparsity")
         if schedule == "constant" and self.initial_sparsity != 0:
             raise ValueError(f"initial_sparsity applies to the polynomial schedule, got {initial_sparsity!r} "
                              "with schedule='constant'")
-        if self.initial_sparsity > (self.sparsity if self.n_m is None else 0.0):
+        if self.initial_sparsity > self._final:
             raise ValueError(f"initial_sparsity must be <= sparsity, got {initial_sparsity!r} > {sparsity!r}")
         self.power, self.frequency = check_power(power), check_int(frequency, "frequency", 1)
         check_steps(schedule, begin_step, end_step)
@@ -138,6 +137,11 @@ class PruningCallback(keras.callbacks.Callback):
         self._masks, self._device = {}, ([], [], [])
         self._started = False
         self._epoch_start = 0
+
+    @property
+    def _final(self) -> float:
+        """What the schedule reaches: the sparsity, or for N:M every run in the pattern."""
+        return 1.0 if self.n_m else self.sparsity
 
     # ---- Keras hooks ----------------------------------------------------------------------
     # The masks are applied when a batch begins (right after the previous optimizer step), not
@@ -206,7 +210,7 @@ class PruningCallback(keras.callbacks.Callback):
         end = start + math.ceil(ramp * epochs * steps) if steps else None
         end = end if self.end_step is None else self.end_step
         try:
-            return PruningSchedule(self.schedule_kind, 0.0 if self.n_m else self.sparsity, begin, end,
+            return PruningSchedule(self.schedule_kind, self._final, begin, end,
                                    self.frequency, self.initial_sparsity, self.power)
         except ValueError as exc:
             fit_end = start + epochs * steps if steps else "?"
@@ -215,8 +219,8 @@ class PruningCallback(keras.callbacks.Callback):
     def _update(self) -> None:
         """Recompute the masks for the current step from the masked weights, and apply them."""
         self.model  # with JAX, brings the training state back into the variables
-        sparsity = self.schedule.sparsity_at(self.step)
-        if self.schedule.last_update(self.step) is None or (self.n_m is None and sparsity == 0):
+        sparsity = self.schedule.sparsity_at(self.step)  # for N:M, the fraction of runs in the pattern
+        if self.schedule.last_update(self.step) is None or sparsity == 0:
             self._set_masks({})
             return
         values = {}
@@ -225,8 +229,12 @@ class PruningCallback(keras.callbacks.Callback):
             if path in self._masks:
                 x = np.where(self._masks[path], x, np.zeros((), x.dtype))
             values[path] = x
-        self._set_masks(keep_masks(values, self._kernels, sparsity, self.n_m, allocation=self.allocation,
-                                   min_size=self.min_size))
+        if self.n_m:
+            masks = keep_masks(values, self._kernels, None, self.n_m, runs=sparsity, min_size=self.min_size)
+        else:
+            masks = keep_masks(values, self._kernels, sparsity, None, allocation=self.allocation,
+                               min_size=self.min_size)
+        self._set_masks(masks)
         self._apply()
 
     def _set_masks(self, masks: dict) -> None:

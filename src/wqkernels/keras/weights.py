@@ -9,6 +9,7 @@ The masks are computed on NumPy copies with the package's exact kernels, as ``re
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,7 +68,7 @@ def prunable_weights(model) -> list[Kernel]:
 
 
 def keep_masks(values: dict, kernels: dict, sparsity: float | None, n_m: tuple | None, *,
-               allocation: str = "global", min_size: int | None = None) -> dict:
+               runs: float = 1.0, allocation: str = "global", min_size: int | None = None) -> dict:
     """Which weights stay (True) in each tensor that pruning touches, as ``rewrite`` prunes.
 
     Parameters
@@ -83,6 +84,11 @@ def keep_masks(values: dict, kernels: dict, sparsity: float | None, n_m: tuple |
     n_m : (int, int), optional
         Instead of `sparsity`: keep the N largest magnitudes of every M along the input axis
         (:func:`wqkernels.prune_n_m` on the view of :func:`wqkernels.files.roles.block_view`).
+    runs : float
+        With `n_m`: the fraction of each tensor's runs of M that take the pattern, in [0, 1]:
+        the ``floor(runs * count)`` runs whose dropped weights weigh least (the sum of their
+        magnitudes; ties: the run first in C order), the others stay dense.  A run already in
+        the pattern drops nothing more and goes first, so raising `runs` only adds runs.
     allocation, min_size
         As for :func:`wqkernels.allocation.prune_counts`; tensors under `min_size` stay dense
         (default: :func:`wqkernels.allocation.default_min_size` of the allocation, or of "n:m").
@@ -100,12 +106,30 @@ def keep_masks(values: dict, kernels: dict, sparsity: float | None, n_m: tuple |
         for path, x in values.items():
             if x.size >= least:
                 view, axis = block_view(x.shape, kernels[path].layer_class, kernels[path].role)
-                pruned[path] = prune_n_m(x.reshape(view), n=n_m[0], m=n_m[1], axis=axis).reshape(x.shape)
+                full = prune_n_m(x.reshape(view), n=n_m[0], m=n_m[1], axis=axis)
+                pruned[path] = _some_runs(x.reshape(view), full, axis, n_m[1], runs).reshape(x.shape)
     else:
         counts = prune_counts(values, sparsity, allocation=allocation, min_size=min_size)
         pruned = {path: prune(values[path], sparsity=count_fraction(k, values[path].size))
                   for path, k in counts.items() if k}
     return {path: p != 0 for path, p in pruned.items()}
+
+
+def _some_runs(x: np.ndarray, full: np.ndarray, axis: int, m: int, fraction: float) -> np.ndarray:
+    """`full` (x in the N:M pattern along `axis`) in the ``floor(fraction * runs)`` runs of m
+    whose dropped weights have the smallest sum of magnitudes, x itself in the others."""
+    if fraction >= 1.0:
+        return full
+    moved_x, moved_full = np.moveaxis(x, axis, -1), np.moveaxis(full, axis, -1)
+    length = moved_x.shape[-1]
+    count = -(-length // m)
+    dropped = np.abs(np.where(moved_full == 0, moved_x, 0).astype(np.float64))
+    dropped = np.pad(dropped, [(0, 0)] * (dropped.ndim - 1) + [(0, count * m - length)])
+    weight = dropped.reshape(*dropped.shape[:-1], count, m).sum(axis=-1)
+    chosen = np.zeros(weight.size, dtype=bool)
+    chosen[np.argsort(weight, axis=None, kind="stable")[:math.floor(fraction * weight.size)]] = True
+    chosen = np.repeat(chosen.reshape(weight.shape), m, axis=-1)[..., :length]
+    return np.moveaxis(np.where(chosen, moved_full, moved_x), -1, axis)
 
 
 def _prunable_array(x) -> np.ndarray:
