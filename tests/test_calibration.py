@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 
 import h5py
@@ -619,6 +620,22 @@ def test_bad_samples_are_one_line_and_nothing_is_written(small_cnn, tmp_path, ca
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith("wqkernels rewrite: ") and "Traceback" not in err + out
     assert sorted(os.listdir(tmp_path)) == before  # nothing written, no scratch left
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("case", ["missing", "objects", "strings", "complex", "none", "nan", "not numpy"])
+def test_samples_are_checked_before_the_model_loads(small_cnn, tmp_path, monkeypatch, case):
+    """What the samples alone show to be unusable fails before Keras loads the model (seconds)."""
+    from wqkernels.keras import calibration
+    _, base, _ = small_cnn
+    make, message = BAD_SAMPLES[case]
+    samples = tmp_path / "none.npy" if make is None else _save_samples(tmp_path / "samples", make())
+
+    def no_model(*args):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(calibration, "_load_model", no_model)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        calibration.calibrate(base / "m.keras", samples, wqkernels.Recipe(bits=3))
 
 
 @pytest.mark.keras

@@ -181,8 +181,9 @@ def calibrate(src, samples, recipe: Recipe, *, batch_size: int = 128, damping: f
                                  "archive or a full legacy .h5")
         work = plan(source, recipe, Buffers())
         index = _Index(source, src)
+    arrays = read_samples(samples)  # before the model loads: a bad file fails in a moment
     model = _load_model(src, source.kind)
-    inputs = load_samples(samples, model)
+    inputs = load_samples(arrays, model, where=_where(samples))
     run = _Calibrator(model, recipe, work, index, batch_size=batch_size, damping=float(damping),
                       act_order=bool(act_order), bias_correction=bool(bias_correction),
                       float_targets=bool(float_targets), refit_damping=float(refit_damping))
@@ -220,14 +221,42 @@ def _named(src: str, suffix: str):
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def load_samples(samples, model) -> list:
+def _where(samples) -> str:
+    return os.fspath(samples) if isinstance(samples, (str, os.PathLike)) else "samples"
+
+
+def read_samples(samples):
+    """The arrays of `samples` (see :func:`load_samples`), checked as far as they can be without
+    the model: numbers, at least one sample each, finite, the same count in each."""
+    where = _where(samples)
+    arrays = _read_samples(samples, where)
+    named = arrays.items() if isinstance(arrays, dict) else enumerate(arrays)
+    counts = []
+    for name, array in named:
+        a = np.asarray(array)
+        label = f"samples {name!r}" if isinstance(arrays, dict) else "samples" if len(arrays) == 1 \
+            else f"samples #{name}"
+        if a.dtype.kind not in "fiub":
+            raise KerasFileError(f"{where}: {label} must be numbers, got dtype {a.dtype}")
+        if a.ndim == 0 or len(a) == 0:
+            raise KerasFileError(f"{where}: no samples" + ("" if label == "samples" else f" in {label}"))
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise KerasFileError(f"{where}: {label} hold NaN or infinity")
+        counts.append(len(a))
+    if len(set(counts)) > 1:
+        raise KerasFileError(f"{where}: the inputs have different numbers of samples: {counts}")
+    return arrays
+
+
+def load_samples(samples, model, *, where: str | None = None) -> list:
     """The calibration inputs of `model`: one array per model input, all with the same count.
 
     `samples` is a ``.npy`` or ``.npz`` path (read without pickles), or an array, a list of
     arrays (in input order) or a dict of arrays (by input name).  Each array is cast to its
-    input's dtype; its shape past the first axis must fit the input's.
+    input's dtype; its shape past the first axis must fit the input's.  `where` names the
+    samples in errors (default: the path, or "samples").
     """
-    where = os.fspath(samples) if isinstance(samples, (str, os.PathLike)) else "samples"
+    where = _where(samples) if where is None else where
     arrays = _read_samples(samples, where)
     try:
         inputs = list(model.inputs)
