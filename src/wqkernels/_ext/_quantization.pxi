@@ -23,6 +23,7 @@ cdef extern from "_loops.h" nogil:
     void wqk_dequantize_runs(const uint8_t* q, float* y, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
                              const float* s, const float* zp, int is_signed)
     void wqk_dequantize_lanes(const uint8_t* q, float* y, Py_ssize_t n, const float* s, const float* zp, int is_signed)
+    void wqk_pack_span(const uint8_t* codes, Py_ssize_t n, int64_t first, int b, uint8_t* stream)
     void wqk_candidate_errors(const float* x, Py_ssize_t n, int ncand, const float* inv, const float* lo, const float* hi, double* acc)
     ctypedef struct wqk_move:
         pass
@@ -289,10 +290,11 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
 
 
 cdef enum Op:
-    QUANTIZE, FAKE_QUANTIZE, DEQUANTIZE
+    QUANTIZE, FAKE_QUANTIZE, DEQUANTIZE, QUANTIZE_PACKED
 
 cdef enum:
     FUSE_BYTES = 1 << 20    # a unit this small is read once: its scales, then its codes, in cache
+    PACK_PIECE = 16384      # codes made at a time before they are packed (a unit row holds at most this many)
 
 
 cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8_t* q, float* y,
@@ -325,6 +327,29 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
             wqk_dequantize_uniform(q + p, y + p, U.length, s[0], zp[0], is_signed)
 
 
+cdef void unit_packed(const Layout* L, const Unit* U, const float* x, uint8_t* stream, uint8_t* codes,
+                      const float* s, const float* zp, float qmin, float qmax, int bits) noexcept nogil:
+    """A unit's codes made a piece at a time into `codes` (PACK_PIECE bytes, in cache), each
+    piece then packed into its place in the b-bit stream."""
+    cdef Py_ssize_t r, p, c, m
+    if L.runs:  # its blocks are one contiguous span
+        wqk_quantize_runs(x + U.start, codes, U.rows, U.length, U.tail, s, zp, qmin, qmax)
+        wqk_pack_span(codes, (U.rows - 1) * U.length + U.tail, U.start, bits, stream)
+        return
+    for r in range(U.rows):
+        p = U.start + r * U.stride
+        if L.lanes:
+            wqk_quantize_lanes(x + p, codes, U.length, s, zp, qmin, qmax)
+            wqk_pack_span(codes, U.length, p, bits, stream)
+            continue
+        c = 0
+        while c < U.length:  # pieces after the first start on a byte of the stream
+            m = min(<Py_ssize_t>PACK_PIECE - (p + c) % 8, U.length - c)
+            wqk_quantize_uniform(x + p + c, codes, m, s[0], zp[0], qmin, qmax)
+            wqk_pack_span(codes, m, p + c, bits, stream)
+            c += m
+
+
 cdef bint unit_fit(const float* x, const Layout* L, const Unit* U, bint symmetric, float qmin,
                    float qmax, float* s, float* zp) noexcept nogil:
     """The min/max scale and zero point of a unit's groups; False if one holds NaN or infinity."""
@@ -344,19 +369,25 @@ cdef bint unit_fit(const float* x, const Layout* L, const Unit* U, bint symmetri
     return finite
 
 
-cdef bint elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t size,
+cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t size,
                       Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner, Py_ssize_t block,
                       bint per_axis, float* s, float* zp, float qmin, float qmax,
-                      bint is_signed, bint fit) noexcept nogil:
-    """Quantize, fake-quantize or dequantize.  With `fit`, first set every group's min/max scale
-    (symmetric when is_signed): in the same visit of each unit when units fit in cache, else in
-    a pass of its own.  Returns False if x holds NaN or infinity (fit only)."""
+                      bint is_signed, bint fit, int bits=8) noexcept nogil:
+    """Quantize, quantize into a `bits`-bit stream (q, zeroed), fake-quantize or dequantize.
+    With `fit`, first set every group's min/max scale (symmetric when is_signed): in the same
+    visit of each unit when units fit in cache, else in a pass of its own.  Returns 1, or 0 if x
+    holds NaN or infinity (fit only), or -1 if scratch memory cannot be allocated."""
     cdef int nt = threads_for(size)
     cdef Layout L = make_layout(outer, n, inner, block, per_axis, lane_width(inner if inner > 1 else n, nt, LANE_WIDTH))
     cdef Unit U
     cdef Py_ssize_t u, ngroups = n if per_axis else outer * L.nblocks * inner
     cdef int bad = 0
     cdef bint fused = fit and L.count > 0
+    cdef uint8_t* codes = NULL  # per thread, PACK_PIECE codes of QUANTIZE_PACKED
+    if op == QUANTIZE_PACKED:
+        codes = <uint8_t*>malloc(<size_t>PACK_PIECE * nt)
+        if codes == NULL:
+            return -1
     if fused:
         U = unit_at(&L, 0)
         fused = U.rows * U.length * sizeof(float) <= FUSE_BYTES
@@ -369,7 +400,12 @@ cdef bint elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t si
         U = unit_at(&L, u)
         if fused and not unit_fit(x, &L, &U, is_signed, qmin, qmax, s + U.group, zp + U.group):
             bad += 1
-        unit_rows(op, &L, &U, x, q, y, s + U.group, zp + U.group, qmin, qmax, is_signed)
+        if op == QUANTIZE_PACKED:
+            unit_packed(&L, &U, x, q, codes + <Py_ssize_t>PACK_PIECE * threadid(), s + U.group, zp + U.group,
+                        qmin, qmax, bits)
+        else:
+            unit_rows(op, &L, &U, x, q, y, s + U.group, zp + U.group, qmin, qmax, is_signed)
+    free(codes)
     return bad == 0
 
 
@@ -388,6 +424,23 @@ def quantize_into(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_s
         ok = elementwise(QUANTIZE, &x[0], &codes[0], NULL, x.shape[0], outer, n, inner, block, per_axis,
                          &scale[0], &zero_point[0], qmin, qmax, qmin < 0, fit)
     return ok
+
+
+def quantize_packed_into(const float[::1] x, uint8_t[::1] stream, Py_ssize_t outer, Py_ssize_t n,
+                         Py_ssize_t inner, Py_ssize_t block, bint per_axis, float[::1] scale,
+                         float[::1] zero_point, float qmin, float qmax, int bits, bint fit=False):
+    """The codes of quantize_into packed into a `bits`-bit stream (pack_into's), one piece at a
+    time in cache: x read once, the stream written once.  `stream` must be zeroed.  Returns as
+    quantize_into does; raises MemoryError when scratch memory cannot be allocated."""
+    cdef int ok
+    if x.shape[0] == 0:
+        return True
+    with nogil:
+        ok = elementwise(QUANTIZE_PACKED, &x[0], &stream[0], NULL, x.shape[0], outer, n, inner, block,
+                         per_axis, &scale[0], &zero_point[0], qmin, qmax, qmin < 0, fit, bits)
+    if ok < 0:
+        raise MemoryError()
+    return ok == 1
 
 
 def fake_quantize_into(const float[::1] x, float[::1] out, Py_ssize_t outer, Py_ssize_t n,
