@@ -509,3 +509,21 @@ def test_quantize_packed_empty_and_reports_itself(shape):
     pa = wqkernels.quantize_packed(np.ones((4, 6)), 4, axis=1, block_size=2)
     assert repr(pa) == "PackedArray(shape=(4, 6), bits=4, axis=1, block_size=2, signed, 12 bytes)"
     assert pa.nbytes == 12 + pa.scale.nbytes + pa.zero_point.nbytes
+
+
+@pytest.mark.parametrize("shape, options", [
+    ((2048, 40), dict(axis=-1)),                    # channels side by side, each read once for all passes
+    ((9000, 35), dict(axis=1)),                     # too many rows for one read: the passes copy rows again
+    ((3, 1100, 37), dict(axis=1, block_size=1050)),  # blocks across a strided axis, one short
+])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mse_coarse_to_fine_on_large_groups_agrees_with_reference(shape, options, symmetric):
+    x = np.random.default_rng(11).standard_normal(shape).astype(np.float32)
+    x[..., 3] *= 40  # an outlier channel: its best ratio is far from 1
+    opts = dict(bits=4, symmetric=symmetric, method="mse", **options)
+    qa = wqkernels.quantize(x, **opts)
+    xf = x.astype(np.float64)
+    for other in (ref.quantize(x, **opts), wqkernels.quantize(x, **{**opts, "method": "minmax"})):
+        assert (_group_errors(xf, qa) <= _group_errors(xf, other) * (1 + 1e-4) + 1e-12).all()
+    assert_same_quantization(qa, wqkernels.quantize(x, **{**opts, "method": "minmax"}, scale=qa.scale,
+                                                    zero_point=qa.zero_point))

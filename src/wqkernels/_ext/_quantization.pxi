@@ -35,7 +35,8 @@ cdef extern from "_loops.h" nogil:
 
 cdef enum:
     LANE_WIDTH = 1024       # least lanes per unit for streaming loops
-    SEARCH_WIDTH = 256      # lanes per unit in the scale search (its scratch stays in L2; rows of 1 KiB)
+    SEARCH_WIDTH = 256      # lanes per unit in the scale search, at most (rows of 1 KiB)
+    SEARCH_TILE = 1 << 18   # elements of a lanes unit copied once for all its passes, at most (1 MiB)
     SEARCH_CHUNK = 4096     # elements of a run scored against every candidate while in cache
     SEARCH_ROWS = 32        # rows of a lanes unit scored against every candidate while in cache
     SUM_TILE = 65536        # members of the groups of a sum-preserving tile (16 groups of 4096)
@@ -166,7 +167,8 @@ def search_scales(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t
     the best so far, as many on each side as fit inside the previous step (steps decrease,
     each dividing the one before).  The first ratio with the least error among those tried wins.
     """
-    cdef Layout L = make_layout(outer, n, inner, block, per_axis, SEARCH_WIDTH, False)
+    cdef Py_ssize_t rows = outer if per_axis else min(block, n)  # of a lanes unit
+    cdef Layout L = make_layout(outer, n, inner, block, per_axis, search_width(rows), False)
     cdef int ncand = ratios.shape[0]
     cdef int nt = threads_for(x.shape[0] * ncand // 8)
     cdef Py_ssize_t u
@@ -174,6 +176,12 @@ def search_scales(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t
         for u in prange(L.count, num_threads=nt, schedule="dynamic"):
             search_unit(&x[0], &L, u, &lo[0], &hi[0], &ratios[0], ncand, &steps[0], steps.shape[0],
                         full_below, symmetric, qmin, qmax, &scale[0], &zero_point[0])
+
+
+cdef inline Py_ssize_t search_width(Py_ssize_t rows) noexcept nogil:
+    """Lanes per unit of the search: as many as SEARCH_TILE holds over `rows` rows, so that the
+    unit is read from memory once for all the passes (16 to SEARCH_WIDTH, a multiple of 16)."""
+    return min(<Py_ssize_t>SEARCH_WIDTH, max(16, SEARCH_TILE // max(rows, 1) // 16 * 16))
 
 
 cdef struct Slots:
@@ -190,6 +198,7 @@ cdef struct Slots:
     int* best
     double* best_e
     float* tile
+    bint whole  # tile holds the whole unit (copied once), else SEARCH_ROWS rows at a time
 
 
 cdef void set_slot(Slots* S, Py_ssize_t w, int slot, Py_ssize_t i, int c, float lo, float hi,
@@ -214,13 +223,16 @@ cdef void score_slots(const float* x, const Layout* L, const Unit* U, Py_ssize_t
     cdef double e
     for j in range(nslot):
         S.acc[j] = 0.0
-    if L.lanes:  # a tile of rows copied together (rows of a large power-of-two stride share cache sets)
+    if L.lanes:  # rows copied together (rows of a large power-of-two stride share cache sets)
         r = 0
         while r < U.rows:
             m = min(<Py_ssize_t>SEARCH_ROWS, U.rows - r)
-            for k in range(m):
-                memcpy(S.tile + k * w, x + U.start + (r + k) * U.stride, w * sizeof(float))
-            wqk_candidate_errors_lanes(S.tile, m, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
+            if S.whole:
+                wqk_candidate_errors_lanes(S.tile + r * w, m, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
+            else:
+                for k in range(m):
+                    memcpy(S.tile + k * w, x + U.start + (r + k) * U.stride, w * sizeof(float))
+                wqk_candidate_errors_lanes(S.tile, m, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
             r += m
     else:
         for r in range(U.rows):
@@ -253,8 +265,10 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
     if not full:
         for level in range(1, nsteps):
             nslot = max(nslot, 2 * (steps[level - 1] // steps[level] - 1))
+    S.whole = L.lanes and not full and U.rows * w <= SEARCH_TILE  # several passes: one read of x
+    cdef Py_ssize_t tile_rows = U.rows if S.whole else SEARCH_ROWS
     cdef char* buf = <char*>malloc((sizeof(int) + 7 * sizeof(float)) * nslot * w + sizeof(double) * nslot
-                                   + (sizeof(int) + sizeof(double)) * w + sizeof(float) * SEARCH_ROWS * w)
+                                   + (sizeof(int) + sizeof(double)) * w + sizeof(float) * tile_rows * w)
     if buf == NULL:
         return  # out of memory: the min/max scales already in place stay
     S.acc = <double*>buf
@@ -268,6 +282,9 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
     S.bhi = S.blo + nslot * w
     S.err = S.bhi + nslot * w
     S.tile = S.err + nslot * w
+    if S.whole:
+        for k in range(U.rows):
+            memcpy(S.tile + k * w, x + U.start + k * U.stride, w * sizeof(float))
     for i in range(w):
         S.best[i] = -1
         for j in range(nslot):  # all candidates, or every steps[0]-th
