@@ -314,6 +314,13 @@ cdef enum:
     PACK_PIECE = 16384      # codes made at a time before they are packed (a unit row holds at most this many)
 
 
+cdef inline const float* lane_zero_points(const float* zp, bint is_signed) noexcept nogil:
+    """The zero points a lanes loop takes: NULL for signed codes, whose zero points are all 0."""
+    if is_signed:
+        return NULL
+    return zp
+
+
 cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8_t* q, float* y,
                     const float* s, const float* zp, float qmin, float qmax, bint is_signed) noexcept nogil:
     """The element loop over a unit's runs (s, zp point at the unit's first group)."""
@@ -330,12 +337,12 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
         p = U.start + r * U.stride
         if op == QUANTIZE:
             if L.lanes:
-                wqk_quantize_lanes(x + p, q + p, U.length, s, zp, qmin, qmax)
+                wqk_quantize_lanes(x + p, q + p, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
             else:
                 wqk_quantize_uniform(x + p, q + p, U.length, s[0], zp[0], qmin, qmax)
         elif op == FAKE_QUANTIZE:
             if L.lanes:
-                wqk_quantize_lanes(x + p, y + p, U.length, s, zp, qmin, qmax)
+                wqk_quantize_lanes(x + p, y + p, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
             else:
                 wqk_quantize_uniform(x + p, y + p, U.length, s[0], zp[0], qmin, qmax)
         elif L.lanes:
@@ -345,7 +352,8 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
 
 
 cdef void unit_packed(const Layout* L, const Unit* U, const float* x, uint8_t* stream, uint8_t* codes,
-                      const float* s, const float* zp, float qmin, float qmax, int bits) noexcept nogil:
+                      const float* s, const float* zp, float qmin, float qmax, bint is_signed,
+                      int bits) noexcept nogil:
     """A unit's codes made a piece at a time into `codes` (PACK_PIECE bytes, in cache), each
     piece then packed into its place in the b-bit stream."""
     cdef Py_ssize_t r, p, c, m
@@ -356,7 +364,7 @@ cdef void unit_packed(const Layout* L, const Unit* U, const float* x, uint8_t* s
     for r in range(U.rows):
         p = U.start + r * U.stride
         if L.lanes:
-            wqk_quantize_lanes(x + p, codes, U.length, s, zp, qmin, qmax)
+            wqk_quantize_lanes(x + p, codes, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
             wqk_pack_span(codes, U.length, p, bits, stream)
             continue
         c = 0
@@ -419,7 +427,7 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
             bad += 1
         if op == QUANTIZE_PACKED:
             unit_packed(&L, &U, x, q, codes + <Py_ssize_t>PACK_PIECE * threadid(), s + U.group, zp + U.group,
-                        qmin, qmax, bits)
+                        qmin, qmax, is_signed, bits)
         else:
             unit_rows(op, &L, &U, x, q, y, s + U.group, zp + U.group, qmin, qmax, is_signed)
     free(codes)
