@@ -431,3 +431,99 @@ def test_unknown_rounding_is_refused(rounding):
     for fn in (wqkernels.quantize, wqkernels.fake_quantize):
         with pytest.raises(ValueError, match="rounding must be one of 'nearest', 'sum'"):
             fn(np.ones(4, np.float32), 4, rounding=rounding)
+
+
+# ---- quantize_packed: the codes packed as they are made ------------------------------------
+
+def assert_same_packed(pa, qa):
+    """A PackedArray holds the codes of a QuantizedArray, bit-packed, with its scales."""
+    assert_bit_equal(pa.packed, wqkernels.pack_bits(qa.values, qa.bits), "packed")
+    assert_bit_equal(pa.scale, qa.scale, "scale")
+    assert_bit_equal(pa.zero_point, qa.zero_point, "zero_point")
+    assert (pa.shape, pa.signed, pa.bits, pa.axis, pa.block_size) == \
+        (qa.shape, qa.values.dtype == np.int8, qa.bits, qa.axis, qa.block_size)
+
+
+@st.composite
+def packed_cases(draw):
+    """Odd sizes and blocks that do not divide, any axis, every width, float16/32/64 in any layout."""
+    x = draw(float_arrays(max_side=40))
+    axis = draw(axes_for(x.ndim))
+    block = None if axis is None else draw(st.one_of(st.none(), st.integers(1, 40)))
+    options = dict(bits=draw(st.integers(2, 8)), symmetric=draw(st.booleans()), axis=axis, block_size=block,
+                   method=draw(st.sampled_from(["minmax", "minmax", "mse"])),
+                   rounding=draw(st.sampled_from(["nearest", "nearest", "sum"])))
+    return x, options
+
+
+@given(packed_cases())
+def test_quantize_packed_is_pack_bits_of_quantize(case):
+    x, options = case
+    original = x.copy()
+    pa = wqkernels.quantize_packed(x, **options)
+    assert_same_packed(pa, ref.quantize(x, **options))
+    expected = ref.quantize_packed(x, **options)
+    assert_bit_equal(pa.packed, expected.packed, "reference packed")
+    assert_same_quantization(pa.unpack(), wqkernels.quantize(x, **options))
+    assert_bit_equal(pa.dequantize(), wqkernels.fake_quantize(x, **options), "dequantize")
+    assert_bit_equal(x, original, "input")
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("shape, options", [
+    ((300, 1203), dict(axis=0, block_size=32)), ((1203, 300), dict(axis=-1, block_size=32)),
+    ((31, 77, 97), dict(axis=1, block_size=5)), ((2, 129, 1031), dict(axis=-1, block_size=7000)),
+    ((513, 517), dict(axis=1)), ((517, 513), dict(axis=0)), ((3, 5, 13107),  dict(axis=1)), ((200003,), dict()),
+])
+def test_quantize_packed_over_threads_and_unaligned_spans(bits, shape, options):
+    """Large enough to split over threads; spans of the stream that start and end inside bytes."""
+    x = np.random.default_rng(bits).standard_normal(shape).astype(np.float32)
+    for symmetric in (True, False):
+        pa = wqkernels.quantize_packed(x, bits, symmetric=symmetric, **options)
+        assert_same_packed(pa, wqkernels.quantize(x, bits, symmetric=symmetric, **options))
+
+
+def test_quantize_packed_on_strided_input_and_given_scales():
+    x = np.random.default_rng(3).standard_normal((64, 96)).astype(np.float64)[::2, ::3]
+    assert_same_packed(wqkernels.quantize_packed(x, 4, axis=1, block_size=8), ref.quantize(x, 4, axis=1, block_size=8))
+    s = np.full((32, 4), 0.25, np.float32)
+    assert_same_packed(wqkernels.quantize_packed(x, 3, axis=1, block_size=8, scale=s),
+                       ref.quantize(x, 3, axis=1, block_size=8, scale=s))
+
+
+def test_quantize_packed_refuses_what_quantize_refuses():
+    x = np.ones((4, 6), np.float32)
+    x[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        wqkernels.quantize_packed(x, 4, axis=0, block_size=2)
+    with pytest.raises(ValueError, match="bits"):
+        wqkernels.quantize_packed(np.ones(3), 9)
+    with pytest.raises(TypeError, match="x must be an array of real floats"):
+        wqkernels.quantize_packed(np.arange(3), 4)
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0)])
+def test_quantize_packed_empty_and_reports_itself(shape):
+    pa = wqkernels.quantize_packed(np.zeros(shape, np.float32), 4, axis=-1, block_size=2)
+    assert pa.packed.shape == (0,) and pa.shape == shape and pa.unpack().values.shape == shape
+    pa = wqkernels.quantize_packed(np.ones((4, 6)), 4, axis=1, block_size=2)
+    assert repr(pa) == "PackedArray(shape=(4, 6), bits=4, axis=1, block_size=2, signed, 12 bytes)"
+    assert pa.nbytes == 12 + pa.scale.nbytes + pa.zero_point.nbytes
+
+
+@pytest.mark.parametrize("shape, options", [
+    ((2048, 40), dict(axis=-1)),                    # channels side by side, each read once for all passes
+    ((9000, 35), dict(axis=1)),                     # too many rows for one read: the passes copy rows again
+    ((3, 1100, 37), dict(axis=1, block_size=1050)),  # blocks across a strided axis, one short
+])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mse_coarse_to_fine_on_large_groups_agrees_with_reference(shape, options, symmetric):
+    x = np.random.default_rng(11).standard_normal(shape).astype(np.float32)
+    x[..., 3] *= 40  # an outlier channel: its best ratio is far from 1
+    opts = dict(bits=4, symmetric=symmetric, method="mse", **options)
+    qa = wqkernels.quantize(x, **opts)
+    xf = x.astype(np.float64)
+    for other in (ref.quantize(x, **opts), wqkernels.quantize(x, **{**opts, "method": "minmax"})):
+        assert (_group_errors(xf, qa) <= _group_errors(xf, other) * (1 + 1e-4) + 1e-12).all()
+    assert_same_quantization(qa, wqkernels.quantize(x, **{**opts, "method": "minmax"}, scale=qa.scale,
+                                                    zero_point=qa.zero_point))

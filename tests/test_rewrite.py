@@ -73,7 +73,7 @@ def test_in_place(keras20, capsys):
 
 @pytest.mark.parametrize("which,patched,recipe,suffix", [
     ("keras20", "fake_quantize", Recipe(bits=4), ".h5"),
-    ("keras3_zip", "quantize", Recipe(bits=4, storage="packed"), ".keras"),
+    ("keras3_zip", "quantize_packed", Recipe(bits=4, storage="packed"), ".keras"),
 ])
 def test_interrupted_rewrite_leaves_nothing(which, patched, recipe, suffix, request, tmp_path, monkeypatch):
     src = request.getfixturevalue(which)

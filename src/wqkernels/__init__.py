@@ -13,7 +13,7 @@ from ._version import __version__
 #: public name -> the module that defines it
 _NAMES = {
     "QuantizedArray": ".quantization", "quantize": ".quantization", "dequantize": ".quantization",
-    "fake_quantize": ".quantization",
+    "fake_quantize": ".quantization", "PackedArray": ".quantization", "quantize_packed": ".quantization",
     "pack_bits": ".packing", "unpack_bits": ".packing", "packed_size": ".packing",
     "prune": ".pruning", "prune_n_m": ".pruning", "prune_channels": ".pruning", "prune_global": ".pruning",
     "clip": ".pruning", "shrink": ".pruning",

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import reference as ref
 from .packing import pack_bits
-from .quantization import dequantize, fake_quantize, quantize
+from .quantization import dequantize, fake_quantize, quantize, quantize_packed
 from .threads import set_max_threads
 
 LARGE = 16 * 2**20  # elements: 64 MiB of float32
@@ -126,9 +126,10 @@ def quantization_cases(size: int) -> list[Case]:
         cases.append(c)
 
     for where, axis in AXES.items():
-        c = Case(f"quantize int4 block 32 {where} + pack_bits {m.shape}", m.size)
-        c.impls[OURS] = lambda axis=axis: pack_bits(quantize(m, 4, axis=axis, block_size=32).values, 4)
+        c = Case(f"quantize_packed int4 block 32 {where} {m.shape}", m.size)
+        c.impls[OURS] = lambda axis=axis: quantize_packed(m, 4, axis=axis, block_size=32)
         c.add_floor(CODES, codes_floor(m), 1.25)
+        c.impls["quantize + pack_bits"] = lambda axis=axis: pack_bits(quantize(m, 4, axis=axis, block_size=32).values, 4)
         c.impls["numpy"] = lambda axis=axis: _numpy_nibbles(_numpy_blocked(m, 4, 32, axis))
         cases.append(c)
 

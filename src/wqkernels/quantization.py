@@ -9,6 +9,7 @@ with a true division, so codes are bit-identical to NumPy's ``np.rint(np.float32
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +17,9 @@ import numpy as np
 from . import _core
 from ._checks import as_float32, check_bits, check_int, is_real, nonfinite_error, normalize_axis
 from ._schemes import DEFAULT_PERCENTILE, MSE_FULL_BELOW, MSE_RATIOS, MSE_STEPS, Groups, groups, scheme
+from .packing import pack_bits, packed_size, unpack_bits
 
-__all__ = ["QuantizedArray", "quantize", "dequantize", "fake_quantize"]
+__all__ = ["QuantizedArray", "PackedArray", "quantize", "quantize_packed", "dequantize", "fake_quantize"]
 
 METHODS = ("minmax", "mse", "percentile")
 ROUNDINGS = ("nearest", "sum")
@@ -68,6 +70,54 @@ class QuantizedArray:
         if self.block_size is not None:
             where += f", block_size={self.block_size}"
         return f"QuantizedArray(shape={self.shape}, bits={self.bits}, {where}, dtype={self.values.dtype})"
+
+
+@dataclass(frozen=True, eq=False)
+class PackedArray:
+    """Integer codes bit-packed (the stream of :func:`~wqkernels.pack_bits`), with the scales
+    and zero points that map them back to floats.
+
+    Attributes
+    ----------
+    packed : ndarray
+        1-D uint8, ``ceil(size * bits / 8)`` bytes: the codes in C order, `bits` each, LSB first.
+    shape : tuple
+        Shape of the quantized array.
+    signed : bool
+        Whether the codes are signed (int8 once unpacked) or unsigned (uint8).
+    scale, zero_point, bits, axis, block_size
+        As in :class:`QuantizedArray`.
+    """
+
+    packed: np.ndarray
+    shape: tuple
+    signed: bool
+    scale: np.ndarray
+    zero_point: np.ndarray
+    bits: int
+    axis: int | None = None
+    block_size: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed codes, the scales and the zero points."""
+        return self.packed.nbytes + self.scale.nbytes + self.zero_point.nbytes
+
+    def unpack(self) -> QuantizedArray:
+        """The codes unpacked, as a :class:`QuantizedArray`."""
+        values = unpack_bits(self.packed, self.bits, math.prod(self.shape), self.signed).reshape(self.shape)
+        return QuantizedArray(values, self.scale, self.zero_point, self.bits, self.axis, self.block_size)
+
+    def dequantize(self, out: np.ndarray | None = None) -> np.ndarray:
+        """``(values - zero_point) * scale`` as float32; see :func:`dequantize`."""
+        return dequantize(self.unpack(), out=out)
+
+    def __repr__(self) -> str:
+        where = "per-tensor" if self.axis is None else f"axis={self.axis}"
+        if self.block_size is not None:
+            where += f", block_size={self.block_size}"
+        kind = "signed" if self.signed else "unsigned"
+        return f"PackedArray(shape={self.shape}, bits={self.bits}, {where}, {kind}, {self.packed.nbytes} bytes)"
 
 
 def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = None,
@@ -146,15 +196,59 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
     """
     xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
                                       zero_point, percentile)
-    _check_rounding(rounding)
-    codes = np.empty(g.shape, dtype=sch.dtype)
-    if not _core.quantize_into(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g),
-                               _per_block(s, g), _per_block(zp, g), float(sch.qmin), float(sch.qmax), fit):
-        raise nonfinite_error(xf)
-    if rounding == "sum" and xf.size:
-        _preserve_sums(xf, codes, s, zp, g, sch)
+    codes = _codes(xf, g, sch, s, zp, fit, _check_rounding(rounding))
     return QuantizedArray(codes, s.reshape(g.scale_shape), zp.astype(sch.dtype).reshape(g.scale_shape),
                           bits, g.axis, g.block)
+
+
+def quantize_packed(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = None,
+                    block_size: int | None = None, method: str = "minmax", frac_bits: int | None = None,
+                    scale=None, zero_point=None, percentile: float = DEFAULT_PERCENTILE,
+                    rounding: str = "nearest") -> PackedArray:
+    """Quantize to `bits`-bit codes and bit-pack them, in one pass over x.
+
+    Takes the options of :func:`quantize`; the result's ``packed`` is, byte for byte,
+    ``pack_bits(quantize(x, bits, ...).values, bits)``, and its scales and zero points are
+    quantize's.  The codes are made a piece at a time in cache and packed straight into the
+    stream, so the input is read once and no array of codes is written (with
+    ``rounding="sum"``, which needs a group's codes whole before any is final, the codes are
+    made first and then packed).
+
+    Returns
+    -------
+    PackedArray
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`quantize`.
+
+    Examples
+    --------
+    >>> import numpy as np, wqkernels
+    >>> x = np.array([[0.6, -1.0, 0.25, 1.0]])
+    >>> pa = wqkernels.quantize_packed(x, bits=4, axis=1, block_size=32)
+    >>> pa.packed  # codes 4, -7, 2, 7: the first of each two in the low nibble
+    array([148, 114], dtype=uint8)
+    >>> qa = wqkernels.quantize(x, bits=4, axis=1, block_size=32)
+    >>> bool(np.array_equal(pa.packed, wqkernels.pack_bits(qa.values, 4)))
+    True
+    >>> pa.unpack().values
+    array([[ 4, -7,  2,  7]], dtype=int8)
+    """
+    xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
+                                      zero_point, percentile)
+    rounding, bits = _check_rounding(rounding), check_bits(bits)
+    if rounding == "sum" or bits == 8:  # 8-bit codes are their own stream
+        stream = _codes(xf, g, sch, s, zp, fit, rounding)
+        stream = stream.reshape(-1).view(np.uint8) if bits == 8 else pack_bits(stream, bits)
+    else:
+        stream = np.zeros(packed_size(xf.size, bits), dtype=np.uint8)  # zeroed: pieces OR their shared bytes
+        if not _core.quantize_packed_into(xf.reshape(-1), stream, *_layout(g), _per_block(s, g),
+                                          _per_block(zp, g), float(sch.qmin), float(sch.qmax), bits, fit):
+            raise nonfinite_error(xf)
+    return PackedArray(stream, g.shape, sch.dtype == np.int8, s.reshape(g.scale_shape),
+                       zp.astype(sch.dtype).reshape(g.scale_shape), bits, g.axis, g.block)
 
 
 def fake_quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = None,
@@ -276,6 +370,17 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
             _core.search_scales(xf.reshape(-1), *_layout(g, search=True), lo, hi, MSE_RATIOS, MSE_STEPS,
                                 MSE_FULL_BELOW, sch.symmetric, float(sch.qmin), float(sch.qmax), s, zp)
     return xf, g, sch, s, zp, False
+
+
+def _codes(xf: np.ndarray, g: Groups, sch, s: np.ndarray, zp: np.ndarray, fit: bool, rounding: str) -> np.ndarray:
+    """The codes of x; with fit, s and zp are set to the min/max scales as they are made."""
+    codes = np.empty(g.shape, dtype=sch.dtype)
+    if not _core.quantize_into(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g),
+                               _per_block(s, g), _per_block(zp, g), float(sch.qmin), float(sch.qmax), fit):
+        raise nonfinite_error(xf)
+    if rounding == "sum" and xf.size:
+        _preserve_sums(xf, codes, s, zp, g, sch)
+    return codes
 
 
 def _check_rounding(rounding) -> str:

@@ -52,12 +52,17 @@ static void wqk_adapt_threads(void) {}
 
 #define WQK_MAGIC 12582912.0f /* 1.5 * 2^23 */
 
-/* A code as float: lo = qmin - zp, hi = qmax - zp. */
-static inline float wqk_code(float x, float s, float zp, float lo, float hi) {
+/* A code as float before its zero point: rint(clamp(x / s, lo, hi)), never -0. */
+static inline float wqk_rounded(float x, float s, float lo, float hi) {
     float y = x / s;
     y = y < lo ? lo : y;
     y = y > hi ? hi : y;
-    return ((y + WQK_MAGIC) - WQK_MAGIC) + zp;
+    return (y + WQK_MAGIC) - WQK_MAGIC;
+}
+
+/* A code as float: lo = qmin - zp, hi = qmax - zp. */
+static inline float wqk_code(float x, float s, float zp, float lo, float hi) {
+    return wqk_rounded(x, s, lo, hi) + zp;
 }
 
 /* Order-preserving integer key of a float's bits: keys compare like the floats, NaN beyond +-Inf. */
@@ -146,9 +151,15 @@ static inline void wqk_put(uint8_t *q, float code, float s, float zp) {
 }
 static inline void wqk_put(float *y, float code, float s, float zp) { *y = (code - zp) * s; }
 
-template <typename Out>
+/* A zero point of 0 (all signed codes) has a loop of its own, a third faster: (y + M) - M is
+ * never -0, so adding a zero point of +0 changes no code and no value. */
+template <typename Out, bool Zero>
 static inline __attribute__((always_inline)) void wqk_quantize_run(const float *x, Out *out, ptrdiff_t n, float s,
                                                                    float zp, float qmin, float qmax) {
+    if (Zero) {
+        for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_rounded(x[i], s, qmin, qmax), s, 0.0f);
+        return;
+    }
     const float lo = qmin - zp, hi = qmax - zp;
     for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_code(x[i], s, zp, lo, hi), s, zp);
 }
@@ -156,7 +167,10 @@ static inline __attribute__((always_inline)) void wqk_quantize_run(const float *
 template <typename Out>
 WQK_CLONES static void wqk_quantize_uniform(const float *x, Out *out, ptrdiff_t n, float s, float zp, float qmin,
                                             float qmax) {
-    wqk_quantize_run(x, out, n, s, zp, qmin, qmax);
+    if (zp == 0.0f)
+        wqk_quantize_run<Out, true>(x, out, n, s, zp, qmin, qmax);
+    else
+        wqk_quantize_run<Out, false>(x, out, n, s, zp, qmin, qmax);
 }
 
 /* `count` runs of `length` elements one after another (the last one `tail`), run r with
@@ -164,14 +178,23 @@ WQK_CLONES static void wqk_quantize_uniform(const float *x, Out *out, ptrdiff_t 
 template <typename Out>
 WQK_CLONES static void wqk_quantize_runs(const float *x, Out *out, ptrdiff_t count, ptrdiff_t length,
                                          ptrdiff_t tail, const float *s, const float *zp, float qmin, float qmax) {
-    for (ptrdiff_t r = 0; r < count; r++)
-        wqk_quantize_run(x + r * length, out + r * length, r + 1 < count ? length : tail, s[r], zp[r], qmin, qmax);
+    for (ptrdiff_t r = 0; r < count; r++) {
+        const ptrdiff_t n = r + 1 < count ? length : tail;
+        if (zp[r] == 0.0f)
+            wqk_quantize_run<Out, true>(x + r * length, out + r * length, n, s[r], zp[r], qmin, qmax);
+        else
+            wqk_quantize_run<Out, false>(x + r * length, out + r * length, n, s[r], zp[r], qmin, qmax);
+    }
 }
 
-/* Element i with scale s[i] and zero point zp[i]. */
+/* Element i with scale s[i] and zero point zp[i] (zp NULL: all 0). */
 template <typename Out>
 WQK_CLONES static void wqk_quantize_lanes(const float *x, Out *out, ptrdiff_t n, const float *s, const float *zp,
                                           float qmin, float qmax) {
+    if (!zp) {
+        for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_rounded(x[i], s[i], qmin, qmax), s[i], 0.0f);
+        return;
+    }
     for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_code(x[i], s[i], zp[i], qmin - zp[i], qmax - zp[i]), s[i], zp[i]);
 }
 
@@ -299,17 +322,11 @@ template <int B> static inline ptrdiff_t wqk_pack_bytes(const uint8_t *codes, pt
     return nbytes * PER_BYTE;
 }
 
-/* Packs n codes into ceil(n * b / 8) bytes; returns nonzero if a code does not fit in b bits.
- * Widths that divide 8 pack whole bytes at once; the others, and what is left, go 8 codes at a
- * time: each 8 codes become b bytes; whole words store 8 bytes (the next word overwrites the
- * spare ones) while they stay inside the output, the last word only what is its own. */
-WQK_CLONES static int wqk_pack(const uint8_t *codes, ptrdiff_t n, int b, int is_signed, uint8_t *out) {
-    const uint8_t bias = is_signed ? (uint8_t)(1u << (b - 1)) : 0;
-    uint8_t top = 0; /* the largest code once biased to unsigned: it fits if below 2^b */
-    for (ptrdiff_t i = 0; i < n; i++) {
-        uint8_t c = (uint8_t)(codes[i] + bias);
-        top = c > top ? c : top;
-    }
+/* Packs n codes (their low b bits) into ceil(n * b / 8) bytes, writing nothing else.  Widths
+ * that divide 8 pack whole bytes at once; the others, and what is left, go 8 codes at a time:
+ * each 8 codes become b bytes; whole words store 8 bytes (the next word overwrites the spare
+ * ones) while they stay inside the output, the last word only what is its own. */
+static inline void wqk_pack_codes(const uint8_t *codes, ptrdiff_t n, int b, uint8_t *out) {
     ptrdiff_t g = 0, nbytes = (n * b + 7) / 8;
     if (b == 2 || b == 4 || b == 8)  /* whole bytes: a multiple of 8 codes, or all of them */
         g = (b == 2 ? wqk_pack_bytes<2>(codes, n, out) : b == 4 ? wqk_pack_bytes<4>(codes, n, out)
@@ -327,7 +344,53 @@ WQK_CLONES static int wqk_pack(const uint8_t *codes, ptrdiff_t n, int b, int is_
         w = wqk_compact8(w, b);
         memcpy(out + g * b, &w, (size_t)((count * b + 7) / 8));
     }
+}
+
+/* Packs n codes into ceil(n * b / 8) bytes; returns nonzero if a code does not fit in b bits. */
+WQK_CLONES static int wqk_pack(const uint8_t *codes, ptrdiff_t n, int b, int is_signed, uint8_t *out) {
+    const uint8_t bias = is_signed ? (uint8_t)(1u << (b - 1)) : 0;
+    uint8_t top = 0; /* the largest code once biased to unsigned: it fits if below 2^b */
+    for (ptrdiff_t i = 0; i < n; i++) {
+        uint8_t c = (uint8_t)(codes[i] + bias);
+        top = c > top ? c : top;
+    }
+    wqk_pack_codes(codes, n, b, out);
     return (top >> b) != 0;
+}
+
+/* stream[i] |= v, atomically: a byte other threads may be OR-ing their codes into. */
+static inline void wqk_or_byte(uint8_t *stream, ptrdiff_t i, uint8_t v) {
+#if defined(_MSC_VER) && !defined(__clang__)
+    _InterlockedOr8((volatile char *)(stream + i), (char)v);
+#else
+    __atomic_fetch_or(stream + i, v, __ATOMIC_RELAXED);
+#endif
+}
+
+/* ORs `count` codes, elements first .. first + count - 1 of one group of 8 (first % 8 + count
+ * <= 8), into the bytes of the stream that hold them. */
+static inline void wqk_or_codes(const uint8_t *codes, ptrdiff_t count, int64_t first, int b, uint8_t *stream) {
+    const int k0 = (int)(first % 8);
+    uint64_t w = 0;
+    memcpy((uint8_t *)&w + k0, codes, (size_t)count);
+    w = wqk_compact8(w, b);
+    const int64_t base = (first - k0) / 8 * b;
+    for (int j = k0 * b / 8; j <= ((k0 + (int)count) * b - 1) / 8; j++)
+        wqk_or_byte(stream, base + j, (uint8_t)(w >> (8 * j)));
+}
+
+/* Packs n codes, elements first .. first + n - 1 of a b-bit stream, into the stream, so that
+ * spans of the stream may be packed at once by several threads: the bytes that hold only
+ * these codes are stored, those shared with the codes around them (when first or first + n is
+ * not a multiple of 8) are OR-ed in atomically and must start at zero.  The codes of whole
+ * groups of 8 start on a byte. */
+WQK_CLONES static void wqk_pack_span(const uint8_t *codes, ptrdiff_t n, int64_t first, int b, uint8_t *stream) {
+    ptrdiff_t head = (ptrdiff_t)((8 - first % 8) % 8);
+    head = head < n ? head : n;
+    if (head) wqk_or_codes(codes, head, first, b, stream);
+    const ptrdiff_t whole = (n - head) / 8 * 8, rest = n - head - whole;
+    wqk_pack_codes(codes + head, whole, b, stream + (first + head) / 8 * b);
+    if (rest) wqk_or_codes(codes + head + whole, rest, first + head + whole, b, stream);
 }
 
 /* The inverse of wqk_pack_bytes: unpacks the codes of whole bytes; returns how many. */

@@ -23,6 +23,7 @@ cdef extern from "_loops.h" nogil:
     void wqk_dequantize_runs(const uint8_t* q, float* y, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
                              const float* s, const float* zp, int is_signed)
     void wqk_dequantize_lanes(const uint8_t* q, float* y, Py_ssize_t n, const float* s, const float* zp, int is_signed)
+    void wqk_pack_span(const uint8_t* codes, Py_ssize_t n, int64_t first, int b, uint8_t* stream)
     void wqk_candidate_errors(const float* x, Py_ssize_t n, int ncand, const float* inv, const float* lo, const float* hi, double* acc)
     ctypedef struct wqk_move:
         pass
@@ -34,7 +35,8 @@ cdef extern from "_loops.h" nogil:
 
 cdef enum:
     LANE_WIDTH = 1024       # least lanes per unit for streaming loops
-    SEARCH_WIDTH = 256      # lanes per unit in the scale search (its scratch stays in L2; rows of 1 KiB)
+    SEARCH_WIDTH = 256      # lanes per unit in the scale search, at most (rows of 1 KiB)
+    SEARCH_TILE = 1 << 18   # elements of a lanes unit copied once for all its passes, at most (1 MiB)
     SEARCH_CHUNK = 4096     # elements of a run scored against every candidate while in cache
     SEARCH_ROWS = 32        # rows of a lanes unit scored against every candidate while in cache
     SUM_TILE = 65536        # members of the groups of a sum-preserving tile (16 groups of 4096)
@@ -165,7 +167,8 @@ def search_scales(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t
     the best so far, as many on each side as fit inside the previous step (steps decrease,
     each dividing the one before).  The first ratio with the least error among those tried wins.
     """
-    cdef Layout L = make_layout(outer, n, inner, block, per_axis, SEARCH_WIDTH, False)
+    cdef Py_ssize_t rows = outer if per_axis else min(block, n)  # of a lanes unit
+    cdef Layout L = make_layout(outer, n, inner, block, per_axis, search_width(rows), False)
     cdef int ncand = ratios.shape[0]
     cdef int nt = threads_for(x.shape[0] * ncand // 8)
     cdef Py_ssize_t u
@@ -173,6 +176,12 @@ def search_scales(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t
         for u in prange(L.count, num_threads=nt, schedule="dynamic"):
             search_unit(&x[0], &L, u, &lo[0], &hi[0], &ratios[0], ncand, &steps[0], steps.shape[0],
                         full_below, symmetric, qmin, qmax, &scale[0], &zero_point[0])
+
+
+cdef inline Py_ssize_t search_width(Py_ssize_t rows) noexcept nogil:
+    """Lanes per unit of the search: as many as SEARCH_TILE holds over `rows` rows, so that the
+    unit is read from memory once for all the passes (16 to SEARCH_WIDTH, a multiple of 16)."""
+    return min(<Py_ssize_t>SEARCH_WIDTH, max(16, SEARCH_TILE // max(rows, 1) // 16 * 16))
 
 
 cdef struct Slots:
@@ -189,6 +198,7 @@ cdef struct Slots:
     int* best
     double* best_e
     float* tile
+    bint whole  # tile holds the whole unit (copied once), else SEARCH_ROWS rows at a time
 
 
 cdef void set_slot(Slots* S, Py_ssize_t w, int slot, Py_ssize_t i, int c, float lo, float hi,
@@ -213,13 +223,16 @@ cdef void score_slots(const float* x, const Layout* L, const Unit* U, Py_ssize_t
     cdef double e
     for j in range(nslot):
         S.acc[j] = 0.0
-    if L.lanes:  # a tile of rows copied together (rows of a large power-of-two stride share cache sets)
+    if L.lanes:  # rows copied together (rows of a large power-of-two stride share cache sets)
         r = 0
         while r < U.rows:
             m = min(<Py_ssize_t>SEARCH_ROWS, U.rows - r)
-            for k in range(m):
-                memcpy(S.tile + k * w, x + U.start + (r + k) * U.stride, w * sizeof(float))
-            wqk_candidate_errors_lanes(S.tile, m, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
+            if S.whole:
+                wqk_candidate_errors_lanes(S.tile + r * w, m, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
+            else:
+                for k in range(m):
+                    memcpy(S.tile + k * w, x + U.start + (r + k) * U.stride, w * sizeof(float))
+                wqk_candidate_errors_lanes(S.tile, m, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
             r += m
     else:
         for r in range(U.rows):
@@ -252,8 +265,10 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
     if not full:
         for level in range(1, nsteps):
             nslot = max(nslot, 2 * (steps[level - 1] // steps[level] - 1))
+    S.whole = L.lanes and not full and U.rows * w <= SEARCH_TILE  # several passes: one read of x
+    cdef Py_ssize_t tile_rows = U.rows if S.whole else SEARCH_ROWS
     cdef char* buf = <char*>malloc((sizeof(int) + 7 * sizeof(float)) * nslot * w + sizeof(double) * nslot
-                                   + (sizeof(int) + sizeof(double)) * w + sizeof(float) * SEARCH_ROWS * w)
+                                   + (sizeof(int) + sizeof(double)) * w + sizeof(float) * tile_rows * w)
     if buf == NULL:
         return  # out of memory: the min/max scales already in place stay
     S.acc = <double*>buf
@@ -267,6 +282,9 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
     S.bhi = S.blo + nslot * w
     S.err = S.bhi + nslot * w
     S.tile = S.err + nslot * w
+    if S.whole:
+        for k in range(U.rows):
+            memcpy(S.tile + k * w, x + U.start + k * U.stride, w * sizeof(float))
     for i in range(w):
         S.best[i] = -1
         for j in range(nslot):  # all candidates, or every steps[0]-th
@@ -289,10 +307,18 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
 
 
 cdef enum Op:
-    QUANTIZE, FAKE_QUANTIZE, DEQUANTIZE
+    QUANTIZE, FAKE_QUANTIZE, DEQUANTIZE, QUANTIZE_PACKED
 
 cdef enum:
     FUSE_BYTES = 1 << 20    # a unit this small is read once: its scales, then its codes, in cache
+    PACK_PIECE = 16384      # codes made at a time before they are packed (a unit row holds at most this many)
+
+
+cdef inline const float* lane_zero_points(const float* zp, bint is_signed) noexcept nogil:
+    """The zero points a lanes loop takes: NULL for signed codes, whose zero points are all 0."""
+    if is_signed:
+        return NULL
+    return zp
 
 
 cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8_t* q, float* y,
@@ -311,18 +337,42 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
         p = U.start + r * U.stride
         if op == QUANTIZE:
             if L.lanes:
-                wqk_quantize_lanes(x + p, q + p, U.length, s, zp, qmin, qmax)
+                wqk_quantize_lanes(x + p, q + p, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
             else:
                 wqk_quantize_uniform(x + p, q + p, U.length, s[0], zp[0], qmin, qmax)
         elif op == FAKE_QUANTIZE:
             if L.lanes:
-                wqk_quantize_lanes(x + p, y + p, U.length, s, zp, qmin, qmax)
+                wqk_quantize_lanes(x + p, y + p, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
             else:
                 wqk_quantize_uniform(x + p, y + p, U.length, s[0], zp[0], qmin, qmax)
         elif L.lanes:
             wqk_dequantize_lanes(q + p, y + p, U.length, s, zp, is_signed)
         else:
             wqk_dequantize_uniform(q + p, y + p, U.length, s[0], zp[0], is_signed)
+
+
+cdef void unit_packed(const Layout* L, const Unit* U, const float* x, uint8_t* stream, uint8_t* codes,
+                      const float* s, const float* zp, float qmin, float qmax, bint is_signed,
+                      int bits) noexcept nogil:
+    """A unit's codes made a piece at a time into `codes` (PACK_PIECE bytes, in cache), each
+    piece then packed into its place in the b-bit stream."""
+    cdef Py_ssize_t r, p, c, m
+    if L.runs:  # its blocks are one contiguous span
+        wqk_quantize_runs(x + U.start, codes, U.rows, U.length, U.tail, s, zp, qmin, qmax)
+        wqk_pack_span(codes, (U.rows - 1) * U.length + U.tail, U.start, bits, stream)
+        return
+    for r in range(U.rows):
+        p = U.start + r * U.stride
+        if L.lanes:
+            wqk_quantize_lanes(x + p, codes, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
+            wqk_pack_span(codes, U.length, p, bits, stream)
+            continue
+        c = 0
+        while c < U.length:  # pieces after the first start on a byte of the stream
+            m = min(<Py_ssize_t>PACK_PIECE - (p + c) % 8, U.length - c)
+            wqk_quantize_uniform(x + p + c, codes, m, s[0], zp[0], qmin, qmax)
+            wqk_pack_span(codes, m, p + c, bits, stream)
+            c += m
 
 
 cdef bint unit_fit(const float* x, const Layout* L, const Unit* U, bint symmetric, float qmin,
@@ -344,19 +394,25 @@ cdef bint unit_fit(const float* x, const Layout* L, const Unit* U, bint symmetri
     return finite
 
 
-cdef bint elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t size,
+cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t size,
                       Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner, Py_ssize_t block,
                       bint per_axis, float* s, float* zp, float qmin, float qmax,
-                      bint is_signed, bint fit) noexcept nogil:
-    """Quantize, fake-quantize or dequantize.  With `fit`, first set every group's min/max scale
-    (symmetric when is_signed): in the same visit of each unit when units fit in cache, else in
-    a pass of its own.  Returns False if x holds NaN or infinity (fit only)."""
+                      bint is_signed, bint fit, int bits=8) noexcept nogil:
+    """Quantize, quantize into a `bits`-bit stream (q, zeroed), fake-quantize or dequantize.
+    With `fit`, first set every group's min/max scale (symmetric when is_signed): in the same
+    visit of each unit when units fit in cache, else in a pass of its own.  Returns 1, or 0 if x
+    holds NaN or infinity (fit only), or -1 if scratch memory cannot be allocated."""
     cdef int nt = threads_for(size)
     cdef Layout L = make_layout(outer, n, inner, block, per_axis, lane_width(inner if inner > 1 else n, nt, LANE_WIDTH))
     cdef Unit U
     cdef Py_ssize_t u, ngroups = n if per_axis else outer * L.nblocks * inner
     cdef int bad = 0
     cdef bint fused = fit and L.count > 0
+    cdef uint8_t* codes = NULL  # per thread, PACK_PIECE codes of QUANTIZE_PACKED
+    if op == QUANTIZE_PACKED:
+        codes = <uint8_t*>malloc(<size_t>PACK_PIECE * nt)
+        if codes == NULL:
+            return -1
     if fused:
         U = unit_at(&L, 0)
         fused = U.rows * U.length * sizeof(float) <= FUSE_BYTES
@@ -369,7 +425,12 @@ cdef bint elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t si
         U = unit_at(&L, u)
         if fused and not unit_fit(x, &L, &U, is_signed, qmin, qmax, s + U.group, zp + U.group):
             bad += 1
-        unit_rows(op, &L, &U, x, q, y, s + U.group, zp + U.group, qmin, qmax, is_signed)
+        if op == QUANTIZE_PACKED:
+            unit_packed(&L, &U, x, q, codes + <Py_ssize_t>PACK_PIECE * threadid(), s + U.group, zp + U.group,
+                        qmin, qmax, is_signed, bits)
+        else:
+            unit_rows(op, &L, &U, x, q, y, s + U.group, zp + U.group, qmin, qmax, is_signed)
+    free(codes)
     return bad == 0
 
 
@@ -388,6 +449,23 @@ def quantize_into(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_s
         ok = elementwise(QUANTIZE, &x[0], &codes[0], NULL, x.shape[0], outer, n, inner, block, per_axis,
                          &scale[0], &zero_point[0], qmin, qmax, qmin < 0, fit)
     return ok
+
+
+def quantize_packed_into(const float[::1] x, uint8_t[::1] stream, Py_ssize_t outer, Py_ssize_t n,
+                         Py_ssize_t inner, Py_ssize_t block, bint per_axis, float[::1] scale,
+                         float[::1] zero_point, float qmin, float qmax, int bits, bint fit=False):
+    """The codes of quantize_into packed into a `bits`-bit stream (pack_into's), one piece at a
+    time in cache: x read once, the stream written once.  `stream` must be zeroed.  Returns as
+    quantize_into does; raises MemoryError when scratch memory cannot be allocated."""
+    cdef int ok
+    if x.shape[0] == 0:
+        return True
+    with nogil:
+        ok = elementwise(QUANTIZE_PACKED, &x[0], &stream[0], NULL, x.shape[0], outer, n, inner, block,
+                         per_axis, &scale[0], &zero_point[0], qmin, qmax, qmin < 0, fit, bits)
+    if ok < 0:
+        raise MemoryError()
+    return ok == 1
 
 
 def fake_quantize_into(const float[::1] x, float[::1] out, Py_ssize_t outer, Py_ssize_t n,

@@ -48,8 +48,8 @@ import zlib
 import h5py
 import numpy as np
 
-from ..packing import pack_bits, packed_size, unpack_bits
-from ..quantization import QuantizedArray
+from ..packing import packed_size, unpack_bits
+from ..quantization import PackedArray, QuantizedArray
 from .errors import KerasFileError
 from .h5tree import DatasetInfo, check_declared, check_global_heaps, check_total_declared, filters, is_placeholder, new_dataset, new_file, placeholder, walk
 from .layouts import PACKED_GROUP, weights_layout
@@ -101,7 +101,7 @@ class PackedWriter(Writer):
     def weight(self, group, name, like, entry, x, quantization, out):
         """The codes of one weight appended to the arrays, a placeholder in the skeleton; the
         values returned are the codes' dequantization, made once the codes are written out."""
-        codes = quantization.codes(x)
+        codes = quantization.packed(x)
         nbytes = self.add(entry.path, entry.shape, codes, self.recipe.compress)
         scale, zero_point = codes.scale, codes.zero_point
         del codes
@@ -109,21 +109,19 @@ class PackedWriter(Writer):
         placeholder(group, name, entry.shape, like.dtype, like)  # restored in the weight's own type
         return values, nbytes
 
-    def add(self, path: str, shape: tuple, qa: QuantizedArray, compress: str) -> int:
-        """Append the codes of one tensor (quantized on a view of `shape`); returns its stored bytes."""
+    def add(self, path: str, shape: tuple, qa: PackedArray, compress: str) -> int:
+        """Append the packed codes of one tensor (quantized on a view of `shape`); returns its stored bytes."""
         scale = np.ascontiguousarray(qa.scale, dtype=np.float32).reshape(-1)
         zero_point = np.ascontiguousarray(qa.zero_point).reshape(-1).view(np.uint8)
         if not zero_point.any():
             zero_point = zero_point[:0]
         record = {
             "path": path, "shape": list(shape), "view_shape": list(qa.shape), "bits": qa.bits,
-            "axis": qa.axis, "block_size": qa.block_size, "signed": qa.values.dtype == np.int8,
+            "axis": qa.axis, "block_size": qa.block_size, "signed": qa.signed,
             "scale_shape": list(np.shape(qa.scale)), "compress": compress,
         }
         nbytes = 0
-        # 8-bit codes are their own packing: written as they are, without a copy
-        codes = qa.values.reshape(-1).view(np.uint8) if qa.bits == 8 else pack_bits(qa.values, qa.bits)
-        parts = (("codes", codes), ("scales", scale), ("zero_points", zero_point))
+        parts = (("codes", qa.packed), ("scales", scale), ("zero_points", zero_point))
         for name, part in parts:
             record[name] = [self._arrays[name].append(part), int(part.size)]
             nbytes += part.nbytes

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..allocation import bits_for_sqnr, count_fraction, default_min_size
 from ..pruning import prune, prune_n_m
-from ..quantization import QuantizedArray, fake_quantize, quantize
+from ..quantization import PackedArray, QuantizedArray, fake_quantize, quantize, quantize_packed
 from ..statistics import compare
 from .buffers import Buffers
 from .layouts import Entry
@@ -45,6 +45,10 @@ class Quantization:
     def codes(self, x: np.ndarray) -> QuantizedArray:
         """The integer codes and scales of `x`."""
         return quantize(x.reshape(self.view), self.bits, method=self.method, **self.options)
+
+    def packed(self, x: np.ndarray) -> PackedArray:
+        """The codes of :meth:`codes` bit-packed as they are made, with their scales."""
+        return quantize_packed(x.reshape(self.view), self.bits, method=self.method, **self.options)
 
     def values(self, x: np.ndarray, out: np.ndarray, scale=None, zero_point=None) -> np.ndarray:
         """`x` on the quantization grid, written into `out` (which may be x).  Given the `scale`

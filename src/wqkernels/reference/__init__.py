@@ -5,9 +5,9 @@ baseline of the benchmarks.  They take the same arguments as the fast functions 
 only what they need to compute.
 """
 from .packing import pack_bits, unpack_bits
-from .quantization import dequantize, fake_quantize, quantize
+from .quantization import dequantize, fake_quantize, quantize, quantize_packed
 
-__all__ = ["quantize", "dequantize", "fake_quantize", "pack_bits", "unpack_bits"]
+__all__ = ["quantize", "quantize_packed", "dequantize", "fake_quantize", "pack_bits", "unpack_bits"]
 from .pruning import clip, prune, prune_channels, prune_global, prune_n_m, shrink  # noqa: E402
 from .statistics import error, sparsity  # noqa: E402
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._schemes import DEFAULT_PERCENTILE, MSE_FULL_BELOW, MSE_RATIOS, MSE_STEPS, groups, scheme
-from ..quantization import QuantizedArray
+from ..quantization import PackedArray, QuantizedArray
+from .packing import pack_bits
 
 f32 = np.float32
 
@@ -145,3 +146,9 @@ def dequantize(qa):
 
 def fake_quantize(x, bits=8, **options):
     return dequantize(quantize(x, bits, **options))
+
+
+def quantize_packed(x, bits=8, **options):
+    qa = quantize(x, bits, **options)
+    return PackedArray(pack_bits(qa.values, bits), qa.shape, qa.values.dtype == np.int8, qa.scale, qa.zero_point,
+                       bits, qa.axis, qa.block_size)
