@@ -373,7 +373,8 @@ def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer
         try:
             start = original if given is None else _given(e, given)
             x, quantization, out = prepare(start, e, recipe, counts, buffers, release=writer.holds_codes, grid=grid)
-            stored, nbytes = writer.weight(group, name, dset, e, x, quantization, out)
+            # histograms need the values; else a writer may measure them as it makes them
+            stored, nbytes = writer.weight(group, name, dset, e, x, quantization, out, None if bins else original)
             # inline, not in a helper thread: batch workers each get their share of the cores
             before, after, mse, sqnr, histograms = statistics(original, stored, bins)
         except ValueError as exc:  # NaN or infinity in the weights: say which
