@@ -76,3 +76,22 @@ def test_absmax_kernel_refuses_nonfinite_values():
     x[3, 2] = np.nan
     with pytest.raises(ValueError, match=r"x has 1 NaN or infinite value.*\(3, 2\)"):
         keras_schemes.absmax_quantize(x, (0,))
+
+
+@pytest.mark.parametrize("shape,block,axis", [((300, 70), 128, 0), ((129, 50), 32, 0), ((40, 1030), 128, 1),
+                                              ((2049, 600), 48, 1), ((7, 3), 1, 1)])
+def test_grouped_error_is_measured_as_the_statistics_measure_it(shape, block, axis):
+    rng = np.random.default_rng(sum(shape) + block)
+    x = (rng.standard_normal(shape) * rng.uniform(1e-3, 2.0, size=shape[-1:])).astype(np.float32)
+    x[:, :2] = 0
+    pruned = np.where(np.abs(x) < 0.2, np.float32(0), x)
+    for start in (x, pruned):
+        values = np.empty_like(x)
+        want = keras_schemes.grouped_quantize(start, block, axis, values=values)
+        *got, (stats, before, after) = keras_schemes.grouped_quantize(start, block, axis, measure=x)
+        for a, b in zip(got, want):
+            assert_bit_equal(a, b)
+        want_stats, want_before, want_after = compare(x, values)
+        assert (before, after) == (want_before, want_after)
+        assert stats.max_abs == want_stats.max_abs
+        np.testing.assert_allclose(stats.mse, want_stats.mse, rtol=1e-12)

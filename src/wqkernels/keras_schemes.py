@@ -188,20 +188,24 @@ def _segments(shape: tuple, axes: tuple) -> tuple | None:
 
 
 def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bool = False,
-                     values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     values: np.ndarray | None = None, *, measure: np.ndarray | None = None):
     """Keras's ``abs_max_quantize_grouped_with_zero_point`` (int4), along `axis` of a 2-D `x`.
 
     Groups of `block_size` consecutive indices along `axis` (0: Dense and EinsumDense kernels as
     (rows, columns); 1: Embedding matrices, grouped along their dimension as Keras does on the
     transpose), zero-padded to whole groups.  With `bfloat16` (x holds bfloat16 numbers), each
     group's ``max - min`` is rounded to bfloat16 as NumPy does on bfloat16 arrays.  `values`, if
-    given (float32, x's shape; may be x), receives ``(codes - zero) * scale``.
+    given (float32, x's shape; may be x), receives ``(codes - zero) * scale``.  `measure`, if
+    given (x's shape: x itself, or x before it was pruned), has the error of those values
+    against it measured slice by slice, as :func:`absmax_quantize` measures it.
 
     Returns
     -------
     (codes, scale, zero)
         int8 codes in [-8, 7] of x's shape; float32 scales and int8 zero points of x's shape with
         `axis` of size ``ceil(n / block_size)``.
+    (codes, scale, zero, (ErrorStats, float, float))
+        With `measure`, also the error and the sparsities of `measure` and of the values.
 
     Examples
     --------
@@ -215,45 +219,92 @@ def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bo
         raise ValueError(f"x must be 2-D, got shape {x.shape}")
     block = check_int(block_size, "block_size", 1)
     axis = check_int(axis, "axis", 0, 1)
+    if measure is not None:
+        measure = np.ascontiguousarray(measure, dtype=np.float32)
+        if measure.shape != x.shape:
+            raise ValueError(f"measure must have x's shape {x.shape}, got {measure.shape}")
     low, high = INT4
-    view = x if axis == 0 else x.T  # groups along axis 0 of `view`
-    n, cols = view.shape
+    rows, cols = x.shape
+    n = x.shape[axis]
     groups = -(-n // block)
     codes = np.empty(x.shape, np.int8)
-    scale = np.empty((groups, cols) if axis == 0 else (cols, groups), np.float32)
+    scale = np.empty((groups, cols) if axis == 0 else (rows, groups), np.float32)
     zero = np.empty(scale.shape, np.int8)
-    codes_view, scale_view, zero_view = (codes, scale, zero) if axis == 0 else (codes.T, scale.T, zero.T)
-    # whole groups per step, along axis 0 (contiguous for Dense; for Embedding columns of x)
-    step = max(1, _SLICE // max(block * cols, 1)) if axis == 0 else groups
-    col_step = cols if axis == 0 else max(1, _SLICE // max(groups * block, 1))
-    for c0 in range(0, cols, col_step):
-        c1 = min(cols, c0 + col_step)
-        for g0 in range(0, groups, step):
-            g1 = min(groups, g0 + step)
-            part = view[g0 * block:g1 * block, c0:c1]
-            rows = part.shape[0]
-            padded = np.zeros(((g1 - g0) * block, c1 - c0), np.float32)
-            padded[:rows] = part
-            blocks = padded.reshape(g1 - g0, block, c1 - c0)
-            lo = blocks.min(axis=1)
-            hi = blocks.max(axis=1)
-            spread = hi - lo
-            if bfloat16:
-                round_bfloat16(spread, out=spread)
-            s = (spread + np.float32(EPSILON)) / np.float32(high - low)
-            z = np.clip(np.rint(-lo / s) + np.float32(low), low, high)
-            q = blocks / s[:, None, :]
-            np.rint(q, out=q)
-            q += z[:, None, :]
-            np.clip(q, low, high, out=q)
-            codes_view[g0 * block:g0 * block + rows, c0:c1] = q.reshape(-1, c1 - c0)[:rows]
+    error = _Error()
+    # slices of whole rows (along axis 0: of whole groups of rows), read and written in place
+    per = block * cols if axis == 0 else groups * block
+    step = max(1, _SLICE // max(per, 1)) * (block if axis == 0 else 1)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        part = x[r0:r1]
+        if axis == 0:  # (groups, block, columns), the last group padded with zero rows
+            g0, g1 = r0 // block, -(-r1 // block)
+            padded = part if (r1 - r0) == (g1 - g0) * block else np.zeros(((g1 - g0) * block, cols), np.float32)
+            if padded is not part:
+                padded[:r1 - r0] = part
+            blocks, reduce, where = padded.reshape(g1 - g0, block, cols), 1, (slice(g0, g1), slice(None))
+        else:  # (rows, groups, block), the last group padded with zero columns
+            padded = part if n == groups * block else np.zeros((r1 - r0, groups * block), np.float32)
+            if padded is not part:
+                padded[:, :n] = part
+            blocks, reduce, where = padded.reshape(r1 - r0, groups, block), 2, (slice(r0, r1), slice(None))
+        lo = blocks.min(axis=reduce, keepdims=True)
+        hi = blocks.max(axis=reduce, keepdims=True)
+        spread = hi - lo
+        if bfloat16:
+            round_bfloat16(spread, out=spread)
+        s = (spread + np.float32(EPSILON)) / np.float32(high - low)
+        z = np.clip(np.rint(-lo / s) + np.float32(low), low, high)
+        q = blocks / s
+        np.rint(q, out=q)
+        q += z
+        np.clip(q, low, high, out=q)
+        flat = q.reshape(padded.shape)
+        codes[r0:r1] = flat[:r1 - r0, :cols] if axis == 0 else flat[:, :n]
+        scale[where] = s.squeeze(reduce)
+        zero[where] = z.squeeze(reduce)
+        if values is not None or measure is not None:
+            q -= z
+            q *= s
+            got = flat[:r1 - r0, :cols] if axis == 0 else flat[:, :n]
             if values is not None:
-                q -= z[:, None, :]
-                q *= s[:, None, :]
-                (values if axis == 0 else values.T)[g0 * block:g0 * block + rows, c0:c1] = q.reshape(-1, c1 - c0)[:rows]
-            scale_view[g0:g1, c0:c1] = s
-            zero_view[g0:g1, c0:c1] = z
-    return codes, scale, zero
+                values[r0:r1] = got
+            if measure is not None:
+                error.add(measure[r0:r1], got)
+    if measure is None:
+        return codes, scale, zero
+    return codes, scale, zero, error.result()
+
+
+class _Error:
+    """The error of values against a weight, added up slice by slice (as statistics.compare)."""
+
+    def __init__(self):
+        self.sums, self.zeros, self.size = np.zeros(3, np.float64), np.zeros(2, np.int64), 0
+        self._part, self._found = np.empty(3, np.float64), np.empty(2, np.int64)
+
+    def add(self, a: np.ndarray, values: np.ndarray) -> None:
+        """Add the error of `values` against `a` (finite, of one shape)."""
+        if not a.size:
+            return
+        a = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
+        values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+        _core.error_sums(a.view(np.uint32), values.view(np.uint32), self._part, self._found, _NO_EDGES, _NO_COUNTS)
+        self.sums[:2] += self._part[:2]
+        self.sums[2] = max(self.sums[2], self._part[2])
+        self.zeros += self._found
+        self.size += a.size
+
+    def result(self) -> tuple:
+        """(ErrorStats, sparsity of the weight, sparsity of the values)."""
+        size = max(self.size, 1)
+        return (ErrorStats.of_sums(*(float(v) for v in self.sums), self.size),
+                int(self.zeros[0]) / size, int(self.zeros[1]) / size)
+
+
+#: no histogram edges and counts (statistics' error sums without histograms)
+_NO_EDGES = np.zeros(0, np.float64)
+_NO_COUNTS = np.zeros(0, np.int64)
 
 
 def pack_int4(codes: np.ndarray, axis: int = -1) -> np.ndarray:

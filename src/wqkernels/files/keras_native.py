@@ -352,7 +352,11 @@ def _native_arrays(native: NativeKernel, x: np.ndarray, bits: int, block: int | 
             values if isinstance(values, Measured) else out
     values = out.reshape(matrix.shape)
     exact = method == "minmax" and not bfloat16  # the values come with the codes
-    if method == "minmax":
+    measured = None
+    if exact and original is not None:  # measured as they are made, not kept
+        codes, scale, zero, measured = ks.grouped_quantize(matrix, block, group_axis,
+                                                           measure=original.reshape(matrix.shape))
+    elif method == "minmax":
         codes, scale, zero = ks.grouped_quantize(matrix, block, group_axis, bfloat16=bfloat16,
                                                  values=values if exact else None)
     else:
@@ -363,7 +367,8 @@ def _native_arrays(native: NativeKernel, x: np.ndarray, bits: int, block: int | 
     if not exact:  # the values of the scales as stored
         values[...] = ks.grouped_dequantize(codes, scale, zero, block, group_axis)
     g_idx = (np.arange(matrix.shape[group_axis]) // block).astype(np.float32)
-    return [("codes", ks.pack_int4(codes, -1)), ("scale", scale), ("zero", zero), ("g_idx", g_idx)], out
+    return [("codes", ks.pack_int4(codes, -1)), ("scale", scale), ("zero", zero), ("g_idx", g_idx)], \
+        out if measured is None else Measured(*measured)
 
 
 def _given_grid(native: NativeKernel, x: np.ndarray, quantization, block: int | None, bfloat16: bool,
