@@ -331,7 +331,8 @@ def _write_weight_names(group: h5py.Group, kernel: str, variables: list) -> None
 
 
 def _native_arrays(native: NativeKernel, x: np.ndarray, bits: int, block: int | None, method: str,
-                   bfloat16: bool, out: np.ndarray, original: np.ndarray | None = None) -> tuple[list, np.ndarray]:
+                   bfloat16: bool, out: np.ndarray,
+                   original: np.ndarray | None = None) -> tuple[list, np.ndarray | Measured]:
     """[(kind, array)] in Keras's order (codes, scale, then zero and g_idx for sub-channel int4)
     and the float32 weight Keras computes with (in `out`), or, given the `original` weight and
     measured against it in the same pass, its Measured error."""
