@@ -198,6 +198,8 @@ def test_bad_shard_sizes_are_one_line(tmp_path, shards, capsys):
         wqkernels.rewrite(index, tmp_path / "y.weights.h5", Recipe(bits=8), max_shard_size=1)
     with pytest.raises(wqkernels.KerasFileError, match="would overwrite the source's shards"):
         wqkernels.rewrite(index, index, Recipe(bits=8), max_shard_size=1)
+    with pytest.raises(wqkernels.KerasFileError, match="give max_shard_size"):
+        wqkernels.rewrite(tmp_path / "x_00001.weights.h5", tmp_path / "y.weights.json", Recipe(bits=8))
     keras_file = tmp_path / "m.keras"
     model.save(keras_file)
     listing.add("m.keras")

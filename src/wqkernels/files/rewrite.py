@@ -211,6 +211,9 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool, progress: 
             raise ValueError(f"weights, grids: given for {src}, a sharded index; rewrite its shards' model instead")
         return _write_sharded(src, dst, recipe, in_place, restoring, start, bins, max_bytes)
     container(src)  # missing, directory or not a Keras file: fail before creating anything
+    if max_bytes is None and dst.endswith(sharded.INDEX_SUFFIX):
+        raise KerasFileError(f"{dst}: a sharded index; give max_shard_size (--max-shard-size) to split {src} into "
+                             f"shards")
     if max_bytes is not None:
         return _write_split(src, dst, recipe, in_place, start, bins, overrides, max_bytes)
     if atomic.same_file(src, dst) and not in_place:
