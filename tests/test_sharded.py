@@ -128,3 +128,101 @@ def test_bad_indexes_are_one_line(tmp_path, shards, capsys):
         wqkernels.rewrite(index, tmp_path / "y.weights.h5", Recipe(bits=8))
     with pytest.raises(wqkernels.KerasFileError, match="overwrite the source"):
         wqkernels.rewrite(index, index, Recipe(bits=8))
+
+
+def _same_weights(a, b):
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("size", ["300KB", 0.00028])
+def test_reshard_to_the_size_given(tmp_path, shards, size):
+    """Shards of at most the size given (Keras's GB or a unit), a layer's variables split across
+    two of them where the size falls, loaded by Keras like its own quantized model."""
+    model, index = shards
+    out = tmp_path / "y.weights.json"
+    wqkernels.rewrite(index, out, Recipe(bits=8, storage="keras"), max_shard_size=size)
+    limit = wqkernels.files.sharded.shard_bytes(size)
+    written = json.loads(out.read_text())
+    spans = [v for v in written["weight_map"].values() if isinstance(v, list)]
+    assert spans and all(len(v) == 2 for v in spans)
+    files = _shard_files(out)
+    assert len(files) == 2 and files[0] == "y_00000.weights.h5"
+    for name in files:
+        import h5py
+        with h5py.File(tmp_path / name) as f:
+            sizes = []
+            f.visititems(lambda _, o: sizes.append(o.size * o.dtype.itemsize) if isinstance(o, h5py.Dataset) else None)
+        assert 0 < sum(sizes) <= limit
+    assert written["metadata"]["total_size"] == sum(np.asarray(v).nbytes for v in _quantized(model).weights)
+    target = _model(seed=3)
+    target.quantize("int8")
+    target.load_weights(out)
+    _same_weights(target, _quantized(model))
+
+
+def _quantized(model):
+    twin = _model()
+    twin.set_weights(model.get_weights())
+    twin.quantize("int8")
+    return twin
+
+
+def test_split_a_single_weights_file(tmp_path, shards, capsys):
+    model, _ = shards
+    single = tmp_path / "single.weights.h5"
+    model.save_weights(single)
+    out = tmp_path / "z.weights.json"
+    assert main(["rewrite", str(single), "-o", str(out), "--bits", "4", "--max-shard-size", "0.001", "--quiet"]) == 0
+    assert len(_shard_files(out)) == 3  # 2 MB of float32 variables, two of 1 MB at most (1 GB = 1024**3 bytes)
+    expected = tmp_path / "expected.weights.h5"
+    wqkernels.rewrite(single, expected, Recipe(bits=4))
+    target, reference = _model(seed=1), _model(seed=2)
+    target.load_weights(out)
+    reference.load_weights(expected)
+    _same_weights(target, reference)
+    assert [i.path for i in wqkernels.inspect(out)] == [i.path for i in wqkernels.inspect(expected)]
+
+
+def test_bad_shard_sizes_are_one_line(tmp_path, shards, capsys):
+    model, index = shards
+    listing = set(os.listdir(tmp_path))
+    for size, error in (("big", "must be a size such as 500MB"), ("-1MB", "must be a size such as"),
+                        (0, "at least one byte"), (True, "must be a number of GB"),
+                        ("100KB", "weight 'layers/dense/vars/0' has 131072 bytes, more than the largest shard")):
+        with pytest.raises((TypeError, ValueError), match=error):
+            wqkernels.rewrite(index, tmp_path / "y.weights.json", Recipe(bits=8), max_shard_size=size)
+    with pytest.raises(ValueError, match="packed files keep the source's shards"):
+        wqkernels.rewrite(index, tmp_path / "y.weights.json", Recipe(bits=4, storage="packed"), max_shard_size=1)
+    with pytest.raises(wqkernels.KerasFileError, match="must end in .weights.json"):
+        wqkernels.rewrite(index, tmp_path / "y.weights.h5", Recipe(bits=8), max_shard_size=1)
+    with pytest.raises(wqkernels.KerasFileError, match="would overwrite the source's shards"):
+        wqkernels.rewrite(index, index, Recipe(bits=8), max_shard_size=1)
+    with pytest.raises(wqkernels.KerasFileError, match="give max_shard_size"):
+        wqkernels.rewrite(tmp_path / "x_00001.weights.h5", tmp_path / "y.weights.json", Recipe(bits=8))
+    keras_file = tmp_path / "m.keras"
+    model.save(keras_file)
+    listing.add("m.keras")
+    assert main(["rewrite", str(keras_file), "-o", str(tmp_path / "m.weights.json"), "--bits", "8",
+                 "--max-shard-size", "1GB"]) == 1
+    err = capsys.readouterr().err
+    assert "splits Keras 3 weights" in err and len(err.strip().splitlines()) == 1
+    assert set(os.listdir(tmp_path)) == listing
+
+
+def test_resharding_shows_nothing_until_complete(tmp_path, shards, monkeypatch):
+    _, index = shards
+    listing = set(os.listdir(tmp_path))
+    sh = importlib.import_module("wqkernels.files.sharded")
+    real = sh.h5o.copy
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(sh.h5o, "copy", failing)
+    with pytest.raises((wqkernels.KerasFileError, OSError)):
+        wqkernels.rewrite(index, tmp_path / "z.weights.json", Recipe(bits=8), max_shard_size="300KB")
+    assert set(os.listdir(tmp_path)) == listing

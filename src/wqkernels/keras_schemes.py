@@ -26,8 +26,10 @@ import math
 
 import numpy as np
 
-from ._checks import check_int
+from . import _core
+from ._checks import check_int, nonfinite_error
 from .packing import pack_bits, unpack_bits
+from .statistics import ErrorStats
 
 __all__ = ["EPSILON", "INT8", "INT4", "absmax_quantize", "grouped_quantize", "pack_int4", "unpack_int4",
            "absmax_dequantize", "grouped_dequantize", "round_bfloat16", "bfloat16_bits", "bfloat16_values"]
@@ -75,7 +77,7 @@ def bfloat16_values(bits: np.ndarray) -> np.ndarray:
 
 
 def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None = None,
-                    values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    values: np.ndarray | None = None, *, measure: np.ndarray | None = None):
     """Keras's ``abs_max_quantize``: int8 codes of `x` and the multiplier of each channel.
 
     Parameters
@@ -90,11 +92,27 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
         The codes, of x's shape.
     values : ndarray of float32, optional
         Receives ``codes / scale``, the weight Keras computes with (x's shape; may be x).
+    measure : ndarray of float32, optional
+        An array of x's shape (x itself, or x before it was pruned): the error of
+        ``codes / scale`` against it is measured in the same pass (the values need not be kept).
 
     Returns
     -------
     (codes, scale)
         int8 codes of x's shape; float32 scales of x's shape with the reduced axes of size 1.
+    (codes, scale, (ErrorStats, float, float))
+        With `measure`, also :func:`wqkernels.statistics.compare` of `measure` and
+        ``codes / scale``: the error, the sparsity of `measure` and that of the values.
+
+    Raises
+    ------
+    ValueError
+        x holds NaN or infinity.
+
+    Notes
+    -----
+    Two passes over x: the largest magnitude of every channel, then the codes (and values, and
+    error) element by element.  Bit for bit :func:`wqkernels.reference.keras_schemes.absmax_quantize`.
 
     Examples
     --------
@@ -107,56 +125,87 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
     (1, 2)
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
-    axes = tuple(sorted(a % x.ndim for a in axes)) if x.ndim else ()
+    axes = tuple(sorted({a % x.ndim for a in axes})) if x.ndim else ()
     low, high = code_range
     codes = np.empty(x.shape, np.int8) if out is None else out
     keep = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
-    amax = np.zeros(keep, np.float32)
-    for rows, index in _slices(x.shape, 0 in axes):  # max|x| = max(max x, -min x), exactly
-        top = x[rows].max(axis=axes, keepdims=True)
-        np.maximum(top, -x[rows].min(axis=axes, keepdims=True), out=top)
-        np.maximum(amax[index], top, out=amax[index])
-    scale = np.float32(high) / (amax + np.float32(EPSILON))
-    work = None
-    for rows, index in _slices(x.shape, 0 in axes):
-        part = x[rows]
-        if work is None or work.size < part.size:
-            work = np.empty(part.size, np.float32)
-        y = work[:part.size].reshape(part.shape)
-        np.multiply(part, scale[index], out=y)
-        np.rint(y, out=y)
-        np.clip(y, low, high, out=y)
-        codes[rows] = y
-        if values is not None:
-            np.divide(y, scale[index], out=values[rows])
-    return codes, scale
+    segments = _segments(x.shape, axes)
+    if segments is None:  # more than three alternations of reduced and kept axes: no kernel layout
+        from .reference.keras_schemes import absmax_quantize as numpy_absmax
+        return numpy_absmax(x, axes, code_range, codes, values, measure=measure)
+    outer, n, inner, kept_middle = segments
+    amax = np.zeros(math.prod(keep), np.float32)
+    if x.size and not _core.group_stats(x.reshape(-1), outer, n, inner, 1 if kept_middle else n, kept_middle,
+                                        False, np.empty_like(amax), amax):
+        raise nonfinite_error(x)
+    scale = (np.float32(high) / (amax + np.float32(EPSILON))).reshape(keep)
+    # runs of the innermost axes (or of the middle ones), each with one scale for all its
+    # elements or one per element; run r takes its scales from group (r // div) % mod on
+    if inner > 1:
+        run, vector, div, mod = (inner, False, 1, n) if kept_middle else (inner, True, n, outer)
+    else:
+        run, vector, div, mod = (n, True, 1, 1) if kept_middle else (n, False, 1, outer)
+    measured = x if measure is None else np.ascontiguousarray(measure, dtype=np.float32)
+    if measured.shape != x.shape:
+        raise ValueError(f"measure must have x's shape {x.shape}, got {measured.shape}")
+    sums, zeros = np.zeros(3, np.float64), np.zeros(2, np.int64)
+    _core.keras_absmax_codes(x.reshape(-1), measured.reshape(-1), codes.reshape(-1),
+                             _NO_VALUES if values is None else values.reshape(-1), max(run, 1), div, max(mod, 1),
+                             vector, scale.reshape(-1), low, high, sums, zeros)
+    if measure is None:
+        return codes, scale
+    size = max(x.size, 1)
+    stats = ErrorStats.of_sums(float(sums[0]), float(sums[1]), float(sums[2]), x.size)
+    return codes, scale, (stats, int(zeros[0]) / size, int(zeros[1]) / size)
 
 
-def _slices(shape: tuple, reduced_first: bool):
-    """(rows, index of their scales) for slices of about _SLICE elements along axis 0: the
-    scales of all rows when axis 0 is reduced, else those of the slice's rows."""
-    per_row = max(1, math.prod(shape[1:]))
-    step = max(1, _SLICE // per_row)
-    for start in range(0, shape[0], step):
-        rows = slice(start, min(start + step, shape[0]))
-        yield rows, slice(None) if reduced_first else rows
+#: no values wanted
+_NO_VALUES = np.zeros(0, np.float32)
+
+
+def _segments(shape: tuple, axes: tuple) -> tuple | None:
+    """x of `shape` as (outer, n, inner, kept_middle): three runs of axes, the middle one kept
+    (then the outer and inner ones are reduced) or reduced (the others kept); None when the
+    reduced and kept axes alternate more often.  Axes of size 1 belong to either."""
+    runs = []  # [reduced, size] of consecutive axes alike
+    for a, size in enumerate(shape):
+        if size == 1:
+            continue
+        reduced = a in axes
+        if runs and runs[-1][0] == reduced:
+            runs[-1][1] *= size
+        else:
+            runs.append([reduced, size])
+    if not runs:
+        return 1, 1, 1, False
+    if len(runs) > 3:
+        return None
+    if len(runs) == 3:
+        return runs[0][1], runs[1][1], runs[2][1], not runs[1][0]
+    if len(runs) == 2:  # (reduced, kept): the middle kept; (kept, reduced): the middle reduced
+        return runs[0][1], runs[1][1], 1, not runs[1][0]
+    return (1, runs[0][1], 1, False) if runs[0][0] else (runs[0][1], 1, 1, False)
 
 
 def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bool = False,
-                     values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     values: np.ndarray | None = None, *, measure: np.ndarray | None = None):
     """Keras's ``abs_max_quantize_grouped_with_zero_point`` (int4), along `axis` of a 2-D `x`.
 
     Groups of `block_size` consecutive indices along `axis` (0: Dense and EinsumDense kernels as
     (rows, columns); 1: Embedding matrices, grouped along their dimension as Keras does on the
     transpose), zero-padded to whole groups.  With `bfloat16` (x holds bfloat16 numbers), each
     group's ``max - min`` is rounded to bfloat16 as NumPy does on bfloat16 arrays.  `values`, if
-    given (float32, x's shape; may be x), receives ``(codes - zero) * scale``.
+    given (float32, x's shape; may be x), receives ``(codes - zero) * scale``.  `measure`, if
+    given (x's shape: x itself, or x before it was pruned), has the error of those values
+    against it measured slice by slice, as :func:`absmax_quantize` measures it.
 
     Returns
     -------
     (codes, scale, zero)
         int8 codes in [-8, 7] of x's shape; float32 scales and int8 zero points of x's shape with
         `axis` of size ``ceil(n / block_size)``.
+    (codes, scale, zero, (ErrorStats, float, float))
+        With `measure`, also the error and the sparsities of `measure` and of the values.
 
     Examples
     --------
@@ -170,45 +219,92 @@ def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bo
         raise ValueError(f"x must be 2-D, got shape {x.shape}")
     block = check_int(block_size, "block_size", 1)
     axis = check_int(axis, "axis", 0, 1)
+    if measure is not None:
+        measure = np.ascontiguousarray(measure, dtype=np.float32)
+        if measure.shape != x.shape:
+            raise ValueError(f"measure must have x's shape {x.shape}, got {measure.shape}")
     low, high = INT4
-    view = x if axis == 0 else x.T  # groups along axis 0 of `view`
-    n, cols = view.shape
+    rows, cols = x.shape
+    n = x.shape[axis]
     groups = -(-n // block)
     codes = np.empty(x.shape, np.int8)
-    scale = np.empty((groups, cols) if axis == 0 else (cols, groups), np.float32)
+    scale = np.empty((groups, cols) if axis == 0 else (rows, groups), np.float32)
     zero = np.empty(scale.shape, np.int8)
-    codes_view, scale_view, zero_view = (codes, scale, zero) if axis == 0 else (codes.T, scale.T, zero.T)
-    # whole groups per step, along axis 0 (contiguous for Dense; for Embedding columns of x)
-    step = max(1, _SLICE // max(block * cols, 1)) if axis == 0 else groups
-    col_step = cols if axis == 0 else max(1, _SLICE // max(groups * block, 1))
-    for c0 in range(0, cols, col_step):
-        c1 = min(cols, c0 + col_step)
-        for g0 in range(0, groups, step):
-            g1 = min(groups, g0 + step)
-            part = view[g0 * block:g1 * block, c0:c1]
-            rows = part.shape[0]
-            padded = np.zeros(((g1 - g0) * block, c1 - c0), np.float32)
-            padded[:rows] = part
-            blocks = padded.reshape(g1 - g0, block, c1 - c0)
-            lo = blocks.min(axis=1)
-            hi = blocks.max(axis=1)
-            spread = hi - lo
-            if bfloat16:
-                round_bfloat16(spread, out=spread)
-            s = (spread + np.float32(EPSILON)) / np.float32(high - low)
-            z = np.clip(np.rint(-lo / s) + np.float32(low), low, high)
-            q = blocks / s[:, None, :]
-            np.rint(q, out=q)
-            q += z[:, None, :]
-            np.clip(q, low, high, out=q)
-            codes_view[g0 * block:g0 * block + rows, c0:c1] = q.reshape(-1, c1 - c0)[:rows]
+    error = _Error()
+    # slices of whole rows (along axis 0: of whole groups of rows), read and written in place
+    per = block * cols if axis == 0 else groups * block
+    step = max(1, _SLICE // max(per, 1)) * (block if axis == 0 else 1)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        part = x[r0:r1]
+        if axis == 0:  # (groups, block, columns), the last group padded with zero rows
+            g0, g1 = r0 // block, -(-r1 // block)
+            padded = part if (r1 - r0) == (g1 - g0) * block else np.zeros(((g1 - g0) * block, cols), np.float32)
+            if padded is not part:
+                padded[:r1 - r0] = part
+            blocks, reduce, where = padded.reshape(g1 - g0, block, cols), 1, (slice(g0, g1), slice(None))
+        else:  # (rows, groups, block), the last group padded with zero columns
+            padded = part if n == groups * block else np.zeros((r1 - r0, groups * block), np.float32)
+            if padded is not part:
+                padded[:, :n] = part
+            blocks, reduce, where = padded.reshape(r1 - r0, groups, block), 2, (slice(r0, r1), slice(None))
+        lo = blocks.min(axis=reduce, keepdims=True)
+        hi = blocks.max(axis=reduce, keepdims=True)
+        spread = hi - lo
+        if bfloat16:
+            round_bfloat16(spread, out=spread)
+        s = (spread + np.float32(EPSILON)) / np.float32(high - low)
+        z = np.clip(np.rint(-lo / s) + np.float32(low), low, high)
+        q = blocks / s
+        np.rint(q, out=q)
+        q += z
+        np.clip(q, low, high, out=q)
+        flat = q.reshape(padded.shape)
+        codes[r0:r1] = flat[:r1 - r0, :cols] if axis == 0 else flat[:, :n]
+        scale[where] = s.squeeze(reduce)
+        zero[where] = z.squeeze(reduce)
+        if values is not None or measure is not None:
+            q -= z
+            q *= s
+            got = flat[:r1 - r0, :cols] if axis == 0 else flat[:, :n]
             if values is not None:
-                q -= z[:, None, :]
-                q *= s[:, None, :]
-                (values if axis == 0 else values.T)[g0 * block:g0 * block + rows, c0:c1] = q.reshape(-1, c1 - c0)[:rows]
-            scale_view[g0:g1, c0:c1] = s
-            zero_view[g0:g1, c0:c1] = z
-    return codes, scale, zero
+                values[r0:r1] = got
+            if measure is not None:
+                error.add(measure[r0:r1], got)
+    if measure is None:
+        return codes, scale, zero
+    return codes, scale, zero, error.result()
+
+
+class _Error:
+    """The error of values against a weight, added up slice by slice (as statistics.compare)."""
+
+    def __init__(self):
+        self.sums, self.zeros, self.size = np.zeros(3, np.float64), np.zeros(2, np.int64), 0
+        self._part, self._found = np.empty(3, np.float64), np.empty(2, np.int64)
+
+    def add(self, a: np.ndarray, values: np.ndarray) -> None:
+        """Add the error of `values` against `a` (finite, of one shape)."""
+        if not a.size:
+            return
+        a = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
+        values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+        _core.error_sums(a.view(np.uint32), values.view(np.uint32), self._part, self._found, _NO_EDGES, _NO_COUNTS)
+        self.sums[:2] += self._part[:2]
+        self.sums[2] = max(self.sums[2], self._part[2])
+        self.zeros += self._found
+        self.size += a.size
+
+    def result(self) -> tuple:
+        """(ErrorStats, sparsity of the weight, sparsity of the values)."""
+        size = max(self.size, 1)
+        return (ErrorStats.of_sums(*(float(v) for v in self.sums), self.size),
+                int(self.zeros[0]) / size, int(self.zeros[1]) / size)
+
+
+#: no histogram edges and counts (statistics' error sums without histograms)
+_NO_EDGES = np.zeros(0, np.float64)
+_NO_COUNTS = np.zeros(0, np.int64)
 
 
 def pack_int4(codes: np.ndarray, axis: int = -1) -> np.ndarray:

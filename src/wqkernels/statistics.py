@@ -31,6 +31,14 @@ class ErrorStats(NamedTuple):
     max_abs: float
     sqnr_db: float
 
+    @classmethod
+    def of_sums(cls, signal: float, noise: float, max_abs: float, size: int) -> ErrorStats:
+        """The error of `size` elements from ``sum(x ** 2)``, ``sum((x - x_hat) ** 2)`` and
+        ``max(|x - x_hat|)``; no error when there are none."""
+        if size == 0:
+            return cls(0.0, 0.0, math.inf)
+        return cls(noise / size, max_abs, _sqnr_db(signal, noise))
+
 
 def sparsity(x) -> float:
     """The fraction of entries of x that are exactly zero (+0.0 or -0.0); 0.0 when x is empty.
@@ -138,8 +146,7 @@ def compare(x, x_hat, *, bins: int = 0, range=None):
         if not _core.error_sums(bits_view(xc), bits_view(xh), sums, zeros, edges, counts.reshape(-1)):
             bad_x = not np.isfinite(xc).all()
             raise nonfinite_error(xc if bad_x else xh, "x" if bad_x else "x_hat")
-        signal, noise, max_abs = (float(v) for v in sums)
-        stats = ErrorStats(noise / xc.size, max_abs, _sqnr_db(signal, noise))
+        stats = ErrorStats.of_sums(*(float(v) for v in sums), xc.size)
         result = stats, int(zeros[0]) / xc.size, int(zeros[1]) / xc.size
     return (*result, counts, edges) if bins else result
 

@@ -10,9 +10,10 @@ and counts such as zeros.  The Python layer turns those into its errors.  The on
 raised here is MemoryError, when scratch memory cannot be allocated.
 
 Each ``.pxi`` serves the Python module of the same name (quantization, packing, pruning,
-statistics, allocation) and splits arrays into runs and runs over OpenMP threads; the innermost
-loops live in headers (``_loops.h`` for float32 and codes, ``_bit_loops.h`` for float bits) so
-that GCC can build one copy per instruction set.
+statistics, allocation, keras_schemes) and splits arrays into runs and runs over OpenMP threads;
+the innermost loops live in headers (``_loops.h`` for float32 and codes, ``_bit_loops.h`` for
+float bits, ``_keras_loops.h`` for Keras's own quantizer) so that GCC can build one copy per
+instruction set.
 """
 
 include "_units.pxi"
@@ -22,3 +23,4 @@ include "_packing.pxi"
 include "_pruning.pxi"
 include "_statistics.pxi"
 include "_allocation.pxi"
+include "_keras_schemes.pxi"

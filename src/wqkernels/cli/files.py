@@ -39,6 +39,10 @@ def add_rewrite(sub) -> None:
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
     p.add_argument("--html", metavar="PAGE.html", help="also write the report as an HTML page (charts, histograms)")
     p.add_argument("--in-place", action="store_true", help="allow DST to be SRC")
+    p.add_argument("--max-shard-size", metavar="SIZE",
+                   help="write DST as a sharded x.weights.json whose shards hold at most SIZE of variables: GB as "
+                        "Keras's max_shard_size (0.5), or with a unit (500MB, 2GiB); from a sharded source or a "
+                        ".weights.h5")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar; only the totals of the table (in a batch: no line per file)")
     batch.add_options(p)
@@ -148,6 +152,9 @@ def _finish(report, args) -> int:
 def run_rewrite(args) -> int:
     recipe = recipe_from_args(args)
     check_page(args.html, *args.src, args.output, args.report)
+    if args.max_shard_size is not None and (args.calibration is not None or batch.is_batch(args)):
+        raise CommandError("--max-shard-size shards one output: give -o DST.weights.json and one SRC, "
+                           "without --calibration")
     if args.calibration is not None:
         return _finish(_guarded(_calibrated(args), args.src[0], args.output, recipe, args.calibration,
                                 in_place=args.in_place, progress=not args.quiet,
@@ -157,7 +164,8 @@ def run_rewrite(args) -> int:
     if os.path.isdir(args.src[0]):
         raise CommandError(f"{args.src[0]}: is a directory; rewrite the files in it with --out-dir DIR instead of -o")
     return _finish(_guarded(rewrite, args.src[0], args.output, recipe, in_place=args.in_place,
-                            progress=not args.quiet, histograms=bool(args.report or args.html)), args)
+                            progress=not args.quiet, histograms=bool(args.report or args.html),
+                            max_shard_size=args.max_shard_size), args)
 
 
 def _calibrated(args):

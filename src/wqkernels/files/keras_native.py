@@ -44,6 +44,7 @@ from .errors import KerasFileError
 from .h5tree import HEADER_LIMIT, read_name_list, split_name_list
 from .layouts import CONFIG_MEMBER, Entry
 from .roles import ModelLayers, quantization_mode
+from .transform import Measured
 from .writers import Writer
 
 __all__ = ["KerasWriter", "NATIVE_CLASSES", "QuantizedKernel", "quantized_layers", "einsum_layout",
@@ -225,7 +226,7 @@ class KerasWriter(Writer):
             return "int8" if self.recipe.bits == 8 else "int4"
         return entry.dtype if entry.dtype in ("float16", BFLOAT16) else "float32"
 
-    def weight(self, group, name, like, entry, x, quantization, out):
+    def weight(self, group, name, like, entry, x, quantization, out, original=None):
         native = self.native.get(entry.path)
         dtype = entry.dtype
         if native is None:  # float storage, own dtype
@@ -234,7 +235,8 @@ class KerasWriter(Writer):
             return values, int(new_float(self, group, name, values, dtype, self.recipe.compress, like).id.get_storage_size())
         bits, block = quantization.bits, self.recipe.block_size
         given = _given_grid(native, x, quantization, block, dtype == BFLOAT16, out)
-        arrays, values = given or _native_arrays(native, x, bits, block, quantization.method, dtype == BFLOAT16, out)
+        arrays, values = given or _native_arrays(native, x, bits, block, quantization.method, dtype == BFLOAT16, out,
+                                                 original)
         slots = self._legacy_slots(entry, name, arrays) if self.legacy else \
             [int(name) + k + (1 if k and native.has_bias else 0) for k in range(len(arrays))]
         nbytes = 0
@@ -329,25 +331,33 @@ def _write_weight_names(group: h5py.Group, kernel: str, variables: list) -> None
 
 
 def _native_arrays(native: NativeKernel, x: np.ndarray, bits: int, block: int | None, method: str,
-                   bfloat16: bool, out: np.ndarray) -> tuple[list, np.ndarray]:
+                   bfloat16: bool, out: np.ndarray,
+                   original: np.ndarray | None = None) -> tuple[list, np.ndarray | Measured]:
     """[(kind, array)] in Keras's order (codes, scale, then zero and g_idx for sub-channel int4)
-    and the float32 weight Keras computes with (in `out`)."""
+    and the float32 weight Keras computes with (in `out`), or, given the `original` weight and
+    measured against it in the same pass, its Measured error."""
     embedding = native.layer_class in EMBEDDINGS
     if bits == 8 and native.layer_class == "EinsumDense":
-        codes, scale = _absmax(x, native.einsum.reduced, ks.INT8, method, out, bfloat16)
-        return [("codes", codes), ("scale", native.einsum.stored_scale(scale))], out
+        codes, scale, values = _absmax(x, native.einsum.reduced, ks.INT8, method, out, bfloat16, original)
+        return [("codes", codes), ("scale", native.einsum.stored_scale(scale))], values
     # Keras flattens an EinsumDense kernel in C order to (product of the reduced axes' sizes, rest)
     rows = math.prod(x.shape[a] for a in native.einsum.reduced) if native.einsum else x.shape[0]
     matrix = x if embedding else x.reshape(rows, -1)
     group_axis = 1 if embedding else 0
     if bits == 8 or block is None:
-        codes, scale = _absmax(matrix, (group_axis,), ks.INT8 if bits == 8 else ks.INT4, method,
-                               out.reshape(matrix.shape), bfloat16)
+        codes, scale, values = _absmax(matrix, (group_axis,), ks.INT8 if bits == 8 else ks.INT4, method,
+                                       out.reshape(matrix.shape), bfloat16,
+                                       None if original is None else original.reshape(matrix.shape))
         stored = codes if bits == 8 else ks.pack_int4(codes, -1)
-        return [("codes", stored.reshape(x.shape) if bits == 8 else stored), ("scale", scale.reshape(-1))], out
+        return [("codes", stored.reshape(x.shape) if bits == 8 else stored), ("scale", scale.reshape(-1))], \
+            values if isinstance(values, Measured) else out
     values = out.reshape(matrix.shape)
     exact = method == "minmax" and not bfloat16  # the values come with the codes
-    if method == "minmax":
+    measured = None
+    if exact and original is not None:  # measured as they are made, not kept
+        codes, scale, zero, measured = ks.grouped_quantize(matrix, block, group_axis,
+                                                           measure=original.reshape(matrix.shape))
+    elif method == "minmax":
         codes, scale, zero = ks.grouped_quantize(matrix, block, group_axis, bfloat16=bfloat16,
                                                  values=values if exact else None)
     else:
@@ -358,7 +368,8 @@ def _native_arrays(native: NativeKernel, x: np.ndarray, bits: int, block: int | 
     if not exact:  # the values of the scales as stored
         values[...] = ks.grouped_dequantize(codes, scale, zero, block, group_axis)
     g_idx = (np.arange(matrix.shape[group_axis]) // block).astype(np.float32)
-    return [("codes", ks.pack_int4(codes, -1)), ("scale", scale), ("zero", zero), ("g_idx", g_idx)], out
+    return [("codes", ks.pack_int4(codes, -1)), ("scale", scale), ("zero", zero), ("g_idx", g_idx)], \
+        out if measured is None else Measured(*measured)
 
 
 def _given_grid(native: NativeKernel, x: np.ndarray, quantization, block: int | None, bfloat16: bool,
@@ -380,16 +391,21 @@ def _given_grid(native: NativeKernel, x: np.ndarray, quantization, block: int | 
 
 
 def _absmax(x: np.ndarray, axes: tuple, code_range: tuple, method: str, values: np.ndarray,
-            bfloat16: bool) -> tuple[np.ndarray, np.ndarray]:
+            bfloat16: bool, original: np.ndarray | None = None) -> tuple:
     """Codes and multiplier scales (keepdims, as stored) of Keras's absmax layout, and in `values`
-    the weight Keras computes with; methods other than minmax choose their own scales (ours are
-    divisors: Keras's multiplier is their inverse)."""
+    the weight Keras computes with (returned), or, given the `original` weight (Keras's own
+    scales only), its Measured error instead; methods other than minmax choose their own scales
+    (ours are divisors: Keras's multiplier is their inverse)."""
     if method == "minmax" and not bfloat16:
-        return ks.absmax_quantize(x, axes, code_range, values=values)
+        if original is not None:
+            codes, scale, measured = ks.absmax_quantize(x, axes, code_range, measure=original)
+            return codes, scale, Measured(*measured)
+        codes, scale = ks.absmax_quantize(x, axes, code_range, values=values)
+        return codes, scale, values
     codes, scale = _other_absmax(x, axes, code_range, method)
     scale = _rounded(scale, bfloat16)
     np.divide(codes, scale, out=values, dtype=np.float32)
-    return codes, scale
+    return codes, scale, values
 
 
 def _other_absmax(x: np.ndarray, axes: tuple, code_range: tuple, method: str) -> tuple[np.ndarray, np.ndarray]:

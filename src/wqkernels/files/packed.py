@@ -98,7 +98,7 @@ class PackedWriter(Writer):
                 yield skeleton
             self._finish(image.getbuffer())
 
-    def weight(self, group, name, like, entry, x, quantization, out):
+    def weight(self, group, name, like, entry, x, quantization, out, original=None):
         """The codes of one weight appended to the arrays, a placeholder in the skeleton; the
         values returned are the codes' dequantization, made once the codes are written out."""
         codes = quantization.packed(x)

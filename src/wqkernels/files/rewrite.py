@@ -125,7 +125,7 @@ def load_weights(path) -> dict[str, np.ndarray]:
 
 def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False,
             progress: bool = False, histograms: bool = False, weights: Mapping | None = None,
-            grids: Mapping | None = None) -> Report:
+            grids: Mapping | None = None, max_shard_size=None) -> Report:
     """Prune and/or quantize the kernels of a Keras file and write the result to `dst`.
 
     Parameters
@@ -149,6 +149,12 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False,
     grids : mapping, optional
         Weight path -> :class:`~wqkernels.files.transform.Grid`: the bits, scale and zero point
         to quantize that weight with (no search), e.g. a calibration's.
+    max_shard_size : float or str, optional
+        Write `dst` as a sharded index (``.weights.json``) whose shards hold at most this many
+        bytes of variables each, dealt out in order: a number is Keras's ``max_shard_size`` (GB
+        of 1024**3 bytes), a string may give a unit (``"500MB"``, ``"2GiB"``).  For a sharded
+        source (which otherwise keeps one output shard per source shard) or a Keras 3
+        ``.weights.h5``; not with ``storage="packed"``.
 
     Returns
     -------
@@ -170,8 +176,13 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False,
     for name, given in (("weights", weights), ("grids", grids)):
         if given is not None and not isinstance(given, Mapping):
             raise TypeError(f"{name} must be a mapping of weight paths, got {type(given).__name__}")
+    max_bytes = None if max_shard_size is None else sharded.shard_bytes(max_shard_size)
+    if max_bytes is not None and recipe.storage == "packed":
+        raise ValueError("max_shard_size: packed files keep the source's shards; give another storage, or no "
+                         "max_shard_size")
     return _write(src, dst, recipe, in_place, restoring=False, progress=progress,
-                  bins=HISTOGRAM_BINS if histograms else 0, overrides=(dict(weights or {}), dict(grids or {})))
+                  bins=HISTOGRAM_BINS if histograms else 0, overrides=(dict(weights or {}), dict(grids or {})),
+                  max_bytes=max_bytes)
 
 
 def restore(src, dst, *, in_place: bool = False, progress: bool = False) -> Report:
@@ -192,14 +203,19 @@ def restore(src, dst, *, in_place: bool = False, progress: bool = False) -> Repo
 
 
 def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool, progress: bool, bins: int,
-           overrides=({}, {})) -> Report:
+           overrides=({}, {}), max_bytes: int | None = None) -> Report:
     start = time.perf_counter()
     src, dst = file_path(src, "src"), file_path(dst, "dst")
     if sharded.is_index(src):
         if any(overrides):
             raise ValueError(f"weights, grids: given for {src}, a sharded index; rewrite its shards' model instead")
-        return _write_sharded(src, dst, recipe, in_place, restoring, start, bins)
+        return _write_sharded(src, dst, recipe, in_place, restoring, start, bins, max_bytes)
     container(src)  # missing, directory or not a Keras file: fail before creating anything
+    if max_bytes is None and dst.endswith(sharded.INDEX_SUFFIX):
+        raise KerasFileError(f"{dst}: a sharded index; give max_shard_size (--max-shard-size) to split {src} into "
+                             f"shards")
+    if max_bytes is not None:
+        return _write_split(src, dst, recipe, in_place, start, bins, overrides, max_bytes)
     if atomic.same_file(src, dst) and not in_place:
         raise KerasFileError(f"{dst}: is the source file; give in_place=True (--in-place) to overwrite it")
     dst_dir = os.path.dirname(os.path.abspath(dst))
@@ -227,17 +243,20 @@ def _write(src, dst, recipe: Recipe, in_place: bool, restoring: bool, progress: 
 
 
 def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring: bool, start: float,
-                   bins: int) -> Report:
+                   bins: int, max_bytes: int | None = None) -> Report:
     """A sharded index and its shards: one plan over all shards, one output shard per source
-    shard, everything renamed into place once complete (the index last)."""
+    shard (or, given `max_bytes`, shards of at most that many bytes of variables), everything
+    renamed into place once complete (the index last)."""
     dst_dir = os.path.dirname(os.path.abspath(dst))
     if os.path.isdir(dst):
         raise KerasFileError(f"{dst}: is a directory")
     with Shards(src, tmp_dir=dst_dir) as shards, as_file_errors(src):
         names = sharded.output_names(dst, len(shards.sources))
         finals = [os.path.join(dst_dir, n) for n in names] + [dst]
-        if not in_place and any(atomic.same_file(s.path, f) for s in shards.sources for f in finals) \
-                or not in_place and atomic.same_file(src, dst):
+        if not in_place and (any(atomic.same_file(s.path, f) for s in shards.sources for f in finals)
+                             or atomic.same_file(src, dst)
+                             or max_bytes is not None and any(sharded.is_output_shard(dst, s.path)
+                                                              for s in shards.sources)):
             raise KerasFileError(f"{dst}: would overwrite the source's shards; give in_place=True (--in-place)")
         if restoring and any(s.packed is None for s in shards.sources):
             raise KerasFileError(f"{src}: not a packed file; nothing to restore")
@@ -246,17 +265,68 @@ def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring
                         size_before=shards.size())
         buffers = Buffers()
         work = plan(shards, recipe, buffers)
-        with sharded.written_shards(dst, names) as (temps, index_tmp):
-            for source, tmp in zip(shards.sources, temps):
-                _write_weights(source, tmp, recipe, report, _Progress(source, recipe, False), bins, work, buffers)
-            total = sum(os.path.getsize(t) for t in temps)
-            index = sharded.output_index(shards.index, dict(zip(shards.names, names)), total)
-            with open(index_tmp, "w") as f:
-                json.dump(index, f, indent=4)
+        if max_bytes is not None:
+            parts = [atomic.scratch_file(dst_dir) for _ in shards.sources]
+            try:
+                for source, part in zip(shards.sources, parts):
+                    _write_weights(source, part, recipe, report, _Progress(source, recipe, False), bins, work, buffers)
+                finals = _resharded(dst, parts, max_bytes)
+            finally:
+                for part in parts:
+                    atomic.remove(part)
+        else:
+            with sharded.written_shards(dst, names) as (temps, index_tmp):
+                for source, tmp in zip(shards.sources, temps):
+                    _write_weights(source, tmp, recipe, report, _Progress(source, recipe, False), bins, work, buffers)
+                total = sum(os.path.getsize(t) for t in temps)
+                index = sharded.output_index(shards.index, dict(zip(shards.names, names)), total)
+                with open(index_tmp, "w") as f:
+                    json.dump(index, f, indent=4)
         report.notes = list(dict.fromkeys(work.notes + report.notes))
     report.size_after = sum(os.path.getsize(f) for f in finals)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _write_split(src: str, dst: str, recipe: Recipe, in_place: bool, start: float, bins: int, overrides,
+                 max_bytes: int) -> Report:
+    """A Keras 3 .weights.h5 rewritten as a sharded index and shards of at most `max_bytes`
+    bytes of variables each, renamed into place once complete (the index last)."""
+    dst_dir = os.path.dirname(os.path.abspath(dst))
+    if os.path.isdir(dst):
+        raise KerasFileError(f"{dst}: is a directory")
+    with Source(src, tmp_dir=dst_dir) as source, as_file_errors(src, output=dst):
+        if source.kind != "hdf5" or source.layout != "keras3" or source.packed is not None:
+            raise KerasFileError(f"{src}: max_shard_size splits Keras 3 weights (a .weights.h5 or a sharded "
+                                 f".weights.json), not {source.description}")
+        sharded.output_names(dst, 1)  # a destination named as an index
+        if not in_place and sharded.is_output_shard(dst, src):
+            raise KerasFileError(f"{dst}: would overwrite the source; give in_place=True (--in-place)")
+        _refuse_requantizing(source, recipe)
+        report = Report(src, dst, source.description, recipe.to_dict(), role_source=source.role_source,
+                        size_before=os.path.getsize(src))
+        part = atomic.scratch_file(dst_dir)
+        try:
+            _write_weights(source, part, recipe, report, _Progress(source, recipe, False), bins, overrides=overrides)
+            finals = _resharded(dst, [part], max_bytes)
+        finally:
+            atomic.remove(part)
+    report.size_after = sum(os.path.getsize(f) for f in finals)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _resharded(dst: str, parts: list[str], max_bytes: int) -> list[str]:
+    """The rewritten weights files `parts` dealt out into the shards of the index `dst`
+    (:func:`~.sharded.reshard`); returns the paths written."""
+    count, _ = sharded.reshard(parts, None, max_bytes, dst)
+    names = sharded.output_names(dst, count)
+    with sharded.written_shards(dst, names) as (temps, index_tmp):
+        total, weight_map = sharded.reshard(parts, temps, max_bytes, dst)
+        with open(index_tmp, "w") as f:
+            json.dump(sharded.resharded_index(names, weight_map, total), f, indent=4)
+    directory = os.path.dirname(os.path.abspath(dst))
+    return [os.path.join(directory, n) for n in names] + [dst]
 
 
 def _refuse_requantizing(source: Source, recipe: Recipe) -> None:
@@ -373,7 +443,8 @@ def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer
         try:
             start = original if given is None else _given(e, given)
             x, quantization, out = prepare(start, e, recipe, counts, buffers, release=writer.holds_codes, grid=grid)
-            stored, nbytes = writer.weight(group, name, dset, e, x, quantization, out)
+            # histograms need the values; else a writer may measure them as it makes them
+            stored, nbytes = writer.weight(group, name, dset, e, x, quantization, out, None if bins else original)
             # inline, not in a helper thread: batch workers each get their share of the cores
             before, after, mse, sqnr, histograms = statistics(original, stored, bins)
         except ValueError as exc:  # NaN or infinity in the weights: say which

@@ -6,7 +6,10 @@ an index whose ``weight_map`` names, for each ``vars`` group, the shard or shard
 
 A rewrite plans over all shards together (global pruning ranks every tensor), then writes one
 output shard per source shard, each of the storage asked for and no larger than its source: the
-same kind of output, loaded by ``model.load_weights("y.weights.json")``.  One shard is open for
+same kind of output, loaded by ``model.load_weights("y.weights.json")``.  Given a maximum shard
+size (Keras's ``max_shard_size``: the bytes of the variables a shard holds), the rewritten
+weights are dealt out anew instead (:func:`reshard`), in order, into as many shards as that
+takes; a Keras 3 ``.weights.h5`` can be split so too.  One shard is open for
 writing at a time and tensors are read one at a time.  The shards are written to temporary
 files first; only when all are complete are they renamed into place, the index last, so that
 nothing names an incomplete output.
@@ -15,15 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import numbers
 import os
 import re
 
+import h5py
+import numpy as np
+from h5py import h5g, h5o
+
 from . import atomic
 from .errors import KerasFileError
+from .h5tree import copy_attrs, new_file
 from .layouts import MAX_CONFIG_BYTES
 from .source import Source
 
-__all__ = ["is_index", "Shards", "shard_names", "INDEX_SUFFIX"]
+__all__ = ["is_index", "Shards", "shard_names", "INDEX_SUFFIX", "shard_bytes", "reshard"]
 
 INDEX_SUFFIX = ".weights.json"
 _SHARD = re.compile(r"(.+)_(\d{5,})\.weights\.h5")
@@ -180,6 +190,14 @@ class Shards:
         return os.path.getsize(self.path) + sum(os.path.getsize(s.path) for s in self.sources)
 
 
+def is_output_shard(dst: str, path: str) -> bool:
+    """Whether `path` is named like a shard of the output index `dst`, beside it."""
+    base = os.path.basename(dst)[:-len(INDEX_SUFFIX)]
+    m = _SHARD.fullmatch(os.path.basename(path))
+    return m is not None and m.group(1) == base and \
+        os.path.dirname(os.path.abspath(path)) == os.path.dirname(os.path.abspath(dst))
+
+
 def output_names(dst: str, count: int) -> list[str]:
     """The shard files of an output index `dst` (``y.weights.json`` -> ``y_00000.weights.h5``, ...)."""
     if not dst.endswith(INDEX_SUFFIX):
@@ -213,3 +231,115 @@ def output_index(source_index: dict, renames: dict, total_size: int) -> dict:
     for group, value in source_index["weight_map"].items():
         weight_map[group] = [renames[v] for v in value] if isinstance(value, list) else renames[value]
     return {"metadata": {"total_size": float(total_size)}, "weight_map": weight_map}
+
+
+#: the units of a maximum shard size: SI and binary multiples of a byte
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*")
+
+
+def shard_bytes(value, name: str = "max_shard_size") -> int:
+    """A maximum shard size in bytes: a number is Keras's ``max_shard_size`` (GB as Keras counts
+    them: 1024**3 bytes); a string may give a unit (``"500MB"``, ``"1.5GiB"``, ``"200000B"``;
+    without one, the number is Keras's).
+
+    Examples
+    --------
+    >>> shard_bytes(0.5), shard_bytes("500MB"), shard_bytes("2 GiB"), shard_bytes("1.5")
+    (536870912, 500000000, 2147483648, 1610612736)
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, str)):
+        raise TypeError(f"{name} must be a number of GB (as Keras's max_shard_size) or a size such as '500MB', "
+                        f"got {value!r}")
+    if isinstance(value, str):
+        m = _SIZE.fullmatch(value.lower())
+        if m is None or m.group(2) not in _UNITS:
+            raise ValueError(f"{name} must be a size such as 500MB, 1.5GiB or 2 (GB, as Keras's max_shard_size), "
+                             f"got {value!r}")
+        number, unit = float(m.group(1)), _UNITS[m.group(2)] if m.group(2) else 2**30
+    else:
+        number, unit = float(value), 2**30
+    size = number * unit
+    if not math.isfinite(size) or size < 1:
+        raise ValueError(f"{name} must be at least one byte, got {value!r}")
+    return int(size)
+
+
+def _variable_bytes(dset: h5py.Dataset) -> int:
+    """A variable's bytes as Keras counts them towards a shard: its elements times their size."""
+    return int(math.prod(dset.shape)) * dset.dtype.itemsize
+
+
+def reshard(parts: list[str], temps: list[str] | None, max_bytes: int, where: str) -> tuple[int, list]:
+    """Deal the datasets of the weights files `parts` (the rewritten shards, or one file), in
+    order, into shards of at most `max_bytes` bytes of variables each.
+
+    With `temps` None, only counts the shards (returns (count, [])).  Otherwise writes them into
+    `temps` (as many paths as counted) and returns (total bytes of variables, weight map items):
+    every dataset is copied exactly (HDF5's object copy: type, filters, attributes) under its
+    path, with the groups on its way (and their attributes, from the first part that has them);
+    the first shard also holds every group (those without variables among them), as Keras's
+    first shard does.  A variable larger than `max_bytes` is refused, as Keras refuses it.
+    """
+    order = []  # (part index, dataset path, bytes)
+    groups = []  # every group path, in order of the parts
+    for k, part in enumerate(parts):
+        with h5py.File(part, "r", locking=False) as f:
+            def visit(path, obj, k=k):
+                if isinstance(obj, h5py.Dataset):
+                    order.append((k, path, _variable_bytes(obj)))
+                elif path not in groups:
+                    groups.append(path)
+            f.visititems(visit)
+    shard_of, count, filled = [], 0, 0
+    for _, path, nbytes in order:
+        if nbytes > max_bytes:
+            raise KerasFileError(f"{where}: weight {path!r} has {nbytes} bytes, more than the largest shard "
+                                 f"({max_bytes} bytes); give a larger max_shard_size")
+        if count == 0 or filled + nbytes > max_bytes:
+            count, filled = count + 1, 0
+        filled += nbytes
+        shard_of.append(count - 1)
+    count = max(count, 1)
+    if temps is None:
+        return count, []
+    sources = [h5py.File(p, "r", locking=False) for p in parts]
+    weight_map: dict[str, list] = {}
+    try:
+        for s, tmp in enumerate(temps):
+            with new_file(tmp) as out:
+                copy_attrs(sources[0], out)
+                for path in groups if s == 0 else ():
+                    _group(out, sources, path)
+                for (k, path, _), shard in zip(order, shard_of):
+                    if shard != s:
+                        continue
+                    parent, _, name = path.rpartition("/")
+                    group = _group(out, sources, parent) if parent else out
+                    h5o.copy(sources[k][path].id, b".", group.id, name.encode("utf-8"))
+                    names = weight_map.setdefault("/" + parent, [])
+                    if s not in names:
+                        names.append(s)
+    finally:
+        for f in sources:
+            f.close()
+    return sum(n for _, _, n in order), list(weight_map.items())
+
+
+def _group(out: h5py.File, sources: list, path: str) -> h5py.Group:
+    """The group at `path` of `out`, made (with the groups above it) like the first source's."""
+    if path in out:
+        return out[path]
+    parent, _, name = path.rpartition("/")
+    above = _group(out, sources, parent) if parent else out
+    like = next(f[path] for f in sources if path in f)
+    group = h5py.Group(h5g.create(above.id, name.encode("utf-8"), gcpl=like.id.get_create_plist()))
+    copy_attrs(like, group)
+    return group
+
+
+def resharded_index(names: list[str], weight_map: list, total_size: int) -> dict:
+    """The index of resharded output: each vars group's shard (a list when it spans several)."""
+    return {"metadata": {"total_size": float(total_size)},
+            "weight_map": {group: names[s[0]] if len(s) == 1 else [names[i] for i in s] for group, s in weight_map}}

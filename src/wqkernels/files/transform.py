@@ -14,14 +14,14 @@ import numpy as np
 from ..allocation import bits_for_sqnr, count_fraction, default_min_size
 from ..pruning import prune, prune_n_m
 from ..quantization import PackedArray, QuantizedArray, fake_quantize, quantize, quantize_packed
-from ..statistics import compare
+from ..statistics import ErrorStats, compare
 from .buffers import Buffers
 from .layouts import Entry
 from .recipe import Recipe
 from .report import Histogram
 from .roles import block_view
 
-__all__ = ["Grid", "Quantization", "prepare", "statistics"]
+__all__ = ["Grid", "Quantization", "Measured", "prepare", "statistics"]
 
 
 class Grid(NamedTuple):
@@ -31,6 +31,15 @@ class Grid(NamedTuple):
     bits: int
     scale: np.ndarray
     zero_point: np.ndarray
+
+
+class Measured(NamedTuple):
+    """A stored weight's error against the weight as read, measured by the writer as it made
+    the stored values (which it then need not keep): :func:`~wqkernels.statistics.compare`'s."""
+
+    error: ErrorStats
+    before: float   # sparsity of the weight as read
+    after: float    # sparsity of the stored values
 
 
 @dataclass(frozen=True)
@@ -121,9 +130,12 @@ def _prune(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, out: np.ndarra
     return prune_n_m(x.reshape(view), n=n_m[0], m=n_m[1], axis=axis, out=out.reshape(view)).reshape(e.shape)
 
 
-def statistics(original: np.ndarray, stored: np.ndarray, bins: int) -> tuple:
+def statistics(original: np.ndarray, stored: np.ndarray | Measured, bins: int) -> tuple:
     """(sparsity before, sparsity after, mse, SQNR dB, Histogram or None) of one rewritten
-    weight, in one pass; the histograms of its values before and after in `bins` bins, unless 0."""
+    weight, in one pass (none when the writer `Measured` it); the histograms of its values before
+    and after in `bins` bins, unless 0."""
+    if isinstance(stored, Measured):
+        return stored.before, stored.after, float(stored.error.mse), float(stored.error.sqnr_db), None
     if not bins:
         stats, before, after = compare(original, stored)
         return before, after, float(stats.mse), float(stats.sqnr_db), None

@@ -16,7 +16,7 @@ from .dtypes import BFLOAT16, new_float, stored_values
 from .h5tree import Datasets, new_file
 from .layouts import Entry
 from .recipe import Recipe
-from .transform import Quantization
+from .transform import Measured, Quantization
 
 __all__ = ["Writer", "FloatWriter"]
 
@@ -50,10 +50,15 @@ class Writer(Datasets):
         return {}
 
     def weight(self, group: h5py.Group, name: str, like: h5py.Dataset, entry: Entry, x: np.ndarray,
-               quantization: Quantization | None, out: np.ndarray) -> tuple[np.ndarray, int]:
+               quantization: Quantization | None, out: np.ndarray,
+               original: np.ndarray | None = None) -> tuple[np.ndarray | Measured, int]:
         """Store one rewritten weight `x` (pruned, float32) as ``group[name]`` in place of `like`.
 
-        Returns (the float32 values a reader gets back, which may live in `out`; bytes stored).
+        Given `original` (the weight as read: x before pruning, or x itself), a writer may
+        measure the values against it on its way instead of returning them.
+
+        Returns (the float32 values a reader gets back, which may live in `out`, or their
+        :class:`~.transform.Measured` error against `original`; bytes stored).
         """
         raise NotImplementedError
 
@@ -69,7 +74,7 @@ class FloatWriter(Writer):
             return "float16"
         return dtype if dtype in ("float16", BFLOAT16) else "float32"
 
-    def weight(self, group, name, like, entry, x, quantization, out):
+    def weight(self, group, name, like, entry, x, quantization, out, original=None):
         values = x if quantization is None else quantization.values(x, out)
         dtype = self.stored_dtype(entry)
         values = stored_values(values, dtype, out)
