@@ -29,6 +29,7 @@ from . import atomic, sharded
 from .buffers import Buffers
 from .dtypes import dtype_name, new_float, stored_values
 from .errors import KerasFileError, as_file_errors
+from .graph import corrections
 from .h5tree import Datasets, copy_attrs, copy_tree
 from .keras_native import KerasWriter
 from .layouts import CONFIG_MEMBER, KERAS_MEMBER, Entry, check_output_name, container, file_path
@@ -311,7 +312,12 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar
     if work is None:
         work = plan(source, recipe, buffers, bar.advance)  # reads one tensor at a time, before anything is written
         report.notes.extend(work.notes)
-    weights, grids = _checked_overrides(source, recipe, work.selected, *overrides)
+    given, grids = overrides
+    if not given and not grids:  # (a calibration's weights are corrected by its own data)
+        given, corrected = corrections(source, recipe, work.counts, work.selected, buffers)
+        if corrected:
+            report.notes.append("BatchNorm statistics corrected the pruned outputs of " + ", ".join(corrected))
+    weights, grids = _checked_overrides(source, recipe, work.selected, given, grids)
     rows = {}
     with writer.open(tmp) as f:
         hooks = {}

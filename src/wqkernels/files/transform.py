@@ -21,7 +21,7 @@ from .recipe import Recipe
 from .report import Histogram
 from .roles import block_view
 
-__all__ = ["Grid", "Quantization", "prepare", "statistics"]
+__all__ = ["Grid", "Quantization", "prepare", "pruned", "statistics"]
 
 
 class Grid(NamedTuple):
@@ -100,6 +100,12 @@ def as_float32(x: np.ndarray) -> np.ndarray:
             raise ValueError(f"{count} value{'s' if count != 1 else ''} of this {x.dtype} weight overflow "
                              f"float32, the first {x[first].item()!r} at index {first}")
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def pruned(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict) -> np.ndarray:
+    """A float32 weight pruned as :func:`prepare` prunes it, in a new array (`x` when it stays dense)."""
+    out = _prune(x, e, recipe, counts, np.empty_like(x)) if recipe.prunes else None
+    return x if out is None else out
 
 
 def _prune(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, out: np.ndarray) -> np.ndarray | None:
