@@ -227,7 +227,8 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
             return None
         return {role: read(e) for role, e in found.items() if role in _BN_VARS}
 
-    for e in selected:
+    order = {name: i for i, name in enumerate(nodes)}
+    for e in sorted(selected, key=lambda e: order.get(e.layer, len(order))):  # in model order
         node = nodes.get(e.layer)
         kind = _KINDS.get(node.cls) if node is not None else None
         if kind is None or e.role != "kernel" or node.config.get("data_format", "channels_last") != "channels_last":
