@@ -1,5 +1,5 @@
-"""Data-free corrections from a model's own BatchNorm statistics, measured on the fidelity
-benchmark's architectures (a NumPy prototype; FIDELITY.md has the tables).
+"""Data-free corrections from a model's own BatchNorm statistics, measured on BatchNorm CNNs (a
+NumPy prototype of what ``Recipe(bn_correction=True)`` does; FIDELITY.md has the tables).
 
 A pruned or quantized kernel W + dW shifts each output channel's mean by dW . E[x].  When x comes
 from a BatchNormalization layer (through ReLU, pooling, flatten, dropout), E[x] per channel follows
@@ -8,23 +8,25 @@ E = b Phi(b/|g|) + |g| phi(b/|g|) (Nagel et al. 2019, "Data-Free Quantization Th
 Equalization and Bias Correction", section 4.2).  The shift is taken off the layer's bias, or
 added to the following BN's moving_mean when the layer has none.
 
-Variants (each on top of the default recipe):
+Variants (each on top of the default recipe without the package's correction):
 
 - ``mean``: the mean correction above, max pooling taken as mean-preserving;
-- ``mean, max-pool iid``: the same with max pooling's mean as that of the max of its k window
-  values taken as independent;
-- ``mean+var``: also the following BN's moving_variance scaled by the change of
-  sum_j W_j^2 Var(x_j) (independent inputs, variances from the BN statistics);
+- ``mean, max-pool iid``: max pooling's mean as that of the max of its k window values taken as
+  independent rectified Gaussians;
+- ``var``: the variance sum_j W_j^2 Var(x_j) (independent inputs) restored: the following BN's
+  moving_variance scaled, or a biased layer's kernel scaled per output channel;
+- ``mean+var``: both (what the package does), also restricted to BN-followed or biased layers;
 - ``folded``: pruning ranked by the BN-folded magnitude |w| |gamma| / sqrt(var + eps) of the
   following BN (LAMP over the folded tensors, the mask applied to the kernels);
 - ``input rms``: pruning ranked by |w| sqrt(E[x^2]) with the input's moments from the BN before;
-- combinations.
+- combinations, and other allocations (uniform, min size 0 or 1024) before the correction.
 
-Besides the eight architectures, two more with BatchNorm (``vgg_bn``: a VGG-style network of
+Besides ``cnn_bn``, two more architectures with BatchNorm (``vgg_bn``: a VGG-style network of
 bias-free Conv-BN-ReLU blocks; ``resnet_bn``: a functional residual network with Add), trained
-and cached like the others::
+and cached like the benchmark's own::
 
-    PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/bn_correction.py [--archs cnn_bn,vgg_bn]
+    PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/bn_correction.py --archs cnn_bn,vgg_bn,resnet_bn \
+        --groups "sparsity 0.9,sparsity 0.75,int2,int3"
 """
 from __future__ import annotations
 
@@ -492,7 +494,7 @@ def run_case(case, groups, variants):
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
-    parser.add_argument("--archs", default=",".join(list(models.ARCHITECTURES)))
+    parser.add_argument("--archs", default="cnn_bn,vgg_bn,resnet_bn")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default=";".join(VARIANTS))
     parser.add_argument("--groups", default="sparsity 0.9,sparsity 0.75,int2,int3")
