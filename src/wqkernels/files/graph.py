@@ -245,6 +245,8 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
             continue
         kernel = source.read(e, buffers).astype(np.float32)
         kept = pruned(kernel, e, recipe, counts)
+        if kept is kernel:  # left dense: nothing shifted
+            continue
         try:
             if target == "bias":
                 fixed = correct_layer(kernel, kept, moments.mean, moments.var, kind, bias=read(own["bias"]))
