@@ -66,7 +66,8 @@ class Recipe:
         outputs of each layer whose inputs come from a BatchNormalization (through ReLU, pooling,
         flatten, dropout), from that BN's own statistics: the layer's bias and a per-channel
         scale of its kernel, or the following BN's moving mean and variance
-        (:mod:`wqkernels.correction`; the rewrite's notes say which layers).  No data needed.
+        (:mod:`wqkernels.correction`; the rewrite's notes say which layers).  No data needed;
+        quantization alone is not corrected, and neither are the given weights of a calibration.
     activations : {"int8", "float"}, optional
         With storage="keras": quantize layer inputs dynamically to int8 (W8A8, the default of
         Keras's int8) or keep them float (weight-only, the default of Keras's int4).

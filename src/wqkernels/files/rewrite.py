@@ -147,6 +147,7 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False,
         Weight path (as :func:`inspect` lists it) -> values to start from instead of the file's
         (anything ``np.asarray`` converts, read when the weight is written).  The recipe still
         applies to the weights it selects; others are stored as given, in their dataset's type.
+        Given weights or grids (a calibration's) turn the recipe's `bn_correction` off.
     grids : mapping, optional
         Weight path -> :class:`~wqkernels.files.transform.Grid`: the bits, scale and zero point
         to quantize that weight with (no search), e.g. a calibration's.
