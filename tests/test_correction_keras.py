@@ -84,9 +84,10 @@ def test_rewrite_corrects_the_layers_fed_by_batchnorm(bn_model, tmp_path):
     wqkernels.rewrite(path, plain, Recipe(sparsity=0.75, bn_correction=False))
     report = wqkernels.rewrite(path, fixed, Recipe(sparsity=0.75))
     note = next(n for n in report.notes if n.startswith("BatchNorm statistics corrected"))
-    assert note == ("BatchNorm statistics corrected the pruned outputs of depthwise (bn2 moving mean and variance), "
-                    "pointwise (bn3 moving mean and variance), dense (kernel scale, bias)")
-    # the first conv reads the image and logits reads a Dense: their statistics are not known
+    assert note == ("BatchNorm statistics corrected the pruned outputs of pointwise (bn3 moving mean and variance), "
+                    "dense (kernel scale, bias)")
+    # the first conv reads the image and logits reads a Dense: their statistics are not known;
+    # the depthwise kernel (144 weights) stays dense
     # the relative shift of each channel's mean output on data whose statistics the BNs hold
     shifts = {}
     for layer in ("bn3", "dense", "logits"):
@@ -102,8 +103,9 @@ def test_rewrite_corrects_the_layers_fed_by_batchnorm(bn_model, tmp_path):
 def test_the_file_holds_what_correct_layer_gives_bit_for_bit(bn_model, tmp_path):
     path, model, x = bn_model
     plain, fixed = tmp_path / "plain.keras", tmp_path / "fixed.keras"
-    wqkernels.rewrite(path, plain, Recipe(sparsity=0.75, bn_correction=False))
-    wqkernels.rewrite(path, fixed, Recipe(sparsity=0.75))
+    # every kernel pruned, the depthwise one too
+    wqkernels.rewrite(path, plain, Recipe(sparsity=0.75, min_size=0, bn_correction=False))
+    wqkernels.rewrite(path, fixed, Recipe(sparsity=0.75, min_size=0))
     layers = {layer.name: layer for layer in _load(plain).layers}
     got = {layer.name: layer for layer in _load(fixed).layers}
     floats = {layer.name: layer for layer in model.layers}
