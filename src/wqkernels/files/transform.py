@@ -21,7 +21,7 @@ from .recipe import Recipe
 from .report import Histogram
 from .roles import block_view
 
-__all__ = ["Grid", "Quantization", "prepare", "pruned", "statistics"]
+__all__ = ["Grid", "Quantization", "prepare", "statistics"]
 
 
 class Grid(NamedTuple):
