@@ -70,6 +70,7 @@ class Context:
 
     model: object
     samples: np.ndarray
+    path: str | None = None  # the model's .keras file
 
 
 #: a weights function: (float weights by path, the prunable tensors, context) -> new weights by path
@@ -93,9 +94,10 @@ class Candidate:
             raise ValueError("a Candidate has a recipe or a transform")
 
     def apply(self, weights: dict, tensors: list, context: Context) -> dict:
-        """The new prunable tensors by path."""
+        """The new prunable tensors by path, and any other weight a recipe changes (biases and
+        BatchNorm statistics of the BN correction)."""
         new = (replica(self.recipe) if self.transform is None else self.transform)(weights, tensors, context)
-        return {t.path: new.get(t.path, weights[t.path]) for t in tensors}
+        return {**new, **{t.path: new.get(t.path, weights[t.path]) for t in tensors}}
 
 
 def quantization_label(symmetric: bool, method: str, granularity: str) -> str:
@@ -144,11 +146,13 @@ def pruning_grid() -> list[Candidate]:
     for sparsity in (0.5, 0.75, 0.9):
         group = f"sparsity {sparsity:g}"
         out.append(Candidate("default (global)", group, wqkernels.Recipe(sparsity=sparsity), tags=("default",)))
+        out.append(Candidate("no BN correction", group, wqkernels.Recipe(sparsity=sparsity, bn_correction=False)))
         out.append(Candidate("uniform", group, wqkernels.Recipe(sparsity=sparsity, allocation="uniform")))
     out.append(Candidate("default (min size 1024)", "2:4", wqkernels.Recipe(sparsity="2:4"), tags=("default",)))
+    out.append(Candidate("default, no BN correction", "2:4", wqkernels.Recipe(sparsity="2:4", bn_correction=False)))
     out.append(Candidate("every kernel (min size 0)", "2:4", wqkernels.Recipe(sparsity="2:4", min_size=0)))
     for c in list(out):
-        if c.recipe.allocation == "global":
+        if c.recipe.allocation == "global" and c.recipe.bn_correction:
             out.append(Candidate(c.label + " sum-preserving", c.group, transform=_sum_preserving_pruning(c.recipe)))
     for sparsity in (0.5, 0.75, 0.9):
         for min_size in (256, 1024):
@@ -181,8 +185,9 @@ def _magnitude_pruning(sparsity: float, min_size: int) -> Transform:
 
 def _sum_preserving_pruning(recipe: wqkernels.Recipe) -> Transform:
     """Prune as `recipe` does, then give each output channel's kept weights an equal share of the
-    sum its pruned weights had, so that the channel keeps the float sum (a NumPy prototype)."""
-    prune = replica(recipe)
+    sum its pruned weights had, so that the channel keeps the float sum (a NumPy prototype; without
+    the BN correction)."""
+    prune = replica(dataclasses.replace(recipe, bn_correction=False))
 
     def transform(weights, tensors, context):
         pruned = prune(weights, tensors, context)
@@ -244,26 +249,29 @@ class Case:
             [v.value for v in self.model.non_trainable_variables]
         self._run = _compiled(self.model)
         self.reference = self.predict({})
-        self.context = Context(self.model, self.task.x_train[:256])
+        self.context = Context(self.model, self.task.x_train[:256], self.path)
 
     def _find_variables(self) -> dict:
-        """{path of a prunable tensor: index in the model's trainable variables}."""
+        """{path of a float weight of the file: (0 trainable or 1 not, index in those variables)}."""
         import h5py
 
         marked = os.path.join(self.workdir, "marked.weights.h5")
         with zipfile.ZipFile(self.path) as z, open(marked, "wb") as f:
             f.write(z.read("model.weights.h5"))
+        paths = [p for p, w in self.weights.items() if w.dtype.kind == "f" and w.size and not p.startswith("optimizer")]
+        shapes = {p: self.weights[p].shape for p in paths}
         with h5py.File(marked, "r+") as f:
-            for i, t in enumerate(self.tensors):
-                f[t.path][...] = np.float32(i + 1)
+            for i, p in enumerate(paths):
+                f[p][...] = np.float32(i + 1)
         self.model.load_weights(marked)
         found = {}
-        for j, v in enumerate(self.model.trainable_variables):
-            value = np.asarray(v.numpy())
-            if value.size and np.all(value == value.flat[0]) and float(value.flat[0]).is_integer():
-                i = int(value.flat[0]) - 1
-                if 0 <= i < len(self.tensors) and self.tensors[i].shape == value.shape:
-                    found[self.tensors[i].path] = j
+        for kind, variables in enumerate((self.model.trainable_variables, self.model.non_trainable_variables)):
+            for j, v in enumerate(variables):
+                value = np.asarray(v.numpy())
+                if value.size and np.all(value == value.flat[0]) and float(value.flat[0]).is_integer():
+                    i = int(value.flat[0]) - 1
+                    if 0 <= i < len(paths) and shapes[paths[i]] == value.shape:
+                        found[paths[i]] = (kind, j)
         self.model.load_weights(self.path)
         missing = [t.path for t in self.tensors if t.path not in found]
         if missing:
@@ -271,11 +279,12 @@ class Case:
         return found
 
     def predict(self, kernels: dict) -> np.ndarray:
-        """The test outputs with the prunable tensors of `kernels` (by path) replacing the float ones."""
-        trainable = list(self.variables[0])
+        """The test outputs with the weights of `kernels` (by path) replacing the float ones."""
+        variables = list(self.variables[0]), list(self.variables[1])
         for path, value in kernels.items():
-            trainable[self.slots[path]] = np.asarray(value, dtype=np.float32)
-        return np.asarray(self._run(trainable, self.variables[1], self.task.x_test), dtype=np.float64)
+            kind, j = self.slots[path]
+            variables[kind][j] = np.asarray(value, dtype=np.float32)
+        return np.asarray(self._run(*variables, self.task.x_test), dtype=np.float64)
 
     def compress(self, candidate: Candidate, via: str = "memory") -> dict:
         """The prunable tensors after `candidate`: computed in memory as the file layer does, or
@@ -287,9 +296,9 @@ class Case:
             dst = os.path.join(self.workdir, "rewritten.keras")
             wqkernels.rewrite(self.path, dst, candidate.recipe)
             written = wqkernels.load_weights(dst)
-            for t in self.tensors:
-                if not np.array_equal(written[t.path], new[t.path]):
-                    raise AssertionError(f"{self.arch} {candidate.group} {candidate.label}: {t.path} differs "
+            for path in new:
+                if not np.array_equal(written[path], new[path]):
+                    raise AssertionError(f"{self.arch} {candidate.group} {candidate.label}: {path} differs "
                                          "between wqkernels.rewrite and the benchmark's replica")
         return new
 
@@ -334,6 +343,8 @@ def replica(recipe: wqkernels.Recipe) -> Transform:
             counts = prune_counts(out, recipe.sparsity, allocation=recipe.allocation, min_size=recipe.min_size)
             out = {p: wqkernels.prune(x, sparsity=count_fraction(counts[p], x.size)) if counts[p] else x
                    for p, x in out.items()}
+        if recipe.prunes and recipe.bn_correction and context.path is not None:
+            out.update(bn_corrections(context.path, recipe, counts if recipe.n_m is None else {}))
         if recipe.bits is not None:
             for t in tensors:
                 if recipe.min_size is not None and math.prod(t.shape) < recipe.min_size:
@@ -345,6 +356,18 @@ def replica(recipe: wqkernels.Recipe) -> Transform:
         return out
 
     return transform
+
+
+def bn_corrections(path: str, recipe: wqkernels.Recipe, counts: dict) -> dict:
+    """The BatchNorm correction of a pruning recipe (``Recipe.bn_correction``), as the file layer
+    computes it: {path: new values} of the scaled kernels, biases and BN statistics."""
+    from wqkernels.files.buffers import Buffers
+    from wqkernels.files.graph import corrections
+    from wqkernels.files.source import Source
+
+    with Source(path) as source:
+        fixes, _ = corrections(source, recipe, counts, [e for e in source.entries if recipe.selects(e)], Buffers())
+        return {p: np.asarray(v, dtype=np.float32) for p, v in fixes.items()}
 
 
 def block_view(tensor: Tensor) -> tuple[tuple, int]:

@@ -5,6 +5,7 @@ and three seeds, at sparsity 0.75 and 0.9, printing markdown tables::
 
     PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/pruning_variants.py
 """
+import dataclasses
 import math
 import os
 import statistics
@@ -21,7 +22,7 @@ import wqkernels  # noqa: E402
 
 def rescaled(recipe, order):
     """Prune as `recipe` does, then scale each channel's kept weights to its float L`order` norm."""
-    prune = fidelity.replica(recipe)
+    prune = fidelity.replica(dataclasses.replace(recipe, bn_correction=False))
 
     def transform(weights, tensors, context):
         pruned = prune(weights, tensors, context)

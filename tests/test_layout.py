@@ -16,7 +16,7 @@ LAYERS = {
     "_core": 0, "_version": 0,
     "_checks": 1, "_schemes": 1, "_text": 1, "threads": 1, "progress": 1,
     "quantization": 1, "packing": 1, "pruning": 1, "statistics": 1, "allocation": 1, "reference": 1,
-    "calibration": 1, "bench": 1, "keras_schemes": 1,
+    "calibration": 1, "correction": 1, "bench": 1, "keras_schemes": 1,
     "files": 2,
     "batch": 3, "keras": 3,
     "cli": 4, "__main__": 4,

@@ -77,6 +77,12 @@ def add_recipe_options(p) -> None:
                    help="sum: the fewest codes move one step so that each channel keeps its sum (the "
                         "default; recurrent kernels and Keras-native layers round to nearest); nearest: "
                         "faster, less accurate")
+    correct = p.add_mutually_exclusive_group()
+    correct.add_argument("--bn-correction", dest="bn_correction", action="store_true", default=True,
+                         help="when pruning a .keras or full .h5 model, restore the output mean and variance "
+                              "of layers fed by BatchNorm from its statistics (the default)")
+    correct.add_argument("--no-bn-correction", dest="bn_correction", action="store_false",
+                         help="prune the kernels only, leaving biases and BatchNorm statistics as they were")
     p.add_argument("--storage", choices=STORAGES, default="float32",
                    help="float32 (default, loads in any Keras), float16, packed codes (smallest; "
                         "wqkernels restore makes it loadable), or keras: Keras 3's own int8/int4 layers "
@@ -106,7 +112,7 @@ def recipe_from_args(args) -> Recipe:
                       storage=args.storage, compress=args.compress, strip_optimizer=args.strip_optimizer,
                       include=tuple(args.include), exclude=tuple(args.exclude), min_size=args.min_size,
                       allocation=args.allocation, target_sqnr=args.target_sqnr, activations=args.activations,
-                      rounding=args.rounding,
+                      rounding=args.rounding, bn_correction=args.bn_correction,
                       **({} if args.symmetric is None else {"symmetric": args.symmetric}))
     except (ValueError, TypeError) as exc:
         raise CommandError(f"impossible recipe: {exc}") from None

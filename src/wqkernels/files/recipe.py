@@ -61,6 +61,13 @@ class Recipe:
         The `rounding` of :func:`wqkernels.quantize`; default per weight
         :func:`wqkernels.allocation.default_rounding` of its role (sum-preserving, recurrent
         kernels to nearest).
+    bn_correction : bool
+        When pruning a file that carries a model config, restore the mean and variance of the
+        outputs of each layer whose inputs come from a BatchNormalization (through ReLU, pooling,
+        flatten, dropout), from that BN's own statistics: the layer's bias and a per-channel
+        scale of its kernel, or the following BN's moving mean and variance
+        (:mod:`wqkernels.correction`; the rewrite's notes say which layers).  No data needed;
+        quantization alone is not corrected, and neither are the given weights of a calibration.
     activations : {"int8", "float"}, optional
         With storage="keras": quantize layer inputs dynamically to int8 (W8A8, the default of
         Keras's int8) or keep them float (weight-only, the default of Keras's int4).
@@ -93,6 +100,7 @@ class Recipe:
     symmetric: bool | None = None
     activations: str | None = None
     rounding: str | None = None
+    bn_correction: bool = True
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -135,6 +143,7 @@ class Recipe:
                 raise TypeError(f"{name} must be glob patterns (str), got {value!r}")
             set_(self, name, value)
         set_(self, "strip_optimizer", bool(self.strip_optimizer))
+        set_(self, "bn_correction", bool(self.bn_correction))
         if self.activations is not None and self.storage != "keras":
             raise ValueError("activations applies to storage='keras' only")
 

@@ -29,6 +29,7 @@ from . import atomic, sharded
 from .buffers import Buffers
 from .dtypes import dtype_name, new_float, stored_values
 from .errors import KerasFileError, as_file_errors
+from .graph import corrections
 from .h5tree import Datasets, copy_attrs, copy_tree
 from .keras_native import KerasWriter
 from .layouts import CONFIG_MEMBER, KERAS_MEMBER, Entry, check_output_name, container, file_path
@@ -146,6 +147,7 @@ def rewrite(src, dst, recipe: Recipe | None = None, *, in_place: bool = False,
         Weight path (as :func:`inspect` lists it) -> values to start from instead of the file's
         (anything ``np.asarray`` converts, read when the weight is written).  The recipe still
         applies to the weights it selects; others are stored as given, in their dataset's type.
+        Given weights or grids (a calibration's) turn the recipe's `bn_correction` off.
     grids : mapping, optional
         Weight path -> :class:`~wqkernels.files.transform.Grid`: the bits, scale and zero point
         to quantize that weight with (no search), e.g. a calibration's.
@@ -381,7 +383,12 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar
     if work is None:
         work = plan(source, recipe, buffers, bar.advance)  # reads one tensor at a time, before anything is written
         report.notes.extend(work.notes)
-    weights, grids = _checked_overrides(source, recipe, work.selected, *overrides)
+    given, grids = overrides
+    if not given and not grids:  # (a calibration's weights are corrected by its own data)
+        given, corrected = corrections(source, recipe, work.counts, work.selected, buffers)
+        if corrected:
+            report.notes.append("BatchNorm statistics corrected the pruned outputs of " + ", ".join(corrected))
+    weights, grids = _checked_overrides(source, recipe, work.selected, given, grids)
     rows = {}
     with writer.open(tmp) as f:
         hooks = {}

@@ -115,6 +115,12 @@ def as_float32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def pruned(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict) -> np.ndarray:
+    """A float32 weight pruned as :func:`prepare` prunes it, in a new array (`x` when it stays dense)."""
+    out = _prune(x, e, recipe, counts, np.empty_like(x)) if recipe.prunes else None
+    return x if out is None else out
+
+
 def _prune(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, out: np.ndarray) -> np.ndarray | None:
     """One float32 tensor pruned as the recipe says, written into `out` (which may be x); None
     when it stays dense.  N:M runs along the input axis, on tensors of at least min_size

@@ -1,0 +1,194 @@
+"""Data-free correction of what pruning shifts in a layer's outputs, from BatchNorm statistics.
+
+A pruned kernel ``W'`` of a Dense or convolution layer changes each output channel's mean by
+``(W' - W) . E[x]`` and its variance, roughly, from ``sum_j W_j^2 Var(x_j)`` to
+``sum_j W'_j^2 Var(x_j)`` (inputs taken as independent).  Where the layer's inputs come from a
+BatchNormalization layer (through ReLU, pooling, flatten, dropout), their per-channel moments are
+known without data: a BN's output is taken as ``N(beta, gamma^2)``, after ReLU
+``E = b Phi(b/|g|) + |g| phi(b/|g|)`` (:func:`relu_moments`; the data-free bias correction of
+Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias Correction", 2019,
+section 4.2, extended to the variance).  :func:`correct_layer` restores both:
+
+* a layer followed by a BatchNormalization (no bias of its own): the BN's ``moving_mean`` takes
+  the shift and its ``moving_variance`` the variance's ratio, so the BN normalises the pruned
+  outputs as it did the float ones;
+* a layer with a bias: each output channel's kept weights are scaled to the float variance, then
+  the bias takes back the mean shift.
+
+Measured on BN CNNs of ``benchmarks/bn_correction.py`` (FIDELITY.md): at sparsity 0.75 the
+digits CNN's output error falls from 0.418 to 0.224 and a VGG-style BN network's score loss from
+59.7 to 4.3 points; it is applied where pruning happens only, since quantization noise adds
+variance rather than removing it (at 2 bits the variance correction raised the output error).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from ._checks import float_array
+
+__all__ = ["KINDS", "Corrected", "relu_moments", "output_moments", "correct_layer"]
+
+#: how a kernel's axes map onto input and output channels: "dense" (inputs, outputs), "conv"
+#: (..., inputs, outputs) and "depthwise" (..., inputs, multiplier; output i*multiplier + k)
+KINDS = ("dense", "conv", "depthwise")
+
+
+class Corrected(NamedTuple):
+    """What :func:`correct_layer` changes; None for what it leaves alone.
+
+    scale: factors (float32) of the pruned kernel, broadcasting over its shape; bias,
+    moving_mean, moving_variance: the new float32 vectors.
+    """
+
+    scale: np.ndarray | None
+    bias: np.ndarray | None
+    moving_mean: np.ndarray | None
+    moving_variance: np.ndarray | None
+
+
+def relu_moments(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """``E[relu(z)]`` and ``E[relu(z)^2]`` of ``z ~ N(mean, std^2)``, elementwise (float64).
+
+    A standard deviation of 0 is the point mass at `mean`; its sign is ignored (a BN's gamma).
+
+    Examples
+    --------
+    >>> from wqkernels.correction import relu_moments
+    >>> m1, m2 = relu_moments([0.0, 1.0], [1.0, 0.0])
+    >>> [round(float(v), 4) for v in m1], [round(float(v), 4) for v in m2]
+    ([0.3989, 1.0], [0.5, 1.0])
+    """
+    mean = np.asarray(float_array(mean, "mean"), np.float64)
+    std = np.abs(np.asarray(float_array(std, "std"), np.float64))
+    mean, std = np.broadcast_arrays(mean, std)
+    safe = np.where(std > 0, std, 1.0)
+    z = mean / safe
+    cdf = 0.5 * (1.0 + _erf(z / math.sqrt(2.0)))
+    pdf = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    point = np.maximum(mean, 0.0)
+    m1 = np.where(std > 0, mean * cdf + safe * pdf, point)
+    m2 = np.where(std > 0, (mean * mean + safe * safe) * cdf + mean * safe * pdf, point * point)
+    return m1, m2
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.frompyfunc(math.erf, 1, 1)(x).astype(np.float64)
+
+
+def output_moments(kernel, mean, var, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each output channel's mean and variance (float64) for inputs of per-channel `mean` and
+    `var`, taken as independent; zero padding at the borders of a convolution is ignored.
+
+    Parameters
+    ----------
+    kernel : array_like of float
+        A Dense, convolution or depthwise kernel, laid out as `kind` says (:data:`KINDS`).
+    mean, var : array_like of float, 1-d
+        Per input channel.  A Dense kernel whose inputs are a flattened channels-last map has a
+        multiple of their length as its fan-in: the channel is the fastest-varying index.
+    kind : {"dense", "conv", "depthwise"}
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from wqkernels.correction import output_moments
+    >>> output_moments(np.array([[1.0], [2.0]]), [1.0, 1.0], [1.0, 0.5], "dense")
+    (array([3.]), array([3.]))
+    """
+    k = np.asarray(float_array(kernel, "kernel"), np.float64)
+    mean, var = _per_channel(k, mean, var, kind)
+    if kind == "dense":
+        return mean @ k, var @ (k * k)
+    if kind == "conv":
+        k2 = (k * k).reshape(-1, *k.shape[-2:]).sum(axis=0)
+        return mean @ k.reshape(-1, *k.shape[-2:]).sum(axis=0), var @ k2
+    flat = k.reshape(-1, *k.shape[-2:])
+    return ((flat.sum(axis=0) * mean[:, None]).reshape(-1),
+            ((flat * flat).sum(axis=0) * var[:, None]).reshape(-1))
+
+
+def _per_channel(k: np.ndarray, mean, var, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The input moments as float64 vectors of the kernel's fan-in (Dense: tiled)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
+    if k.ndim < 2 or (kind == "dense" and k.ndim != 2) or (kind == "depthwise" and k.ndim < 3):
+        raise ValueError(f"kernel has shape {k.shape}, not a {kind} kernel")
+    mean = np.asarray(float_array(mean, "mean"), np.float64).reshape(-1)
+    var = np.asarray(float_array(var, "var"), np.float64).reshape(-1)
+    if mean.shape != var.shape:
+        raise ValueError(f"mean and var differ in length: {mean.size} and {var.size}")
+    fan_in = k.shape[0] if kind == "dense" else k.shape[-2]
+    if kind == "dense" and mean.size and fan_in % mean.size == 0:
+        mean, var = np.tile(mean, fan_in // mean.size), np.tile(var, fan_in // mean.size)
+    if mean.size != fan_in:
+        raise ValueError(f"mean has {mean.size} channels, the kernel {fan_in} inputs")
+    return mean, var
+
+
+def correct_layer(kernel, pruned, mean, var, kind: str, *, bias=None, moving_mean=None,
+                  moving_variance=None, epsilon: float = 1e-3) -> Corrected:
+    """Restore each output channel's mean and variance after `kernel` became `pruned`.
+
+    Give `bias` for a layer with one (then the pruned kernel is scaled per output channel to
+    the float variance, and the bias takes back the mean shift of the scaled kernel), or the
+    following BatchNormalization's `moving_mean`, `moving_variance` and `epsilon` (they take
+    the mean shift and the variance ratio).  Channels whose float or pruned variance is 0 keep
+    their scale and variance.
+
+    Parameters
+    ----------
+    kernel, pruned : array_like of float
+        The float kernel and the pruned one (same shape).
+    mean, var : array_like of float, 1-d
+        The inputs' per-channel mean and variance (see :func:`output_moments`).
+    kind : {"dense", "conv", "depthwise"}
+    bias, moving_mean, moving_variance : array_like of float, optional
+        One value per output channel.
+    epsilon : float
+        The BatchNormalization's epsilon.
+
+    Returns
+    -------
+    Corrected
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from wqkernels.correction import correct_layer
+    >>> w = np.array([[1.0], [0.5]]); p = np.array([[1.0], [0.0]])
+    >>> c = correct_layer(w, p, [2.0, 2.0], [1.0, 1.0], "dense", bias=[0.0])
+    >>> c.scale.ravel().round(4), c.bias.round(4)
+    (array([1.118], dtype=float32), array([0.7639], dtype=float32))
+    """
+    k = np.asarray(float_array(kernel, "kernel"), np.float64)
+    p = np.asarray(float_array(pruned, "pruned"), np.float64)
+    if k.shape != p.shape:
+        raise ValueError(f"pruned has shape {p.shape}, kernel {k.shape}")
+    if (bias is None) == (moving_mean is None or moving_variance is None):
+        raise ValueError("give bias, or moving_mean and moving_variance")
+    mean0, var0 = output_moments(k, mean, var, kind)
+    mean1, var1 = output_moments(p, mean, var, kind)
+    ratio = np.ones_like(var0)
+    np.divide(var1, var0, out=ratio, where=(var0 > 0) & (var1 > 0))
+    if bias is not None:
+        b = _vector(bias, "bias", mean0.size)
+        scale = (1.0 / np.sqrt(ratio)).astype(np.float32).reshape(k.shape[-2:] if kind == "depthwise" else k.shape[-1:])
+        shift = output_moments(p * scale, mean, var, kind)[0] - mean0
+        return Corrected(scale, (b - shift).astype(np.float32), None, None)
+    mm = _vector(moving_mean, "moving_mean", mean0.size)
+    mv = _vector(moving_variance, "moving_variance", mean0.size)
+    eps = float(epsilon)
+    if not eps >= 0:
+        raise ValueError(f"epsilon must be a non-negative number, got {epsilon!r}")
+    return Corrected(None, None, (mm + (mean1 - mean0)).astype(np.float32),
+                     ((mv + eps) * ratio - eps).astype(np.float32))
+
+
+def _vector(value, name: str, size: int) -> np.ndarray:
+    x = np.asarray(float_array(value, name), np.float64).reshape(-1)
+    if x.size != size:
+        raise ValueError(f"{name} has {x.size} values, the layer {size} output channels")
+    return x

@@ -1,0 +1,283 @@
+"""The layer graph of a model config, and the data-free BatchNorm correction a rewrite plans from it.
+
+:func:`graph` reads which layers feed which from a Sequential or functional config (Keras 3's
+``keras_history`` or Keras 2's nested ``inbound_nodes`` lists).  :func:`input_moments` follows a
+layer's input back to a BatchNormalization through the layers whose statistics it knows:
+
+* BatchNormalization (channels last): ``N(beta, gamma^2)`` per channel;
+* ReLU (plain) and Activation("relu") of such a Gaussian: :func:`~wqkernels.correction.relu_moments`;
+* Dropout layers and linear activations: unchanged at inference; Flatten (channels last): each
+  channel repeated, as :func:`~wqkernels.correction.output_moments` tiles it; average pooling:
+  the mean exactly (padding aside), the variance an upper bound;
+* max pooling: taken as mean-preserving (an underestimate: the max of a window is larger than
+  its values' mean), no longer Gaussian;
+* Add: the sum of the means and of the variances (the branches taken as independent).
+
+Anything else (an input, a layer with its own weights, a concatenation, a reshape) is not known,
+and layers reading it are left alone.  :func:`corrections` gives, for a rewrite that prunes, the
+new bias or following BatchNorm statistics of each layer whose input is known
+(:func:`wqkernels.correction.correct_layer`), as values to write instead of the file's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..correction import correct_layer, relu_moments
+from .buffers import Buffers
+from .layouts import Entry
+from .recipe import Recipe
+from .roles import _children, class_name, layer_name
+from .transform import pruned
+
+__all__ = ["Node", "graph", "input_moments", "corrections"]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One layer of a model config: its class, its config and the layers it reads."""
+
+    cls: str | None
+    config: dict
+    inputs: tuple
+
+
+def graph(config: dict | None) -> dict:
+    """{layer name: Node} of the top level of a model config, in config order; empty without one.
+
+    Layers of a Sequential read the layer before; a functional model's layers read what their
+    first inbound node names.  Nested models are nodes like any layer (their statistics unknown).
+    """
+    layers = _children(config) if isinstance(config, dict) else None
+    out, previous = {}, None
+    functional = any("inbound_nodes" in c for c in layers or [])
+    for child in layers or []:
+        name = layer_name(child)
+        if name is None:
+            continue
+        inner = child.get("config") if isinstance(child.get("config"), dict) else {}
+        if functional:
+            nodes = child.get("inbound_nodes") or []
+            inputs = tuple(_sources(nodes[0])) if isinstance(nodes, list) and nodes else ()
+        else:
+            inputs = () if previous is None else (previous,)
+        out[name] = Node(class_name(child), inner, inputs)
+        previous = name
+    return out
+
+
+def _sources(node) -> list:
+    """The layer names an inbound node reads, in order."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "__keras_tensor__":
+            history = (node.get("config") or {}).get("keras_history")
+            return [history[0]] if isinstance(history, list) and history and isinstance(history[0], str) else []
+        return [s for v in node.values() for s in _sources(v)]
+    if isinstance(node, list):
+        if len(node) >= 3 and isinstance(node[0], str) and isinstance(node[1], int):
+            return [node[0]]  # Keras 2: [layer name, node index, tensor index, kwargs]
+        return [s for v in node for s in _sources(v)]
+    return []
+
+
+def consumers(nodes: dict) -> dict:
+    """{layer name: names of the layers reading it}."""
+    out = {name: [] for name in nodes}
+    for name, node in nodes.items():
+        for source in node.inputs:
+            out.setdefault(source, []).append(name)
+    return out
+
+
+#: layers that leave each channel's statistics as they are at inference
+_SAME = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
+         "AlphaDropout", "Identity")
+_AVERAGE = ("AveragePooling1D", "AveragePooling2D", "AveragePooling3D", "GlobalAveragePooling1D",
+            "GlobalAveragePooling2D", "GlobalAveragePooling3D")
+_MAX = ("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D")
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-channel mean and variance of a layer's output; `gaussian` when normally distributed."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    gaussian: bool
+
+
+def input_moments(nodes: dict, name: str, bn_weights, memo: dict | None = None) -> Moments | None:
+    """The moments of layer `name`'s single input, or None when not known (module docstring).
+
+    ``bn_weights(layer)`` gives a BatchNormalization's {"gamma", "beta", ...} arrays, or None.
+    """
+    memo = {} if memo is None else memo
+    node = nodes.get(name)
+    if node is None or len(node.inputs) != 1:
+        return None
+    return _moments(nodes, node.inputs[0], bn_weights, memo)
+
+
+def _moments(nodes, name, bn_weights, memo):
+    if name not in memo:
+        memo[name] = None  # (a cycle in a broken config stays unknown)
+        memo[name] = _moments_of(nodes, name, bn_weights, memo)
+    return memo[name]
+
+
+def _moments_of(nodes, name, bn_weights, memo) -> Moments | None:
+    node = nodes.get(name)
+    if node is None:
+        return None
+    cfg, cls = node.config, node.cls
+    if cls == "BatchNormalization":
+        weights = bn_weights(name) if _channels_last_axis(cfg.get("axis", -1)) else None
+        if weights is None:
+            return None
+        beta, gamma = weights.get("beta"), weights.get("gamma")
+        mean = np.asarray(beta, np.float64) if beta is not None else np.zeros(weights["moving_mean"].shape)
+        std = np.abs(np.asarray(gamma, np.float64)) if gamma is not None else np.ones(mean.shape)
+        return Moments(mean, std * std, True)
+    parts = [_moments(nodes, s, bn_weights, memo) for s in node.inputs]
+    if not parts or any(p is None for p in parts):
+        return None
+    if cls == "Add":
+        if len({p.mean.shape for p in parts}) != 1:
+            return None
+        return Moments(sum(p.mean for p in parts), sum(p.var for p in parts), all(p.gaussian for p in parts))
+    if len(parts) != 1:
+        return None
+    x = parts[0]
+    relu = (cls == "ReLU" and not cfg.get("max_value") and not cfg.get("negative_slope") and not cfg.get("threshold")) \
+        or (cls == "Activation" and cfg.get("activation") == "relu")
+    if relu:
+        if not x.gaussian:
+            return None
+        m1, m2 = relu_moments(x.mean, np.sqrt(x.var))
+        return Moments(m1, np.maximum(m2 - m1 * m1, 0.0), False)
+    if cls in _SAME or (cls == "Activation" and cfg.get("activation") == "linear"):
+        return x
+    if cls in _AVERAGE or cls == "Flatten":
+        return x if cfg.get("data_format", "channels_last") == "channels_last" else None
+    if cls in _MAX:
+        if cfg.get("data_format", "channels_last") != "channels_last":
+            return None
+        return Moments(x.mean, x.var, False)
+    return None
+
+
+def _channels_last_axis(axis) -> bool:
+    if isinstance(axis, list) and len(axis) == 1:
+        axis = axis[0]
+    return axis == -1
+
+
+#: the layers corrected, and how their kernels map onto channels (wqkernels.correction.KINDS)
+_KINDS = {"Dense": "dense", "Conv1D": "conv", "Conv2D": "conv", "Conv3D": "conv",
+          "Convolution1D": "conv", "Convolution2D": "conv", "Convolution3D": "conv",
+          "DepthwiseConv1D": "depthwise", "DepthwiseConv2D": "depthwise"}
+
+#: the order of a Keras 3 BatchNormalization's vars (gamma without scale=False, beta without center=False)
+_BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+def _layer_entries(source) -> dict:
+    """{layer name: {role: entry}} of the weights of the top-level layers, BN roles by name or index."""
+    nodes = graph(source.config)
+    out = {}
+    for e in source.entries:
+        node = nodes.get(e.layer)
+        if node is None or e.role in ("optimizer", "variable"):
+            continue
+        role = e.role
+        if node.cls == "BatchNormalization" and role not in _BN_VARS:
+            names = [n for n, on in zip(_BN_VARS, (node.config.get("scale", True), node.config.get("center", True),
+                                                   True, True)) if on]
+            index = e.path.rsplit("/", 1)[-1]
+            role = names[int(index)] if e.path.rsplit("/", 2)[-2:-1] == ["vars"] and index.isdigit() \
+                and int(index) < len(names) else role
+        out.setdefault(e.layer, {}).setdefault(role, e)
+    return out
+
+
+def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: Buffers) -> tuple[dict, list]:
+    """({weight path: values to write}, [what was corrected]) for a rewrite that prunes.
+
+    For each selected kernel of a Dense, convolution or depthwise layer whose input statistics
+    are known (:func:`input_moments`): with a bias, the kernel pruned and scaled per channel
+    (computed again when it is written, so it is not held) and the new bias; without one, and
+    read by a BatchNormalization only, that BN's new moving_mean and moving_variance.  Each
+    kernel is read and pruned once here.
+    """
+    if not (recipe.bn_correction and recipe.prunes) or not isinstance(source.config, dict):
+        return {}, []
+    nodes = graph(source.config)
+    readers = consumers(nodes)
+    entries = _layer_entries(source)
+    memo, out, done = {}, {}, []
+
+    def read(e):
+        return np.asarray(source.read(e, buffers), np.float64)
+
+    def bn_weights(name):
+        found = entries.get(name, {})
+        if "moving_mean" not in found or "moving_variance" not in found:
+            return None
+        return {role: read(e) for role, e in found.items() if role in _BN_VARS}
+
+    order = {name: i for i, name in enumerate(nodes)}
+    for e in sorted(selected, key=lambda e: order.get(e.layer, len(order))):  # in model order
+        node = nodes.get(e.layer)
+        kind = _KINDS.get(node.cls) if node is not None else None
+        if kind is None or e.role != "kernel" or node.config.get("data_format", "channels_last") != "channels_last":
+            continue
+        own = entries.get(e.layer, {})
+        after = readers.get(e.layer, [])
+        bn = after[0] if len(after) == 1 and nodes[after[0]].cls == "BatchNormalization" else None
+        target = "bias" if "bias" in own else None
+        if target is None and (bn is None or node.config.get("activation", "linear") != "linear"
+                               or bn_weights(bn) is None or not _channels_last_axis(nodes[bn].config.get("axis", -1))):
+            continue
+        moments = input_moments(nodes, e.layer, bn_weights, memo)
+        if moments is None:
+            continue
+        kernel = source.read(e, buffers).astype(np.float32)
+        kept = pruned(kernel, e, recipe, counts)
+        if kept is kernel:  # left dense: nothing shifted
+            continue
+        try:
+            if target == "bias":
+                fixed = correct_layer(kernel, kept, moments.mean, moments.var, kind, bias=read(own["bias"]))
+            else:
+                stats = entries[bn]
+                fixed = correct_layer(kernel, kept, moments.mean, moments.var, kind,
+                                      moving_mean=read(stats["moving_mean"]),
+                                      moving_variance=read(stats["moving_variance"]),
+                                      epsilon=float(nodes[bn].config.get("epsilon", 1e-3)))
+        except ValueError:  # shapes the graph does not explain (a reshape it missed): left alone
+            continue
+        if target == "bias":
+            out[e.path] = _Scaled(source, e, recipe, counts, fixed.scale)
+            out[own["bias"].path] = fixed.bias
+            done.append(f"{e.layer} (kernel scale, bias)")
+        else:
+            out[entries[bn]["moving_mean"].path] = fixed.moving_mean
+            out[entries[bn]["moving_variance"].path] = fixed.moving_variance
+            done.append(f"{e.layer} ({bn} moving mean and variance)")
+    return out, done
+
+
+class _Scaled:
+    """A kernel pruned as the recipe prunes it and scaled per output channel, computed when
+    NumPy converts it (the rewrite's pruning then finds its zeros already there)."""
+
+    def __init__(self, source, entry: Entry, recipe: Recipe, counts: dict, scale: np.ndarray):
+        self.source, self.entry, self.recipe, self.counts = source, entry, recipe, counts
+        self.scale, self.shape = scale, entry.shape
+
+    def __array__(self, dtype=None, copy=None):
+        kernel = np.asarray(self.source.read(self.entry), np.float32)
+        x = pruned(kernel, self.entry, self.recipe, self.counts) * self.scale
+        return np.asarray(x, dtype=np.float32 if dtype is None else dtype)

@@ -1,0 +1,67 @@
+"""NumPy reference of the data-free BatchNorm correction: each output channel's moments summed
+weight by weight, the Gaussian integrals with math.erf, one channel at a time."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def relu_moments(mean, std):
+    m1, m2 = [], []
+    for mu, s in zip(np.ravel(np.asarray(mean, np.float64)), np.ravel(np.abs(np.asarray(std, np.float64)))):
+        if s == 0:
+            m1.append(max(mu, 0.0))
+            m2.append(max(mu, 0.0) ** 2)
+            continue
+        z = mu / s
+        cdf = 0.5 * (1 + math.erf(z / math.sqrt(2)))
+        pdf = math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+        m1.append(mu * cdf + s * pdf)
+        m2.append((mu * mu + s * s) * cdf + mu * s * pdf)
+    shape = np.broadcast(np.asarray(mean), np.asarray(std)).shape
+    return np.array(m1).reshape(shape), np.array(m2).reshape(shape)
+
+
+def _channels(kernel, kind):
+    """[(output channel, [(weight, input channel)...])] of a kernel."""
+    k = np.asarray(kernel, np.float64)
+    out = []
+    if kind == "dense":
+        for o in range(k.shape[1]):
+            out.append([(k[i, o], i) for i in range(k.shape[0])])
+    elif kind == "conv":
+        flat = k.reshape(-1, k.shape[-2], k.shape[-1])
+        for o in range(k.shape[-1]):
+            out.append([(flat[p, i, o], i) for p in range(flat.shape[0]) for i in range(k.shape[-2])])
+    else:
+        flat = k.reshape(-1, k.shape[-2], k.shape[-1])
+        for i in range(k.shape[-2]):
+            for m in range(k.shape[-1]):
+                out.append([(flat[p, i, m], i) for p in range(flat.shape[0])])
+    return out
+
+
+def output_moments(kernel, mean, var, kind):
+    mean, var = np.ravel(np.asarray(mean, np.float64)), np.ravel(np.asarray(var, np.float64))
+    means, variances = [], []
+    for weights in _channels(kernel, kind):
+        means.append(sum(w * mean[i % mean.size] for w, i in weights))
+        variances.append(sum(w * w * var[i % var.size] for w, i in weights))
+    return np.array(means), np.array(variances)
+
+
+def correct_layer(kernel, pruned, mean, var, kind, *, bias=None, moving_mean=None, moving_variance=None,
+                  epsilon=1e-3):
+    """(scale, bias, moving_mean, moving_variance) as wqkernels.correction.correct_layer."""
+    mean0, var0 = output_moments(kernel, mean, var, kind)
+    mean1, var1 = output_moments(pruned, mean, var, kind)
+    ratio = np.array([v1 / v0 if v0 > 0 and v1 > 0 else 1.0 for v0, v1 in zip(var0, var1)])
+    if bias is not None:
+        k = np.asarray(kernel)
+        scale = (1 / np.sqrt(ratio)).astype(np.float32).reshape(k.shape[-2:] if kind == "depthwise" else k.shape[-1:])
+        mean2, _ = output_moments(np.asarray(pruned, np.float64) * scale, mean, var, kind)
+        return scale, (np.asarray(bias, np.float64).ravel() - (mean2 - mean0)).astype(np.float32), None, None
+    mm = np.asarray(moving_mean, np.float64).ravel() + (mean1 - mean0)
+    mv = (np.asarray(moving_variance, np.float64).ravel() + epsilon) * ratio - epsilon
+    return None, None, mm.astype(np.float32), mv.astype(np.float32)

@@ -1,0 +1,132 @@
+"""The data-free BatchNorm correction: its math against the NumPy reference and against
+integrals, and the graph and input statistics read from configs (real Keras models:
+test_correction_keras.py)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wqkernels import correction
+from wqkernels.files.graph import graph, input_moments
+from wqkernels.reference import correction as ref
+
+
+finite = st.floats(-4, 4, allow_nan=False, width=32)
+
+
+@given(st.lists(st.tuples(finite, st.floats(0, 4, width=32)), min_size=1, max_size=8))
+def test_relu_moments_match_the_reference_and_the_integral(pairs):
+    mean, std = np.array(pairs, np.float64).T
+    m1, m2 = correction.relu_moments(mean, std)
+    r1, r2 = ref.relu_moments(mean, std)
+    np.testing.assert_allclose(m1, r1, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(m2, r2, rtol=1e-12, atol=1e-15)
+    for mu, s, e1, e2 in zip(mean, std, m1, m2):
+        if s > 0.05:
+            x = np.linspace(0, abs(mu) + 12 * s, 200001)
+            density = np.exp(-0.5 * ((x - mu) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+            assert e1 == pytest.approx(np.trapezoid(x * density, x), rel=1e-5, abs=1e-9)
+            assert e2 == pytest.approx(np.trapezoid(x * x * density, x), rel=1e-5, abs=1e-9)
+    assert np.all(m2 >= m1 * m1 - 1e-12)
+
+
+KERNELS = {"dense": (6, 3), "conv": (3, 3, 4, 5), "depthwise": (3, 3, 4, 2)}
+
+
+@pytest.mark.parametrize("kind", list(KERNELS))
+@pytest.mark.parametrize("target", ["bias", "bn"])
+@pytest.mark.parametrize("seed", range(4))
+def test_correct_layer_matches_the_reference_and_restores_the_moments(kind, target, seed):
+    rng = np.random.default_rng(seed)
+    shape = KERNELS[kind]
+    kernel = rng.standard_normal(shape).astype(np.float32)
+    pruned = np.where(rng.random(shape) < 0.6, np.float32(0), kernel)
+    pruned[..., 0] = 0  # a channel pruned whole keeps its scale and variance
+    channels = shape[-2]
+    fan = channels // 2 if kind == "dense" else channels  # a Dense kernel reads a flattened map
+    mean, var = rng.random(fan) + 0.1, rng.random(fan) + 0.1
+    outputs = shape[-1] * (shape[-2] if kind == "depthwise" else 1)
+    if target == "bias":
+        options = {"bias": rng.standard_normal(outputs)}
+    else:
+        options = {"moving_mean": rng.standard_normal(outputs), "moving_variance": rng.random(outputs) + 0.5,
+                   "epsilon": 1e-3}
+    got = correction.correct_layer(kernel, pruned, mean, var, kind, **options)
+    want = ref.correct_layer(kernel, pruned, mean, var, kind, **options)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if g is not None:
+            assert g.dtype == np.float32
+            np.testing.assert_allclose(g, w, rtol=2e-6, atol=1e-6)
+    mean0, var0 = correction.output_moments(kernel, mean, var, kind)
+    if target == "bias":
+        mean2, var2 = correction.output_moments(pruned * got.scale, mean, var, kind)
+        np.testing.assert_allclose(mean2 + got.bias, mean0 + options["bias"], rtol=1e-5, atol=1e-5)
+        kept = var2 > 0
+        np.testing.assert_allclose(var2[kept], var0[kept], rtol=1e-5)
+    else:
+        mean1, var1 = correction.output_moments(pruned, mean, var, kind)
+        np.testing.assert_allclose(got.moving_mean - options["moving_mean"], mean1 - mean0, rtol=1e-5, atol=1e-5)
+        normalised = var1 / (got.moving_variance + 1e-3)
+        kept = var1 > 0
+        np.testing.assert_allclose(normalised[kept], (var0 / (options["moving_variance"] + 1e-3))[kept], rtol=1e-4)
+        assert np.all(got.moving_variance[~kept] == np.float32(options["moving_variance"][~kept]))
+
+
+def test_correct_layer_says_what_is_wrong():
+    k = np.ones((4, 2), np.float32)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        correction.correct_layer(k, k, np.ones(4), np.ones(4), "einsum", bias=np.zeros(2))
+    with pytest.raises(ValueError, match="give bias, or moving_mean and moving_variance"):
+        correction.correct_layer(k, k, np.ones(4), np.ones(4), "dense")
+    with pytest.raises(ValueError, match="mean has 3 channels, the kernel 4 inputs"):
+        correction.correct_layer(k, k, np.ones(3), np.ones(3), "dense", bias=np.zeros(2))
+    with pytest.raises(ValueError, match="bias has 3 values, the layer 2 output channels"):
+        correction.correct_layer(k, k, np.ones(4), np.ones(4), "dense", bias=np.zeros(3))
+    with pytest.raises(ValueError, match="pruned has shape"):
+        correction.correct_layer(k, k[:2], np.ones(4), np.ones(4), "dense", bias=np.zeros(2))
+    with pytest.raises(TypeError, match="mean must be an array of float"):
+        correction.correct_layer(k, k, np.ones(4, int), np.ones(4), "dense", bias=np.zeros(2))
+
+
+def test_graph_of_keras2_inbound_lists_and_sequential_configs():
+    functional = {"class_name": "Model", "config": {"layers": [
+        {"class_name": "InputLayer", "config": {"name": "in"}, "inbound_nodes": []},
+        {"class_name": "Conv2D", "config": {"name": "c"}, "inbound_nodes": [[["in", 0, 0, {}]]]},
+        {"class_name": "Add", "config": {"name": "a"}, "inbound_nodes": [[["c", 0, 0, {}], ["in", 0, 0, {}]]]},
+    ]}}
+    assert {n: v.inputs for n, v in graph(functional).items()} == {"in": (), "c": ("in",), "a": ("c", "in")}
+    sequential = {"class_name": "Sequential", "config": [{"class_name": "Dense", "config": {"name": "d1"}},
+                                                         {"class_name": "Dense", "config": {"name": "d2"}}]}
+    assert {n: v.inputs for n, v in graph(sequential).items()} == {"d1": (), "d2": ("d1",)}
+    assert graph(None) == {}
+
+
+def test_input_moments_follow_bn_relu_pooling_flatten_and_add():
+    def layer(cls, name, inputs, **config):
+        return {"class_name": cls, "config": {"name": name, **config},
+                "inbound_nodes": [{"args": [{"class_name": "__keras_tensor__", "config": {"keras_history": [s, 0, 0]}}
+                                            for s in inputs], "kwargs": {}}] if inputs else []}
+    config = {"class_name": "Functional", "config": {"layers": [
+        layer("InputLayer", "x", []), layer("Conv2D", "c", ["x"]),
+        layer("BatchNormalization", "bn", ["c"], axis=-1), layer("BatchNormalization", "bn2", ["c"], axis=-1),
+        layer("Add", "add", ["bn", "bn2"]), layer("ReLU", "relu", ["add"]),
+        layer("MaxPooling2D", "pool", ["relu"]), layer("Flatten", "flat", ["pool"]), layer("Dense", "d", ["flat"]),
+        layer("Dense", "d0", ["c"]), layer("Activation", "sig", ["bn"], activation="sigmoid"),
+        layer("Dense", "d1", ["sig"]),
+    ]}}
+    bn = {"bn": {"gamma": np.array([1.0, -2.0]), "beta": np.array([0.5, 0.0]), "moving_mean": np.zeros(2),
+                 "moving_variance": np.ones(2)},
+          "bn2": {"gamma": np.array([0.0, 1.0]), "beta": np.array([1.0, -1.0]), "moving_mean": np.zeros(2),
+                  "moving_variance": np.ones(2)}}
+    nodes = graph(config)
+    got = input_moments(nodes, "d", bn.get)
+    m1, m2 = correction.relu_moments(np.array([1.5, -1.0]), np.sqrt([1.0, 5.0]))
+    np.testing.assert_allclose(got.mean, m1)
+    np.testing.assert_allclose(got.var, m2 - m1 * m1)
+    assert input_moments(nodes, "d0", bn.get) is None  # the conv's output: not known
+    assert input_moments(nodes, "d1", bn.get) is None  # a sigmoid: not followed

@@ -1,0 +1,151 @@
+"""The data-free BatchNorm correction on real Keras models (Sequential and functional): which
+layers it corrects, the file holds what wqkernels.correction gives bit for bit, the mean shift of
+the outputs falls, and the command line's switch."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import wqkernels
+from wqkernels import Recipe, correction
+
+from .helpers import assert_bit_equal, run_cli
+from .keras_env import KERAS_MARKS, keras
+
+pytestmark = KERAS_MARKS
+
+def _layers():
+    layers = keras.layers
+    return [layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv1"), layers.BatchNormalization(name="bn1"),
+            layers.ReLU(name="relu1"), layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="depthwise"),
+            layers.BatchNormalization(name="bn2"), layers.ReLU(name="relu2"),
+            layers.Conv2D(32, 1, use_bias=False, name="pointwise"), layers.BatchNormalization(name="bn3"),
+            layers.ReLU(name="relu3"), layers.MaxPooling2D(2, name="pool"), layers.Flatten(name="flat"),
+            layers.Dropout(0.2, name="drop"), layers.Dense(64, name="dense"), layers.Dense(10, name="logits")]
+
+
+def _cnn(functional: bool):
+    if not functional:
+        return keras.Sequential([keras.Input((8, 8, 3)), *_layers()], name="cnn")
+    x = inputs = keras.Input((8, 8, 3))
+    for layer in _layers():
+        x = layer(x)
+    return keras.Model(inputs, x, name="cnn")
+
+
+def _calibrated(model, x):
+    """Random kernels, and BN statistics set to the layer's real input statistics on `x` (so that
+    what the correction assumes of its inputs holds), gamma and beta random."""
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            inputs = keras.Model(model.inputs, layer.input).predict(x, verbose=0)
+            axes = tuple(range(inputs.ndim - 1))
+            layer.moving_mean.assign(inputs.mean(axis=axes))
+            layer.moving_variance.assign(inputs.var(axis=axes))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape).astype(np.float32))
+            layer.beta.assign(rng.uniform(-0.5, 0.5, layer.beta.shape).astype(np.float32))
+        else:
+            for v in layer.weights:
+                v.assign(rng.standard_normal(v.shape).astype(np.float32) * (0.1 if "bias" in v.path else 1.0)
+                         / math.sqrt(max(np.prod(v.shape[:-1]), 1)))
+    return model
+
+
+@pytest.fixture(scope="module", params=["sequential", "functional"])
+def bn_model(request, tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(1).random((512, 8, 8, 3)).astype(np.float32)
+    model = _cnn(request.param == "functional")
+    _calibrated(model, x)
+    path = tmp_path_factory.mktemp("bn") / "cnn.keras"
+    model.save(path)
+    return path, model, x
+
+
+def _outputs(model, layer, x):
+    """The per-channel mean over `x` of the output of `layer`."""
+    out = keras.Model(model.inputs, model.get_layer(layer).output).predict(x, verbose=0)
+    return out.reshape(-1, out.shape[-1]).mean(axis=0)
+
+
+def _load(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return keras.models.load_model(path, compile=False)
+
+
+def test_rewrite_corrects_the_layers_fed_by_batchnorm(bn_model, tmp_path):
+    path, model, x = bn_model
+    plain, fixed = tmp_path / "plain.keras", tmp_path / "fixed.keras"
+    wqkernels.rewrite(path, plain, Recipe(sparsity=0.75, bn_correction=False))
+    report = wqkernels.rewrite(path, fixed, Recipe(sparsity=0.75))
+    note = next(n for n in report.notes if n.startswith("BatchNorm statistics corrected"))
+    assert note == ("BatchNorm statistics corrected the pruned outputs of pointwise (bn3 moving mean and variance), "
+                    "dense (kernel scale, bias)")
+    # the first conv reads the image and logits reads a Dense: their statistics are not known;
+    # the depthwise kernel (144 weights) stays dense
+    # the relative shift of each channel's mean output on data whose statistics the BNs hold
+    shifts = {}
+    for layer in ("bn3", "dense", "logits"):
+        y = _outputs(model, layer, x)
+        for name, p in (("plain", plain), ("fixed", fixed)):
+            out = _outputs(_load(p), layer, x)
+            shifts[layer, name] = float(np.linalg.norm(out - y) / np.linalg.norm(y))
+    assert shifts["bn3", "fixed"] < 0.6 * shifts["bn3", "plain"]
+    assert shifts["dense", "fixed"] < 0.8 * shifts["dense", "plain"]
+    assert shifts["logits", "fixed"] < shifts["logits", "plain"]
+
+
+def test_the_file_holds_what_correct_layer_gives_bit_for_bit(bn_model, tmp_path):
+    path, model, x = bn_model
+    plain, fixed = tmp_path / "plain.keras", tmp_path / "fixed.keras"
+    # every kernel pruned, the depthwise one too
+    wqkernels.rewrite(path, plain, Recipe(sparsity=0.75, min_size=0, bn_correction=False))
+    wqkernels.rewrite(path, fixed, Recipe(sparsity=0.75, min_size=0))
+    layers = {layer.name: layer for layer in _load(plain).layers}
+    got = {layer.name: layer for layer in _load(fixed).layers}
+    floats = {layer.name: layer for layer in model.layers}
+
+    def value(layer, attr):
+        return np.asarray(getattr(layer, attr).numpy())
+
+    def bn_input(name):
+        m, s = value(floats[name], "beta").astype(np.float64), value(floats[name], "gamma").astype(np.float64)
+        m1, m2 = correction.relu_moments(m, np.abs(s))
+        return m1, np.maximum(m2 - m1 * m1, 0.0)
+
+    for layer, bn, source, kind in (("depthwise", "bn2", "bn1", "depthwise"), ("pointwise", "bn3", "bn2", "conv")):
+        mean, var = bn_input(source)
+        want = correction.correct_layer(value(floats[layer], "kernel"), value(layers[layer], "kernel"), mean, var,
+                                        kind, moving_mean=value(floats[bn], "moving_mean"),
+                                        moving_variance=value(floats[bn], "moving_variance"), epsilon=1e-3)
+        assert_bit_equal(value(got[bn], "moving_mean"), want.moving_mean, f"{bn} moving_mean")
+        assert_bit_equal(value(got[bn], "moving_variance"), want.moving_variance, f"{bn} moving_variance")
+        assert_bit_equal(value(got[layer], "kernel"), value(layers[layer], "kernel"), f"{layer} kernel")
+    mean, var = bn_input("bn3")
+    want = correction.correct_layer(value(floats["dense"], "kernel"), value(layers["dense"], "kernel"), mean, var,
+                                    "dense", bias=value(floats["dense"], "bias"))
+    assert_bit_equal(value(got["dense"], "bias"), want.bias, "dense bias")
+    assert_bit_equal(value(got["dense"], "kernel"), value(layers["dense"], "kernel") * want.scale, "dense kernel")
+    for name in ("conv1", "logits", "bn1"):  # not corrected
+        for v in floats[name].weights:
+            attr = v.path.split("/")[-1]
+            assert_bit_equal(value(got[name], attr), value(layers[name], attr), f"{name} {attr}")
+
+
+def test_quantization_alone_and_the_cli_switch(bn_model, tmp_path, capsys):
+    path, model, x = bn_model
+    quantized = tmp_path / "q.keras"
+    report = wqkernels.rewrite(path, quantized, Recipe(bits=4))
+    assert not any(n.startswith("BatchNorm") for n in report.notes)
+    off, on = tmp_path / "off.keras", tmp_path / "on.keras"
+    run_cli(["rewrite", str(path), "-o", str(off), "--sparsity", "0.75", "--no-bn-correction", "--quiet"], capsys)
+    wqkernels.rewrite(path, on, Recipe(sparsity=0.75, bn_correction=False))
+    a, b = wqkernels.load_weights(off), wqkernels.load_weights(on)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    code, out, err = run_cli(["rewrite", str(path), "-o", str(tmp_path / "cli.keras"), "--sparsity", "0.75"], capsys)
+    assert "BatchNorm statistics corrected" in out + err
