@@ -131,6 +131,11 @@ class PackedWriter(Writer):
         self.tensors.append(record)
         return nbytes
 
+    def keeps(self, info: DatasetInfo) -> bool:
+        """Small datasets go into the skeleton as they are; large ones (and any with the mark of
+        a placeholder, which only ours may have there) into ``datasets``."""
+        return (math.prod(info.shape) * info.dtype.itemsize < LARGE_BYTES or not info.shape) and not info.placeholder
+
     def copy(self, group: h5py.Group, name: str, dset: h5py.Dataset) -> h5py.Dataset:
         """A dataset copied as it is: into the skeleton, or when large (or when it has the mark
         of a placeholder, which only ours may have there) into ``datasets``."""
