@@ -166,6 +166,26 @@ def copy_attrs(src, dst) -> None:
         out.write(arr) if converted else out.write(arr, mtype=tid)
 
 
+def string_attr(obj, name: str):
+    """Attribute `name` of `obj` (an h5py object or a low-level id) as h5py's ``attrs.get``
+    returns it, but a scalar string (a Keras ``name``, say) as str, read on low-level handles: h5py's
+    attribute read costs more than a small weight's."""
+    oid, bname = _low(obj), name.encode("utf-8")
+    if not h5a.exists(oid, bname):
+        return None
+    aid = h5a.open(oid, bname)
+    tid = aid.get_type()
+    if isinstance(tid, h5t.TypeStringID) and aid.get_space().get_simple_extent_type() == h5s.SCALAR:
+        arr = np.empty((), dtype=tid.dtype)
+        aid.read(arr) if tid.is_variable_str() else aid.read(arr, mtype=tid)
+        value = arr[()]
+        try:
+            return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError:
+            pass
+    return (h5py.Group(oid) if isinstance(oid, h5g.GroupID) else h5py.Dataset(oid)).attrs.get(name)
+
+
 def split_name_list(obj, name: str, values: np.ndarray) -> None:
     """Write a list attribute as Keras writes one too long for an object header: fixed-length
     UTF-8 bytes, split by ``np.array_split`` into the fewest chunks of at most HEADER_LIMIT
@@ -483,12 +503,26 @@ def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = 
     options = filters(compress, data.size * dtype.itemsize) if data.ndim else {}
     if options:
         options["chunks"] = chunk_shape(data.shape, dtype.itemsize)
-    dset = group.create_dataset(name, shape=data.shape, dtype=dtype, **options)
+        dset = group.create_dataset(name, shape=data.shape, dtype=dtype, **options)
+    else:
+        dset = h5py.Dataset(_contiguous(group, name, data.shape, dtype))
     if data.size:
-        dset.write_direct(np.ascontiguousarray(data))
+        dset.id.write(h5s.ALL, h5s.ALL, np.ascontiguousarray(data))
     if like is not None:
         copy_attrs(like, dset)
     return dset
+
+
+def _contiguous(group: h5py.Group, name: str, shape: tuple, dtype: np.dtype) -> h5d.DatasetID:
+    """A new contiguous dataset, created on low-level handles exactly as h5py's
+    ``create_dataset(name, shape=shape, dtype=dtype)`` creates it (no times recorded, attribute
+    order as h5py's config says), without the work of its keyword options: that costs more than
+    writing a small weight."""
+    dcpl = h5p.create(h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)
+    dcpl.set_attr_creation_order(h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED if h5.get_config().track_order else 0)
+    return h5d.create(group.id, name.encode("utf-8"), h5t.py_create(dtype, logical=1), h5s.create_simple(shape),
+                      dcpl=dcpl)
 
 
 def is_placeholder(dset: h5py.Dataset) -> bool:

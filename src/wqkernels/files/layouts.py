@@ -21,7 +21,7 @@ from h5py import h5g
 
 from .dtypes import dtype_name, is_bfloat16, is_float
 from .errors import KerasFileError
-from .h5tree import DatasetInfo, read_name_list
+from .h5tree import DatasetInfo, read_name_list, string_attr
 from .roles import KERNEL_ROLES, ModelLayers, channel_axis, parse_config, var_role, weight_role
 
 PACKED_GROUP = "wqkernels"
@@ -246,7 +246,7 @@ def _vars_name(f, group: str, names: dict) -> str | None:
     """The ``name`` attribute of a ``vars`` group, read once per group (in `names`), through a
     low-level handle: an h5py lookup by path costs more than a small weight's read."""
     if group not in names:
-        vname = h5py.Group(h5g.open(f.id, group.encode())).attrs.get("name")
+        vname = string_attr(h5g.open(f.id, group.encode()), "name")
         names[group] = vname.decode() if isinstance(vname, bytes) else (str(vname) if vname is not None else None)
     return names[group]
 
