@@ -1,14 +1,26 @@
-"""Rewriting a ~100 MB legacy .h5 (int8 per-channel, float32 storage, no compression) against
-copying all its datasets with h5py (read all, write all): goal at most 2x.
+"""The file layer at its two extremes.
 
-Run: ``python -m pytest benchmarks/test_bench_files.py -s`` (prints the ratio), or run this file.
-Both are timed in the same process, interleaved, best of `repeat`.
+- few large weights: rewriting a ~100 MB legacy .h5 (int8 per-channel, float32 storage, no
+  compression) against copying all its datasets with h5py (read all, write all): goal at most 2x.
+  Both are timed in the same process, interleaved, best of `repeat`.
+- many tiny weights: models of 500 to 50,000 Dense(4) layers (a 4x4 kernel and a bias each: 1,000
+  to 100,000 weights) as a legacy .h5, a Keras 3 .weights.h5 and a .keras archive; the command
+  line's `inspect`, `rewrite --bits 8`, `rewrite --bits 8 --storage packed` and `restore` of the
+  packed file, each in a fresh process: wall time and peak resident memory.  Goal: 100,000
+  weights in at most ~5 s each, memory far below a gigabyte.
+
+Run: ``python -m pytest benchmarks/test_bench_files.py -s`` (prints the figures), or run this
+file (``python benchmarks/test_bench_files.py tiny 1000 10000 100000`` for the tiny weights only).
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
+import zipfile
 
 import h5py
 import numpy as np
@@ -22,7 +34,7 @@ SIDE = 1024
 def make_legacy_h5(path: str, layers: int = LAYERS, side: int = SIDE, seed: int = 0) -> None:
     """A Keras 3-style legacy full-model .h5 of Dense layers (no model config needed)."""
     rng = np.random.default_rng(seed)
-    names = [f"dense_{i}" for i in range(layers)]
+    names = tiny_names(layers)
     with h5py.File(path, "w") as f:
         f.attrs["keras_version"], f.attrs["backend"] = "3.15.1", "jax"
         mw = f.create_group("model_weights")
@@ -73,6 +85,172 @@ def test_rewrite_vs_copy(tmp_path):
     _print(result)
 
 
+# ---- many tiny weights ------------------------------------------------------------------------
+
+#: the formats of the tiny models: file name ending -> writer
+TINY_FORMATS = (".h5", ".weights.h5", ".keras")
+#: each Dense layer of a tiny model: UNITS inputs and outputs (a 4x4 kernel, a bias of 4)
+UNITS = 4
+
+
+def _names_attr(obj, name: str, values: list) -> None:
+    """A list attribute as Keras writes it: one when it fits an object header, else split into
+    ``name0``, ``name1``, ... of fixed-length bytes (the split of ``h5tree.split_name_list``)."""
+    data = np.asarray([v.encode() for v in values])
+    if data.nbytes <= 64000:
+        obj.attrs[name] = values
+        return
+    chunks = -(-data.nbytes // 64000)
+    for k, part in enumerate(np.array_split(data, chunks)):
+        obj.attrs[f"{name}{k}"] = part
+
+
+_POLICY = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}, "registered_name": None}
+
+
+def _dense_config(name: str) -> dict:
+    """A Dense layer's entry in a Keras 3 model config, as Keras writes it."""
+    return {"module": "keras.layers", "class_name": "Dense", "config": {
+        "name": name, "trainable": True, "dtype": _POLICY, "units": UNITS, "activation": "linear",
+        "use_bias": True,
+        "kernel_initializer": {"module": "keras.initializers", "class_name": "GlorotUniform",
+                               "config": {"seed": None, "input_axes": None, "output_axes": None},
+                               "registered_name": None},
+        "bias_initializer": {"module": "keras.initializers", "class_name": "Zeros", "config": {},
+                             "registered_name": None},
+        "kernel_regularizer": None, "bias_regularizer": None, "kernel_constraint": None,
+        "bias_constraint": None, "quantization_config": None},
+        "registered_name": None, "build_config": {"input_shape": [None, UNITS]}}
+
+
+def tiny_names(layers: int) -> list[str]:
+    """The names Keras gives `layers` Dense layers (which are also their groups in a .weights.h5)."""
+    return ["dense"] + [f"dense_{i}" for i in range(1, layers)] if layers else []
+
+
+def tiny_config(layers: int) -> dict:
+    """The config of a Sequential model of `layers` Dense(UNITS) layers."""
+    body = [{"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
+             "config": {"batch_shape": [None, UNITS], "dtype": "float32", "sparse": False, "ragged": False,
+                        "name": "input_layer", "optional": False}}]
+    body += [_dense_config(name) for name in tiny_names(layers)]
+    return {"module": "keras", "class_name": "Sequential", "registered_name": None,
+            "config": {"name": "sequential", "trainable": True, "dtype": _POLICY,
+                       "layers": body, "build_input_shape": [None, UNITS]},
+            "build_config": {"input_shape": [None, UNITS]}}
+
+
+def make_tiny(path: str, layers: int, seed: int = 0) -> None:
+    """A Sequential model of `layers` Dense(UNITS) layers (2 x `layers` weights) in the format of
+    `path`'s ending (TINY_FORMATS), laid out as Keras 3.15 saves it: a legacy .h5 has no
+    model_config (Keras cannot store one this long in an attribute; roles come from names), and
+    its layer_names is split as Keras splits long lists."""
+    rng = np.random.default_rng(seed)
+    names = tiny_names(layers)
+
+    def weights(i):
+        return rng.standard_normal((UNITS, UNITS), dtype=np.float32), rng.standard_normal(UNITS, dtype=np.float32)
+
+    if path.endswith(".weights.h5") or path.endswith(".keras"):
+        h5_path = path + ".weights.h5" if path.endswith(".keras") else path
+        with h5py.File(h5_path, "w") as f:
+            for i, name in enumerate(names):
+                g = f.create_group(f"layers/{name}/vars")
+                g.attrs["name"] = name
+                for k, w in enumerate(weights(i)):
+                    g.create_dataset(str(k), data=w)
+            f.create_group("vars").attrs["name"] = "sequential"
+        if path.endswith(".keras"):
+            with zipfile.ZipFile(path, "w") as z:  # members stored, as Keras writes them
+                z.writestr("metadata.json", json.dumps({"keras_version": "3.15.1", "date_saved": "2026-01-01@00:00:00"}))
+                z.writestr("config.json", json.dumps(tiny_config(layers)))
+                z.write(h5_path, "model.weights.h5")
+            os.unlink(h5_path)
+        return
+    with h5py.File(path, "w") as f:
+        f.attrs["backend"], f.attrs["keras_version"] = "jax", "3.15.1"
+        mw = f.create_group("model_weights")
+        mw.attrs["backend"], mw.attrs["keras_version"] = "jax", "3.15.1"
+        _names_attr(mw, "layer_names", names + ["top_level_model_weights"])
+        for i, name in enumerate(names):
+            g = mw.create_group(name)
+            g.attrs["weight_names"] = [f"sequential/{name}/kernel", f"sequential/{name}/bias"]
+            for w, wn in zip(weights(i), ("kernel", "bias")):
+                g.create_dataset(f"sequential/{name}/{wn}", data=w)
+        mw.create_group("top_level_model_weights").attrs["weight_names"] = np.zeros(0)
+
+
+#: runs the command line in a fresh process and prints its wall time and peak resident memory
+#: (VmHWM starts afresh at exec)
+_MEASURED = """
+import sys, time
+start = time.perf_counter()
+from wqkernels.cli import main
+code = main(sys.argv[1:])
+status = open("/proc/self/status").read().splitlines()
+print("RESULT", time.perf_counter() - start, next(l.split()[1] for l in status if l.startswith("VmHWM:")))
+sys.exit(code)
+"""
+
+
+def run_measured(args: list[str]) -> tuple[float, int]:
+    """(seconds, peak resident bytes) of ``wqkernels args`` in a fresh process, its imports included."""
+    proc = subprocess.run([sys.executable, "-c", _MEASURED, *map(str, args)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wqkernels {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
+    _, seconds, kb = proc.stdout.splitlines()[-1].split()
+    return float(seconds), int(kb) * 1024
+
+
+#: the commands measured on each tiny model: name, arguments after the source
+TINY_COMMANDS = (("inspect", ()), ("--bits 8", ("--bits", "8")),
+                 ("--storage packed", ("--bits", "8", "--storage", "packed")), ("restore", ()))
+
+
+def measure_tiny(directory: str, weights: int, fmt: str) -> list[dict]:
+    """The commands of TINY_COMMANDS on a model of `weights` tiny weights in format `fmt`."""
+    src = os.path.join(directory, "tiny" + fmt)
+    make_tiny(src, weights // 2)
+    packed = os.path.join(directory, "packed" + fmt)
+    rows = []
+    for name, options in TINY_COMMANDS:
+        if name == "inspect":
+            args = ["inspect", src]
+        elif name == "restore":
+            args = ["restore", packed, "-o", os.path.join(directory, "restored" + fmt), "--quiet"]
+        else:
+            dst = packed if "packed" in options else os.path.join(directory, "int8" + fmt)
+            args = ["rewrite", src, "-o", dst, "--quiet", *options]
+        seconds, peak = run_measured(args)
+        rows.append({"weights": weights, "format": fmt, "command": name, "seconds": seconds,
+                     "peak_mib": peak / (1 << 20), "file_mb": os.path.getsize(src) / 1e6})
+    for name in os.listdir(directory):
+        os.unlink(os.path.join(directory, name))
+    return rows
+
+
+def _print_tiny(rows: list[dict]) -> None:
+    print(f"\n{'weights':>8} {'format':<12} {'MB':>6} {'command':<17} {'seconds':>8} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['weights']:>8} {r['format']:<12} {r['file_mb']:>6.1f} {r['command']:<17} "
+              f"{r['seconds']:>8.2f} {r['peak_mib']:>9.0f}")
+
+
+def test_tiny_weights(tmp_path):
+    """Scaling in the number of weights: 1,000, 10,000 and 100,000 tiny weights, every format."""
+    rows = []
+    for weights in (1000, 10_000, 100_000):
+        for fmt in TINY_FORMATS:
+            rows += measure_tiny(str(tmp_path), weights, fmt)
+    _print_tiny(rows)
+
+
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp:
-        _print(measure(tmp))
+    if sys.argv[1:2] == ["tiny"]:
+        counts = [int(n) for n in sys.argv[2:]] or [1000, 10_000, 100_000]
+        formats = [f for f in TINY_FORMATS if not os.environ.get("TINY_FORMAT") or f == os.environ["TINY_FORMAT"]]
+        with tempfile.TemporaryDirectory() as tmp:
+            _print_tiny([r for n in counts for f in formats for r in measure_tiny(tmp, n, f)])
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            _print(measure(tmp))

@@ -13,7 +13,9 @@ from typing import Callable, NamedTuple
 
 import h5py
 import numpy as np
-from h5py import h5a, h5d, h5g, h5l, h5o, h5s, h5t
+from h5py import h5, h5a, h5d, h5g, h5l, h5o, h5p, h5s, h5t
+
+from h5py._objects import ObjectID
 
 from .errors import KerasFileError
 
@@ -127,28 +129,61 @@ HEADER_LIMIT = 64512
 SPLIT_NAMES = ("layer_names", "weight_names")
 
 
+def _low(obj) -> ObjectID:
+    """The low-level id of an h5py object (or the id itself)."""
+    return obj if isinstance(obj, ObjectID) else obj.id
+
+
 def copy_attrs(src, dst) -> None:
-    """Copy every attribute of `src` to `dst` with its exact file type and dataspace.
+    """Copy every attribute of `src` to `dst` (h5py objects or low-level ids) with its exact file
+    type and dataspace, in the order h5py lists them (creation order where it is tracked).
 
     A name list too long for an object header (a source written with dense attribute storage,
     say 100 k layer names) is split as Keras splits it, where it would not fit."""
-    for name in src.attrs:
-        bname = name.encode("utf-8") if isinstance(name, str) else name
-        aid = h5a.open(src.id, bname)
+    sid_, did = _low(src), _low(dst)
+    count = h5a.get_num_attrs(sid_)
+    if not count:
+        return
+    order = h5.INDEX_CRT_ORDER if sid_.get_create_plist().get_attr_creation_order() & h5p.CRT_ORDER_TRACKED \
+        else h5.INDEX_NAME
+    for k in range(count):
+        aid = h5a.open(sid_, index=k, index_type=order)
+        bname = aid.get_name()
         tid = aid.get_type()
         sid = aid.get_space()
         if sid.get_simple_extent_type() == h5s.NULL:
-            h5a.create(dst.id, bname, tid, sid)
+            h5a.create(did, bname, tid, sid)
             continue
         vlen_str = isinstance(tid, h5t.TypeStringID) and tid.is_variable_str()
         arr = np.empty(sid.shape, dtype=tid.dtype)
         converted = vlen_str or tid.dtype.kind == "O"
         aid.read(arr) if converted else aid.read(arr, mtype=tid)
+        name = bname.decode("utf-8", "surrogateescape")
         if name in SPLIT_NAMES and arr.ndim == 1 and arr.size and aid.get_storage_size() > HEADER_LIMIT:
-            split_name_list(dst, name, arr)
+            split_name_list(dst if hasattr(dst, "attrs") else h5py.Group(did), name, arr)
             continue
-        out = h5a.create(dst.id, bname, tid, sid)
+        out = h5a.create(did, bname, tid, sid)
         out.write(arr) if converted else out.write(arr, mtype=tid)
+
+
+def string_attr(obj, name: str):
+    """Attribute `name` of `obj` (an h5py object or a low-level id) as h5py's ``attrs.get``
+    returns it, but a scalar string (a Keras ``name``, say) as str, read on low-level handles: h5py's
+    attribute read costs more than a small weight's."""
+    oid, bname = _low(obj), name.encode("utf-8")
+    if not h5a.exists(oid, bname):
+        return None
+    aid = h5a.open(oid, bname)
+    tid = aid.get_type()
+    if isinstance(tid, h5t.TypeStringID) and aid.get_space().get_simple_extent_type() == h5s.SCALAR:
+        arr = np.empty((), dtype=tid.dtype)
+        aid.read(arr) if tid.is_variable_str() else aid.read(arr, mtype=tid)
+        value = arr[()]
+        try:
+            return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError:
+            pass
+    return (h5py.Group(oid) if isinstance(oid, h5g.GroupID) else h5py.Dataset(oid)).attrs.get(name)
 
 
 def split_name_list(obj, name: str, values: np.ndarray) -> None:
@@ -423,8 +458,9 @@ def new_file(path: str):
 
 
 def check_written(obj) -> None:
-    """Raise the OSError of a refused write into the file of `obj`, if there was one."""
-    sink = _SINKS.get(obj.id.fileno)
+    """Raise the OSError of a refused write into the file of `obj` (an h5py object or a
+    low-level id), if there was one."""
+    sink = _SINKS.get(_low(obj).fileno)
     if sink is not None and sink.error is not None:
         raise sink.error
 
@@ -467,12 +503,26 @@ def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = 
     options = filters(compress, data.size * dtype.itemsize) if data.ndim else {}
     if options:
         options["chunks"] = chunk_shape(data.shape, dtype.itemsize)
-    dset = group.create_dataset(name, shape=data.shape, dtype=dtype, **options)
+        dset = group.create_dataset(name, shape=data.shape, dtype=dtype, **options)
+    else:
+        dset = h5py.Dataset(_contiguous(group, name, data.shape, dtype))
     if data.size:
-        dset.write_direct(np.ascontiguousarray(data))
+        dset.id.write(h5s.ALL, h5s.ALL, np.ascontiguousarray(data))
     if like is not None:
         copy_attrs(like, dset)
     return dset
+
+
+def _contiguous(group: h5py.Group, name: str, shape: tuple, dtype: np.dtype) -> h5d.DatasetID:
+    """A new contiguous dataset, created on low-level handles exactly as h5py's
+    ``create_dataset(name, shape=shape, dtype=dtype)`` creates it (no times recorded, attribute
+    order as h5py's config says), without the work of its keyword options: that costs more than
+    writing a small weight."""
+    dcpl = h5p.create(h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)
+    dcpl.set_attr_creation_order(h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED if h5.get_config().track_order else 0)
+    return h5d.create(group.id, name.encode("utf-8"), h5t.py_create(dtype, logical=1), h5s.create_simple(shape),
+                      dcpl=dcpl)
 
 
 def is_placeholder(dset: h5py.Dataset) -> bool:
@@ -503,28 +553,67 @@ class Datasets:
         """A dataset with `data`, as :func:`new_dataset` makes it."""
         return new_dataset(group, name, data, compress, like, dtype)
 
+    def keeps(self, info: DatasetInfo) -> bool:
+        """Whether a dataset the walk describes as `info` is stored as :meth:`copy` would copy
+        it, so that a subtree of such datasets is copied at once (:meth:`copy_whole`)."""
+        return True
+
+    def copy_whole(self, src: h5g.GroupID, dst: h5g.GroupID, name: bytes, path: str) -> None:
+        """An exact copy of member `name` of `src` (a group with everything below it, or a
+        dataset; at `path` in the tree copied) as member `name` of `dst`: one H5Ocopy."""
+        h5o.copy(src, name, dst, name)
+
 
 #: hook(dst_group, name, src_dataset) writes the replacement of a dataset (or nothing, to drop it)
 Hook = Callable[[h5py.Group, str, h5py.Dataset], None]
 
 
-def copy_tree(src: h5py.Group, dst: h5py.Group, hooks: dict[str, Hook], skip: frozenset = frozenset(),
-              out: Datasets = Datasets(), prefix: str = "") -> None:
+def ancestors(paths) -> set:
+    """Every group path above each of `paths` (``a/b/c`` -> ``a``, ``a/b``)."""
+    out = set()
+    for path in paths:
+        at = path.find("/")
+        while at >= 0:
+            out.add(path[:at])
+            at = path.find("/", at + 1)
+    return out
+
+
+def copy_tree(src: h5py.Group, dst: h5py.Group, members: dict, hooks: dict[str, Hook],
+              skip: frozenset = frozenset(), out: Datasets = Datasets()) -> None:
     """Copy the members of `src` into `dst`: groups recreated with their attributes, datasets
-    copied exactly by `out` unless their path (relative to the root of the walk) has a hook;
-    paths in `skip` are left out with everything below them.
+    copied exactly by `out` unless their path (relative to `src`) has a hook; paths in `skip`
+    are left out with everything below them.  `members` is the checked :func:`walk` of `src`.
+
+    A subtree holding no hooked or skipped path and only datasets `out` keeps as they are
+    (:meth:`Datasets.keeps`) is copied in one H5Ocopy: most of a file of many small weights is
+    copied by HDF5 alone, without an object per member here.
     """
-    for name in src:
+    apart = {path for path, info in members.items() if info is not None and not out.keeps(info)}
+    _copy_group(src.id, dst.id, hooks, skip, out, ancestors(set(hooks) | set(skip) | apart), apart, "")
+
+
+def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, hooks: dict, skip, out: Datasets, opened: set,
+                apart: set, prefix: str) -> None:
+    """The members of group `src` (at `prefix`) into `dst`, on low-level handles: h5py's objects
+    are made only for the hooks and for datasets `out` stores its own way."""
+    for bname in src:
+        name = bname.decode("utf-8", "surrogateescape")
         path = prefix + name
         if path in skip:
             continue
-        check_written(dst)  # a full disk stops the copy at once
-        obj = src[name]
-        if isinstance(obj, h5py.Group):  # same creation properties: link/attribute order tracking
-            sub = h5py.Group(h5g.create(dst.id, name.encode("utf-8"), gcpl=obj.id.get_create_plist()))
-            copy_attrs(obj, sub)
-            copy_tree(obj, sub, hooks, skip, out, path + "/")
+        if path in opened:  # a group with something below it to rewrite, leave out or store apart
+            check_written(dst)  # a full disk stops the copy at once
+            sub_src = h5g.open(src, bname)
+            sub = h5g.create(dst, bname, gcpl=sub_src.get_create_plist())  # same creation properties
+            copy_attrs(sub_src, sub)
+            _copy_group(sub_src, sub, hooks, skip, out, opened, apart, path + "/")
         elif path in hooks:
-            hooks[path](dst, name, obj)
+            check_written(dst)
+            hooks[path](h5py.Group(dst), name, h5py.Dataset(h5d.open(src, bname)))
+        elif path in apart:
+            check_written(dst)
+            out.copy(h5py.Group(dst), name, h5py.Dataset(h5d.open(src, bname)))
         else:
-            out.copy(dst, name, obj)
+            check_written(dst)
+            out.copy_whole(src, dst, bname, path)

@@ -17,10 +17,11 @@ import zipfile
 from dataclasses import dataclass
 
 import h5py
+from h5py import h5g
 
 from .dtypes import dtype_name, is_bfloat16, is_float
 from .errors import KerasFileError
-from .h5tree import DatasetInfo, read_name_list
+from .h5tree import DatasetInfo, read_name_list, string_attr
 from .roles import KERNEL_ROLES, ModelLayers, channel_axis, parse_config, var_role, weight_role
 
 PACKED_GROUP = "wqkernels"
@@ -241,8 +242,17 @@ def _natural(path: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", path) if p)
 
 
+def _vars_name(f, group: str, names: dict) -> str | None:
+    """The ``name`` attribute of a ``vars`` group, read once per group (in `names`), through a
+    low-level handle: an h5py lookup by path costs more than a small weight's read."""
+    if group not in names:
+        vname = string_attr(h5g.open(f.id, group.encode()), "name")
+        names[group] = vname.decode() if isinstance(vname, bytes) else (str(vname) if vname is not None else None)
+    return names[group]
+
+
 def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]:
-    out = []
+    out, names = [], {}
     for path in sorted(members, key=_natural):
         obj = members[path]
         if obj is None:
@@ -259,9 +269,7 @@ def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]
             continue
         in_cell = len(parts) >= 4 and parts[-3] == "cell"
         owner = parts[-4] if in_cell else parts[-3]
-        vars_group = f["/".join(parts[:-1])]
-        vname = vars_group.attrs.get("name")
-        vname = vname.decode() if isinstance(vname, bytes) else (str(vname) if vname is not None else None)
+        vname = _vars_name(f, "/".join(parts[:-1]), names)
         cls, quantized, how = layers.class_for_group(owner, None if in_cell else vname)
         role = var_role(cls, index, in_cell)
         if role is None:  # no class for the layer: a float tensor of 2 or more axes is taken for a kernel

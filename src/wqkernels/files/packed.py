@@ -74,6 +74,15 @@ ARRAYS = (("codes", np.uint8), ("scales", np.float32), ("zero_points", np.uint8)
 #: preset 9's dictionary; smaller inputs get one just large enough (the same compression, a
 #: fraction of the 670 MiB its match finder takes)
 XZ_DICT_BYTES = 64 << 20
+#: skeletons up to this size are compressed at xz preset 9e; larger ones, which only models of
+#: very many small weights have (13.6 MB for 10,000 weights of 16 floats, mostly HDF5 headers),
+#: at preset 3 and its 4 MiB dictionary: there 0.36 s against 17 s CPU, the image 10 % larger,
+#: the compressor's memory 84 MiB (a dictionary as large as the image took 168 MiB at 10,000
+#: weights, and preset 9's 670 MiB beyond)
+XZ_EXTREME_BYTES = 4 << 20
+#: the codes, scales and zero points of a container are read whole when they are this small
+#: (one read instead of one per tensor), else slice by slice
+READ_WHOLE_BYTES = 16 << 20
 
 
 class PackedWriter(Writer):
@@ -128,6 +137,11 @@ class PackedWriter(Writer):
         record["crc32"] = record_crc(record, [part for _, part in parts])
         self.tensors.append(record)
         return nbytes
+
+    def keeps(self, info: DatasetInfo) -> bool:
+        """Small datasets go into the skeleton as they are; large ones (and any with the mark of
+        a placeholder, which only ours may have there) into ``datasets``."""
+        return (math.prod(info.shape) * info.dtype.itemsize < LARGE_BYTES or not info.shape) and not info.placeholder
 
     def copy(self, group: h5py.Group, name: str, dset: h5py.Dataset) -> h5py.Dataset:
         """A dataset copied as it is: into the skeleton, or when large (or when it has the mark
@@ -256,9 +270,13 @@ def _gains(parts: list, sample: int = 1 << 16) -> bool:
 
 def xz_compress(data) -> bytes:
     """`data` as xz at preset 9e, the dictionary no larger than `data` needs: preset 9 allocates
-    a 64 MiB dictionary and its match finder (~670 MiB) whatever the input."""
-    dict_size = min(XZ_DICT_BYTES, max(4096, 1 << (len(data) - 1).bit_length()))
-    chain = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dict_size}]
+    a 64 MiB dictionary and its match finder (~670 MiB) whatever the input; beyond
+    XZ_EXTREME_BYTES at preset 3 (see there)."""
+    if len(data) > XZ_EXTREME_BYTES:
+        chain = [{"id": lzma.FILTER_LZMA2, "preset": 3}]
+    else:
+        dict_size = min(XZ_DICT_BYTES, max(4096, 1 << (len(data) - 1).bit_length()))
+        chain = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dict_size}]
     return lzma.compress(data, format=lzma.FORMAT_XZ, filters=chain)
 
 
@@ -279,7 +297,7 @@ class PackedReader:
             if self.version > VERSION:
                 raise KerasFileError(f"{where}: packed format version {self.version} is newer "
                                      f"than this wqkernels reads ({VERSION})")
-            self._arrays = {}
+            self._arrays, self._whole = {}, {}
             for name in ("index", "skeleton", "codes", "scales", "zero_points"):
                 self._arrays[name] = _member(group, name, h5py.Dataset, where)
                 if self._arrays[name].ndim != 1 or self._arrays[name].dtype.kind not in "uf":
@@ -433,9 +451,9 @@ class PackedReader:
         t = self.tensors[path]
         (co, cn), (so, sn), (zo, zn) = t["codes"], t["scales"], t["zero_points"]
         with _corrupt_as_error(self.where):
-            packed = self._arrays["codes"][co:co + cn]
-            scale = self._arrays["scales"][so:so + sn].astype(np.float32, copy=False)
-            zero_point = self._arrays["zero_points"][zo:zo + zn].astype(np.uint8, copy=False)
+            packed = self._array("codes")[co:co + cn]
+            scale = self._array("scales")[so:so + sn].astype(np.float32, copy=False)
+            zero_point = self._array("zero_points")[zo:zo + zn].astype(np.uint8, copy=False)
             if self.version >= 3 and record_crc(t, (packed, scale, zero_point)) != t["crc32"]:
                 raise KerasFileError(f"{self.where}: weight {path!r} is corrupt in the packed container "
                                      f"(checksum mismatch)")
@@ -444,6 +462,15 @@ class PackedReader:
             zero_point = zero_point.view(dtype) if zn else np.zeros(sn, dtype)
             return QuantizedArray(values.reshape(t["view_shape"]), scale.reshape(t["scale_shape"]),
                                   zero_point.reshape(t["scale_shape"]), t["bits"], t["axis"], t["block_size"])
+
+    def _array(self, name: str):
+        """The array `name` of the container: read into memory at its first use when no larger
+        than READ_WHOLE_BYTES (a slice of the dataset per tensor costs more than a small
+        tensor's dequantization), else the dataset itself, read slice by slice."""
+        if name not in self._whole:
+            dset = self._arrays[name]
+            self._whole[name] = dset[()] if dset.size * dset.dtype.itemsize <= READ_WHOLE_BYTES else dset
+        return self._whole[name]
 
     def read(self, path: str) -> np.ndarray:
         """The dequantized float32 tensor, in its original shape."""

@@ -30,7 +30,7 @@ from .buffers import Buffers
 from .dtypes import dtype_name, new_float, stored_values
 from .errors import KerasFileError, as_file_errors
 from .graph import corrections
-from .h5tree import Datasets, copy_attrs, copy_tree
+from .h5tree import Datasets, ancestors, copy_attrs, copy_tree
 from .keras_native import KerasWriter
 from .layouts import CONFIG_MEMBER, KERAS_MEMBER, Entry, check_output_name, container, file_path
 from .packed import PackedWriter
@@ -405,7 +405,7 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar
                 if path not in hooks:
                     hooks[path] = _copy_hook(source.packed.dataset(path), writer)
         copy_attrs(source.root, f)
-        copy_tree(source.root, f, bar.counting(hooks), work.skip, _Counted(writer, bar))
+        copy_tree(source.root, f, source.members, bar.counting(hooks), work.skip, _Counted(writer, bar))
     for e in source.entries:
         if e.prunable:
             report.rows.append(rows.get(e.path) or _untouched_row(source, e))
@@ -505,6 +505,10 @@ class _Progress:
 
     def __init__(self, source: Source, recipe: Recipe, enabled: bool):
         self.sizes = {e.path: source.stored_bytes(e) for e in source.entries} if enabled else {}
+        self._below = {}  # group path -> the stored bytes of the weights below it
+        for path, n in self.sizes.items():
+            for group in ancestors((path,)):
+                self._below[group] = self._below.get(group, 0) + n
         skip = skipped(source, recipe)
         total = sum(n for path, n in self.sizes.items() if not any(path.startswith(p + "/") for p in skip))
         if enabled:
@@ -517,6 +521,10 @@ class _Progress:
     def weight(self, path: str) -> None:
         """The weight at `path` is written."""
         self.advance(self.sizes.get(path, 0))
+
+    def subtree(self, path: str) -> None:
+        """The object at `path` is copied with everything below it."""
+        self.advance(self.sizes.get(path, 0) + self._below.get(path, 0))
 
     def counting(self, hooks: dict) -> dict:
         """`hooks`, each counting its weight once it has run."""
@@ -544,3 +552,10 @@ class _Counted(Datasets):
 
     def new(self, *args, **kwargs) -> h5py.Dataset:
         return self.writer.new(*args, **kwargs)
+
+    def keeps(self, info) -> bool:
+        return self.writer.keeps(info)
+
+    def copy_whole(self, src, dst, name: bytes, path: str) -> None:
+        self.writer.copy_whole(src, dst, name, path)
+        self.bar.subtree(path)

@@ -184,6 +184,7 @@ class ModelLayers:
         self.config = config
         self.top = {}
         self.classes = set()
+        self.leaves = {}  # name -> the first layer (not a model) of that name, depth first
         if config is not None:
             for child in _children(config) or []:
                 self._index(child)
@@ -195,7 +196,11 @@ class ModelLayers:
         cls = class_name(layer_config)
         if cls is not None:
             self.classes.add(cls)
-        for child in _children(layer_config) or []:
+        children = _children(layer_config)
+        name = layer_name(layer_config)
+        if children is None and name is not None:
+            self.leaves.setdefault(name, layer_config)
+        for child in children or []:
             self._index(child)
 
     def resolve(self, top_name: str, parts: list[str]) -> tuple[str | None, bool, str]:
@@ -224,21 +229,14 @@ class ModelLayers:
 
     def class_for_group(self, group_name: str, vars_name: str | None) -> tuple[str | None, bool, str]:
         """(class, quantized, how) for a Keras 3 ``layers/<group>`` with its ``vars`` name attribute."""
-        if vars_name is not None and self.config is not None:
-            found = self._find(self.config, vars_name)
+        if vars_name is not None:
+            found = self.leaves.get(vars_name)
             if found is not None and class_name(found) is not None:
                 return class_name(found), _is_quantized(found), "config"
         return class_from_name(group_name, self.classes), False, "names"
 
     def find(self, name: str | None) -> dict | None:
-        """The config of the (innermost) layer named `name`, or None."""
-        return None if name is None or self.config is None else self._find(self.config, name)
-
-    def _find(self, config: dict, name: str) -> dict | None:
-        for child in _children(config) or []:
-            if layer_name(child) == name and _children(child) is None:
-                return child
-            found = self._find(child, name)
-            if found is not None:
-                return found
-        return None
+        """The config of the (innermost) layer named `name`, or None: one look-up in an index
+        made with the config's (a search of the config per weight made models of many layers
+        quadratic)."""
+        return None if name is None else self.leaves.get(name)
