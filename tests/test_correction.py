@@ -106,6 +106,23 @@ def test_graph_of_keras2_inbound_lists_and_sequential_configs():
     assert graph(None) == {}
 
 
+def test_input_moments_of_long_chains_in_any_order():
+    """Thousands of chained layers, asked from the last: no recursion error; what a chain of
+    pass-through layers longer than any real path hides is taken as unknown."""
+    from wqkernels.files.graph import Node
+
+    def chain(cls, count):
+        nodes = {f"l{i}": Node(cls, {}, (f"l{i - 1}",) if i else ()) for i in range(1, count)}
+        nodes["l0"] = Node("BatchNormalization", {"axis": -1}, ())
+        return nodes
+    bn = {"l0": {"gamma": np.ones(2), "beta": np.zeros(2), "moving_mean": np.zeros(2), "moving_variance": np.ones(2)}}
+    assert input_moments(chain("Dense", 20_000), "l19999", bn.get) is None
+    assert input_moments(chain("Dropout", 20_000), "l19999", bn.get) is None
+    near = input_moments(chain("Dropout", 10), "l9", bn.get)
+    np.testing.assert_array_equal(near.mean, np.zeros(2))
+    np.testing.assert_array_equal(near.var, np.ones(2))
+
+
 def test_input_moments_follow_bn_relu_pooling_flatten_and_add():
     def layer(cls, name, inputs, **config):
         return {"class_name": cls, "config": {"name": name, **config},

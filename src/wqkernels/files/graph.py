@@ -120,18 +120,32 @@ def input_moments(nodes: dict, name: str, bn_weights, memo: dict | None = None) 
     return _moments(nodes, node.inputs[0], bn_weights, memo)
 
 
-def _moments(nodes, name, bn_weights, memo):
+#: the most layers followed back from a layer's input to a BatchNormalization: real paths are a
+#: few pass-through layers long, and a config of thousands chained in any order stays shallow
+_DEPTH = 64
+
+
+def _moments(nodes, name, bn_weights, memo, depth=0):
     if name not in memo:
+        if depth > _DEPTH:
+            return None  # (not memoised: reached from nearer, it may be known)
         memo[name] = None  # (a cycle in a broken config stays unknown)
-        memo[name] = _moments_of(nodes, name, bn_weights, memo)
+        memo[name] = _moments_of(nodes, name, bn_weights, memo, depth)
     return memo[name]
 
 
-def _moments_of(nodes, name, bn_weights, memo) -> Moments | None:
+def _passes(cls: str | None) -> bool:
+    """Whether a layer of class `cls` may pass known statistics on (so its inputs are worth following)."""
+    return cls in ("ReLU", "Activation", "Add", "Flatten") or cls in _SAME or cls in _AVERAGE or cls in _MAX
+
+
+def _moments_of(nodes, name, bn_weights, memo, depth=0) -> Moments | None:
     node = nodes.get(name)
     if node is None:
         return None
     cfg, cls = node.config, node.cls
+    if cls != "BatchNormalization" and not _passes(cls):
+        return None
     if cls == "BatchNormalization":
         weights = bn_weights(name) if _channels_last_axis(cfg.get("axis", -1)) else None
         if weights is None:
@@ -140,7 +154,7 @@ def _moments_of(nodes, name, bn_weights, memo) -> Moments | None:
         mean = np.asarray(beta, np.float64) if beta is not None else np.zeros(weights["moving_mean"].shape)
         std = np.abs(np.asarray(gamma, np.float64)) if gamma is not None else np.ones(mean.shape)
         return Moments(mean, std * std, True)
-    parts = [_moments(nodes, s, bn_weights, memo) for s in node.inputs]
+    parts = [_moments(nodes, s, bn_weights, memo, depth + 1) for s in node.inputs]
     if not parts or any(p is None for p in parts):
         return None
     if cls == "Add":
