@@ -106,6 +106,23 @@ def test_graph_of_keras2_inbound_lists_and_sequential_configs():
     assert graph(None) == {}
 
 
+def test_graph_of_hostile_inbound_nodes():
+    """Inbound nodes nested as deep as JSON allows, or with configs of the wrong type: read
+    without recursion, what names no layer is ignored."""
+    deep = [["c", 0, 0, {}]]
+    for _ in range(5000):
+        deep = [deep]
+    config = {"class_name": "Model", "config": {"layers": [
+        {"class_name": "Conv2D", "config": {"name": "c"}, "inbound_nodes": []},
+        {"class_name": "Dense", "config": {"name": "d"}, "inbound_nodes": deep},
+        {"class_name": "Dense", "config": {"name": "e"},
+         "inbound_nodes": [{"args": [{"class_name": "__keras_tensor__", "config": 5}]}]},
+        {"class_name": "Dense", "config": {"name": "f"},
+         "inbound_nodes": [{"args": [{"class_name": "__keras_tensor__", "config": {"keras_history": [7]}}]}]},
+    ]}}
+    assert {n: v.inputs for n, v in graph(config).items()} == {"c": (), "d": ("c",), "e": (), "f": ()}
+
+
 def test_input_moments_of_long_chains_in_any_order():
     """Thousands of chained layers, asked from the last: no recursion error; what a chain of
     pass-through layers longer than any real path hides is taken as unknown."""

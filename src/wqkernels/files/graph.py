@@ -68,17 +68,25 @@ def graph(config: dict | None) -> dict:
 
 
 def _sources(node) -> list:
-    """The layer names an inbound node reads, in order."""
-    if isinstance(node, dict):
-        if node.get("class_name") == "__keras_tensor__":
-            history = (node.get("config") or {}).get("keras_history")
-            return [history[0]] if isinstance(history, list) and history and isinstance(history[0], str) else []
-        return [s for v in node.values() for s in _sources(v)]
-    if isinstance(node, list):
-        if len(node) >= 3 and isinstance(node[0], str) and isinstance(node[1], int):
-            return [node[0]]  # Keras 2: [layer name, node index, tensor index, kwargs]
-        return [s for v in node for s in _sources(v)]
-    return []
+    """The layer names an inbound node reads, in order (walked with a stack of its own: a hostile
+    config may nest as deep as the JSON parser allows)."""
+    found, stack = [], [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("class_name") == "__keras_tensor__":
+                history = (item.get("config") or {}).get("keras_history") if isinstance(item.get("config"), dict) \
+                    else None
+                if isinstance(history, list) and history and isinstance(history[0], str):
+                    found.append(history[0])
+                continue
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            if len(item) >= 3 and isinstance(item[0], str) and isinstance(item[1], int):
+                found.append(item[0])  # Keras 2: [layer name, node index, tensor index, kwargs]
+                continue
+            stack.extend(reversed(item))
+    return found
 
 
 def consumers(nodes: dict) -> dict:
