@@ -278,7 +278,8 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
                                       moving_mean=read(stats["moving_mean"]),
                                       moving_variance=read(stats["moving_variance"]),
                                       epsilon=float(nodes[bn].config.get("epsilon", 1e-3)))
-        except ValueError:  # shapes the graph does not explain (a reshape it missed): left alone
+        except (ValueError, TypeError):  # shapes the graph does not explain (a reshape it missed), or a
+            # config value of the wrong type (an epsilon that is no number): left alone
             continue
         if target == "bias":
             out[e.path] = _Scaled(source, e, recipe, counts, fixed.scale)
