@@ -1,4 +1,4 @@
-"""Fine-tune a digits CNN to 90 % sparsity and to 2:4 with PruningCallback, then pack it to int8.
+"""Fine-tune a digits CNN to 90 % sparsity and to 2:4 with PruningCallback, then store it as int8.
 
     cd examples && python finetune_pruning.py
 
@@ -9,10 +9,13 @@ each with int8 codes through the command line:
 
     wqkernels rewrite pruned-0.9.keras -o pruned-0.9.int8.keras --bits 8 --storage packed --strip-optimizer
     wqkernels restore pruned-0.9.int8.keras -o pruned-0.9.restored.keras   # a file stock Keras loads
+    wqkernels rewrite pruned-0.9.keras -o pruned-0.9.native.keras --bits 8 --storage keras --strip-optimizer
     wqkernels rewrite pruned-0.9.keras -o pruned-0.9.float32.keras --bits 8 --strip-optimizer
 
-(Keras's own int8 layers, ``--storage keras``, will be a third way to store them.)  Needs keras,
-jax and scikit-learn; about two minutes on 2 CPU cores.
+The packed file is the smallest (only wqkernels reads it; ``restore`` turns it back), the native one
+holds Keras's own int8 Dense layers (stock Keras loads and runs them as int8; the zeros stay zero
+codes), the float32 one keeps every weight float32 on the int8 grid.  Needs keras, jax and
+scikit-learn; about two minutes on 2 CPU cores.
 """
 import os
 import subprocess
@@ -89,10 +92,12 @@ def main():
         wqkernels_cli("rewrite", f"{name}.keras", "-o", f"{name}.int8.keras", "--bits", 8, "--storage", "packed",
                       "--strip-optimizer")
         wqkernels_cli("restore", f"{name}.int8.keras", "-o", f"{name}.restored.keras")
+        # ... or Keras's own int8 layers, which stock Keras loads and runs as int8 ...
+        wqkernels_cli("rewrite", f"{name}.keras", "-o", f"{name}.native.keras", "--bits", 8, "--storage", "keras",
+                      "--strip-optimizer")
         # ... or the same values as float32, which every Keras loads as it is
         wqkernels_cli("rewrite", f"{name}.keras", "-o", f"{name}.float32.keras", "--bits", 8, "--strip-optimizer")
-        # (--storage keras, Keras's own int8 layers, will go here)
-        for suffix in ("int8", "restored", "float32"):
+        for suffix in ("int8", "restored", "native", "float32"):
             path = f"{name}.{suffix}.keras"
             loaded = "" if suffix == "int8" else f", test accuracy {accuracy(path, xt, yt):.4f}"
             print(f"  {path}: {os.path.getsize(path):,} bytes{loaded}, {prunable_sparsity(path)}")
