@@ -61,10 +61,11 @@ def accuracy(path, xt, yt) -> float:
 
 
 def prunable_sparsity(path) -> str:
-    """Zeros among the prunable weights of a saved file, as ``wqkernels inspect`` counts them."""
-    prunable = [w for w in wqkernels.inspect(path) if w.prunable]
-    total = sum(int(np.prod(w.shape)) for w in prunable)
-    zeros = sum(round(w.sparsity * int(np.prod(w.shape))) for w in prunable)
+    """Zeros among the kernels of a saved file (Keras-native int8 ones read back as floats)."""
+    kernels = [w.path for w in wqkernels.inspect(path) if w.role == "kernel" and len(w.shape) >= 2]
+    values = wqkernels.load_weights(path)
+    total = sum(values[p].size for p in kernels)
+    zeros = sum(int(np.count_nonzero(values[p] == 0)) for p in kernels)
     return f"{zeros}/{total} prunable weights zero ({zeros / total:.4f})"
 
 
