@@ -356,7 +356,8 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
         if not (np.isfinite(s).all() and (s > 0).all()):
             raise ValueError("scale must be positive and finite")
         zp = np.zeros(g.count, np.float32) if zero_point is None else _given(zero_point, g, "zero_point")
-        if not (np.isin(zp, np.arange(sch.qmin, sch.qmax + 1)).all() and (not sch.symmetric or not zp.any())):
+        on_grid = (zp >= sch.qmin) & (zp <= sch.qmax) & (np.floor(zp) == zp)  # integers in range (NaN: no)
+        if not (on_grid.all() and (not sch.symmetric or not zp.any())):
             raise ValueError(f"zero_point must be integers in [{sch.qmin}, {sch.qmax}]"
                              + (" and 0 when symmetric" if sch.symmetric else ""))
     else:
