@@ -133,6 +133,9 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
     if segments is None:  # more than three alternations of reduced and kept axes: no kernel layout
         from .reference.keras_schemes import absmax_quantize as numpy_absmax
         return numpy_absmax(x, axes, code_range, codes, values, measure=measure)
+    measured = x if measure is None else np.ascontiguousarray(measure, dtype=np.float32)
+    if measured.shape != x.shape:
+        raise ValueError(f"measure must have x's shape {x.shape}, got {measured.shape}")
     outer, n, inner, kept_middle = segments
     amax = np.zeros(math.prod(keep), np.float32)
     if x.size and not _core.group_stats(x.reshape(-1), outer, n, inner, 1 if kept_middle else n, kept_middle,
@@ -145,18 +148,20 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
         run, vector, div, mod = (inner, False, 1, n) if kept_middle else (inner, True, n, outer)
     else:
         run, vector, div, mod = (n, True, 1, 1) if kept_middle else (n, False, 1, outer)
-    measured = x if measure is None else np.ascontiguousarray(measure, dtype=np.float32)
-    if measured.shape != x.shape:
-        raise ValueError(f"measure must have x's shape {x.shape}, got {measured.shape}")
     sums, zeros = np.zeros(3, np.float64), np.zeros(2, np.int64)
     _core.keras_absmax_codes(x.reshape(-1), measured.reshape(-1), codes.reshape(-1),
                              _NO_VALUES if values is None else values.reshape(-1), max(run, 1), div, max(mod, 1),
                              vector, scale.reshape(-1), low, high, sums, zeros)
     if measure is None:
         return codes, scale
-    size = max(x.size, 1)
-    stats = ErrorStats.of_sums(float(sums[0]), float(sums[1]), float(sums[2]), x.size)
-    return codes, scale, (stats, int(zeros[0]) / size, int(zeros[1]) / size)
+    return codes, scale, _measured(sums, zeros, x.size)
+
+
+def _measured(sums: np.ndarray, zeros: np.ndarray, size: int) -> tuple:
+    """(ErrorStats, sparsity of the weight, sparsity of the values) from the kernels' error sums
+    (sum of squares, of squared errors, largest error) and zero counts over `size` elements."""
+    per = max(size, 1)
+    return ErrorStats.of_sums(*(float(v) for v in sums), size), int(zeros[0]) / per, int(zeros[1]) / per
 
 
 #: no values wanted
@@ -297,9 +302,7 @@ class _Error:
 
     def result(self) -> tuple:
         """(ErrorStats, sparsity of the weight, sparsity of the values)."""
-        size = max(self.size, 1)
-        return (ErrorStats.of_sums(*(float(v) for v in self.sums), self.size),
-                int(self.zeros[0]) / size, int(self.zeros[1]) / size)
+        return _measured(self.sums, self.zeros, self.size)
 
 
 #: no histogram edges and counts (statistics' error sums without histograms)

@@ -194,9 +194,10 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
     >>> bool(qa.dequantize()[2] == np.float32(64) * qa.scale)
     True
     """
+    rounding = _check_rounding(rounding)  # before _prepare, whose scale search may be long
     xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
                                       zero_point, percentile)
-    codes = _codes(xf, g, sch, s, zp, fit, _check_rounding(rounding))
+    codes = _codes(xf, g, sch, s, zp, fit, rounding)
     return QuantizedArray(codes, s.reshape(g.scale_shape), zp.astype(sch.dtype).reshape(g.scale_shape),
                           bits, g.axis, g.block)
 
@@ -236,9 +237,10 @@ def quantize_packed(x, bits: int = 8, *, symmetric: bool = True, axis: int | Non
     >>> pa.unpack().values
     array([[ 4, -7,  2,  7]], dtype=int8)
     """
+    rounding = _check_rounding(rounding)
     xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
                                       zero_point, percentile)
-    rounding, bits = _check_rounding(rounding), check_bits(bits)
+    bits = int(bits)  # checked by _prepare
     if rounding == "sum" or bits == 8:  # 8-bit codes are their own stream
         stream = _codes(xf, g, sch, s, zp, fit, rounding)
         stream = stream.reshape(-1).view(np.uint8) if bits == 8 else pack_bits(stream, bits)
