@@ -183,7 +183,7 @@ def calibrate(src, samples, recipe: Recipe, *, batch_size: int = 128, damping: f
         index = _Index(source, src)
     arrays = read_samples(samples)  # before the model loads: a bad file fails in a moment
     model = _load_model(src, source.kind)
-    inputs = load_samples(arrays, model, where=_where(samples))
+    inputs = _fitted(arrays, model, _where(samples))
     run = _Calibrator(model, recipe, work, index, batch_size=batch_size, damping=float(damping),
                       act_order=bool(act_order), bias_correction=bool(bias_correction),
                       float_targets=bool(float_targets), refit_damping=float(refit_damping))
@@ -225,10 +225,10 @@ def _where(samples) -> str:
     return os.fspath(samples) if isinstance(samples, (str, os.PathLike)) else "samples"
 
 
-def read_samples(samples):
+def read_samples(samples, where: str | None = None):
     """The arrays of `samples` (see :func:`load_samples`), checked as far as they can be without
     the model: numbers, at least one sample each, finite, the same count in each."""
-    where = _where(samples)
+    where = _where(samples) if where is None else where
     arrays = _read_samples(samples, where)
     named = arrays.items() if isinstance(arrays, dict) else enumerate(arrays)
     counts = []
@@ -257,15 +257,20 @@ def load_samples(samples, model, *, where: str | None = None) -> list:
     samples in errors (default: the path, or "samples").
     """
     where = _where(samples) if where is None else where
-    arrays = _read_samples(samples, where)
+    return _fitted(read_samples(samples, where), model, where)
+
+
+def _fitted(arrays, model, where: str) -> list:
+    """The arrays of :func:`read_samples` matched to the inputs of `model`, each checked against
+    its input's shape and cast to its dtype."""
     try:
         inputs = list(model.inputs)
     except (AttributeError, ValueError):  # a subclassed model: its inputs are whatever it takes
         inputs = None
     if inputs is None:
         arrays = list(arrays.values()) if isinstance(arrays, dict) else list(arrays)
-        if len(arrays) != 1 or np.asarray(arrays[0]).dtype.kind not in "fiub" or not len(arrays[0]):
-            raise KerasFileError(f"{where}: a model without declared inputs takes one non-empty array of numbers")
+        if len(arrays) != 1:
+            raise KerasFileError(f"{where}: a model without declared inputs takes one array")
         return [np.ascontiguousarray(arrays[0])]
     names = [getattr(t, "name", None) for t in inputs]
     if isinstance(arrays, dict):
@@ -283,21 +288,15 @@ def load_samples(samples, model, *, where: str | None = None) -> list:
     out = []
     for array, tensor, name in zip(arrays, inputs, names):
         a = np.asarray(array)
-        if a.dtype.kind not in "fiub":
-            raise KerasFileError(f"{where}: samples for input {name!r} must be numbers, got dtype {a.dtype}")
         shape = tuple(tensor.shape)
         if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape[1:], a.shape[1:])):
             expected = "(" + ", ".join("None" if s is None else str(s) for s in shape) + ")"
             raise KerasFileError(f"{where}: samples of shape {a.shape} do not fit input {name!r} of shape {expected}")
-        if len(a) == 0:
-            raise KerasFileError(f"{where}: no samples")
         with np.errstate(over="ignore"):
-            a = np.ascontiguousarray(a, dtype=tensor.dtype or "float32")
-        if a.dtype.kind == "f" and not np.isfinite(a).all():  # after the cast: a float64 beyond float32 too
-            raise KerasFileError(f"{where}: samples for input {name!r} hold NaN or infinity (as {a.dtype})")
-        out.append(a)
-    if len({len(a) for a in out}) != 1:
-        raise KerasFileError(f"{where}: the inputs have different numbers of samples: {[len(a) for a in out]}")
+            cast = np.ascontiguousarray(a, dtype=tensor.dtype or "float32")
+        if cast.dtype != a.dtype and cast.dtype.kind == "f" and not np.isfinite(cast).all():  # float64 beyond float32
+            raise KerasFileError(f"{where}: samples for input {name!r} hold NaN or infinity (as {cast.dtype})")
+        out.append(cast)
     return out
 
 
