@@ -205,9 +205,9 @@ _KINDS = {"Dense": "dense", "Conv1D": "conv", "Conv2D": "conv", "Conv3D": "conv"
 _BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
-def _layer_entries(source) -> dict:
-    """{layer name: {role: entry}} of the weights of the top-level layers, BN roles by name or index."""
-    nodes = graph(source.config)
+def _layer_entries(source, nodes: dict) -> dict:
+    """{layer name: {role: entry}} of the weights of the top-level layers (`nodes`, the graph of
+    the source's config), BN roles by name or index."""
     out = {}
     for e in source.entries:
         node = nodes.get(e.layer)
@@ -237,17 +237,19 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
         return {}, []
     nodes = graph(source.config)
     readers = consumers(nodes)
-    entries = _layer_entries(source)
+    entries = _layer_entries(source, nodes)
     memo, out, done = {}, {}, []
 
     def read(e):
         return np.asarray(source.read(e, buffers), np.float64)
 
+    def has_statistics(name) -> bool:
+        return {"moving_mean", "moving_variance"} <= entries.get(name, {}).keys()
+
     def bn_weights(name):
-        found = entries.get(name, {})
-        if "moving_mean" not in found or "moving_variance" not in found:
+        if not has_statistics(name):
             return None
-        return {role: read(e) for role, e in found.items() if role in _BN_VARS}
+        return {role: read(e) for role, e in entries[name].items() if role in _BN_VARS}
 
     order = {name: i for i, name in enumerate(nodes)}
     for e in sorted(selected, key=lambda e: order.get(e.layer, len(order))):  # in model order
@@ -260,7 +262,7 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
         bn = after[0] if len(after) == 1 and nodes[after[0]].cls == "BatchNormalization" else None
         target = "bias" if "bias" in own else None
         if target is None and (bn is None or node.config.get("activation", "linear") != "linear"
-                               or bn_weights(bn) is None or not _channels_last_axis(nodes[bn].config.get("axis", -1))):
+                               or not has_statistics(bn) or not _channels_last_axis(nodes[bn].config.get("axis", -1))):
             continue
         moments = input_moments(nodes, e.layer, bn_weights, memo)
         if moments is None:
