@@ -429,7 +429,7 @@ WQK_CLONES static void wqk_unpack(const uint8_t *packed, ptrdiff_t n, int b, int
 }
 
 /* Sum-preserving rounding of a tile of `w` groups of codes, in place.  Member (r, c) of group j
- * (r < rows, c < length; C order within the group) is at j * lane + r * row + c * elem; the
+ * (r < rows, c < length; C order within the group) is at j * lane + r * row + c; the
  * members of the groups side by side are read together (a blocked transpose into `e` and
  * `code`, rows * length entries per group), so strided groups are read a cache line at a time.
  * Per group, with r = x / s (float32) + zp and e = r - q in float64, summed in member order: the
@@ -452,11 +452,11 @@ static inline bool wqk_cheaper(const wqk_move &a, const wqk_move &b) {
 
 template <typename Code>
 static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t lane, ptrdiff_t rows, ptrdiff_t row,
-                              ptrdiff_t length, ptrdiff_t elem, const float *s, const float *zp, float qmin,
+                              ptrdiff_t length, const float *s, const float *zp, float qmin,
                               float qmax, double *e, Code *code, wqk_move *moves) {
     const ptrdiff_t m = rows * length;
     double total[WQK_SUM_LANES] = {0.0}; /* each group's members are met in their order */
-    if (length == 1 && elem == 1 && lane == 1) { /* channels side by side (a Dense kernel's columns) */
+    if (length == 1 && lane == 1) { /* channels side by side (a Dense kernel's columns) */
         for (ptrdiff_t r = 0; r < rows; r++) {
             const float *xr = x + r * row;
             const Code *qr = q + r * row;
@@ -474,7 +474,7 @@ static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t la
             const double zj = (double)zp[j];
             double sum = total[j];
             for (ptrdiff_t c = 0; c < length; c++) {
-                const ptrdiff_t at = j * lane + r * row + c * elem, t = j * m + r * length + c;
+                const ptrdiff_t at = j * lane + r * row + c, t = j * m + r * length + c;
                 code[t] = q[at];
                 e[t] = ((double)(x[at] / sj) + zj) - (double)code[t];
                 sum += e[t];
@@ -513,7 +513,7 @@ static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t la
         const int step = k > 0.0 ? 1 : -1;
         for (ptrdiff_t i = 0; i < take; i++) {
             const ptrdiff_t t = moves[i].at;
-            Code *p = q + j * lane + (t / length) * row + (t % length) * elem;
+            Code *p = q + j * lane + (t / length) * row + t % length;
             *p = (Code)(*p + step);
         }
     }

@@ -29,7 +29,7 @@ cdef extern from "_loops.h" nogil:
         pass
     # Code: int8_t (signed codes) or uint8_t
     void wqk_preserve_sums[Code](const float* x, Code* q, Py_ssize_t w, Py_ssize_t lane, Py_ssize_t rows,
-                                 Py_ssize_t row, Py_ssize_t length, Py_ssize_t elem, const float* s,
+                                 Py_ssize_t row, Py_ssize_t length, const float* s,
                                  const float* zp, float qmin, float qmax, double* e, Code* code, wqk_move* moves)
     void wqk_candidate_errors_lanes(const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int ncand, const float* inv, const float* lo, const float* hi, float* acc)
 
@@ -538,10 +538,10 @@ cdef void sum_tile_codes(const float* x, uint8_t* codes, SumTile T, const float*
     code += own * scratch
     moves += own * size
     if qmin < 0:
-        wqk_preserve_sums[int8_t](x + T.start, <int8_t*>(codes + T.start), T.w, T.lane, T.rows, T.row, T.length, 1,
+        wqk_preserve_sums[int8_t](x + T.start, <int8_t*>(codes + T.start), T.w, T.lane, T.rows, T.row, T.length,
                                   scale + T.group, zero_point + T.group, qmin, qmax, e, <int8_t*>code, moves)
     else:
-        wqk_preserve_sums[uint8_t](x + T.start, codes + T.start, T.w, T.lane, T.rows, T.row, T.length, 1,
+        wqk_preserve_sums[uint8_t](x + T.start, codes + T.start, T.w, T.lane, T.rows, T.row, T.length,
                                    scale + T.group, zero_point + T.group, qmin, qmax, e, code, moves)
 
 
@@ -552,7 +552,7 @@ def preserve_sums(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_s
     per-tensor group is one block of the whole array): the fewest codes move one step so that
     each group's codes sum to the integer nearest the sum of x / scale + zero_point (see
     wqk_preserve_sums).  Codes are int8 when qmin < 0, else uint8; x is finite."""
-    cdef Py_ssize_t size, lanes, tiles, t, per
+    cdef Py_ssize_t size, lanes, tiles, t
     cdef int nt
     cdef double* e
     cdef uint8_t* code
