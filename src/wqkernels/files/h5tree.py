@@ -602,18 +602,15 @@ def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, hooks: dict, skip, out: Data
         path = prefix + name
         if path in skip:
             continue
+        check_written(dst)  # a full disk stops the copy at once
         if path in opened:  # a group with something below it to rewrite, leave out or store apart
-            check_written(dst)  # a full disk stops the copy at once
             sub_src = h5g.open(src, bname)
             sub = h5g.create(dst, bname, gcpl=sub_src.get_create_plist())  # same creation properties
             copy_attrs(sub_src, sub)
             _copy_group(sub_src, sub, hooks, skip, out, opened, apart, path + "/")
         elif path in hooks:
-            check_written(dst)
             hooks[path](h5py.Group(dst), name, h5py.Dataset(h5d.open(src, bname)))
         elif path in apart:
-            check_written(dst)
             out.copy(h5py.Group(dst), name, h5py.Dataset(h5d.open(src, bname)))
         else:
-            check_written(dst)
             out.copy_whole(src, dst, bname, path)
