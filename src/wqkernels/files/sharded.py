@@ -283,14 +283,14 @@ def reshard(parts: list[str], temps: list[str] | None, max_bytes: int, where: st
     first shard does.  A variable larger than `max_bytes` is refused, as Keras refuses it.
     """
     order = []  # (part index, dataset path, bytes)
-    groups = []  # every group path, in order of the parts
+    groups = {}  # every group path, in order of the parts (a dict: a set that keeps its order)
     for k, part in enumerate(parts):
         with h5py.File(part, "r", locking=False) as f:
             def visit(path, obj, k=k):
                 if isinstance(obj, h5py.Dataset):
                     order.append((k, path, _variable_bytes(obj)))
-                elif path not in groups:
-                    groups.append(path)
+                else:
+                    groups.setdefault(path)
             f.visititems(visit)
     shard_of, count, filled = [], 0, 0
     for _, path, nbytes in order:
