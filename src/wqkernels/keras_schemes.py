@@ -149,11 +149,13 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
     else:
         run, vector, div, mod = (n, True, 1, 1) if kept_middle else (n, False, 1, outer)
     sums, zeros = np.zeros(3, np.float64), np.zeros(2, np.int64)
-    _core.keras_absmax_codes(x.reshape(-1), measured.reshape(-1), codes.reshape(-1),
-                             _NO_VALUES if values is None else values.reshape(-1), max(run, 1), div, max(mod, 1),
-                             vector, scale.reshape(-1), low, high, sums, zeros)
+    finite = _core.keras_absmax_codes(x.reshape(-1), measured.reshape(-1).view(np.uint32), codes.reshape(-1),
+                                      _NO_VALUES if values is None else values.reshape(-1), max(run, 1), div,
+                                      max(mod, 1), vector, scale.reshape(-1), low, high, sums, zeros)
     if measure is None:
         return codes, scale
+    if not finite:
+        raise nonfinite_error(measured, "measure")
     return codes, scale, _measured(sums, zeros, x.size)
 
 

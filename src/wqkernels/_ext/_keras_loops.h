@@ -7,9 +7,11 @@
  * clamped to [lo, hi] (integers of magnitude <= 127, so clamping first gives the same code).
  *
  * The error of q / m against the weight as read (a: x itself, or x before pruning) is summed in
- * the same visit: a block of codes is made, then its error summed while both are in L1.  The
- * two loops are separate functions because only the sums may be reordered (WQK_SUMS): the same
- * licence on the codes would fold the rounding trick away.
+ * the same visit, by the statistics' own loop (wqk_error of _bit_loops.h, over float bits): a
+ * block of codes is made, then its error summed while both are in L1.  The values are stored
+ * into the block as bits (memcpy) so that the error loop reads them through the type they were
+ * written as; only the sums may be reordered (WQK_SUMS), never the codes, whose rounding trick
+ * that licence would fold away.
  */
 #ifndef WQK_KERAS_LOOPS_H
 #define WQK_KERAS_LOOPS_H
@@ -20,8 +22,8 @@
 #define WQK_KERAS_BLOCK 1024
 
 /* Codes of n <= WQK_KERAS_BLOCK elements, the multiplier m[i] of each (vector) or m[0] for all,
- * and in v the values Keras computes with. */
-WQK_CLONES static void wqk_keras_codes(const float *x, int8_t *q, float *v, ptrdiff_t n, const float *m,
+ * and in v the bits of the values Keras computes with. */
+WQK_CLONES static void wqk_keras_codes(const float *x, int8_t *q, uint32_t *v, ptrdiff_t n, const float *m,
                                        int vector, float lo, float hi) {
     if (vector) {
         for (ptrdiff_t i = 0; i < n; i++) {
@@ -30,7 +32,8 @@ WQK_CLONES static void wqk_keras_codes(const float *x, int8_t *q, float *v, ptrd
             c = c > hi ? hi : c;
             c = (c + WQK_MAGIC) - WQK_MAGIC;
             q[i] = (int8_t)(int32_t)c;
-            v[i] = c / m[i];
+            const float value = c / m[i];
+            memcpy(&v[i], &value, sizeof value);
         }
     } else {
         const float s = m[0];
@@ -40,46 +43,28 @@ WQK_CLONES static void wqk_keras_codes(const float *x, int8_t *q, float *v, ptrd
             c = c > hi ? hi : c;
             c = (c + WQK_MAGIC) - WQK_MAGIC;
             q[i] = (int8_t)(int32_t)c;
-            v[i] = c / s;
+            const float value = c / s;
+            memcpy(&v[i], &value, sizeof value);
         }
     }
 }
 
-/* sums += [sum a^2, sum (a - v)^2] and sums[2] = max(sums[2], max |a - v|), in float64 (the
- * difference of two float32 is exact there); zeros += [zeros of a, zeros of v].  Finite values. */
-WQK_CLONES WQK_SUMS static void wqk_keras_error(const float *a, const float *v, ptrdiff_t n, double *sums,
-                                                int64_t *zeros) {
-    double sx = 0, se = 0, mx = sums[2];
-    int32_t za = 0, zb = 0;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        double ai = (double)a[i], d = ai - (double)v[i];
-        double ad = d < 0 ? -d : d;
-        sx += ai * ai;
-        se += d * d;
-        mx = ad > mx ? ad : mx;
-        za += a[i] == 0.0f;
-        zb += v[i] == 0.0f;
-    }
-    sums[0] += sx;
-    sums[1] += se;
-    sums[2] = mx;
-    zeros[0] += za;
-    zeros[1] += zb;
-}
-
 /* One run of n elements: codes into q, the values into y unless it is NULL, the error against a
- * added to sums and zeros (see wqk_keras_error); m as for wqk_keras_codes.  y may be x or a:
- * each block's values are copied there once its error is summed. */
-static void wqk_keras_absmax_run(const float *x, const float *a, int8_t *q, float *y, ptrdiff_t n, const float *m,
-                                 int vector, float lo, float hi, double *sums, int64_t *zeros) {
-    float v[WQK_KERAS_BLOCK];
+ * (float bits) added to sums = [sum a^2, sum (a - v)^2, max |a - v|] and zeros = [zeros of a,
+ * zeros of v] (wqk_error's).  m as for wqk_keras_codes.  y may be x or a: each block's values
+ * are copied there once its error is summed.  Returns false if a holds NaN or infinity. */
+static bool wqk_keras_absmax_run(const float *x, const uint32_t *a, int8_t *q, float *y, ptrdiff_t n,
+                                 const float *m, int vector, float lo, float hi, double *sums, int64_t *zeros) {
+    uint32_t v[WQK_KERAS_BLOCK];
+    bool finite = true;
     for (ptrdiff_t i = 0; i < n; i += WQK_KERAS_BLOCK) {
         ptrdiff_t len = n - i < WQK_KERAS_BLOCK ? n - i : WQK_KERAS_BLOCK;
         wqk_keras_codes(x + i, q + i, v, len, vector ? m + i : m, vector, lo, hi);
-        wqk_keras_error(a + i, v, len, sums, zeros);
+        finite = wqk_finite_key(wqk_error<uint32_t>(a + i, v, len, sums, zeros)) && finite;
         if (y != NULL)
             memcpy(y + i, v, (size_t)len * sizeof(float));
     }
+    return finite;
 }
 
 #endif /* WQK_KERAS_LOOPS_H */
