@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import wqkernels
 from wqkernels import Recipe, fake_quantize, prune, quantize
-from wqkernels.calibration import (Hessian, KernelView, einsum_view, gptq, mean_output_error, patches, refit,
-                                   sparsegpt)
+from wqkernels.calibration import (Hessian, KernelView, einsum_view, gptq, gptq_on_grid, mean_output_error, patches,
+                                   refit, sparsegpt)
 from wqkernels.files import Grid, KerasFileError
 from wqkernels.reference import calibration as reference
 
@@ -60,6 +60,37 @@ def test_gptq_matches_the_plain_surgeon(options, groups):
     assert_bit_equal(fast.values, slow.values, "codes")
     assert_bit_equal(fast.scale, slow.scale, "scales")
     assert_bit_equal(fast.zero_point, slow.zero_point, "zero points")
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_gptq_on_a_grid_of_each_weight_matches_the_plain_surgeon(groups, act_order):
+    _, h, w, view = _problem(29, 7, groups, seed=4)
+    rng = np.random.default_rng(5)
+    scale = rng.uniform(0.05, 0.5, w.shape).astype(np.float32)  # a grid of its own for every weight
+    zero_point = rng.integers(-3, 4, w.shape[:2] + (1,)).astype(np.float32)
+    w[0, :4, 1] = 0
+    fast = gptq_on_grid(w, h, scale, zero_point, -8, 7, view=view, act_order=act_order, block=8)
+    slow = reference.gptq_on_grid(w, h, scale, zero_point, -8, 7, view=view, act_order=act_order)
+    assert_bit_equal(fast, slow)
+    assert (fast[0, :4, 1] == 0).all()
+    codes = np.rint(fast / scale) + zero_point
+    assert codes.min() >= -8 and codes.max() <= 7
+    assert_bit_equal((codes - zero_point) * scale, fast)
+
+
+def test_gptq_on_a_grid_checks_the_grid():
+    _, h, w, view = _problem(6, 2)
+    with pytest.raises(ValueError, match=r"scale of shape \(3,\) does not broadcast against w of shape \(1, 6, 2\)"):
+        gptq_on_grid(w, h, np.ones(3), 0, -8, 7, view=view)
+    with pytest.raises(ValueError, match="scale must be positive and finite"):
+        gptq_on_grid(w, h, np.zeros(2), 0, -8, 7, view=view)
+    with pytest.raises(ValueError, match=r"zero_point must be in \[-8, 7\]"):
+        gptq_on_grid(w, h, 1, 8, -8, 7, view=view)
+    with pytest.raises(ValueError, match="qmin must be below qmax, got 7.0 and 7.0"):
+        gptq_on_grid(w, h, 1, 0, 7, 7, view=view)
+    with pytest.raises(TypeError, match="zero_point must be an array of numbers"):
+        gptq_on_grid(w, h, 1, "0", -8, 7, view=view)
 
 
 @pytest.mark.parametrize("options", [dict(sparsity=0.6), dict(sparsity=0.25), dict(n=2, m=4), dict(n=1, m=3)],
@@ -301,25 +332,6 @@ def test_rewrite_stores_given_values_on_given_grids(tmp_path, storage):
     want = values.astype(np.float16).astype(np.float32) if storage == "float16" else values
     assert_bit_equal(stored["layers/dense/vars/0"].astype(np.float32), want)
     assert_bit_equal(stored["layers/dense/vars/1"], bias)
-
-
-@pytest.mark.parametrize("bits", [4, 8])
-def test_keras_storage_keeps_the_given_grid_of_a_dense_kernel(tmp_path, bits):
-    from wqkernels import keras_schemes as ks
-
-    src = _weights_file(tmp_path / "m.weights.h5")
-    kernel = np.random.default_rng(9).standard_normal((64, 32)).astype(np.float32)
-    grid = quantize(kernel * 1.3, bits, axis=1)  # wider than the values need: no channel reaches the top code
-    values = fake_quantize(kernel, bits, axis=1, scale=grid.scale)
-    codes = quantize(kernel, bits, axis=1, scale=grid.scale).values
-    assert np.abs(codes).max(axis=0).max() < 2 ** (bits - 1) - 1  # Keras's absmax would choose other scales
-    dst = tmp_path / "out.weights.h5"
-    wqkernels.rewrite(src, dst, Recipe(bits=bits, storage="keras"), weights={"layers/dense/vars/0": values},
-                      grids={"layers/dense/vars/0": Grid(bits, grid.scale, grid.zero_point)})
-    with h5py.File(dst, "r") as f:
-        stored, scale = f["layers/dense/vars/0"][()], f["layers/dense/vars/2"][()]
-    assert_bit_equal(stored if bits == 8 else ks.unpack_int4(stored, 32, -1), codes)
-    assert_bit_equal(scale, (np.float32(1) / grid.scale).astype(np.float32))
 
 
 def test_rewrite_refuses_given_weights_that_do_not_fit(tmp_path):
@@ -574,6 +586,91 @@ def test_keras_storage_of_a_calibrated_model_loads_in_keras(small_cnn, tmp_path,
     assert loaded.get_layer("dense").quantization_mode == f"int{bits}"
     want, got = np.asarray(model(held_out)), np.asarray(loaded(held_out))
     assert np.isfinite(got).all() and np.mean(np.argmax(got, -1) == np.argmax(want, -1)) > 0.9
+
+
+def _attention_model(keras, dim=16):
+    """A transformer block over the 8 rows of a digit-like image: EinsumDense embedding (contracting
+    an axis that is not the kernel's first), MultiHeadAttention, an EinsumDense feed-forward, Dense."""
+    L = keras.layers
+    rows = keras.Input((8, 8), name="rows")
+    x = L.EinsumDense("btf,tfd->btd", (8, dim), bias_axes="td", name="embed")(rows)
+    x = L.LayerNormalization(name="norm")(x + L.MultiHeadAttention(2, dim // 2, name="attention")(x, x))
+    x = L.EinsumDense("btd,df->btf", (None, 2 * dim), bias_axes="f", activation="relu", name="ffn")(x)
+    return keras.Model(rows, L.Dense(10, name="head")(L.GlobalAveragePooling1D()(x)))
+
+
+@pytest.fixture(scope="module")
+def attention(tmp_path_factory):
+    keras = _keras()
+    keras.utils.set_random_seed(1)
+    model = _attention_model(keras)
+    x = np.random.default_rng(12).random((320, 8, 8)).astype(np.float32)
+    base = tmp_path_factory.mktemp("attention")
+    model.save(base / "m.keras")
+    np.save(base / "samples.npy", x[:256])
+    return model, base, x[256:]
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("bits,granularity", [(8, "channel"), (4, "channel"), (4, "block:8")])
+def test_keras_native_layers_hold_what_the_calibration_chose(attention, tmp_path, bits, granularity):
+    """Dense and EinsumDense kernels are rounded onto Keras's own grid: the loaded file predicts
+    what a float model holding the calibrated values predicts, better than the data-free file."""
+    keras = _keras()
+    from wqkernels.keras import calibrate
+
+    model, base, held_out = attention
+    recipe = Recipe(bits=bits, granularity=granularity, storage="keras", activations="float")
+    result = calibrate(base / "m.keras", base / "samples.npy", recipe)
+    native, chosen, free = tmp_path / "native.keras", tmp_path / "chosen.keras", tmp_path / "free.keras"
+    wqkernels.rewrite(base / "m.keras", native, recipe, weights=result.weights, grids=result.grids)
+    wqkernels.rewrite(base / "m.keras", chosen, Recipe(), weights={p: np.asarray(v) for p, v in result.weights.items()})
+    wqkernels.rewrite(base / "m.keras", free, recipe)
+    loaded = keras.saving.load_model(native)
+    modes = {layer.name: layer.quantization_mode for layer in loaded.layers if layer.quantization_mode}
+    assert modes == dict.fromkeys(("embed", "ffn", "head"), f"int{bits}")
+    stored = wqkernels.load_weights(native)
+    for path in result.grids:
+        np.testing.assert_allclose(stored[path], np.asarray(result.weights[path]), rtol=1e-6, atol=0, err_msg=path)
+    want = np.asarray(keras.saving.load_model(chosen)(held_out))
+    got = np.asarray(loaded(held_out))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+    floats = np.asarray(model(held_out))
+    errors = [float(np.square(y - floats).mean()) for y in (got, np.asarray(keras.saving.load_model(free)(held_out)))]
+    assert errors[0] < errors[1], errors
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("bits,granularity", [(8, "channel"), (4, "block:8")])
+def test_bfloat16_kernels_are_calibrated_on_keras_grid(tmp_path, bits, granularity):
+    """bfloat16 Dense kernels: calibrated (their biases corrected in bfloat16), the codes those of
+    the calibrated values on the grid of the scales as stored, the outputs closer than data-free."""
+    keras = _keras()
+    from wqkernels import keras_schemes as ks
+    from wqkernels.keras import calibrate
+
+    L = keras.layers
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((16,))
+    model = keras.Model(inp, L.Dense(8, dtype="bfloat16", name="b")(L.Dense(32, activation="relu", dtype="bfloat16",
+                                                                            name="a")(inp)))
+    x = np.random.default_rng(3).standard_normal((320, 16)).astype(np.float32)
+    src, dst, free = tmp_path / "m.keras", tmp_path / "out.keras", tmp_path / "free.keras"
+    model.save(src)
+    recipe = Recipe(bits=bits, granularity=granularity, storage="keras", activations="float")
+    result = calibrate(src, x[:256], recipe)
+    assert "2 Dense kernels calibrated" in result.notes[0] and "2 biases corrected" in result.notes[0]
+    wqkernels.rewrite(src, dst, recipe, weights=result.weights, grids=result.grids)
+    wqkernels.rewrite(src, free, recipe)
+    stored = wqkernels.load_weights(dst)
+    for path, grid in result.grids.items():
+        assert_bit_equal(ks.round_bfloat16(grid.scale), np.asarray(grid.scale, np.float32), path)
+        chosen = np.asarray(result.weights[path], np.float32)  # the calibration's values, rounded to bfloat16
+        np.testing.assert_allclose(stored[path], chosen, rtol=2 ** -8, atol=0, err_msg=path)
+    floats = np.asarray(model(x[256:]), np.float32)
+    errors = [float(np.square(np.asarray(keras.saving.load_model(p)(x[256:]), np.float32) - floats).mean())
+              for p in (dst, free)]
+    assert errors[0] < errors[1], errors
 
 
 #: bad samples for the small CNN (inputs (None, 8, 8, 1)): what is saved, what the one line says

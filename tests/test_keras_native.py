@@ -130,6 +130,27 @@ def test_einsum_layout_is_keras_own(equation):
         [info[1], info[3], info[5], info[7]]
 
 
+@pytest.mark.parametrize("equation", [e for e in EQUATIONS + ["btf,tfd->btd"]
+                                      if e[0] not in e.split(",")[1].split("->")[0]])
+def test_keras_own_int8_einsum_reads_back(tmp_path, equation):
+    """load_weights of a file Keras quantized: the kernel it computes with, its scale laid out
+    as the equation says (stored transposed for "btf,tfd->btd", of the kernel's rank)."""
+    inputs, rest = equation.split(",")
+    outputs = rest.split("->")[1]
+    size = {c: 3 + i for i, c in enumerate(sorted(set(equation) - set(",->")))}
+    inp = keras.Input(tuple(size[c] for c in inputs[1:]))
+    layer = layers.EinsumDense(equation, output_shape=tuple(size[c] for c in outputs[1:]), name="e")
+    src, theirs = tmp_path / "f.keras", tmp_path / "k.keras"
+    model = randomize(keras.Model(inp, layer(inp)), 5)
+    kernel = np.asarray(model.get_layer("e").kernel)
+    model.save(src)
+    _keras_quantized(src, "int8", theirs)
+    layout = einsum_layout(equation)
+    values = np.empty_like(kernel)
+    keras_schemes.absmax_quantize(kernel, layout.reduced, values=values)
+    np.testing.assert_array_equal(wqkernels.load_weights(theirs)["layers/einsum_dense/vars/0"], values)
+
+
 def test_ellipsis_equations_stay_float(tmp_path):
     """Keras 3.15 cannot quantize an EinsumDense with '...': it keeps its float dtype, on the grid."""
     assert einsum_layout("...b,bc->...c") is None

@@ -77,7 +77,8 @@ def bfloat16_values(bits: np.ndarray) -> np.ndarray:
 
 
 def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None = None,
-                    values: np.ndarray | None = None, *, measure: np.ndarray | None = None):
+                    values: np.ndarray | None = None, *, measure: np.ndarray | None = None,
+                    scale: np.ndarray | None = None):
     """Keras's ``abs_max_quantize``: int8 codes of `x` and the multiplier of each channel.
 
     Parameters
@@ -95,6 +96,9 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
     measure : ndarray of float32, optional
         An array of x's shape (x itself, or x before it was pruned): the error of
         ``codes / scale`` against it is measured in the same pass (the values need not be kept).
+    scale : ndarray of float32, optional
+        The multipliers to use instead of Keras's (x's shape with the reduced axes of size 1;
+        positive and finite): the codes of a grid chosen elsewhere, as Keras computes with it.
 
     Returns
     -------
@@ -111,8 +115,8 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
 
     Notes
     -----
-    Two passes over x: the largest magnitude of every channel, then the codes (and values, and
-    error) element by element.  Bit for bit :func:`wqkernels.reference.keras_schemes.absmax_quantize`.
+    Two passes over x: the largest magnitude of every channel (which also finds NaN and
+    infinity), then the codes (and values, and error) element by element.  Bit for bit :func:`wqkernels.reference.keras_schemes.absmax_quantize`.
 
     Examples
     --------
@@ -129,10 +133,11 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
     low, high = code_range
     codes = np.empty(x.shape, np.int8) if out is None else out
     keep = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
+    given = None if scale is None else _given_scale(scale, keep, "scale")
     segments = _segments(x.shape, axes)
     if segments is None:  # more than three alternations of reduced and kept axes: no kernel layout
         from .reference.keras_schemes import absmax_quantize as numpy_absmax
-        return numpy_absmax(x, axes, code_range, codes, values, measure=measure)
+        return numpy_absmax(x, axes, code_range, codes, values, measure=measure, scale=given)
     measured = x if measure is None else np.ascontiguousarray(measure, dtype=np.float32)
     if measured.shape != x.shape:
         raise ValueError(f"measure must have x's shape {x.shape}, got {measured.shape}")
@@ -141,7 +146,7 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
     if x.size and not _core.group_stats(x.reshape(-1), outer, n, inner, 1 if kept_middle else n, kept_middle,
                                         False, np.empty_like(amax), amax):
         raise nonfinite_error(x)
-    scale = (np.float32(high) / (amax + np.float32(EPSILON))).reshape(keep)
+    scale = (np.float32(high) / (amax + np.float32(EPSILON))).reshape(keep) if given is None else given
     # runs of the innermost axes (or of the middle ones), each with one scale for all its
     # elements or one per element; run r takes its scales from group (r // div) % mod on
     if inner > 1:
@@ -157,6 +162,21 @@ def absmax_quantize(x: np.ndarray, axes, code_range=INT8, out: np.ndarray | None
     if not finite:
         raise nonfinite_error(measured, "measure")
     return codes, scale, _measured(sums, zeros, x.size)
+
+
+def _given_scale(scale, shape: tuple, name: str) -> np.ndarray:
+    """Given scales (multipliers or divisors) as float32 of `shape`, checked positive and finite."""
+    a = np.asarray(scale)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be an array of numbers, got dtype {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must be of shape {tuple(shape)}, got {a.shape}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    bad = ~(np.isfinite(a) & (a > 0))
+    if bad.any():
+        first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad.ravel())), a.shape))
+        raise ValueError(f"{name} must be positive and finite, got {a[first].item()!r} at index {first}")
+    return a
 
 
 def _measured(sums: np.ndarray, zeros: np.ndarray, size: int) -> tuple:
@@ -195,7 +215,8 @@ def _segments(shape: tuple, axes: tuple) -> tuple | None:
 
 
 def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bool = False,
-                     values: np.ndarray | None = None, *, measure: np.ndarray | None = None):
+                     values: np.ndarray | None = None, *, measure: np.ndarray | None = None,
+                     scale: np.ndarray | None = None, zero: np.ndarray | None = None):
     """Keras's ``abs_max_quantize_grouped_with_zero_point`` (int4), along `axis` of a 2-D `x`.
 
     Groups of `block_size` consecutive indices along `axis` (0: Dense and EinsumDense kernels as
@@ -204,7 +225,9 @@ def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bo
     group's ``max - min`` is rounded to bfloat16 as NumPy does on bfloat16 arrays.  `values`, if
     given (float32, x's shape; may be x), receives ``(codes - zero) * scale``.  `measure`, if
     given (x's shape: x itself, or x before it was pruned), has the error of those values
-    against it measured slice by slice, as :func:`absmax_quantize` measures it.
+    against it measured slice by slice, as :func:`absmax_quantize` measures it.  Given `scale`
+    and `zero` (of the shapes returned; positive finite scales, integer zero points in [-8, 7]),
+    the codes are those of that grid instead of Keras's.
 
     Returns
     -------
@@ -235,8 +258,14 @@ def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bo
     n = x.shape[axis]
     groups = -(-n // block)
     codes = np.empty(x.shape, np.int8)
-    scale = np.empty((groups, cols) if axis == 0 else (rows, groups), np.float32)
-    zero = np.empty(scale.shape, np.int8)
+    grid_shape = (groups, cols) if axis == 0 else (rows, groups)
+    given = scale is not None or zero is not None
+    if given:
+        if scale is None or zero is None:
+            raise ValueError("scale and zero are given together")
+        scale, zero = _given_scale(scale, grid_shape, "scale"), _given_zero(zero, grid_shape)
+    else:
+        scale, zero = np.empty(grid_shape, np.float32), np.empty(grid_shape, np.int8)
     error = _Error()
     # slices of whole rows (along axis 0: of whole groups of rows), read and written in place
     per = block * cols if axis == 0 else groups * block
@@ -255,21 +284,26 @@ def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bo
             if padded is not part:
                 padded[:, :n] = part
             blocks, reduce, where = padded.reshape(r1 - r0, groups, block), 2, (slice(r0, r1), slice(None))
-        lo = blocks.min(axis=reduce, keepdims=True)
-        hi = blocks.max(axis=reduce, keepdims=True)
-        spread = hi - lo
-        if bfloat16:
-            round_bfloat16(spread, out=spread)
-        s = (spread + np.float32(EPSILON)) / np.float32(high - low)
-        z = np.clip(np.rint(-lo / s) + np.float32(low), low, high)
+        if given:
+            s = np.expand_dims(scale[where], reduce)
+            z = np.expand_dims(zero[where], reduce).astype(np.float32)
+        else:
+            lo = blocks.min(axis=reduce, keepdims=True)
+            hi = blocks.max(axis=reduce, keepdims=True)
+            spread = hi - lo
+            if bfloat16:
+                round_bfloat16(spread, out=spread)
+            s = (spread + np.float32(EPSILON)) / np.float32(high - low)
+            z = np.clip(np.rint(-lo / s) + np.float32(low), low, high)
         q = blocks / s
         np.rint(q, out=q)
         q += z
         np.clip(q, low, high, out=q)
         flat = q.reshape(padded.shape)
         codes[r0:r1] = flat[:r1 - r0, :cols] if axis == 0 else flat[:, :n]
-        scale[where] = s.squeeze(reduce)
-        zero[where] = z.squeeze(reduce)
+        if not given:
+            scale[where] = s.squeeze(reduce)
+            zero[where] = z.squeeze(reduce)
         if values is not None or measure is not None:
             q -= z
             q *= s
@@ -281,6 +315,20 @@ def grouped_quantize(x: np.ndarray, block_size: int, axis: int = 0, bfloat16: bo
     if measure is None:
         return codes, scale, zero
     return codes, scale, zero, error.result()
+
+
+def _given_zero(zero, shape: tuple) -> np.ndarray:
+    """Given int4 zero points as int8 of `shape`, checked to be integers in [-8, 7]."""
+    a = np.asarray(zero)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"zero must be an array of integers, got dtype {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"zero must be of shape {tuple(shape)}, got {a.shape}")
+    bad = ~((a >= INT4[0]) & (a <= INT4[1]) & (a == np.round(a)))
+    if bad.any():
+        first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad.ravel())), a.shape))
+        raise ValueError(f"zero must be integers in [{INT4[0]}, {INT4[1]}], got {a[first].item()!r} at index {first}")
+    return a.astype(np.int8)
 
 
 class _Error:

@@ -9,7 +9,8 @@ kernel seen as an (inputs, outputs) matrix (:class:`KernelView`).  The Gram matr
 - :func:`gptq` quantizes the inputs' rows of ``W`` one after the other onto the grid of
   :func:`wqkernels.quantize` (the same scales and zero points), pushing each row's rounding error
   onto the rows not yet quantized through the inverse Hessian's Cholesky factor (GPTQ, Frantar
-  et al. 2022);
+  et al. 2022); :func:`gptq_on_grid` does the same on any grid given weight by weight (the
+  layout of Keras's own quantized layers);
 - :func:`sparsegpt` zeroes an exact number of weights, or N of every M along the inputs, chosen
   by their saliency ``w² / [H⁻¹]ᵢᵢ`` as it goes, and reconstructs the rest the same way
   (SparseGPT, Frantar & Alistarh 2023);
@@ -21,11 +22,11 @@ The column loop is NumPy (float64; the work is in matrix products); :func:`patch
 :func:`einsum_view` give the rows and views of convolutions and einsum layers.  The plain
 one-row-at-a-time twins are in :mod:`wqkernels.reference.calibration`.
 """
-from .gptq import gptq
+from .gptq import gptq, gptq_on_grid
 from .hessian import Hessian
 from .outputs import mean_output_error, refit
 from .rows import einsum_view, patches
 from .sparsegpt import sparsegpt
 from .views import KernelView
 
-__all__ = ["Hessian", "KernelView", "gptq", "sparsegpt", "refit", "mean_output_error", "patches", "einsum_view"]
+__all__ = ["Hessian", "KernelView", "gptq", "gptq_on_grid", "sparsegpt", "refit", "mean_output_error", "patches", "einsum_view"]

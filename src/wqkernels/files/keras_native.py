@@ -44,11 +44,11 @@ from .errors import KerasFileError
 from .h5tree import HEADER_LIMIT, read_name_list, split_name_list
 from .layouts import CONFIG_MEMBER, Entry
 from .roles import ModelLayers, quantization_mode
-from .transform import Measured
+from .transform import Grid, Measured
 from .writers import Writer
 
 __all__ = ["KerasWriter", "NATIVE_CLASSES", "QuantizedKernel", "quantized_layers", "einsum_layout",
-           "dequantize_kernel"]
+           "dequantize_kernel", "native_kernels", "native_grid", "grid_values", "on_native_grid"]
 
 #: the layer classes Keras 3 quantizes to int8/int4, and the role of their kernel
 NATIVE_CLASSES = {"Dense": "kernel", "EinsumDense": "kernel", "Embedding": "embeddings",
@@ -83,6 +83,18 @@ class EinsumLayout:
         if self.squeeze:
             scale = np.squeeze(scale, self.squeeze)
         return np.ascontiguousarray(scale)
+
+    def kept_scale(self, stored: np.ndarray, keep: tuple) -> np.ndarray:
+        """:meth:`stored_scale` undone: a stored scale back in the kernel's axes, of shape `keep`
+        (the kernel's, its reduced axes of size 1)."""
+        scale = np.asarray(stored)
+        if self.squeeze:
+            scale = np.expand_dims(scale, self.squeeze)
+        if self.expand:
+            scale = np.squeeze(scale, self.expand)
+        if self.transpose:
+            scale = np.transpose(scale, np.argsort(self.transpose))
+        return np.ascontiguousarray(scale.reshape(keep))
 
 
 def einsum_layout(equation: str) -> EinsumLayout | None:
@@ -135,89 +147,115 @@ def _source_policy(layer_config: dict | None) -> str:
     return "float32"
 
 
+def native_kernels(source, recipe) -> tuple[dict, dict]:
+    """Which kernels the recipe selects that ``storage="keras"`` writes in Keras's layout.
+
+    Returns
+    -------
+    (native, kept)
+        {kernel path: :class:`NativeKernel`} and, for the other selected kernels, {layer (or
+        path): why it stays float}.  A NativeKernel's `config` is the layer's own config in
+        ``source.config`` (None without a model config).
+    """
+    legacy = source.layout in ("legacy", "legacy-weights")
+    config = source.config if source.kind == "zip" or source.layout == "legacy" else None
+    layers = ModelLayers(config)
+    native, kept = {}, {}
+    for e in source.entries:
+        if not recipe.selects(e):
+            continue
+        why = _native(source, e, config, layers, legacy)
+        if isinstance(why, NativeKernel):
+            native[e.path] = why
+        else:
+            kept[e.layer or e.path] = why
+    return native, kept
+
+
+def _native(source, e: Entry, config: dict | None, layers: ModelLayers, legacy: bool):
+    """The NativeKernel of entry `e`, or why it stays float."""
+    cls = e.layer_class
+    if legacy and cls == "MultiHeadAttention" and e.role == "kernel":  # its EinsumDense sublayers
+        return "sublayers without a config of their own: Keras 3.15 cannot reload them quantized"
+    vars_group = source.root[e.path].parent
+    count = sum(isinstance(v, h5py.Dataset) for v in vars_group.values())
+    if cls == "ReversibleEmbedding" and count > 1:
+        return "untied reverse embeddings: written in Keras's layout only when tied"
+    if cls not in NATIVE_CLASSES or e.role != NATIVE_CLASSES[cls]:
+        return f"{cls or 'an unknown layer'}: Keras does not quantize it"
+    if config is None:
+        return NativeKernel(cls, e.layer, None, count > 1 and cls not in EMBEDDINGS, None)
+    if legacy:  # a layer group of model_weights: the layer's own name
+        name = e.layer
+        layer_config = layers.top.get(name) if e.role_source == "config" else None
+        if layer_config is not None and layer_config.get("class_name") != cls:
+            return "a layer of a nested model: a legacy .h5 gets Keras-native layers at its top level only"
+    else:
+        name = vars_group.attrs.get("name")
+        name = name.decode() if isinstance(name, bytes) else name
+        layer_config = layers.find(name) if e.role_source == "config" else None
+    if layer_config is None:
+        return "a sublayer without a config of its own: Keras 3.15 cannot reload it quantized"
+    if layer_config.get("class_name") != cls:
+        return f"{cls} subclass"
+    if _source_policy(layer_config) in ("float16", "mixed_float16"):
+        return "float16 compute: Keras does not quantize it"
+    inner = layer_config.get("config", {})
+    einsum = None
+    if cls == "EinsumDense":
+        einsum = einsum_layout(str(inner.get("equation", "")))
+        if einsum is None:
+            return "an equation with '...': Keras 3.15 cannot quantize it"
+    if inner.get("lora_rank"):
+        return "LoRA enabled"
+    return NativeKernel(cls, str(name), layer_config, count > 1 and cls not in EMBEDDINGS, einsum)
+
+
 class KerasWriter(Writer):
     """``storage="keras"``: native layers in Keras's quantized layout, the rest as float32
     storage writes them; in a ``.keras`` archive, ``config.json`` says which layers are quantized.
+
+    A :class:`~.transform.Grid` given for a native kernel (a calibration's) holds the scale and
+    zero point as Keras stores them (``kernel_scale``, and ``kernel_zero`` of sub-channel int4;
+    zeros for absmax): :func:`native_grid`.
     """
 
     holds_codes = True
 
     def start(self, source, report) -> None:
         """Decide which kernels are native (before anything is written); notes for the report."""
-        recipe = self.recipe
         self.legacy = source.layout in ("legacy", "legacy-weights")
         self.config = source.config if source.kind == "zip" or source.layout == "legacy" else None
         self.kind = source.kind
-        self.layers = ModelLayers(self.config)
-        self.native: dict[str, NativeKernel] = {}
         #: legacy .h5: layer group -> (the kernel's weight name, the names of its quantized variables)
         self.renamed: dict[str, tuple] = {}
         self.config_as_bytes = isinstance(source.root.attrs.get("model_config"), bytes)
-        kept: dict[str, str] = {}
-        for e in source.entries:
-            if not recipe.selects(e):
-                continue
-            why = self._native(source, e)
-            if isinstance(why, NativeKernel):
-                self.native[e.path] = why
-            else:
-                kept[e.layer or e.path] = why
+        self.native, self.kept = native_kernels(source, self.recipe)
         if self.config is None:
             einsum = [p for p, n in self.native.items() if n.layer_class == "EinsumDense"]
             if einsum:
                 raise KerasFileError(f"{source.path}: storage='keras': {einsum[0]!r} is an EinsumDense kernel, whose "
                                      f"scale layout only its equation in the model config tells; rewrite the .keras "
                                      f"file instead, or --exclude it")
-        bits, block = recipe.bits, recipe.block_size
+        report.notes.extend(self.notes())
+
+    def notes(self, others: tuple = ()) -> list[str]:
+        """What the report says of the native layers and those kept float, of this writer's
+        file and of the `others` (the KerasWriters of the other shards of one index), each once."""
+        writers = (self,) + tuple(others)
+        names = sorted({n.layer for w in writers for n in w.native.values()})
+        kept = dict(sorted((layer, why) for w in writers for layer, why in w.kept.items()))
+        bits, block = self.recipe.bits, self.recipe.block_size
         mode = "int8" if bits == 8 else f"int4/{block or -1}"
-        names = sorted({n.layer for n in self.native.values()})
-        report.notes.append(f"Keras-native {mode}: {len(names)} layer{'s' if len(names) != 1 else ''}"
-                            + (f" ({', '.join(names)})" if names else ""))
-        for layer, why in sorted(kept.items()):
-            report.notes.append(f"kept float on the {bits}-bit grid: {layer} ({why})")
+        notes = [f"Keras-native {mode}: {len(names)} layer{'s' if len(names) != 1 else ''}"
+                 + (f" ({', '.join(names)})" if names else "")]
+        notes += [f"kept float on the {bits}-bit grid: {layer} ({why})" for layer, why in kept.items()]
         if self.config is None:
             how = "'int8'" if bits == 8 else (f"config=keras.quantizers.Int4QuantizationConfig(block_size="
                                               f"{block or -1})")
-            report.notes.append(f"loads with model.quantize({how}) then model.load_weights(...)"
-                                + (" (layers kept float must be left out of quantize's filters)" if kept else ""))
-
-    def _native(self, source, e: Entry):
-        """The NativeKernel of entry `e`, or why it stays float."""
-        cls = e.layer_class
-        if self.legacy and cls == "MultiHeadAttention" and e.role == "kernel":  # its EinsumDense sublayers
-            return "sublayers without a config of their own: Keras 3.15 cannot reload them quantized"
-        vars_group = source.root[e.path].parent
-        count = sum(isinstance(v, h5py.Dataset) for v in vars_group.values())
-        if cls == "ReversibleEmbedding" and count > 1:
-            return "untied reverse embeddings: written in Keras's layout only when tied"
-        if cls not in NATIVE_CLASSES or e.role != NATIVE_CLASSES[cls]:
-            return f"{cls or 'an unknown layer'}: Keras does not quantize it"
-        if self.config is not None:
-            if self.legacy:  # a layer group of model_weights: the layer's own name
-                name = e.layer
-                layer_config = self.layers.top.get(name) if e.role_source == "config" else None
-                if layer_config is not None and layer_config.get("class_name") != cls:
-                    return "a layer of a nested model: a legacy .h5 gets Keras-native layers at its top level only"
-            else:
-                name = vars_group.attrs.get("name")
-                name = name.decode() if isinstance(name, bytes) else name
-                layer_config = self.layers.find(name) if e.role_source == "config" else None
-            if layer_config is None:
-                return "a sublayer without a config of its own: Keras 3.15 cannot reload it quantized"
-            if layer_config.get("class_name") != cls:
-                return f"{cls} subclass"
-            if _source_policy(layer_config) in ("float16", "mixed_float16"):
-                return "float16 compute: Keras does not quantize it"
-            inner = layer_config.get("config", {})
-            einsum = None
-            if cls == "EinsumDense":
-                einsum = einsum_layout(str(inner.get("equation", "")))
-                if einsum is None:
-                    return "an equation with '...': Keras 3.15 cannot quantize it"
-            if inner.get("lora_rank"):
-                return "LoRA enabled"
-            return NativeKernel(cls, str(name), layer_config, count > 1 and cls not in EMBEDDINGS, einsum)
-        return NativeKernel(cls, e.layer, None, count > 1 and cls not in EMBEDDINGS, None)
+            notes.append(f"loads with model.quantize({how}) then model.load_weights(...)"
+                         + (" (layers kept float must be left out of quantize's filters)" if kept else ""))
+        return notes
 
     # ---- the weights ----
 
@@ -233,10 +271,12 @@ class KerasWriter(Writer):
             values = x if quantization is None else quantization.values(x, out)
             values = stored_values(values, dtype, out)
             return values, int(new_float(self, group, name, values, dtype, self.recipe.compress, like).id.get_storage_size())
-        bits, block = quantization.bits, self.recipe.block_size
-        given = _given_grid(native, x, quantization, block, dtype == BFLOAT16, out)
-        arrays, values = given or _native_arrays(native, x, bits, block, quantization.method, dtype == BFLOAT16, out,
-                                                 original)
+        bits, block, bfloat16 = quantization.bits, self.recipe.block_size, dtype == BFLOAT16
+        if "scale" in quantization.options:  # a grid given in Keras's layout (a calibration's)
+            grid = Grid(bits, quantization.options["scale"], quantization.options["zero_point"])
+            arrays, values = on_native_grid(native, x, grid, block, bfloat16, out)
+        else:
+            arrays, values = _native_arrays(native, x, bits, block, quantization.method, bfloat16, out, original)
         slots = self._legacy_slots(entry, name, arrays) if self.legacy else \
             [int(name) + k + (1 if k and native.has_bias else 0) for k in range(len(arrays))]
         nbytes = 0
@@ -372,22 +412,99 @@ def _native_arrays(native: NativeKernel, x: np.ndarray, bits: int, block: int | 
         out if measured is None else Measured(*measured)
 
 
-def _given_grid(native: NativeKernel, x: np.ndarray, quantization, block: int | None, bfloat16: bool,
-                out: np.ndarray) -> tuple[list, np.ndarray] | None:
-    """The arrays of a Dense kernel quantized per output channel on the grid it was given (a
-    calibration's: its values are on that grid already, and Keras's absmax would choose a finer
-    one for a channel whose largest code is not the largest there is); None for other kernels,
-    which :func:`_native_arrays` writes."""
-    if "scale" not in quantization.options or native.layer_class != "Dense" or block is not None or bfloat16 \
-            or x.ndim != 2 or quantization.options.get("axis") != 1:
-        return None
-    qa = quantization.codes(x)
-    if np.any(qa.zero_point) or qa.values.dtype != np.int8:
-        return None
-    scale = (np.float32(1) / qa.scale).astype(np.float32).reshape(1, -1)  # Keras multiplies by its scale
-    np.divide(qa.values, scale, out=out, dtype=np.float32)  # the weight Keras computes with
-    codes = qa.values if quantization.bits == 8 else ks.pack_int4(qa.values, -1)
-    return [("codes", codes), ("scale", scale.reshape(-1))], out
+def native_grid(native: NativeKernel, w: np.ndarray, bits: int, block: int | None, method: str,
+                bfloat16: bool) -> Grid:
+    """The grid ``storage="keras"`` gives the float32 kernel `w` (a Grid as
+    :class:`KerasWriter` takes it): Keras's scale as it is stored (``kernel_scale``: multipliers
+    of absmax, divisors of sub-channel int4) and zero point (``kernel_zero``; int8 zeros of the
+    scale's shape for absmax)."""
+    arrays = dict(_native_arrays(native, w, bits, block, method, bfloat16, np.empty(w.shape, np.float32))[0])
+    scale = arrays["scale"]
+    return Grid(bits, scale, arrays.get("zero", np.zeros(scale.shape, np.int8)))
+
+
+def grid_values(native: NativeKernel, shape: tuple, grid: Grid, block: int | None) -> tuple:
+    """A Keras grid weight by weight, for :func:`~wqkernels.calibration.gptq_on_grid`:
+    (divisors, zero points, lowest code, highest code), the arrays float32 of the kernel's
+    `shape` (absmax's divisor is the inverse of Keras's multiplier)."""
+    scale, zero = _grid_arrays(native, shape, grid, block, bfloat16=False)
+    low, high = ks.INT8 if grid.bits == 8 else ks.INT4
+    if native.layer_class == "EinsumDense" and grid.bits == 8:
+        return (np.broadcast_to(np.float32(1) / scale, shape), np.zeros(shape, np.float32), low, high)
+    matrix = _matrix_shape(native, shape)
+    group_axis = 1 if native.layer_class in EMBEDDINGS else 0
+    if grid.bits == 8 or block is None:
+        keep = (-1, 1) if group_axis == 1 else (1, -1)
+        divisor = np.broadcast_to((np.float32(1) / scale).reshape(keep), matrix)
+        return divisor.reshape(shape), np.zeros(shape, np.float32), low, high
+    index = np.arange(matrix[group_axis]) // block
+    divisor = np.take(scale, index, axis=group_axis)
+    points = np.take(zero, index, axis=group_axis).astype(np.float32)
+    return divisor.reshape(shape), points.reshape(shape), low, high
+
+
+def on_native_grid(native: NativeKernel, x: np.ndarray, grid: Grid, block: int | None, bfloat16: bool,
+                   out: np.ndarray) -> tuple[list, np.ndarray]:
+    """The arrays of kernel `x` on a given Keras `grid` (:func:`native_grid`), in Keras's order,
+    and in `out` (returned) the float32 weight Keras computes with from them.  Values already on
+    the grid (a calibration's) keep their codes: the codes are those the grid's arithmetic
+    rounds them to, the scales those given (bfloat16 weights: rounded to bfloat16, as stored)."""
+    scale, zero = _grid_arrays(native, x.shape, grid, block, bfloat16)
+    code_range = ks.INT8 if grid.bits == 8 else ks.INT4
+    if grid.bits == 8 and native.layer_class == "EinsumDense":
+        codes, _ = ks.absmax_quantize(x, native.einsum.reduced, code_range, values=out, scale=scale)
+        return [("codes", codes), ("scale", native.einsum.stored_scale(scale))], out
+    matrix = x.reshape(_matrix_shape(native, x.shape))
+    values = out.reshape(matrix.shape)
+    group_axis = 1 if native.layer_class in EMBEDDINGS else 0
+    if grid.bits == 8 or block is None:
+        keep = (-1, 1) if group_axis == 1 else (1, -1)
+        codes, _ = ks.absmax_quantize(matrix, (group_axis,), code_range, values=values, scale=scale.reshape(keep))
+        stored = codes.reshape(x.shape) if grid.bits == 8 else ks.pack_int4(codes, -1)
+        return [("codes", stored), ("scale", scale)], out
+    codes, _, _ = ks.grouped_quantize(matrix, block, group_axis, values=values, scale=scale, zero=zero)
+    g_idx = (np.arange(matrix.shape[group_axis]) // block).astype(np.float32)
+    return [("codes", ks.pack_int4(codes, -1)), ("scale", scale), ("zero", zero), ("g_idx", g_idx)], out
+
+
+def _matrix_shape(native: NativeKernel, shape: tuple) -> tuple:
+    """The 2-D shape Keras quantizes a kernel of `shape` as (int4, and int8 but EinsumDense's):
+    an EinsumDense kernel flattened in C order to (product of the reduced axes' sizes, rest)."""
+    if native.layer_class in EMBEDDINGS or native.einsum is None:
+        return tuple(shape) if len(shape) == 2 else (shape[0], math.prod(shape[1:]))
+    rows = math.prod(shape[a] for a in native.einsum.reduced)
+    return rows, math.prod(shape) // max(rows, 1)
+
+
+def _grid_arrays(native: NativeKernel, shape: tuple, grid: Grid, block: int | None, bfloat16: bool) -> tuple:
+    """A given grid's (scale, zero) checked against the shapes Keras stores for a kernel of
+    `shape`: int8 EinsumDense's scale as it multiplies the kernel (reduced axes of size 1), the
+    others' as stored; bfloat16 weights' scales rounded to bfloat16."""
+    rows, cols = _matrix_shape(native, shape)
+    embedding = native.layer_class in EMBEDDINGS
+    if grid.bits == 8 and native.layer_class == "EinsumDense":
+        keep = tuple(1 if a in native.einsum.reduced else n for a, n in enumerate(shape))
+        expected = native.einsum.stored_scale(np.empty(keep, np.float32)).shape
+    elif grid.bits == 8 or block is None:
+        keep = expected = (rows,) if embedding else (cols,)
+    else:
+        groups = -(-(cols if embedding else rows) // block)
+        keep = expected = (rows, groups) if embedding else (groups, cols)
+    scale = np.asarray(grid.scale)
+    if scale.shape != expected:
+        raise ValueError(f"the given grid's scale must be of shape {expected} ({native.layer}'s kernel_scale), "
+                         f"got {scale.shape}")
+    zero = np.asarray(grid.zero_point)
+    if zero.shape != scale.shape:
+        raise ValueError(f"the given grid's zero point must be of the scale's shape {scale.shape}, got {zero.shape}")
+    absmax = grid.bits == 8 or block is None
+    if absmax and np.any(zero):
+        raise ValueError(f"the given grid of {native.layer}'s kernel is symmetric (Keras's absmax): its zero points "
+                         f"must be 0")
+    scale = np.asarray(scale, np.float32)
+    if grid.bits == 8 and native.layer_class == "EinsumDense":
+        scale = native.einsum.kept_scale(scale, keep)
+    return _rounded(scale, bfloat16), zero
 
 
 def _absmax(x: np.ndarray, axes: tuple, code_range: tuple, method: str, values: np.ndarray,
@@ -438,6 +555,7 @@ class QuantizedKernel:
     block_size: int | None
     kernel_shape: tuple       # the float kernel's shape
     paths: dict = field(default_factory=dict)   # role -> dataset path (codes, scale, zero)
+    einsum: EinsumLayout | None = None          # an EinsumDense's scale layout, from its equation
 
     @property
     def storage(self) -> str:
@@ -535,7 +653,9 @@ def _describe(cls: str, ordered: list, layer_config: dict | None, root: h5py.Gro
     paths = {"codes": codes.path, "scale": rest[0].path}
     if grouped:
         paths["zero"], paths["g_idx"] = rest[1].path, rest[2].path
-    return QuantizedKernel(cls, mode, bits, block, tuple(kernel_shape), paths)
+    equation = (layer_config or {}).get("config", {}).get("equation") if cls == "EinsumDense" else None
+    einsum = einsum_layout(str(equation)) if equation is not None else None
+    return QuantizedKernel(cls, mode, bits, block, tuple(kernel_shape), paths, einsum)
 
 
 def _einsum_kernel_shape(layer_config: dict | None, rows: int, columns: int) -> tuple | None:
@@ -575,6 +695,9 @@ def dequantize_kernel(root: h5py.Group, q: QuantizedKernel, read) -> np.ndarray:
     if q.bits == 8:
         if embedding:
             scale = scale.reshape(-1, 1)
+        elif q.layer_class == "EinsumDense" and q.einsum is not None:
+            keep = tuple(1 if a in q.einsum.reduced else n for a, n in enumerate(codes.shape))
+            scale = q.einsum.kept_scale(scale, keep)
         elif q.layer_class == "EinsumDense" and scale.ndim != codes.ndim:
             scale = _einsum_keep_scale(scale, codes.shape)
         return ks.absmax_dequantize(codes, scale).reshape(q.kernel_shape)
@@ -590,8 +713,8 @@ def dequantize_kernel(root: h5py.Group, q: QuantizedKernel, read) -> np.ndarray:
 
 
 def _einsum_keep_scale(scale: np.ndarray, kernel_shape: tuple) -> np.ndarray:
-    """A stored EinsumDense int8 scale broadcast against its kernel (without the equation: its
-    non-unit dimensions in order are the kernel's channel axes)."""
+    """A stored EinsumDense int8 scale broadcast against its kernel, without the equation (a
+    weights file): its non-unit dimensions in order are the kernel's channel axes."""
     dims = [n for n in scale.shape if n != 1]
     keep, k = [], 0
     for n in kernel_shape:

@@ -27,7 +27,7 @@ from ..progress import progress_bar
 from ..statistics import histogram, sparsity
 from . import atomic, sharded
 from .buffers import Buffers
-from .dtypes import dtype_name, new_float, stored_values
+from .dtypes import BFLOAT16, dtype_name, is_float, new_float, stored_values
 from .errors import KerasFileError, as_file_errors
 from .graph import corrections
 from .h5tree import Datasets, ancestors, copy_attrs, copy_tree
@@ -424,7 +424,7 @@ def _checked_overrides(source: Source, recipe: Recipe, selected: list, weights: 
     entries = {e.path: e for e in source.entries}
     for path in weights:
         e = entries.get(path)
-        if e is None or np.dtype(e.dtype).kind != "f":
+        if e is None or not is_float(e.dtype):
             raise ValueError(f"weights: {path!r} is not a float weight of {source.path}")
     quantized = {e.path for e in selected} if recipe.quantizes else set()
     for path, grid in grids.items():
@@ -467,11 +467,15 @@ def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer
 def _override_hook(source: Source, e: Entry, value, recipe: Recipe, out: Datasets):
     """A weight the recipe leaves alone, stored with the given values in its dataset's type."""
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
+        bfloat16 = dtype_name(dset) == BFLOAT16  # (opaque bytes: given as float32, rounded)
         try:
-            x = _given(e, value, dset.dtype)
+            x = _given(e, value, np.float32 if bfloat16 else dset.dtype)
         except ValueError as exc:
             raise KerasFileError(f"{source.path}: {exc}") from None
-        out.new(group, name, x, recipe.compress, like=dset)
+        if bfloat16:
+            new_float(out, group, name, stored_values(x, BFLOAT16, x), BFLOAT16, recipe.compress, like=dset)
+        else:
+            out.new(group, name, x, recipe.compress, like=dset)
     return hook
 
 

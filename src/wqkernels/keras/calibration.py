@@ -39,9 +39,12 @@ import numpy as np
 
 from .._text import first_line
 from ..allocation import bits_for_sqnr, count_fraction, default_min_size
-from ..calibration import Hessian, KernelView, einsum_view, gptq, mean_output_error, patches, refit, sparsegpt
+from ..calibration import (Hessian, KernelView, einsum_view, gptq, gptq_on_grid, mean_output_error, patches,
+                           refit, sparsegpt)
 from ..files import KerasFileError, Recipe, rewrite
 from ..files.buffers import Buffers
+from ..files.dtypes import BFLOAT16
+from ..files.keras_native import grid_values, native_grid, native_kernels, on_native_grid
 from ..files.plan import plan
 from ..files.report import Report
 from ..files.source import Source
@@ -64,7 +67,10 @@ class Calibration:
         with ``np.asarray``): calibrated kernels, and biases (or BatchNormalization moving
         means) that took back the mean change of their layer's outputs.
     grids : dict
-        Path -> :class:`~wqkernels.files.Grid` of every calibrated kernel that is quantized.
+        Path -> :class:`~wqkernels.files.Grid` of every calibrated kernel that is quantized: the
+        scales and zero points of :func:`wqkernels.quantize`, or, for a kernel that
+        ``storage="keras"`` writes in Keras's own layout, Keras's as stored
+        (:func:`~wqkernels.files.keras_native.native_grid`).
     notes : list of str
         What was done, for the report.
     samples : int
@@ -121,7 +127,11 @@ def calibrate(src, samples, recipe: Recipe, *, batch_size: int = 128, damping: f
     float model's outputs (:func:`~wqkernels.calibration.refit`), pruned by
     :func:`~wqkernels.calibration.sparsegpt`, then rounded by :func:`~wqkernels.calibration.gptq`
     onto the grid :func:`wqkernels.quantize` gives it, all from the Gram matrix of the layer's
-    inputs as the compressed model before it produces them.
+    inputs as the compressed model before it produces them.  With ``storage="keras"``, a kernel
+    written in Keras's own layout (Dense, EinsumDense) is rounded onto the grid Keras's quantizer
+    gives it instead (:func:`~wqkernels.calibration.gptq_on_grid`): per output channel, or per
+    group of inputs for int4 in blocks, with Keras's scales, zero points and code range, so that
+    the file holds the codes the calibration chose.
 
     Parameters
     ----------
@@ -180,11 +190,12 @@ def calibrate(src, samples, recipe: Recipe, *, batch_size: int = 128, damping: f
             raise KerasFileError(f"{src}: no model config (a weights-only file); calibration needs a .keras "
                                  "archive or a full legacy .h5")
         work = plan(source, recipe, Buffers())
+        native = native_kernels(source, recipe)[0] if recipe.storage == "keras" else {}
         index = _Index(source, src)
     arrays = read_samples(samples)  # before the model loads: a bad file fails in a moment
     model = _load_model(src, source.kind)
     inputs = _fitted(arrays, model, _where(samples))
-    run = _Calibrator(model, recipe, work, index, batch_size=batch_size, damping=float(damping),
+    run = _Calibrator(model, recipe, work, index, native, batch_size=batch_size, damping=float(damping),
                       act_order=bool(act_order), bias_correction=bool(bias_correction),
                       float_targets=bool(float_targets), refit_damping=float(refit_damping))
     run.run(inputs, samples)
@@ -335,6 +346,11 @@ def _digest(a) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(a, dtype=np.float32).tobytes(), digest_size=16).digest()
 
 
+def _is_float(dtype) -> bool:
+    """Whether a dtype (or its name) is a float one: NumPy's, or bfloat16 (ml_dtypes' is of kind V)."""
+    return str(dtype) == BFLOAT16 or np.dtype(dtype).kind == "f"
+
+
 class _Index:
     """The float weights of the file by content: Keras loaded each variable from one of them."""
 
@@ -342,7 +358,7 @@ class _Index:
         self.where = where
         self.by_content = defaultdict(list)
         for e in source.entries:
-            if e.role not in ("optimizer", "variable") and np.dtype(e.dtype).kind == "f":
+            if e.role not in ("optimizer", "variable") and _is_float(e.dtype):
                 self.by_content[(tuple(e.shape), _digest(source.read(e)))].append(e)
         self._found = {}
 
@@ -352,7 +368,7 @@ class _Index:
         if key not in self._found:
             value = keras.ops.convert_to_numpy(variable)
             found = None
-            if value.dtype.kind == "f":
+            if _is_float(value.dtype):
                 candidates = self.by_content.get((tuple(value.shape), _digest(value)), [])
                 found = _pick(candidates, variable)
             self._found[key] = found
@@ -708,9 +724,10 @@ class _Calibrator:
     its operation has run in the float stream.
     """
 
-    def __init__(self, model, recipe: Recipe, work, index: _Index, *, batch_size, damping, act_order,
+    def __init__(self, model, recipe: Recipe, work, index: _Index, native: dict, *, batch_size, damping, act_order,
                  bias_correction, float_targets, refit_damping):
         self.model, self.recipe, self.index = model, recipe, index
+        self.native = native  # kernel path -> NativeKernel: quantized on Keras's own grid
         self.batch_size, self.damping, self.act_order = batch_size, damping, act_order
         self.refit_damping = refit_damping
         self.bias_correction, self.float_targets = bias_correction, float_targets
@@ -936,6 +953,8 @@ class _Calibrator:
             w = sparsegpt(w, hessian, count_fraction(self.counts[e.path], w.size), **options)
         if not recipe.quantizes:
             return w
+        if e.path in self.native:
+            return self.native_kernel(self.native[e.path], e, w, hessian, options)
         view, grid_options = recipe.layout_for(e)
         if recipe.bits is not None:
             bits = recipe.bits
@@ -949,6 +968,18 @@ class _Calibrator:
                  **grid_options, **options)
         self.grids[e.path] = Grid(bits, q.scale, q.zero_point)
         return q.dequantize().reshape(w.shape)
+
+    def native_kernel(self, native, e, w: np.ndarray, hessian: Hessian, options: dict) -> np.ndarray:
+        """A kernel that storage="keras" writes in Keras's layout, rounded by GPTQ onto the grid
+        Keras's quantizer gives it (its scales, zero points and code range, in its layout), so
+        that the file stores the codes GPTQ chose; returns the weight Keras computes with."""
+        recipe, bfloat16 = self.recipe, e.dtype == BFLOAT16
+        bits, block = recipe.bits, recipe.block_size
+        grid = native_grid(native, w, bits, block, recipe.method_for(bits), bfloat16)
+        scale, zero_point, low, high = grid_values(native, w.shape, grid, block)
+        values = gptq_on_grid(w, hessian, scale, zero_point, low, high, act_order=self.act_order, **options)
+        self.grids[e.path] = grid
+        return on_native_grid(native, values, grid, block, bfloat16, values)[1]
 
     def correct(self, h: _Layer, deltas: list, after: list) -> None:
         """Take back the mean fall of the layer's outputs: in its bias, or in the moving mean

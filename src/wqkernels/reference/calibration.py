@@ -55,13 +55,24 @@ def _matrices(w, hessian, view):
 
 def gptq(w, hessian, bits=4, *, view=None, symmetric=True, axis=-1, block_size=None, method="minmax",
          damping=0.01, act_order=False, block=128):
-    w, view, h = _matrices(w, hessian, view)
+    w = np.asarray(w, dtype=f32)
     grid = quantize(w, bits, symmetric=symmetric, axis=axis, block_size=block_size, method=method)
     g = groups(w.shape, grid.axis, grid.block_size)
     sch = scheme(bits, symmetric)
-    scale = view.matrix(_broadcast(grid.scale.reshape(-1), g) * np.ones((g.outer, g.n, g.inner), f32), f32)
-    zero_point = view.matrix(_broadcast(grid.zero_point.astype(f32).reshape(-1), g)
-                             * np.ones((g.outer, g.n, g.inner), f32), f32)
+    shape = (g.outer, g.n, g.inner)
+    scale = (_broadcast(grid.scale.reshape(-1), g) * np.ones(shape, f32)).reshape(w.shape)
+    zero_point = (_broadcast(grid.zero_point.astype(f32).reshape(-1), g) * np.ones(shape, f32)).reshape(w.shape)
+    values = gptq_on_grid(w, hessian, scale, zero_point, sch.qmin, sch.qmax, view=view, damping=damping,
+                          act_order=act_order)
+    return quantize(values, bits, symmetric=symmetric, axis=grid.axis, block_size=grid.block_size,
+                    scale=grid.scale, zero_point=grid.zero_point)
+
+
+def gptq_on_grid(w, hessian, scale, zero_point, qmin, qmax, *, view=None, damping=0.01, act_order=False,
+                 block=128):
+    w, view, h = _matrices(w, hessian, view)
+    scale = view.matrix(np.broadcast_to(np.asarray(scale, f32), w.shape), f32)
+    zero_point = view.matrix(np.broadcast_to(np.asarray(zero_point, f32), w.shape), f32)
     m = view.matrix(w)
     for k in range(m.shape[0]):
         order = np.argsort(-np.diag(h[k]), kind="stable") if act_order else np.arange(m.shape[1])
@@ -69,16 +80,14 @@ def gptq(w, hessian, bits=4, *, view=None, symmetric=True, axis=-1, block_size=N
 
         def fix(t, row, k=k, order=order, zero=zero):
             r = order[t]
-            q = np.clip(np.rint(row.astype(f32) / scale[k, r]) + zero_point[k, r], f32(sch.qmin), f32(sch.qmax))
+            q = np.clip(np.rint(row.astype(f32) / scale[k, r]) + zero_point[k, r], f32(qmin), f32(qmax))
             q = ((q - zero_point[k, r]) * scale[k, r]).astype(np.float64)
             q[zero[t]] = 0.0
             return q
 
         fixed = _surgeon(m[k][order].copy(), _damped(h[k], damping)[np.ix_(order, order)], fix)
         m[k][order] = fixed
-    values = view.kernel(m, w.shape)
-    return quantize(values, bits, symmetric=symmetric, axis=grid.axis, block_size=grid.block_size,
-                    scale=grid.scale, zero_point=grid.zero_point)
+    return view.kernel(m, w.shape)
 
 
 def sparsegpt(w, hessian, sparsity=None, *, n=None, m=None, view=None, damping=0.01, block=128):

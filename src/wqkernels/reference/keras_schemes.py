@@ -16,10 +16,10 @@ from .statistics import compare
 _SLICE = 1 << 20
 
 
-def absmax_quantize(x, axes, code_range=INT8, out=None, values=None, *, measure=None):
-    """Codes and multipliers of Keras's absmax quantizer (see the fast function); with `measure`,
-    also the reference :func:`~wqkernels.reference.statistics.compare` of `measure` and
-    ``codes / scale``."""
+def absmax_quantize(x, axes, code_range=INT8, out=None, values=None, *, measure=None, scale=None):
+    """Codes and multipliers of Keras's absmax quantizer (see the fast function), or the codes of
+    the given multipliers `scale` (checked by the fast function); with `measure`, also the
+    reference :func:`~wqkernels.reference.statistics.compare` of `measure` and ``codes / scale``."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     axes = tuple(sorted({a % x.ndim for a in axes})) if x.ndim else ()
     low, high = code_range
@@ -31,7 +31,7 @@ def absmax_quantize(x, axes, code_range=INT8, out=None, values=None, *, measure=
             top = x[rows].max(axis=axes, keepdims=True)
             np.maximum(top, -x[rows].min(axis=axes, keepdims=True), out=top)
             np.maximum(amax[index], top, out=amax[index])
-    scale = np.float32(high) / (amax + np.float32(EPSILON))
+    scale = np.float32(high) / (amax + np.float32(EPSILON)) if scale is None else np.asarray(scale, np.float32)
     work = None
     for rows, index in _slices(x.shape, 0 in axes):
         part = x[rows]
