@@ -226,3 +226,54 @@ def test_resharding_shows_nothing_until_complete(tmp_path, shards, monkeypatch):
     with pytest.raises((wqkernels.KerasFileError, OSError)):
         wqkernels.rewrite(index, tmp_path / "z.weights.json", Recipe(bits=8), max_shard_size="300KB")
     assert set(os.listdir(tmp_path)) == listing
+
+
+def test_fewer_shards_over_an_index_remove_exactly_its_surplus(tmp_path, shards):
+    """The shards the old index named that the new one does not are removed once the new index
+    is in place, in place or not; never a file the old index did not name, a link, a directory,
+    a file outside the directory, or a shard of the source."""
+    _, index = shards
+    out = tmp_path / "y.weights.json"
+    recipe = Recipe(bits=8, storage="keras")
+    wqkernels.rewrite(index, out, recipe, max_shard_size="263KB")
+    many = _shard_files(out)
+    assert len(many) == 3
+    (tmp_path / "y_00099.weights.h5").write_bytes(b"not named by the index")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "y_00042.weights.h5").write_bytes(b"outside")
+    (tmp_path / "y_00097.weights.h5").symlink_to(tmp_path / "y_00099.weights.h5")
+    (tmp_path / "y_00098.weights.h5").mkdir()
+    written = json.loads(out.read_text())
+    written["weight_map"].update({"/a": "y_00097.weights.h5", "/b": "y_00098.weights.h5",
+                                  "/c": "elsewhere/y_00042.weights.h5", "/d": "x_00001.weights.h5"})
+    out.write_text(json.dumps(written))
+    before = set(os.listdir(tmp_path))
+    wqkernels.rewrite(index, out, recipe, max_shard_size="300KB")
+    assert _shard_files(out) == many[:2]
+    assert set(os.listdir(tmp_path)) == before - {many[2]}
+    target = _model(seed=1)
+    target.quantize("int8")
+    target.load_weights(out)
+    wqkernels.rewrite(out, out, Recipe(), max_shard_size="10MB", in_place=True)
+    assert _shard_files(out) == many[:1]
+    assert set(os.listdir(tmp_path)) == before - set(many[1:])
+    again = _model(seed=2)
+    again.quantize("int8")
+    again.load_weights(out)
+    _same_weights(again, target)
+    z = tmp_path / "z.weights.json"
+    wqkernels.rewrite(index, z, recipe, max_shard_size="263KB")
+    wqkernels.rewrite(index, z, recipe)  # one shard per source shard
+    assert _shard_files(z) == ["z_00000.weights.h5", "z_00001.weights.h5"]
+    assert not (tmp_path / "z_00002.weights.h5").exists()
+
+
+def test_a_sharded_keras_native_report_says_each_note_once(tmp_path, shards):
+    _, index = shards
+    for size in (None, "300KB"):
+        report = wqkernels.rewrite(index, tmp_path / "k.weights.json", Recipe(bits=8, storage="keras"),
+                                   max_shard_size=size)
+        native = [n for n in report.notes if n.startswith("Keras-native")]
+        assert len(native) == 1 and native[0].startswith("Keras-native int8: 3 layers ("), report.notes
+        assert len([n for n in report.notes if n.startswith("loads with")]) == 1
+        assert len(report.notes) == len(set(report.notes))

@@ -248,7 +248,8 @@ def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring
                    bins: int, max_bytes: int | None = None) -> Report:
     """A sharded index and its shards: one plan over all shards, one output shard per source
     shard (or, given `max_bytes`, shards of at most that many bytes of variables), everything
-    renamed into place once complete (the index last)."""
+    renamed into place once complete (the index last), then the shards an index already at
+    `dst` named that the new one does not removed."""
     dst_dir = os.path.dirname(os.path.abspath(dst))
     if os.path.isdir(dst):
         raise KerasFileError(f"{dst}: is a directory")
@@ -267,24 +268,18 @@ def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring
                         size_before=shards.size())
         buffers = Buffers()
         work = plan(shards, recipe, buffers)
+        keep = () if atomic.same_file(src, dst) else tuple(s.path for s in shards.sources)
         if max_bytes is not None:
-            parts = [atomic.scratch_file(dst_dir) for _ in shards.sources]
-            try:
-                for source, part in zip(shards.sources, parts):
-                    _write_weights(source, part, recipe, report, _Progress(source, recipe, False), bins, work, buffers)
-                finals = _resharded(dst, parts, max_bytes)
-            finally:
-                for part in parts:
-                    atomic.remove(part)
+            finals, writers = _resharded(dst, shards.sources, recipe, report, bins, max_bytes, keep, work, buffers)
         else:
-            with sharded.written_shards(dst, names) as (temps, index_tmp):
-                for source, tmp in zip(shards.sources, temps):
-                    _write_weights(source, tmp, recipe, report, _Progress(source, recipe, False), bins, work, buffers)
+            with sharded.written_shards(dst, names, keep) as (temps, index_tmp):
+                writers = [_write_weights(source, tmp, recipe, report, _Progress(source, recipe, False), bins, work,
+                                          buffers) for source, tmp in zip(shards.sources, temps)]
                 total = sum(os.path.getsize(t) for t in temps)
                 index = sharded.output_index(shards.index, dict(zip(shards.names, names)), total)
                 with open(index_tmp, "w") as f:
                     json.dump(index, f, indent=4)
-        report.notes = list(dict.fromkeys(work.notes + report.notes))
+        report.notes = _shard_notes(work.notes + report.notes, writers)
     report.size_after = sum(os.path.getsize(f) for f in finals)
     report.seconds = time.perf_counter() - start
     return report
@@ -293,7 +288,7 @@ def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring
 def _write_split(src: str, dst: str, recipe: Recipe, in_place: bool, start: float, bins: int, overrides,
                  max_bytes: int) -> Report:
     """A Keras 3 .weights.h5 rewritten as a sharded index and shards of at most `max_bytes`
-    bytes of variables each, renamed into place once complete (the index last)."""
+    bytes of variables each (:func:`_resharded`)."""
     dst_dir = os.path.dirname(os.path.abspath(dst))
     if os.path.isdir(dst):
         raise KerasFileError(f"{dst}: is a directory")
@@ -307,28 +302,45 @@ def _write_split(src: str, dst: str, recipe: Recipe, in_place: bool, start: floa
         _refuse_requantizing(source, recipe)
         report = Report(src, dst, source.description, recipe.to_dict(), role_source=source.role_source,
                         size_before=os.path.getsize(src))
-        part = atomic.scratch_file(dst_dir)
-        try:
-            _write_weights(source, part, recipe, report, _Progress(source, recipe, False), bins, overrides=overrides)
-            finals = _resharded(dst, [part], max_bytes)
-        finally:
-            atomic.remove(part)
+        finals, _ = _resharded(dst, [source], recipe, report, bins, max_bytes, (src,), overrides=overrides)
     report.size_after = sum(os.path.getsize(f) for f in finals)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _resharded(dst: str, parts: list[str], max_bytes: int) -> list[str]:
-    """The rewritten weights files `parts` dealt out into the shards of the index `dst`
-    (:func:`~.sharded.reshard`); returns the paths written."""
-    count, _ = sharded.reshard(parts, None, max_bytes, dst)
-    names = sharded.output_names(dst, count)
-    with sharded.written_shards(dst, names) as (temps, index_tmp):
-        total, weight_map = sharded.reshard(parts, temps, max_bytes, dst)
-        with open(index_tmp, "w") as f:
-            json.dump(sharded.resharded_index(names, weight_map, total), f, indent=4)
-    directory = os.path.dirname(os.path.abspath(dst))
-    return [os.path.join(directory, n) for n in names] + [dst]
+def _resharded(dst: str, sources: list, recipe: Recipe, report: Report, bins: int, max_bytes: int, keep: tuple,
+               work=None, buffers: Buffers | None = None, overrides=({}, {})) -> tuple[list[str], list[Writer]]:
+    """The `sources` rewritten, each into a scratch file (with `work`, the plan of them all, or
+    each planned on its own), then dealt out into the shards of the index `dst`, of at most
+    `max_bytes` bytes of variables each (:class:`~.sharded.Reshard`), renamed into place once
+    complete (the index last; the old index's surplus shards then removed, but those in `keep`).
+    Returns the paths written and the writers."""
+    dst_dir = os.path.dirname(os.path.abspath(dst))
+    parts = [atomic.scratch_file(dst_dir) for _ in sources]
+    try:
+        writers = [_write_weights(source, part, recipe, report, _Progress(source, recipe, False), bins, work, buffers,
+                                  overrides) for source, part in zip(sources, parts)]
+        shards = sharded.Reshard(parts, max_bytes, dst)
+        names = sharded.output_names(dst, shards.count)
+        with sharded.written_shards(dst, names, keep) as (temps, index_tmp):
+            weight_map = shards.write(temps)
+            with open(index_tmp, "w") as f:
+                json.dump(sharded.resharded_index(names, weight_map, shards.total), f, indent=4)
+    finally:
+        for part in parts:
+            atomic.remove(part)
+    return [os.path.join(dst_dir, n) for n in names] + [dst], writers
+
+
+def _shard_notes(notes: list, writers: list) -> list:
+    """A sharded rewrite's notes, each said once: what each shard's Keras-native writer noted
+    of its shard, said once of all of them where the first of those notes was."""
+    if len(writers) > 1 and isinstance(writers[0], KerasWriter):
+        own = {n for w in writers for n in w.notes()}
+        merged = writers[0].notes(writers[1:])
+        first = next(i for i, n in enumerate(notes) if n in own)
+        notes = [n for n in notes[:first] if n not in own] + merged + [n for n in notes[first:] if n not in own]
+    return list(dict.fromkeys(notes))
 
 
 def _refuse_requantizing(source: Source, recipe: Recipe) -> None:

@@ -8,11 +8,12 @@ A rewrite plans over all shards together (global pruning ranks every tensor), th
 output shard per source shard, each of the storage asked for and no larger than its source: the
 same kind of output, loaded by ``model.load_weights("y.weights.json")``.  Given a maximum shard
 size (Keras's ``max_shard_size``: the bytes of the variables a shard holds), the rewritten
-weights are dealt out anew instead (:func:`reshard`), in order, into as many shards as that
-takes; a Keras 3 ``.weights.h5`` can be split so too.  One shard is open for
-writing at a time and tensors are read one at a time.  The shards are written to temporary
-files first; only when all are complete are they renamed into place, the index last, so that
-nothing names an incomplete output.
+weights are dealt out anew instead (:class:`Reshard`), in order, into as many shards as that
+takes; a Keras 3 ``.weights.h5`` can be split so too.  One shard is open for writing at a time
+and tensors are read one at a time.  The shards are written to temporary files first; only when
+all are complete are they renamed into place, the index last, so that nothing names an
+incomplete output.  An index written over another removes, once it is in place, the shards the
+old one named that it does not (:func:`written_shards`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import math
 import numbers
 import os
 import re
+import stat
 
 import h5py
 import numpy as np
@@ -33,7 +35,7 @@ from .h5tree import copy_attrs, new_file
 from .layouts import MAX_CONFIG_BYTES
 from .source import Source
 
-__all__ = ["is_index", "Shards", "shard_names", "INDEX_SUFFIX", "shard_bytes", "reshard"]
+__all__ = ["is_index", "Shards", "shard_names", "INDEX_SUFFIX", "shard_bytes", "Reshard", "written_shards"]
 
 INDEX_SUFFIX = ".weights.json"
 _SHARD = re.compile(r"(.+)_(\d{5,})\.weights\.h5")
@@ -74,15 +76,25 @@ def read_index(path: str) -> dict:
     return index
 
 
+def _listed(index: dict):
+    """Every name the weight map of an index gives (each value a name or a list of names)."""
+    for value in index["weight_map"].values():
+        yield from value if isinstance(value, list) else [value]
+
+
+def _beside(name) -> bool:
+    """Whether an index's `name` is a file in the index's own directory."""
+    return isinstance(name, str) and os.path.basename(name) == name and name not in ("", ".", "..")
+
+
 def shard_names(path: str, index: dict) -> list[str]:
     """The shard files of an index, in order: every file the weight map names, and the first
     shard (which holds the groups without variables) when it exists."""
     names = set()
-    for value in index["weight_map"].values():
-        for name in value if isinstance(value, list) else [value]:
-            if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
-                raise KerasFileError(f"{path}: sharded index names {name!r}, not a file beside it; refused")
-            names.add(name)
+    for name in _listed(index):
+        if not _beside(name):
+            raise KerasFileError(f"{path}: sharded index names {name!r}, not a file beside it; refused")
+        names.add(name)
     base = os.path.basename(path)[:-len(INDEX_SUFFIX)] if path.endswith(INDEX_SUFFIX) else None
     first = f"{base}_00000.weights.h5" if base else None
     directory = os.path.dirname(os.path.abspath(path))
@@ -208,11 +220,17 @@ def output_names(dst: str, count: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def written_shards(dst: str, names: list[str]):
+def written_shards(dst: str, names: list[str], keep: tuple = ()):
     """Temporary paths for the index `dst` and its shards `names` (beside it); all renamed into
-    place when the block completes (the index last), all removed whatever goes wrong."""
+    place when the block completes (the index last), all removed whatever goes wrong.
+
+    When `dst` was already an index, the shard files it named that the new one does not are
+    removed once the new index is in place: regular files only (never a link, a directory or
+    one of our temporary files), never a new shard, the index itself or a file of `keep` (the
+    source's shards, unless they are being replaced)."""
     directory = os.path.dirname(os.path.abspath(dst))
     finals = [os.path.join(directory, n) for n in names]
+    surplus = [os.path.join(directory, n) for n in _old_shards(dst) if n not in set(names)]
     temps = []
     try:
         for final in finals + [dst]:
@@ -223,6 +241,29 @@ def written_shards(dst: str, names: list[str]):
     finally:  # removes what was not renamed, and releases every temporary file's lock
         for tmp in temps:
             atomic.remove(tmp)
+    for path in surplus:
+        if not atomic.same_file(path, dst) and not any(atomic.same_file(path, k) for k in keep):
+            _remove_regular(path)
+
+
+def _old_shards(dst: str) -> list[str]:
+    """The shard files an index already at `dst` names beside it (none if it is not an index)."""
+    if not is_index(dst):
+        return []
+    try:
+        index = read_index(dst)
+    except KerasFileError:
+        return []
+    return sorted({n for n in _listed(index) if _beside(n) and not atomic.is_temporary(n)})
+
+
+def _remove_regular(path: str) -> None:
+    """Remove `path` if it is a regular file (not a link to one)."""
+    try:
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def output_index(source_index: dict, renames: dict, total_size: int) -> dict:
@@ -271,60 +312,68 @@ def _variable_bytes(dset: h5py.Dataset) -> int:
     return int(math.prod(dset.shape)) * dset.dtype.itemsize
 
 
-def reshard(parts: list[str], temps: list[str] | None, max_bytes: int, where: str) -> tuple[int, list]:
-    """Deal the datasets of the weights files `parts` (the rewritten shards, or one file), in
-    order, into shards of at most `max_bytes` bytes of variables each.
+class Reshard:
+    """The datasets of the weights files `parts` (the rewritten shards, or one file), in order,
+    dealt into shards of at most `max_bytes` bytes of variables each: planned on construction
+    (:attr:`count` shards; a variable larger than `max_bytes` is refused, as Keras refuses it),
+    written by :meth:`write`."""
 
-    With `temps` None, only counts the shards (returns (count, [])).  Otherwise writes them into
-    `temps` (as many paths as counted) and returns (total bytes of variables, weight map items):
-    every dataset is copied exactly (HDF5's object copy: type, filters, attributes) under its
-    path, with the groups on its way (and their attributes, from the first part that has them);
-    the first shard also holds every group (those without variables among them), as Keras's
-    first shard does.  A variable larger than `max_bytes` is refused, as Keras refuses it.
-    """
-    order = []  # (part index, dataset path, bytes)
-    groups = {}  # every group path, in order of the parts (a dict: a set that keeps its order)
-    for k, part in enumerate(parts):
-        with h5py.File(part, "r", locking=False) as f:
-            def visit(path, obj, k=k):
-                if isinstance(obj, h5py.Dataset):
-                    order.append((k, path, _variable_bytes(obj)))
-                else:
-                    groups.setdefault(path)
-            f.visititems(visit)
-    shard_of, count, filled = [], 0, 0
-    for _, path, nbytes in order:
-        if nbytes > max_bytes:
-            raise KerasFileError(f"{where}: weight {path!r} has {nbytes} bytes, more than the largest shard "
-                                 f"({max_bytes} bytes); give a larger max_shard_size")
-        if count == 0 or filled + nbytes > max_bytes:
-            count, filled = count + 1, 0
-        filled += nbytes
-        shard_of.append(count - 1)
-    count = max(count, 1)
-    if temps is None:
-        return count, []
-    sources = [h5py.File(p, "r", locking=False) for p in parts]
-    weight_map: dict[str, list] = {}
-    try:
-        for s, tmp in enumerate(temps):
-            with new_file(tmp) as out:
-                copy_attrs(sources[0], out)
-                for path in groups if s == 0 else ():
-                    _group(out, sources, path)
-                for (k, path, _), shard in zip(order, shard_of):
-                    if shard != s:
-                        continue
-                    parent, _, name = path.rpartition("/")
-                    group = _group(out, sources, parent) if parent else out
-                    h5o.copy(sources[k][path].id, b".", group.id, name.encode("utf-8"))
-                    names = weight_map.setdefault("/" + parent, [])
-                    if s not in names:
-                        names.append(s)
-    finally:
-        for f in sources:
-            f.close()
-    return sum(n for _, _, n in order), list(weight_map.items())
+    def __init__(self, parts: list[str], max_bytes: int, where: str):
+        self.parts = parts
+        self.order = []  # (part index, dataset path, bytes)
+        self.groups = {}  # every group path, in order of the parts (a dict: a set that keeps its order)
+        for k, part in enumerate(parts):
+            with h5py.File(part, "r", locking=False) as f:
+                def visit(path, obj, k=k):
+                    if isinstance(obj, h5py.Dataset):
+                        self.order.append((k, path, _variable_bytes(obj)))
+                    else:
+                        self.groups.setdefault(path)
+                f.visititems(visit)
+        self.shard_of, count, filled = [], 0, 0
+        for _, path, nbytes in self.order:
+            if nbytes > max_bytes:
+                raise KerasFileError(f"{where}: weight {path!r} has {nbytes} bytes, more than the largest shard "
+                                     f"({max_bytes} bytes); give a larger max_shard_size")
+            if count == 0 or filled + nbytes > max_bytes:
+                count, filled = count + 1, 0
+            filled += nbytes
+            self.shard_of.append(count - 1)
+        self.count = max(count, 1)
+
+    @property
+    def total(self) -> int:
+        """The bytes of all variables."""
+        return sum(n for _, _, n in self.order)
+
+    def write(self, temps: list[str]) -> list:
+        """Write the shards into `temps` (:attr:`count` paths); returns the weight map's items.
+
+        Every dataset is copied exactly (HDF5's object copy: type, filters, attributes) under
+        its path, with the groups on its way (and their attributes, from the first part that
+        has them); the first shard also holds every group (those without variables among them),
+        as Keras's first shard does."""
+        sources = [h5py.File(p, "r", locking=False) for p in self.parts]
+        weight_map: dict[str, list] = {}
+        try:
+            for s, tmp in enumerate(temps):
+                with new_file(tmp) as out:
+                    copy_attrs(sources[0], out)
+                    for path in self.groups if s == 0 else ():
+                        _group(out, sources, path)
+                    for (k, path, _), shard in zip(self.order, self.shard_of):
+                        if shard != s:
+                            continue
+                        parent, _, name = path.rpartition("/")
+                        group = _group(out, sources, parent) if parent else out
+                        h5o.copy(sources[k][path].id, b".", group.id, name.encode("utf-8"))
+                        names = weight_map.setdefault("/" + parent, [])
+                        if s not in names:
+                            names.append(s)
+        finally:
+            for f in sources:
+                f.close()
+        return list(weight_map.items())
 
 
 def _group(out: h5py.File, sources: list, path: str) -> h5py.Group:
