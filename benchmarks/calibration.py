@@ -13,6 +13,12 @@ it is measured on :func:`build_token_mlp` (the digits' 0..16 pixel values as 64 
 Embedding then Dense layers), next to the calibrated rewrite of the same model, and its saved
 file is reloaded.
 
+``--keras-native`` measures instead ``--storage keras`` on the attention model of the fidelity
+benchmark (:func:`models.build_attention`: per-position EinsumDense embedding, MultiHeadAttention,
+EinsumDense feed-forward, Dense head; digits as 8 rows of 8 pixels): the relative error of its
+logits against the float model's, ``||y - y_float|| / ||y_float||`` over the test images, and the
+accuracy, data-free and calibrated, per recipe of :data:`NATIVE_RECIPES`.
+
 ``--memory`` measures instead the peak resident memory of the command on a ~100 MB model (24
 Dense layers of 1024 x 1024, float32), each run in a process of its own: Keras loading the
 model, the plain rewrite, and the calibrated one.
@@ -20,6 +26,7 @@ model, the plain rewrite, and the calibrated one.
 Usage::
 
     python benchmarks/calibration.py [--seeds 3] [--samples 512] [--keras-gptq] [--cache DIR]
+    python benchmarks/calibration.py --keras-native [--seeds 3] [--samples 512]
     python benchmarks/calibration.py --memory [--samples 512]
 """
 from __future__ import annotations
@@ -51,6 +58,13 @@ RECIPES = [
     ("2:4 on every kernel", ["--sparsity", "2:4", "--min-size", "0"], 1.0),
     ("sparsity 0.75 + int3", ["--sparsity", "0.75", "--bits", "3"], 1.0),
     ("sparsity 0.5 + int4", ["--sparsity", "0.5", "--bits", "4"], None),
+]
+#: (label, options of ``wqkernels rewrite --storage keras``) of the Keras-native benchmark
+NATIVE_RECIPES = [
+    ("int8 (W8A8)", ["--bits", "8"]),
+    ("int8 weight-only", ["--bits", "8", "--activations", "float"]),
+    ("int4 per channel", ["--bits", "4"]),
+    ("int4 blocks of 16", ["--bits", "4", "--granularity", "block:16"]),
 ]
 #: the float model must reach this for the targets to apply
 TARGET_FLOAT = 98.0
@@ -205,6 +219,44 @@ def keras_gptq_table(seeds: int, samples: int, cache: str, work: str) -> list:
     return rows
 
 
+def keras_native_table(seeds: int, samples: int, work: str) -> str:
+    """``--storage keras`` on the attention model, data-free and calibrated (see the module docstring)."""
+    data = models.task("digit-rows")
+    sample_path = os.path.join(work, "rows.npy")
+    np.save(sample_path, data.x_train[:samples])
+    results = {label: ([], [], [], []) for label, _ in NATIVE_RECIPES}
+    floats = []
+    for seed in range(seeds):
+        src, _ = models.trained("attention", seed, log=sys.stderr)
+        model = load(src)
+        want = models.predict(model, data.x_test)
+        base = models.accuracy(model, data.x_test, data.y_test)
+        floats.append(base)
+        for label, options in NATIVE_RECIPES:
+            for calibrated in (False, True):
+                dst = os.path.join(work, "native.keras")
+                rewrite(src, dst, ["--storage", "keras", *options], sample_path if calibrated else None)
+                loaded = load(dst)
+                got = models.predict(loaded, data.x_test)
+                error = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+                accuracy_drop = models.accuracy(loaded, data.x_test, data.y_test) - base
+                results[label][2 * calibrated].append(error)
+                results[label][2 * calibrated + 1].append(accuracy_drop)
+        print(f"seed {seed}: float {base:.2f} %", file=sys.stderr, flush=True)
+    lines = [(f"Attention model (`models.build_attention`: EinsumDense embedding, MultiHeadAttention, EinsumDense "
+              f"feed-forward, Dense head) on digit rows, float test accuracy {' / '.join(f'{f:.2f}' for f in floats)} "
+              f"% ({seeds} seeds); `--storage keras`, the file loaded with `keras.saving.load_model`; relative error "
+              f"of the logits against the float model's, mean (per seed), and Δ accuracy in points; calibration on "
+              f"{samples} training sequences."), "",
+             "| recipe | data-free error | calibrated error | data-free Δ | calibrated Δ |", "|---|---|---|---|---|"]
+    for label, options in NATIVE_RECIPES:
+        free, free_acc, cal, cal_acc = results[label]
+        lines.append(f"| {label} (`{' '.join(options)}`) | {mean(free):.4f} ({', '.join(f'{v:.4f}' for v in free)}) | "
+                     f"**{mean(cal):.4f}** ({', '.join(f'{v:.4f}' for v in cal)}) | {mean(free_acc):+.2f} | "
+                     f"{mean(cal_acc):+.2f} |")
+    return "\n".join(lines)
+
+
 # ---- report ----------------------------------------------------------------------------------------
 
 def mean(values) -> float:
@@ -283,11 +335,17 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--keras-gptq", action="store_true", help="also Keras's own GPTQ on the token model")
     parser.add_argument("--memory", action="store_true", help="peak memory on a ~100 MB model instead")
+    parser.add_argument("--keras-native", action="store_true",
+                        help="--storage keras on the attention model instead")
     parser.add_argument("--cache", default=DEFAULT_CACHE, help="where trained models are kept")
     args = parser.parse_args(argv)
     if args.memory:
         with tempfile.TemporaryDirectory(prefix="wqkernels-calibration-") as work:
             print(memory_table(args.samples, work))
+        return 0
+    if args.keras_native:
+        with tempfile.TemporaryDirectory(prefix="wqkernels-calibration-") as work:
+            print(keras_native_table(args.seeds, args.samples, work))
         return 0
     with tempfile.TemporaryDirectory(prefix="wqkernels-calibration-") as work:
         floats, results = cnn_table(args.seeds, args.samples, args.cache, work)
