@@ -10,7 +10,10 @@ a legacy ``.h5``), so that ``keras.saving.load_model`` builds the quantized laye
 kernel's naming style (``kernel:0`` -> ``kernel_scale:0``) and each layer group's
 ``weight_names`` in the order Keras's legacy loader assigns them (trainable first: the bias, then
 the codes, scales, zero points and group indices).  With the default method the variables are
-those of ``model.quantize`` bit for bit (:mod:`wqkernels.keras_schemes`).
+those of ``model.quantize`` bit for bit (:mod:`wqkernels.keras_schemes`).  A grid given in
+Keras's layout (a calibration's: :func:`native_grid` of the kernel, rounded onto by
+:func:`~wqkernels.calibration.gptq_on_grid` through :func:`grid_values`) is stored as given,
+with the codes of the values on it (:func:`on_native_grid`).
 
 Where Keras cannot load a quantized layer, the layer keeps its float dtype with values on the
 grid (as ``storage="float32"`` writes them): layers Keras does not quantize (convolutions,
@@ -482,14 +485,15 @@ def _grid_arrays(native: NativeKernel, shape: tuple, grid: Grid, block: int | No
     others' as stored; bfloat16 weights' scales rounded to bfloat16."""
     rows, cols = _matrix_shape(native, shape)
     embedding = native.layer_class in EMBEDDINGS
-    if grid.bits == 8 and native.layer_class == "EinsumDense":
+    einsum8 = grid.bits == 8 and native.layer_class == "EinsumDense"
+    if einsum8:
         keep = tuple(1 if a in native.einsum.reduced else n for a, n in enumerate(shape))
         expected = native.einsum.stored_scale(np.empty(keep, np.float32)).shape
     elif grid.bits == 8 or block is None:
-        keep = expected = (rows,) if embedding else (cols,)
+        expected = (rows,) if embedding else (cols,)
     else:
         groups = -(-(cols if embedding else rows) // block)
-        keep = expected = (rows, groups) if embedding else (groups, cols)
+        expected = (rows, groups) if embedding else (groups, cols)
     scale = np.asarray(grid.scale)
     if scale.shape != expected:
         raise ValueError(f"the given grid's scale must be of shape {expected} ({native.layer}'s kernel_scale), "
@@ -502,7 +506,7 @@ def _grid_arrays(native: NativeKernel, shape: tuple, grid: Grid, block: int | No
         raise ValueError(f"the given grid of {native.layer}'s kernel is symmetric (Keras's absmax): its zero points "
                          f"must be 0")
     scale = np.asarray(scale, np.float32)
-    if grid.bits == 8 and native.layer_class == "EinsumDense":
+    if einsum8:
         scale = native.einsum.kept_scale(scale, keep)
     return _rounded(scale, bfloat16), zero
 

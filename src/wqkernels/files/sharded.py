@@ -230,7 +230,8 @@ def written_shards(dst: str, names: list[str], keep: tuple = ()):
     source's shards, unless they are being replaced)."""
     directory = os.path.dirname(os.path.abspath(dst))
     finals = [os.path.join(directory, n) for n in names]
-    surplus = [os.path.join(directory, n) for n in _old_shards(dst) if n not in set(names)]
+    new = set(names)
+    surplus = [os.path.join(directory, n) for n in _old_shards(dst) if n not in new]
     temps = []
     try:
         for final in finals + [dst]:
