@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 import wqkernels
 import wqkernels.reference as ref
 from helpers import assert_bit_equal, axes_for, float_arrays
+from wqkernels._schemes import MSE_RATIOS
+from wqkernels.reference import quantization as ref_quantization
 
 GRANULARITIES = [dict(), dict(axis=0), dict(axis=-1), dict(axis=0, block_size=3), dict(axis=1, block_size=32)]
 
@@ -509,6 +511,22 @@ def test_quantize_packed_empty_and_reports_itself(shape):
     pa = wqkernels.quantize_packed(np.ones((4, 6)), 4, axis=1, block_size=2)
     assert repr(pa) == "PackedArray(shape=(4, 6), bits=4, axis=1, block_size=2, signed, 12 bytes)"
     assert pa.nbytes == 12 + pa.scale.nbytes + pa.zero_point.nbytes
+
+
+@pytest.mark.parametrize("shape, options", [((2048, 40), dict(axis=-1)), ((9000, 35), dict(axis=1)),
+                                            ((1500, 3), dict(axis=0))])
+def test_mse_symmetric_search_is_even_in_x(shape, options):
+    """A symmetric grid's error is the same for x and -x: the search scores magnitudes."""
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    flip = np.where(np.random.default_rng(6).random(shape) < 0.5, np.float32(-1), np.float32(1))
+    opts = dict(bits=3, method="mse", **options)
+    assert_bit_equal(wqkernels.quantize(x, **opts).scale, wqkernels.quantize(x * flip, **opts).scale)
+
+
+def test_mse_coarse_to_fine_tries_twelve_of_sixty_four():
+    errors = np.random.default_rng(2).random((50, len(MSE_RATIOS)))
+    tried = ref_quantization._tried(errors, np.ones(50, bool))
+    assert (tried.sum(axis=1) <= 12).all() and tried[:, ::16].all()
 
 
 @pytest.mark.parametrize("shape, options", [

@@ -240,8 +240,12 @@ WQK_CLONES static void wqk_dequantize_runs(const uint8_t *q, float *y, ptrdiff_t
 
 #define WQK_LANES 16
 
+/* Clamped to [lo, hi], or with Magnitudes (x >= 0, symmetric bounds) to hi alone: the symmetric
+ * grid's error is odd in x (rint and the clamp commute with negation), so |x| has x's error,
+ * to the bit, for one operation less. */
+template <bool Magnitudes>
 static inline float wqk_scaled_sq_error(float x, float inv, float lo, float hi) {
-    float y = x * inv, r = y < lo ? lo : y;
+    float y = x * inv, r = Magnitudes ? y : (y < lo ? lo : y);
     r = r > hi ? hi : r;
     r = ((r + WQK_MAGIC) - WQK_MAGIC) - y;
     return r * r;
@@ -255,8 +259,8 @@ WQK_CLONES WQK_RANKING static void wqk_candidate_errors(const float *x, ptrdiff_
         ptrdiff_t i = 0;
         for (; i + WQK_LANES <= n; i += WQK_LANES)
 #pragma GCC unroll 16
-            for (int j = 0; j < WQK_LANES; j++) part[j] += wqk_scaled_sq_error(x[i + j], inv[c], lo[c], hi[c]);
-        for (; i < n; i++) tail += wqk_scaled_sq_error(x[i], inv[c], lo[c], hi[c]);
+            for (int j = 0; j < WQK_LANES; j++) part[j] += wqk_scaled_sq_error<false>(x[i + j], inv[c], lo[c], hi[c]);
+        for (; i < n; i++) tail += wqk_scaled_sq_error<false>(x[i], inv[c], lo[c], hi[c]);
         double sum = tail;
         for (int j = 0; j < WQK_LANES; j++) sum += part[j];
         acc[c] += sum;
@@ -264,7 +268,9 @@ WQK_CLONES WQK_RANKING static void wqk_candidate_errors(const float *x, ptrdiff_
 }
 
 /* acc[c * w + i] += scaled squared error of lane i (its own group) under candidate c, over
- * `rows` runs of w lanes spaced `stride` apart. */
+ * `rows` runs of w lanes spaced `stride` apart; with Magnitudes, x holds |x| of a symmetric
+ * grid (lo unused). */
+template <bool Magnitudes>
 WQK_CLONES WQK_RANKING static void wqk_candidate_errors_lanes(const float *x, ptrdiff_t rows, ptrdiff_t stride,
                                                   ptrdiff_t w, int ncand, const float *inv,
                                                   const float *lo, const float *hi, float *acc) {
@@ -276,13 +282,35 @@ WQK_CLONES WQK_RANKING static void wqk_candidate_errors_lanes(const float *x, pt
             for (int j = 0; j < WQK_LANES; j++) { iv[j] = inv[k + j]; l[j] = lo[k + j]; h[j] = hi[k + j]; }
             for (ptrdiff_t r = 0; r < rows; r++)
 #pragma GCC unroll 16
-                for (int j = 0; j < WQK_LANES; j++) part[j] += wqk_scaled_sq_error(x[r * stride + i0 + j], iv[j], l[j], h[j]);
+                for (int j = 0; j < WQK_LANES; j++)
+                    part[j] += wqk_scaled_sq_error<Magnitudes>(x[r * stride + i0 + j], iv[j], l[j], h[j]);
             for (int j = 0; j < WQK_LANES; j++) acc[k + j] += part[j];
         }
         for (; i0 < w; i0++) {
             const ptrdiff_t k = c * w + i0;
-            for (ptrdiff_t r = 0; r < rows; r++) acc[k] += wqk_scaled_sq_error(x[r * stride + i0], inv[k], lo[k], hi[k]);
+            for (ptrdiff_t r = 0; r < rows; r++)
+                acc[k] += wqk_scaled_sq_error<Magnitudes>(x[r * stride + i0], inv[k], lo[k], hi[k]);
         }
+    }
+}
+
+/* Copies `rows` runs of w floats spaced `stride` apart into consecutive rows of w, as |x| when
+ * `magnitudes`.  Short runs far apart are not fetched ahead by the hardware: each run asks for
+ * the one WQK_ROWS_AHEAD rows on, if it is among the rows + `more` that follow x. */
+#define WQK_ROWS_AHEAD 8
+WQK_CLONES static void wqk_copy_rows(const float *x, ptrdiff_t rows, ptrdiff_t stride, ptrdiff_t w, int magnitudes,
+                                     float *tile, ptrdiff_t more) {
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *p = x + r * stride;
+#if defined(__GNUC__)
+        if (r + WQK_ROWS_AHEAD < rows + more)
+            for (ptrdiff_t i = 0; i < w; i += 64 / (ptrdiff_t)sizeof(float)) __builtin_prefetch(p + WQK_ROWS_AHEAD * stride + i);
+#endif
+        float *t = tile + r * w;
+        if (magnitudes)
+            for (ptrdiff_t i = 0; i < w; i++) t[i] = std::fabs(p[i]);
+        else
+            memcpy(t, p, (size_t)w * sizeof(float));
     }
 }
 
