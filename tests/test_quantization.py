@@ -485,6 +485,20 @@ def test_quantize_packed_over_threads_and_unaligned_spans(bits, shape, options):
         assert_same_packed(pa, wqkernels.quantize(x, bits, symmetric=symmetric, **options))
 
 
+@pytest.mark.parametrize("block", [16, 32, 64, 128])
+@pytest.mark.parametrize("extra", [0, 5])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_blocks_of_common_sizes_along_the_last_axis(block, extra, symmetric):
+    """Runs of 16, 32, 64 and 128 have loops of their own; a short last block goes the general way."""
+    x = np.random.default_rng(block + extra).standard_normal((37, 8 * block + extra)).astype(np.float32)
+    x[3, :block] *= 50
+    opts = dict(bits=4, symmetric=symmetric, axis=-1, block_size=block)
+    qa = ref.quantize(x, **opts)
+    assert_same_quantization(wqkernels.quantize(x, **opts), qa)
+    assert_same_packed(wqkernels.quantize_packed(x, **opts), qa)
+    assert_bit_equal(wqkernels.fake_quantize(x, **opts), ref.dequantize(qa), "fake_quantize")
+
+
 def test_quantize_packed_on_strided_input_and_given_scales():
     x = np.random.default_rng(3).standard_normal((64, 96)).astype(np.float64)[::2, ::3]
     assert_same_packed(wqkernels.quantize_packed(x, 4, axis=1, block_size=8), ref.quantize(x, 4, axis=1, block_size=8))

@@ -108,14 +108,20 @@ WQK_CLONES static void wqk_key_range_lanes(const uint32_t *x, ptrdiff_t n, int32
     }
 }
 
-/* Keys of runs one after another (blocks along a contiguous axis), each its own group: run r
- * is `length` elements long (the last one `tail`); klo[r], khi[r] take its (min, max) keys when
- * asymmetric, else khi[r] its max |x| bits. */
-WQK_CLONES static void wqk_key_runs(const uint32_t *x, ptrdiff_t count, ptrdiff_t length, ptrdiff_t tail,
-                                    int asymmetric, int32_t *lo, int32_t *hi) {
+/* Block sizes common enough that runs of them get loops of their own: the compiler unrolls a
+ * loop of known length into whole vectors, where one of unknown length per run of 32 costs more
+ * than its elements. */
+#define WQK_RUN_LENGTHS(CASE) CASE(16) CASE(32) CASE(64) CASE(128)
+
+/* Keys of `count` runs of `length` (L, when not 0) elements, each its own group: lo[r], hi[r]
+ * take run r's (min, max) keys when asymmetric, else hi[r] its max |x| bits. */
+template <int L>
+static inline __attribute__((always_inline)) void wqk_key_runs_of(const uint32_t *x, ptrdiff_t count,
+                                                                  ptrdiff_t length, int asymmetric, int32_t *lo,
+                                                                  int32_t *hi) {
+    const ptrdiff_t n = L ? L : length;
     for (ptrdiff_t r = 0; r < count; r++) {
-        const uint32_t *p = x + r * length;
-        ptrdiff_t n = r + 1 < count ? length : tail;
+        const uint32_t *p = x + r * n;
         if (asymmetric) {
             int32_t a = lo[r], b = hi[r];
             for (ptrdiff_t i = 0; i < n; i++) {
@@ -134,6 +140,21 @@ WQK_CLONES static void wqk_key_runs(const uint32_t *x, ptrdiff_t count, ptrdiff_
             hi[r] = (int32_t)m;
         }
     }
+}
+
+/* Keys of runs one after another (blocks along a contiguous axis), each its own group: run r
+ * is `length` elements long (the last one `tail`); klo[r], khi[r] take its (min, max) keys when
+ * asymmetric, else khi[r] its max |x| bits. */
+WQK_CLONES static void wqk_key_runs(const uint32_t *x, ptrdiff_t count, ptrdiff_t length, ptrdiff_t tail,
+                                    int asymmetric, int32_t *lo, int32_t *hi) {
+    const ptrdiff_t full = tail == length ? count : count - 1;
+    switch (length) {
+#define WQK_CASE(L) case L: wqk_key_runs_of<L>(x, full, L, asymmetric, lo, hi); break;
+        WQK_RUN_LENGTHS(WQK_CASE)
+#undef WQK_CASE
+    default: wqk_key_runs_of<0>(x, full, length, asymmetric, lo, hi);
+    }
+    if (full < count) wqk_key_runs_of<0>(x + full * length, 1, tail, asymmetric, lo + full, hi + full);
 }
 
 /* ---- quantize, fake-quantize, dequantize --------------------------------------------------
@@ -173,18 +194,35 @@ WQK_CLONES static void wqk_quantize_uniform(const float *x, Out *out, ptrdiff_t 
         wqk_quantize_run<Out, false>(x, out, n, s, zp, qmin, qmax);
 }
 
+/* `count` runs of `length` (L, when not 0) elements, run r with scale s[r], zero point zp[r]. */
+template <typename Out, int L>
+static inline __attribute__((always_inline)) void wqk_quantize_runs_of(const float *x, Out *out, ptrdiff_t count,
+                                                                       ptrdiff_t length, const float *s,
+                                                                       const float *zp, float qmin, float qmax) {
+    const ptrdiff_t n = L ? L : length;
+    for (ptrdiff_t r = 0; r < count; r++) {
+        if (zp[r] == 0.0f)
+            wqk_quantize_run<Out, true>(x + r * n, out + r * n, n, s[r], zp[r], qmin, qmax);
+        else
+            wqk_quantize_run<Out, false>(x + r * n, out + r * n, n, s[r], zp[r], qmin, qmax);
+    }
+}
+
 /* `count` runs of `length` elements one after another (the last one `tail`), run r with
  * scale s[r] and zero point zp[r]. */
 template <typename Out>
 WQK_CLONES static void wqk_quantize_runs(const float *x, Out *out, ptrdiff_t count, ptrdiff_t length,
                                          ptrdiff_t tail, const float *s, const float *zp, float qmin, float qmax) {
-    for (ptrdiff_t r = 0; r < count; r++) {
-        const ptrdiff_t n = r + 1 < count ? length : tail;
-        if (zp[r] == 0.0f)
-            wqk_quantize_run<Out, true>(x + r * length, out + r * length, n, s[r], zp[r], qmin, qmax);
-        else
-            wqk_quantize_run<Out, false>(x + r * length, out + r * length, n, s[r], zp[r], qmin, qmax);
+    const ptrdiff_t full = tail == length ? count : count - 1;
+    switch (length) {
+#define WQK_CASE(L) case L: wqk_quantize_runs_of<Out, L>(x, out, full, L, s, zp, qmin, qmax); break;
+        WQK_RUN_LENGTHS(WQK_CASE)
+#undef WQK_CASE
+    default: wqk_quantize_runs_of<Out, 0>(x, out, full, length, s, zp, qmin, qmax);
     }
+    if (full < count)
+        wqk_quantize_runs_of<Out, 0>(x + full * length, out + full * length, 1, tail, s + full, zp + full, qmin,
+                                     qmax);
 }
 
 /* Element i with scale s[i] and zero point zp[i] (zp NULL: all 0). */
