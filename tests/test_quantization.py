@@ -416,6 +416,17 @@ def test_sum_rounding_on_large_groups_agrees_with_reference(options):
     assert (qa.values != wqkernels.quantize(x, 3, **options).values).any()
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sum_rounding_of_many_channels_side_by_side_agrees_with_reference(symmetric):
+    """A Dense kernel's columns: tiles of channels across the last axis, one not full, and
+    channels leaning to either end of the grid, where codes cannot move further."""
+    x = np.random.default_rng(4).standard_normal((300, 150)).astype(np.float32)
+    x[:, 7] += 2.5
+    x[:, 140] -= 2.5
+    opts = dict(bits=3, symmetric=symmetric, axis=-1, rounding="sum")
+    assert_same_quantization(wqkernels.quantize(x, **opts), ref.quantize(x, **opts))
+
+
 def test_sum_rounding_ties_in_a_long_group_go_to_the_earlier_elements():
     x = np.full(5000, 0.25, np.float32)
     # scale 2/3 and zero point 2 at 2 bits: -1.0 is 0.5 above its code (the cheapest move), 1.0 at

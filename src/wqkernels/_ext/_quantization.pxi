@@ -47,8 +47,9 @@ cdef enum:
     SEARCH_TILE = 1 << 18   # elements of a lanes unit copied once for all its passes, at most (1 MiB)
     SEARCH_CHUNK = 4096     # elements of a run scored against every candidate while in cache
     SEARCH_ROWS = 32        # rows of a lanes unit scored against every candidate while in cache
-    SUM_TILE = 65536        # members of the groups of a sum-preserving tile (16 groups of 4096)
+    SUM_TILE = 1 << 18      # members of the groups of a sum-preserving tile (64 groups of 4096: rows of 256 bytes)
     SUM_LANES = 64          # groups of a sum-preserving tile, at most (WQK_SUM_LANES)
+    SUM_PAD = 72            # scratch entries after each group's (WQK_SUM_PAD)
 
 
 cdef inline float key_to_float(int32_t k) noexcept nogil:
@@ -436,6 +437,7 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
         fused = U.rows * U.length * sizeof(float) <= FUSE_BYTES
     if fit and not fused:
         if not stats_pass(x, size, &L, not is_signed, ngroups, zp, s):
+            free(codes)
             return False
         for u in range(ngroups):
             group_params(zp[u], s[u], 1.0, is_signed, qmax if is_signed else qmax - qmin, &s[u], &zp[u])
@@ -586,8 +588,8 @@ def preserve_sums(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_s
     else:
         tiles = outer * ((n // block + lanes - 1) // lanes + (1 if n % block else 0))
     nt = <int>min(<Py_ssize_t>threads_for(x.shape[0]), tiles)
-    e = <double*>malloc(sizeof(double) * lanes * size * nt)
-    code = <uint8_t*>malloc(lanes * size * nt)
+    e = <double*>malloc(sizeof(double) * lanes * (size + SUM_PAD) * nt)
+    code = <uint8_t*>malloc(lanes * (size + SUM_PAD) * nt)
     moves = <wqk_move*>malloc(sizeof(wqk_move) * size * nt)
     if e == NULL or code == NULL or moves == NULL:
         free(e)
@@ -597,7 +599,7 @@ def preserve_sums(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_s
     with nogil:
         for t in prange(tiles, num_threads=nt, schedule="dynamic"):
             sum_tile_codes(&x[0], &codes[0], sum_tile(t, outer, n, inner, block, per_axis, lanes), &scale[0],
-                           &zero_point[0], qmin, qmax, e, code, moves, lanes * size, size, threadid())
+                           &zero_point[0], qmin, qmax, e, code, moves, lanes * (size + SUM_PAD), size, threadid())
     free(e)
     free(code)
     free(moves)
