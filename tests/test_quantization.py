@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 import wqkernels
 import wqkernels.reference as ref
 from helpers import assert_bit_equal, axes_for, float_arrays
+from wqkernels._schemes import MSE_RATIOS
+from wqkernels.reference import quantization as ref_quantization
 
 GRANULARITIES = [dict(), dict(axis=0), dict(axis=-1), dict(axis=0, block_size=3), dict(axis=1, block_size=32)]
 
@@ -414,6 +416,17 @@ def test_sum_rounding_on_large_groups_agrees_with_reference(options):
     assert (qa.values != wqkernels.quantize(x, 3, **options).values).any()
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sum_rounding_of_many_channels_side_by_side_agrees_with_reference(symmetric):
+    """A Dense kernel's columns: tiles of channels across the last axis, one not full, and
+    channels leaning to either end of the grid, where codes cannot move further."""
+    x = np.random.default_rng(4).standard_normal((300, 150)).astype(np.float32)
+    x[:, 7] += 2.5
+    x[:, 140] -= 2.5
+    opts = dict(bits=3, symmetric=symmetric, axis=-1, rounding="sum")
+    assert_same_quantization(wqkernels.quantize(x, **opts), ref.quantize(x, **opts))
+
+
 def test_sum_rounding_ties_in_a_long_group_go_to_the_earlier_elements():
     x = np.full(5000, 0.25, np.float32)
     # scale 2/3 and zero point 2 at 2 bits: -1.0 is 0.5 above its code (the cheapest move), 1.0 at
@@ -483,6 +496,20 @@ def test_quantize_packed_over_threads_and_unaligned_spans(bits, shape, options):
         assert_same_packed(pa, wqkernels.quantize(x, bits, symmetric=symmetric, **options))
 
 
+@pytest.mark.parametrize("block", [16, 32, 64, 128])
+@pytest.mark.parametrize("extra", [0, 5])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_blocks_of_common_sizes_along_the_last_axis(block, extra, symmetric):
+    """Runs of 16, 32, 64 and 128 have loops of their own; a short last block goes the general way."""
+    x = np.random.default_rng(block + extra).standard_normal((37, 8 * block + extra)).astype(np.float32)
+    x[3, :block] *= 50
+    opts = dict(bits=4, symmetric=symmetric, axis=-1, block_size=block)
+    qa = ref.quantize(x, **opts)
+    assert_same_quantization(wqkernels.quantize(x, **opts), qa)
+    assert_same_packed(wqkernels.quantize_packed(x, **opts), qa)
+    assert_bit_equal(wqkernels.fake_quantize(x, **opts), ref.dequantize(qa), "fake_quantize")
+
+
 def test_quantize_packed_on_strided_input_and_given_scales():
     x = np.random.default_rng(3).standard_normal((64, 96)).astype(np.float64)[::2, ::3]
     assert_same_packed(wqkernels.quantize_packed(x, 4, axis=1, block_size=8), ref.quantize(x, 4, axis=1, block_size=8))
@@ -509,6 +536,22 @@ def test_quantize_packed_empty_and_reports_itself(shape):
     pa = wqkernels.quantize_packed(np.ones((4, 6)), 4, axis=1, block_size=2)
     assert repr(pa) == "PackedArray(shape=(4, 6), bits=4, axis=1, block_size=2, signed, 12 bytes)"
     assert pa.nbytes == 12 + pa.scale.nbytes + pa.zero_point.nbytes
+
+
+@pytest.mark.parametrize("shape, options", [((2048, 40), dict(axis=-1)), ((9000, 35), dict(axis=1)),
+                                            ((1500, 3), dict(axis=0))])
+def test_mse_symmetric_search_is_even_in_x(shape, options):
+    """A symmetric grid's error is the same for x and -x: the search scores magnitudes."""
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    flip = np.where(np.random.default_rng(6).random(shape) < 0.5, np.float32(-1), np.float32(1))
+    opts = dict(bits=3, method="mse", **options)
+    assert_bit_equal(wqkernels.quantize(x, **opts).scale, wqkernels.quantize(x * flip, **opts).scale)
+
+
+def test_mse_coarse_to_fine_tries_twelve_of_sixty_four():
+    errors = np.random.default_rng(2).random((50, len(MSE_RATIOS)))
+    tried = ref_quantization._tried(errors, np.ones(50, bool))
+    assert (tried.sum(axis=1) <= 12).all() and tried[:, ::16].all()
 
 
 @pytest.mark.parametrize("shape, options", [

@@ -11,11 +11,10 @@ import numpy as np
 #: ties keep the min/max scale (ratio 1).
 MSE_RATIOS = (1.0 - np.arange(64) * (0.7 / 64)).astype(np.float32)
 #: Groups of at least MSE_FULL_BELOW elements search the ratios coarse to fine: every 16th from
-#: the first, then around the best so far every 4th (3 on each side), then each (3 on each
-#: side): 16 of the 64, their error curve being smooth; smaller groups try all.  Either way the
-#: first ratio with the least error among those tried wins, so the result is never worse than
-#: min/max.
-MSE_STEPS = np.array([16, 4, 1], dtype=np.int32)
+#: the first, then the two ratios 8 away from the best so far, then 4, 2 and 1 away: 12 of the
+#: 64, their error curve being smooth; smaller groups try all.  Either way the first ratio with
+#: the least error among those tried wins, so the result is never worse than min/max.
+MSE_STEPS = np.array([16, 8, 4, 2, 1], dtype=np.int32)
 MSE_FULL_BELOW = 1024
 
 #: Default percentile of ``method="percentile"``.

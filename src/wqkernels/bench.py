@@ -155,6 +155,11 @@ def quantization_cases(size: int) -> list[Case]:
         c.add_floor(VALUES, values_floor(m), 1.25)
         cases.append(c)
 
+    c = Case(f"quantize int4 asymmetric per-channel last axis rounding='sum' {m.shape}", m.size)
+    c.impls[OURS] = lambda: quantize(m, 4, symmetric=False, axis=-1, rounding="sum")
+    c.add_floor("floor: the same with rounding='nearest'", lambda: quantize(m, 4, symmetric=False, axis=-1))
+    cases.append(c)
+
     c = Case(f"quantize int4 per-channel last axis mse {m.shape}", m.size)
     c.impls[OURS] = lambda: quantize(m, 4, axis=-1, method="mse")
     c.add_floor("floor: the same with method='minmax'", lambda: quantize(m, 4, axis=-1), 5.0)

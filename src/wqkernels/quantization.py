@@ -144,7 +144,7 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
         How each group's clipping range is chosen: its full range; the ratio of it in (0.3, 1]
         with the least squared reconstruction error among those tried, never worse than
         min/max (64 candidates; groups of 1024 elements or more search them coarse to fine,
-        16 of them, see ``MSE_STEPS``); or the `percentile`-th percentile of ``|x|`` (of x's
+        12 of them, see ``MSE_STEPS``); or the `percentile`-th percentile of ``|x|`` (of x's
         tails when asymmetric).
     frac_bits : int, optional
         Fixed point ``q = round(x * 2^frac_bits)``: scale ``2^-frac_bits``, zero point 0, the full

@@ -128,46 +128,92 @@ enum { WQK_BLOCK = 32 }; /* elements per block of the blocked scans */
  * counts[0] += keys below lo, counts[1] += keys in the window, and while counts[1] <= cap the
  * window's keys and global indices are appended to keys/index.  When y is not NULL, also
  * y = (key < lo) ? +0 : x.  Returns the largest key (not finite: a NaN or an infinity).
- * Blocks of 32 are vectorised into counts and a bit mask of the window's lanes; only the set
- * bits are visited, so a sparse window costs little more than a copy. */
+ * Magnitudes are below the sign bit, so they compare as signed integers.  Where the compiler
+ * has vector types (GCC, clang), blocks of 32 are taken a vector at a time: counts and the
+ * largest key per lane, summed every WQK_FLUSH blocks, and a bit mask of the window's lanes,
+ * whose set bits alone are visited, so a sparse window costs little more than a copy.  The
+ * rest, and everything elsewhere, goes one element at a time. */
+#if defined(__GNUC__) && !defined(WQK_NO_VECTORS)
+#define WQK_VECTORS 1
+#endif
+enum { WQK_FLUSH = 1024 }; /* blocks counted per lane before the counts are summed */
+#ifdef WQK_VECTORS
+template <typename T, int Bytes> struct wqk_vector {
+    typedef T type __attribute__((vector_size(Bytes)));
+};
+#endif
+
 template <typename K>
-WQK_INLINE K wqk_scan_impl(const K *x, K *y, ptrdiff_t n, K lo, K hi, int64_t base, K *keys,
-                           int64_t *index, int64_t cap, int64_t *counts, const int write) {
-    const K abs = wqk_abs_mask<K>(), width = (K)(hi - lo);
+WQK_INLINE void wqk_scan_one(const K *x, K *y, ptrdiff_t i, K lo, K hi, int64_t base, K *keys, int64_t *index,
+                             int64_t cap, int64_t *less, int64_t *inside, K *top, const bool write) {
+    const K b = x[i], k = b & wqk_abs_mask<K>();
+    *less += k < lo;
+    *top = k > *top ? k : *top;
+    if (write) y[i] = k < lo ? (K)0 : b;
+    if (k >= lo && k <= hi) {
+        if (*inside < cap) {
+            keys[*inside] = k;
+            index[*inside] = base + i;
+        }
+        ++*inside;
+    }
+}
+
+template <typename K, bool Write>
+WQK_INLINE K wqk_scan_impl(const K *__restrict x, K *__restrict y, ptrdiff_t n, K lo, K hi, int64_t base,
+                           K *keys, int64_t *index, int64_t cap, int64_t *counts) {
     int64_t less = counts[0], inside = counts[1];
     K top = 0;
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += WQK_BLOCK) {
-        ptrdiff_t len = n - i0 < WQK_BLOCK ? n - i0 : WQK_BLOCK;
-        uint32_t below = 0, mask = 0;
-        K t = 0;
-        if (len == WQK_BLOCK) {
-            for (int j = 0; j < WQK_BLOCK; j++) {
-                K b = x[i0 + j], k = b & abs;
-                below += k < lo;
-                mask |= (uint32_t)((K)(k - lo) <= width) << j;
-                t = k > t ? k : t;
-                if (write) y[i0 + j] = k < lo ? (K)0 : b;
-            }
-        } else {
-            for (int j = 0; j < len; j++) {
-                K b = x[i0 + j], k = b & abs;
-                below += k < lo;
-                mask |= (uint32_t)((K)(k - lo) <= width) << j;
-                t = k > t ? k : t;
-                if (write) y[i0 + j] = k < lo ? (K)0 : b;
-            }
-        }
-        less += below;
-        top = t > top ? t : top;
-        for (; mask; mask &= mask - 1) {
-            int j = wqk_ctz(mask);
-            if (inside < cap) {
-                keys[inside] = x[i0 + j] & abs;
-                index[inside] = base + i0 + j;
-            }
-            inside++;
-        }
+    ptrdiff_t i0 = 0;
+#ifdef WQK_VECTORS
+    typedef typename wqk_format<K>::SK SK;
+    enum { W = 32 / sizeof(K), V = WQK_BLOCK / W }; /* lanes of a 32-byte vector, vectors a block */
+    typedef typename wqk_vector<SK, 32>::type SV;
+    typedef typename wqk_vector<int32_t, 4 * W>::type MV; /* a bit of the block's mask per lane */
+    const SK abs = (SK)wqk_abs_mask<K>();
+    SV vlo, vhi, vtop = {0};
+    MV bit[V];
+    for (int l = 0; l < W; l++) {
+        vlo[l] = (SK)lo;
+        vhi[l] = (SK)hi;
+        for (int v = 0; v < V; v++) bit[v][l] = (int32_t)((uint32_t)1 << (v * W + l));
     }
+    while (i0 + WQK_BLOCK <= n) {
+        SV below = {0};
+        ptrdiff_t end = i0 + (n - i0) / WQK_BLOCK * WQK_BLOCK, stop = i0 + (ptrdiff_t)WQK_FLUSH * WQK_BLOCK;
+        end = end < stop ? end : stop;
+        for (; i0 < end; i0 += WQK_BLOCK) {
+            MV in = {0};
+            for (int v = 0; v < V; v++) {
+                SV b, k, lt, gt;
+                memcpy(&b, x + i0 + v * W, sizeof(SV));
+                k = b & abs;
+                lt = k < vlo;
+                gt = k > vhi;
+                below -= lt;
+                vtop = k > vtop ? k : vtop;
+                if (Write) {
+                    SV o = b & ~lt;
+                    memcpy(y + i0 + v * W, &o, sizeof(SV));
+                }
+                in |= __builtin_convertvector(~(lt | gt), MV) & bit[v];
+            }
+            uint32_t mask = 0;
+            for (int l = 0; l < W; l++) mask |= (uint32_t)in[l];
+            for (; mask; mask &= mask - 1) {
+                int j = wqk_ctz(mask);
+                if (inside < cap) {
+                    keys[inside] = x[i0 + j] & (K)abs;
+                    index[inside] = base + i0 + j;
+                }
+                inside++;
+            }
+        }
+        for (int l = 0; l < W; l++) less += (int64_t)below[l];
+    }
+    for (int l = 0; l < W; l++) top = (K)vtop[l] > top ? (K)vtop[l] : top;
+#endif
+    for (; i0 < n; i0++) wqk_scan_one(x, y, i0, lo, hi, base, keys, index, cap, &less, &inside, &top, Write);
     counts[0] = less;
     counts[1] = inside;
     return top;
@@ -177,8 +223,8 @@ template <typename K>
 WQK_CLONES static K wqk_scan(const K *x, K *y, ptrdiff_t n, K lo, K hi, int64_t base, K *keys,
                              int64_t *index, int64_t cap, int64_t *counts) {
     if (y)
-        return wqk_scan_impl(x, y, n, lo, hi, base, keys, index, cap, counts, 1);
-    return wqk_scan_impl(x, y, n, lo, hi, base, keys, index, cap, counts, 0);
+        return wqk_scan_impl<K, true>(x, y, n, lo, hi, base, keys, index, cap, counts);
+    return wqk_scan_impl<K, false>(x, y, n, lo, hi, base, keys, index, cap, counts);
 }
 
 /* For listed entries (keys and positions, positions increasing, all inside y's run that starts

@@ -17,6 +17,7 @@
 #define WQK_LOOPS_H
 
 #include <stddef.h>
+#include <float.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -108,14 +109,20 @@ WQK_CLONES static void wqk_key_range_lanes(const uint32_t *x, ptrdiff_t n, int32
     }
 }
 
-/* Keys of runs one after another (blocks along a contiguous axis), each its own group: run r
- * is `length` elements long (the last one `tail`); klo[r], khi[r] take its (min, max) keys when
- * asymmetric, else khi[r] its max |x| bits. */
-WQK_CLONES static void wqk_key_runs(const uint32_t *x, ptrdiff_t count, ptrdiff_t length, ptrdiff_t tail,
-                                    int asymmetric, int32_t *lo, int32_t *hi) {
+/* Block sizes common enough that runs of them get loops of their own: the compiler unrolls a
+ * loop of known length into whole vectors, where one of unknown length per run of 32 costs more
+ * than its elements. */
+#define WQK_RUN_LENGTHS(CASE) CASE(16) CASE(32) CASE(64) CASE(128)
+
+/* Keys of `count` runs of `length` (L, when not 0) elements, each its own group: lo[r], hi[r]
+ * take run r's (min, max) keys when asymmetric, else hi[r] its max |x| bits. */
+template <int L>
+static inline __attribute__((always_inline)) void wqk_key_runs_of(const uint32_t *x, ptrdiff_t count,
+                                                                  ptrdiff_t length, int asymmetric, int32_t *lo,
+                                                                  int32_t *hi) {
+    const ptrdiff_t n = L ? L : length;
     for (ptrdiff_t r = 0; r < count; r++) {
-        const uint32_t *p = x + r * length;
-        ptrdiff_t n = r + 1 < count ? length : tail;
+        const uint32_t *p = x + r * n;
         if (asymmetric) {
             int32_t a = lo[r], b = hi[r];
             for (ptrdiff_t i = 0; i < n; i++) {
@@ -134,6 +141,21 @@ WQK_CLONES static void wqk_key_runs(const uint32_t *x, ptrdiff_t count, ptrdiff_
             hi[r] = (int32_t)m;
         }
     }
+}
+
+/* Keys of runs one after another (blocks along a contiguous axis), each its own group: run r
+ * is `length` elements long (the last one `tail`); klo[r], khi[r] take its (min, max) keys when
+ * asymmetric, else khi[r] its max |x| bits. */
+WQK_CLONES static void wqk_key_runs(const uint32_t *x, ptrdiff_t count, ptrdiff_t length, ptrdiff_t tail,
+                                    int asymmetric, int32_t *lo, int32_t *hi) {
+    const ptrdiff_t full = tail == length ? count : count - 1;
+    switch (length) {
+#define WQK_CASE(L) case L: wqk_key_runs_of<L>(x, full, L, asymmetric, lo, hi); break;
+        WQK_RUN_LENGTHS(WQK_CASE)
+#undef WQK_CASE
+    default: wqk_key_runs_of<0>(x, full, length, asymmetric, lo, hi);
+    }
+    if (full < count) wqk_key_runs_of<0>(x + full * length, 1, tail, asymmetric, lo + full, hi + full);
 }
 
 /* ---- quantize, fake-quantize, dequantize --------------------------------------------------
@@ -173,18 +195,35 @@ WQK_CLONES static void wqk_quantize_uniform(const float *x, Out *out, ptrdiff_t 
         wqk_quantize_run<Out, false>(x, out, n, s, zp, qmin, qmax);
 }
 
+/* `count` runs of `length` (L, when not 0) elements, run r with scale s[r], zero point zp[r]. */
+template <typename Out, int L>
+static inline __attribute__((always_inline)) void wqk_quantize_runs_of(const float *x, Out *out, ptrdiff_t count,
+                                                                       ptrdiff_t length, const float *s,
+                                                                       const float *zp, float qmin, float qmax) {
+    const ptrdiff_t n = L ? L : length;
+    for (ptrdiff_t r = 0; r < count; r++) {
+        if (zp[r] == 0.0f)
+            wqk_quantize_run<Out, true>(x + r * n, out + r * n, n, s[r], zp[r], qmin, qmax);
+        else
+            wqk_quantize_run<Out, false>(x + r * n, out + r * n, n, s[r], zp[r], qmin, qmax);
+    }
+}
+
 /* `count` runs of `length` elements one after another (the last one `tail`), run r with
  * scale s[r] and zero point zp[r]. */
 template <typename Out>
 WQK_CLONES static void wqk_quantize_runs(const float *x, Out *out, ptrdiff_t count, ptrdiff_t length,
                                          ptrdiff_t tail, const float *s, const float *zp, float qmin, float qmax) {
-    for (ptrdiff_t r = 0; r < count; r++) {
-        const ptrdiff_t n = r + 1 < count ? length : tail;
-        if (zp[r] == 0.0f)
-            wqk_quantize_run<Out, true>(x + r * length, out + r * length, n, s[r], zp[r], qmin, qmax);
-        else
-            wqk_quantize_run<Out, false>(x + r * length, out + r * length, n, s[r], zp[r], qmin, qmax);
+    const ptrdiff_t full = tail == length ? count : count - 1;
+    switch (length) {
+#define WQK_CASE(L) case L: wqk_quantize_runs_of<Out, L>(x, out, full, L, s, zp, qmin, qmax); break;
+        WQK_RUN_LENGTHS(WQK_CASE)
+#undef WQK_CASE
+    default: wqk_quantize_runs_of<Out, 0>(x, out, full, length, s, zp, qmin, qmax);
     }
+    if (full < count)
+        wqk_quantize_runs_of<Out, 0>(x + full * length, out + full * length, 1, tail, s + full, zp + full, qmin,
+                                     qmax);
 }
 
 /* Element i with scale s[i] and zero point zp[i] (zp NULL: all 0). */
@@ -240,8 +279,12 @@ WQK_CLONES static void wqk_dequantize_runs(const uint8_t *q, float *y, ptrdiff_t
 
 #define WQK_LANES 16
 
+/* Clamped to [lo, hi], or with Magnitudes (x >= 0, symmetric bounds) to hi alone: the symmetric
+ * grid's error is odd in x (rint and the clamp commute with negation), so |x| has x's error,
+ * to the bit, for one operation less. */
+template <bool Magnitudes>
 static inline float wqk_scaled_sq_error(float x, float inv, float lo, float hi) {
-    float y = x * inv, r = y < lo ? lo : y;
+    float y = x * inv, r = Magnitudes ? y : (y < lo ? lo : y);
     r = r > hi ? hi : r;
     r = ((r + WQK_MAGIC) - WQK_MAGIC) - y;
     return r * r;
@@ -255,8 +298,8 @@ WQK_CLONES WQK_RANKING static void wqk_candidate_errors(const float *x, ptrdiff_
         ptrdiff_t i = 0;
         for (; i + WQK_LANES <= n; i += WQK_LANES)
 #pragma GCC unroll 16
-            for (int j = 0; j < WQK_LANES; j++) part[j] += wqk_scaled_sq_error(x[i + j], inv[c], lo[c], hi[c]);
-        for (; i < n; i++) tail += wqk_scaled_sq_error(x[i], inv[c], lo[c], hi[c]);
+            for (int j = 0; j < WQK_LANES; j++) part[j] += wqk_scaled_sq_error<false>(x[i + j], inv[c], lo[c], hi[c]);
+        for (; i < n; i++) tail += wqk_scaled_sq_error<false>(x[i], inv[c], lo[c], hi[c]);
         double sum = tail;
         for (int j = 0; j < WQK_LANES; j++) sum += part[j];
         acc[c] += sum;
@@ -264,7 +307,9 @@ WQK_CLONES WQK_RANKING static void wqk_candidate_errors(const float *x, ptrdiff_
 }
 
 /* acc[c * w + i] += scaled squared error of lane i (its own group) under candidate c, over
- * `rows` runs of w lanes spaced `stride` apart. */
+ * `rows` runs of w lanes spaced `stride` apart; with Magnitudes, x holds |x| of a symmetric
+ * grid (lo unused). */
+template <bool Magnitudes>
 WQK_CLONES WQK_RANKING static void wqk_candidate_errors_lanes(const float *x, ptrdiff_t rows, ptrdiff_t stride,
                                                   ptrdiff_t w, int ncand, const float *inv,
                                                   const float *lo, const float *hi, float *acc) {
@@ -276,13 +321,41 @@ WQK_CLONES WQK_RANKING static void wqk_candidate_errors_lanes(const float *x, pt
             for (int j = 0; j < WQK_LANES; j++) { iv[j] = inv[k + j]; l[j] = lo[k + j]; h[j] = hi[k + j]; }
             for (ptrdiff_t r = 0; r < rows; r++)
 #pragma GCC unroll 16
-                for (int j = 0; j < WQK_LANES; j++) part[j] += wqk_scaled_sq_error(x[r * stride + i0 + j], iv[j], l[j], h[j]);
+                for (int j = 0; j < WQK_LANES; j++)
+                    part[j] += wqk_scaled_sq_error<Magnitudes>(x[r * stride + i0 + j], iv[j], l[j], h[j]);
             for (int j = 0; j < WQK_LANES; j++) acc[k + j] += part[j];
         }
         for (; i0 < w; i0++) {
             const ptrdiff_t k = c * w + i0;
-            for (ptrdiff_t r = 0; r < rows; r++) acc[k] += wqk_scaled_sq_error(x[r * stride + i0], inv[k], lo[k], hi[k]);
+            for (ptrdiff_t r = 0; r < rows; r++)
+                acc[k] += wqk_scaled_sq_error<Magnitudes>(x[r * stride + i0], inv[k], lo[k], hi[k]);
         }
+    }
+}
+
+/* Asks for the cache lines of `bytes` bytes at p, to be read soon. */
+static inline void wqk_prefetch_run(const void *p, ptrdiff_t bytes) {
+#if defined(__GNUC__)
+    for (ptrdiff_t i = 0; i < bytes; i += 64) __builtin_prefetch((const char *)p + i);
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
+/* Copies `rows` runs of w floats spaced `stride` apart into consecutive rows of w, as |x| when
+ * `magnitudes`.  Short runs far apart are not fetched ahead by the hardware: each run asks for
+ * the one WQK_ROWS_AHEAD rows on, if it is among the rows + `more` that follow x. */
+#define WQK_ROWS_AHEAD 8
+WQK_CLONES static void wqk_copy_rows(const float *x, ptrdiff_t rows, ptrdiff_t stride, ptrdiff_t w, int magnitudes,
+                                     float *tile, ptrdiff_t more) {
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *p = x + r * stride;
+        if (r + WQK_ROWS_AHEAD < rows + more) wqk_prefetch_run(p + WQK_ROWS_AHEAD * stride, w * (ptrdiff_t)sizeof(float));
+        float *t = tile + r * w;
+        if (magnitudes)
+            for (ptrdiff_t i = 0; i < w; i++) t[i] = std::fabs(p[i]);
+        else
+            memcpy(t, p, (size_t)w * sizeof(float));
     }
 }
 
@@ -437,7 +510,7 @@ WQK_CLONES static void wqk_unpack(const uint8_t *packed, ptrdiff_t n, int b, int
  * 1 - 2 * dir * e (the least added squared error), equal costs the earlier member; a code at the
  * end of the grid in that direction does not move.  A bound on the costs keeps few candidates,
  * and a selection (no sort) picks among them: linear time on average.
- * Scratch: e and code of w * rows * length entries, moves of rows * length.
+ * Scratch: e and code of w * (rows * length + WQK_SUM_PAD) entries, moves of rows * length.
  * Code: int8_t (signed codes) or uint8_t. */
 struct wqk_move {
     double cost;
@@ -449,23 +522,41 @@ static inline bool wqk_cheaper(const wqk_move &a, const wqk_move &b) {
 }
 
 #define WQK_SUM_LANES 64 /* groups of a tile, at most */
+/* Scratch entries between the end of one group's e and code and the start of the next: groups
+ * a power of two apart would share cache sets (9 lines apart for e, 72 bytes for code, a group
+ * of 4096 members maps its neighbours' rows to other sets). */
+#define WQK_SUM_PAD 72
+#define WQK_SUM_ROWS 8 /* rows of channels side by side transposed at a time */
 
 template <typename Code>
-static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t lane, ptrdiff_t rows, ptrdiff_t row,
+WQK_CLONES static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t lane, ptrdiff_t rows, ptrdiff_t row,
                               ptrdiff_t length, const float *s, const float *zp, float qmin,
                               float qmax, double *e, Code *code, wqk_move *moves) {
-    const ptrdiff_t m = rows * length;
+    const ptrdiff_t m = rows * length, ld = m + WQK_SUM_PAD; /* members; scratch entries a group */
     double total[WQK_SUM_LANES] = {0.0}; /* each group's members are met in their order */
     if (length == 1 && lane == 1) { /* channels side by side (a Dense kernel's columns) */
-        for (ptrdiff_t r = 0; r < rows; r++) {
-            const float *xr = x + r * row;
-            const Code *qr = q + r * row;
-            for (ptrdiff_t j = 0; j < w; j++) {
-                const double d = ((double)(xr[j] / s[j]) + (double)zp[j]) - (double)qr[j];
-                code[j * m + r] = qr[j];
-                e[j * m + r] = d;
-                total[j] += d;
+        /* WQK_SUM_ROWS rows at a time: their e made a row at a time (vectorised across the
+         * groups), then stored a group at a time, WQK_SUM_ROWS consecutive entries of it */
+        double d[WQK_SUM_ROWS][WQK_SUM_LANES];
+        for (ptrdiff_t r0 = 0; r0 < rows; r0 += WQK_SUM_ROWS) {
+            const ptrdiff_t h = rows - r0 < WQK_SUM_ROWS ? rows - r0 : WQK_SUM_ROWS;
+            for (ptrdiff_t i = 0; i < h; i++) {
+                const float *xr = x + (r0 + i) * row;
+                const Code *qr = q + (r0 + i) * row;
+                if (r0 + i + WQK_ROWS_AHEAD < rows) { /* short runs far apart: not fetched ahead by the hardware */
+                    wqk_prefetch_run(xr + WQK_ROWS_AHEAD * row, w * (ptrdiff_t)sizeof(float));
+                    wqk_prefetch_run(qr + WQK_ROWS_AHEAD * row, w * (ptrdiff_t)sizeof(Code));
+                }
+                for (ptrdiff_t j = 0; j < w; j++) {
+                    d[i][j] = ((double)(xr[j] / s[j]) + (double)zp[j]) - (double)qr[j];
+                    total[j] += d[i][j];
+                }
             }
+            for (ptrdiff_t j = 0; j < w; j++)
+                for (ptrdiff_t i = 0; i < h; i++) {
+                    e[j * ld + r0 + i] = d[i][j];
+                    code[j * ld + r0 + i] = q[(r0 + i) * row + j];
+                }
         }
     } else
     for (ptrdiff_t r = 0; r < rows; r++)
@@ -474,7 +565,7 @@ static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t la
             const double zj = (double)zp[j];
             double sum = total[j];
             for (ptrdiff_t c = 0; c < length; c++) {
-                const ptrdiff_t at = j * lane + r * row + c, t = j * m + r * length + c;
+                const ptrdiff_t at = j * lane + r * row + c, t = j * ld + r * length + c;
                 code[t] = q[at];
                 e[t] = ((double)(x[at] / sj) + zj) - (double)code[t];
                 sum += e[t];
@@ -484,24 +575,25 @@ static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t la
     for (ptrdiff_t j = 0; j < w; j++) {
         const double k = std::nearbyint(total[j]);
         if (k == 0.0) continue;
-        const double *ej = e + j * m;
-        const Code *cj = code + j * m;
+        double *cost = e + j * ld; /* each member's e, made its cost in place */
+        const Code *cj = code + j * ld;
         const double dir = k > 0.0 ? 1.0 : -1.0;
+        const Code edge = (Code)(k > 0.0 ? qmax : qmin); /* a code there does not move that way */
         const ptrdiff_t want = std::fabs(k) < (double)m ? (ptrdiff_t)std::fabs(k) : m;
+        for (ptrdiff_t t = 0; t < m; t++) /* a code that cannot move costs more than any */
+            cost[t] = cj[t] == edge ? HUGE_VAL : 1.0 - 2.0 * dir * cost[t];
         /* the candidates: movable members of cost up to `bound`, raised until there are `want`
          * of them or every movable member is one (costs of unclipped codes lie in [0, 2], about
          * uniformly: the first bound takes about 4 * want) */
         double bound = 8.0 * (double)want / (double)m;
         ptrdiff_t n;
         for (;;) {
+            const bool all = bound >= 2.0;
+            const double limit = all ? DBL_MAX : bound;
             n = 0;
-            bool all = bound >= 2.0;
             for (ptrdiff_t t = 0; t < m; t++) {
-                const double next = (double)cj[t] + dir;
-                if (next < (double)qmin || next > (double)qmax) continue;
-                const double cost = 1.0 - 2.0 * dir * ej[t];
-                if (cost > bound && !all) continue;
-                moves[n].cost = cost;
+                if (!(cost[t] <= limit)) continue;
+                moves[n].cost = cost[t];
                 moves[n].at = t;
                 n++;
             }

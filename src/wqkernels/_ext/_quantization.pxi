@@ -31,7 +31,15 @@ cdef extern from "_loops.h" nogil:
     void wqk_preserve_sums[Code](const float* x, Code* q, Py_ssize_t w, Py_ssize_t lane, Py_ssize_t rows,
                                  Py_ssize_t row, Py_ssize_t length, const float* s,
                                  const float* zp, float qmin, float qmax, double* e, Code* code, wqk_move* moves)
-    void wqk_candidate_errors_lanes(const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int ncand, const float* inv, const float* lo, const float* hi, float* acc)
+    # the errors of x, or with "magnitudes" of |x| on a symmetric grid (lo unused)
+    void wqk_candidate_errors_lanes "wqk_candidate_errors_lanes<false>"(
+        const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int ncand, const float* inv, const float* lo,
+        const float* hi, float* acc)
+    void wqk_candidate_magnitude_errors_lanes "wqk_candidate_errors_lanes<true>"(
+        const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int ncand, const float* inv, const float* lo,
+        const float* hi, float* acc)
+    void wqk_copy_rows(const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int magnitudes, float* tile,
+                       Py_ssize_t more)
 
 cdef enum:
     LANE_WIDTH = 1024       # least lanes per unit for streaming loops
@@ -39,8 +47,9 @@ cdef enum:
     SEARCH_TILE = 1 << 18   # elements of a lanes unit copied once for all its passes, at most (1 MiB)
     SEARCH_CHUNK = 4096     # elements of a run scored against every candidate while in cache
     SEARCH_ROWS = 32        # rows of a lanes unit scored against every candidate while in cache
-    SUM_TILE = 65536        # members of the groups of a sum-preserving tile (16 groups of 4096)
+    SUM_TILE = 1 << 18      # members of the groups of a sum-preserving tile (64 groups of 4096: rows of 256 bytes)
     SUM_LANES = 64          # groups of a sum-preserving tile, at most (WQK_SUM_LANES)
+    SUM_PAD = 72            # scratch entries after each group's (WQK_SUM_PAD)
 
 
 cdef inline float key_to_float(int32_t k) noexcept nogil:
@@ -198,7 +207,9 @@ cdef struct Slots:
     int* best
     double* best_e
     float* tile
-    bint whole  # tile holds the whole unit (copied once), else SEARCH_ROWS rows at a time
+    bint whole  # tile holds the whole unit (copied once, by the first pass), else SEARCH_ROWS rows at a time
+    bint filled  # the whole unit is in the tile
+    bint magnitudes  # the tile holds |x|: a symmetric grid's error is the same, for less work
 
 
 cdef void set_slot(Slots* S, Py_ssize_t w, int slot, Py_ssize_t i, int c, float lo, float hi,
@@ -214,10 +225,18 @@ cdef void set_slot(Slots* S, Py_ssize_t w, int slot, Py_ssize_t i, int c, float 
     S.err[k] = 0.0
 
 
+cdef inline void lanes_errors(const Slots* S, const float* tile, Py_ssize_t rows, Py_ssize_t w,
+                              int nslot) noexcept nogil:
+    if S.magnitudes:
+        wqk_candidate_magnitude_errors_lanes(tile, rows, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
+    else:
+        wqk_candidate_errors_lanes(tile, rows, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
+
+
 cdef void score_slots(const float* x, const Layout* L, const Unit* U, Py_ssize_t w, int nslot,
                       Slots* S) noexcept nogil:
-    """Every slot's error over the unit's groups, then each lane's best: the least error, the
-    first candidate among equals."""
+    """The error of the first `nslot` slots over the unit's groups, then each lane's best: the
+    least error, the first candidate among equals."""
     cdef Py_ssize_t r, m, c0, k, i
     cdef int j
     cdef double e
@@ -227,13 +246,14 @@ cdef void score_slots(const float* x, const Layout* L, const Unit* U, Py_ssize_t
         r = 0
         while r < U.rows:
             m = min(<Py_ssize_t>SEARCH_ROWS, U.rows - r)
-            if S.whole:
-                wqk_candidate_errors_lanes(S.tile + r * w, m, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
+            if S.filled:
+                lanes_errors(S, S.tile + r * w, m, w, nslot)
             else:
-                for k in range(m):
-                    memcpy(S.tile + k * w, x + U.start + (r + k) * U.stride, w * sizeof(float))
-                wqk_candidate_errors_lanes(S.tile, m, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
+                wqk_copy_rows(x + U.start + r * U.stride, m, U.stride, w, S.magnitudes,
+                              S.tile + r * w if S.whole else S.tile, U.rows - r - m)
+                lanes_errors(S, S.tile + r * w if S.whole else S.tile, m, w, nslot)
             r += m
+        S.filled = S.whole
     else:
         for r in range(U.rows):
             c0 = 0
@@ -260,12 +280,13 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
     cdef Py_ssize_t w = U.length if L.lanes else 1, i, k, level
     cdef Py_ssize_t size = U.rows if L.lanes else U.rows * U.length  # elements per group
     cdef bint full = size < full_below or nsteps == 0 or steps[0] <= 1
-    cdef int nslot = ncand if full else (ncand + steps[0] - 1) // steps[0], j, c, span
+    cdef int first = ncand if full else (ncand + steps[0] - 1) // steps[0], nslot = first, j, c, span
     cdef Slots S
     if not full:
         for level in range(1, nsteps):
             nslot = max(nslot, 2 * (steps[level - 1] // steps[level] - 1))
     S.whole = L.lanes and not full and U.rows * w <= SEARCH_TILE  # several passes: one read of x
+    S.magnitudes = L.lanes and symmetric
     cdef Py_ssize_t tile_rows = U.rows if S.whole else SEARCH_ROWS
     cdef char* buf = <char*>malloc((sizeof(int) + 7 * sizeof(float)) * nslot * w + sizeof(double) * nslot
                                    + (sizeof(int) + sizeof(double)) * w + sizeof(float) * tile_rows * w)
@@ -282,24 +303,22 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
     S.bhi = S.blo + nslot * w
     S.err = S.bhi + nslot * w
     S.tile = S.err + nslot * w
-    if S.whole:
-        for k in range(U.rows):
-            memcpy(S.tile + k * w, x + U.start + k * U.stride, w * sizeof(float))
+    S.filled = False
     for i in range(w):
         S.best[i] = -1
-        for j in range(nslot):  # all candidates, or every steps[0]-th
+        for j in range(first):  # all candidates, or every steps[0]-th
             c = j if full else j * steps[0]
             set_slot(&S, w, j, i, c if c < ncand else -1, lo[U.group + i], hi[U.group + i], ratios,
                      symmetric, qmin, qmax)
-    score_slots(x, L, &U, w, nslot, &S)
+    score_slots(x, L, &U, w, first, &S)
     for level in range(1, 0 if full else nsteps):  # then around each lane's best, finer
         span = steps[level - 1] // steps[level] - 1  # candidates on each side
         for i in range(w):
-            for j in range(nslot):
+            for j in range(2 * span):
                 k = S.best[i] + ((j - span) if j < span else (j - span + 1)) * steps[level]
-                set_slot(&S, w, j, i, k if j < 2 * span and 0 <= k < ncand else -1,
+                set_slot(&S, w, j, i, k if 0 <= k < ncand else -1,
                          lo[U.group + i], hi[U.group + i], ratios, symmetric, qmin, qmax)
-        score_slots(x, L, &U, w, nslot, &S)
+        score_slots(x, L, &U, w, 2 * span, &S)
     for i in range(w):
         group_params(lo[U.group + i], hi[U.group + i], ratios[S.best[i]], symmetric,
                      qmax if symmetric else qmax - qmin, &scale[U.group + i], &zero_point[U.group + i])
@@ -418,6 +437,7 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
         fused = U.rows * U.length * sizeof(float) <= FUSE_BYTES
     if fit and not fused:
         if not stats_pass(x, size, &L, not is_signed, ngroups, zp, s):
+            free(codes)
             return False
         for u in range(ngroups):
             group_params(zp[u], s[u], 1.0, is_signed, qmax if is_signed else qmax - qmin, &s[u], &zp[u])
@@ -568,8 +588,8 @@ def preserve_sums(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_s
     else:
         tiles = outer * ((n // block + lanes - 1) // lanes + (1 if n % block else 0))
     nt = <int>min(<Py_ssize_t>threads_for(x.shape[0]), tiles)
-    e = <double*>malloc(sizeof(double) * lanes * size * nt)
-    code = <uint8_t*>malloc(lanes * size * nt)
+    e = <double*>malloc(sizeof(double) * lanes * (size + SUM_PAD) * nt)
+    code = <uint8_t*>malloc(lanes * (size + SUM_PAD) * nt)
     moves = <wqk_move*>malloc(sizeof(wqk_move) * size * nt)
     if e == NULL or code == NULL or moves == NULL:
         free(e)
@@ -579,7 +599,7 @@ def preserve_sums(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_s
     with nogil:
         for t in prange(tiles, num_threads=nt, schedule="dynamic"):
             sum_tile_codes(&x[0], &codes[0], sum_tile(t, outer, n, inner, block, per_axis, lanes), &scale[0],
-                           &zero_point[0], qmin, qmax, e, code, moves, lanes * size, size, threadid())
+                           &zero_point[0], qmin, qmax, e, code, moves, lanes * (size + SUM_PAD), size, threadid())
     free(e)
     free(code)
     free(moves)
