@@ -11,12 +11,12 @@ width.  Symmetric grids keep mse at 2 and 3 bits, where their few levels make cl
 """
 from __future__ import annotations
 
-from .._checks import check_bits, check_float_array, check_real
+from .._checks import check_bits, check_float_array, check_int, check_real
 from ..quantization import fake_quantize
 from ..statistics import error
 
-__all__ = ["BIT_WIDTHS", "DEFAULT_SYMMETRIC", "DEFAULT_ROUNDING", "default_method", "default_rounding",
-           "bits_for_sqnr"]
+__all__ = ["BIT_WIDTHS", "DEFAULT_SYMMETRIC", "DEFAULT_ROUNDING", "NARROW_FAN_IN", "NARROW_EXTRA_BITS",
+           "default_method", "default_rounding", "channel_bits", "bits_for_sqnr"]
 
 #: The bit widths :func:`bits_for_sqnr` chooses from, fewest first.
 BIT_WIDTHS = range(2, 9)
@@ -27,6 +27,35 @@ DEFAULT_SYMMETRIC: bool = False
 #: Round model weights keeping each group's sum by default (``rounding`` of :func:`wqkernels.quantize`);
 #: see :func:`default_rounding` for the kernels that round to nearest.
 DEFAULT_ROUNDING: str = "sum"
+
+
+#: Kernels whose output channels have at most this many weights each are "narrow" (:func:`channel_bits`).
+NARROW_FAN_IN: int = 16
+
+#: The bits narrow kernels get beyond the requested width by default.
+NARROW_EXTRA_BITS: int = 2
+
+
+def channel_bits(bits: int, fan_in: int, extra: int = NARROW_EXTRA_BITS) -> int:
+    """The bits of a kernel whose output channels have `fan_in` weights each, at a requested
+    width of `bits`: ``bits + extra`` (at most 8) for a narrow kernel (`fan_in` at most
+    :data:`NARROW_FAN_IN`), else `bits`.
+
+    A channel of few weights (a first convolution over one or three input channels, a 3x3
+    depthwise kernel, an LSTM over 8 features) averages none of its rounding error away, and
+    holds a negligible share of a model's weights: at 2 bits such kernels cost most of the
+    output error on the benchmark's digits CNNs (``benchmarks/FIDELITY.md``), and two more bits
+    for them add 0.01-0.05 bits per weight to the model.
+
+    Examples
+    --------
+    >>> from wqkernels.allocation import channel_bits
+    >>> channel_bits(2, 9), channel_bits(2, 288), channel_bits(7, 9), channel_bits(2, 9, extra=0)
+    (4, 2, 8, 2)
+    """
+    bits, extra = check_bits(bits), check_int(extra, "extra", 0)
+    fan_in = check_int(fan_in, "fan_in", 0)
+    return min(bits + extra, 8) if fan_in <= NARROW_FAN_IN else bits
 
 
 def default_method(bits: int, symmetric: bool = DEFAULT_SYMMETRIC) -> str:
