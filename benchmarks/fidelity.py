@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 
 import models  # noqa: E402
 import wqkernels  # noqa: E402
+from wqkernels.allocation import NARROW_FAN_IN, NARROW_MAX_BITS  # noqa: E402
 
 BITS = tuple(range(2, 9))
 SEEDS = 3
@@ -125,8 +126,9 @@ def quantization_grid(bits: int) -> list[Candidate]:
 def improvements(bits: int) -> list[Candidate]:
     """Data-free improvements measured against the grid: sum-preserving rounding
     (``rounding="sum"`` of :func:`wqkernels.quantize`) on the grid's main recipes, and on all
-    kernels but the recurrent ones (``default_rounding`` of each role); blocks of 32 with the
-    default's extra bits for narrow kernels (``Recipe.narrow_bits``)."""
+    kernels but the recurrent ones (``default_rounding`` of each role); at 2 and 3 bits blocks of
+    32 with the default's extra bits for narrow kernels (``Recipe.narrow_bits``), from 4 bits the
+    default with them (which it leaves out there)."""
     out = []
     for symmetric in (True, False):
         for method in ("minmax", "mse"):
@@ -138,9 +140,34 @@ def improvements(bits: int) -> list[Candidate]:
         out.append(Candidate(quantization_label(False, "minmax", granularity) + " sum, recurrent nearest",
                              f"int{bits}", wqkernels.Recipe(bits=bits, symmetric=False, method="minmax",
                                                             granularity=granularity, narrow_bits=0)))
-    out.append(Candidate(quantization_label(False, "minmax", "block:32") + " sum, narrow kernels +2 bits",
-                         f"int{bits}", wqkernels.Recipe(bits=bits, granularity="block:32")))
+    if bits <= NARROW_MAX_BITS:
+        out.append(Candidate(quantization_label(False, "minmax", "block:32") + " sum, narrow kernels +2 bits",
+                             f"int{bits}", wqkernels.Recipe(bits=bits, granularity="block:32")))
+    else:
+        out.append(Candidate(NARROW_EVERYWHERE, f"int{bits}", transform=_narrow_everywhere(bits)))
     return out
+
+
+#: the default's extra bits for narrow kernels applied beyond NARROW_MAX_BITS too
+NARROW_EVERYWHERE = "default with narrow kernels +2 bits"
+
+
+def _narrow_everywhere(bits: int) -> Transform:
+    """The default recipe at `bits`, narrow kernels (at most NARROW_FAN_IN weights per output
+    channel) at ``bits + 2`` (at most 8) whatever `bits`."""
+    recipe = wqkernels.Recipe(bits=bits)
+
+    def transform(weights, tensors, context):
+        out = {}
+        for t in tensors:
+            view, options = layout(recipe, t)
+            fan_in = math.prod(t.shape) // t.shape[t.channel_axis]
+            b = min(bits + 2, 8) if fan_in <= NARROW_FAN_IN else bits
+            out[t.path] = wqkernels.fake_quantize(np.ascontiguousarray(weights[t.path], np.float32).reshape(view), b,
+                                                  method=recipe.method_for(b), **options).reshape(t.shape)
+        return out
+
+    return transform
 
 
 BASELINE = quantization_label(False, "minmax", "channel")
@@ -623,8 +650,9 @@ def models_table(rows, archs) -> str:
 
 #: the recipes of the summary: the default (and without its narrow kernels' extra bits), the
 #: baseline, blocks of 32, the former default
-SUMMARY = ("default", NO_NARROW, "default, rounding to nearest", BASELINE, "asym minmax block:32",
-           "asym minmax block:32 sum", "asym minmax block:32 sum, narrow kernels +2 bits", "sym mse channel")
+SUMMARY = ("default", NO_NARROW, NARROW_EVERYWHERE, "default, rounding to nearest", BASELINE,
+           "asym minmax block:32", "asym minmax block:32 sum", "asym minmax block:32 sum, narrow kernels +2 bits",
+           "sym mse channel")
 
 
 def verdicts(rows, archs) -> str:

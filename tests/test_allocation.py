@@ -341,7 +341,7 @@ def test_scores_that_underflow_go_first(sparsity):
 
 def test_channel_bits():
     limit = allocation.NARROW_FAN_IN
-    assert [allocation.channel_bits(b, limit) for b in range(2, 9)] == [4, 5, 6, 7, 8, 8, 8]
+    assert [allocation.channel_bits(b, limit) for b in range(2, 9)] == [4, 5, 4, 5, 6, 7, 8]
     assert [allocation.channel_bits(b, limit + 1) for b in range(2, 9)] == list(range(2, 9))
     assert allocation.channel_bits(3, 1, extra=0) == 3 and allocation.channel_bits(2, 9, extra=6) == 8
     with pytest.raises(ValueError, match="bits"):
@@ -359,16 +359,16 @@ def _levels(x, axis) -> int:
 
 
 def test_narrow_kernels_get_more_bits_in_a_rewrite(keras3_zip, tmp_path):
-    """A 3x3 depthwise kernel (9 weights per channel) and an embedding of 8 per row get two
-    more bits; the 3x3x2 convolution (18 per channel) keeps the recipe's; storage="keras" and
-    narrow_bits=0 keep every kernel at the recipe's bits."""
+    """At 2 and 3 bits, a 3x3 depthwise kernel (9 weights per channel) and an embedding of 8 per
+    row get two more bits; the 3x3x2 convolution (18 per channel) keeps the recipe's; at 4 bits
+    and with narrow_bits=0 every kernel has the recipe's bits."""
     from wqkernels.files.source import Source
 
     floats = wqkernels.load_weights(keras3_zip)
     with Source(keras3_zip) as source:
         entries = {e.path: e for e in source.entries if e.prunable}
     for recipe, narrow in ((wqkernels.Recipe(bits=2), 4), (wqkernels.Recipe(bits=2, narrow_bits=0), 2),
-                           (wqkernels.Recipe(bits=7), 8), (wqkernels.Recipe(bits=3, granularity="block:4"), 5)):
+                           (wqkernels.Recipe(bits=4), 4), (wqkernels.Recipe(bits=3, granularity="block:4"), 5)):
         dst = tmp_path / f"{recipe.bits}-{recipe.narrow_bits}-{recipe.granularity}.keras"
         report = wqkernels.rewrite(keras3_zip, dst, recipe)
         written = wqkernels.load_weights(dst)

@@ -72,10 +72,9 @@ class Recipe:
         With storage="keras": quantize layer inputs dynamically to int8 (W8A8, the default of
         Keras's int8) or keep them float (weight-only, the default of Keras's int4).
     narrow_bits : int
-        Bits beyond `bits` (at most 8 in all) for a kernel whose output channels have at most
-        16 weights each (``NARROW_FAN_IN``: first convolutions over few input channels, 3x3
+        At 2 and 3 bits, bits beyond `bits` for a kernel whose output channels have at most 16
+        weights each (``NARROW_FAN_IN``: first convolutions over few input channels, 3x3
         depthwise kernels), :func:`wqkernels.allocation.channel_bits`; default 2, 0 for none.
-        Not with storage="keras" (int8 and int4 only) or `target_sqnr`.
 
     Examples
     --------
@@ -218,7 +217,7 @@ class Recipe:
         """The bits of `entry`'s weight under `bits`: more for a narrow kernel (`narrow_bits`)."""
         axis = entry.channel_axis
         fan_in = math.prod(entry.shape) // max(entry.shape[axis] if axis is not None and entry.shape else 1, 1)
-        return channel_bits(self.bits, fan_in, 0 if self.storage == "keras" else self.narrow_bits)
+        return channel_bits(self.bits, fan_in, self.narrow_bits)
 
     def method_for(self, bits: int) -> str:
         return self.method if self.method is not None else default_method(bits, self.symmetric)
