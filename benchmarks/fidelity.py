@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 
 import models  # noqa: E402
 import wqkernels  # noqa: E402
+from wqkernels.allocation import NARROW_FAN_IN, NARROW_MAX_BITS  # noqa: E402
 
 BITS = tuple(range(2, 9))
 SEEDS = 3
@@ -105,39 +106,73 @@ def quantization_label(symmetric: bool, method: str, granularity: str) -> str:
 
 
 def quantization_grid(bits: int) -> list[Candidate]:
-    """Every data-free quantization recipe at `bits`: the CLI default, then symmetric/asymmetric x
-    min/max, mse, percentile x per channel, blocks of 32 and 128, per tensor, rounded to nearest."""
+    """Every data-free quantization recipe at `bits`: the CLI default and the same without its
+    extra bits for narrow kernels, then symmetric/asymmetric x min/max, mse, percentile x per
+    channel, blocks of 32 and 128, per tensor, rounded to nearest (every kernel at `bits`)."""
     group = f"int{bits}"
     out = [Candidate("default", group, wqkernels.Recipe(bits=bits), tags=("default",)),
-           Candidate("default, rounding to nearest", group, wqkernels.Recipe(bits=bits, rounding="nearest"))]
+           Candidate(NO_NARROW, group, wqkernels.Recipe(bits=bits, narrow_bits=0)),
+           Candidate("default, rounding to nearest", group, wqkernels.Recipe(bits=bits, rounding="nearest",
+                                                                             narrow_bits=0))]
     for symmetric in (True, False):
         for method in ("minmax", "mse", "percentile"):
             for granularity in ("channel", "block:32", "block:128", "tensor"):
                 out.append(Candidate(quantization_label(symmetric, method, granularity), group,
                                      wqkernels.Recipe(bits=bits, symmetric=symmetric, method=method,
-                                                      granularity=granularity, rounding="nearest")))
+                                                      granularity=granularity, rounding="nearest", narrow_bits=0)))
     return out + [dataclasses.replace(c, group=group) for c in improvements(bits)]
 
 
 def improvements(bits: int) -> list[Candidate]:
     """Data-free improvements measured against the grid: sum-preserving rounding
     (``rounding="sum"`` of :func:`wqkernels.quantize`) on the grid's main recipes, and on all
-    kernels but the recurrent ones (``default_rounding`` of each role)."""
+    kernels but the recurrent ones (``default_rounding`` of each role); at 2 and 3 bits blocks of
+    32 with the default's extra bits for narrow kernels (``Recipe.narrow_bits``), from 4 bits the
+    default with them (which it leaves out there)."""
     out = []
     for symmetric in (True, False):
         for method in ("minmax", "mse"):
             for granularity in ("channel", "block:32"):
                 out.append(Candidate(quantization_label(symmetric, method, granularity) + " sum", f"int{bits}",
                                      wqkernels.Recipe(bits=bits, symmetric=symmetric, method=method,
-                                                      granularity=granularity, rounding="sum")))
+                                                      granularity=granularity, rounding="sum", narrow_bits=0)))
     for granularity in ("channel", "block:32"):
         out.append(Candidate(quantization_label(False, "minmax", granularity) + " sum, recurrent nearest",
                              f"int{bits}", wqkernels.Recipe(bits=bits, symmetric=False, method="minmax",
-                                                            granularity=granularity)))
+                                                            granularity=granularity, narrow_bits=0)))
+    if bits <= NARROW_MAX_BITS:
+        out.append(Candidate(quantization_label(False, "minmax", "block:32") + " sum, narrow kernels +2 bits",
+                             f"int{bits}", wqkernels.Recipe(bits=bits, granularity="block:32")))
+    else:
+        out.append(Candidate(NARROW_EVERYWHERE, f"int{bits}", transform=_narrow_everywhere(bits)))
     return out
 
 
+#: the default's extra bits for narrow kernels applied beyond NARROW_MAX_BITS too
+NARROW_EVERYWHERE = "default with narrow kernels +2 bits"
+
+
+def _narrow_everywhere(bits: int) -> Transform:
+    """The default recipe at `bits`, narrow kernels (at most NARROW_FAN_IN weights per output
+    channel) at ``bits + 2`` (at most 8) whatever `bits`."""
+    recipe = wqkernels.Recipe(bits=bits)
+
+    def transform(weights, tensors, context):
+        out = {}
+        for t in tensors:
+            view, options = layout(recipe, t)
+            fan_in = math.prod(t.shape) // t.shape[t.channel_axis]
+            b = min(bits + 2, 8) if fan_in <= NARROW_FAN_IN else bits
+            out[t.path] = wqkernels.fake_quantize(np.ascontiguousarray(weights[t.path], np.float32).reshape(view), b,
+                                                  method=recipe.method_for(b), **options).reshape(t.shape)
+        return out
+
+    return transform
+
+
 BASELINE = quantization_label(False, "minmax", "channel")
+#: the default without its extra bits for narrow kernels (``Recipe(narrow_bits=0)``)
+NO_NARROW = "default, narrow kernels at the same bits"
 
 
 def pruning_grid() -> list[Candidate]:
@@ -350,8 +385,8 @@ def replica(recipe: wqkernels.Recipe) -> Transform:
                 if recipe.min_size is not None and math.prod(t.shape) < recipe.min_size:
                     continue
                 view, options = layout(recipe, t)
-                out[t.path] = wqkernels.fake_quantize(out[t.path].reshape(view), recipe.bits,
-                                                      method=recipe.method_for(recipe.bits),
+                bits = recipe.bits_for(t)
+                out[t.path] = wqkernels.fake_quantize(out[t.path].reshape(view), bits, method=recipe.method_for(bits),
                                                       **options).reshape(t.shape)
         return out
 
@@ -401,7 +436,7 @@ def _stored_bits(tensors: list[Tensor], recipe: wqkernels.Recipe) -> float:
         g = groups(view, None if axis is None else axis % len(view), options.get("block_size"))
         size = math.prod(t.shape)
         total += size
-        bits += recipe.bits * size + (SCALE_BITS if not recipe.symmetric else 32) * g.count
+        bits += recipe.bits_for(t) * size + (SCALE_BITS if not recipe.symmetric else 32) * g.count
     return bits / total
 
 
@@ -613,18 +648,22 @@ def models_table(rows, archs) -> str:
     return "\n".join(lines)
 
 
-#: the recipes of the summary: the default, the baseline, blocks of 32, the former default
-SUMMARY = ("default", "default, rounding to nearest", BASELINE, "asym minmax block:32", "asym minmax block:32 sum",
+#: the recipes of the summary: the default (and without its narrow kernels' extra bits), the
+#: baseline, blocks of 32, the former default
+SUMMARY = ("default", NO_NARROW, NARROW_EVERYWHERE, "default, rounding to nearest", BASELINE,
+           "asym minmax block:32", "asym minmax block:32 sum", "asym minmax block:32 sum, narrow kernels +2 bits",
            "sym mse channel")
 
 
 def verdicts(rows, archs) -> str:
-    """Markdown: per bit width, where the default is worse than the baseline or blocks of 32 beyond
-    the seed-to-seed noise (see :func:`verdict`)."""
+    """Markdown: per bit width, where the default is worse than the baseline, blocks of 32 or the
+    default without its extra bits for narrow kernels beyond the seed-to-seed noise (see
+    :func:`verdict`)."""
     lines = []
     groups = [g for g in dict.fromkeys(r["group"] for r in rows) if g.startswith("int")]
     for group in groups:
-        for other in (BASELINE, "asym minmax block:32"):
+        present = {r["label"] for r in rows if r["group"] == group}
+        for other in [o for o in (BASELINE, "asym minmax block:32", NO_NARROW) if o in present]:
             worse = {a: t for a, (w, t) in verdict(rows, group, "default", other, archs).items() if w}
             lines.append(f"- {group}, default against {other}: "
                          + ("not worse beyond noise on any model" if not worse else
@@ -656,6 +695,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="write the rows as JSON")
     parser.add_argument("--from", dest="source", help="read rows from this JSON instead of running")
     parser.add_argument("--quick", action="store_true", help="one seed, bits 2..4, cnn_bn and vgg")
+    parser.add_argument("--summary", action="store_true", help="only the recipes of the summary table")
     parser.add_argument("--via", choices=("memory", "check", "rewrite"), default="check",
                         help="compute recipes in memory as the file layer does; check: also rewrite "
                              "the file for the CLI defaults and compare (default); rewrite: for all")
@@ -675,7 +715,10 @@ def main(argv=None) -> int:
         if args.quick:
             archs, seeds, bits = ["cnn_bn", "vgg"], range(1), [2, 3, 4]
         start = time.perf_counter()
-        rows = run(archs, seeds, grid(bits, args.groups.split(",")), args.cache, args.via)
+        candidates = grid(bits, args.groups.split(","))
+        if args.summary:
+            candidates = [c for c in candidates if c.label in SUMMARY or c.group.startswith(("sparsity", "2:4"))]
+        rows = run(archs, seeds, candidates, args.cache, args.via)
         print(f"{len(rows)} rows in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         if args.out:
             with open(args.out, "w") as f:

@@ -1,7 +1,8 @@
 """Small Keras models trained on data that ships with scikit-learn, for the fidelity benchmark.
 
-Eight architectures over four tasks (Keras 3, JAX backend, fixed seeds); each trains in well under
-a minute on 2 CPU cores.  Every model outputs raw scores (logits, or the regression value), so the
+Eight architectures over four tasks (Keras 3, JAX backend, fixed seeds), the BatchNorm digits CNN
+at three widths (``cnn_bn_8``, ``cnn_bn``, ``cnn_bn_32``); each trains in about a minute or less on
+2 CPU cores.  Every model outputs raw scores (logits, or the regression value), so the
 benchmark can compare outputs before any softmax or sigmoid hides their error.
 
 Tasks (:func:`task`):
@@ -138,6 +139,16 @@ def build_cnn_bn(width: int = 16):
     ], name="cnn_bn")
 
 
+def build_cnn_bn_8():
+    """:func:`build_cnn_bn` at width 8 (11k parameters)."""
+    return build_cnn_bn(8)
+
+
+def build_cnn_bn_32():
+    """:func:`build_cnn_bn` at width 32 (121k parameters), as wide as the callback benchmark's CNN."""
+    return build_cnn_bn(32)
+
+
 def build_vgg():
     """VGG-style: two 3x3 ReLU convolutions per stage, max pooling, two dense layers; no BN."""
     import keras
@@ -258,10 +269,13 @@ class Architecture:
     epochs: int
     learning_rate: float = 3e-3
     batch_size: int = 32
+    uses: tuple = ()  # the builders `build` calls, whose code is part of the fingerprint too
 
 
 ARCHITECTURES = {
     "cnn_bn": Architecture(build_cnn_bn, "digits", 40),
+    "cnn_bn_8": Architecture(build_cnn_bn_8, "digits", 40, uses=(build_cnn_bn,)),
+    "cnn_bn_32": Architecture(build_cnn_bn_32, "digits", 40, uses=(build_cnn_bn,)),
     "vgg": Architecture(build_vgg, "digits", 30, 2e-3),
     "vgg_map": Architecture(build_vgg_map, "edges", 20, 3e-3),
     "separable": Architecture(build_separable, "digits", 30, 2e-3),
@@ -300,6 +314,7 @@ def fingerprint(name: str) -> str:
 
     arch = ARCHITECTURES[name]
     text = inspect.getsource(arch.build) + repr((arch.task, arch.epochs, arch.learning_rate, arch.batch_size))
+    text += "".join(inspect.getsource(f) for f in arch.uses)
     text += inspect.getsource(train) + keras.__version__
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

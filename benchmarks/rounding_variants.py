@@ -1,6 +1,7 @@
 """Rounding variants that were measured against sum-preserving rounding per scale group and lost
-(FIDELITY.md): sums kept in sub-blocks of each channel, and error diffusion along the reduction
-axis.  NumPy prototypes, run with ``python benchmarks/fidelity.py --groups variants``.
+(FIDELITY.md): sums kept in sub-blocks of each channel, error diffusion along the reduction axis,
+and a per-channel choice between the min/max grid and clipped ones by a data-free output-error
+proxy.  NumPy prototypes, run with ``python benchmarks/fidelity.py --groups variants``.
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 
 import wqkernels
 from fidelity import Candidate, Transform, block_view, layout
+from pruning_variants import channels, unchannels
 
 
 def variants(bits: int) -> list:
@@ -18,7 +20,85 @@ def variants(bits: int) -> list:
     out.append(Candidate("asym minmax channel error diffusion", f"int{bits}",
                          transform=_sum_preserving(base, diffuse=True)))
     out.append(Candidate("asym minmax channel sum (prototype)", f"int{bits}", transform=_sum_preserving(base)))
+    default = wqkernels.Recipe(bits=bits, narrow_bits=0)
+    out.append(Candidate("default, grid per channel by the BN proxy", f"int{bits}", transform=_grid_choice(default)))
     return out
+
+
+#: the clipped ranges a channel may choose: its min and max times these
+CLIPS = (1.0, 0.9, 0.8, 0.7)
+
+
+def _grid_choice(recipe: wqkernels.Recipe) -> Transform:
+    """Quantize as `recipe` does, but give each output channel of a kernel whose inputs come
+    from a BatchNormalization (the package's ``input_moments``) the grid among its min/max range
+    times :data:`CLIPS` that minimises ``E[(dW . x)^2] = sum dW^2 Var(x) + (dW . E[x])^2``, inputs
+    independent with the BN's moments (sum-preserving rounding on every grid)."""
+
+    def transform(weights, tensors, context):
+        moments = _input_moments(context.path, tensors)
+        out = {}
+        for t in tensors:
+            view, options = layout(recipe, t)
+            x = np.ascontiguousarray(weights[t.path], np.float32).reshape(view)
+            quantized = wqkernels.fake_quantize(x, recipe.bits, method="minmax", **options)
+            if t.path not in moments or options.get("axis") is None:
+                out[t.path] = quantized.reshape(t.shape)
+                continue
+            kind, mean, var = moments[t.path]
+            other = tuple(i for i in range(x.ndim) if i != options["axis"])
+            tries, errors = [], []
+            for clip in CLIPS:
+                if clip != 1.0:
+                    lo, hi = x.min(axis=other, keepdims=True) * clip, x.max(axis=other, keepdims=True) * clip
+                    grid = wqkernels.quantize(np.clip(x, lo, hi), recipe.bits, method="minmax",
+                                              **dict(options, rounding="nearest"))
+                    quantized = wqkernels.fake_quantize(x, recipe.bits, method="minmax", scale=grid.scale,
+                                                        zero_point=grid.zero_point, **options)
+                tries.append(quantized.reshape(t.shape))
+                errors.append(_proxy((tries[-1] - weights[t.path]).astype(np.float64), kind, mean, var))
+            best = np.argmin(np.stack(errors), axis=0)  # per output channel
+            stacked = np.stack([channels(q, t.channel_axis) for q in tries])  # (tries, fan-in, channels)
+            out[t.path] = unchannels(stacked[best, :, np.arange(best.size)].T, tries[0], t.channel_axis)
+        return out
+
+    return transform
+
+
+def _input_moments(path: str, tensors) -> dict:
+    """{kernel path: (kind, input mean, input variance)} where the layer graph knows them."""
+    import wqkernels.files.graph as graph
+    from wqkernels.files.source import Source
+
+    out = {}
+    with Source(path) as source:
+        nodes = graph.graph(source.config)
+        entries = graph._layer_entries(source, nodes)
+
+        def bn_weights(name):
+            stats = entries.get(name, {})
+            if nodes[name].cls != "BatchNormalization" or not {"moving_mean", "moving_variance"} <= stats.keys():
+                return None
+            return {role: np.asarray(source.read(e), np.float64) for role, e in stats.items()}
+
+        memo = {}
+        for t in tensors:
+            kind = graph._KINDS.get(nodes[t.layer].cls) if t.layer in nodes else None
+            moments = graph.input_moments(nodes, t.layer, bn_weights, memo) if kind and t.role == "kernel" else None
+            if moments is not None:
+                out[t.path] = (kind, moments.mean, moments.var)
+    return out
+
+
+def _proxy(dw: np.ndarray, kind: str, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Per output channel E[(dw . x)^2] for independent inputs of the given moments."""
+    if kind == "dense":
+        m, v = np.tile(mean, dw.shape[0] // mean.size), np.tile(var, dw.shape[0] // var.size)
+        return (dw * dw).T @ v + (dw.T @ m) ** 2
+    flat = dw.reshape(-1, *dw.shape[-2:])
+    if kind == "depthwise":  # outputs (input, multiplier)
+        return ((flat * flat).sum(axis=0) * var[:, None] + (flat.sum(axis=0) * mean[:, None]) ** 2).reshape(-1)
+    return np.einsum("pio,i->o", flat * flat, var) + np.einsum("pio,i->o", flat, mean) ** 2
 
 
 def _sum_preserving(recipe: wqkernels.Recipe, sum_block: int | None = None, diffuse: bool = False) -> Transform:

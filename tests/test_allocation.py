@@ -335,3 +335,59 @@ def test_scores_that_underflow_go_first(sparsity):
         out = wqkernels.prune_model(w, sparsity, min_size=0)
     _assert_same(out, ref_allocation.prune_model(w, sparsity, min_size=0))
     assert np.count_nonzero(out["a"][:2]) == 0 and out["b"][0] == 0 and out["b"][4] == 0
+
+
+# ---- channel_bits and Recipe.narrow_bits --------------------------------------------------------
+
+def test_channel_bits():
+    limit = allocation.NARROW_FAN_IN
+    assert [allocation.channel_bits(b, limit) for b in range(2, 9)] == [4, 5, 4, 5, 6, 7, 8]
+    assert [allocation.channel_bits(b, limit + 1) for b in range(2, 9)] == list(range(2, 9))
+    assert allocation.channel_bits(3, 1, extra=0) == 3 and allocation.channel_bits(2, 9, extra=6) == 8
+    with pytest.raises(ValueError, match="bits"):
+        allocation.channel_bits(1, 9)
+    with pytest.raises(TypeError, match="fan_in"):
+        allocation.channel_bits(2, 9.0)
+    with pytest.raises(ValueError, match="extra"):
+        allocation.channel_bits(2, 9, extra=-1)
+
+
+def _levels(x, axis) -> int:
+    """The most distinct values in one channel of x along `axis`."""
+    moved = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
+    return max(np.unique(moved[:, j]).size for j in range(moved.shape[1]))
+
+
+def test_narrow_kernels_get_more_bits_in_a_rewrite(keras3_zip, tmp_path):
+    """At 2 and 3 bits, a 3x3 depthwise kernel (9 weights per channel) and an embedding of 8 per
+    row get two more bits; the 3x3x2 convolution (18 per channel) keeps the recipe's; at 4 bits
+    and with narrow_bits=0 every kernel has the recipe's bits."""
+    from wqkernels.files.source import Source
+
+    floats = wqkernels.load_weights(keras3_zip)
+    with Source(keras3_zip) as source:
+        entries = {e.path: e for e in source.entries if e.prunable}
+    for recipe, narrow in ((wqkernels.Recipe(bits=2), 4), (wqkernels.Recipe(bits=2, narrow_bits=0), 2),
+                           (wqkernels.Recipe(bits=4), 4), (wqkernels.Recipe(bits=3, granularity="block:4"), 5)):
+        dst = tmp_path / f"{recipe.bits}-{recipe.narrow_bits}-{recipe.granularity}.keras"
+        report = wqkernels.rewrite(keras3_zip, dst, recipe)
+        written = wqkernels.load_weights(dst)
+        bits = {r.path: r.bits for r in report.rows if r.path in entries}
+        assert bits == {p: recipe.bits if e.layer in ("conv2d", "conv2d_transpose") else narrow
+                        for p, e in entries.items()}
+        for path, e in entries.items():
+            view, options = recipe.layout_for(e)
+            expected = wqkernels.fake_quantize(floats[path].reshape(view), bits[path], method=recipe.method,
+                                               **options).reshape(e.shape)
+            assert_bit_equal(written[path], expected, path)
+            if recipe.granularity == "channel":
+                assert _levels(written[path], e.channel_axis) <= 2 ** bits[path]
+    keras = wqkernels.Recipe(bits=4, storage="keras")
+    assert all(keras.bits_for(e) == 4 for e in entries.values())
+    assert {wqkernels.Recipe(bits=2).bits_for(e) for e in entries.values()} == {2, 4}
+
+
+@pytest.mark.parametrize("value, error", [(-1, ValueError), (7, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_bad_narrow_bits(value, error):
+    with pytest.raises(error, match="narrow_bits"):
+        wqkernels.Recipe(bits=2, narrow_bits=value)

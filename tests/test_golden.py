@@ -135,7 +135,7 @@ def test_inspect_lists_the_golden_roles(name):
 def test_rewrite_with_a_fixed_recipe_gives_the_golden_arrays(name, label, tmp_path):
     spec = FILES[name]["rewrites"][label]
     out = tmp_path / f"out-{name}"
-    wqkernels.rewrite(golden(name), out, Recipe(**spec["recipe"]))
+    wqkernels.rewrite(golden(name), out, _recipe(spec["recipe"]))
     want = expected(spec["expected"])
     assert_same_weights(wqkernels.load_weights(out), want, f"{name} {label}")
     data = stored(out)
@@ -166,9 +166,14 @@ def test_restore_of_a_packed_file_gives_the_golden_arrays(name, tmp_path):
         assert_bit_equal(data[key], value, f"{name} restored: stored {key}")
 
 
+def _recipe(kwargs: dict) -> Recipe:
+    """A recorded recipe, every kernel at its bits unless it says otherwise (``narrow_bits``)."""
+    return Recipe(**{"narrow_bits": 0, **kwargs})
+
+
 def _packed_rewrite(name: str, out) -> None:
     spec = FILES[name]["packed"]
-    wqkernels.rewrite(golden(spec["source"]), out, Recipe(**spec["recipe"]))
+    wqkernels.rewrite(golden(spec["source"]), out, _recipe(spec["recipe"]))
 
 
 @pytest.mark.parametrize("name", PACKED)

@@ -73,7 +73,7 @@ def test_sparsity_then_bits(keras20, tmp_path):
     alloc = _allocation()
     src = keras20[0]
     dst = tmp_path / "o.h5"
-    wqkernels.rewrite(src, dst, Recipe(sparsity=0.5, bits=4))
+    wqkernels.rewrite(src, dst, Recipe(sparsity=0.5, bits=4, narrow_bits=0))
     before, after = kernels_of(src), kernels_of(dst)
     pruned = alloc.prune_model(before, 0.5)
     axes = {"conv2d_1": 3, "depthwise_conv2d_1": 2, "dense_1": 1}

@@ -61,7 +61,8 @@ import make_keras2_files as k2  # noqa: E402
 
 #: the fixed recipes (keyword arguments of wqkernels.Recipe), spelled out so that a change of a
 #: default does not change them
-INT4_SPARSE = dict(bits=4, sparsity=0.5, method="mse", symmetric=True, rounding="nearest", min_size=0)
+INT4_SPARSE = dict(bits=4, sparsity=0.5, method="mse", symmetric=True, rounding="nearest", min_size=0,
+                   narrow_bits=0)
 INT8_NM_HALF = dict(bits=8, sparsity="2:4", granularity="tensor", method="minmax", symmetric=False,
                     rounding="nearest", storage="float16", strip_optimizer=True, compress="gzip", min_size=0)
 SQNR_UNIFORM_BLOCK = dict(target_sqnr=20.0, sparsity=0.3, allocation="uniform", granularity="block:8",
@@ -71,12 +72,13 @@ SQNR_UNIFORM_BLOCK = dict(target_sqnr=20.0, sparsity=0.3, allocation="uniform", 
 PACKED = {
     "packed_v{version}_int4_block8.h5": ("keras3_full.h5", dict(
         bits=4, storage="packed", sparsity=0.5, granularity="block:8", symmetric=False, method="mse",
-        rounding="nearest", min_size=0)),
+        rounding="nearest", min_size=0, narrow_bits=0)),
     "packed_v{version}_int3.keras": ("keras3.keras", dict(
-        bits=3, storage="packed", method="minmax", symmetric=True, rounding="nearest", strip_optimizer=True)),
+        bits=3, storage="packed", method="minmax", symmetric=True, rounding="nearest", strip_optimizer=True,
+        narrow_bits=0)),
     "packed_v{version}_int2_keras20.h5": ("keras20_full.h5", dict(
         bits=2, storage="packed", granularity="tensor", method="percentile", symmetric=False,
-        rounding="nearest", min_size=0)),
+        rounding="nearest", min_size=0, narrow_bits=0)),
 }
 
 

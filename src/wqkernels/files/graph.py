@@ -26,7 +26,6 @@ import numpy as np
 
 from ..correction import correct_layer, relu_moments
 from .buffers import Buffers
-from .layouts import Entry
 from .recipe import Recipe
 from .roles import _children, class_name, layer_name
 from .transform import pruned
@@ -205,9 +204,17 @@ _KINDS = {"Dense": "dense", "Conv1D": "conv", "Conv2D": "conv", "Conv3D": "conv"
 _BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
+def _bn_roles(config: dict) -> list:
+    """The roles of a Keras 3 BatchNormalization's ``vars/<i>`` in order: gamma unless
+    ``scale=False``, beta unless ``center=False``, then the moving mean and variance (the var
+    tables of ``roles`` are per class, and this one depends on the config)."""
+    return [name for name, on in zip(_BN_VARS, (config.get("scale", True), config.get("center", True), True, True))
+            if on]
+
+
 def _layer_entries(source, nodes: dict) -> dict:
     """{layer name: {role: entry}} of the weights of the top-level layers (`nodes`, the graph of
-    the source's config), BN roles by name or index."""
+    the source's config); a BatchNormalization's roles by name, or by index (:func:`_bn_roles`)."""
     out = {}
     for e in source.entries:
         node = nodes.get(e.layer)
@@ -215,11 +222,10 @@ def _layer_entries(source, nodes: dict) -> dict:
             continue
         role = e.role
         if node.cls == "BatchNormalization" and role not in _BN_VARS:
-            names = [n for n, on in zip(_BN_VARS, (node.config.get("scale", True), node.config.get("center", True),
-                                                   True, True)) if on]
-            index = e.path.rsplit("/", 1)[-1]
-            role = names[int(index)] if e.path.rsplit("/", 2)[-2:-1] == ["vars"] and index.isdigit() \
-                and int(index) < len(names) else role
+            parent, _, index = e.path.rpartition("/")
+            names = _bn_roles(node.config)
+            if parent.rpartition("/")[2] == "vars" and index.isdigit() and int(index) < len(names):
+                role = names[int(index)]
         out.setdefault(e.layer, {}).setdefault(role, e)
     return out
 
@@ -229,9 +235,9 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
 
     For each selected kernel of a Dense, convolution or depthwise layer whose input statistics
     are known (:func:`input_moments`): with a bias, the kernel pruned and scaled per channel
-    (computed again when it is written, so it is not held) and the new bias; without one, and
-    read by a BatchNormalization only, that BN's new moving_mean and moving_variance.  Each
-    kernel is read and pruned once here.
+    (held until it is written, which then finds its zeros already there) and the new bias;
+    without one, and read by a BatchNormalization only, that BN's new moving_mean and
+    moving_variance.  Each kernel is read and pruned once here.
     """
     if not (recipe.bn_correction and recipe.prunes) or not isinstance(source.config, dict):
         return {}, []
@@ -284,7 +290,8 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
             # config value of the wrong type (an epsilon that is no number): left alone
             continue
         if target == "bias":
-            out[e.path] = _Scaled(source, e, recipe, counts, fixed.scale)
+            kept *= fixed.scale  # (kept is a new array: the kernel was pruned)
+            out[e.path] = kept
             out[own["bias"].path] = fixed.bias
             done.append(f"{e.layer} (kernel scale, bias)")
         else:
@@ -292,17 +299,3 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
             out[entries[bn]["moving_variance"].path] = fixed.moving_variance
             done.append(f"{e.layer} ({bn} moving mean and variance)")
     return out, done
-
-
-class _Scaled:
-    """A kernel pruned as the recipe prunes it and scaled per output channel, computed when
-    NumPy converts it (the rewrite's pruning then finds its zeros already there)."""
-
-    def __init__(self, source, entry: Entry, recipe: Recipe, counts: dict, scale: np.ndarray):
-        self.source, self.entry, self.recipe, self.counts = source, entry, recipe, counts
-        self.scale, self.shape = scale, entry.shape
-
-    def __array__(self, dtype=None, copy=None):
-        kernel = np.asarray(self.source.read(self.entry), np.float32)
-        x = pruned(kernel, self.entry, self.recipe, self.counts) * self.scale
-        return np.asarray(x, dtype=np.float32 if dtype is None else dtype)

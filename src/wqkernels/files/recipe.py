@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from .._checks import check_bits, check_fraction, check_int, is_real
-from ..allocation import ALLOCATIONS, DEFAULT_SYMMETRIC, default_method, default_rounding
+from ..allocation import ALLOCATIONS, DEFAULT_SYMMETRIC, NARROW_EXTRA_BITS, channel_bits, default_method, default_rounding
 from ..quantization import METHODS, ROUNDINGS
 from .layouts import Entry
 from .roles import block_view
@@ -71,6 +71,10 @@ class Recipe:
     activations : {"int8", "float"}, optional
         With storage="keras": quantize layer inputs dynamically to int8 (W8A8, the default of
         Keras's int8) or keep them float (weight-only, the default of Keras's int4).
+    narrow_bits : int
+        At 2 and 3 bits, bits beyond `bits` for a kernel whose output channels have at most 16
+        weights each (``NARROW_FAN_IN``: first convolutions over few input channels, 3x3
+        depthwise kernels), :func:`wqkernels.allocation.channel_bits`; default 2, 0 for none.
 
     Examples
     --------
@@ -101,6 +105,7 @@ class Recipe:
     activations: str | None = None
     rounding: str | None = None
     bn_correction: bool = True
+    narrow_bits: int = NARROW_EXTRA_BITS
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -144,6 +149,7 @@ class Recipe:
             set_(self, name, value)
         set_(self, "strip_optimizer", bool(self.strip_optimizer))
         set_(self, "bn_correction", bool(self.bn_correction))
+        set_(self, "narrow_bits", check_int(self.narrow_bits, "narrow_bits", 0, 6))
         if self.activations is not None and self.storage != "keras":
             raise ValueError("activations applies to storage='keras' only")
 
@@ -206,6 +212,12 @@ class Recipe:
                 raise ValueError(f"granularity block size must be a positive integer, got {g!r}")
             return size
         raise ValueError(f"granularity must be 'tensor', 'channel' or 'block:N', got {g!r}")
+
+    def bits_for(self, entry: Entry) -> int:
+        """The bits of `entry`'s weight under `bits`: more for a narrow kernel (`narrow_bits`)."""
+        axis = entry.channel_axis
+        fan_in = math.prod(entry.shape) // max(entry.shape[axis] if axis is not None and entry.shape else 1, 1)
+        return channel_bits(self.bits, fan_in, self.narrow_bits)
 
     def method_for(self, bits: int) -> str:
         return self.method if self.method is not None else default_method(bits, self.symmetric)

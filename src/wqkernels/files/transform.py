@@ -90,7 +90,7 @@ def prepare(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, buffers: Buff
         options = dict(options, scale=grid.scale, zero_point=grid.zero_point)
         return x, Quantization(view, grid.bits, recipe.method_for(grid.bits), options), out
     if recipe.bits is not None:
-        bits = recipe.bits
+        bits = recipe.bits_for(e)
     else:
         search = options if recipe.method is None else dict(options, method=recipe.method)
         bits = int(bits_for_sqnr(x.reshape(view), recipe.target_sqnr, **search))
