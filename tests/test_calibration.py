@@ -537,6 +537,19 @@ def test_calibrated_outputs_are_closer_than_data_free(small_cnn, tmp_path):
 
 
 @pytest.mark.keras
+def test_calibrated_narrow_kernels_get_the_extra_bits_of_the_data_free_rule(small_cnn):
+    """The first 3x3 convolution over one channel (9 weights per output channel) is rounded at
+    bits + narrow_bits, as a data-free rewrite would store it; the second (72) at bits."""
+    from wqkernels.keras import calibrate
+
+    _, base, _ = small_cnn
+    for recipe, narrow in ((Recipe(bits=2), 4), (Recipe(bits=2, narrow_bits=0), 2)):
+        grids = calibrate(base / "m.keras", base / "samples.npy", recipe).grids
+        bits = {path.split("/")[1]: grid.bits for path, grid in grids.items()}
+        assert bits == {"conv2d": narrow, "conv2d_1": 2, "dense": 2, "dense_1": 2}, bits
+
+
+@pytest.mark.keras
 def test_bias_correction_moves_the_batch_norm_after_a_layer_without_bias(small_cnn, tmp_path):
     from wqkernels.keras import calibrate
 

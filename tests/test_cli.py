@@ -1,6 +1,7 @@
 """Bad input on the command line: one line on stderr, a non-zero status, nothing written."""
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 
@@ -164,3 +165,21 @@ def test_symmetric_excludes_asymmetric(keras20, tmp_path, capsys):
         run_cli(["rewrite", keras20[0], "-o", tmp_path / "o.h5", "--bits", "4", "--symmetric", "--asymmetric"],
                 capsys)
     assert exit_.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,narrow", [(None, 4), ("0", 2), ("1", 3)])
+def test_narrow_bits_flag(flag, narrow, keras3_zip, tmp_path, capsys):
+    """At --bits 2 the 3x3 depthwise kernel (9 weights per output channel) gets --narrow-bits more
+    (2 by default); the 3x3x2 convolution (18 per channel) keeps 2."""
+    report = tmp_path / "r.json"
+    code, _, err = run_cli(["rewrite", keras3_zip, "-o", tmp_path / "o.keras", "--bits", "2", "--report", report,
+                            *(["--narrow-bits", flag] if flag else [])], capsys)
+    assert code == 0, err
+    bits = {r["path"]: r["bits"] for r in json.loads(report.read_text())["weights"]}
+    assert bits["layers/depthwise_conv2d/vars/0"] == narrow and bits["layers/conv2d/vars/0"] == 2
+
+
+def test_bad_narrow_bits_flag(keras3_zip, tmp_path, capsys):
+    code, _, err = run_cli(["rewrite", keras3_zip, "-o", tmp_path / "o.keras", "--bits", "2", "--narrow-bits", "9"],
+                           capsys)
+    assert code == 2 and err.count("\n") == 1 and "narrow_bits" in err, err

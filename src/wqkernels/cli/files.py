@@ -65,6 +65,9 @@ def add_recipe_options(p) -> None:
                    help="spread --sparsity with one global criterion (default) or equally per tensor")
     p.add_argument("--bits", type=int, metavar="B", help="quantize kernels to B bits (2..8)")
     p.add_argument("--target-sqnr", type=float, metavar="DB", help="per tensor, the fewest bits reaching DB")
+    p.add_argument("--narrow-bits", type=int, metavar="N",
+                   help="at 2 and 3 bits, N more bits for kernels with at most 16 weights per output channel "
+                        "(first convolutions, 3x3 depthwise kernels; default 2, 0 for none)")
     p.add_argument("--granularity", default="channel", help="tensor, channel (default) or block:N")
     p.add_argument("--method", choices=METHODS,
                    help="scale choice (default: minmax; mse for symmetric grids of 2 and 3 bits)")
@@ -113,6 +116,7 @@ def recipe_from_args(args) -> Recipe:
                       include=tuple(args.include), exclude=tuple(args.exclude), min_size=args.min_size,
                       allocation=args.allocation, target_sqnr=args.target_sqnr, activations=args.activations,
                       rounding=args.rounding, bn_correction=args.bn_correction,
+                      **({} if args.narrow_bits is None else {"narrow_bits": args.narrow_bits}),
                       **({} if args.symmetric is None else {"symmetric": args.symmetric}))
     except (ValueError, TypeError) as exc:
         raise CommandError(f"impossible recipe: {exc}") from None

@@ -957,7 +957,7 @@ class _Calibrator:
             return self.native_kernel(self.native[e.path], e, w, hessian, options)
         view, grid_options = recipe.layout_for(e)
         if recipe.bits is not None:
-            bits = recipe.bits
+            bits = recipe.bits_for(e)
         else:
             search = grid_options if recipe.method is None else dict(grid_options, method=recipe.method)
             bits = int(bits_for_sqnr(w.reshape(view), recipe.target_sqnr, **search))
