@@ -206,22 +206,49 @@ def decode(value):
     return value
 
 
+def attr_value(obj, name: str, default=None):
+    """Attribute `name` of `obj` (an h5py object or a low-level id) as h5py's ``attrs[name]``
+    returns it, or `default` when there is none; strings are read on low-level handles (h5py's
+    attribute manager costs more than a small weight's read), anything else through h5py."""
+    oid, bname = _low(obj), name.encode("utf-8")
+    if not h5a.exists(oid, bname):
+        return default
+    aid = h5a.open(oid, bname)
+    tid, space = aid.get_type(), aid.get_space()
+    if not isinstance(tid, h5t.TypeStringID) or space.get_simple_extent_type() == h5s.NULL:
+        return (h5py.Group(oid) if isinstance(oid, h5g.GroupID) else h5py.Dataset(oid)).attrs[name]
+    arr = np.empty(space.shape, dtype=tid.dtype)
+    if tid.is_variable_str():  # as h5py decodes them
+        aid.read(arr)
+        arr = np.array([v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v for v in arr.flat],
+                       dtype=arr.dtype).reshape(arr.shape)
+    else:
+        aid.read(arr, mtype=tid)
+    return arr[()] if arr.ndim == 0 else arr
+
+
 def read_name_list(obj, name: str) -> list[str] | None:
-    """A Keras list attribute, also when split into ``name0``, ``name1``, ... (the plain name wins)."""
-    if name in obj.attrs:
-        value = decode(obj.attrs[name])
+    """A Keras list attribute of `obj` (an h5py object or a low-level id), also when split into
+    ``name0``, ``name1``, ... (the plain name wins)."""
+    value = attr_value(obj, name, _MISSING)
+    if value is not _MISSING:
+        value = decode(value)
         if isinstance(value, str):
             return [value]
         if isinstance(value, np.ndarray):  # the empty float64 array of a weightless layer
             return [] if value.size == 0 else [str(v) for v in value.reshape(-1)]
         return value
-    if f"{name}0" not in obj.attrs:
+    if not h5a.exists(_low(obj), f"{name}0".encode()):
         return None
     out, k = [], 0
-    while f"{name}{k}" in obj.attrs:
+    while h5a.exists(_low(obj), f"{name}{k}".encode()):
         out.extend(read_name_list(obj, f"{name}{k}") or [])
         k += 1
     return out
+
+
+#: what :func:`attr_value` is given for an attribute that is not there
+_MISSING = object()
 
 
 class DatasetInfo(NamedTuple):
@@ -233,16 +260,30 @@ class DatasetInfo(NamedTuple):
     placeholder: bool = False  # made by :func:`placeholder` (a packed skeleton's stand-in)
 
 
-def dataset_info(dsid: h5d.DatasetID, dcpl=None) -> DatasetInfo:
-    """`dcpl`: the dataset's creation property list, when the caller has it already."""
+def dataset_info(dsid: h5d.DatasetID, dcpl=None, tid=None) -> DatasetInfo:
+    """`dcpl` and `tid`: the dataset's creation property list and type, when the caller has them
+    already (each low-level handle h5py makes costs more than a small weight's read)."""
     dcpl = dsid.get_create_plist() if dcpl is None else dcpl
-    return DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dsid.dtype, int(dsid.get_storage_size()),
+    dtype = (dsid.get_type() if tid is None else tid).dtype
+    return DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dtype, int(dsid.get_storage_size()),
                        dcpl.get_fill_time() == PLACEHOLDER_FILL_TIME)
+
+
+#: the HDF5 memory types of NumPy dtypes, made once each (h5py makes one per read otherwise)
+_MEMORY_TYPES: dict = {}
+
+
+def memory_type(dtype: np.dtype) -> h5t.TypeID:
+    """The HDF5 type of an array of `dtype` in memory, for a read or write of one."""
+    tid = _MEMORY_TYPES.get(dtype)
+    if tid is None:
+        tid = _MEMORY_TYPES[dtype] = h5t.py_create(dtype)
+    return tid
 
 
 #: the standard types a Keras file holds, which HDF5 converts safely; anything else (a float with
 #: odd bit fields, a variable-length sequence, a reference) is refused before it is read or copied
-_FLOATS = tuple(getattr(h5t, f"IEEE_F{bits}{order}") for bits in (16, 32, 64) for order in ("LE", "BE"))
+_FLOATS = tuple(getattr(h5t, f"IEEE_F{bits}{order}") for order in ("LE", "BE") for bits in (32, 16, 64))
 _INTEGERS = tuple(getattr(h5t, f"STD_{sign}{bits}{order}") for sign in "IU" for bits in (8, 16, 32, 64)
                   for order in ("LE", "BE"))
 
@@ -291,10 +332,11 @@ def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = Fal
         raise KerasFileError(f"{where}: virtual dataset {path!r} refused")
     if dcpl.get_external_count() > 0:
         raise KerasFileError(f"{where}: dataset {path!r} stores its data in external files; refused")
-    problem = type_problem(dsid.get_type())
+    tid = dsid.get_type()
+    problem = type_problem(tid)
     if problem is not None:
         raise KerasFileError(f"{where}: dataset {path!r} has {problem}; refused")
-    info = dataset_info(dsid, dcpl)
+    info = dataset_info(dsid, dcpl, tid)
     if not exempt:
         check_declared(info, path, where)
     return info
@@ -328,57 +370,76 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) 
     None for a group}``, depth first in name order.
 
     Soft and external links are refused, as are objects linked more than once (a hard-link
-    cycle, or one dataset under two names), datatypes and attributes we do not read safely
+    cycle, or one dataset under two names: by their link count, and by their address, which a
+    damaged count cannot hide), datatypes and attributes we do not read safely
     (:func:`type_problem`); datasets whose path is in `exempt` (the unallocated placeholders of
-    a packed skeleton), or all when not `sizes`, skip the size check (:func:`check_declared`).  The traversal runs in HDF5 (one H5Lvisit, one
-    H5Ovisit) on low-level handles: h5py's objects cost more to make than reading the weights of
-    a small model.
+    a packed skeleton), or all when not `sizes`, skip the size check (:func:`check_declared`).
+
+    The walk lists each group's links once (H5Literate) and opens each member in its own
+    group, on low-level handles: a lookup by the full path from the root, or h5py's objects,
+    cost more than reading the weights of a small model.  Only the groups on the way down to
+    the member at hand are open at a time.
     """
-    # h5py's visit callbacks must not raise: they return the error, which stops the visit
-    def check_link(name: bytes, info):
-        if info.type != h5l.TYPE_HARD:
-            kind = "external link" if info.type == h5l.TYPE_EXTERNAL else "soft link"
-            return KerasFileError(f"{where}: {kind} at {name.decode('utf-8', 'replace')!r} refused")
-        return None
-
+    root = group.id
+    check_attrs(root, "", where)
     members = {}
-
-    def check_object(name: bytes, info):
-        path = name.decode("utf-8", "replace")
+    seen = {_address(h5o.get_info(root))}
+    stack = [(root, "", iter(_links(root, "", where)))]
+    while stack:
+        gid, prefix, names = stack[-1]
+        bname = next(names, None)
+        if bname is None:
+            stack.pop()
+            continue
+        path = prefix + bname.decode("utf-8", "replace")
         try:
-            if path == ".":
-                check_attrs(group.id, "", where)
-                return None
-            if info.rc > 1:
-                return KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
-            if info.type == h5o.TYPE_DATASET:
-                dsid = h5d.open(group.id, name)
-                members[path] = check_dataset(dsid, path, where, exempt=not sizes or path in exempt)
-                if info.num_attrs:
-                    check_attrs(dsid, path, where)
-            elif info.type == h5o.TYPE_GROUP:
+            oid = h5o.open(gid, bname)
+            info = h5o.get_info(oid)
+            if info.rc > 1 or _address(info) in seen:
+                raise KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
+            seen.add(_address(info))
+            if isinstance(oid, h5d.DatasetID):
+                members[path] = check_dataset(oid, path, where, exempt=not sizes or path in exempt)
+            elif isinstance(oid, h5g.GroupID):
                 members[path] = None
-                if info.num_attrs:
-                    check_attrs(h5g.open(group.id, name), path, where)
+                stack.append((oid, path + "/", iter(_links(oid, path, where))))
             else:
-                return KerasFileError(f"{where}: unsupported object at {path!r}")
-        except KerasFileError as exc:
-            return exc
+                raise KerasFileError(f"{where}: unsupported object at {path!r}")
+            if info.num_attrs:
+                check_attrs(oid, path, where)
+        except KerasFileError:
+            raise
         except (OSError, ValueError, TypeError, RuntimeError) as exc:  # (a name that is not UTF-8...)
-            return KerasFileError(f"{where}: unreadable object at {path!r} ({type(exc).__name__}: {exc})")
-        return None
-
-    for visit in (lambda: group.id.links.visit(check_link, info=True),
-                  lambda: h5o.visit(group.id, check_object, info=True)):
-        try:
-            problem = visit()
-        except (OSError, ValueError, RuntimeError) as exc:  # h5py's own decoding of damaged names
-            raise KerasFileError(f"{where}: unreadable HDF5 structure ({type(exc).__name__}: {exc})") from None
-        if problem is not None:
-            raise problem
+            raise KerasFileError(f"{where}: unreadable object at {path!r} ({type(exc).__name__}: {exc})") from None
     if sizes:
         check_total_declared(members, where, exempt)
     return members
+
+
+def _address(info) -> tuple:
+    """Where an object lives (file and header address): the same object reached twice has one."""
+    return info.fileno, info.addr
+
+
+def _links(gid: h5g.GroupID, path: str, where: str) -> list[bytes]:
+    """The names of a group's links in name order; soft, external and user-defined links refused."""
+    names = []
+
+    def take(name: bytes, info):  # h5py's iteration callbacks must not raise: they return the error
+        if info.type != h5l.TYPE_HARD:
+            kind = "external link" if info.type == h5l.TYPE_EXTERNAL else "soft link"
+            return KerasFileError(f"{where}: {kind} at {(path + '/' if path else '') + name.decode('utf-8', 'replace')!r} "
+                                  f"refused")
+        names.append(name)
+        return None
+
+    try:
+        problem, _ = gid.links.iterate(take, info=True)
+    except (OSError, ValueError, RuntimeError) as exc:  # h5py's own decoding of damaged names
+        raise KerasFileError(f"{where}: unreadable HDF5 structure ({type(exc).__name__}: {exc})") from None
+    if problem is not None:
+        raise problem
+    return names
 
 
 class _Sink:
