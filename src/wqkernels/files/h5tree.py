@@ -269,15 +269,22 @@ def dataset_info(dsid: h5d.DatasetID, dcpl=None, tid=None) -> DatasetInfo:
                        dcpl.get_fill_time() == PLACEHOLDER_FILL_TIME)
 
 
-#: the HDF5 memory types of NumPy dtypes, made once each (h5py makes one per read otherwise)
+#: HDF5 types of NumPy dtypes, made once each (h5py makes one per read or write otherwise)
 _MEMORY_TYPES: dict = {}
+_FILE_TYPES: dict = {}
 
 
 def memory_type(dtype: np.dtype) -> h5t.TypeID:
     """The HDF5 type of an array of `dtype` in memory, for a read or write of one."""
-    tid = _MEMORY_TYPES.get(dtype)
+    return _type_of(_MEMORY_TYPES, dtype, lambda: h5t.py_create(dtype))
+
+
+def _type_of(table: dict, dtype: np.dtype, make) -> h5t.TypeID:
+    if dtype.metadata is not None:  # (h5py's string and reference dtypes: equal to plain ones)
+        return make()
+    tid = table.get(dtype)
     if tid is None:
-        tid = _MEMORY_TYPES[dtype] = h5t.py_create(dtype)
+        tid = table[dtype] = make()
     return tid
 
 
@@ -498,8 +505,7 @@ _SINKS: dict[int, _Sink] = {}
 @contextlib.contextmanager
 def new_file(path: str):
     """A new HDF5 file at `path` (see :class:`_Sink`), closed when the block ends; OSError
-    when the file system refused a write, at once if the block checks with
-    :func:`check_written`, else when it ends."""
+    when the file system refused a write, at once in :func:`copy_tree`, else when it ends."""
     sink = _Sink(path)
     try:
         f = h5py.File(sink, "w")
@@ -515,14 +521,6 @@ def new_file(path: str):
         _SINKS.pop(next((k for k, v in _SINKS.items() if v is sink), None), None)
         sink.file.close()
     if sink.error is not None:
-        raise sink.error
-
-
-def check_written(obj) -> None:
-    """Raise the OSError of a refused write into the file of `obj` (an h5py object or a
-    low-level id), if there was one."""
-    sink = _SINKS.get(_low(obj).fileno)
-    if sink is not None and sink.error is not None:
         raise sink.error
 
 
@@ -568,7 +566,8 @@ def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = 
     else:
         dset = h5py.Dataset(_contiguous(group, name, data.shape, dtype))
     if data.size:
-        dset.id.write(h5s.ALL, h5s.ALL, np.ascontiguousarray(data))
+        data = np.ascontiguousarray(data)
+        dset.id.write(h5s.ALL, h5s.ALL, data, mtype=memory_type(data.dtype))
     if like is not None:
         copy_attrs(like, dset)
     return dset
@@ -578,12 +577,19 @@ def _contiguous(group: h5py.Group, name: str, shape: tuple, dtype: np.dtype) -> 
     """A new contiguous dataset, created on low-level handles exactly as h5py's
     ``create_dataset(name, shape=shape, dtype=dtype)`` creates it (no times recorded, attribute
     order as h5py's config says), without the work of its keyword options: that costs more than
-    writing a small weight."""
-    dcpl = h5p.create(h5p.DATASET_CREATE)
-    dcpl.set_obj_track_times(False)
-    dcpl.set_attr_creation_order(h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED if h5.get_config().track_order else 0)
-    return h5d.create(group.id, name.encode("utf-8"), h5t.py_create(dtype, logical=1), h5s.create_simple(shape),
-                      dcpl=dcpl)
+    writing a small weight.  (HDF5 copies the property list and the type it is given.)"""
+    track = h5.get_config().track_order
+    dcpl = _CONTIGUOUS_DCPL.get(track)
+    if dcpl is None:
+        dcpl = _CONTIGUOUS_DCPL[track] = h5p.create(h5p.DATASET_CREATE)
+        dcpl.set_obj_track_times(False)
+        dcpl.set_attr_creation_order(h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED if track else 0)
+    tid = _type_of(_FILE_TYPES, dtype, lambda: h5t.py_create(dtype, logical=1))
+    return h5d.create(group.id, name.encode("utf-8"), tid, h5s.create_simple(shape), dcpl=dcpl)
+
+
+#: the creation property lists of :func:`_contiguous`, by h5py's track_order
+_CONTIGUOUS_DCPL: dict = {}
 
 
 def is_placeholder(dset: h5py.Dataset) -> bool:
@@ -651,24 +657,28 @@ def copy_tree(src: h5py.Group, dst: h5py.Group, members: dict, hooks: dict[str, 
     copied by HDF5 alone, without an object per member here.
     """
     apart = {path for path, info in members.items() if info is not None and not out.keeps(info)}
-    _copy_group(src.id, dst.id, hooks, skip, out, ancestors(set(hooks) | set(skip) | apart), apart, "")
+    sink = _SINKS.get(dst.id.fileno)
+    _copy_group(src.id, dst.id, hooks, skip, out, ancestors(set(hooks) | set(skip) | apart), apart, "", sink)
 
 
 def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, hooks: dict, skip, out: Datasets, opened: set,
-                apart: set, prefix: str) -> None:
+                apart: set, prefix: str, sink: _Sink | None) -> None:
     """The members of group `src` (at `prefix`) into `dst`, on low-level handles: h5py's objects
     are made only for the hooks and for datasets `out` stores its own way."""
-    for bname in src:
+    names = []
+    src.links.iterate(names.append)  # (one call for the group: its iterator asks HDF5 once per name)
+    for bname in names:
         name = bname.decode("utf-8", "surrogateescape")
         path = prefix + name
         if path in skip:
             continue
-        check_written(dst)  # a full disk stops the copy at once
+        if sink is not None and sink.error is not None:  # a full disk stops the copy at once
+            raise sink.error
         if path in opened:  # a group with something below it to rewrite, leave out or store apart
             sub_src = h5g.open(src, bname)
             sub = h5g.create(dst, bname, gcpl=sub_src.get_create_plist())  # same creation properties
             copy_attrs(sub_src, sub)
-            _copy_group(sub_src, sub, hooks, skip, out, opened, apart, path + "/")
+            _copy_group(sub_src, sub, hooks, skip, out, opened, apart, path + "/", sink)
         elif path in hooks:
             hooks[path](h5py.Group(dst), name, h5py.Dataset(h5d.open(src, bname)))
         elif path in apart:
