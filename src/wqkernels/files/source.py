@@ -18,7 +18,7 @@ from .atomic import remove, scratch_file
 from .buffers import Buffers
 from .dtypes import BFLOAT16, read_float32
 from .errors import KerasFileError, as_file_errors, reason
-from .h5tree import FileBytes, check_global_heaps, dataset_info, memory_type, walk
+from .h5tree import FileBytes, bounded, check_global_heaps, dataset_info, memory_type, walk
 from .keras_native import dequantize_kernel, quantized_layers
 from .layouts import (KERAS_MEMBER, MAX_ZIP_RATIO, Entry, check_zip_members, container, entries, file_path,
                       foreign_error, model_config, read_zip_config,
@@ -94,7 +94,7 @@ class Source:
         stored = h5_path if isinstance(h5_path, _StoredMember) else None
         _check_heaps(self.path if stored is not None else h5_path, where, stored)
         try:
-            self.h5 = h5py.File(h5_path, "r", locking=False)  # read-only; our writers hold flocks of their own
+            self.h5 = bounded(h5py.File(h5_path, "r", locking=False))  # read-only; our writers hold flocks of their own
         except OSError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "unreadable"
             raise KerasFileError(f"{where}: not a readable HDF5 file, truncated or corrupt ({first})") from None
