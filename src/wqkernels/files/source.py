@@ -203,11 +203,11 @@ class Source:
         return self.root[path] if self.packed is None else self.packed.dataset(path)
 
     def close(self) -> None:
+        self._group = None  # (released before its file closes)
         for closer in (self.packed, self.h5, self._window, self.zip):
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer.close()
-        self._group = None
         self.packed = self.h5 = self._window = self.zip = None
         if self._tmp is not None:
             remove(self._tmp)
