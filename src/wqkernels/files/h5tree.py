@@ -258,6 +258,7 @@ class DatasetInfo(NamedTuple):
     dtype: np.dtype
     stored: int = 0            # bytes allocated in the file
     placeholder: bool = False  # made by :func:`placeholder` (a packed skeleton's stand-in)
+    values: np.ndarray | None = None  # the data, in the machine's byte order, when the walk read it
 
 
 def dataset_info(dsid: h5d.DatasetID, dcpl=None, tid=None) -> DatasetInfo:
@@ -372,7 +373,15 @@ def check_total_declared(members: dict, where: str, exempt=frozenset()) -> None:
         raise KerasFileError(f"{where}: its datasets declare {total} bytes more than they store; refused")
 
 
-def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) -> dict[str, DatasetInfo | None]:
+#: with `read_small`, :func:`walk` reads the numbers of each dataset of at most SMALL_BYTES while it
+#: has it open, up to SMALL_TOTAL_BYTES in all: opening a small dataset again costs several times
+#: reading it
+SMALL_BYTES = 4096
+SMALL_TOTAL_BYTES = 16 << 20
+
+
+def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
+         read_small: bool = False) -> dict[str, DatasetInfo | None]:
     """Check every member below `group` (and `group` itself); return ``{path: DatasetInfo, or
     None for a group}``, depth first in name order.
 
@@ -381,6 +390,7 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) 
     damaged count cannot hide), datatypes and attributes we do not read safely
     (:func:`type_problem`); datasets whose path is in `exempt` (the unallocated placeholders of
     a packed skeleton), or all when not `sizes`, skip the size check (:func:`check_declared`).
+    With `read_small`, the numbers of small datasets are read once checked (see SMALL_BYTES).
 
     The walk lists each group's links once (H5Literate) and opens each member in its own
     group, on low-level handles: a lookup by the full path from the root, or h5py's objects,
@@ -390,6 +400,7 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) 
     root = group.id
     check_attrs(root, "", where)
     members = {}
+    budget = SMALL_TOTAL_BYTES if read_small else 0
     seen = {_address(h5o.get_info(root))}
     stack = [(root, "", iter(_links(root, "", where)))]
     while stack:
@@ -401,18 +412,21 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) 
         path = prefix + bname.decode("utf-8", "replace")
         try:
             oid = h5o.open(gid, bname)
-            info = h5o.get_info(oid)
-            if info.rc > 1 or _address(info) in seen:
+            object_info = h5o.get_info(oid)
+            if object_info.rc > 1 or _address(object_info) in seen:
                 raise KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
-            seen.add(_address(info))
+            seen.add(_address(object_info))
             if isinstance(oid, h5d.DatasetID):
-                members[path] = check_dataset(oid, path, where, exempt=not sizes or path in exempt)
+                info = members[path] = check_dataset(oid, path, where, exempt=not sizes or path in exempt)
+                if budget and _small(info) and info.dtype.itemsize * math.prod(info.shape) <= budget:
+                    members[path] = info = info._replace(values=_read_all(oid, info))
+                    budget -= info.values.nbytes
             elif isinstance(oid, h5g.GroupID):
                 members[path] = None
                 stack.append((oid, path + "/", iter(_links(oid, path, where))))
             else:
                 raise KerasFileError(f"{where}: unsupported object at {path!r}")
-            if info.num_attrs:
+            if object_info.num_attrs:
                 check_attrs(oid, path, where)
         except KerasFileError:
             raise
@@ -421,6 +435,21 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) 
     if sizes:
         check_total_declared(members, where, exempt)
     return members
+
+
+def _small(info: DatasetInfo) -> bool:
+    """Whether the walk reads a dataset's numbers (see SMALL_BYTES): a small one of a plain number
+    type whose data the file holds."""
+    return (info.dtype.kind in "fiu" and info.dtype.metadata is None and info.stored > 0 and not info.placeholder
+            and info.dtype.itemsize * math.prod(info.shape) <= SMALL_BYTES)
+
+
+def _read_all(dsid: h5d.DatasetID, info: DatasetInfo) -> np.ndarray:
+    """All numbers of a dataset, in the machine's byte order."""
+    out = np.empty(info.shape, info.dtype.newbyteorder("="))
+    if out.size:
+        dsid.read(h5s.ALL, h5s.ALL, out, mtype=memory_type(out.dtype))
+    return out
 
 
 def _address(info) -> tuple:

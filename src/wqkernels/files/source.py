@@ -98,7 +98,7 @@ class Source:
         except OSError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "unreadable"
             raise KerasFileError(f"{where}: not a readable HDF5 file, truncated or corrupt ({first})") from None
-        members = walk(self.h5, where)  # before anything reads an attribute or a dataset
+        members = walk(self.h5, where, read_small=True)  # before anything reads an attribute or a dataset
         layout = weights_layout(self.h5, where)
         self.root = self.h5
         if layout == "packed":
@@ -163,6 +163,8 @@ class Source:
             if entry.dtype == BFLOAT16:
                 return read_float32(dset)
             dsid, info = dset.id, dataset_info(dset.id)
+        if info.values is not None:  # read by the walk
+            return info.values.copy()
         # a dataset of the walk is read through its low-level handle: h5py's Dataset object costs
         # more to make than reading a small weight
         dtype = info.dtype.newbyteorder("=")  # in the machine's byte order (Keras loads big-endian kernels too)
