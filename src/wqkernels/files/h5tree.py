@@ -706,13 +706,20 @@ def copy_tree(src: h5py.Group, dst: h5py.Group, members: dict, hooks: dict[str, 
     _copy_group(src.id, dst.id, hooks, skip, out, ancestors(set(hooks) | set(skip) | apart), apart, "", sink)
 
 
+def _member_names(gid: h5g.GroupID) -> list[bytes]:
+    """The names of a group's members in the order h5py lists them (of creation where the group
+    tracks it, else of name), in one call: the group's iterator asks HDF5 once per name."""
+    tracked = gid.get_create_plist().get_link_creation_order() & h5p.CRT_ORDER_TRACKED
+    names = []
+    gid.links.iterate(names.append, idx_type=h5.INDEX_CRT_ORDER if tracked else h5.INDEX_NAME)
+    return names
+
+
 def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, hooks: dict, skip, out: Datasets, opened: set,
                 apart: set, prefix: str, sink: _Sink | None) -> None:
     """The members of group `src` (at `prefix`) into `dst`, on low-level handles: h5py's objects
     are made only for the hooks and for datasets `out` stores its own way."""
-    names = []
-    src.links.iterate(names.append)  # (one call for the group: its iterator asks HDF5 once per name)
-    for bname in names:
+    for bname in _member_names(src):
         name = bname.decode("utf-8", "surrogateescape")
         path = prefix + name
         if path in skip:
