@@ -9,8 +9,12 @@
   packed file, each in a fresh process: wall time and peak resident memory.  Goal: 100,000
   weights in at most ~5 s each, memory far below a gigabyte.
 
+The floor under the tiny weights: the same HDF5 calls through h5py's low-level API alone (visit,
+open, read, create, copy), nothing checked (``measure_floor``).
+
 Run: ``python -m pytest benchmarks/test_bench_files.py -s`` (prints the figures), or run this
-file (``python benchmarks/test_bench_files.py tiny 1000 10000 100000`` for the tiny weights only).
+file (``python benchmarks/test_bench_files.py tiny 1000 10000 100000`` for the tiny weights only,
+``... floor 100000`` for the floor).
 """
 from __future__ import annotations
 
@@ -245,8 +249,88 @@ def test_tiny_weights(tmp_path):
     _print_tiny(rows)
 
 
+# ---- the floor of HDF5 itself ------------------------------------------------------------------
+
+def measure_floor(path: str) -> list[tuple[str, float, float]]:
+    """What HDF5 alone costs on the legacy tiny model at `path` (make_tiny's ``.h5``), through
+    h5py's low-level API with the fewest calls each command needs and nothing checked or
+    computed: (step, wall seconds, CPU seconds).  A command cannot cost less than its steps."""
+    from h5py import h5d, h5g, h5o, h5p, h5s, h5t
+
+    rows = []
+    memory = h5t.py_create(np.dtype(np.float32))
+    buffers = {b"kernel": np.empty((UNITS, UNITS), np.float32), b"bias": np.empty(UNITS, np.float32)}
+
+    def timed(step, fn):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        rows.append((step, time.perf_counter() - wall, time.process_time() - cpu))
+
+    with h5py.File(path, "r") as f:
+        top = h5g.open(f.id, b"model_weights")
+        layers = []
+        top.links.iterate(layers.append)
+        layers = [n for n in layers if n != b"top_level_model_weights"]
+
+        def weights():  # each layer's kernel and bias, opened in their own group
+            for name in layers:
+                group = h5g.open(h5g.open(h5g.open(top, name), b"sequential"), name)
+                for weight in (b"kernel", b"bias"):
+                    yield weight, h5d.open(group, weight)
+
+        def describe():
+            for _, dsid in weights():
+                dsid.get_create_plist(), dsid.get_type(), dsid.shape
+
+        def read():
+            for weight, dsid in weights():
+                dsid.read(h5s.ALL, h5s.ALL, buffers[weight], mtype=memory)
+
+        def create():
+            with h5py.File(path + ".floor.h5", "w") as out:
+                dcpl = h5p.create(h5p.DATASET_CREATE)
+                dcpl.set_obj_track_times(False)
+                stored = h5t.py_create(np.dtype(np.float32), logical=1)
+                groups = h5g.create(out.id, b"model_weights")
+                for name in layers:
+                    group = h5g.create(h5g.create(h5g.create(groups, name), b"sequential"), name)
+                    for weight, data in buffers.items():
+                        h5d.create(group, weight, stored, h5s.create_simple(data.shape), dcpl=dcpl).write(
+                            h5s.ALL, h5s.ALL, data, mtype=memory)
+
+        def copy():
+            with h5py.File(path + ".floor.h5", "w") as out:
+                h5o.copy(f.id, b"model_weights", out.id, b"model_weights")
+
+        timed("H5Ovisit of every object, empty callback", lambda: h5o.visit(f.id, lambda name: None))
+        timed("open every group and dataset, creation list, type, shape", describe)
+        timed("open and read every weight", read)
+        timed("create every group and dataset anew, write each", create)
+        timed("one H5Ocopy of the whole tree", copy)
+    os.unlink(path + ".floor.h5")
+    return rows
+
+
+def _print_floor(weights: int, rows: list) -> None:
+    print(f"\nHDF5 floor, legacy .h5 of {weights} tiny weights")
+    for step, wall, cpu in rows:
+        print(f"{step:<58} wall {wall:7.2f} s  cpu {cpu:7.2f} s")
+
+
+def test_hdf5_floor(tmp_path):
+    """The HDF5 floor of a model of 10,000 tiny weights (see measure_floor)."""
+    path = str(tmp_path / "tiny.h5")
+    make_tiny(path, 5000)
+    _print_floor(10_000, measure_floor(path))
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["tiny"]:
+    if sys.argv[1:2] == ["floor"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in [int(n) for n in sys.argv[2:]] or [100_000]:
+                make_tiny(os.path.join(tmp, "tiny.h5"), n // 2)
+                _print_floor(n, measure_floor(os.path.join(tmp, "tiny.h5")))
+    elif sys.argv[1:2] == ["tiny"]:
         counts = [int(n) for n in sys.argv[2:]] or [1000, 10_000, 100_000]
         formats = [f for f in TINY_FORMATS if not os.environ.get("TINY_FORMAT") or f == os.environ["TINY_FORMAT"]]
         with tempfile.TemporaryDirectory() as tmp:

@@ -206,22 +206,49 @@ def decode(value):
     return value
 
 
+def attr_value(obj, name: str, default=None):
+    """Attribute `name` of `obj` (an h5py object or a low-level id) as h5py's ``attrs[name]``
+    returns it, or `default` when there is none; strings are read on low-level handles (h5py's
+    attribute manager costs more than a small weight's read), anything else through h5py."""
+    oid, bname = _low(obj), name.encode("utf-8")
+    if not h5a.exists(oid, bname):
+        return default
+    aid = h5a.open(oid, bname)
+    tid, space = aid.get_type(), aid.get_space()
+    if not isinstance(tid, h5t.TypeStringID) or space.get_simple_extent_type() == h5s.NULL:
+        return (h5py.Group(oid) if isinstance(oid, h5g.GroupID) else h5py.Dataset(oid)).attrs[name]
+    arr = np.empty(space.shape, dtype=tid.dtype)
+    if tid.is_variable_str():  # as h5py decodes them
+        aid.read(arr)
+        arr = np.array([v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v for v in arr.flat],
+                       dtype=arr.dtype).reshape(arr.shape)
+    else:
+        aid.read(arr, mtype=tid)
+    return arr[()] if arr.ndim == 0 else arr
+
+
 def read_name_list(obj, name: str) -> list[str] | None:
-    """A Keras list attribute, also when split into ``name0``, ``name1``, ... (the plain name wins)."""
-    if name in obj.attrs:
-        value = decode(obj.attrs[name])
+    """A Keras list attribute of `obj` (an h5py object or a low-level id), also when split into
+    ``name0``, ``name1``, ... (the plain name wins)."""
+    value = attr_value(obj, name, _MISSING)
+    if value is not _MISSING:
+        value = decode(value)
         if isinstance(value, str):
             return [value]
         if isinstance(value, np.ndarray):  # the empty float64 array of a weightless layer
             return [] if value.size == 0 else [str(v) for v in value.reshape(-1)]
         return value
-    if f"{name}0" not in obj.attrs:
+    if not h5a.exists(_low(obj), f"{name}0".encode()):
         return None
     out, k = [], 0
-    while f"{name}{k}" in obj.attrs:
+    while h5a.exists(_low(obj), f"{name}{k}".encode()):
         out.extend(read_name_list(obj, f"{name}{k}") or [])
         k += 1
     return out
+
+
+#: what :func:`attr_value` is given for an attribute that is not there
+_MISSING = object()
 
 
 class DatasetInfo(NamedTuple):
@@ -231,18 +258,40 @@ class DatasetInfo(NamedTuple):
     dtype: np.dtype
     stored: int = 0            # bytes allocated in the file
     placeholder: bool = False  # made by :func:`placeholder` (a packed skeleton's stand-in)
+    values: np.ndarray | None = None  # the data, in the machine's byte order, when the walk read it
 
 
-def dataset_info(dsid: h5d.DatasetID, dcpl=None) -> DatasetInfo:
-    """`dcpl`: the dataset's creation property list, when the caller has it already."""
+def dataset_info(dsid: h5d.DatasetID, dcpl=None, tid=None) -> DatasetInfo:
+    """`dcpl` and `tid`: the dataset's creation property list and type, when the caller has them
+    already (each low-level handle h5py makes costs more than a small weight's read)."""
     dcpl = dsid.get_create_plist() if dcpl is None else dcpl
-    return DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dsid.dtype, int(dsid.get_storage_size()),
+    dtype = (dsid.get_type() if tid is None else tid).dtype
+    return DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dtype, int(dsid.get_storage_size()),
                        dcpl.get_fill_time() == PLACEHOLDER_FILL_TIME)
+
+
+#: HDF5 types of NumPy dtypes, made once each (h5py makes one per read or write otherwise)
+_MEMORY_TYPES: dict = {}
+_FILE_TYPES: dict = {}
+
+
+def memory_type(dtype: np.dtype) -> h5t.TypeID:
+    """The HDF5 type of an array of `dtype` in memory, for a read or write of one."""
+    return _type_of(_MEMORY_TYPES, dtype, lambda: h5t.py_create(dtype))
+
+
+def _type_of(table: dict, dtype: np.dtype, make) -> h5t.TypeID:
+    if dtype.metadata is not None:  # (h5py's string and reference dtypes: equal to plain ones)
+        return make()
+    tid = table.get(dtype)
+    if tid is None:
+        tid = table[dtype] = make()
+    return tid
 
 
 #: the standard types a Keras file holds, which HDF5 converts safely; anything else (a float with
 #: odd bit fields, a variable-length sequence, a reference) is refused before it is read or copied
-_FLOATS = tuple(getattr(h5t, f"IEEE_F{bits}{order}") for bits in (16, 32, 64) for order in ("LE", "BE"))
+_FLOATS = tuple(getattr(h5t, f"IEEE_F{bits}{order}") for order in ("LE", "BE") for bits in (32, 16, 64))
 _INTEGERS = tuple(getattr(h5t, f"STD_{sign}{bits}{order}") for sign in "IU" for bits in (8, 16, 32, 64)
                   for order in ("LE", "BE"))
 
@@ -291,10 +340,11 @@ def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = Fal
         raise KerasFileError(f"{where}: virtual dataset {path!r} refused")
     if dcpl.get_external_count() > 0:
         raise KerasFileError(f"{where}: dataset {path!r} stores its data in external files; refused")
-    problem = type_problem(dsid.get_type())
+    tid = dsid.get_type()
+    problem = type_problem(tid)
     if problem is not None:
         raise KerasFileError(f"{where}: dataset {path!r} has {problem}; refused")
-    info = dataset_info(dsid, dcpl)
+    info = dataset_info(dsid, dcpl, tid)
     if not exempt:
         check_declared(info, path, where)
     return info
@@ -323,62 +373,125 @@ def check_total_declared(members: dict, where: str, exempt=frozenset()) -> None:
         raise KerasFileError(f"{where}: its datasets declare {total} bytes more than they store; refused")
 
 
-def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True) -> dict[str, DatasetInfo | None]:
+#: with `read_small`, :func:`walk` reads the numbers of each dataset of at most SMALL_BYTES while it
+#: has it open, up to SMALL_TOTAL_BYTES in all: opening a small dataset again costs several times
+#: reading it
+SMALL_BYTES = 4096
+SMALL_TOTAL_BYTES = 16 << 20
+
+
+def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
+         read_small: bool = False) -> dict[str, DatasetInfo | None]:
     """Check every member below `group` (and `group` itself); return ``{path: DatasetInfo, or
     None for a group}``, depth first in name order.
 
     Soft and external links are refused, as are objects linked more than once (a hard-link
-    cycle, or one dataset under two names), datatypes and attributes we do not read safely
+    cycle, or one dataset under two names: by their link count, and by their address, which a
+    damaged count cannot hide), datatypes and attributes we do not read safely
     (:func:`type_problem`); datasets whose path is in `exempt` (the unallocated placeholders of
-    a packed skeleton), or all when not `sizes`, skip the size check (:func:`check_declared`).  The traversal runs in HDF5 (one H5Lvisit, one
-    H5Ovisit) on low-level handles: h5py's objects cost more to make than reading the weights of
-    a small model.
+    a packed skeleton), or all when not `sizes`, skip the size check (:func:`check_declared`).
+    With `read_small`, the numbers of small datasets are read once checked (see SMALL_BYTES).
+
+    The walk lists each group's links once (H5Literate) and opens each member in its own
+    group, on low-level handles: a lookup by the full path from the root, or h5py's objects,
+    cost more than reading the weights of a small model.  Only the groups on the way down to
+    the member at hand are open at a time.
     """
-    # h5py's visit callbacks must not raise: they return the error, which stops the visit
-    def check_link(name: bytes, info):
-        if info.type != h5l.TYPE_HARD:
-            kind = "external link" if info.type == h5l.TYPE_EXTERNAL else "soft link"
-            return KerasFileError(f"{where}: {kind} at {name.decode('utf-8', 'replace')!r} refused")
-        return None
-
+    root = group.id
+    check_attrs(root, "", where)
     members = {}
-
-    def check_object(name: bytes, info):
-        path = name.decode("utf-8", "replace")
+    budget = SMALL_TOTAL_BYTES if read_small else 0
+    seen = {_address(h5o.get_info(root))}
+    stack = [(root, "", iter(_links(root, "", where)))]
+    while stack:
+        gid, prefix, names = stack[-1]
+        bname = next(names, None)
+        if bname is None:
+            stack.pop()
+            continue
+        path = prefix + bname.decode("utf-8", "replace")
         try:
-            if path == ".":
-                check_attrs(group.id, "", where)
-                return None
-            if info.rc > 1:
-                return KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
-            if info.type == h5o.TYPE_DATASET:
-                dsid = h5d.open(group.id, name)
-                members[path] = check_dataset(dsid, path, where, exempt=not sizes or path in exempt)
-                if info.num_attrs:
-                    check_attrs(dsid, path, where)
-            elif info.type == h5o.TYPE_GROUP:
+            oid = h5o.open(gid, bname)
+            object_info = h5o.get_info(oid)
+            if object_info.rc > 1 or _address(object_info) in seen:
+                raise KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
+            seen.add(_address(object_info))
+            if isinstance(oid, h5d.DatasetID):
+                info = members[path] = check_dataset(oid, path, where, exempt=not sizes or path in exempt)
+                if budget and _small(info) and info.dtype.itemsize * math.prod(info.shape) <= budget:
+                    members[path] = info = info._replace(values=_read_all(oid, info))
+                    budget -= info.values.nbytes
+            elif isinstance(oid, h5g.GroupID):
                 members[path] = None
-                if info.num_attrs:
-                    check_attrs(h5g.open(group.id, name), path, where)
+                stack.append((oid, path + "/", iter(_links(oid, path, where))))
             else:
-                return KerasFileError(f"{where}: unsupported object at {path!r}")
-        except KerasFileError as exc:
-            return exc
+                raise KerasFileError(f"{where}: unsupported object at {path!r}")
+            if object_info.num_attrs:
+                check_attrs(oid, path, where)
+        except KerasFileError:
+            raise
         except (OSError, ValueError, TypeError, RuntimeError) as exc:  # (a name that is not UTF-8...)
-            return KerasFileError(f"{where}: unreadable object at {path!r} ({type(exc).__name__}: {exc})")
-        return None
-
-    for visit in (lambda: group.id.links.visit(check_link, info=True),
-                  lambda: h5o.visit(group.id, check_object, info=True)):
-        try:
-            problem = visit()
-        except (OSError, ValueError, RuntimeError) as exc:  # h5py's own decoding of damaged names
-            raise KerasFileError(f"{where}: unreadable HDF5 structure ({type(exc).__name__}: {exc})") from None
-        if problem is not None:
-            raise problem
+            raise KerasFileError(f"{where}: unreadable object at {path!r} ({type(exc).__name__}: {exc})") from None
     if sizes:
         check_total_declared(members, where, exempt)
     return members
+
+
+def _small(info: DatasetInfo) -> bool:
+    """Whether the walk reads a dataset's numbers (see SMALL_BYTES): a small one of a plain number
+    type whose data the file holds."""
+    return (info.dtype.kind in "fiu" and info.dtype.metadata is None and info.stored > 0 and not info.placeholder
+            and info.dtype.itemsize * math.prod(info.shape) <= SMALL_BYTES)
+
+
+def _read_all(dsid: h5d.DatasetID, info: DatasetInfo) -> np.ndarray:
+    """All numbers of a dataset, in the machine's byte order."""
+    out = np.empty(info.shape, info.dtype.newbyteorder("="))
+    if out.size:
+        dsid.read(h5s.ALL, h5s.ALL, out, mtype=memory_type(out.dtype))
+    return out
+
+
+def _address(info) -> tuple:
+    """Where an object lives (file and header address): the same object reached twice has one."""
+    return info.fileno, info.addr
+
+
+def _links(gid: h5g.GroupID, path: str, where: str) -> list[bytes]:
+    """The names of a group's links in name order; soft, external and user-defined links refused."""
+    names = []
+
+    def take(name: bytes, info):  # h5py's iteration callbacks must not raise: they return the error
+        if info.type != h5l.TYPE_HARD:
+            kind = "external link" if info.type == h5l.TYPE_EXTERNAL else "soft link"
+            return KerasFileError(f"{where}: {kind} at {(path + '/' if path else '') + name.decode('utf-8', 'replace')!r} "
+                                  f"refused")
+        names.append(name)
+        return None
+
+    try:
+        problem, _ = gid.links.iterate(take, info=True)
+    except (OSError, ValueError, RuntimeError) as exc:  # h5py's own decoding of damaged names
+        raise KerasFileError(f"{where}: unreadable HDF5 structure ({type(exc).__name__}: {exc})") from None
+    if problem is not None:
+        raise problem
+    return names
+
+
+#: HDF5's metadata cache of each file we open or write is kept to this size (on-disk bytes; its
+#: decoded entries take some 3 times as much memory): HDF5 lets it grow to 32 MB by default,
+#: which a walk over 10,000 small datasets filled, 94 MB resident and kept after the file
+#: closed, for no gain on a walk that sees each object once or twice
+METADATA_CACHE_BYTES = 4 << 20
+
+
+def bounded(f: h5py.File) -> h5py.File:
+    """`f` (just opened or created), its metadata cache bounded by METADATA_CACHE_BYTES."""
+    config = f.id.get_mdc_config()
+    config.max_size = max(METADATA_CACHE_BYTES, config.min_size)
+    config.initial_size = min(config.initial_size, config.max_size)
+    f.id.set_mdc_config(config)
+    return f
 
 
 class _Sink:
@@ -437,11 +550,10 @@ _SINKS: dict[int, _Sink] = {}
 @contextlib.contextmanager
 def new_file(path: str):
     """A new HDF5 file at `path` (see :class:`_Sink`), closed when the block ends; OSError
-    when the file system refused a write, at once if the block checks with
-    :func:`check_written`, else when it ends."""
+    when the file system refused a write, at once in :func:`copy_tree`, else when it ends."""
     sink = _Sink(path)
     try:
-        f = h5py.File(sink, "w")
+        f = bounded(h5py.File(sink, "w"))
         _SINKS[f.id.fileno] = sink
         try:
             yield f
@@ -454,14 +566,6 @@ def new_file(path: str):
         _SINKS.pop(next((k for k, v in _SINKS.items() if v is sink), None), None)
         sink.file.close()
     if sink.error is not None:
-        raise sink.error
-
-
-def check_written(obj) -> None:
-    """Raise the OSError of a refused write into the file of `obj` (an h5py object or a
-    low-level id), if there was one."""
-    sink = _SINKS.get(_low(obj).fileno)
-    if sink is not None and sink.error is not None:
         raise sink.error
 
 
@@ -507,7 +611,8 @@ def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = 
     else:
         dset = h5py.Dataset(_contiguous(group, name, data.shape, dtype))
     if data.size:
-        dset.id.write(h5s.ALL, h5s.ALL, np.ascontiguousarray(data))
+        data = np.ascontiguousarray(data)
+        dset.id.write(h5s.ALL, h5s.ALL, data, mtype=memory_type(data.dtype))
     if like is not None:
         copy_attrs(like, dset)
     return dset
@@ -517,12 +622,19 @@ def _contiguous(group: h5py.Group, name: str, shape: tuple, dtype: np.dtype) -> 
     """A new contiguous dataset, created on low-level handles exactly as h5py's
     ``create_dataset(name, shape=shape, dtype=dtype)`` creates it (no times recorded, attribute
     order as h5py's config says), without the work of its keyword options: that costs more than
-    writing a small weight."""
-    dcpl = h5p.create(h5p.DATASET_CREATE)
-    dcpl.set_obj_track_times(False)
-    dcpl.set_attr_creation_order(h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED if h5.get_config().track_order else 0)
-    return h5d.create(group.id, name.encode("utf-8"), h5t.py_create(dtype, logical=1), h5s.create_simple(shape),
-                      dcpl=dcpl)
+    writing a small weight.  (HDF5 copies the property list and the type it is given.)"""
+    track = h5.get_config().track_order
+    dcpl = _CONTIGUOUS_DCPL.get(track)
+    if dcpl is None:
+        dcpl = _CONTIGUOUS_DCPL[track] = h5p.create(h5p.DATASET_CREATE)
+        dcpl.set_obj_track_times(False)
+        dcpl.set_attr_creation_order(h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED if track else 0)
+    tid = _type_of(_FILE_TYPES, dtype, lambda: h5t.py_create(dtype, logical=1))
+    return h5d.create(group.id, name.encode("utf-8"), tid, h5s.create_simple(shape), dcpl=dcpl)
+
+
+#: the creation property lists of :func:`_contiguous`, by h5py's track_order
+_CONTIGUOUS_DCPL: dict = {}
 
 
 def is_placeholder(dset: h5py.Dataset) -> bool:
@@ -590,24 +702,35 @@ def copy_tree(src: h5py.Group, dst: h5py.Group, members: dict, hooks: dict[str, 
     copied by HDF5 alone, without an object per member here.
     """
     apart = {path for path, info in members.items() if info is not None and not out.keeps(info)}
-    _copy_group(src.id, dst.id, hooks, skip, out, ancestors(set(hooks) | set(skip) | apart), apart, "")
+    sink = _SINKS.get(dst.id.fileno)
+    _copy_group(src.id, dst.id, hooks, skip, out, ancestors(set(hooks) | set(skip) | apart), apart, "", sink)
+
+
+def _member_names(gid: h5g.GroupID) -> list[bytes]:
+    """The names of a group's members in the order h5py lists them (of creation where the group
+    tracks it, else of name), in one call: the group's iterator asks HDF5 once per name."""
+    tracked = gid.get_create_plist().get_link_creation_order() & h5p.CRT_ORDER_TRACKED
+    names = []
+    gid.links.iterate(names.append, idx_type=h5.INDEX_CRT_ORDER if tracked else h5.INDEX_NAME)
+    return names
 
 
 def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, hooks: dict, skip, out: Datasets, opened: set,
-                apart: set, prefix: str) -> None:
+                apart: set, prefix: str, sink: _Sink | None) -> None:
     """The members of group `src` (at `prefix`) into `dst`, on low-level handles: h5py's objects
     are made only for the hooks and for datasets `out` stores its own way."""
-    for bname in src:
+    for bname in _member_names(src):
         name = bname.decode("utf-8", "surrogateescape")
         path = prefix + name
         if path in skip:
             continue
-        check_written(dst)  # a full disk stops the copy at once
+        if sink is not None and sink.error is not None:  # a full disk stops the copy at once
+            raise sink.error
         if path in opened:  # a group with something below it to rewrite, leave out or store apart
             sub_src = h5g.open(src, bname)
             sub = h5g.create(dst, bname, gcpl=sub_src.get_create_plist())  # same creation properties
             copy_attrs(sub_src, sub)
-            _copy_group(sub_src, sub, hooks, skip, out, opened, apart, path + "/")
+            _copy_group(sub_src, sub, hooks, skip, out, opened, apart, path + "/", sink)
         elif path in hooks:
             hooks[path](h5py.Group(dst), name, h5py.Dataset(h5d.open(src, bname)))
         elif path in apart:

@@ -222,7 +222,8 @@ def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> lis
         group = f"{prefix}{name}".strip("/")
         if group not in members or members[group] is not None:
             raise KerasFileError(f"{where}: layer group {name!r} listed in layer_names is missing")
-        for wn in read_name_list(root[name], "weight_names") or []:
+        # (opened in `root` on a low-level handle: an h5py lookup costs more than a small weight's read)
+        for wn in read_name_list(h5g.open(root.id, name.encode("utf-8", "surrogateescape")), "weight_names") or []:
             path = f"{prefix}{name}/{wn}"
             info = _dataset(members, path, where)
             parts = wn.split("/")[:-1]

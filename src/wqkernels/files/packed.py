@@ -51,7 +51,7 @@ import numpy as np
 from ..packing import packed_size, unpack_bits
 from ..quantization import PackedArray, QuantizedArray
 from .errors import KerasFileError
-from .h5tree import DatasetInfo, check_declared, check_global_heaps, check_total_declared, filters, is_placeholder, new_dataset, new_file, placeholder, walk
+from .h5tree import DatasetInfo, bounded, check_declared, check_global_heaps, check_total_declared, filters, is_placeholder, new_dataset, new_file, placeholder, walk
 from .layouts import PACKED_GROUP, weights_layout
 from .writers import Writer
 
@@ -103,7 +103,7 @@ class PackedWriter(Writer):
             self._arrays = {name: _GrowingArray(self.group, name, dtype, self.recipe.compress)
                             for name, dtype in ARRAYS}
             image = io.BytesIO()
-            with h5py.File(image, "w") as skeleton:  # in memory: its writes cannot fail
+            with bounded(h5py.File(image, "w")) as skeleton:  # in memory: its writes cannot fail
                 yield skeleton
             self._finish(image.getbuffer())
 
@@ -304,7 +304,7 @@ class PackedReader:
                     raise KerasFileError(f"{where}: packed container lacks a proper {name!r} dataset")
             raw = self._skeleton_image(group)
         check_global_heaps(raw, where)
-        self.skeleton = h5py.File(io.BytesIO(raw), "r")
+        self.skeleton = bounded(h5py.File(io.BytesIO(raw), "r"))
         del raw
         try:
             with _corrupt_as_error(where):

@@ -458,7 +458,7 @@ def _given(e: Entry, value, dtype=np.float32) -> np.ndarray:
 def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer: Writer, rows: dict,
                   buffers: Buffers, bins: int, given=None, grid: Grid | None = None):
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
-        original = source.read(e, buffers)
+        original = source.read(e, buffers, dset.id if source.packed is None else None)
         try:
             start = original if given is None else _given(e, given)
             x, quantization, out = prepare(start, e, recipe, counts, buffers, release=writer.holds_codes, grid=grid)

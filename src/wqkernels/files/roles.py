@@ -181,7 +181,6 @@ class ModelLayers:
     """Layer classes by name from a model config, descending into nested models."""
 
     def __init__(self, config: dict | None):
-        self.config = config
         self.top = {}
         self.classes = set()
         self.leaves = {}  # name -> the first layer (not a model) of that name, depth first

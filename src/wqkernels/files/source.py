@@ -12,13 +12,13 @@ import zipfile
 
 import h5py
 import numpy as np
-from h5py import h5d, h5s
+from h5py import h5d, h5g, h5s
 
 from .atomic import remove, scratch_file
 from .buffers import Buffers
 from .dtypes import BFLOAT16, read_float32
 from .errors import KerasFileError, as_file_errors, reason
-from .h5tree import FileBytes, check_global_heaps, dataset_info, walk
+from .h5tree import FileBytes, bounded, check_global_heaps, dataset_info, memory_type, walk
 from .keras_native import dequantize_kernel, quantized_layers
 from .layouts import (KERAS_MEMBER, MAX_ZIP_RATIO, Entry, check_zip_members, container, entries, file_path,
                       foreign_error, model_config, read_zip_config,
@@ -58,6 +58,7 @@ class Source:
         self.members: dict = {}
         self._tmp = None
         self._window = None
+        self._group = None  # (path, handle) of the group :meth:`_open_dataset` opened last
 
     def __enter__(self) -> Source:
         try:
@@ -93,11 +94,11 @@ class Source:
         stored = h5_path if isinstance(h5_path, _StoredMember) else None
         _check_heaps(self.path if stored is not None else h5_path, where, stored)
         try:
-            self.h5 = h5py.File(h5_path, "r", locking=False)  # read-only; our writers hold flocks of their own
+            self.h5 = bounded(h5py.File(h5_path, "r", locking=False))  # read-only; our writers hold flocks of their own
         except OSError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "unreadable"
             raise KerasFileError(f"{where}: not a readable HDF5 file, truncated or corrupt ({first})") from None
-        members = walk(self.h5, where)  # before anything reads an attribute or a dataset
+        members = walk(self.h5, where, read_small=True)  # before anything reads an attribute or a dataset
         layout = weights_layout(self.h5, where)
         self.root = self.h5
         if layout == "packed":
@@ -150,10 +151,10 @@ class Source:
         """Whether the weight of `entry` is stored as packed codes."""
         return self.packed is not None and entry.path in self.packed.tensors
 
-    def read(self, entry: Entry, buffers: Buffers | None = None) -> np.ndarray:
+    def read(self, entry: Entry, buffers: Buffers | None = None, dsid: h5d.DatasetID | None = None) -> np.ndarray:
         """The weight as stored (packed tensors dequantized to float32, bfloat16 ones as
         float32); a float32 weight is read into ``buffers`` when given (valid until the next
-        read into them)."""
+        read into them).  `dsid`: the weight's dataset, when the caller has it open."""
         if self.is_packed(entry):
             return self.packed.read(entry.path)
         info = self.members.get(entry.path) if self.packed is None else None
@@ -162,8 +163,8 @@ class Source:
             if entry.dtype == BFLOAT16:
                 return read_float32(dset)
             dsid, info = dset.id, dataset_info(dset.id)
-        else:
-            dsid = None
+        if info.values is not None:  # read by the walk
+            return info.values.copy()
         # a dataset of the walk is read through its low-level handle: h5py's Dataset object costs
         # more to make than reading a small weight
         dtype = info.dtype.newbyteorder("=")  # in the machine's byte order (Keras loads big-endian kernels too)
@@ -172,8 +173,16 @@ class Source:
         else:
             out = np.empty(info.shape, dtype)
         if out.size:
-            (dsid or h5d.open(self.root.id, entry.path.encode())).read(h5s.ALL, h5s.ALL, out)
+            (dsid or self._open_dataset(entry.path)).read(h5s.ALL, h5s.ALL, out, mtype=memory_type(dtype))
         return out
+
+    def _open_dataset(self, path: str) -> h5d.DatasetID:
+        """A dataset of the walk, opened in its group, which stays open for the next one (the
+        weights of a layer follow each other): a lookup from the root costs more than a read."""
+        group, _, name = path.rpartition("/")
+        if self._group is None or self._group[0] != group:
+            self._group = (group, h5g.open(self.root.id, group.encode()) if group else self.root.id)
+        return h5d.open(self._group[1], name.encode())
 
     def values(self, entry: Entry) -> np.ndarray:
         """The weight's values: :meth:`read` (float16 as float32), or for a kernel Keras quantized,
@@ -196,6 +205,7 @@ class Source:
         return self.root[path] if self.packed is None else self.packed.dataset(path)
 
     def close(self) -> None:
+        self._group = None  # (released before its file closes)
         for closer in (self.packed, self.h5, self._window, self.zip):
             if closer is not None:
                 with contextlib.suppress(Exception):
