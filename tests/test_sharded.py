@@ -230,8 +230,9 @@ def test_resharding_shows_nothing_until_complete(tmp_path, shards, monkeypatch):
 
 def test_fewer_shards_over_an_index_remove_exactly_its_surplus(tmp_path, shards):
     """The shards the old index named that the new one does not are removed once the new index
-    is in place, in place or not; never a file the old index did not name, a link, a directory,
-    a file outside the directory, or a shard of the source."""
+    is in place, in place or not; never a file the old index did not name, a file it names that
+    is not named as one of its shards, a link, a directory, a file outside the directory, or a
+    shard of the source."""
     _, index = shards
     out = tmp_path / "y.weights.json"
     recipe = Recipe(bits=8, storage="keras")
@@ -244,8 +245,11 @@ def test_fewer_shards_over_an_index_remove_exactly_its_surplus(tmp_path, shards)
     (tmp_path / "y_00097.weights.h5").symlink_to(tmp_path / "y_00099.weights.h5")
     (tmp_path / "y_00098.weights.h5").mkdir()
     written = json.loads(out.read_text())
+    (tmp_path / "w_00001.weights.h5").write_bytes(b"a shard of another index")
+    (tmp_path / "train.py").write_bytes(b"the user's script")
     written["weight_map"].update({"/a": "y_00097.weights.h5", "/b": "y_00098.weights.h5",
-                                  "/c": "elsewhere/y_00042.weights.h5", "/d": "x_00001.weights.h5"})
+                                  "/c": "elsewhere/y_00042.weights.h5", "/d": "x_00001.weights.h5",
+                                  "/e": "train.py", "/g": "w_00001.weights.h5", "/f": "y_00096\0.weights.h5"})
     out.write_text(json.dumps(written))
     before = set(os.listdir(tmp_path))
     wqkernels.rewrite(index, out, recipe, max_shard_size="300KB")

@@ -197,7 +197,7 @@ def replace(tmp: str, dst: str) -> None:
 def same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)
-    except OSError:
+    except (OSError, ValueError):  # (ValueError: a name holding a NUL)
         return os.path.abspath(a) == os.path.abspath(b)
 
 

@@ -225,9 +225,10 @@ def written_shards(dst: str, names: list[str], keep: tuple = ()):
     place when the block completes (the index last), all removed whatever goes wrong.
 
     When `dst` was already an index, the shard files it named that the new one does not are
-    removed once the new index is in place: regular files only (never a link, a directory or
-    one of our temporary files), never a new shard, the index itself or a file of `keep` (the
-    source's shards, unless they are being replaced)."""
+    removed once the new index is in place: only regular files named as shards of `dst` are
+    (``<base>_NNNNN.weights.h5``, whatever else an edited index lists), never a link, a
+    directory, a new shard, the index itself or a file of `keep` (the source's shards, unless
+    they are being replaced)."""
     directory = os.path.dirname(os.path.abspath(dst))
     finals = [os.path.join(directory, n) for n in names]
     new = set(names)
@@ -242,8 +243,9 @@ def written_shards(dst: str, names: list[str], keep: tuple = ()):
     finally:  # removes what was not renamed, and releases every temporary file's lock
         for tmp in temps:
             atomic.remove(tmp)
+    kept = finals + [dst, *keep]
     for path in surplus:
-        if not atomic.same_file(path, dst) and not any(atomic.same_file(path, k) for k in keep):
+        if not any(atomic.same_file(path, k) for k in kept):  # (a case-insensitive disk may alias names)
             _remove_regular(path)
 
 
@@ -255,7 +257,8 @@ def _old_shards(dst: str) -> list[str]:
         index = read_index(dst)
     except KerasFileError:
         return []
-    return sorted({n for n in _listed(index) if _beside(n) and not atomic.is_temporary(n)})
+    directory = os.path.dirname(os.path.abspath(dst))
+    return sorted({n for n in _listed(index) if _beside(n) and is_output_shard(dst, os.path.join(directory, n))})
 
 
 def _remove_regular(path: str) -> None:
@@ -263,7 +266,7 @@ def _remove_regular(path: str) -> None:
     try:
         if stat.S_ISREG(os.lstat(path).st_mode):
             os.unlink(path)
-    except OSError:
+    except (OSError, ValueError):  # (ValueError: a name holding a NUL)
         pass
 
 
