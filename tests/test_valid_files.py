@@ -64,3 +64,35 @@ def test_name_list_too_long_for_a_header_is_split_like_keras(tmp_path):
         read = [v.decode() for k in range(len(chunks)) for v in f.attrs[f"layer_names{k}"]]
     assert [v for v in read] == names
     assert [i.path for i in wqkernels.inspect(dst)] == [i.path for i in wqkernels.inspect(src)]
+
+
+def test_a_damaged_dataset_the_rewrite_only_copies_does_not_refuse_the_file(tmp_path):
+    """A small optimizer dataset whose checksummed chunk is damaged is copied as it is (or
+    dropped with --strip-optimizer): the walk judges structure and reads values only where a
+    weight is rewritten, so the file rewrites as before; reading that dataset stays an error."""
+    src, dst = tmp_path / "m.weights.h5", tmp_path / "out.weights.h5"
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((16, 8)).astype(np.float32)
+    marker = np.full(64, 1234.5678, np.float32)
+    with h5py.File(src, "w") as f:
+        f.create_group("vars").attrs["name"] = "model"
+        g = f.create_group("layers/dense/vars")
+        g.create_dataset("0", data=kernel)
+        g.create_dataset("1", data=np.zeros(8, np.float32))
+        f.create_group("optimizer/vars").create_dataset("0", data=marker, chunks=(64,), fletcher32=True)
+    clean = tmp_path / "clean.weights.h5"
+    wqkernels.rewrite(src, clean, Recipe(bits=8))
+    want = wqkernels.load_weights(clean)["layers/dense/vars/0"]
+    raw = bytearray(src.read_bytes())
+    at = raw.find(marker.tobytes())
+    assert at > 0
+    raw[at] ^= 0xFF
+    src.write_bytes(bytes(raw))
+    with h5py.File(src, "r") as f, pytest.raises(OSError):
+        f["optimizer/vars/0"][()]  # the damage is real
+
+    for recipe in (Recipe(bits=8), Recipe(bits=8, strip_optimizer=True)):
+        wqkernels.rewrite(src, dst, recipe)
+        with h5py.File(dst, "r") as f:
+            assert_bit_equal(f["layers/dense/vars/0"][()], want)
+            assert ("optimizer" in f) != recipe.strip_optimizer

@@ -419,8 +419,10 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
             if isinstance(oid, h5d.DatasetID):
                 info = members[path] = check_dataset(oid, path, where, exempt=not sizes or path in exempt)
                 if budget and _small(info) and info.dtype.itemsize * math.prod(info.shape) <= budget:
-                    members[path] = info = info._replace(values=_read_all(oid, info))
-                    budget -= info.values.nbytes
+                    values = _read_early(oid, info)
+                    if values is not None:
+                        members[path] = info = info._replace(values=values)
+                        budget -= values.nbytes
             elif isinstance(oid, h5g.GroupID):
                 members[path] = None
                 stack.append((oid, path + "/", iter(_links(oid, path, where))))
@@ -435,6 +437,17 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
     if sizes:
         check_total_declared(members, where, exempt)
     return members
+
+
+def _read_early(oid, info: DatasetInfo):
+    """A small dataset's values read while the walk has it open, or None when they do not read
+    (a damaged chunk, a filter not available): the walk judges structure, and such a dataset is
+    an error only where it is read for its values (one the rewrite copies as it is, or drops with
+    the optimizer, is not)."""
+    try:
+        return _read_all(oid, info)
+    except (OSError, ValueError, TypeError, RuntimeError):
+        return None
 
 
 def _small(info: DatasetInfo) -> bool:
