@@ -359,9 +359,9 @@ def _levels(x, axis) -> int:
 
 
 def test_narrow_kernels_get_more_bits_in_a_rewrite(keras3_zip, tmp_path):
-    """At 2 and 3 bits, a 3x3 depthwise kernel (9 weights per channel) and an embedding of 8 per
-    row get two more bits; the 3x3x2 convolution (18 per channel) keeps the recipe's; at 4 bits
-    and with narrow_bits=0 every kernel has the recipe's bits."""
+    """At 2 and 3 bits, a 3x3 depthwise kernel (9 weights per channel) gets two more bits; the
+    3x3x2 convolution (18 per channel) and the embedding table (looked up, not summed) keep the
+    recipe's; at 4 bits and with narrow_bits=0 every kernel has the recipe's bits."""
     from wqkernels.files.source import Source
 
     floats = wqkernels.load_weights(keras3_zip)
@@ -373,7 +373,7 @@ def test_narrow_kernels_get_more_bits_in_a_rewrite(keras3_zip, tmp_path):
         report = wqkernels.rewrite(keras3_zip, dst, recipe)
         written = wqkernels.load_weights(dst)
         bits = {r.path: r.bits for r in report.rows if r.path in entries}
-        assert bits == {p: recipe.bits if e.layer in ("conv2d", "conv2d_transpose") else narrow
+        assert bits == {p: recipe.bits if e.layer in ("conv2d", "conv2d_transpose", "embedding") else narrow
                         for p, e in entries.items()}
         for path, e in entries.items():
             view, options = recipe.layout_for(e)

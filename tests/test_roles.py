@@ -22,6 +22,16 @@ def test_channel_axis(cls, role, ndim, axis):
     assert roles.channel_axis(cls, role, ndim) == axis
 
 
+@pytest.mark.parametrize("cls, role, shape, fan", [
+    ("Dense", "kernel", (10, 64), 10), ("Conv2D", "kernel", (3, 3, 1, 16), 9),
+    ("DepthwiseConv2D", "kernel", (3, 3, 32, 1), 9), ("DepthwiseConv2D", "kernel", (3, 3, 32, 2), 9),
+    ("SeparableConv2D", "depthwise_kernel", (5, 5, 8, 3), 25), ("SeparableConv2D", "pointwise_kernel", (1, 1, 8, 4), 8),
+    ("Conv2DTranspose", "kernel", (3, 3, 4, 8), 72), ("LSTM", "kernel", (8, 256), 8),
+    ("Embedding", "embeddings", (100000, 16), None), ("ReversibleEmbedding", "reverse_embeddings", (16, 500), 16)])
+def test_fan_in_is_what_each_output_sums(cls, role, shape, fan):
+    assert roles.fan_in(cls, role, shape) == fan
+
+
 def test_block_view_runs_along_the_reduction_axis():
     assert roles.block_view((3, 3, 8, 16), "Conv2D", "kernel") == ((72, 16), 0)
     assert roles.block_view((3, 3, 8, 2), "DepthwiseConv2D", "kernel") == ((9, 16), 0)

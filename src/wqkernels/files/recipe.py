@@ -9,7 +9,7 @@ from .._checks import check_bits, check_fraction, check_int, is_real
 from ..allocation import ALLOCATIONS, DEFAULT_SYMMETRIC, NARROW_EXTRA_BITS, channel_bits, default_method, default_rounding
 from ..quantization import METHODS, ROUNDINGS
 from .layouts import Entry
-from .roles import block_view
+from .roles import block_view, fan_in
 
 STORAGES = ("float32", "float16", "packed", "keras")
 #: what storage="keras" does with a layer's inputs: Keras's dynamic int8 quantization, or none
@@ -72,9 +72,10 @@ class Recipe:
         With storage="keras": quantize layer inputs dynamically to int8 (W8A8, the default of
         Keras's int8) or keep them float (weight-only, the default of Keras's int4).
     narrow_bits : int
-        At 2 and 3 bits, bits beyond `bits` for a kernel whose output channels have at most 16
-        weights each (``NARROW_FAN_IN``: first convolutions over few input channels, 3x3
-        depthwise kernels), :func:`wqkernels.allocation.channel_bits`; default 2, 0 for none.
+        At 2 and 3 bits, bits beyond `bits` for a kernel whose outputs each sum at most 16 of
+        its weights (``NARROW_FAN_IN``: first convolutions over few input channels, 3x3
+        depthwise kernels; never an embedding table, whose rows are looked up),
+        :func:`wqkernels.allocation.channel_bits`; default 2, 0 for none.
 
     Examples
     --------
@@ -215,9 +216,8 @@ class Recipe:
 
     def bits_for(self, entry: Entry) -> int:
         """The bits of `entry`'s weight under `bits`: more for a narrow kernel (`narrow_bits`)."""
-        axis = entry.channel_axis
-        fan_in = math.prod(entry.shape) // max(entry.shape[axis] if axis is not None and entry.shape else 1, 1)
-        return channel_bits(self.bits, fan_in, self.narrow_bits)
+        fan = fan_in(entry.layer_class, entry.role, entry.shape)
+        return self.bits if fan is None else channel_bits(self.bits, fan, self.narrow_bits)
 
     def method_for(self, bits: int) -> str:
         return self.method if self.method is not None else default_method(bits, self.symmetric)

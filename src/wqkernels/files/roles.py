@@ -8,6 +8,7 @@ nested models; without a config it is guessed from the group names Keras derives
 from __future__ import annotations
 
 import json
+import math
 import re
 
 #: weight roles that are pruned and quantized; everything else is kept as it is
@@ -94,6 +95,18 @@ def channel_axis(layer_class: str | None, role: str, ndim: int) -> int:
     if ndim >= 2 and (_is_depthwise(layer_class, role) or (role == "kernel" and cls.endswith("Transpose"))):
         return ndim - 2
     return ndim - 1
+
+
+def fan_in(layer_class: str | None, role: str, shape: tuple) -> int | None:
+    """How many weights of a kernel each output of its layer sums: the weights per output
+    channel (a depthwise kernel's output channel reads only its ``kh * kw``, whatever its depth
+    multiplier), or None for an embedding table, whose rows are looked up, not summed."""
+    if role == "embeddings":
+        return None
+    if _is_depthwise(layer_class, role):
+        return math.prod(shape[:-2]) if len(shape) >= 2 else 1
+    axis = channel_axis(layer_class, role, len(shape))
+    return math.prod(shape) // max(shape[axis], 1) if shape else 1
 
 
 def _is_depthwise(layer_class: str | None, role: str) -> bool:
