@@ -26,6 +26,7 @@ import numpy as np
 
 from ..correction import correct_layer, relu_moments
 from .buffers import Buffers
+from .layouts import Entry
 from .recipe import Recipe
 from .roles import _children, class_name, layer_name
 from .transform import pruned
@@ -235,7 +236,7 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
 
     For each selected kernel of a Dense, convolution or depthwise layer whose input statistics
     are known (:func:`input_moments`): with a bias, the kernel pruned and scaled per channel
-    (held until it is written, which then finds its zeros already there) and the new bias;
+    (computed again when it is written, so that no kernel is held) and the new bias;
     without one, and read by a BatchNormalization only, that BN's new moving_mean and
     moving_variance.  Each kernel is read and pruned once here.
     """
@@ -290,8 +291,7 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
             # config value of the wrong type (an epsilon that is no number): left alone
             continue
         if target == "bias":
-            kept *= fixed.scale  # (kept is a new array: the kernel was pruned)
-            out[e.path] = kept
+            out[e.path] = _Scaled(source, e, recipe, counts, fixed.scale)
             out[own["bias"].path] = fixed.bias
             done.append(f"{e.layer} (kernel scale, bias)")
         else:
@@ -299,3 +299,18 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
             out[entries[bn]["moving_variance"].path] = fixed.moving_variance
             done.append(f"{e.layer} ({bn} moving mean and variance)")
     return out, done
+
+
+class _Scaled:
+    """A kernel pruned as the recipe prunes it and scaled per output channel, computed when
+    NumPy converts it, as it is written (the rewrite's pruning then finds its zeros already
+    there): holding every corrected kernel until its turn would hold most of a model."""
+
+    def __init__(self, source, entry: Entry, recipe: Recipe, counts: dict, scale: np.ndarray):
+        self.source, self.entry, self.recipe, self.counts = source, entry, recipe, counts
+        self.scale, self.shape = scale, entry.shape
+
+    def __array__(self, dtype=None, copy=None):
+        kernel = np.asarray(self.source.read(self.entry), np.float32)
+        x = pruned(kernel, self.entry, self.recipe, self.counts) * self.scale
+        return np.asarray(x, dtype=np.float32 if dtype is None else dtype)
