@@ -286,7 +286,7 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
         for level in range(1, nsteps):
             nslot = max(nslot, 2 * (steps[level - 1] // steps[level] - 1))
     S.whole = L.lanes and not full and U.rows * w <= SEARCH_TILE  # several passes: one read of x
-    S.magnitudes = L.lanes and symmetric
+    S.magnitudes = L.lanes and symmetric and qmin == -qmax  # |x| scores only a grid symmetric about 0
     cdef Py_ssize_t tile_rows = U.rows if S.whole else SEARCH_ROWS
     cdef char* buf = <char*>malloc((sizeof(int) + 7 * sizeof(float)) * nslot * w + sizeof(double) * nslot
                                    + (sizeof(int) + sizeof(double)) * w + sizeof(float) * tile_rows * w)
