@@ -43,7 +43,7 @@ from ..calibration import (Hessian, KernelView, einsum_view, gptq, gptq_on_grid,
                            refit, sparsegpt)
 from ..files import KerasFileError, Recipe, rewrite
 from ..files.buffers import Buffers
-from ..files.dtypes import BFLOAT16
+from ..files.dtypes import BFLOAT16, is_float
 from ..files.keras_native import grid_values, native_grid, native_kernels, on_native_grid
 from ..files.plan import plan
 from ..files.report import Report
@@ -346,11 +346,6 @@ def _digest(a) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(a, dtype=np.float32).tobytes(), digest_size=16).digest()
 
 
-def _is_float(dtype) -> bool:
-    """Whether a dtype (or its name) is a float one: NumPy's, or bfloat16 (ml_dtypes' is of kind V)."""
-    return str(dtype) == BFLOAT16 or np.dtype(dtype).kind == "f"
-
-
 class _Index:
     """The float weights of the file by content: Keras loaded each variable from one of them."""
 
@@ -358,7 +353,7 @@ class _Index:
         self.where = where
         self.by_content = defaultdict(list)
         for e in source.entries:
-            if e.role not in ("optimizer", "variable") and _is_float(e.dtype):
+            if e.role not in ("optimizer", "variable") and is_float(e.dtype):
                 self.by_content[(tuple(e.shape), _digest(source.read(e)))].append(e)
         self._found = {}
 
@@ -368,7 +363,7 @@ class _Index:
         if key not in self._found:
             value = keras.ops.convert_to_numpy(variable)
             found = None
-            if _is_float(value.dtype):
+            if is_float(str(value.dtype)):
                 candidates = self.by_content.get((tuple(value.shape), _digest(value)), [])
                 found = _pick(candidates, variable)
             self._found[key] = found
