@@ -18,5 +18,5 @@ def test_docstring_examples(name):
     if name.split(".")[:2] == ["wqkernels", "keras"]:
         pytest.importorskip("keras", reason="wqkernels.keras needs keras and its backend")
     module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0, f"{result.failed} docstring example(s) failed in {name}"

@@ -292,7 +292,8 @@ def lamp_scores(x) -> np.ndarray:
     >>> import numpy as np
     >>> from wqkernels.allocation import lamp_scores
     >>> lamp_scores(np.array([3.0, -1.0, 0.0, 2.0, 1.0]))
-    array([1.        , 0.06666667, 0.        , 0.30769232, 0.06666667], dtype=float32)
+    array([1.        , 0.06666667, 0.        , 0.30769232, 0.06666667],
+          dtype=float32)
     """
     arr = check_float_array(x)
     magnitudes = np.abs(arr).reshape(-1)

@@ -54,7 +54,8 @@ def gptq(w, hessian, bits: int = 4, *, view: KernelView | None = None, symmetric
     --------
     >>> import numpy as np
     >>> from wqkernels import quantize
-    >>> from wqkernels.calibration import Hessian, gptq
+    >>> from wqkernels.calibration import Hessian
+    >>> from wqkernels.calibration.gptq import gptq
     >>> rng = np.random.default_rng(0)
     >>> x = rng.standard_normal((256, 16)) @ rng.standard_normal((16, 16))   # correlated inputs
     >>> w = rng.standard_normal((16, 8)).astype(np.float32)

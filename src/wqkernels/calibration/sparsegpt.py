@@ -48,7 +48,8 @@ def sparsegpt(w, hessian, sparsity: float | None = None, *, n: int | None = None
     --------
     >>> import numpy as np
     >>> from wqkernels import prune
-    >>> from wqkernels.calibration import Hessian, sparsegpt
+    >>> from wqkernels.calibration import Hessian
+    >>> from wqkernels.calibration.sparsegpt import sparsegpt
     >>> rng = np.random.default_rng(0)
     >>> x = rng.standard_normal((256, 16)) @ rng.standard_normal((16, 16))
     >>> w = rng.standard_normal((16, 8)).astype(np.float32)
