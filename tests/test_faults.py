@@ -1,6 +1,7 @@
 """Faults of the machine: full disks, signals, killed processes, concurrent writers."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -87,13 +88,18 @@ def _slow_rewrite(src, dst, *extra, **popen) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env, **popen)
 
 
-def _wait_for_temp(directory, proc, what=".tmp") -> str:
+def _wait_for_temp(directory, proc, what=".tmp", written=False) -> str:
+    """The name of the first temporary file of `proc` in `directory`; with `written`, once the
+    writer has written to it (it is past creating it: the instant a temporary file appears is
+    inside its creation)."""
     import time
     deadline = time.monotonic() + 60
     while True:
         names = [n for n in os.listdir(directory) if n.endswith(what) or n.startswith(".wqkernels-")]
-        if names:
-            return names[0]
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                if not written or os.stat(os.path.join(directory, name)).st_size > 0:
+                    return name
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.01)
 
@@ -111,12 +117,36 @@ def test_signal_stops_a_single_rewrite_leaving_nothing(signum, slow_source, tmp_
     out = tmp_path / "out"
     out.mkdir()
     proc = _slow_rewrite(slow_source, out / "o.h5")
-    _wait_for_temp(out, proc)
+    _wait_for_temp(out, proc, written=True)
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, stderr
     assert stderr == "wqkernels rewrite: interrupted\n"
     assert os.listdir(out) == []
+
+
+def test_interrupt_as_a_temporary_file_is_created_leaves_nothing(tmp_path, monkeypatch):
+    """An interrupt delivered right after the temporary file is created (before its writer held
+    it) stopped the write and left the file behind."""
+    from wqkernels.files import atomic
+    real_open = os.open
+
+    def open_then_interrupted(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if os.fspath(path).endswith(".tmp"):
+            os.kill(os.getpid(), signal.SIGINT)
+        return fd
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(os, "open", open_then_interrupted)
+        with pytest.raises(KeyboardInterrupt), atomic.written(str(tmp_path / "o.h5")):
+            pass
+    finally:
+        monkeypatch.undo()
+        signal.signal(signal.SIGINT, previous)
+    assert os.listdir(tmp_path) == []
+    assert not any(p.startswith(str(tmp_path)) for p in atomic._HELD)
 
 
 def test_hard_kill_leftovers_removed_by_the_next_rewrite_there(slow_source, tmp_path):

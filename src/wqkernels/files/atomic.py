@@ -45,17 +45,36 @@ _HELD: dict[str, int] = {}
 
 def _create_locked(path: str) -> bool:
     """Create `path` (O_EXCL) and lock it; False when a cleaner took the lock first (it removes
-    the file: the caller picks another name)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    if fcntl is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        except OSError:  # a file system without locks: the file is just never proved abandoned
-            pass
-    _HELD[path] = fd
+    the file: the caller picks another name).
+
+    An interrupt (KeyboardInterrupt from a signal handler) can come at any instruction, the one
+    just after the file was created included: then the file is removed before the interrupt
+    goes on (a name of random characters that exists after O_EXCL did not refuse it is ours).
+    """
+    fd = None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except OSError:  # a file system without locks: the file is just never proved abandoned
+                pass
+        _HELD[path] = fd
+    except OSError:  # (FileExistsError among them: another's file, left alone)
+        raise
+    except BaseException:
+        if path in _HELD:
+            remove(path)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        raise
     return True
 
 
