@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -281,3 +283,80 @@ def test_a_sharded_keras_native_report_says_each_note_once(tmp_path, shards):
         assert len(native) == 1 and native[0].startswith("Keras-native int8: 3 layers ("), report.notes
         assert len([n for n in report.notes if n.startswith("loads with")]) == 1
         assert len(report.notes) == len(set(report.notes))
+
+
+def _other_process(code: str, *args) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_a_second_rewrite_into_a_sharded_destination_is_refused(tmp_path, shards):
+    """Another process writing one shard of the destination: refused as for a single file, and
+    nothing written."""
+    _, index = shards
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = _other_process("import sys, time; from wqkernels.files import atomic; "
+                            "print(atomic.temp_beside(sys.argv[1]), flush=True); time.sleep(120)",
+                            out / "y_00001.weights.h5")
+    try:
+        held = os.path.basename(writer.stdout.readline().strip())
+        with pytest.raises(wqkernels.KerasFileError, match="y_00001.weights.h5: another process is writing it"):
+            wqkernels.rewrite(index, out / "y.weights.json", Recipe(bits=8))
+        assert os.listdir(out) == [held]
+    finally:
+        writer.kill()
+        writer.communicate()
+    wqkernels.rewrite(index, out / "y.weights.json", Recipe(bits=8))  # its writer gone
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+#: a rewrite whose process dies (os._exit, as under SIGKILL) before its os.replace number argv[1]
+_CRASHING = """
+import os, sys, wqkernels
+limit, real, calls = int(sys.argv[1]), os.replace, [0]
+def replace(a, b):
+    if calls[0] == limit:
+        os._exit(9)
+    calls[0] += 1
+    real(a, b)
+os.replace = replace
+wqkernels.rewrite(sys.argv[2], sys.argv[3], wqkernels.Recipe(bits=4))
+"""
+
+
+def test_a_crash_between_the_renames_is_never_read_as_a_model(tmp_path, shards):
+    """Killed after any number of its renames, a rewrite over an index leaves the old set, the
+    new one, or an index that reading refuses in one line: shards of two sets taken together
+    loaded silently as a model of neither."""
+    _, index = shards
+    new = tmp_path / "new"
+    new.mkdir()
+    wqkernels.rewrite(index, new / "y.weights.json", Recipe(bits=4))
+    want_new = wqkernels.load_weights(new / "y.weights.json")
+    count = len(_shard_files(new / "y.weights.json"))
+    seen = set()
+    for limit in range(count + 2):  # every shard's rename and the index's, and none
+        out = tmp_path / f"out{limit}"
+        out.mkdir()
+        wqkernels.rewrite(index, out / "y.weights.json", Recipe(bits=8))
+        want_old = wqkernels.load_weights(out / "y.weights.json")
+        done = _other_process(_CRASHING, limit, index, out / "y.weights.json")
+        _, stderr = done.communicate(timeout=120)
+        assert done.returncode == (0 if limit > count else 9), stderr
+        try:
+            got = wqkernels.load_weights(out / "y.weights.json")
+        except wqkernels.KerasFileError as exc:
+            assert "was not written with this index" in str(exc) and "\n" not in str(exc)
+            seen.add("refused")
+        else:
+            same = [all(np.array_equal(got[k], want[k]) for k in want) and got.keys() == want.keys()
+                    for want in (want_old, want_new)]
+            assert any(same), f"after {limit} renames: neither the old weights nor the new"
+            seen.add("old" if same[0] else "new")
+        assert main(["rewrite", str(index), "-o", str(out / "y.weights.json"), "--bits", "4"]) == 0  # repaired
+        got = wqkernels.load_weights(out / "y.weights.json")
+        assert all(np.array_equal(got[k], want_new[k]) for k in want_new)
+        assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+    assert seen == {"old", "refused", "new"}

@@ -27,7 +27,7 @@ except ImportError:  # no flock: nothing is ever proved abandoned, so nothing is
     fcntl = None
 
 __all__ = ["TEMP_PREFIX", "STOP", "temp_beside", "scratch_file", "remove", "is_temporary", "remove_abandoned",
-           "replace", "same_file", "written", "write_json"]
+           "claimed", "replace", "same_file", "written", "write_json"]
 
 #: set when the user asked the process to stop (the command line's Ctrl-C and SIGTERM handler):
 #: no temporary file is renamed into place after that, even when the interrupt was swallowed on
@@ -220,15 +220,27 @@ def same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-@contextlib.contextmanager
-def written(dst: str):
-    """Yield a temporary path beside `dst`; renamed to `dst` when the block completes, removed
-    whatever goes wrong (KeyboardInterrupt included).  Abandoned temporary files in the
-    directory are removed first; a destination another process is writing is refused."""
+def claimed(dst: str) -> str:
+    """A temporary file beside `dst` (:func:`temp_beside`) that holds `dst` for this process:
+    abandoned temporary files of `dst` are removed first, and a destination that is not a
+    regular file, or that another process is writing, is refused (KerasFileError; nothing is
+    left).  Renamed with :func:`replace`, released with :func:`remove`."""
     _check_regular(dst)
     tmp = temp_beside(dst)
     try:
         _check_alone(dst, tmp)
+    except BaseException:
+        remove(tmp)
+        raise
+    return tmp
+
+
+@contextlib.contextmanager
+def written(dst: str):
+    """Yield a temporary path beside `dst` (:func:`claimed`); renamed to `dst` when the block
+    completes, removed whatever goes wrong (KeyboardInterrupt included)."""
+    tmp = claimed(dst)
+    try:
         yield tmp
         if STOP.is_set():
             raise KeyboardInterrupt

@@ -14,6 +14,13 @@ and tensors are read one at a time.  The shards are written to temporary files f
 all are complete are they renamed into place, the index last, so that nothing names an
 incomplete output.  An index written over another removes, once it is in place, the shards the
 old one named that it does not (:func:`written_shards`).
+
+The renames are not one step: a crash between them leaves the old index with some of its shards
+replaced.  Keras opens ``<base>_00000.weights.h5`` by that name whatever the index says, so the
+new shards cannot take names of their own; instead every shard written here and its index carry
+one random token (a root attribute of each shard, a key of the index's ``metadata``, which
+Keras ignores), and :class:`Shards` refuses an index whose shards do not all carry its token
+(none for an index Keras wrote): a mix is said in one line, never read as a model.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import math
 import numbers
 import os
 import re
+import secrets
 import stat
 
 import h5py
@@ -39,6 +47,9 @@ __all__ = ["is_index", "Shards", "shard_names", "INDEX_SUFFIX", "shard_bytes", "
 
 INDEX_SUFFIX = ".weights.json"
 _SHARD = re.compile(r"(.+)_(\d{5,})\.weights\.h5")
+#: the name of the token of a set of shards written together: a root attribute of each shard
+#: and a key of its index's metadata
+SET_TOKEN = "wqkernels_shard_set"
 
 
 def is_index(path) -> bool:
@@ -144,6 +155,7 @@ class Shards:
         except BaseException:
             self.close()
             raise
+        self._check_set()
         self._owner = {}
         self.entries = []
         for source in self.sources:
@@ -158,6 +170,17 @@ class Shards:
         self.config = None
         self.packed = self.sources[0].packed
         return self
+
+    def _check_set(self) -> None:
+        """Refuse shards that do not all carry the token of the index (see the module docstring)."""
+        metadata = self.index.get("metadata")
+        token = metadata.get(SET_TOKEN) if isinstance(metadata, dict) else None
+        for name, source in zip(self.names, self.sources):
+            if _token_of(source.h5) != token:
+                self.close()
+                raise KerasFileError(f"{self.path}: shard {name!r} was not written with this index (a rewrite into it "
+                                     f"was stopped while renaming its shards into place); rewrite it again from its "
+                                     f"source")
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -235,10 +258,14 @@ def written_shards(dst: str, names: list[str], keep: tuple = ()):
     surplus = [os.path.join(directory, n) for n in _old_shards(dst) if n not in new]
     temps = []
     try:
-        for final in finals + [dst]:
-            temps.append(atomic.temp_beside(final))
-        yield temps[:-1], temps[-1]
-        for tmp, final in zip(temps, finals + [dst]):
+        for final in [dst] + finals:  # (the index first: a second rewrite into it is refused naming it)
+            temps.append(atomic.claimed(final))
+        index_tmp, shard_temps = temps[0], temps[1:]
+        yield shard_temps, index_tmp
+        _mark_set(shard_temps, index_tmp, secrets.token_hex(8))
+        if atomic.STOP.is_set():
+            raise KeyboardInterrupt
+        for tmp, final in zip(shard_temps + [index_tmp], finals + [dst]):
             atomic.replace(tmp, final)
     finally:  # removes what was not renamed, and releases every temporary file's lock
         for tmp in temps:
@@ -247,6 +274,26 @@ def written_shards(dst: str, names: list[str], keep: tuple = ()):
     for path in surplus:
         if not any(atomic.same_file(path, k) for k in kept):  # (a case-insensitive disk may alias names)
             _remove_regular(path)
+
+
+def _token_of(f: h5py.File) -> str | None:
+    """The set token a shard carries, or None."""
+    value = f.attrs.get(SET_TOKEN)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else None if value is None else str(value)
+
+
+def _mark_set(shard_temps: list[str], index_tmp: str, token: str) -> None:
+    """Give the complete shards and their index the token of their set (replacing any a shard
+    copied from its source)."""
+    for tmp in shard_temps:
+        with h5py.File(tmp, "r+", locking=False) as f:
+            f.attrs[SET_TOKEN] = np.bytes_(token.encode())
+    with open(index_tmp) as f:
+        index = json.load(f)
+    metadata = index.setdefault("metadata", {})
+    metadata[SET_TOKEN] = token
+    with open(index_tmp, "w") as f:
+        json.dump(index, f, indent=4)
 
 
 def _old_shards(dst: str) -> list[str]:
