@@ -278,7 +278,9 @@ def test_attention_and_convolutions_stay_float_and_load(tmp_path):
     before, after = wqkernels.load_weights(src), wqkernels.load_weights(dst)
     kernel = "layers/multi_head_attention/query/vars/0"
     kernel = kernel if kernel in before else next(p for p in before if "query" in p and p.endswith("vars/0"))
-    np.testing.assert_array_equal(after[kernel], wqkernels.fake_quantize(before[kernel], 8, axis=2, rounding="sum"))
+    # (dim, heads, head_dim): one scale per (head, head_dim), the axes the query does not sum
+    per_output = wqkernels.fake_quantize(before[kernel].reshape(16, 16), 8, axis=1, rounding="sum")
+    np.testing.assert_array_equal(after[kernel], per_output.reshape(before[kernel].shape))
     loaded(_input((2, 6, 16)))
 
 

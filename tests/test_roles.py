@@ -39,6 +39,44 @@ def test_block_view_runs_along_the_reduction_axis():
     assert roles.block_view((20, 8), "Embedding", "embeddings") == ((20, 8), 1)
 
 
+@pytest.mark.parametrize("equation, shape, reduced, view, axis, block, along", [
+    ("abc,cd->abd", (6, 5), (0,), (6, 5), 1, None, 0),              # the output last
+    ("abc,dc->abd", (5, 6), (1,), (5, 6), 0, None, 1),              # the output first
+    ("abc,cde->abde", (6, 2, 4), (0,), (6, 8), 1, None, 0),         # attention's query: (dim, heads, head_dim)
+    ("abcd,cde->abe", (2, 4, 6), (0, 1), (8, 6), 1, None, 0),       # attention's output
+    ("abc,dce->abde", (5, 6, 3), (1,), (5, 6, 3), 1, 6, 1),         # the output split around the sum
+    ("btf,tfd->btd", (8, 6, 4), (1,), (8, 6, 4), 1, 6, 1),          # t: one matrix per index
+    ("abcd,cbe->ade", (3, 2, 4), (0, 1), (6, 4), 1, None, 0),       # two summed axes, one kept
+])
+def test_einsum_kernels_get_one_scale_per_combination_of_the_axes_they_keep(equation, shape, reduced, view, axis,
+                                                                             block, along):
+    config = {"class_name": "EinsumDense", "config": {"equation": equation}}
+    assert roles.reduced_axes("EinsumDense", config, "e", len(shape)) == reduced
+    assert roles.channel_view(shape, "EinsumDense", "kernel", reduced) == (view, axis, block)
+    assert roles.block_view(shape, "EinsumDense", "kernel", reduced) == (view, along)
+    kept = [n for a, n in enumerate(shape) if a not in reduced]
+    assert roles.fan_in("EinsumDense", "kernel", shape, reduced) == np.prod(shape) // np.prod(kept)
+    w = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    w *= np.float32(10.0) ** (np.arange(w.size).reshape(shape) % 3)  # magnitudes far apart
+    q = wqkernels.quantize(w.reshape(view), 4, axis=axis, block_size=block, method="minmax")
+    assert q.scale.size == np.prod(kept)
+    ratio = q.scale.ravel() / np.abs(w).max(axis=reduced).ravel()  # each its own channel's max, in C order
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-6)
+
+
+def test_einsum_axes_without_an_equation():
+    """MultiHeadAttention's sublayers have no config of their own: their names tell."""
+    assert roles.reduced_axes("EinsumDense", None, "query_dense", 3) == (0,)
+    assert roles.reduced_axes("EinsumDense", None, "_value_dense", 3) == (0,)
+    assert roles.reduced_axes("EinsumDense", None, "output_dense", 3) == (0, 1)
+    assert roles.reduced_axes("EinsumDense", None, "output_dense", 2) is None
+    assert roles.reduced_axes("EinsumDense", None, "einsum_dense", 3) is None
+    assert roles.reduced_axes("Dense", {"config": {"equation": "ab,bc->ac"}}, "d", 2) is None
+    assert roles.reduced_axes("EinsumDense", {"config": {"equation": "abc,cd->abd"}}, "e", 3) is None  # not this kernel
+    assert roles.einsum_subscripts("...b,bc->...c") == ("...b", "bc", "...c")
+    assert roles.einsum_subscripts("ab->b") is None
+
+
 def test_class_from_name():
     assert roles.class_from_name("depthwise_conv2d_3") == "DepthwiseConv2D"
     assert roles.class_from_name("conv2d_transpose") == "Conv2DTranspose"

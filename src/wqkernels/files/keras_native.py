@@ -46,7 +46,7 @@ from .dtypes import BFLOAT16, new_bfloat16, new_float, stored_values
 from .errors import KerasFileError
 from .h5tree import HEADER_LIMIT, read_name_list, split_name_list
 from .layouts import CONFIG_MEMBER, Entry
-from .roles import ModelLayers, quantization_mode
+from .roles import ModelLayers, einsum_subscripts, quantization_mode
 from .transform import Grid, Measured
 from .writers import Writer
 
@@ -103,10 +103,10 @@ class EinsumLayout:
 def einsum_layout(equation: str) -> EinsumLayout | None:
     """The scale layout Keras 3.15 derives from an EinsumDense equation (``"ab,bc->ac"``), or
     None for equations Keras cannot quantize (those with ``...``)."""
-    m = re.match(r"([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)", equation)
-    if m is None:
+    parts = einsum_subscripts(equation)
+    if parts is None or "..." in parts[0] + parts[2]:
         return None
-    inputs, weights, outputs = m.groups()
+    inputs, weights, outputs = parts
     reduced = [i for i, c in enumerate(weights) if c not in outputs]
     expand = [i for i, c in enumerate(outputs) if c not in weights]
     transpose = [weights.index(c) for c in outputs if c in weights]
@@ -669,12 +669,12 @@ def _einsum_kernel_shape(layer_config: dict | None, rows: int, columns: int) -> 
     if layer_config is None or layer_config.get("class_name") != "EinsumDense":
         return None
     inner = layer_config.get("config", {})
-    m = re.match(r"([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)", str(inner.get("equation", "")))
+    parts = einsum_subscripts(inner.get("equation", ""))
     input_shape = (layer_config.get("build_config") or {}).get("input_shape")
     out_shape = inner.get("output_shape")
-    if m is None:
+    if parts is None or "..." in parts[0] + parts[2]:
         return None
-    inputs, weights, outputs = m.groups()
+    inputs, weights, outputs = parts
     out_shape = [out_shape] if isinstance(out_shape, int) else list(out_shape or [])
     sizes = dict(zip(inputs, input_shape)) if isinstance(input_shape, list) else {}
     sizes.update(dict(zip(outputs[len(outputs) - len(out_shape):], out_shape)))

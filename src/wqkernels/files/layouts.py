@@ -22,7 +22,7 @@ from h5py import h5g
 from .dtypes import dtype_name, is_bfloat16, is_float
 from .errors import KerasFileError
 from .h5tree import DatasetInfo, read_name_list, string_attr
-from .roles import KERNEL_ROLES, ModelLayers, channel_axis, parse_config, var_role, weight_role
+from .roles import KERNEL_ROLES, ModelLayers, channel_axis, parse_config, reduced_axes, var_role, weight_role
 
 PACKED_GROUP = "wqkernels"
 KERAS_MEMBER = "model.weights.h5"
@@ -54,6 +54,7 @@ class Entry:
     channel_axis: int | None
     shape: tuple
     dtype: str
+    reduced: tuple | None = None  # the kernel axes an EinsumDense sums over (roles.reduced_axes)
 
 
 def file_path(value, name: str = "path") -> str:
@@ -196,12 +197,20 @@ def entries(f: h5py.File, layout: str, config: dict | None, where: str, members:
     raise KerasFileError(f"{where}: unsupported layout {layout!r}")
 
 
-def _entry(path, info: DatasetInfo, layer, layer_class, role, source, quantized=False, dtype=None) -> Entry:
+def _entry(path, info: DatasetInfo, layer, layer_class, role, source, quantized=False, dtype=None,
+           einsum: tuple = (None, None)) -> Entry:
+    """One weight; `einsum` is (the layer's config, its group name) for an EinsumDense kernel's
+    summed axes (:func:`~.roles.reduced_axes`)."""
     shape = info.shape
     dtype = str(info.dtype) if dtype is None else dtype
     prunable = role in KERNEL_ROLES and is_float(dtype) and len(shape) >= 2 and not quantized
-    axis = channel_axis(layer_class, role, len(shape)) if prunable else None
-    return Entry(path, layer, layer_class, role, source, prunable, axis, shape, dtype)
+    reduced = reduced_axes(layer_class, *einsum, len(shape)) if prunable and role == "kernel" else None
+    axis = None
+    if prunable:
+        kept = [a for a in range(len(shape)) if a not in reduced] if reduced is not None else None
+        # (an EinsumDense keeping several axes has no one channel axis: see roles.channel_view)
+        axis = channel_axis(layer_class, role, len(shape)) if kept is None else kept[0] if len(kept) == 1 else None
+    return Entry(path, layer, layer_class, role, source, prunable, axis, shape, dtype, reduced)
 
 
 def _dataset(members: dict, path: str, where: str) -> DatasetInfo:
@@ -228,7 +237,10 @@ def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> lis
             info = _dataset(members, path, where)
             parts = wn.split("/")[:-1]
             cls, quantized, how = layers.resolve(name, parts)
-            out.append(_entry(path, info, name, cls, weight_role(wn), how if cls else "none", quantized))
+            owner = parts[-1] if parts else name
+            config = (layers.find(owner) or layers.find(name)) if how == "config" else None
+            out.append(_entry(path, info, name, cls, weight_role(wn), how if cls else "none", quantized,
+                              einsum=(config, owner)))
     if "optimizer_weights" in members and members["optimizer_weights"] is None:  # a group
         opt = f["optimizer_weights"]
         for wn in read_name_list(opt, "weight_names") or []:
@@ -278,5 +290,6 @@ def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]
             role, how = ("kernel", "shape") if guess else ("unknown", "none")
         layer = owner if in_cell or vname is None else vname
         dtype = dtype_name(f[path]) if obj.dtype.kind == "V" else None
-        out.append(_entry(path, obj, layer, cls, role, how, quantized, dtype))
+        config = layers.find(vname) if how == "config" else None
+        out.append(_entry(path, obj, layer, cls, role, how, quantized, dtype, einsum=(config, owner)))
     return out

@@ -9,7 +9,7 @@ from .._checks import check_bits, check_fraction, check_int, is_real
 from ..allocation import ALLOCATIONS, DEFAULT_SYMMETRIC, NARROW_EXTRA_BITS, channel_bits, default_method, default_rounding
 from ..quantization import METHODS, ROUNDINGS
 from .layouts import Entry
-from .roles import block_view, fan_in
+from .roles import block_view, channel_view, fan_in
 
 STORAGES = ("float32", "float16", "packed", "keras")
 #: what storage="keras" does with a layer's inputs: Keras's dynamic int8 quantization, or none
@@ -216,7 +216,7 @@ class Recipe:
 
     def bits_for(self, entry: Entry) -> int:
         """The bits of `entry`'s weight under `bits`: more for a narrow kernel (`narrow_bits`)."""
-        fan = fan_in(entry.layer_class, entry.role, entry.shape)
+        fan = fan_in(entry.layer_class, entry.role, entry.shape, entry.reduced)
         return self.bits if fan is None else channel_bits(self.bits, fan, self.narrow_bits)
 
     def method_for(self, bits: int) -> str:
@@ -240,8 +240,9 @@ class Recipe:
         if self.granularity == "tensor":
             return entry.shape, {"axis": None, **grid}
         if self.granularity == "channel":
-            return entry.shape, {"axis": entry.channel_axis, **grid}
-        view, axis = block_view(entry.shape, entry.layer_class, entry.role)
+            view, axis, block = channel_view(entry.shape, entry.layer_class, entry.role, entry.reduced)
+            return view, {"axis": axis, **({} if block is None else {"block_size": block}), **grid}
+        view, axis = block_view(entry.shape, entry.layer_class, entry.role, entry.reduced)
         # a block longer than the axis is one block over it: the same scales, and no huge sizes
         # for the kernels (2**63 overflowed them)
         block = max(1, min(self.block_size, view[axis]))

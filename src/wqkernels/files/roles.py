@@ -81,8 +81,86 @@ def var_role(layer_class: str | None, index: int, in_cell: bool) -> str | None:
     return table[index] if index < len(table) else "other"
 
 
+# ---- EinsumDense kernels ---------------------------------------------------------------------
+
+_EINSUM = re.compile(r"([a-zA-Z]*(?:\.\.\.)?[a-zA-Z]*),([a-zA-Z]+)->([a-zA-Z]*(?:\.\.\.)?[a-zA-Z]*)")
+#: the sublayers of a MultiHeadAttention (which have no config of their own) and the kernel axes
+#: each sums over: query/key/value ``(dim, heads, head_dim)`` axis 0, output ``(heads,
+#: head_dim, *out)`` axes 0 and 1 (whatever the rank of the attention's input)
+_ATTENTION_REDUCED = {"query_dense": (0,), "key_dense": (0,), "value_dense": (0,), "output_dense": (0, 1)}
+
+
+def einsum_subscripts(equation) -> tuple[str, str, str] | None:
+    """The (input, kernel, output) subscripts of an EinsumDense equation (``"abc,cd->abd"``;
+    an ellipsis stays ``...`` in the input and output), or None when it is not of that form."""
+    m = _EINSUM.fullmatch(str(equation).replace(" ", ""))
+    return None if m is None else m.groups()
+
+
+def reduced_axes(layer_class: str | None, layer_config: dict | None, name: str | None, ndim: int) -> tuple | None:
+    """The axes an EinsumDense kernel of `ndim` axes sums over (contracts): those its
+    equation's output does not name, as Keras's own quantizer takes them; for the sublayers of
+    a MultiHeadAttention, without a config of their own, from their `name`.  None for other
+    classes, and when neither tells (the kernel is then taken as channels last)."""
+    if layer_class != "EinsumDense":
+        return None
+    inner = layer_config.get("config") if isinstance(layer_config, dict) else None
+    parts = einsum_subscripts(inner.get("equation", "")) if isinstance(inner, dict) else None
+    if parts is not None:
+        _, kernel, output = parts
+        return tuple(i for i, c in enumerate(kernel) if c not in output) if len(kernel) == ndim else None
+    reduced = _ATTENTION_REDUCED.get(re.sub(r"^_", "", name or ""))
+    return reduced if reduced is not None and max(reduced) < ndim - 1 else None
+
+
+def _runs(shape: tuple, reduced: tuple) -> list[tuple[bool, int]]:
+    """The kernel's axes as runs of summed (True) or kept (False) axes: (summed, size) each."""
+    runs = []
+    for axis, n in enumerate(shape):
+        summed = axis in reduced
+        if runs and runs[-1][0] == summed:
+            runs[-1] = (summed, runs[-1][1] * n)
+        else:
+            runs.append((summed, n))
+    return runs
+
+
+def _einsum_layout(shape: tuple, reduced: tuple) -> tuple[tuple, int | None, int]:
+    """(view, channel axis, reduction axis) of an EinsumDense kernel: its runs of summed and
+    kept axes each flattened (a free reshape); the channel axis is the one kept run, or None
+    when the kept axes are not contiguous; blocks run along the last summed run (a length-1 axis
+    is added when nothing is summed)."""
+    runs = _runs(tuple(shape), reduced)
+    if not any(summed for summed, _ in runs):
+        runs.append((True, 1))
+    view = tuple(n for _, n in runs)
+    kept = [i for i, (summed, _) in enumerate(runs) if not summed]
+    along = max(i for i, (summed, _) in enumerate(runs) if summed)
+    return view, kept[0] if len(kept) == 1 else None, along
+
+
+def channel_view(shape: tuple, layer_class: str | None, role: str, reduced: tuple | None = None) -> tuple:
+    """How a kernel is quantized per channel: ``(view, axis, block_size)``, one scale per index
+    of `axis` of the view when `block_size` is None, else per block of `block_size` along it.
+
+    A kernel whose `reduced` (summed) axes are known (EinsumDense): one scale per combination of
+    the axes it does not sum, as Keras's own quantizer gives.  When those axes are contiguous
+    (leading, trailing or between summed ones) they are flattened into one axis of the view;
+    when summed axes lie between them (``"abc,dce->abde"``, kernel ``(d, c, e)``), the view is
+    ``(d, c, e)`` with one block the length of ``c``: still one scale per ``(d, e)``.  Only
+    kernels summing over two or more separate runs of axes while keeping separate runs get a
+    finer granularity than that (a scale per combination of all axes but the last summed run),
+    never a coarser one.  Other kernels: their own shape along :func:`channel_axis`.
+    """
+    if reduced is None:
+        return tuple(shape), channel_axis(layer_class, role, len(shape)), None
+    view, axis, along = _einsum_layout(shape, reduced)
+    return (view, axis, None) if axis is not None else (view, along, view[along])
+
+
 def channel_axis(layer_class: str | None, role: str, ndim: int) -> int:
-    """The axis with one scale per index (the output channel), as a non-negative axis.
+    """The axis with one scale per index (the output channel), as a non-negative axis, of a
+    kernel whose layer class tells its layout (an EinsumDense's equation: :func:`channel_view`).
 
     Dense/Conv kernels: last; depthwise kernels (DepthwiseConv and the depthwise half of
     SeparableConv): 2 = ``ndim - 2`` (input channels); Conv*Transpose: second-to-last;
@@ -97,12 +175,15 @@ def channel_axis(layer_class: str | None, role: str, ndim: int) -> int:
     return ndim - 1
 
 
-def fan_in(layer_class: str | None, role: str, shape: tuple) -> int | None:
+def fan_in(layer_class: str | None, role: str, shape: tuple, reduced: tuple | None = None) -> int | None:
     """How many weights of a kernel each output of its layer sums: the weights per output
     channel (a depthwise kernel's output channel reads only its ``kh * kw``, whatever its depth
-    multiplier), or None for an embedding table, whose rows are looked up, not summed."""
+    multiplier; an EinsumDense's, those of its `reduced` axes), or None for an embedding table,
+    whose rows are looked up, not summed."""
     if role == "embeddings":
         return None
+    if reduced is not None:
+        return math.prod(shape[a] for a in reduced)
     if _is_depthwise(layer_class, role):
         return math.prod(shape[:-2]) if len(shape) >= 2 else 1
     axis = channel_axis(layer_class, role, len(shape))
@@ -113,14 +194,19 @@ def _is_depthwise(layer_class: str | None, role: str) -> bool:
     return role == "depthwise_kernel" or (role == "kernel" and (layer_class or "").startswith("DepthwiseConv"))
 
 
-def block_view(shape: tuple, layer_class: str | None, role: str) -> tuple[tuple, int]:
+def block_view(shape: tuple, layer_class: str | None, role: str, reduced: tuple | None = None) -> tuple[tuple, int]:
     """The view on which blocks run along the reduction (input) axis: (view shape, block axis).
 
     When the channel axes trail (Dense, Conv, RNN and depthwise kernels), the leading reduction
     axes are flattened into one: ``(kh, kw, in, out)`` -> ``(kh*kw*in, out)`` with blocks along
     axis 0, a free reshape of the C-ordered array.  Otherwise (Conv*Transpose ``(kh, kw, out, in)``,
-    Embedding ``(vocab, dim)``) blocks run along the last axis.
+    Embedding ``(vocab, dim)``) blocks run along the last axis.  An EinsumDense kernel whose
+    `reduced` (summed) axes are known: its runs of summed and kept axes flattened, blocks along
+    the (last) summed run (:func:`channel_view`).
     """
+    if reduced is not None:
+        view, _, along = _einsum_layout(shape, reduced)
+        return view, along
     ndim = len(shape)
     axis = channel_axis(layer_class, role, ndim)
     if axis == ndim - 1 or _is_depthwise(layer_class, role):

@@ -132,7 +132,7 @@ def _prune(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, out: np.ndarra
     least = default_min_size("n:m") if recipe.min_size is None else recipe.min_size
     if x.size < least:
         return None
-    view, axis = block_view(e.shape, e.layer_class, e.role)
+    view, axis = block_view(e.shape, e.layer_class, e.role, e.reduced)
     return prune_n_m(x.reshape(view), n=n_m[0], m=n_m[1], axis=axis, out=out.reshape(view)).reshape(e.shape)
 
 
