@@ -134,9 +134,10 @@ def _low(obj) -> ObjectID:
     return obj if isinstance(obj, ObjectID) else obj.id
 
 
-def copy_attrs(src, dst) -> None:
+def copy_attrs(src, dst, cpl=None) -> None:
     """Copy every attribute of `src` to `dst` (h5py objects or low-level ids) with its exact file
     type and dataspace, in the order h5py lists them (creation order where it is tracked).
+    `cpl`: the creation property list of `src`, when the caller has it.
 
     A name list too long for an object header (a source written with dense attribute storage,
     say 100 k layer names) is split as Keras splits it, where it would not fit."""
@@ -144,8 +145,8 @@ def copy_attrs(src, dst) -> None:
     count = h5a.get_num_attrs(sid_)
     if not count:
         return
-    order = h5.INDEX_CRT_ORDER if sid_.get_create_plist().get_attr_creation_order() & h5p.CRT_ORDER_TRACKED \
-        else h5.INDEX_NAME
+    cpl = sid_.get_create_plist() if cpl is None else cpl
+    order = h5.INDEX_CRT_ORDER if cpl.get_attr_creation_order() & h5p.CRT_ORDER_TRACKED else h5.INDEX_NAME
     for k in range(count):
         aid = h5a.open(sid_, index=k, index_type=order)
         bname = aid.get_name()
@@ -518,6 +519,25 @@ class _Sink:
         # unbuffered: a buffer would be flushed by a seek or a read, outside the guard
         self.file = open(path, "w+b", buffering=0)
         self.error: OSError | None = None
+        # HDF5 calls the driver for each piece of metadata (some 3 per object of a file of many
+        # small weights): what cannot fail on a file open for writing is the file's own method,
+        # without a call of ours around it
+        self.seek, self.tell, self.readinto, self.read = self.file.seek, self.file.tell, self.file.readinto, self.file.read
+
+    def write(self, data) -> int:
+        size = len(data)  # (h5py passes a 1-D view of bytes)
+        if self.error is None:
+            try:
+                written = self.file.write(data)
+                if written != size:  # an unbuffered write may write part (up to a size limit)
+                    self._write_rest(memoryview(data).cast("B")[written:])
+            except OSError as exc:
+                self.error = exc
+        return size
+
+    def _write_rest(self, view: memoryview) -> None:
+        while view.nbytes:
+            view = view[self.file.write(view):]
 
     def _guard(self, call, *args):
         if self.error is None:
@@ -527,33 +547,12 @@ class _Sink:
                 self.error = exc
         return None
 
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        self._guard(self._write_all, view)
-        return view.nbytes
-
-    def _write_all(self, view: memoryview) -> None:
-        while view.nbytes:  # an unbuffered write may write part (up to a size limit)
-            view = view[self.file.write(view):]
-
     def truncate(self, size=None) -> int:
         self._guard(self.file.truncate, size)
         return size
 
     def flush(self) -> None:
         self._guard(self.file.flush)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.file.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.file.tell()
-
-    def readinto(self, buffer) -> int:
-        return self.file.readinto(buffer)
-
-    def read(self, size: int = -1) -> bytes:
-        return self.file.read(size)
 
 
 #: the sinks of the files being written, by HDF5 file number
@@ -716,23 +715,27 @@ def copy_tree(src: h5py.Group, dst: h5py.Group, members: dict, hooks: dict[str, 
     """
     apart = {path for path, info in members.items() if info is not None and not out.keeps(info)}
     sink = _SINKS.get(dst.id.fileno)
-    _copy_group(src.id, dst.id, hooks, skip, out, ancestors(set(hooks) | set(skip) | apart), apart, "", sink)
+    _copy_group(src.id, dst.id, hooks, skip, out, ancestors(set(hooks) | set(skip) | apart), apart, "", sink,
+                src.id.get_create_plist())
 
 
-def _member_names(gid: h5g.GroupID) -> list[bytes]:
+def _member_names(gid: h5g.GroupID, gcpl) -> list[bytes]:
     """The names of a group's members in the order h5py lists them (of creation where the group
-    tracks it, else of name), in one call: the group's iterator asks HDF5 once per name."""
-    tracked = gid.get_create_plist().get_link_creation_order() & h5p.CRT_ORDER_TRACKED
+    tracks it, else of name), in one call: the group's iterator asks HDF5 once per name.
+    `gcpl`: the group's creation property list."""
+    tracked = gcpl.get_link_creation_order() & h5p.CRT_ORDER_TRACKED
     names = []
     gid.links.iterate(names.append, idx_type=h5.INDEX_CRT_ORDER if tracked else h5.INDEX_NAME)
     return names
 
 
 def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, hooks: dict, skip, out: Datasets, opened: set,
-                apart: set, prefix: str, sink: _Sink | None) -> None:
-    """The members of group `src` (at `prefix`) into `dst`, on low-level handles: h5py's objects
-    are made only for the hooks and for datasets `out` stores its own way."""
-    for bname in _member_names(src):
+                apart: set, prefix: str, sink: _Sink | None, gcpl) -> None:
+    """The members of group `src` (at `prefix`; `gcpl` its creation property list) into `dst`,
+    on low-level handles: h5py's objects are made only for the hooks and for datasets `out`
+    stores its own way.  Each group's property list is fetched once, for its creation, its
+    attributes and its members' order (each handle costs about as much as creating a link)."""
+    for bname in _member_names(src, gcpl):
         name = bname.decode("utf-8", "surrogateescape")
         path = prefix + name
         if path in skip:
@@ -741,9 +744,10 @@ def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, hooks: dict, skip, out: Data
             raise sink.error
         if path in opened:  # a group with something below it to rewrite, leave out or store apart
             sub_src = h5g.open(src, bname)
-            sub = h5g.create(dst, bname, gcpl=sub_src.get_create_plist())  # same creation properties
-            copy_attrs(sub_src, sub)
-            _copy_group(sub_src, sub, hooks, skip, out, opened, apart, path + "/", sink)
+            sub_gcpl = sub_src.get_create_plist()
+            sub = h5g.create(dst, bname, gcpl=sub_gcpl)  # same creation properties
+            copy_attrs(sub_src, sub, sub_gcpl)
+            _copy_group(sub_src, sub, hooks, skip, out, opened, apart, path + "/", sink, sub_gcpl)
         elif path in hooks:
             hooks[path](h5py.Group(dst), name, h5py.Dataset(h5d.open(src, bname)))
         elif path in apart:
