@@ -127,7 +127,8 @@ enum { WQK_BLOCK = 32 }; /* elements per block of the blocked scans */
  * With a window [lo, hi] of keys known (from a sample) to hold the k-th smallest key:
  * counts[0] += keys below lo, counts[1] += keys in the window, and while counts[1] <= cap the
  * window's keys and global indices are appended to keys/index.  When y is not NULL, also
- * y = (key < lo) ? +0 : x.  Returns the largest key (not finite: a NaN or an infinity).
+ * y = (key < guess) ? +0 : x, guess in [lo, hi] being the best guess of the threshold (so that
+ * few of the window's entries need writing again once it is known).  Returns the largest key (not finite: a NaN or an infinity).
  * Magnitudes are below the sign bit, so they compare as signed integers.  Where the compiler
  * has vector types (GCC, clang), blocks of 32 are taken a vector at a time: counts and the
  * largest key per lane, summed every WQK_FLUSH blocks, and a bit mask of the window's lanes,
@@ -144,12 +145,12 @@ template <typename T, int Bytes> struct wqk_vector {
 #endif
 
 template <typename K>
-WQK_INLINE void wqk_scan_one(const K *x, K *y, ptrdiff_t i, K lo, K hi, int64_t base, K *keys, int64_t *index,
-                             int64_t cap, int64_t *less, int64_t *inside, K *top, const bool write) {
+WQK_INLINE void wqk_scan_one(const K *x, K *y, ptrdiff_t i, K lo, K hi, K guess, int64_t base, K *keys,
+                             int64_t *index, int64_t cap, int64_t *less, int64_t *inside, K *top, const bool write) {
     const K b = x[i], k = b & wqk_abs_mask<K>();
     *less += k < lo;
     *top = k > *top ? k : *top;
-    if (write) y[i] = k < lo ? (K)0 : b;
+    if (write) y[i] = k < guess ? (K)0 : b;
     if (k >= lo && k <= hi) {
         if (*inside < cap) {
             keys[*inside] = k;
@@ -160,8 +161,8 @@ WQK_INLINE void wqk_scan_one(const K *x, K *y, ptrdiff_t i, K lo, K hi, int64_t 
 }
 
 template <typename K, bool Write>
-WQK_INLINE K wqk_scan_impl(const K *__restrict x, K *__restrict y, ptrdiff_t n, K lo, K hi, int64_t base,
-                           K *keys, int64_t *index, int64_t cap, int64_t *counts) {
+WQK_INLINE K wqk_scan_impl(const K *__restrict x, K *__restrict y, ptrdiff_t n, K lo, K hi, K guess,
+                           int64_t base, K *keys, int64_t *index, int64_t cap, int64_t *counts) {
     int64_t less = counts[0], inside = counts[1];
     K top = 0;
     ptrdiff_t i0 = 0;
@@ -171,11 +172,12 @@ WQK_INLINE K wqk_scan_impl(const K *__restrict x, K *__restrict y, ptrdiff_t n, 
     typedef typename wqk_vector<SK, 32>::type SV;
     typedef typename wqk_vector<int32_t, 4 * W>::type MV; /* a bit of the block's mask per lane */
     const SK abs = (SK)wqk_abs_mask<K>();
-    SV vlo, vhi, vtop = {0};
+    SV vlo, vhi, vguess, vtop = {0};
     MV bit[V];
     for (int l = 0; l < W; l++) {
         vlo[l] = (SK)lo;
         vhi[l] = (SK)hi;
+        vguess[l] = (SK)guess;
         for (int v = 0; v < V; v++) bit[v][l] = (int32_t)((uint32_t)1 << (v * W + l));
     }
     while (i0 + WQK_BLOCK <= n) {
@@ -183,7 +185,7 @@ WQK_INLINE K wqk_scan_impl(const K *__restrict x, K *__restrict y, ptrdiff_t n, 
         ptrdiff_t end = i0 + (n - i0) / WQK_BLOCK * WQK_BLOCK, stop = i0 + (ptrdiff_t)WQK_FLUSH * WQK_BLOCK;
         end = end < stop ? end : stop;
         for (; i0 < end; i0 += WQK_BLOCK) {
-            MV in = {0};
+            SV any = {0};
             for (int v = 0; v < V; v++) {
                 SV b, k, lt, gt;
                 memcpy(&b, x + i0 + v * W, sizeof(SV));
@@ -193,10 +195,24 @@ WQK_INLINE K wqk_scan_impl(const K *__restrict x, K *__restrict y, ptrdiff_t n, 
                 below -= lt;
                 vtop = k > vtop ? k : vtop;
                 if (Write) {
-                    SV o = b & ~lt;
+                    SV o = b & ~(k < vguess);
                     memcpy(y + i0 + v * W, &o, sizeof(SV));
                 }
-                in |= __builtin_convertvector(~(lt | gt), MV) & bit[v];
+                any |= ~(lt | gt);
+            }
+            /* most blocks hold no window key (about 1 % of keys are in it): one test of the
+             * block's OR, and only a block that holds one builds its bit mask (x is in L1) */
+            uint64_t words[sizeof(SV) / 8];
+            memcpy(words, &any, sizeof(SV));
+            uint64_t hit = 0;
+            for (int w = 0; w < (int)(sizeof(SV) / 8); w++) hit |= words[w];
+            if (!hit) continue;
+            MV in = {0};
+            for (int v = 0; v < V; v++) {
+                SV k;
+                memcpy(&k, x + i0 + v * W, sizeof(SV));
+                k &= abs;
+                in |= __builtin_convertvector(~((k < vlo) | (k > vhi)), MV) & bit[v];
             }
             uint32_t mask = 0;
             for (int l = 0; l < W; l++) mask |= (uint32_t)in[l];
@@ -213,31 +229,41 @@ WQK_INLINE K wqk_scan_impl(const K *__restrict x, K *__restrict y, ptrdiff_t n, 
     }
     for (int l = 0; l < W; l++) top = (K)vtop[l] > top ? (K)vtop[l] : top;
 #endif
-    for (; i0 < n; i0++) wqk_scan_one(x, y, i0, lo, hi, base, keys, index, cap, &less, &inside, &top, Write);
+    for (; i0 < n; i0++)
+        wqk_scan_one(x, y, i0, lo, hi, guess, base, keys, index, cap, &less, &inside, &top, Write);
     counts[0] = less;
     counts[1] = inside;
     return top;
 }
 
 template <typename K>
-WQK_CLONES static K wqk_scan(const K *x, K *y, ptrdiff_t n, K lo, K hi, int64_t base, K *keys,
+WQK_CLONES static K wqk_scan(const K *x, K *y, ptrdiff_t n, K lo, K hi, K guess, int64_t base, K *keys,
                              int64_t *index, int64_t cap, int64_t *counts) {
     if (y)
-        return wqk_scan_impl<K, true>(x, y, n, lo, hi, base, keys, index, cap, counts);
-    return wqk_scan_impl<K, false>(x, y, n, lo, hi, base, keys, index, cap, counts);
+        return wqk_scan_impl<K, true>(x, y, n, lo, hi, guess, base, keys, index, cap, counts);
+    return wqk_scan_impl<K, false>(x, y, n, lo, hi, guess, base, keys, index, cap, counts);
 }
 
-/* For listed entries (keys and positions, positions increasing, all inside y's run that starts
- * at position base): y = +0 where key < t, or key == t at a position <= cut.  The writes are
- * scattered, so the cache lines a few entries ahead are fetched early. */
+/* For listed entries (keys and positions, positions increasing, all inside the run of x and y
+ * that starts at position base), which the scan wrote as y = (key < guess) ? +0 : x: the entries
+ * that go are those with key < t, or key == t at a position <= cut; only the entries between
+ * guess and t, which the scan wrote wrongly, are written again.  The keys are in no order, so
+ * the loop has no branch on them: an entry written correctly stores into a local instead. */
 template <typename K>
-WQK_CLONES static void wqk_zero_listed(K *y, const K *keys, const int64_t *index, ptrdiff_t count,
-                                       K t, int64_t cut, int64_t base) {
-    enum { AHEAD = 16 };
+WQK_CLONES static void wqk_fix_listed(const K *x, K *y, const K *keys, const int64_t *index,
+                                      ptrdiff_t count, K guess, K t, int64_t cut, int64_t base) {
+    K sink = 0;
     for (ptrdiff_t c = 0; c < count; c++) {
-        if (c + AHEAD < count) wqk_prefetch_write(y + (index[c + AHEAD] - base));
-        if (keys[c] < t || (keys[c] == t && index[c] <= cut)) y[index[c] - base] = 0;
+        const K key = keys[c];
+        const int64_t at = index[c] - base;
+        const bool go = (key < t) | ((key == t) & (index[c] <= cut));
+        const bool wrong = go != (key < guess);
+        const int64_t j = wrong ? at : 0;
+        const K v = go ? (K)0 : x[j];
+        K *dst = wrong ? y + j : &sink;
+        *dst = v;
     }
+    (void)sink;
 }
 
 /* hist[(key >> shift) & mask] += 1 for the keys whose bits above `above` equal prefix. */

@@ -6,9 +6,9 @@
 # r-th key equal to t (the "cut"), and writes y = 0 where key < t, or key == t up to the cut.
 # Large inputs take a fast path: evenly spaced samples give a window [lo, hi] of keys that
 # holds t with high probability; one pass counts the keys below lo, copies out the keys in
-# the window with their positions and (when y is not x) already writes y = (key < lo) ? 0 : x.
-# t and the cut then come from the small window alone, and its entries that go are zeroed in
-# y.  When the window misses (the counts say so exactly) or for small inputs, a radix select
+# the window with their positions and (when y is not x) already writes y = (key < guess) ? 0 : x
+# by a guess of t inside the window.  t and the cut then come from the small window alone, and
+# the window's entries between the guess and t are written again in y.  When the window misses (the counts say so exactly) or for small inputs, a radix select
 # over all the keys finds t: histograms of 11-bit digits, most significant first.
 #
 # Every kernel reports whether its input held an infinity or a NaN (False, or NONFINITE) and
@@ -19,13 +19,13 @@ from libc.math cimport sqrt, floor, ceil
 
 cdef extern from "_bit_loops.h" nogil:
     void wqk_prefetch(const void* p)
-    K wqk_scan[K](const K* x, K* y, Py_ssize_t n, K lo, K hi, int64_t base, K* keys, int64_t* index,
+    K wqk_scan[K](const K* x, K* y, Py_ssize_t n, K lo, K hi, K guess, int64_t base, K* keys, int64_t* index,
                   int64_t cap, int64_t* counts)
     void wqk_histogram[K](const K* x, Py_ssize_t n, K prefix, int above, int shift, uint32_t mask,
                           int64_t* hist)
     Py_ssize_t wqk_compact[K](const K* x, Py_ssize_t n, K prefix, int above, K* out)
-    void wqk_zero_listed[K](K* y, const K* keys, const int64_t* index, Py_ssize_t count, K t,
-                            int64_t cut, int64_t base)
+    void wqk_fix_listed[K](const K* x, K* y, const K* keys, const int64_t* index, Py_ssize_t count,
+                           K guess, K t, int64_t cut, int64_t base)
     Py_ssize_t wqk_find_equal[K](const K* x, Py_ssize_t n, K t, int64_t* r)
     K wqk_mask_below[K](const K* x, K* y, Py_ssize_t n, K t, Py_ssize_t cut)
     K wqk_n_m_runs[K](const K* x, K* y, Py_ssize_t runs, int m, int n, K* rank)
@@ -282,16 +282,18 @@ cdef Status sample_window(const Segment[key_t]* segs, Py_ssize_t nseg, int64_t t
     return status
 
 
-cdef void zero_window(const Segment[key_t]* segs, Py_ssize_t nseg, const key_t* keys,
-                      const int64_t* index, Py_ssize_t count, key_t t, int64_t cut) noexcept nogil:
-    """Zero in y the window entries that go: key < t, or key == t at a position <= cut."""
+cdef void fix_window(const Segment[key_t]* segs, Py_ssize_t nseg, const key_t* keys,
+                     const int64_t* index, Py_ssize_t count, key_t guess, key_t t,
+                     int64_t cut) noexcept nogil:
+    """Write again in y the window entries the scan wrote by `guess` instead of t: those that
+    go are key < t, or key == t at a position <= cut."""
     cdef Py_ssize_t s, first = 0, last
     for s in range(nseg):
         last = first
         while last < count and index[last] < segs[s].base + segs[s].n:
             last += 1
-        wqk_zero_listed(segs[s].y, keys + first, index + first, last - first, t, cut,
-                        segs[s].base)
+        wqk_fix_listed(segs[s].x, segs[s].y, keys + first, index + first, last - first, guess, t,
+                       cut, segs[s].base)
         first = last
 
 
@@ -303,7 +305,7 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
     Returns NONFINITE (before writing anything, when in place) if a key is an infinity or NaN.
     """
     cdef int nt = parts_for(total), p, bits
-    cdef key_t lo, hi, t = 0, top = 0
+    cdef key_t lo, hi, guess, t = 0, top = 0
     cdef int64_t r, cut = -1, less = 0, inside = 0, cap, expected
     cdef bint scanned_into_y = not inplace, copied_out
     cdef Py_ssize_t s, c, start, length
@@ -329,6 +331,10 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
                            &lo, &hi, &expected)
     if status != DONE:
         return status
+    # the scan writes y by this guess of t; in a window of ~1 % of the keys their values are
+    # about evenly spread, so its middle is about the sample's estimate and only the entries
+    # between it and t are written again
+    guess = lo + (hi - lo) // 2
     # room per part for twice the expected window: all of it may fall in one part; one key
     # value needs no room (its ties are found by a scan)
     cap = 0 if lo == hi else min(2 * expected + 1024, total // nt + 1)  # a part holds no more
@@ -345,7 +351,7 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
             if overlap(&segs[s], part_start(total, nt, p), part_start(total, nt, p + 1), &start, &length):
                 tops[p] = max(tops[p], wqk_scan(
                     <const key_t*>segs[s].x + start,
-                    <key_t*>segs[s].y + start if scanned_into_y else NULL, length, lo, hi,
+                    <key_t*>segs[s].y + start if scanned_into_y else NULL, length, lo, hi, guess,
                     segs[s].base + start, keys + p * cap, index + p * cap, cap, counts + 2 * p))
     copied_out = True
     for p in range(nt):
@@ -383,9 +389,9 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
         if status == DONE:
             cut = find_equal(segs, nseg, t, r)
     if status == DONE and copied_out and scanned_into_y:
-        # y holds (key < lo) ? 0 : x already; zero the window's entries that go
+        # y holds (key < guess) ? 0 : x already; write again the window's entries it got wrong
         for p in prange(nt, num_threads=nt, schedule="static"):
-            zero_window(segs, nseg, keys + p * cap, index + p * cap, cand[p].n, t, cut)
+            fix_window(segs, nseg, keys + p * cap, index + p * cap, cand[p].n, guess, t, cut)
     elif status == DONE:
         mask_segments(segs, nseg, total, t, cut)
     free(keys)
