@@ -163,8 +163,7 @@ def _check_regular(dst: str) -> None:
 
 def _check_alone(dst: str, tmp: str) -> None:
     """Refuse to write `dst` while another process writes it (holds the lock of another
-    temporary file of it); abandoned ones (and abandoned scratch files) are removed first.  (Two writers starting at the same
-    instant may both refuse: neither writes.)"""
+    temporary file of it); abandoned ones (and abandoned scratch files) are removed first."""
     directory, base = os.path.split(os.path.abspath(dst))
     remove_abandoned(directory, {base})
     for name in os.listdir(directory):
@@ -202,14 +201,35 @@ def same_file(a: str, b: str) -> bool:
 
 
 @contextlib.contextmanager
+def _directory_locked(dst: str):
+    """Hold an flock on the directory of `dst`, so that creating a temporary file and looking
+    for another writer's happen as one step (where it cannot be opened or locked: unlocked)."""
+    fd = None
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.dirname(os.path.abspath(dst)) or ".", os.O_RDONLY)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextlib.contextmanager
 def written(dst: str):
     """Yield a temporary path beside `dst`; renamed to `dst` when the block completes, removed
     whatever goes wrong (KeyboardInterrupt included).  Abandoned temporary files in the
     directory are removed first; a destination another process is writing is refused."""
     _check_regular(dst)
-    tmp = temp_beside(dst)
+    with _directory_locked(dst):  # (two writers starting at once: each would see the other's file)
+        tmp = temp_beside(dst)
+        try:
+            _check_alone(dst, tmp)
+        except BaseException:
+            remove(tmp)
+            raise
     try:
-        _check_alone(dst, tmp)
         yield tmp
         if STOP.is_set():
             raise KeyboardInterrupt
