@@ -208,6 +208,34 @@ def test_second_rewrite_into_the_same_destination_refused_while_the_first_runs(t
     assert sorted(os.listdir(out)) == ["o.h5", "other.h5"]
 
 
+def test_two_writers_starting_at_once_one_writes(tmp_path):
+    """Two writers of one destination that each created their temporary file before looking for
+    the other's both refused, and neither wrote: creating and looking are one step."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    # each writer, between creating its temporary file and looking for another, waits (up to 2 s)
+    # until the other has created its own, and after looking until the other has looked too
+    code = ("import os, sys, time; from wqkernels.files import atomic; me, other, dst = sys.argv[1:]; "
+            "check = atomic._check_alone\n"
+            "def wait(mine, theirs):\n"
+            "    open(mine, 'w').close(); end = time.time() + 2\n"
+            "    while not os.path.exists(theirs) and time.time() < end: time.sleep(0.01)\n"
+            "def slow(*a):\n"
+            "    wait(me, other)\n"
+            "    try: check(*a)\n"
+            "    finally: wait(me + '.done', other + '.done')\n"
+            "atomic._check_alone = slow\n"
+            "try:\n"
+            "    with atomic.written(dst) as tmp: open(tmp, 'w').write(me)\n"
+            "except atomic.KerasFileError as exc: sys.exit(str(exc))\n")
+    dst, a, b = tmp_path / "o.json", tmp_path / "a", tmp_path / "b"
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(me), str(other), str(dst)], env=env,
+                                stderr=subprocess.PIPE, text=True) for me, other in ((a, b), (b, a))]
+    results = [(w.communicate()[1], w.returncode)[::-1] for w in writers]
+    assert sorted(rc for rc, _ in results)[0] == 0, results
+    assert dst.read_text() in (str(a), str(b))
+    assert sorted(os.listdir(tmp_path)) == ["a", "a.done", "b", "b.done", "o.json"]
+
+
 def test_batch_keeps_the_temporary_file_of_a_running_single_rewrite(tmp_path):
     """A batch into a directory removed the temporary files of a single rewrite running there,
     which then failed: only files whose writer is gone (its lock free) are removed."""

@@ -182,8 +182,7 @@ def _check_regular(dst: str) -> None:
 
 def _check_alone(dst: str, tmp: str) -> None:
     """Refuse to write `dst` while another process writes it (holds the lock of another
-    temporary file of it); abandoned ones (and abandoned scratch files) are removed first.  (Two writers starting at the same
-    instant may both refuse: neither writes.)"""
+    temporary file of it); abandoned ones (and abandoned scratch files) are removed first."""
     directory, base = os.path.split(os.path.abspath(dst))
     remove_abandoned(directory, {base})
     for name in os.listdir(directory):
@@ -220,18 +219,35 @@ def same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
+@contextlib.contextmanager
+def _directory_locked(dst: str):
+    """Hold an flock on the directory of `dst`, so that creating a temporary file and looking
+    for another writer's happen as one step (where it cannot be opened or locked: unlocked)."""
+    fd = None
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.dirname(os.path.abspath(dst)) or ".", os.O_RDONLY)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def claimed(dst: str) -> str:
     """A temporary file beside `dst` (:func:`temp_beside`) that holds `dst` for this process:
     abandoned temporary files of `dst` are removed first, and a destination that is not a
     regular file, or that another process is writing, is refused (KerasFileError; nothing is
     left).  Renamed with :func:`replace`, released with :func:`remove`."""
     _check_regular(dst)
-    tmp = temp_beside(dst)
-    try:
-        _check_alone(dst, tmp)
-    except BaseException:
-        remove(tmp)
-        raise
+    with _directory_locked(dst):  # (two writers starting at once: each would see the other's file)
+        tmp = temp_beside(dst)
+        try:
+            _check_alone(dst, tmp)
+        except BaseException:
+            remove(tmp)
+            raise
     return tmp
 
 
