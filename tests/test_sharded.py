@@ -210,6 +210,12 @@ def test_bad_shard_sizes_are_one_line(tmp_path, shards, capsys):
     err = capsys.readouterr().err
     assert "splits Keras 3 weights" in err and len(err.strip().splitlines()) == 1
     assert set(os.listdir(tmp_path)) == listing
+    for flags, error in ((["--max-shard-size", "big"], "--max-shard-size must be a size such as 500MB"),
+                         (["--max-shard-size", "1", "--storage", "packed"], "packed files keep the source's shards")):
+        assert main(["rewrite", str(index), "-o", str(tmp_path / "y.weights.json"), "--bits", "4", *flags]) == 2
+        err = capsys.readouterr().err
+        assert error in err and "ValueError" not in err and len(err.strip().splitlines()) == 1
+    assert set(os.listdir(tmp_path)) == listing
 
 
 def test_resharding_shows_nothing_until_complete(tmp_path, shards, monkeypatch):

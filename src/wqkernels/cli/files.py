@@ -7,7 +7,7 @@ import sys
 
 from .._text import one_line, table
 from ..allocation import ALLOCATIONS
-from ..files import KerasFileError, Recipe, inspect, restore, rewrite
+from ..files import KerasFileError, Recipe, inspect, restore, rewrite, sharded
 from ..files.plan import NOTHING_REWRITTEN
 from ..files.recipe import ACTIVATIONS, COMPRESSIONS, STORAGES
 from ..files.pages import inspect_page, report_page
@@ -165,6 +165,14 @@ def run_rewrite(args) -> int:
     if args.max_shard_size is not None and (args.calibration is not None or batch.is_batch(args)):
         raise CommandError("--max-shard-size shards one output: give -o DST.weights.json and one SRC, "
                            "without --calibration")
+    if args.max_shard_size is not None:
+        if recipe.storage == "packed":
+            raise CommandError("--max-shard-size: packed files keep the source's shards; give another --storage, "
+                               "or no --max-shard-size")
+        try:
+            sharded.shard_bytes(args.max_shard_size, "--max-shard-size")
+        except (ValueError, TypeError) as exc:
+            raise CommandError(str(exc)) from None
     if args.calibration is not None:
         return _finish(_guarded(_calibrated(args), args.src[0], args.output, recipe, args.calibration,
                                 in_place=args.in_place, progress=not args.quiet,
