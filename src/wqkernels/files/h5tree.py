@@ -525,7 +525,7 @@ class _Sink:
         self.seek, self.tell, self.readinto, self.read = self.file.seek, self.file.tell, self.file.readinto, self.file.read
 
     def write(self, data) -> int:
-        size = len(data)  # (h5py passes a 1-D view of bytes)
+        size = memoryview(data).nbytes  # (in bytes, whatever the view's item size)
         if self.error is None:
             try:
                 written = self.file.write(data)
