@@ -126,6 +126,12 @@ def test_bad_indexes_are_one_line(tmp_path, shards, capsys):
     missing.write_text(json.dumps({"weight_map": {"/layers/dense/vars": "gone_00000.weights.h5"}}))
     assert main(["inspect", str(missing)]) == 1
     assert "shard 'gone_00000.weights.h5' is missing" in capsys.readouterr().err
+    fifo = tmp_path / "pipe_00000.weights.h5"
+    os.mkfifo(fifo)
+    piped = tmp_path / "pipe.weights.json"
+    piped.write_text(json.dumps({"weight_map": {"/layers/dense/vars": fifo.name}}))
+    assert main(["inspect", str(piped)]) == 1
+    assert "shard 'pipe_00000.weights.h5' is not a regular file" in capsys.readouterr().err
     with pytest.raises(wqkernels.KerasFileError, match="must end in .weights.json"):
         wqkernels.rewrite(index, tmp_path / "y.weights.h5", Recipe(bits=8))
     with pytest.raises(wqkernels.KerasFileError, match="overwrite the source"):

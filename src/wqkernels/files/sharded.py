@@ -114,8 +114,10 @@ def shard_names(path: str, index: dict) -> list[str]:
     if not names:
         raise KerasFileError(f"{path}: sharded index names no shard")
     for name in names:
-        if not os.path.isfile(os.path.join(directory, name)):
-            raise KerasFileError(f"{path}: shard {name!r} is missing")
+        shard = os.path.join(directory, name)
+        if not os.path.isfile(shard):
+            what = "is not a regular file" if os.path.exists(shard) else "is missing"
+            raise KerasFileError(f"{path}: shard {name!r} {what}")
 
     def order(name):
         m = _SHARD.fullmatch(name)
