@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import warnings
 import zipfile
 
@@ -437,3 +438,29 @@ def test_untied_reversible_embedding_stays_float_on_the_grid(tmp_path):
         path = f"layers/reversible_embedding/vars/{i}"
         np.testing.assert_array_equal(weights[path], wqkernels.fake_quantize(before[path], 8, axis=axis,
                                                                              symmetric=True, rounding="sum"), path)
+
+
+def test_inconsistent_quantized_kernels_are_one_line(tmp_path, capsys):
+    """Zero points or scales that do not fit their codes are an error naming the file and the
+    weight, never an IndexError from the arithmetic."""
+    src, dst = tmp_path / "m.weights.h5", tmp_path / "m-int4.weights.h5"
+    dense_model().save_weights(src)
+    wqkernels.rewrite(src, dst, Recipe(bits=4, storage="keras", granularity="block:32"))
+    with h5py.File(dst, "r") as f:
+        zeros = [n for n in _datasets(dst) if n.endswith("vars/3") and f[n].ndim == 2 and f[n].shape[0] > 1]
+    assert zeros
+    for cut in (1, None):  # a zero point short of a group, and one of no shape at all
+        bad = tmp_path / f"bad{cut}.weights.h5"
+        shutil.copy(dst, bad)
+        with h5py.File(bad, "r+") as f:
+            kept = f[zeros[0]][:cut] if cut else None
+            del f[zeros[0]]
+            if cut:
+                f[zeros[0]] = kept
+            else:
+                f.create_dataset(zeros[0], data=np.int8(0))
+        with pytest.raises(wqkernels.KerasFileError, match="quantized kernel is inconsistent"):
+            wqkernels.inspect(bad)
+        assert main(["inspect", str(bad)]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and bad.name in err

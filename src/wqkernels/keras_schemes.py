@@ -419,6 +419,12 @@ def grouped_dequantize(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, b
     the group of each index along `axis` of the 2-D codes."""
     block = check_int(block_size, "block_size", 1)
     n = codes.shape[axis]
+    groups = -(-n // block)
+    for name, given in (("scale", scale), ("zero", zero)):
+        shape = np.shape(given)
+        if len(shape) != codes.ndim or shape[axis] != groups:
+            raise ValueError(f"{name} must have {groups} groups of {block} along axis {axis} of codes of shape "
+                             f"{codes.shape}, got shape {shape}")
     index = np.arange(n) // block
     s = np.take(np.asarray(scale, np.float32), index, axis=axis)
     z = np.take(np.asarray(zero, np.float32), index, axis=axis)

@@ -192,7 +192,11 @@ class Source:
             data = self.read(entry)
             return data.astype(np.float32) if data.dtype == np.float16 else data
         paths = {e.path: e for e in self.entries}
-        return dequantize_kernel(self.root, q, lambda p: self.read(paths[p]))
+        try:
+            return dequantize_kernel(self.root, q, lambda p: self.read(paths[p]))
+        except (ValueError, TypeError, IndexError) as exc:  # codes, scales and zero points that disagree
+            raise KerasFileError(f"{self.path}: {entry.path}: Keras's quantized kernel is inconsistent: "
+                                 f"{reason(exc)}") from None
 
     def stored_bytes(self, entry: Entry) -> int:
         if self.is_packed(entry):
