@@ -362,3 +362,21 @@ def test_keras_weights_member_with_a_flipped_byte_is_refused(keras3_zip, tmp_pat
             call()
     assert not (tmp_path / "o.keras").exists()
     assert wqkernels.load_weights(keras3_zip)  # the intact archive reads
+
+
+def test_member_stored_twice_is_refused(keras3_zip, tmp_path):
+    """Which of two members of one name a zip reader takes is its own choice: refused, and nothing
+    written."""
+    import warnings
+    import zipfile
+    bad = tmp_path / "dup.keras"
+    listing = set(os.listdir(tmp_path)) | {bad.name}
+    with zipfile.ZipFile(keras3_zip) as z, zipfile.ZipFile(bad, "w") as out, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (zipfile warns of the duplicate it is told to write)
+        for info in z.infolist():
+            out.writestr(info, z.read(info))
+        out.writestr("model.weights.h5", z.read("model.weights.h5"))
+    for call in (lambda: wqkernels.inspect(bad), lambda: wqkernels.rewrite(bad, tmp_path / "o.keras", Recipe(bits=8))):
+        with pytest.raises(KerasFileError, match="holds model.weights.h5 twice"):
+            call()
+    assert set(os.listdir(tmp_path)) == listing

@@ -157,8 +157,13 @@ def model_config(f: h5py.File, zip_config: bytes | None = None, where: str = "")
 
 
 def check_zip_members(zf: zipfile.ZipFile, where: str) -> None:
-    """Refuse members that declare far more than they store (zip bombs, assets included)."""
+    """Refuse members that declare far more than they store (zip bombs, assets included), and
+    a name stored twice (which of the two Keras reads is the zip reader's choice)."""
+    seen = set()
     for info in zf.infolist():
+        if info.filename in seen:
+            raise KerasFileError(f"{where}: the archive holds {info.filename} twice; refused")
+        seen.add(info.filename)
         ratio = MAX_ZIP_RATIO if info.filename == KERAS_MEMBER else MAX_MEMBER_RATIO
         if info.file_size > ratio * max(info.compress_size, 1) + (64 << 20):
             raise KerasFileError(f"{where}: {info.filename} declares {info.file_size} bytes from "
