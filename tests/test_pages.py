@@ -190,6 +190,15 @@ def test_page_refuses_other_documents():
             pages.page(document)
 
 
+def test_chart_labels_escape_control_characters():
+    """A layer name holding ESC is drawn escaped (a font has no glyph for it: matplotlib warns,
+    which the tests turn into an error)."""
+    pytest.importorskip("matplotlib")
+    from wqkernels.files.charts import Panel, bar_panels
+    png = bar_panels(["layers/\x1b[31mred/vars/0", "b"], [Panel("error", (("e", np.array([1.0, 2.0])),))])
+    assert png.startswith(b"\x89PNG")
+
+
 def test_histogram_pictures_merge_bins_of_small_weights():
     from wqkernels.files.charts import _merged_bins
     assert _merged_bins(128, 144) == 4 and _merged_bins(128, 16) == 4 and _merged_bins(128, 10**6) == 1

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._text import printable
 from .report import Histogram
 
 __all__ = ["MissingExtra", "require", "Panel", "bar_panels", "HistogramPainter", "LABELLED"]
@@ -161,7 +162,9 @@ def _decades(values: np.ndarray) -> tuple | None:
 
 
 def _short(label: str, limit: int = 38) -> str:
-    """A label cut to `limit` characters, keeping its end (where weight names differ)."""
+    """A label cut to `limit` characters, keeping its end (where weight names differ), its
+    control characters escaped (no font draws them)."""
+    label = printable(label)
     return label if len(label) <= limit else "…" + label[-(limit - 1):]
 
 
