@@ -10,7 +10,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .._checks import check_float_array, check_int
 from .views import KernelView
 
-__all__ = ["patches", "einsum_view", "PADDINGS"]
+__all__ = ["patches", "einsum_view", "einsum_subscripts", "PADDINGS"]
 
 PADDINGS = ("valid", "same", "causal")
 
@@ -113,6 +113,18 @@ def _padded(x: np.ndarray, pads: list) -> np.ndarray:
     return np.pad(x[crop], grow)
 
 
+def einsum_subscripts(equation) -> tuple[str, str, str] | None:
+    """The (input, kernel, output) subscripts of an einsum layer's equation (``"abc,cd->abd"``;
+    spaces ignored, an ellipsis kept as ``...`` in the input and output), or None when the
+    equation is not of that form."""
+    match = re.fullmatch(r"([a-zA-Z.]*),([a-zA-Z]+)->([a-zA-Z.]*)", str(equation or "").replace(" ", ""))
+    if match is None:
+        return None
+    if any(sub.count("...") > 1 or sub.replace("...", "").count(".") for sub in (match[1], match[3])):
+        return None
+    return match[1], match[2], match[3]
+
+
 def einsum_view(equation: str, input_ndim: int, kernel_shape: tuple) -> tuple[KernelView, tuple, tuple]:
     """The kernel view of an einsum layer ``y = einsum(equation, x, kernel)``, and how its input
     becomes rows.
@@ -140,12 +152,11 @@ def einsum_view(equation: str, input_ndim: int, kernel_shape: tuple) -> tuple[Ke
     >>> view.matrix_shape, order, summed
     ((1, 16, 32), (0, 1, 2), ())
     """
-    match = re.fullmatch(r"\s*([\w.]*)\s*,\s*(\w*)\s*->\s*([\w.]*)\s*", equation or "")
-    if not match:
-        raise ValueError(f"equation must be 'input,kernel->output', got {equation!r}")
-    x_sub, k_sub, y_sub = match.groups()
-    if x_sub.count("...") > 1 or x_sub.replace("...", "").count(".") or "." in k_sub:
-        raise ValueError(f"equation {equation!r}: an ellipsis only in the input and output is supported")
+    parts = einsum_subscripts(equation)
+    if parts is None:
+        raise ValueError(f"equation must be 'input,kernel->output' (an ellipsis only in the input and output), "
+                         f"got {equation!r}")
+    x_sub, k_sub, y_sub = parts
     free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation][:max(input_ndim, 0)]
     if "..." in x_sub:
         extra = "".join(free[:input_ndim - len(x_sub) + 3])

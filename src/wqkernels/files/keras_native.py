@@ -41,12 +41,13 @@ import h5py
 import numpy as np
 
 from .. import keras_schemes as ks
+from ..calibration.rows import einsum_subscripts
 from ..quantization import quantize
 from .dtypes import BFLOAT16, new_bfloat16, new_float, stored_values
 from .errors import KerasFileError
 from .h5tree import HEADER_LIMIT, read_name_list, split_name_list
 from .layouts import CONFIG_MEMBER, Entry
-from .roles import ModelLayers, einsum_subscripts, quantization_mode
+from .roles import ModelLayers, quantization_mode
 from .transform import Grid, Measured
 from .writers import Writer
 

@@ -11,6 +11,8 @@ import json
 import math
 import re
 
+from ..calibration.rows import einsum_subscripts
+
 #: weight roles that are pruned and quantized; everything else is kept as it is
 KERNEL_ROLES = ("kernel", "recurrent_kernel", "depthwise_kernel", "pointwise_kernel", "embeddings",
                 "reverse_embeddings")
@@ -83,18 +85,10 @@ def var_role(layer_class: str | None, index: int, in_cell: bool) -> str | None:
 
 # ---- EinsumDense kernels ---------------------------------------------------------------------
 
-_EINSUM = re.compile(r"([a-zA-Z]*(?:\.\.\.)?[a-zA-Z]*),([a-zA-Z]+)->([a-zA-Z]*(?:\.\.\.)?[a-zA-Z]*)")
 #: the sublayers of a MultiHeadAttention (which have no config of their own) and the kernel axes
 #: each sums over: query/key/value ``(dim, heads, head_dim)`` axis 0, output ``(heads,
 #: head_dim, *out)`` axes 0 and 1 (whatever the rank of the attention's input)
 _ATTENTION_REDUCED = {"query_dense": (0,), "key_dense": (0,), "value_dense": (0,), "output_dense": (0, 1)}
-
-
-def einsum_subscripts(equation) -> tuple[str, str, str] | None:
-    """The (input, kernel, output) subscripts of an EinsumDense equation (``"abc,cd->abd"``;
-    an ellipsis stays ``...`` in the input and output), or None when it is not of that form."""
-    m = _EINSUM.fullmatch(str(equation).replace(" ", ""))
-    return None if m is None else m.groups()
 
 
 def reduced_axes(layer_class: str | None, layer_config: dict | None, name: str | None, ndim: int) -> tuple | None:
