@@ -288,6 +288,22 @@ def test_n_m_masks_follow_the_input_axis(cb, fresh, n, m):
     assert keep_masks(values, found, None, (2, 4), min_size=0).keys() == found.keys()
 
 
+@pytest.mark.keras
+def test_n_m_masks_follow_an_einsum_equation(keras, cb):
+    """An EinsumDense kernel runs its N:M patterns along the axis its equation sums, here the
+    last one ("ab,cb->ac": kernel (out, in)), as the file layer does."""
+    from wqkernels.keras.weights import keep_masks, prunable_weights
+    inputs = keras.Input((64,))
+    outputs = keras.layers.EinsumDense("ab,cb->ac", output_shape=(32,), name="proj")(inputs)
+    model = keras.Model(inputs, outputs)
+    found = {k.path: k for k in prunable_weights(model)}
+    assert [k.reduced for k in found.values()] == [(1,)]
+    values = {p: np.array(k.variable.numpy()) for p, k in found.items()}
+    keep = keep_masks(values, found, None, (2, 4), min_size=0)
+    (path, mask), = keep.items()
+    np.testing.assert_array_equal(np.where(mask, values[path], 0), reference.prune_n_m(values[path], 2, 4, axis=1))
+
+
 # ---- training ---------------------------------------------------------------------------------
 
 @pytest.mark.keras

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..allocation import count_fraction, default_min_size, prune_counts
-from ..files.roles import KERNEL_ROLES, block_view, var_role
+from ..files.roles import KERNEL_ROLES, block_view, reduced_axes, var_role
 from ..pruning import prune, prune_n_m
 
 __all__ = ["Kernel", "prunable_weights", "keep_masks"]
@@ -26,12 +26,14 @@ NUMPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
 @dataclass(frozen=True)
 class Kernel:
-    """One prunable variable of a model: its path, the variable, and what it is."""
+    """One prunable variable of a model: its path, the variable, and what it is (`reduced`: an
+    EinsumDense kernel's summed axes, :func:`wqkernels.files.roles.reduced_axes`)."""
 
     path: str
     variable: object
     layer_class: str
     role: str
+    reduced: tuple | None = None
 
     @property
     def shape(self) -> tuple:
@@ -63,7 +65,9 @@ def prunable_weights(model) -> list[Kernel]:
         role = var_role(layer_class, index, in_cell=False)
         if role in KERNEL_ROLES and len(variable.shape) >= 2 and keras.backend.is_float_dtype(variable.dtype) \
                 and getattr(layer, "quantization_mode", None) is None:
-            kernels.append(Kernel(variable.path, variable, layer_class, role))
+            equation = {"config": {"equation": getattr(layer, "equation", "")}}
+            reduced = reduced_axes(layer_class, equation, layer.name, len(variable.shape))
+            kernels.append(Kernel(variable.path, variable, layer_class, role, reduced))
     return kernels
 
 
@@ -105,7 +109,8 @@ def keep_masks(values: dict, kernels: dict, sparsity: float | None, n_m: tuple |
         pruned = {}
         for path, x in values.items():
             if x.size >= least:
-                view, axis = block_view(x.shape, kernels[path].layer_class, kernels[path].role)
+                kernel = kernels[path]
+                view, axis = block_view(x.shape, kernel.layer_class, kernel.role, kernel.reduced)
                 full = prune_n_m(x.reshape(view), n=n_m[0], m=n_m[1], axis=axis)
                 pruned[path] = _some_runs(x.reshape(view), full, axis, n_m[1], runs).reshape(x.shape)
     else:
