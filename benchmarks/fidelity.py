@@ -42,7 +42,6 @@ import numpy as np  # noqa: E402
 
 import models  # noqa: E402
 import wqkernels  # noqa: E402
-from wqkernels.allocation import NARROW_FAN_IN, NARROW_MAX_BITS  # noqa: E402
 
 BITS = tuple(range(2, 9))
 SEEDS = 3
@@ -62,6 +61,7 @@ class Tensor:
     role: str
     shape: tuple
     channel_axis: int
+    reduced: tuple | None = None  # an EinsumDense kernel's summed axes (``Entry.reduced``)
 
 
 @dataclass
@@ -126,9 +126,8 @@ def quantization_grid(bits: int) -> list[Candidate]:
 def improvements(bits: int) -> list[Candidate]:
     """Data-free improvements measured against the grid: sum-preserving rounding
     (``rounding="sum"`` of :func:`wqkernels.quantize`) on the grid's main recipes, and on all
-    kernels but the recurrent ones (``default_rounding`` of each role); at 2 and 3 bits blocks of
-    32 with the default's extra bits for narrow kernels (``Recipe.narrow_bits``), from 4 bits the
-    default with them (which it leaves out there)."""
+    kernels but the recurrent ones (``default_rounding`` of each role); blocks of 32 with the
+    default's extra bits for narrow kernels (``Recipe.narrow_bits``)."""
     out = []
     for symmetric in (True, False):
         for method in ("minmax", "mse"):
@@ -140,34 +139,9 @@ def improvements(bits: int) -> list[Candidate]:
         out.append(Candidate(quantization_label(False, "minmax", granularity) + " sum, recurrent nearest",
                              f"int{bits}", wqkernels.Recipe(bits=bits, symmetric=False, method="minmax",
                                                             granularity=granularity, narrow_bits=0)))
-    if bits <= NARROW_MAX_BITS:
-        out.append(Candidate(quantization_label(False, "minmax", "block:32") + " sum, narrow kernels +2 bits",
-                             f"int{bits}", wqkernels.Recipe(bits=bits, granularity="block:32")))
-    else:
-        out.append(Candidate(NARROW_EVERYWHERE, f"int{bits}", transform=_narrow_everywhere(bits)))
+    out.append(Candidate(quantization_label(False, "minmax", "block:32") + " sum, narrow kernels +2 bits",
+                         f"int{bits}", wqkernels.Recipe(bits=bits, granularity="block:32")))
     return out
-
-
-#: the default's extra bits for narrow kernels applied beyond NARROW_MAX_BITS too
-NARROW_EVERYWHERE = "default with narrow kernels +2 bits"
-
-
-def _narrow_everywhere(bits: int) -> Transform:
-    """The default recipe at `bits`, narrow kernels (at most NARROW_FAN_IN weights per output
-    channel) at ``bits + 2`` (at most 8) whatever `bits`."""
-    recipe = wqkernels.Recipe(bits=bits)
-
-    def transform(weights, tensors, context):
-        out = {}
-        for t in tensors:
-            view, options = layout(recipe, t)
-            fan_in = math.prod(t.shape) // t.shape[t.channel_axis]
-            b = min(bits + 2, 8) if fan_in <= NARROW_FAN_IN else bits
-            out[t.path] = wqkernels.fake_quantize(np.ascontiguousarray(weights[t.path], np.float32).reshape(view), b,
-                                                  method=recipe.method_for(b), **options).reshape(t.shape)
-        return out
-
-    return transform
 
 
 BASELINE = quantization_label(False, "minmax", "channel")
@@ -408,16 +382,18 @@ def bn_corrections(path: str, recipe: wqkernels.Recipe, counts: dict) -> dict:
 def block_view(tensor: Tensor) -> tuple[tuple, int]:
     from wqkernels.files.roles import block_view as view
 
-    return view(tensor.shape, tensor.layer_class, tensor.role)
+    return view(tensor.shape, tensor.layer_class, tensor.role, tensor.reduced)
 
 
 def _tensors(path: str) -> list[Tensor]:
     """The prunable weights of a model file, with the file layer's channel axes."""
     from wqkernels.files.roles import channel_axis
+    from wqkernels.files.source import Source
 
-    return [Tensor(w.path, w.layer, w.layer_class, w.role, tuple(w.shape),
-                   channel_axis(w.layer_class, w.role, len(w.shape)))
-            for w in wqkernels.inspect(path) if w.prunable]
+    with Source(path) as source:
+        return [Tensor(e.path, e.layer, e.layer_class, e.role, tuple(e.shape),
+                       channel_axis(e.layer_class, e.role, len(e.shape)), e.reduced)
+                for e in source.entries if e.prunable]
 
 
 def layout(recipe: wqkernels.Recipe, tensor: Tensor) -> tuple[tuple, dict]:
@@ -650,7 +626,7 @@ def models_table(rows, archs) -> str:
 
 #: the recipes of the summary: the default (and without its narrow kernels' extra bits), the
 #: baseline, blocks of 32, the former default
-SUMMARY = ("default", NO_NARROW, NARROW_EVERYWHERE, "default, rounding to nearest", BASELINE,
+SUMMARY = ("default", NO_NARROW, "default, rounding to nearest", BASELINE,
            "asym minmax block:32", "asym minmax block:32 sum", "asym minmax block:32 sum, narrow kernels +2 bits",
            "sym mse channel")
 

@@ -99,18 +99,23 @@ def channel_axis(layer_class: str, name: str, ndim: int) -> int:
 
 
 def expected_weights(model: keras.Model, bits: int, method: str, storage: str = "float32",
-                     symmetric: bool = True, rounding: str | None = None) -> list:
+                     symmetric: bool = True, rounding: str | None = None, narrow_bits: int = 0) -> list:
     """The model's weights with every kernel fake-quantized per channel by the NumPy reference
-    (rounding None: each kernel's ``default_rounding`` of its role, as a rewrite does)."""
-    from wqkernels.allocation import default_rounding
+    (rounding None: each kernel's ``default_rounding`` of its role, as a rewrite does; narrow
+    kernels at ``channel_bits(bits, fan_in, narrow_bits)``)."""
+    from wqkernels.allocation import channel_bits, default_rounding
+    from wqkernels.files.roles import fan_in
 
     out = []
     for v in model.weights:
         w = np.asarray(v.numpy())
         name = v.path.rsplit("/", 1)[-1]
         if name in KERNEL_NAMES and w.ndim >= 2:
-            axis = channel_axis(_owner(model, v), name, w.ndim)
-            w = reference.fake_quantize(w, bits, axis=axis, method=method, symmetric=symmetric,
+            owner = _owner(model, v)
+            axis = channel_axis(owner, name, w.ndim)
+            fan = fan_in(owner, name, w.shape)
+            width = bits if fan is None else channel_bits(bits, fan, narrow_bits)
+            w = reference.fake_quantize(w, width, axis=axis, method=method, symmetric=symmetric,
                                         rounding=default_rounding(name) if rounding is None else rounding)
             if storage == "float16":
                 w = w.astype(np.float16).astype(np.float32)

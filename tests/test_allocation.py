@@ -341,7 +341,7 @@ def test_scores_that_underflow_go_first(sparsity):
 
 def test_channel_bits():
     limit = allocation.NARROW_FAN_IN
-    assert [allocation.channel_bits(b, limit) for b in range(2, 9)] == [4, 5, 4, 5, 6, 7, 8]
+    assert [allocation.channel_bits(b, limit) for b in range(2, 9)] == [4, 5, 6, 7, 8, 8, 8]
     assert [allocation.channel_bits(b, limit + 1) for b in range(2, 9)] == list(range(2, 9))
     assert allocation.channel_bits(3, 1, extra=0) == 3 and allocation.channel_bits(2, 9, extra=6) == 8
     with pytest.raises(ValueError, match="bits"):
@@ -359,16 +359,17 @@ def _levels(x, axis) -> int:
 
 
 def test_narrow_kernels_get_more_bits_in_a_rewrite(keras3_zip, tmp_path):
-    """At 2 and 3 bits, a 3x3 depthwise kernel (9 weights per channel) gets two more bits; the
-    3x3x2 convolution (18 per channel) and the embedding table (looked up, not summed) keep the
-    recipe's; at 4 bits and with narrow_bits=0 every kernel has the recipe's bits."""
+    """A 3x3 depthwise kernel (9 weights per channel) gets two more bits, at most 8; the 3x3x2
+    convolution (18 per channel) and the embedding table (looked up, not summed) keep the
+    recipe's; with narrow_bits=0, and at 8 bits, every kernel has the recipe's bits."""
     from wqkernels.files.source import Source
 
     floats = wqkernels.load_weights(keras3_zip)
     with Source(keras3_zip) as source:
         entries = {e.path: e for e in source.entries if e.prunable}
     for recipe, narrow in ((wqkernels.Recipe(bits=2), 4), (wqkernels.Recipe(bits=2, narrow_bits=0), 2),
-                           (wqkernels.Recipe(bits=4), 4), (wqkernels.Recipe(bits=3, granularity="block:4"), 5)):
+                           (wqkernels.Recipe(bits=4), 6), (wqkernels.Recipe(bits=7), 8), (wqkernels.Recipe(bits=8), 8),
+                           (wqkernels.Recipe(bits=3, granularity="block:4"), 5)):
         dst = tmp_path / f"{recipe.bits}-{recipe.narrow_bits}-{recipe.granularity}.keras"
         report = wqkernels.rewrite(keras3_zip, dst, recipe)
         written = wqkernels.load_weights(dst)
@@ -383,7 +384,7 @@ def test_narrow_kernels_get_more_bits_in_a_rewrite(keras3_zip, tmp_path):
             if recipe.granularity == "channel":
                 assert _levels(written[path], e.channel_axis) <= 2 ** bits[path]
     keras = wqkernels.Recipe(bits=4, storage="keras")
-    assert all(keras.bits_for(e) == 4 for e in entries.values())
+    assert keras.narrow_bits == 0 and all(keras.bits_for(e) == 4 for e in entries.values())
     assert {wqkernels.Recipe(bits=2).bits_for(e) for e in entries.values()} == {2, 4}
 
 
@@ -391,3 +392,11 @@ def test_narrow_kernels_get_more_bits_in_a_rewrite(keras3_zip, tmp_path):
 def test_bad_narrow_bits(value, error):
     with pytest.raises(error, match="narrow_bits"):
         wqkernels.Recipe(bits=2, narrow_bits=value)
+
+
+def test_narrow_bits_with_keras_storage():
+    """Keras's int4 layers hold 4-bit codes only: more bits for narrow kernels is refused there,
+    and at 8 bits (where no kernel gets more) allowed."""
+    with pytest.raises(ValueError, match="narrow_bits=2 .*storage='keras'"):
+        wqkernels.Recipe(bits=4, storage="keras", narrow_bits=2)
+    assert wqkernels.Recipe(bits=8, storage="keras", narrow_bits=2).narrow_bits == 2

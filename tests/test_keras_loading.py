@@ -116,7 +116,9 @@ def test_keras_loads_rewrites(name, fmt, km, saved, tmp_path, capsys):
             restored = tmp_path / f"restored.{fmt}"
             assert run_cli(["restore", dst, "-o", restored], capsys)[0] == 0
             dst, storage = restored, "float32"
-        expected.set_weights(km.expected_weights(model, 4, Recipe(bits=4).method, storage, symmetric=Recipe(bits=4).symmetric))
+        default = Recipe(bits=4)
+        expected.set_weights(km.expected_weights(model, 4, default.method, storage, symmetric=default.symmetric,
+                                                 narrow_bits=default.narrow_bits))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the stripped optimizer state is reported as a warning
             loaded = _load(keras, km, name, fmt, dst)
@@ -158,7 +160,9 @@ def test_keras2_layouts_load_in_keras3(keras20, tfkeras, tmp_path, capsys):
         model.load_weights(dst)
         expected = build()
         axes = {"conv2d_1": 3, "depthwise_conv2d_1": 2, "dense_1": 1}
-        expected.set_weights([w if i else reference.fake_quantize(w, 4, axis=axes[layer], **default_grid(4))
+        bits = {"conv2d_1": 4, "depthwise_conv2d_1": 6, "dense_1": 4}  # 9 weights per depthwise channel: narrow
+        expected.set_weights([w if i else reference.fake_quantize(w, bits[layer], axis=axes[layer],
+                                                                  **default_grid(bits[layer]))
                               for layer, ws in values.items() for i, w in enumerate(ws)])
         np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(expected(x)))
 
@@ -213,7 +217,7 @@ def test_einsum_kernels_quantized_per_output_channel_load_closer(tmp_path):
         kernel.assign(w)
     src, dst = tmp_path / "e.keras", tmp_path / "e4.keras"
     model.save(src)
-    wqkernels.rewrite(src, dst, Recipe(bits=4, method="minmax", symmetric=True))
+    wqkernels.rewrite(src, dst, Recipe(bits=4, method="minmax", symmetric=True, narrow_bits=0))
     loaded = keras.saving.load_model(dst)
     data = rng.standard_normal((64, 6, 12)).astype(np.float32)
     want = np.asarray(model(data))

@@ -37,7 +37,7 @@ def test_rewrite_keras2_layouts_exact(which, keras20, tfkeras, tmp_path, capsys)
     src, values = keras20 if which == "keras20" else tfkeras
     before = sha256_of(src)
     dst = tmp_path / "out.h5"
-    code, out, err = run_cli(["rewrite", src, "-o", dst, "--bits", "4"], capsys)
+    code, out, err = run_cli(["rewrite", src, "-o", dst, "--bits", "4", "--narrow-bits", "0"], capsys)
     assert code == 0, err
     assert sha256_of(src) == before
     with h5py.File(src) as a, h5py.File(dst) as b:
@@ -59,7 +59,8 @@ def test_rewrite_keras2_layouts_exact(which, keras20, tfkeras, tmp_path, capsys)
 
 def test_keras3_zip_rewrite(keras3_zip, tmp_path):
     dst = tmp_path / "out.keras"
-    report = wqkernels.rewrite(keras3_zip, dst, Recipe(bits=4, granularity="channel", strip_optimizer=True))
+    report = wqkernels.rewrite(keras3_zip, dst, Recipe(bits=4, granularity="channel", strip_optimizer=True,
+                                                                narrow_bits=0))
     assert "names" in report.role_source
     with zipfile.ZipFile(keras3_zip) as a, zipfile.ZipFile(dst) as b:
         assert [(i.filename, i.compress_type) for i in a.infolist()] == \

@@ -8,9 +8,10 @@ the earlier default, the output error falls to 0.63 / 0.62 / 0.69 of it at 2 / 3
 (geometric mean over the models; recurrent kernels round to nearest, :func:`default_rounding`);
 mse clipping lowers the weight error and raises the output error of asymmetric grids at every
 width.  Symmetric grids keep mse at 2 and 3 bits, where their few levels make clipping pay.
-At 2 and 3 bits, kernels with at most :data:`NARROW_FAN_IN` weights per output channel get two
-more bits (:func:`channel_bits`): the output error falls to 0.81 of the rule's absence at 2 bits
-and 0.80 at 3 on ten models, on the BatchNorm digits CNN from 4.07 to 0.56 points lost at 2 bits.
+Kernels with at most :data:`NARROW_FAN_IN` weights per output channel get two more bits, at most 8
+(:func:`channel_bits`): on ten models the output error falls to 0.81 of the rule's absence at 2
+bits, 0.80 at 3 and 0.80-0.88 at 4 to 7; on the BatchNorm digits CNN int2 loses 0.25 points
+instead of 4.26.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..quantization import fake_quantize
 from ..statistics import error
 
 __all__ = ["BIT_WIDTHS", "DEFAULT_SYMMETRIC", "DEFAULT_ROUNDING", "NARROW_FAN_IN", "NARROW_EXTRA_BITS",
-           "NARROW_MAX_BITS", "default_method", "default_rounding", "channel_bits", "bits_for_sqnr"]
+           "default_method", "default_rounding", "channel_bits", "bits_for_sqnr"]
 
 #: The bit widths :func:`bits_for_sqnr` chooses from, fewest first.
 BIT_WIDTHS = range(2, 9)
@@ -38,33 +39,29 @@ NARROW_FAN_IN: int = 16
 #: The bits narrow kernels get beyond the requested width by default.
 NARROW_EXTRA_BITS: int = 2
 
-#: The widest requested width at which narrow kernels get more bits.
-NARROW_MAX_BITS: int = 3
-
 
 def channel_bits(bits: int, fan_in: int, extra: int = NARROW_EXTRA_BITS) -> int:
     """The bits of a kernel whose output channels have `fan_in` weights each, at a requested
-    width of `bits`: ``bits + extra`` for a narrow kernel (`fan_in` at most
-    :data:`NARROW_FAN_IN`) at 2 or 3 bits (:data:`NARROW_MAX_BITS`), else `bits`.
+    width of `bits`: ``bits + extra`` (at most 8) for a narrow kernel (`fan_in` at most
+    :data:`NARROW_FAN_IN`), else `bits`.
 
     A channel of few weights (a first convolution over one or three input channels, a 3x3
     depthwise kernel, an LSTM over 8 features) averages none of its rounding error away, and
     holds a small share of a model's weights: at 2 bits such kernels cost most of the output
-    error of the benchmark's BatchNorm digits CNNs (``benchmarks/FIDELITY.md``), and two more
-    bits for them add 0.01-0.04 bits per weight to those models (0.27 to the smallest, a
-    4,800-weight MLP whose first Dense reads 10 features).  From 4 bits on every kernel keeps the
-    requested width: there the rule moved no score by more than 0.31 points, and files at 4 and
-    8 bits keep one width throughout (what Keras's own int4 and int8 layers hold).
+    error of the benchmark's BatchNorm digits CNNs (``benchmarks/FIDELITY.md``), and from 4 to 7
+    bits they still carry a fifth of the output error on the geometric mean of ten models.  Two
+    more bits for them add 0.01-0.04 bits per weight to the digits CNNs (0.27 to the smallest
+    model, a 4,800-weight MLP whose first Dense reads 10 features), and nothing at 8 bits.
 
     Examples
     --------
     >>> from wqkernels.allocation import channel_bits
-    >>> channel_bits(2, 9), channel_bits(2, 288), channel_bits(3, 16), channel_bits(4, 9), channel_bits(2, 9, extra=0)
-    (4, 2, 5, 4, 2)
+    >>> channel_bits(2, 9), channel_bits(2, 288), channel_bits(3, 16), channel_bits(7, 9), channel_bits(2, 9, extra=0)
+    (4, 2, 5, 8, 2)
     """
     bits, extra = check_bits(bits), check_int(extra, "extra", 0)
     fan_in = check_int(fan_in, "fan_in", 0)
-    return min(bits + extra, 8) if fan_in <= NARROW_FAN_IN and bits <= NARROW_MAX_BITS else bits
+    return min(bits + extra, 8) if fan_in <= NARROW_FAN_IN else bits
 
 
 def default_method(bits: int, symmetric: bool = DEFAULT_SYMMETRIC) -> str:

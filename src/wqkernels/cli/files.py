@@ -66,8 +66,9 @@ def add_recipe_options(p) -> None:
     p.add_argument("--bits", type=int, metavar="B", help="quantize kernels to B bits (2..8)")
     p.add_argument("--target-sqnr", type=float, metavar="DB", help="per tensor, the fewest bits reaching DB")
     p.add_argument("--narrow-bits", type=int, metavar="N",
-                   help="at 2 and 3 bits, N more bits for kernels with at most 16 weights per output channel "
-                        "(first convolutions, 3x3 depthwise kernels; default 2, 0 for none)")
+                   help="N more bits (at most 8) for kernels with at most 16 weights per output channel "
+                        "(first convolutions, 3x3 depthwise kernels; default 2, none with --storage keras; "
+                        "0 for none)")
     p.add_argument("--granularity", default="channel", help="tensor, channel (default) or block:N")
     p.add_argument("--method", choices=METHODS,
                    help="scale choice (default: minmax; mse for symmetric grids of 2 and 3 bits)")

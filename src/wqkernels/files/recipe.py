@@ -71,11 +71,12 @@ class Recipe:
     activations : {"int8", "float"}, optional
         With storage="keras": quantize layer inputs dynamically to int8 (W8A8, the default of
         Keras's int8) or keep them float (weight-only, the default of Keras's int4).
-    narrow_bits : int
-        At 2 and 3 bits, bits beyond `bits` for a kernel whose outputs each sum at most 16 of
+    narrow_bits : int, optional
+        Bits beyond `bits` (at most 8 in all) for a kernel whose outputs each sum at most 16 of
         its weights (``NARROW_FAN_IN``: first convolutions over few input channels, 3x3
         depthwise kernels; never an embedding table, whose rows are looked up),
-        :func:`wqkernels.allocation.channel_bits`; default 2, 0 for none.
+        :func:`wqkernels.allocation.channel_bits`; default 2, 0 for none.  With
+        storage="keras" none: Keras's int4 and int8 layers hold the width they are named for.
 
     Examples
     --------
@@ -106,7 +107,7 @@ class Recipe:
     activations: str | None = None
     rounding: str | None = None
     bn_correction: bool = True
-    narrow_bits: int = NARROW_EXTRA_BITS
+    narrow_bits: int | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -150,7 +151,12 @@ class Recipe:
             set_(self, name, value)
         set_(self, "strip_optimizer", bool(self.strip_optimizer))
         set_(self, "bn_correction", bool(self.bn_correction))
+        if self.narrow_bits is None:
+            set_(self, "narrow_bits", 0 if self.storage == "keras" else NARROW_EXTRA_BITS)
         set_(self, "narrow_bits", check_int(self.narrow_bits, "narrow_bits", 0, 6))
+        if self.narrow_bits and self.storage == "keras" and self.bits != 8:
+            raise ValueError(f"narrow_bits={self.narrow_bits} needs other widths than Keras's int{self.bits} "
+                             f"layers hold: give narrow_bits=0 with storage='keras'")
         if self.activations is not None and self.storage != "keras":
             raise ValueError("activations applies to storage='keras' only")
 
