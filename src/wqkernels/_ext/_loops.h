@@ -101,18 +101,13 @@ WQK_CLONES static uint32_t wqk_max_abs_bits(const uint32_t *x, ptrdiff_t n, uint
     return wqk_max_abs_bits_of(x + h, n - h, wqk_max_abs_bits_of(x, h, acc));
 }
 
+/* Per lane: acc[i] = max(acc[i], bits of |x[i]|); lo[i], hi[i] the min and max keys. */
 static inline __attribute__((always_inline)) void wqk_max_abs_bits_lanes_of(const uint32_t *x, ptrdiff_t n,
                                                                             uint32_t *acc) {
     for (ptrdiff_t i = 0; i < n; i++) {
         uint32_t b = x[i] & 0x7fffffffu;
         acc[i] = b > acc[i] ? b : acc[i];
     }
-}
-
-WQK_CLONES static void wqk_max_abs_bits_lanes(const uint32_t *x, ptrdiff_t n, uint32_t *acc) {
-    const ptrdiff_t h = wqk_head(x, n);
-    wqk_max_abs_bits_lanes_of(x, h, acc);
-    wqk_max_abs_bits_lanes_of(x + h, n - h, acc + h);
 }
 
 /* min and max of the run as order-preserving keys. */
@@ -143,10 +138,75 @@ static inline __attribute__((always_inline)) void wqk_key_range_lanes_of(const u
     }
 }
 
-WQK_CLONES static void wqk_key_range_lanes(const uint32_t *x, ptrdiff_t n, int32_t *lo, int32_t *hi) {
-    const ptrdiff_t h = wqk_head(x, n);
-    wqk_key_range_lanes_of(x, h, lo, hi);
-    wqk_key_range_lanes_of(x + h, n - h, lo + h, hi + h);
+/* The keys of WQK_KEY_ROWS rows of WQK_KEY_LANES lanes spaced `stride` apart, into lo and hi
+ * (max |x| bits into hi alone when symmetric), held in registers across the rows. */
+#define WQK_KEY_ROWS 8
+#define WQK_KEY_LANES 64
+template <bool Asymmetric>
+static inline __attribute__((always_inline)) void wqk_key_block(const uint32_t *x, ptrdiff_t stride, int32_t *lo,
+                                                                int32_t *hi) {
+    if (Asymmetric) {
+        int32_t a[WQK_KEY_LANES], b[WQK_KEY_LANES];
+        for (int j = 0; j < WQK_KEY_LANES; j++) { a[j] = lo[j]; b[j] = hi[j]; }
+        for (int r = 0; r < WQK_KEY_ROWS; r++)
+            for (int j = 0; j < WQK_KEY_LANES; j++) {
+                int32_t k = wqk_key(x[r * stride + j]);
+                a[j] = k < a[j] ? k : a[j];
+                b[j] = k > b[j] ? k : b[j];
+            }
+        for (int j = 0; j < WQK_KEY_LANES; j++) { lo[j] = a[j]; hi[j] = b[j]; }
+    } else {
+        uint32_t m[WQK_KEY_LANES];
+        for (int j = 0; j < WQK_KEY_LANES; j++) m[j] = (uint32_t)hi[j];
+        for (int r = 0; r < WQK_KEY_ROWS; r++)
+            for (int j = 0; j < WQK_KEY_LANES; j++) {
+                uint32_t b = x[r * stride + j] & 0x7fffffffu;
+                m[j] = b > m[j] ? b : m[j];
+            }
+        for (int j = 0; j < WQK_KEY_LANES; j++) hi[j] = (int32_t)m[j];
+    }
+}
+
+template <bool Asymmetric>
+static inline __attribute__((always_inline)) void wqk_key_lanes_of(const uint32_t *x, ptrdiff_t n, int32_t *lo,
+                                                                   int32_t *hi) {
+    if (Asymmetric)
+        wqk_key_range_lanes_of(x, n, lo, hi);
+    else
+        wqk_max_abs_bits_lanes_of(x, n, (uint32_t *)hi);
+}
+
+/* Keys of `rows` runs of w lanes spaced `stride` apart, lane i its own group: lo[i], hi[i] take
+ * its (min, max) keys when asymmetric, else hi[i] its max |x| bits.  WQK_KEY_ROWS rows at a
+ * time, so that a lane's keys are loaded and stored once a block of rows and not once a row: a
+ * row of 16384 lanes has 64 KiB of them, more than L1 holds beside the rows streaming past. */
+template <bool Asymmetric>
+static inline __attribute__((always_inline)) void wqk_key_rows_of(const uint32_t *x, ptrdiff_t rows,
+                                                                  ptrdiff_t stride, ptrdiff_t w, int32_t *lo,
+                                                                  int32_t *hi) {
+    const ptrdiff_t h = wqk_head(x, w); /* the same in every row when stride is a multiple of 16 */
+    ptrdiff_t r = 0;
+    for (; r + WQK_KEY_ROWS <= rows; r += WQK_KEY_ROWS) {
+        const uint32_t *p = x + r * stride;
+        ptrdiff_t c = h;
+        for (; c + WQK_KEY_LANES <= w; c += WQK_KEY_LANES) wqk_key_block<Asymmetric>(p + c, stride, lo + c, hi + c);
+        for (int k = 0; k < WQK_KEY_ROWS; k++) {
+            wqk_key_lanes_of<Asymmetric>(p + k * stride, h, lo, hi);
+            wqk_key_lanes_of<Asymmetric>(p + k * stride + c, w - c, lo + c, hi + c);
+        }
+    }
+    for (; r < rows; r++) {
+        wqk_key_lanes_of<Asymmetric>(x + r * stride, h, lo, hi);
+        wqk_key_lanes_of<Asymmetric>(x + r * stride + h, w - h, lo + h, hi + h);
+    }
+}
+
+WQK_CLONES static void wqk_key_rows(const uint32_t *x, ptrdiff_t rows, ptrdiff_t stride, ptrdiff_t w, int asymmetric,
+                                    int32_t *lo, int32_t *hi) {
+    if (asymmetric)
+        wqk_key_rows_of<true>(x, rows, stride, w, lo, hi);
+    else
+        wqk_key_rows_of<false>(x, rows, stride, w, lo, hi);
 }
 
 /* Block sizes common enough that runs of them get loops of their own: the compiler unrolls a

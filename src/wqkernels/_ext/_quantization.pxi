@@ -6,9 +6,9 @@ from libc.string cimport memcpy
 
 cdef extern from "_loops.h" nogil:
     uint32_t wqk_max_abs_bits(const uint32_t* x, Py_ssize_t n, uint32_t acc)
-    void wqk_max_abs_bits_lanes(const uint32_t* x, Py_ssize_t n, uint32_t* acc)
     void wqk_key_range(const uint32_t* x, Py_ssize_t n, int32_t* lo, int32_t* hi)
-    void wqk_key_range_lanes(const uint32_t* x, Py_ssize_t n, int32_t* lo, int32_t* hi)
+    void wqk_key_rows(const uint32_t* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int asymmetric,
+                      int32_t* lo, int32_t* hi)
     int32_t wqk_key(uint32_t b)
     float wqk_code(float x, float s, float zp, float lo, float hi)
     void wqk_key_runs(const uint32_t* x, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail, int asymmetric,
@@ -74,14 +74,13 @@ cdef void unit_keys(const uint32_t* bits, const Layout* L, const Unit* U, bint a
     if L.runs:
         wqk_key_runs(bits + U.start, U.rows, U.length, U.tail, asymmetric, klo, khi)
         return
+    if L.lanes:
+        wqk_key_rows(bits + U.start, U.rows, U.stride, U.length, asymmetric, klo, khi)
+        return
     for r in range(U.rows):
         p = bits + U.start + r * U.stride
-        if asymmetric and L.lanes:
-            wqk_key_range_lanes(p, U.length, klo, khi)
-        elif asymmetric:
+        if asymmetric:
             wqk_key_range(p, U.length, klo, khi)
-        elif L.lanes:
-            wqk_max_abs_bits_lanes(p, U.length, <uint32_t*>khi)
         else:
             khi[0] = <int32_t>wqk_max_abs_bits(p, U.length, <uint32_t>khi[0])
 
