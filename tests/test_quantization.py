@@ -334,6 +334,12 @@ def test_long_rows_at_every_offset_from_a_cache_line_agree_with_reference(offset
             assert_same_quantization(wqkernels.quantize(x, 8, symmetric=symmetric, **options), expected)
             assert_bit_equal(wqkernels.fake_quantize(x, 8, symmetric=symmetric, **options),
                              ref.dequantize(expected), "fake_quantize")
+    for bad in (np.nan, np.inf, -np.inf):  # seen in a block of rows, past its head
+        y = x.copy()
+        y[13, 1500] = bad
+        for symmetric in (True, False):
+            with pytest.raises(ValueError, match="13, 1500"):
+                wqkernels.quantize(y, 8, symmetric=symmetric, axis=-1)
 
 
 def test_kernels_are_thread_safe():
