@@ -101,7 +101,8 @@ WQK_CLONES static uint32_t wqk_max_abs_bits(const uint32_t *x, ptrdiff_t n, uint
     return wqk_max_abs_bits_of(x + h, n - h, wqk_max_abs_bits_of(x, h, acc));
 }
 
-/* Per lane: acc[i] = max(acc[i], bits of |x[i]|); lo[i], hi[i] the min and max keys. */
+/* Lane i its own group: acc[i] takes the max bits of |x[i]| (below: lo[i], hi[i] its min and
+ * max keys); wqk_key_rows runs them over rows. */
 static inline __attribute__((always_inline)) void wqk_max_abs_bits_lanes_of(const uint32_t *x, ptrdiff_t n,
                                                                             uint32_t *acc) {
     for (ptrdiff_t i = 0; i < n; i++) {
