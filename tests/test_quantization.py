@@ -322,6 +322,26 @@ def test_large_arrays_split_over_threads_agree_with_reference():
         assert_same_quantization(wqkernels.quantize(x, 4, **options), ref.quantize(x, 4, **options))
 
 
+@pytest.mark.parametrize("offset", range(16))
+def test_long_rows_at_every_offset_from_a_cache_line_agree_with_reference(offset):
+    """Runs of 2048 elements and more split off their head so that their loads are aligned."""
+    base = np.random.default_rng(offset).standard_normal(24 * 2100 + 16).astype(np.float32)
+    x = base[offset:offset + 24 * 2100].reshape(24, 2100)  # a view: rows start at every offset
+    assert x.base is base
+    for options in (dict(), dict(axis=0), dict(axis=-1), dict(axis=0, block_size=2100)):
+        for symmetric in (True, False):
+            expected = ref.quantize(x, 8, symmetric=symmetric, **options)
+            assert_same_quantization(wqkernels.quantize(x, 8, symmetric=symmetric, **options), expected)
+            assert_bit_equal(wqkernels.fake_quantize(x, 8, symmetric=symmetric, **options),
+                             ref.dequantize(expected), "fake_quantize")
+    for bad in (np.nan, np.inf, -np.inf):  # seen in a block of rows, past its head
+        y = x.copy()
+        y[13, 1500] = bad
+        for symmetric in (True, False):
+            with pytest.raises(ValueError, match="13, 1500"):
+                wqkernels.quantize(y, 8, symmetric=symmetric, axis=-1)
+
+
 def test_kernels_are_thread_safe():
     """Concurrent calls give the results of serial ones (that they run concurrently: test_gil.py)."""
     rng = np.random.default_rng(7)

@@ -73,8 +73,22 @@ static inline int32_t wqk_key(uint32_t b) {
 
 /* ---- reductions -------------------------------------------------------------------------- */
 
+/* Elements of x before its first 64-byte boundary (at most n; none when x is not aligned to its
+ * element, or for a run shorter than WQK_ALIGN_FROM): the streaming loops below run that head
+ * apart, so that their vector loads of x are aligned.  NumPy's large arrays start 16 bytes past
+ * a cache line, and 64-byte loads across two lines made lanes loops over rows of 4096 a third
+ * slower; rows of 1024 lose more to a second head and tail per row than they gain. */
+#define WQK_ALIGN_FROM 2048
+template <typename T> static inline ptrdiff_t wqk_head(const T *x, ptrdiff_t n) {
+    const uintptr_t a = (uintptr_t)x;
+    if (a % sizeof(T) || n < WQK_ALIGN_FROM) return 0;
+    const ptrdiff_t h = (ptrdiff_t)(((64 - (a & 63)) & 63) / sizeof(T));
+    return h < n ? h : n;
+}
+
 /* max over the run of the bits of |x| (>= 0x7f800000 means a NaN or an infinity). */
-WQK_CLONES static uint32_t wqk_max_abs_bits(const uint32_t *x, ptrdiff_t n, uint32_t acc) {
+static inline __attribute__((always_inline)) uint32_t wqk_max_abs_bits_of(const uint32_t *x, ptrdiff_t n,
+                                                                          uint32_t acc) {
     for (ptrdiff_t i = 0; i < n; i++) {
         uint32_t b = x[i] & 0x7fffffffu;
         acc = b > acc ? b : acc;
@@ -82,7 +96,15 @@ WQK_CLONES static uint32_t wqk_max_abs_bits(const uint32_t *x, ptrdiff_t n, uint
     return acc;
 }
 
-WQK_CLONES static void wqk_max_abs_bits_lanes(const uint32_t *x, ptrdiff_t n, uint32_t *acc) {
+WQK_CLONES static uint32_t wqk_max_abs_bits(const uint32_t *x, ptrdiff_t n, uint32_t acc) {
+    const ptrdiff_t h = wqk_head(x, n);
+    return wqk_max_abs_bits_of(x + h, n - h, wqk_max_abs_bits_of(x, h, acc));
+}
+
+/* Lane i its own group: acc[i] takes the max bits of |x[i]| (below: lo[i], hi[i] its min and
+ * max keys); wqk_key_rows runs them over rows. */
+static inline __attribute__((always_inline)) void wqk_max_abs_bits_lanes_of(const uint32_t *x, ptrdiff_t n,
+                                                                            uint32_t *acc) {
     for (ptrdiff_t i = 0; i < n; i++) {
         uint32_t b = x[i] & 0x7fffffffu;
         acc[i] = b > acc[i] ? b : acc[i];
@@ -90,7 +112,8 @@ WQK_CLONES static void wqk_max_abs_bits_lanes(const uint32_t *x, ptrdiff_t n, ui
 }
 
 /* min and max of the run as order-preserving keys. */
-WQK_CLONES static void wqk_key_range(const uint32_t *x, ptrdiff_t n, int32_t *lo, int32_t *hi) {
+static inline __attribute__((always_inline)) void wqk_key_range_of(const uint32_t *x, ptrdiff_t n, int32_t *lo,
+                                                                   int32_t *hi) {
     int32_t a = *lo, b = *hi;
     for (ptrdiff_t i = 0; i < n; i++) {
         int32_t k = wqk_key(x[i]);
@@ -101,12 +124,90 @@ WQK_CLONES static void wqk_key_range(const uint32_t *x, ptrdiff_t n, int32_t *lo
     *hi = b;
 }
 
-WQK_CLONES static void wqk_key_range_lanes(const uint32_t *x, ptrdiff_t n, int32_t *lo, int32_t *hi) {
+WQK_CLONES static void wqk_key_range(const uint32_t *x, ptrdiff_t n, int32_t *lo, int32_t *hi) {
+    const ptrdiff_t h = wqk_head(x, n);
+    wqk_key_range_of(x, h, lo, hi);
+    wqk_key_range_of(x + h, n - h, lo, hi);
+}
+
+static inline __attribute__((always_inline)) void wqk_key_range_lanes_of(const uint32_t *x, ptrdiff_t n,
+                                                                         int32_t *lo, int32_t *hi) {
     for (ptrdiff_t i = 0; i < n; i++) {
         int32_t k = wqk_key(x[i]);
         lo[i] = k < lo[i] ? k : lo[i];
         hi[i] = k > hi[i] ? k : hi[i];
     }
+}
+
+/* The keys of WQK_KEY_ROWS rows of WQK_KEY_LANES lanes spaced `stride` apart, into lo and hi
+ * (max |x| bits into hi alone when symmetric), held in registers across the rows. */
+#define WQK_KEY_ROWS 8
+#define WQK_KEY_LANES 64
+template <bool Asymmetric>
+static inline __attribute__((always_inline)) void wqk_key_block(const uint32_t *x, ptrdiff_t stride, int32_t *lo,
+                                                                int32_t *hi) {
+    if (Asymmetric) {
+        int32_t a[WQK_KEY_LANES], b[WQK_KEY_LANES];
+        for (int j = 0; j < WQK_KEY_LANES; j++) { a[j] = lo[j]; b[j] = hi[j]; }
+        for (int r = 0; r < WQK_KEY_ROWS; r++)
+            for (int j = 0; j < WQK_KEY_LANES; j++) {
+                int32_t k = wqk_key(x[r * stride + j]);
+                a[j] = k < a[j] ? k : a[j];
+                b[j] = k > b[j] ? k : b[j];
+            }
+        for (int j = 0; j < WQK_KEY_LANES; j++) { lo[j] = a[j]; hi[j] = b[j]; }
+    } else {
+        uint32_t m[WQK_KEY_LANES];
+        for (int j = 0; j < WQK_KEY_LANES; j++) m[j] = (uint32_t)hi[j];
+        for (int r = 0; r < WQK_KEY_ROWS; r++)
+            for (int j = 0; j < WQK_KEY_LANES; j++) {
+                uint32_t b = x[r * stride + j] & 0x7fffffffu;
+                m[j] = b > m[j] ? b : m[j];
+            }
+        for (int j = 0; j < WQK_KEY_LANES; j++) hi[j] = (int32_t)m[j];
+    }
+}
+
+template <bool Asymmetric>
+static inline __attribute__((always_inline)) void wqk_key_lanes_of(const uint32_t *x, ptrdiff_t n, int32_t *lo,
+                                                                   int32_t *hi) {
+    if (Asymmetric)
+        wqk_key_range_lanes_of(x, n, lo, hi);
+    else
+        wqk_max_abs_bits_lanes_of(x, n, (uint32_t *)hi);
+}
+
+/* Keys of `rows` runs of w lanes spaced `stride` apart, lane i its own group: lo[i], hi[i] take
+ * its (min, max) keys when asymmetric, else hi[i] its max |x| bits.  WQK_KEY_ROWS rows at a
+ * time, so that a lane's keys are loaded and stored once a block of rows and not once a row: a
+ * row of 16384 lanes has 64 KiB of them, more than L1 holds beside the rows streaming past. */
+template <bool Asymmetric>
+static inline __attribute__((always_inline)) void wqk_key_rows_of(const uint32_t *x, ptrdiff_t rows,
+                                                                  ptrdiff_t stride, ptrdiff_t w, int32_t *lo,
+                                                                  int32_t *hi) {
+    const ptrdiff_t h = wqk_head(x, w); /* the same in every row when stride is a multiple of 16 */
+    ptrdiff_t r = 0;
+    for (; r + WQK_KEY_ROWS <= rows; r += WQK_KEY_ROWS) {
+        const uint32_t *p = x + r * stride;
+        ptrdiff_t c = h;
+        for (; c + WQK_KEY_LANES <= w; c += WQK_KEY_LANES) wqk_key_block<Asymmetric>(p + c, stride, lo + c, hi + c);
+        for (int k = 0; k < WQK_KEY_ROWS; k++) {
+            wqk_key_lanes_of<Asymmetric>(p + k * stride, h, lo, hi);
+            wqk_key_lanes_of<Asymmetric>(p + k * stride + c, w - c, lo + c, hi + c);
+        }
+    }
+    for (; r < rows; r++) {
+        wqk_key_lanes_of<Asymmetric>(x + r * stride, h, lo, hi);
+        wqk_key_lanes_of<Asymmetric>(x + r * stride + h, w - h, lo + h, hi + h);
+    }
+}
+
+WQK_CLONES static void wqk_key_rows(const uint32_t *x, ptrdiff_t rows, ptrdiff_t stride, ptrdiff_t w, int asymmetric,
+                                    int32_t *lo, int32_t *hi) {
+    if (asymmetric)
+        wqk_key_rows_of<true>(x, rows, stride, w, lo, hi);
+    else
+        wqk_key_rows_of<false>(x, rows, stride, w, lo, hi);
 }
 
 /* Block sizes common enough that runs of them get loops of their own: the compiler unrolls a
@@ -189,10 +290,14 @@ static inline __attribute__((always_inline)) void wqk_quantize_run(const float *
 template <typename Out>
 WQK_CLONES static void wqk_quantize_uniform(const float *x, Out *out, ptrdiff_t n, float s, float zp, float qmin,
                                             float qmax) {
-    if (zp == 0.0f)
-        wqk_quantize_run<Out, true>(x, out, n, s, zp, qmin, qmax);
-    else
-        wqk_quantize_run<Out, false>(x, out, n, s, zp, qmin, qmax);
+    const ptrdiff_t h = wqk_head(x, n);
+    if (zp == 0.0f) {
+        wqk_quantize_run<Out, true>(x, out, h, s, zp, qmin, qmax);
+        wqk_quantize_run<Out, true>(x + h, out + h, n - h, s, zp, qmin, qmax);
+    } else {
+        wqk_quantize_run<Out, false>(x, out, h, s, zp, qmin, qmax);
+        wqk_quantize_run<Out, false>(x + h, out + h, n - h, s, zp, qmin, qmax);
+    }
 }
 
 /* `count` runs of `length` (L, when not 0) elements, run r with scale s[r], zero point zp[r]. */
@@ -226,15 +331,25 @@ WQK_CLONES static void wqk_quantize_runs(const float *x, Out *out, ptrdiff_t cou
                                      qmax);
 }
 
-/* Element i with scale s[i] and zero point zp[i] (zp NULL: all 0). */
+/* Element i with scale s[i] and zero point zp[i] (zp NULL: all 0).  s and zp are read as x is,
+ * an element per element: given at x's 64-byte phase, their loads are aligned too. */
 template <typename Out>
-WQK_CLONES static void wqk_quantize_lanes(const float *x, Out *out, ptrdiff_t n, const float *s, const float *zp,
-                                          float qmin, float qmax) {
+static inline __attribute__((always_inline)) void wqk_quantize_lanes_of(const float *x, Out *out, ptrdiff_t n,
+                                                                        const float *s, const float *zp,
+                                                                        float qmin, float qmax) {
     if (!zp) {
         for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_rounded(x[i], s[i], qmin, qmax), s[i], 0.0f);
         return;
     }
     for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_code(x[i], s[i], zp[i], qmin - zp[i], qmax - zp[i]), s[i], zp[i]);
+}
+
+template <typename Out>
+WQK_CLONES static void wqk_quantize_lanes(const float *x, Out *out, ptrdiff_t n, const float *s, const float *zp,
+                                          float qmin, float qmax) {
+    const ptrdiff_t h = wqk_head(x, n);
+    wqk_quantize_lanes_of(x, out, h, s, zp, qmin, qmax);
+    wqk_quantize_lanes_of(x + h, out + h, n - h, s + h, zp ? zp + h : zp, qmin, qmax);
 }
 
 WQK_CLONES static void wqk_dequantize_uniform(const uint8_t *q, float *y, ptrdiff_t n, float s,

@@ -6,9 +6,9 @@ from libc.string cimport memcpy
 
 cdef extern from "_loops.h" nogil:
     uint32_t wqk_max_abs_bits(const uint32_t* x, Py_ssize_t n, uint32_t acc)
-    void wqk_max_abs_bits_lanes(const uint32_t* x, Py_ssize_t n, uint32_t* acc)
     void wqk_key_range(const uint32_t* x, Py_ssize_t n, int32_t* lo, int32_t* hi)
-    void wqk_key_range_lanes(const uint32_t* x, Py_ssize_t n, int32_t* lo, int32_t* hi)
+    void wqk_key_rows(const uint32_t* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int asymmetric,
+                      int32_t* lo, int32_t* hi)
     int32_t wqk_key(uint32_t b)
     float wqk_code(float x, float s, float zp, float lo, float hi)
     void wqk_key_runs(const uint32_t* x, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail, int asymmetric,
@@ -74,14 +74,13 @@ cdef void unit_keys(const uint32_t* bits, const Layout* L, const Unit* U, bint a
     if L.runs:
         wqk_key_runs(bits + U.start, U.rows, U.length, U.tail, asymmetric, klo, khi)
         return
+    if L.lanes:
+        wqk_key_rows(bits + U.start, U.rows, U.stride, U.length, asymmetric, klo, khi)
+        return
     for r in range(U.rows):
         p = bits + U.start + r * U.stride
-        if asymmetric and L.lanes:
-            wqk_key_range_lanes(p, U.length, klo, khi)
-        elif asymmetric:
+        if asymmetric:
             wqk_key_range(p, U.length, klo, khi)
-        elif L.lanes:
-            wqk_max_abs_bits_lanes(p, U.length, <uint32_t*>khi)
         else:
             khi[0] = <int32_t>wqk_max_abs_bits(p, U.length, <uint32_t>khi[0])
 
@@ -105,21 +104,23 @@ cdef bint keys_to_stats(const int32_t* klo, const int32_t* khi, Py_ssize_t count
 cdef bint stats_pass(const float* x, Py_ssize_t size, const Layout* L, bint asymmetric,
                      Py_ssize_t ngroups, float* lo, float* hi) noexcept nogil:
     """One pass over x: every group's statistics; False if x holds NaN or infinity."""
-    cdef int32_t* klo = <int32_t*>malloc(sizeof(int32_t) * max(ngroups, 1))
-    cdef int32_t* khi = <int32_t*>malloc(sizeof(int32_t) * max(ngroups, 1))
+    cdef void* blo = malloc(sizeof(int32_t) * max(ngroups, 1) + 64)
+    cdef void* bhi = malloc(sizeof(int32_t) * max(ngroups, 1) + 64)
+    cdef int32_t* klo = <int32_t*>at_phase(blo, x)  # lanes: group i beside element i of a row
+    cdef int32_t* khi = <int32_t*>at_phase(bhi, x)
     cdef Py_ssize_t u
     cdef Unit U
     cdef bint finite
-    if klo == NULL or khi == NULL:
-        free(klo); free(khi)
+    if blo == NULL or bhi == NULL:
+        free(blo); free(bhi)
         return False
     init_keys(klo, khi, ngroups, asymmetric)
     for u in prange(L.count, num_threads=threads_for(size), schedule="static"):
         U = unit_at(L, u)
         unit_keys(<const uint32_t*>x, L, &U, asymmetric, klo + U.group, khi + U.group)
     finite = keys_to_stats(klo, khi, ngroups, asymmetric, lo, hi)
-    free(klo)
-    free(khi)
+    free(blo)
+    free(bhi)
     return finite
 
 
@@ -398,17 +399,19 @@ cdef bint unit_fit(const float* x, const Layout* L, const Unit* U, bint symmetri
                    float qmax, float* s, float* zp) noexcept nogil:
     """The min/max scale and zero point of a unit's groups; False if one holds NaN or infinity."""
     cdef Py_ssize_t w = unit_groups(L, U), i
-    cdef int32_t* keys = <int32_t*>malloc(sizeof(int32_t) * 2 * w)
+    cdef void* buf = malloc(sizeof(int32_t) * 2 * w + 128)
     cdef float* stats = <float*>malloc(sizeof(float) * 2 * w)
+    cdef int32_t* klo = <int32_t*>at_phase(buf, x + U.start)  # lanes: group i beside element i of a row
+    cdef int32_t* khi = <int32_t*>at_phase(klo + w, x + U.start)
     cdef bint finite = False
-    if keys != NULL and stats != NULL:
-        init_keys(keys, keys + w, w, not symmetric)
-        unit_keys(<const uint32_t*>x, L, U, not symmetric, keys, keys + w)
-        finite = keys_to_stats(keys, keys + w, w, not symmetric, stats, stats + w)
+    if buf != NULL and stats != NULL:
+        init_keys(klo, khi, w, not symmetric)
+        unit_keys(<const uint32_t*>x, L, U, not symmetric, klo, khi)
+        finite = keys_to_stats(klo, khi, w, not symmetric, stats, stats + w)
         for i in range(w):
             group_params(stats[i], stats[w + i], 1.0, symmetric, qmax if symmetric else qmax - qmin,
                          &s[i], &zp[i])
-    free(keys)
+    free(buf)
     free(stats)
     return finite
 
@@ -441,15 +444,26 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
             return False
         for u in range(ngroups):
             group_params(zp[u], s[u], 1.0, is_signed, qmax if is_signed else qmax - qmin, &s[u], &zp[u])
+    cdef const float* ls = s  # the scales and zero points the loops read
+    cdef const float* lz = zp
+    cdef void* phased = NULL
+    if L.lanes and not fused and x != NULL:  # read beside x: copies at x's phase (see at_phase)
+        phased = malloc(sizeof(float) * 2 * ngroups + 128)
+        if phased != NULL:
+            ls = <float*>at_phase(phased, x)
+            lz = <float*>at_phase(<void*>(ls + ngroups), x)
+            memcpy(<void*>ls, s, sizeof(float) * ngroups)
+            memcpy(<void*>lz, zp, sizeof(float) * ngroups)
     for u in prange(L.count, num_threads=nt, schedule="static"):
         U = unit_at(&L, u)
         if fused and not unit_fit(x, &L, &U, is_signed, qmin, qmax, s + U.group, zp + U.group):
             bad += 1
         if op == QUANTIZE_PACKED:
-            unit_packed(&L, &U, x, q, codes + <Py_ssize_t>PACK_PIECE * threadid(), s + U.group, zp + U.group,
+            unit_packed(&L, &U, x, q, codes + <Py_ssize_t>PACK_PIECE * threadid(), ls + U.group, lz + U.group,
                         qmin, qmax, is_signed, bits)
         else:
-            unit_rows(op, &L, &U, x, q, y, s + U.group, zp + U.group, qmin, qmax, is_signed)
+            unit_rows(op, &L, &U, x, q, y, ls + U.group, lz + U.group, qmin, qmax, is_signed)
+    free(phased)
     free(codes)
     return bad == 0
 

@@ -11,7 +11,7 @@
 # elements long (a "runs" unit).  In the other kinds tail = length.
 
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t, uintptr_t
 from libc.stdlib cimport malloc, free
 
 cdef extern from "_loops.h" nogil:
@@ -109,6 +109,13 @@ cdef inline Py_ssize_t lane_width(Py_ssize_t n, int threads, Py_ssize_t least) n
 cdef inline int threads_for(Py_ssize_t size) noexcept nogil:
     """Threads worth starting for `size` elements of streaming work."""
     return 1 if size < (1 << 17) else wqk_max_threads()
+
+
+cdef inline void* at_phase(void* buf, const void* like) noexcept nogil:
+    """The first address from buf on at like's offset in a 64-byte line (buf has 63 bytes to
+    spare): a scratch vector read beside x element for element, so that when x's loads are
+    aligned (see wqk_head) so are the vector's."""
+    return <char*>buf + ((<uintptr_t>like - <uintptr_t>buf) & 63)
 
 
 def max_threads():
