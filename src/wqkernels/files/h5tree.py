@@ -263,12 +263,13 @@ class DatasetInfo(NamedTuple):
     contiguous: bool = False   # stored in one block: not chunked (so not filtered), not compact
 
 
-def dataset_info(dsid: h5d.DatasetID, dcpl=None, tid=None, layout=None) -> DatasetInfo:
-    """`dcpl`, `tid` and `layout`: the dataset's creation property list, type and layout, when the
-    caller has them already (each low-level handle h5py makes costs more than a small weight's
-    read)."""
+def dataset_info(dsid: h5d.DatasetID, dcpl=None, tid=None, layout=None, dtype=None) -> DatasetInfo:
+    """`dcpl`, `tid` (or its `dtype`) and `layout`: the dataset's creation property list, type and
+    layout, when the caller has them already (each low-level handle h5py makes costs more than a
+    small weight's read)."""
     dcpl = dsid.get_create_plist() if dcpl is None else dcpl
-    dtype = (dsid.get_type() if tid is None else tid).dtype
+    if dtype is None:
+        dtype = (dsid.get_type() if tid is None else tid).dtype
     layout = dcpl.get_layout() if layout is None else layout
     return DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dtype, int(dsid.get_storage_size()),
                        dcpl.get_fill_time() == PLACEHOLDER_FILL_TIME, contiguous=layout == h5d.CONTIGUOUS)
@@ -336,9 +337,12 @@ def check_attrs(oid, path: str, where: str) -> None:
             raise KerasFileError(f"{where}: attribute {name!r} of {path or '/'!r} has {problem}; refused")
 
 
-def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = False) -> DatasetInfo:
+def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = False,
+                  types: list | None = None) -> DatasetInfo:
     """Refuse external and virtual datasets, types we do not read safely, and (unless `exempt`)
-    declared sizes the stored data cannot back."""
+    declared sizes the stored data cannot back.  `types`: the (type, dtype, problem) of the
+    types seen before (a walk's), compared first: comparing two HDF5 types costs a tenth of
+    making a NumPy dtype of one."""
     dcpl = dsid.get_create_plist()
     layout = dcpl.get_layout()
     if layout == h5d.VIRTUAL:
@@ -346,13 +350,30 @@ def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = Fal
     if dcpl.get_external_count() > 0:
         raise KerasFileError(f"{where}: dataset {path!r} stores its data in external files; refused")
     tid = dsid.get_type()
-    problem = type_problem(tid)
+    dtype, problem = _described(tid, [] if types is None else types)
     if problem is not None:
         raise KerasFileError(f"{where}: dataset {path!r} has {problem}; refused")
-    info = dataset_info(dsid, dcpl, tid, layout)
+    info = dataset_info(dsid, dcpl, dtype=dtype, layout=layout)
     if not exempt:
         check_declared(info, path, where)
     return info
+
+
+#: :func:`check_dataset` remembers at most this many types of a walk
+_TYPES_KEPT = 8
+
+
+def _described(tid: h5t.TypeID, types: list) -> tuple:
+    """(the NumPy dtype of `tid`, :func:`type_problem` of it), from `types` when an equal type is
+    there, else made and added to it."""
+    for known, dtype, problem in types:
+        if tid.equal(known):
+            return dtype, problem
+    problem = type_problem(tid)
+    dtype = tid.dtype if problem is None else None
+    if len(types) < _TYPES_KEPT:
+        types.append((tid, dtype, problem))
+    return dtype, problem
 
 
 def unbacked_bytes(info: DatasetInfo) -> int:
@@ -406,6 +427,7 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
     check_attrs(root, "", where)
     members = {}
     budget = SMALL_TOTAL_BYTES if read_small else 0
+    types: list = []  # (see check_dataset)
     seen = {_address(h5o.get_info(root))}
     stack = [(root, "", iter(_links(root, "", where)))]
     while stack:
@@ -422,7 +444,7 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
                 raise KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
             seen.add(_address(object_info))
             if isinstance(oid, h5d.DatasetID):
-                info = members[path] = check_dataset(oid, path, where, exempt=not sizes or path in exempt)
+                info = members[path] = check_dataset(oid, path, where, not sizes or path in exempt, types)
                 if budget and _small(info) and info.dtype.itemsize * math.prod(info.shape) <= budget:
                     values = _read_early(oid, info)
                     if values is not None:
