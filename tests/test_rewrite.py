@@ -171,3 +171,43 @@ def test_weights_written_into_copies_equal_weights_created_anew(recipe, layers, 
     monkeypatch.setattr(writers, "OVERWRITTEN_BYTES", 0)  # every rewritten weight created anew
     assert wqkernels.rewrite(src, created, recipe).to_dict()["weights"] == report.to_dict()["weights"]
     assert _datasets(copied) == _datasets(created)
+
+
+def _order(path) -> list:
+    """Every member's path, as h5py lists them (in creation order where a group tracks it)."""
+    with h5py.File(path, "r") as f:
+        names = []
+
+        def listed(group, prefix):
+            for name in group:
+                names.append(prefix + name)
+                if isinstance(group[name], h5py.Group):
+                    listed(group[name], prefix + name + "/")
+        listed(f, "")
+        return names
+
+
+@pytest.mark.parametrize("layers", [3, 70])
+@pytest.mark.parametrize("track_order", [False, True])
+def test_placeholders_replaced_in_copies_restore_as_created_anew(layers, track_order, tmp_path, monkeypatch):
+    """A restore copies each layer whole and replaces its placeholders there: the file equals one
+    whose groups were recreated, also in the order members are listed (a group tracking its
+    links' creation order keeps its placeholders' places)."""
+    rewrite_module = importlib.import_module("wqkernels.files.rewrite")
+    src = tmp_path / "many.weights.h5"
+    rng = np.random.default_rng(1)
+    with h5py.File(src, "w") as f:
+        f.create_group("vars").attrs["name"] = "model"
+        for i in range(layers):
+            g = f.create_group(f"layers/dense_{i}/vars", track_order=track_order)
+            g.attrs["name"] = f"dense_{i}"
+            g.create_dataset("0", data=rng.standard_normal((4, 4)).astype(np.float32))  # first, then the bias
+            g.create_dataset("1", data=rng.standard_normal(4).astype(np.float32))
+    packed = tmp_path / "packed.weights.h5"
+    wqkernels.rewrite(src, packed, Recipe(bits=4, storage="packed", min_size=1))
+    replaced, created = tmp_path / "replaced.weights.h5", tmp_path / "created.weights.h5"
+    report = wqkernels.restore(packed, replaced)
+    monkeypatch.setattr(rewrite_module, "replaceable", lambda root, members, paths: set())
+    assert wqkernels.restore(packed, created).to_dict()["weights"] == report.to_dict()["weights"]
+    assert _datasets(replaced) == _datasets(created)
+    assert _order(replaced) == _order(created) == _order(src)

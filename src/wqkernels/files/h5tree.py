@@ -732,7 +732,8 @@ def ancestors(paths) -> set:
 
 
 def copy_tree(src: h5py.Group, dst: h5py.Group, members: dict, hooks: dict[str, Hook],
-              skip: frozenset = frozenset(), out: Datasets = Datasets(), overwrite: dict[str, Hook] = {}) -> None:
+              skip: frozenset = frozenset(), out: Datasets = Datasets(), overwrite: dict[str, Hook] = {},
+              replace: dict[str, Hook] = {}) -> None:
     """Copy the members of `src` into `dst`: groups recreated with their attributes, datasets
     copied exactly by `out` unless their path (relative to `src`) has a hook; paths in `skip`
     are left out with everything below them.  `members` is the checked :func:`walk` of `src`.
@@ -743,25 +744,46 @@ def copy_tree(src: h5py.Group, dst: h5py.Group, members: dict, hooks: dict[str, 
     (paths outside `skip`, none of them hooked) are copied so too, each then handed to its hook
     as ``hook(group, name, copy)`` (`name` its path below `group`) to write new values into
     the copy: for a small dataset that keeps its type and layout, creating it and the groups
-    above it anew costs more than copying its bytes once more.  A group holding more than
-    OVERWRITE_RUN of them is recreated rather than copied whole, so that each copy is written
-    while HDF5 still has it in its cache (after one copy of 10,000 layers, opening each
-    kernel again cost as much as the copy).
+    above it anew costs more than copying its bytes once more.  The placeholders of `replace`
+    (datasets without data) are copied so too, then unlinked from the copy and handed to their
+    hook as ``hook(group, name, placeholder)`` to create their dataset anew in `group` (paths
+    outside `skip`, none of them hooked, all :func:`replaceable`).  A group holding more than OVERWRITE_RUN of these datasets is recreated
+    rather than copied whole, so that each copy is reached while HDF5 still has it in its cache
+    (after one copy of 10,000 layers, opening each kernel again cost as much as the copy).
     """
-    apart = {path for path, info in members.items() if info is not None and not out.keeps(info)}
+    apart = {path for path, info in members.items()
+             if info is not None and not out.keeps(info) and path not in replace and path not in overwrite}
     opened = ancestors(set(hooks) | set(skip) | apart)
     below: dict = {}
-    for path in overwrite:
+    for path in (*overwrite, *replace):
         for group in ancestors((path,)):
             below[group] = below.get(group, 0) + 1
     opened.update(group for group, count in below.items() if count > OVERWRITE_RUN)
-    overwritten: dict = {}  # the path copied whole -> the overwritten datasets it holds
-    for path in overwrite:
+    later: dict = {}  # the path copied whole -> the datasets of `overwrite` and `replace` it holds
+    for path in (*overwrite, *replace):
         top = next((group for group in _prefixes(path) if group not in opened), path)
-        overwritten.setdefault(top, []).append(path)
+        later.setdefault(top, []).append(path)
     sink = _SINKS.get(dst.id.fileno)
-    _copy_group(src.id, dst.id, _Copy(hooks, skip, out, opened, apart, sink, overwrite, overwritten), "",
+    _copy_group(src.id, dst.id, _Copy(hooks, skip, out, opened, apart, sink, overwrite, replace, later), "",
                 src.id.get_create_plist())
+
+
+def replaceable(root: h5py.Group, members: dict, paths) -> set:
+    """Those of `paths` whose datasets copy_tree may take as `replace`: placeholders without data
+    (`members` is the walk of `root`) in groups that do not list their links in creation order,
+    which unlinking one and creating it anew would change."""
+    out, tracked = set(), {}
+    for path in paths:
+        info = members.get(path)
+        if not (isinstance(info, DatasetInfo) and info.placeholder and not info.stored):
+            continue
+        parent = path.rpartition("/")[0]
+        if parent not in tracked:
+            gid = h5g.open(root.id, parent.encode("utf-8")) if parent else root.id
+            tracked[parent] = gid.get_create_plist().get_link_creation_order() & h5p.CRT_ORDER_TRACKED
+        if not tracked[parent]:
+            out.add(path)
+    return out
 
 
 #: see :func:`copy_tree`
@@ -786,7 +808,8 @@ class _Copy(NamedTuple):
     apart: set          # datasets `out` stores its own way
     sink: _Sink | None  # the output file's, when it has one
     overwrite: dict     # path -> hook of a dataset written into its copy
-    overwritten: dict   # path copied whole -> the paths of `overwrite` below it
+    replace: dict       # path -> hook of a placeholder created anew in place of its copy
+    later: dict         # path copied whole -> the paths of `overwrite` and `replace` below it
 
 
 def write_values(dset: h5py.Dataset, data: np.ndarray) -> None:
@@ -830,9 +853,16 @@ def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, copy: _Copy, prefix: str, gc
             copy.out.copy(h5py.Group(dst), name, h5py.Dataset(h5d.open(src, bname)))
         else:
             copy.out.copy_whole(src, dst, bname, path)
-            for below in copy.overwritten.get(path, ()):
+            for below in copy.later.get(path, ()):
                 if copy.sink is not None and copy.sink.error is not None:
                     raise copy.sink.error
                 inner = bname + below[len(path):].encode("utf-8")
-                copy.overwrite[below](h5py.Group(dst), inner.decode("utf-8", "surrogateescape"),
-                                      h5py.Dataset(h5d.open(dst, inner)))
+                if below in copy.overwrite:
+                    copy.overwrite[below](h5py.Group(dst), inner.decode("utf-8", "surrogateescape"),
+                                          h5py.Dataset(h5d.open(dst, inner)))
+                    continue
+                parent, _, leaf = inner.rpartition(b"/")
+                group = h5g.open(dst, parent) if parent else dst
+                group.unlink(leaf)
+                copy.replace[below](h5py.Group(group), leaf.decode("utf-8", "surrogateescape"),
+                                    h5py.Dataset(h5d.open(src, inner)))

@@ -30,7 +30,7 @@ from .buffers import Buffers
 from .dtypes import BFLOAT16, dtype_name, is_float, new_float, stored_values
 from .errors import KerasFileError, as_file_errors
 from .graph import corrections
-from .h5tree import Datasets, ancestors, copy_attrs, copy_tree
+from .h5tree import Datasets, ancestors, copy_attrs, copy_tree, replaceable
 from .keras_native import KerasWriter
 from .layouts import CONFIG_MEMBER, KERAS_MEMBER, Entry, check_output_name, container, file_path
 from .packed import PackedWriter
@@ -410,16 +410,20 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar
             (overwritten if overwrite else hooks)[e.path] = _rewrite_hook(
                 source, e, recipe, work.counts, writer, rows, buffers, bins, given, grids.get(e.path), overwrite)
         hooks.update({e.path: _override_hook(source, e, value, recipe, writer) for e, value in weights.values()})
+        restored = {}
         if source.packed is not None:  # placeholders of a packed source not rewritten
             for e in source.entries:
                 if source.is_packed(e) and e.path not in hooks:
-                    hooks[e.path] = _restore_hook(source, e, writer, rows)
+                    restored[e.path] = _restore_hook(source, e, writer, rows)
             for path in source.packed.datasets:
                 if path not in hooks:
                     hooks[path] = _copy_hook(source.packed.dataset(path), writer)
+        replaced = replaceable(source.root, source.members, restored)
+        hooks.update((path, hook) for path, hook in restored.items() if path not in replaced)
         copy_attrs(source.root, f)
-        # (an overwritten weight is counted on the progress bar with the subtree copied around it)
-        copy_tree(source.root, f, source.members, bar.counting(hooks), work.skip, _Counted(writer, bar), overwritten)
+        # (an overwritten or replaced weight is counted on the progress bar with the subtree copied around it)
+        copy_tree(source.root, f, source.members, bar.counting(hooks), work.skip, _Counted(writer, bar), overwritten,
+                  {path: restored[path] for path in replaced})
     for e in source.entries:
         if e.prunable:
             report.rows.append(rows.get(e.path) or _untouched_row(source, e))
