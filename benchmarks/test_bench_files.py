@@ -184,26 +184,30 @@ def make_tiny(path: str, layers: int, seed: int = 0) -> None:
         mw.create_group("top_level_model_weights").attrs["weight_names"] = np.zeros(0)
 
 
-#: runs the command line in a fresh process and prints its wall time and peak resident memory
-#: (VmHWM starts afresh at exec)
+#: runs the command line in a fresh process and prints its wall time, CPU time (on a shared
+#: machine, wall time counts the other processes' turns too) and peak resident memory (VmHWM
+#: starts afresh at exec)
 _MEASURED = """
-import sys, time
+import resource, sys, time
 start = time.perf_counter()
 from wqkernels.cli import main
 code = main(sys.argv[1:])
 status = open("/proc/self/status").read().splitlines()
-print("RESULT", time.perf_counter() - start, next(l.split()[1] for l in status if l.startswith("VmHWM:")))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print("RESULT", time.perf_counter() - start, usage.ru_utime + usage.ru_stime,
+      next(l.split()[1] for l in status if l.startswith("VmHWM:")))
 sys.exit(code)
 """
 
 
-def run_measured(args: list[str]) -> tuple[float, int]:
-    """(seconds, peak resident bytes) of ``wqkernels args`` in a fresh process, its imports included."""
+def run_measured(args: list[str]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, peak resident bytes) of ``wqkernels args`` in a fresh process,
+    its imports included."""
     proc = subprocess.run([sys.executable, "-c", _MEASURED, *map(str, args)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"wqkernels {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
-    _, seconds, kb = proc.stdout.splitlines()[-1].split()
-    return float(seconds), int(kb) * 1024
+    _, seconds, cpu, kb = proc.stdout.splitlines()[-1].split()
+    return float(seconds), float(cpu), int(kb) * 1024
 
 
 #: the commands measured on each tiny model: name, arguments after the source
@@ -225,8 +229,8 @@ def measure_tiny(directory: str, weights: int, fmt: str) -> list[dict]:
         else:
             dst = packed if "packed" in options else os.path.join(directory, "int8" + fmt)
             args = ["rewrite", src, "-o", dst, "--quiet", *options]
-        seconds, peak = run_measured(args)
-        rows.append({"weights": weights, "format": fmt, "command": name, "seconds": seconds,
+        seconds, cpu, peak = run_measured(args)
+        rows.append({"weights": weights, "format": fmt, "command": name, "seconds": seconds, "cpu": cpu,
                      "peak_mib": peak / (1 << 20), "file_mb": os.path.getsize(src) / 1e6})
     for name in os.listdir(directory):
         os.unlink(os.path.join(directory, name))
@@ -234,10 +238,10 @@ def measure_tiny(directory: str, weights: int, fmt: str) -> list[dict]:
 
 
 def _print_tiny(rows: list[dict]) -> None:
-    print(f"\n{'weights':>8} {'format':<12} {'MB':>6} {'command':<17} {'seconds':>8} {'peak MiB':>9}")
+    print(f"\n{'weights':>8} {'format':<12} {'MB':>6} {'command':<17} {'seconds':>8} {'CPU s':>8} {'peak MiB':>9}")
     for r in rows:
         print(f"{r['weights']:>8} {r['format']:<12} {r['file_mb']:>6.1f} {r['command']:<17} "
-              f"{r['seconds']:>8.2f} {r['peak_mib']:>9.0f}")
+              f"{r['seconds']:>8.2f} {r['cpu']:>8.2f} {r['peak_mib']:>9.0f}")
 
 
 def test_tiny_weights(tmp_path):

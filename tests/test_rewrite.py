@@ -123,3 +123,91 @@ def test_compressed_chunks_are_contiguous_runs_of_about_1_mib(shape, chunks):
     if differ:  # a contiguous run: single indices, then part of one axis, then whole axes
         assert all(c == 1 for c in got[:differ[-1]])
         assert math.prod(got) * 4 <= CHUNK_BYTES
+
+
+def _many_dense(path, layers: int) -> None:
+    """A legacy .h5 of `layers` Dense(4) layers; two kernels are not stored as a rewrite stores
+    them (big-endian, chunked) and one layer's kernel is a float64."""
+    rng = np.random.default_rng(7)
+    with h5py.File(path, "w") as f:
+        f.attrs["backend"], f.attrs["keras_version"] = "jax", "3.15.1"
+        mw = f.create_group("model_weights")
+        names = [f"dense_{i}" for i in range(layers)]
+        mw.attrs["layer_names"] = names
+        for i, name in enumerate(names):
+            g = mw.create_group(name)
+            g.attrs["weight_names"] = [f"{name}/kernel", f"{name}/bias"]
+            kernel = rng.standard_normal((4, 4)).astype({1: ">f4", 2: np.float64}.get(i, np.float32))
+            g.create_dataset(f"{name}/kernel", data=kernel, chunks=(2, 4) if i == 3 else None)
+            g[f"{name}/kernel"].attrs["note"] = np.int16(i)
+            g.create_dataset(f"{name}/bias", data=rng.standard_normal(4).astype(np.float32))
+
+
+def _datasets(path) -> dict:
+    """Every dataset's values, type, layout, fill time and attributes; every group's attributes."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                dcpl = obj.id.get_create_plist()
+                out[name] = (obj[()].tobytes(), obj.dtype.str, obj.shape, dcpl.get_layout(), dcpl.get_fill_time(),
+                             obj.compression, dict(obj.attrs))
+            else:
+                out[name] = {k: np.asarray(v).tolist() for k, v in obj.attrs.items()}
+        f.visititems(visit)
+    return out
+
+
+@pytest.mark.parametrize("recipe", [Recipe(bits=8), Recipe(sparsity=0.5, bits=4, granularity="tensor"),
+                                    Recipe(bits=8, storage="float16"), Recipe(bits=8, compress="gzip")],
+                         ids=["int8", "pruned-int4", "float16", "gzip"])
+@pytest.mark.parametrize("layers", [3, 70])  # a model_weights group copied whole, or recreated
+def test_weights_written_into_copies_equal_weights_created_anew(recipe, layers, tmp_path, monkeypatch):
+    from wqkernels.files import writers
+    src = tmp_path / "many.h5"
+    _many_dense(src, layers)
+    copied, created = tmp_path / "copied.h5", tmp_path / "created.h5"
+    report = wqkernels.rewrite(src, copied, recipe)
+    monkeypatch.setattr(writers, "OVERWRITTEN_BYTES", 0)  # every rewritten weight created anew
+    assert wqkernels.rewrite(src, created, recipe).to_dict()["weights"] == report.to_dict()["weights"]
+    assert _datasets(copied) == _datasets(created)
+
+
+def _order(path) -> list:
+    """Every member's path, as h5py lists them (in creation order where a group tracks it)."""
+    with h5py.File(path, "r") as f:
+        names = []
+
+        def listed(group, prefix):
+            for name in group:
+                names.append(prefix + name)
+                if isinstance(group[name], h5py.Group):
+                    listed(group[name], prefix + name + "/")
+        listed(f, "")
+        return names
+
+
+@pytest.mark.parametrize("layers", [3, 70])
+@pytest.mark.parametrize("track_order", [False, True])
+def test_placeholders_replaced_in_copies_restore_as_created_anew(layers, track_order, tmp_path, monkeypatch):
+    """A restore copies each layer whole and replaces its placeholders there: the file equals one
+    whose groups were recreated, also in the order members are listed (a group tracking its
+    links' creation order keeps its placeholders' places)."""
+    rewrite_module = importlib.import_module("wqkernels.files.rewrite")
+    src = tmp_path / "many.weights.h5"
+    rng = np.random.default_rng(1)
+    with h5py.File(src, "w") as f:
+        f.create_group("vars").attrs["name"] = "model"
+        for i in range(layers):
+            g = f.create_group(f"layers/dense_{i}/vars", track_order=track_order)
+            g.attrs["name"] = f"dense_{i}"
+            g.create_dataset("0", data=rng.standard_normal((4, 4)).astype(np.float32))  # first, then the bias
+            g.create_dataset("1", data=rng.standard_normal(4).astype(np.float32))
+    packed = tmp_path / "packed.weights.h5"
+    wqkernels.rewrite(src, packed, Recipe(bits=4, storage="packed", min_size=1))
+    replaced, created = tmp_path / "replaced.weights.h5", tmp_path / "created.weights.h5"
+    report = wqkernels.restore(packed, replaced)
+    monkeypatch.setattr(rewrite_module, "replaceable", lambda root, members, paths: set())
+    assert wqkernels.restore(packed, created).to_dict()["weights"] == report.to_dict()["weights"]
+    assert _datasets(replaced) == _datasets(created)
+    assert _order(replaced) == _order(created) == _order(src)

@@ -260,15 +260,19 @@ class DatasetInfo(NamedTuple):
     stored: int = 0            # bytes allocated in the file
     placeholder: bool = False  # made by :func:`placeholder` (a packed skeleton's stand-in)
     values: np.ndarray | None = None  # the data, in the machine's byte order, when the walk read it
+    contiguous: bool = False   # stored in one block: not chunked (so not filtered), not compact
 
 
-def dataset_info(dsid: h5d.DatasetID, dcpl=None, tid=None) -> DatasetInfo:
-    """`dcpl` and `tid`: the dataset's creation property list and type, when the caller has them
-    already (each low-level handle h5py makes costs more than a small weight's read)."""
+def dataset_info(dsid: h5d.DatasetID, dcpl=None, tid=None, layout=None, dtype=None) -> DatasetInfo:
+    """`dcpl`, `tid` (or its `dtype`) and `layout`: the dataset's creation property list, type and
+    layout, when the caller has them already (each low-level handle h5py makes costs more than a
+    small weight's read)."""
     dcpl = dsid.get_create_plist() if dcpl is None else dcpl
-    dtype = (dsid.get_type() if tid is None else tid).dtype
+    if dtype is None:
+        dtype = (dsid.get_type() if tid is None else tid).dtype
+    layout = dcpl.get_layout() if layout is None else layout
     return DatasetInfo(tuple(int(n) for n in (dsid.shape or ())), dtype, int(dsid.get_storage_size()),
-                       dcpl.get_fill_time() == PLACEHOLDER_FILL_TIME)
+                       dcpl.get_fill_time() == PLACEHOLDER_FILL_TIME, contiguous=layout == h5d.CONTIGUOUS)
 
 
 #: HDF5 types of NumPy dtypes, made once each (h5py makes one per read or write otherwise)
@@ -333,22 +337,43 @@ def check_attrs(oid, path: str, where: str) -> None:
             raise KerasFileError(f"{where}: attribute {name!r} of {path or '/'!r} has {problem}; refused")
 
 
-def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = False) -> DatasetInfo:
+def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = False,
+                  types: list | None = None) -> DatasetInfo:
     """Refuse external and virtual datasets, types we do not read safely, and (unless `exempt`)
-    declared sizes the stored data cannot back."""
+    declared sizes the stored data cannot back.  `types`: the (type, dtype, problem) of the
+    types seen before (a walk's), compared first: comparing two HDF5 types costs a tenth of
+    making a NumPy dtype of one."""
     dcpl = dsid.get_create_plist()
-    if dcpl.get_layout() == h5d.VIRTUAL:
+    layout = dcpl.get_layout()
+    if layout == h5d.VIRTUAL:
         raise KerasFileError(f"{where}: virtual dataset {path!r} refused")
     if dcpl.get_external_count() > 0:
         raise KerasFileError(f"{where}: dataset {path!r} stores its data in external files; refused")
     tid = dsid.get_type()
-    problem = type_problem(tid)
+    dtype, problem = _described(tid, [] if types is None else types)
     if problem is not None:
         raise KerasFileError(f"{where}: dataset {path!r} has {problem}; refused")
-    info = dataset_info(dsid, dcpl, tid)
+    info = dataset_info(dsid, dcpl, dtype=dtype, layout=layout)
     if not exempt:
         check_declared(info, path, where)
     return info
+
+
+#: :func:`check_dataset` remembers at most this many types of a walk
+_TYPES_KEPT = 8
+
+
+def _described(tid: h5t.TypeID, types: list) -> tuple:
+    """(the NumPy dtype of `tid`, :func:`type_problem` of it), from `types` when an equal type is
+    there, else made and added to it."""
+    for known, dtype, problem in types:
+        if tid.equal(known):
+            return dtype, problem
+    problem = type_problem(tid)
+    dtype = tid.dtype if problem is None else None
+    if len(types) < _TYPES_KEPT:
+        types.append((tid, dtype, problem))
+    return dtype, problem
 
 
 def unbacked_bytes(info: DatasetInfo) -> int:
@@ -402,6 +427,7 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
     check_attrs(root, "", where)
     members = {}
     budget = SMALL_TOTAL_BYTES if read_small else 0
+    types: list = []  # (see check_dataset)
     seen = {_address(h5o.get_info(root))}
     stack = [(root, "", iter(_links(root, "", where)))]
     while stack:
@@ -418,7 +444,7 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
                 raise KerasFileError(f"{where}: {path!r} is linked more than once (a cycle?); refused")
             seen.add(_address(object_info))
             if isinstance(oid, h5d.DatasetID):
-                info = members[path] = check_dataset(oid, path, where, exempt=not sizes or path in exempt)
+                info = members[path] = check_dataset(oid, path, where, not sizes or path in exempt, types)
                 if budget and _small(info) and info.dtype.itemsize * math.prod(info.shape) <= budget:
                     values = _read_early(oid, info)
                     if values is not None:
@@ -622,30 +648,31 @@ def new_dataset(group: h5py.Group, name: str, data: np.ndarray, compress: str = 
         dset = group.create_dataset(name, shape=data.shape, dtype=dtype, **options)
     else:
         dset = h5py.Dataset(_contiguous(group, name, data.shape, dtype))
-    if data.size:
-        data = np.ascontiguousarray(data)
-        dset.id.write(h5s.ALL, h5s.ALL, data, mtype=memory_type(data.dtype))
+    write_values(dset, data)
     if like is not None:
         copy_attrs(like, dset)
     return dset
 
 
-def _contiguous(group: h5py.Group, name: str, shape: tuple, dtype: np.dtype) -> h5d.DatasetID:
+def _contiguous(group: h5py.Group, name: str, shape: tuple, dtype: np.dtype, fill_never: bool = False) -> h5d.DatasetID:
     """A new contiguous dataset, created on low-level handles exactly as h5py's
     ``create_dataset(name, shape=shape, dtype=dtype)`` creates it (no times recorded, attribute
-    order as h5py's config says), without the work of its keyword options: that costs more than
-    writing a small weight.  (HDF5 copies the property list and the type it is given.)"""
+    order as h5py's config says), or with `fill_never` as it does given ``fill_time="never"``,
+    without the work of its keyword options: that costs more than writing a small weight.
+    (HDF5 copies the property list and the type it is given.)"""
     track = h5.get_config().track_order
-    dcpl = _CONTIGUOUS_DCPL.get(track)
+    dcpl = _CONTIGUOUS_DCPL.get((track, fill_never))
     if dcpl is None:
-        dcpl = _CONTIGUOUS_DCPL[track] = h5p.create(h5p.DATASET_CREATE)
+        dcpl = _CONTIGUOUS_DCPL[track, fill_never] = h5p.create(h5p.DATASET_CREATE)
         dcpl.set_obj_track_times(False)
         dcpl.set_attr_creation_order(h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED if track else 0)
+        if fill_never:
+            dcpl.set_fill_time(h5d.FILL_TIME_NEVER)
     tid = _type_of(_FILE_TYPES, dtype, lambda: h5t.py_create(dtype, logical=1))
     return h5d.create(group.id, name.encode("utf-8"), tid, h5s.create_simple(shape), dcpl=dcpl)
 
 
-#: the creation property lists of :func:`_contiguous`, by h5py's track_order
+#: the creation property lists of :func:`_contiguous`, by h5py's track_order and `fill_never`
 _CONTIGUOUS_DCPL: dict = {}
 
 
@@ -657,7 +684,8 @@ def placeholder(group: h5py.Group, name: str, shape: tuple, dtype,
                 like: h5py.Dataset | None = None) -> h5py.Dataset:
     """An unallocated dataset (no data) standing for one stored elsewhere, with `like`'s
     attributes, marked as a placeholder (:data:`PLACEHOLDER_FILL_TIME`)."""
-    dset = group.create_dataset(name, shape=shape, dtype=dtype, fill_time="never")
+    shape = tuple(shape)  # (h5py sets no fill time on a scalar dataset, nor do we)
+    dset = h5py.Dataset(_contiguous(group, name, shape, np.dtype(dtype), fill_never=bool(shape)))
     if like is not None:
         copy_attrs(like, dset)
     return dset
@@ -704,19 +732,91 @@ def ancestors(paths) -> set:
 
 
 def copy_tree(src: h5py.Group, dst: h5py.Group, members: dict, hooks: dict[str, Hook],
-              skip: frozenset = frozenset(), out: Datasets = Datasets()) -> None:
+              skip: frozenset = frozenset(), out: Datasets = Datasets(), overwrite: dict[str, Hook] = {},
+              replace: dict[str, Hook] = {}) -> None:
     """Copy the members of `src` into `dst`: groups recreated with their attributes, datasets
     copied exactly by `out` unless their path (relative to `src`) has a hook; paths in `skip`
     are left out with everything below them.  `members` is the checked :func:`walk` of `src`.
 
     A subtree holding no hooked or skipped path and only datasets `out` keeps as they are
     (:meth:`Datasets.keeps`) is copied in one H5Ocopy: most of a file of many small weights is
-    copied by HDF5 alone, without an object per member here.
+    copied by HDF5 alone, without an object per member here.  The datasets of `overwrite`
+    (paths outside `skip`, none of them hooked) are copied so too, each then handed to its hook
+    as ``hook(group, name, copy)`` (`name` its path below `group`) to write new values into
+    the copy: for a small dataset that keeps its type and layout, creating it and the groups
+    above it anew costs more than copying its bytes once more.  The placeholders of `replace`
+    (datasets without data) are copied so too, then unlinked from the copy and handed to their
+    hook as ``hook(group, name, placeholder)`` to create their dataset anew in `group` (paths
+    outside `skip`, none of them hooked, all :func:`replaceable`).  A group holding more than OVERWRITE_RUN of these datasets is recreated
+    rather than copied whole, so that each copy is reached while HDF5 still has it in its cache
+    (after one copy of 10,000 layers, opening each kernel again cost as much as the copy).
     """
-    apart = {path for path, info in members.items() if info is not None and not out.keeps(info)}
+    apart = {path for path, info in members.items()
+             if info is not None and not out.keeps(info) and path not in replace and path not in overwrite}
+    opened = ancestors(set(hooks) | set(skip) | apart)
+    below: dict = {}
+    for path in (*overwrite, *replace):
+        for group in ancestors((path,)):
+            below[group] = below.get(group, 0) + 1
+    opened.update(group for group, count in below.items() if count > OVERWRITE_RUN)
+    later: dict = {}  # the path copied whole -> the datasets of `overwrite` and `replace` it holds
+    for path in (*overwrite, *replace):
+        top = next((group for group in _prefixes(path) if group not in opened), path)
+        later.setdefault(top, []).append(path)
     sink = _SINKS.get(dst.id.fileno)
-    _copy_group(src.id, dst.id, hooks, skip, out, ancestors(set(hooks) | set(skip) | apart), apart, "", sink,
+    _copy_group(src.id, dst.id, _Copy(hooks, skip, out, opened, apart, sink, overwrite, replace, later), "",
                 src.id.get_create_plist())
+
+
+def replaceable(root: h5py.Group, members: dict, paths) -> set:
+    """Those of `paths` whose datasets copy_tree may take as `replace`: placeholders without data
+    (`members` is the walk of `root`) in groups that do not list their links in creation order,
+    which unlinking one and creating it anew would change."""
+    out, tracked = set(), {}
+    for path in paths:
+        info = members.get(path)
+        if not (isinstance(info, DatasetInfo) and info.placeholder and not info.stored):
+            continue
+        parent = path.rpartition("/")[0]
+        if parent not in tracked:
+            gid = h5g.open(root.id, parent.encode("utf-8")) if parent else root.id
+            tracked[parent] = gid.get_create_plist().get_link_creation_order() & h5p.CRT_ORDER_TRACKED
+        if not tracked[parent]:
+            out.add(path)
+    return out
+
+
+#: see :func:`copy_tree`
+OVERWRITE_RUN = 64
+
+
+def _prefixes(path: str):
+    """The group paths above `path`, from the top (``a/b/c`` -> ``a``, ``a/b``)."""
+    at = path.find("/")
+    while at >= 0:
+        yield path[:at]
+        at = path.find("/", at + 1)
+
+
+class _Copy(NamedTuple):
+    """What :func:`_copy_group` does below each group (see :func:`copy_tree`)."""
+
+    hooks: dict
+    skip: frozenset
+    out: Datasets
+    opened: set         # groups recreated, their members copied one by one
+    apart: set          # datasets `out` stores its own way
+    sink: _Sink | None  # the output file's, when it has one
+    overwrite: dict     # path -> hook of a dataset written into its copy
+    replace: dict       # path -> hook of a placeholder created anew in place of its copy
+    later: dict         # path copied whole -> the paths of `overwrite` and `replace` below it
+
+
+def write_values(dset: h5py.Dataset, data: np.ndarray) -> None:
+    """Write all of `data` (of the dataset's shape) into `dset`, HDF5 converting its type."""
+    if data.size:
+        data = np.ascontiguousarray(data)
+        dset.id.write(h5s.ALL, h5s.ALL, data, mtype=memory_type(data.dtype))
 
 
 def _member_names(gid: h5g.GroupID, gcpl) -> list[bytes]:
@@ -729,8 +829,7 @@ def _member_names(gid: h5g.GroupID, gcpl) -> list[bytes]:
     return names
 
 
-def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, hooks: dict, skip, out: Datasets, opened: set,
-                apart: set, prefix: str, sink: _Sink | None, gcpl) -> None:
+def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, copy: _Copy, prefix: str, gcpl) -> None:
     """The members of group `src` (at `prefix`; `gcpl` its creation property list) into `dst`,
     on low-level handles: h5py's objects are made only for the hooks and for datasets `out`
     stores its own way.  Each group's property list is fetched once, for its creation, its
@@ -738,19 +837,32 @@ def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, hooks: dict, skip, out: Data
     for bname in _member_names(src, gcpl):
         name = bname.decode("utf-8", "surrogateescape")
         path = prefix + name
-        if path in skip:
+        if path in copy.skip:
             continue
-        if sink is not None and sink.error is not None:  # a full disk stops the copy at once
-            raise sink.error
-        if path in opened:  # a group with something below it to rewrite, leave out or store apart
+        if copy.sink is not None and copy.sink.error is not None:  # a full disk stops the copy at once
+            raise copy.sink.error
+        if path in copy.opened:  # a group with something below it to rewrite, leave out or store apart
             sub_src = h5g.open(src, bname)
             sub_gcpl = sub_src.get_create_plist()
             sub = h5g.create(dst, bname, gcpl=sub_gcpl)  # same creation properties
             copy_attrs(sub_src, sub, sub_gcpl)
-            _copy_group(sub_src, sub, hooks, skip, out, opened, apart, path + "/", sink, sub_gcpl)
-        elif path in hooks:
-            hooks[path](h5py.Group(dst), name, h5py.Dataset(h5d.open(src, bname)))
-        elif path in apart:
-            out.copy(h5py.Group(dst), name, h5py.Dataset(h5d.open(src, bname)))
+            _copy_group(sub_src, sub, copy, path + "/", sub_gcpl)
+        elif path in copy.hooks:
+            copy.hooks[path](h5py.Group(dst), name, h5py.Dataset(h5d.open(src, bname)))
+        elif path in copy.apart:
+            copy.out.copy(h5py.Group(dst), name, h5py.Dataset(h5d.open(src, bname)))
         else:
-            out.copy_whole(src, dst, bname, path)
+            copy.out.copy_whole(src, dst, bname, path)
+            for below in copy.later.get(path, ()):
+                if copy.sink is not None and copy.sink.error is not None:
+                    raise copy.sink.error
+                inner = bname + below[len(path):].encode("utf-8")
+                if below in copy.overwrite:
+                    copy.overwrite[below](h5py.Group(dst), inner.decode("utf-8", "surrogateescape"),
+                                          h5py.Dataset(h5d.open(dst, inner)))
+                    continue
+                parent, _, leaf = inner.rpartition(b"/")
+                group = h5g.open(dst, parent) if parent else dst
+                group.unlink(leaf)
+                copy.replace[below](h5py.Group(group), leaf.decode("utf-8", "surrogateescape"),
+                                    h5py.Dataset(h5d.open(src, inner)))

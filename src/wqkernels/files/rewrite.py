@@ -30,7 +30,7 @@ from .buffers import Buffers
 from .dtypes import BFLOAT16, dtype_name, is_float, new_float, stored_values
 from .errors import KerasFileError, as_file_errors
 from .graph import corrections
-from .h5tree import Datasets, ancestors, copy_attrs, copy_tree
+from .h5tree import Datasets, ancestors, copy_attrs, copy_tree, replaceable
 from .keras_native import KerasWriter
 from .layouts import CONFIG_MEMBER, KERAS_MEMBER, Entry, check_output_name, container, file_path
 from .packed import PackedWriter
@@ -403,21 +403,27 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar
     weights, grids = _checked_overrides(source, recipe, work.selected, given, grids)
     rows = {}
     with writer.open(tmp) as f:
-        hooks = {}
+        hooks, overwritten = {}, {}
         for e in work.selected:
             _, given = weights.pop(e.path, (e, None))
-            hooks[e.path] = _rewrite_hook(source, e, recipe, work.counts, writer, rows, buffers, bins, given,
-                                          grids.get(e.path))
+            overwrite = writer.overwrites(e, source.members.get(e.path)) if source.packed is None else False
+            (overwritten if overwrite else hooks)[e.path] = _rewrite_hook(
+                source, e, recipe, work.counts, writer, rows, buffers, bins, given, grids.get(e.path), overwrite)
         hooks.update({e.path: _override_hook(source, e, value, recipe, writer) for e, value in weights.values()})
+        restored = {}
         if source.packed is not None:  # placeholders of a packed source not rewritten
             for e in source.entries:
                 if source.is_packed(e) and e.path not in hooks:
-                    hooks[e.path] = _restore_hook(source, e, writer, rows)
+                    restored[e.path] = _restore_hook(source, e, writer, rows)
             for path in source.packed.datasets:
                 if path not in hooks:
                     hooks[path] = _copy_hook(source.packed.dataset(path), writer)
+        replaced = replaceable(source.root, source.members, restored)
+        hooks.update((path, hook) for path, hook in restored.items() if path not in replaced)
         copy_attrs(source.root, f)
-        copy_tree(source.root, f, source.members, bar.counting(hooks), work.skip, _Counted(writer, bar))
+        # (an overwritten or replaced weight is counted on the progress bar with the subtree copied around it)
+        copy_tree(source.root, f, source.members, bar.counting(hooks), work.skip, _Counted(writer, bar), overwritten,
+                  {path: restored[path] for path in replaced})
     for e in source.entries:
         if e.prunable:
             report.rows.append(rows.get(e.path) or _untouched_row(source, e))
@@ -456,14 +462,19 @@ def _given(e: Entry, value, dtype=np.float32) -> np.ndarray:
 
 
 def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer: Writer, rows: dict,
-                  buffers: Buffers, bins: int, given=None, grid: Grid | None = None):
+                  buffers: Buffers, bins: int, given=None, grid: Grid | None = None, overwrite: bool = False):
+    """The hook of a weight the recipe rewrites; with `overwrite`, the hook of copy_tree's
+    `overwrite`, given the dataset's exact copy in the output (:meth:`Writer.overwrites`)."""
     def hook(group: h5py.Group, name: str, dset: h5py.Dataset) -> None:
         original = source.read(e, buffers, dset.id if source.packed is None else None)
         try:
             start = original if given is None else _given(e, given)
             x, quantization, out = prepare(start, e, recipe, counts, buffers, release=writer.holds_codes, grid=grid)
             # histograms need the values; else a writer may measure them as it makes them
-            stored, nbytes = writer.weight(group, name, dset, e, x, quantization, out, None if bins else original)
+            if overwrite:
+                stored, nbytes = writer.overwrite(dset, e, x, quantization, out, None if bins else original)
+            else:
+                stored, nbytes = writer.weight(group, name, dset, e, x, quantization, out, None if bins else original)
             # inline, not in a helper thread: batch workers each get their share of the cores
             before, after, mse, sqnr, histograms = statistics(original, stored, bins)
         except ValueError as exc:  # NaN or infinity in the weights: say which
