@@ -96,3 +96,28 @@ def test_a_damaged_dataset_the_rewrite_only_copies_does_not_refuse_the_file(tmp_
         with h5py.File(dst, "r") as f:
             assert_bit_equal(f["layers/dense/vars/0"][()], want)
             assert ("optimizer" in f) != recipe.strip_optimizer
+
+
+@pytest.mark.parametrize("recipe", [Recipe(bits=8, storage="float16"), Recipe(bits=4, storage="packed", min_size=1)])
+def test_groups_tracking_creation_order_with_many_members(recipe, tmp_path):
+    """A group that tracks its members' creation order keeps them in dense storage past 8; a
+    group made with its property list took that storage's addresses in the source file, and no
+    member could be added to it ('address of object past end of allocation')."""
+    src, dst, back = tmp_path / "m.weights.h5", tmp_path / "o.weights.h5", tmp_path / "b.weights.h5"
+    rng = np.random.default_rng(0)
+    names = [f"dense_{i}" for i in (3, 1, 4, 10, 5, 9, 2, 6, 0, 7, 8)]  # listed in creation order
+    with h5py.File(src, "w", track_order=True) as f:
+        f.create_group("vars").attrs["name"] = "model"
+        for name in names:
+            g = f.create_group(f"layers/{name}/vars", track_order=True)
+            g.attrs["name"] = name
+            g.create_dataset("0", data=rng.standard_normal((4, 4)).astype(np.float32))
+            g.create_dataset("1", data=rng.standard_normal(4).astype(np.float32))
+    wqkernels.rewrite(src, dst, recipe)
+    if recipe.storage == "packed":
+        wqkernels.restore(dst, back)
+        dst = back
+    with h5py.File(dst) as f:
+        assert list(f["layers"]) == names
+        assert all(f[f"layers/{n}/vars/0"].shape == (4, 4) for n in names)
+    assert sorted(wqkernels.load_weights(dst)) == sorted(wqkernels.load_weights(src))

@@ -134,6 +134,19 @@ def _low(obj) -> ObjectID:
     return obj if isinstance(obj, ObjectID) else obj.id
 
 
+def new_group(parent: h5g.GroupID, name: bytes, gcpl) -> h5g.GroupID:
+    """A group `name` in `parent` with the creation properties h5py can read off `gcpl` (another
+    group's, perhaps of another file): link and attribute creation order, attribute storage
+    phases, object times.  A group's own property list also holds where its dense link storage
+    lies in its file, and a group created with it could take no member."""
+    fresh = h5p.create(h5p.GROUP_CREATE)
+    fresh.set_link_creation_order(gcpl.get_link_creation_order())
+    fresh.set_attr_creation_order(gcpl.get_attr_creation_order())
+    fresh.set_attr_phase_change(*gcpl.get_attr_phase_change())
+    fresh.set_obj_track_times(gcpl.get_obj_track_times())
+    return h5g.create(parent, name, gcpl=fresh)
+
+
 def copy_attrs(src, dst, cpl=None) -> None:
     """Copy every attribute of `src` to `dst` (h5py objects or low-level ids) with its exact file
     type and dataspace, in the order h5py lists them (creation order where it is tracked).
@@ -844,7 +857,7 @@ def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, copy: _Copy, prefix: str, gc
         if path in copy.opened:  # a group with something below it to rewrite, leave out or store apart
             sub_src = h5g.open(src, bname)
             sub_gcpl = sub_src.get_create_plist()
-            sub = h5g.create(dst, bname, gcpl=sub_gcpl)  # same creation properties
+            sub = new_group(dst, bname, sub_gcpl)
             copy_attrs(sub_src, sub, sub_gcpl)
             _copy_group(sub_src, sub, copy, path + "/", sub_gcpl)
         elif path in copy.hooks:

@@ -35,11 +35,11 @@ import stat
 
 import h5py
 import numpy as np
-from h5py import h5g, h5o
+from h5py import h5o
 
 from . import atomic
 from .errors import KerasFileError
-from .h5tree import copy_attrs, new_file
+from .h5tree import copy_attrs, new_file, new_group
 from .layouts import MAX_CONFIG_BYTES
 from .source import Source
 
@@ -436,7 +436,7 @@ def _group(out: h5py.File, sources: list, path: str) -> h5py.Group:
     parent, _, name = path.rpartition("/")
     above = _group(out, sources, parent) if parent else out
     like = next(f[path] for f in sources if path in f)
-    group = h5py.Group(h5g.create(above.id, name.encode("utf-8"), gcpl=like.id.get_create_plist()))
+    group = h5py.Group(new_group(above.id, name.encode("utf-8"), like.id.get_create_plist()))
     copy_attrs(like, group)
     return group
 
