@@ -380,3 +380,22 @@ def test_member_stored_twice_is_refused(keras3_zip, tmp_path):
         with pytest.raises(KerasFileError, match="holds model.weights.h5 twice"):
             call()
     assert set(os.listdir(tmp_path)) == listing
+
+
+@pytest.mark.parametrize("command", ["inspect", "rewrite"])
+def test_string_attribute_of_unknown_character_set_is_refused_naming_it(command, keras3, tmp_path):
+    """One byte of a string attribute's datatype changed its character set to one HDF5 does not
+    define: h5py's TypeError ("Unknown string encoding") reached the user without the file's name,
+    and rewrite copied the attribute unread."""
+    data = bytearray(keras3.read_bytes())
+    at = data.find(b"\x19\x01\x01\x00")  # a variable-length UTF-8 string type, as h5py writes one
+    assert at >= 0
+    data[at + 2] = 8
+    hostile = tmp_path / "cset.weights.h5"
+    hostile.write_bytes(bytes(data))
+    call = {"inspect": lambda: wqkernels.inspect(hostile),
+            "rewrite": lambda: wqkernels.rewrite(hostile, tmp_path / "o.weights.h5", Recipe(bits=8))}[command]
+    with pytest.raises(KerasFileError, match=rf"^{hostile}: attribute 'name' of '\S+' has a string type of unknown "
+                                             r"character set \(code 8\); refused$"):
+        call()
+    assert not (tmp_path / "o.weights.h5").exists()

@@ -304,7 +304,10 @@ def type_problem(tid: h5t.TypeID) -> str | None:
         return None if any(tid.equal(t) for t in _FLOATS) else "a non-standard float type"
     if cls == h5t.INTEGER:
         return None if any(tid.equal(t) for t in _INTEGERS) else "a non-standard integer type"
-    if cls in (h5t.STRING, h5t.OPAQUE):
+    if cls == h5t.STRING:  # h5py decodes ASCII and UTF-8 only, and refuses any other character set when read
+        return None if tid.get_cset() in (h5t.CSET_ASCII, h5t.CSET_UTF8) else \
+            f"a string type of unknown character set (code {tid.get_cset()})"
+    if cls == h5t.OPAQUE:
         return None
     if cls == h5t.ENUM:
         return type_problem(tid.get_super())
