@@ -399,3 +399,49 @@ def test_string_attribute_of_unknown_character_set_is_refused_naming_it(command,
                                              r"character set \(code 8\); refused$"):
         call()
     assert not (tmp_path / "o.weights.h5").exists()
+
+
+def _corrupt_skeleton(group):
+    data = group["skeleton"][()]
+    data[len(data) // 2] ^= 0xFF
+    group["skeleton"][...] = data
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda g: g.attrs.__setitem__("version", np.array([3, 3])), "packed container's 'version' attribute is not an integer"),
+    (lambda g: g.attrs.__setitem__("index_bytes", 1.5), "packed container's 'index_bytes' attribute is not an integer"),
+    (lambda g: g.attrs.__delitem__("index_bytes"), "packed container lacks its 'index_bytes' attribute"),
+    (lambda g: g.attrs.__setitem__("skeleton_bytes", "many"), "packed container's 'skeleton_bytes' attribute is not an integer"),
+    (lambda g: g.attrs.__setitem__("format", np.array([b"wqkernels-packed", b"x"])), "group .wqkernels. is not a wqkernels packed container"),
+    (_corrupt_skeleton, r"packed skeleton is corrupt \(its xz data does not decompress: Corrupt input data\)"),
+])
+def test_damaged_packed_header_is_said_in_words(damage, message, packed):
+    """The container's attributes and compressed skeleton read by their own checks: a catch-all
+    put Python's exception name in the line ("TypeError: index_bytes is not an integer",
+    "LZMAError", "The truth value of an array ... is ambiguous")."""
+    with h5py.File(packed, "a") as f:
+        damage(f["wqkernels"])
+    with pytest.raises(KerasFileError, match=f"^{packed}: {message}") as caught:
+        wqkernels.inspect(packed)
+    assert "Error" not in str(caught.value)
+
+
+def test_packed_index_that_does_not_inflate_or_parse_is_said_in_words(packed):
+    with h5py.File(packed, "a") as f:
+        group = f["wqkernels"]
+        del group["index"]
+        group["index"] = np.frombuffer(zlib.compress(b"not json"), np.uint8)
+        group.attrs["index_bytes"] = 8
+    with pytest.raises(KerasFileError, match=rf"^{packed}: packed index is corrupt \(not JSON\)$"):
+        wqkernels.inspect(packed)
+    with h5py.File(packed, "a") as f:
+        f["wqkernels/index"][0] ^= 0xFF
+    with pytest.raises(KerasFileError, match=rf"^{packed}: packed index is corrupt \(it does not inflate: "):
+        wqkernels.inspect(packed)
+
+
+def test_packed_index_checksum_that_is_not_an_integer_is_said_in_words(packed):
+    edit_index(packed, lambda index, group: index.__setitem__("dataset_crc32", ["x"] * len(index["datasets"]))
+               if index["datasets"] else index.__setitem__("skeleton_bytes", "x"))
+    with pytest.raises(KerasFileError, match=rf"^{packed}: packed index field '\w+' is not an integer$"):
+        wqkernels.inspect(packed)
