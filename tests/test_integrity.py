@@ -445,3 +445,20 @@ def test_packed_index_checksum_that_is_not_an_integer_is_said_in_words(packed):
                if index["datasets"] else index.__setitem__("skeleton_bytes", "x"))
     with pytest.raises(KerasFileError, match=rf"^{packed}: packed index field '\w+' is not an integer$"):
         wqkernels.inspect(packed)
+
+
+@pytest.mark.parametrize("obj, name", [("model_weights", "layer_names"), ("model_weights/dense_1", "weight_names"),
+                                       ("optimizer_weights", "weight_names")])
+@pytest.mark.parametrize("value", [7, 1.5, True, np.array([b"dense_1", b""])])
+def test_name_list_that_is_not_a_list_of_names_is_refused_naming_it(obj, name, value, tmp_path):
+    """A legacy ``layer_names`` or ``weight_names`` holding a number reached the user as
+    "TypeError: 'numpy.int64' object is not iterable", an empty name as h5py's ValueError on
+    opening a group named ''."""
+    src = tmp_path / "names.h5"
+    k2.write_keras20_full(src)
+    with h5py.File(src, "a") as f:
+        if obj not in f:
+            pytest.skip(f"{obj} not in this file")
+        f[obj].attrs[name] = value
+    with pytest.raises(KerasFileError, match=rf"^{src}: attribute '{name}' of '{obj}' is not a list of names$"):
+        wqkernels.inspect(src)
