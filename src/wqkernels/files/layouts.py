@@ -179,13 +179,16 @@ def check_zip_members(zf: zipfile.ZipFile, where: str) -> None:
                                  f"{info.compress_size}; refused")
 
 
-def read_zip_config(zf: zipfile.ZipFile, where: str) -> bytes | None:
+def read_zip_config(zf: zipfile.ZipFile, where: str) -> bytes:
     """``config.json`` of a .keras archive, inflated 1 MiB at a time up to MAX_CONFIG_BYTES
-    (zipfile's own read inflates up to 2 GiB in one call, whatever the member declares)."""
+    (zipfile's own read inflates up to 2 GiB in one call, whatever the member declares).  An
+    archive without one is refused: ``keras.saving.load_model`` reads it first (``metadata.json``
+    it never reads), so its rewrite would be as unloadable."""
     try:
         info = zf.getinfo(CONFIG_MEMBER)
     except KeyError:
-        return None
+        raise KerasFileError(f"{where}: a .keras archive without {CONFIG_MEMBER} (the model's config, "
+                             f"which keras.saving.load_model needs); refused") from None
     if info.file_size > MAX_CONFIG_BYTES:
         raise KerasFileError(f"{where}: {CONFIG_MEMBER} declares {info.file_size} bytes; refused")
     parts, size = [], 0
