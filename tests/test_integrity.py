@@ -462,3 +462,20 @@ def test_name_list_that_is_not_a_list_of_names_is_refused_naming_it(obj, name, v
         f[obj].attrs[name] = value
     with pytest.raises(KerasFileError, match=rf"^{src}: attribute '{name}' of '{obj}' is not a list of names$"):
         wqkernels.inspect(src)
+
+
+@pytest.mark.parametrize("path", ["layers", "layers/dense/vars", "layers/dense/vars/0"])
+def test_damaged_object_header_names_the_object(path, keras3, tmp_path):
+    """An object whose header is damaged is named by its path, in words: h5py's KeyError reached
+    the user as "cannot read or write as a Keras file ('Unable to ...')", its RuntimeErrors with
+    their type's name."""
+    with h5py.File(keras3) as f:
+        address = h5py.h5o.get_info(f[path].id).addr
+    data = bytearray(keras3.read_bytes())
+    data[address] = 7  # the header's version
+    hostile = tmp_path / "header.weights.h5"
+    hostile.write_bytes(bytes(data))
+    with pytest.raises(KerasFileError, match=rf"^{hostile}: unreadable object at '{path}', its HDF5 metadata "
+                                             r"damaged \(Unable to synchronously open object \(bad object header "
+                                             r"version number\)\)$"):
+        wqkernels.inspect(hostile)
