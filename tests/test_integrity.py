@@ -479,3 +479,31 @@ def test_damaged_object_header_names_the_object(path, keras3, tmp_path):
                                              r"damaged \(Unable to synchronously open object \(bad object header "
                                              r"version number\)\)$"):
         wqkernels.inspect(hostile)
+
+
+@pytest.mark.parametrize("layout", ["keras3", "legacy"])
+@pytest.mark.parametrize("data, what", [(np.zeros(8, [("a", "f4"), ("b", "i4")]), "records \\(a compound type\\)"),
+                                        (np.full(8, b"s", "S3"), "strings"),
+                                        (np.full(8, "s", object), "strings")])
+def test_weight_of_records_or_strings_is_refused_naming_it(layout, data, what, tmp_path):
+    """A compound or string dataset where a weight is expected was listed as a bias and copied
+    (Keras fails to assign it), and compare ended with NumPy's "Cannot compare structured or
+    void to non-void arrays" without the file's name."""
+    src = tmp_path / ("w.weights.h5" if layout == "keras3" else "w.h5")
+    if layout == "keras3":
+        write_keras3(src)
+        path = "layers/dense/vars/1"
+    else:
+        k2.write_keras20_full(src)
+        with h5py.File(src) as f:
+            path = next(f"model_weights/dense_1/{n}" for n in f["model_weights/dense_1"].attrs["weight_names"].astype(str)
+                        if "bias" in n)
+    with h5py.File(src, "a") as f:
+        shape = f[path].shape
+        del f[path]
+        dtype = h5py.string_dtype() if data.dtype == object else data.dtype
+        f.create_dataset(path, data=np.resize(data, shape), dtype=dtype)
+    for call in (lambda: wqkernels.inspect(src), lambda: wqkernels.rewrite(src, tmp_path / f"o{src.name}", Recipe(bits=8))):
+        with pytest.raises(KerasFileError, match=f"^{src}: weight '{path}' holds {what}, not numbers; refused$"):
+            call()
+    assert not (tmp_path / f"o{src.name}").exists()

@@ -237,7 +237,16 @@ def _dataset(members: dict, path: str, where: str) -> DatasetInfo:
         raise KerasFileError(f"{where}: weight {path!r} is listed but missing")
     if members[path] is None:
         raise KerasFileError(f"{where}: weight {path!r} is not a dataset")
-    return members[path]
+    return _numbers(members[path], path, where)
+
+
+def _numbers(info: DatasetInfo, path: str, where: str) -> DatasetInfo:
+    """`info`, of a weight, when its type is one of numbers (or bfloat16's opaque bytes): Keras
+    assigns every weight to a variable of numbers, and fails on strings or records."""
+    if info.dtype.fields is not None or info.dtype.kind in "OSU":
+        what = "records (a compound type)" if info.dtype.fields is not None else "strings"
+        raise KerasFileError(f"{where}: weight {path!r} holds {what}, not numbers; refused")
+    return info
 
 
 def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> list[Entry]:
@@ -292,6 +301,7 @@ def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]
         if len(parts) < 2 or parts[-2] != "vars" or not re.fullmatch(r"\d+", parts[-1]):
             continue
         index = int(parts[-1])
+        _numbers(obj, path, where)
         if parts[0] == "optimizer":
             out.append(_entry(path, obj, "optimizer", None, "optimizer", "names"))
             continue
