@@ -141,8 +141,8 @@ def weights_layout(f: h5py.File, where: str) -> str:
         if name_list(f["model_weights"], "layer_names", where, "model_weights") is None:
             raise KerasFileError(f"{where}: unsupported layout: 'model_weights' has no 'layer_names'")
         return "legacy"
-    if ("layers" in f and isinstance(f["layers"], h5py.Group)) or \
-            ("vars" in f and isinstance(f["vars"], h5py.Group)):
+    # (a shard of Keras's sharded save may hold only optimizer variables)
+    if any(name in f and isinstance(f[name], h5py.Group) for name in ("layers", "vars", "optimizer")):
         return "keras3"
     raise KerasFileError(f"{where}: an HDF5 file, but not a Keras weights file")
 
