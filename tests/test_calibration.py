@@ -3,10 +3,13 @@ twins and their invariants; rewrite(weights=, grids=); and (keras marker) the Ke
 calibrated layer type, every storage, and the command line."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import sys
+import warnings
+import zipfile
 
 import h5py
 import numpy as np
@@ -16,6 +19,7 @@ from hypothesis import strategies as st
 
 import wqkernels
 from wqkernels import Recipe, fake_quantize, prune, quantize
+from wqkernels.cli import main
 from wqkernels.calibration import (Hessian, KernelView, einsum_view, gptq, gptq_on_grid, mean_output_error, patches,
                                    refit, sparsegpt)
 from wqkernels.files import Grid, KerasFileError
@@ -834,3 +838,74 @@ def test_keras_subpackage_exports_the_callback_and_the_calibration():
     assert wk.rewrite_calibrated is rewrite_calibrated and wk.PruningCallback.__name__ == "PruningCallback"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         wk.nothing
+
+
+def _edited_archive(src, dst, edit) -> None:
+    """A copy of the .keras archive `src` with `edit(config)` applied to its config.json."""
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w") as z:
+        for info in a.infolist():
+            data = a.read(info)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                edit(config)
+                data = json.dumps(config).encode()
+            z.writestr(info, data)
+
+
+def _widen_last_dense(config) -> None:
+    dense = [layer for layer in config["config"]["layers"] if layer["class_name"] == "Dense"]
+    dense[-1]["config"]["units"] += 1
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("edit, reason", [
+    (_widen_last_dense, "could not be loaded. Example error message for object <Dense"),
+    (lambda config: config["config"]["layers"][-1].__setitem__("class_name", "NoSuchLayer"),
+     "Could not deserialize 'keras.layers.NoSuchLayer'"),
+])
+def test_model_keras_cannot_load_is_our_one_line_only(small_cnn, tmp_path, capfd, monkeypatch, edit, reason):
+    """Keras's own warnings and log lines while it failed to load a damaged model were printed
+    before our error line: now only the line, naming the file, with Keras's reason on it."""
+    from wqkernels.keras import calibration
+    _, base, _ = small_cnn
+    load = calibration.keras.models.load_model
+
+    def noisy_load(*args, **kwargs):  # as Keras's log lines and the backend's C++ code write
+        os.write(2, b"WARNING:absl:a log line written to the descriptor\n")
+        warnings.warn("Skipping nested container", UserWarning)
+        return load(*args, **kwargs)
+    monkeypatch.setattr(calibration.keras.models, "load_model", noisy_load)
+    src = tmp_path / "damaged.keras"
+    _edited_archive(base / "m.keras", src, edit)
+    capfd.readouterr()
+    code = main(["rewrite", str(src), "-o", str(tmp_path / "o.keras"), "--bits", "4",
+                 "--calibration", str(base / "samples.npy")])
+    out, err = capfd.readouterr()
+    assert code == 1 and out == "", out
+    (line,) = err.splitlines()
+    assert line.startswith(f"wqkernels rewrite: error: {src}: Keras cannot load the model (") and reason in line
+    assert not (tmp_path / "o.keras").exists()
+
+
+@pytest.mark.keras
+def test_loading_prints_nothing_of_keras_and_notes_what_it_warned(small_cnn, tmp_path, capfd, monkeypatch):
+    """A model that loads: Keras's noise (its warning of a Functional model's own container on
+    every load) is dropped, and a warning that matters is a note of the report, not Keras's text."""
+    from wqkernels.keras import calibration
+    _, base, _ = small_cnn
+    load = calibration.keras.models.load_model
+
+    def warning_load(*args, **kwargs):
+        warnings.warn("Skipping variable loading for optimizer 'adam', because it has 12 variables whereas "
+                      "the saved optimizer has 0 variables.", UserWarning)
+        print("WARNING:absl:a log line", file=sys.stderr)
+        return load(*args, **kwargs)
+    monkeypatch.setattr(calibration.keras.models, "load_model", warning_load)
+    capfd.readouterr()
+    code = main(["rewrite", str(base / "m.keras"), "-o", str(tmp_path / "o.keras"), "--bits", "4", "--quiet",
+                 "--calibration", str(base / "samples.npy")])
+    out, err = capfd.readouterr()
+    assert code == 0
+    assert "Warning" not in err + out and "absl" not in err + out and "_operations_by_depth" not in err + out
+    assert ("note: Keras, loading the model: Skipping variable loading for optimizer 'adam', because it has "
+            "12 variables whereas the saved optimizer has 0 variables.") in out.splitlines()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import sys
 import tracemalloc
 import zipfile
@@ -120,6 +121,27 @@ def _edit_config(path, rng: random.Random) -> None:
             z.writestr(name, data)
 
 
+#: what an attribute edit writes (numbers, arrays, bytes that are not UTF-8, empty strings, records)
+_ATTRIBUTE_VALUES = (lambda: 7, lambda: 1.5, lambda: np.bool_(True), lambda: np.array([1, 2]), lambda: b"\xff\xfe",
+                     lambda: "", lambda: np.array([b"a", b""]), lambda: np.zeros((), [("a", "i4"), ("b", "f4")]),
+                     lambda: np.array([], np.float32), lambda: np.array([["x"]], dtype=h5py.string_dtype()))
+
+
+def _edit_attribute(path, rng: random.Random) -> str:
+    """One attribute of the file set to an unusual value, or removed."""
+    with h5py.File(path, "a") as f:
+        names = [""]
+        f.visit(names.append)
+        owners = [(n, k) for n in names for k in (f[n] if n else f).attrs]
+        owner, key = rng.choice(owners)
+        attrs = (f[owner] if owner else f).attrs
+        if rng.random() < 0.2:
+            del attrs[key]
+            return f"attribute {key!r} of {owner!r} removed"
+        attrs[key] = rng.choice(_ATTRIBUTE_VALUES)()
+        return f"attribute {key!r} of {owner!r} edited"
+
+
 def _mutant(kind: str, original, out, rng: random.Random) -> str:
     """Write one mutant of `original` to `out`; returns what was done."""
     how = rng.choice(["flip", "flip", "overwrite", "truncate", "structure"])
@@ -131,7 +153,7 @@ def _mutant(kind: str, original, out, rng: random.Random) -> str:
         if kind in ("keras", "packed-keras"):
             _edit_config(out, rng)
             return "config edited"
-        how = "flip"
+        return _edit_attribute(out, rng)
     data = bytearray(original.read_bytes())
     out.write_bytes({"flip": _flip, "overwrite": _overwrite, "truncate": _truncate}[how](data, rng))
     return how
@@ -177,7 +199,7 @@ def test_mutants_fail_cleanly_or_read_correctly(kind, originals, tmp_path):
     assert outcomes["refused"] > MUTANTS // 10, outcomes  # the mutants do damage
 
 
-@pytest.mark.parametrize("kind", ["legacy", "packed", "packed-keras"])
+@pytest.mark.parametrize("kind", ["legacy", "keras3", "packed", "packed-keras"])
 def test_mutants_through_the_command_line(kind, originals, tmp_path, capsys):
     from wqkernels.cli import main
     original, checked, weights = originals[kind]
@@ -193,6 +215,8 @@ def test_mutants_through_the_command_line(kind, originals, tmp_path, capsys):
         assert code in (0, 1), (k, what, code, err)
         assert (err == "") == (code == 0) or err.startswith("wqkernels rewrite: note: "), (k, what, err)
         assert err.count("\n") <= 1 and "Traceback" not in err, (k, what, err)
+        if code == 1:  # naming the file, in words: no Python exception's name
+            assert str(mutant) in err and not re.search(r"\b[A-Z]\w*Error\b", err), (k, what, err)
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "data", "fuzz"))))

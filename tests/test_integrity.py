@@ -380,3 +380,130 @@ def test_member_stored_twice_is_refused(keras3_zip, tmp_path):
         with pytest.raises(KerasFileError, match="holds model.weights.h5 twice"):
             call()
     assert set(os.listdir(tmp_path)) == listing
+
+
+@pytest.mark.parametrize("command", ["inspect", "rewrite"])
+def test_string_attribute_of_unknown_character_set_is_refused_naming_it(command, keras3, tmp_path):
+    """One byte of a string attribute's datatype changed its character set to one HDF5 does not
+    define: h5py's TypeError ("Unknown string encoding") reached the user without the file's name,
+    and rewrite copied the attribute unread."""
+    data = bytearray(keras3.read_bytes())
+    at = data.find(b"\x19\x01\x01\x00")  # a variable-length UTF-8 string type, as h5py writes one
+    assert at >= 0
+    data[at + 2] = 8
+    hostile = tmp_path / "cset.weights.h5"
+    hostile.write_bytes(bytes(data))
+    call = {"inspect": lambda: wqkernels.inspect(hostile),
+            "rewrite": lambda: wqkernels.rewrite(hostile, tmp_path / "o.weights.h5", Recipe(bits=8))}[command]
+    with pytest.raises(KerasFileError, match=rf"^{hostile}: attribute 'name' of '\S+' has a string type of unknown "
+                                             r"character set \(code 8\); refused$"):
+        call()
+    assert not (tmp_path / "o.weights.h5").exists()
+
+
+def _corrupt_skeleton(group):
+    data = group["skeleton"][()]
+    data[len(data) // 2] ^= 0xFF
+    group["skeleton"][...] = data
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda g: g.attrs.__setitem__("version", np.array([3, 3])), "packed container's 'version' attribute is not an integer"),
+    (lambda g: g.attrs.__setitem__("index_bytes", 1.5), "packed container's 'index_bytes' attribute is not an integer"),
+    (lambda g: g.attrs.__delitem__("index_bytes"), "packed container lacks its 'index_bytes' attribute"),
+    (lambda g: g.attrs.__setitem__("skeleton_bytes", "many"), "packed container's 'skeleton_bytes' attribute is not an integer"),
+    (lambda g: g.attrs.__setitem__("format", np.array([b"wqkernels-packed", b"x"])), "group .wqkernels. is not a wqkernels packed container"),
+    (_corrupt_skeleton, r"packed skeleton is corrupt \(its xz data does not decompress: Corrupt input data\)"),
+])
+def test_damaged_packed_header_is_said_in_words(damage, message, packed):
+    """The container's attributes and compressed skeleton read by their own checks: a catch-all
+    put Python's exception name in the line ("TypeError: index_bytes is not an integer",
+    "LZMAError", "The truth value of an array ... is ambiguous")."""
+    with h5py.File(packed, "a") as f:
+        damage(f["wqkernels"])
+    with pytest.raises(KerasFileError, match=f"^{packed}: {message}") as caught:
+        wqkernels.inspect(packed)
+    assert "Error" not in str(caught.value)
+
+
+def test_packed_index_that_does_not_inflate_or_parse_is_said_in_words(packed):
+    with h5py.File(packed, "a") as f:
+        group = f["wqkernels"]
+        del group["index"]
+        group["index"] = np.frombuffer(zlib.compress(b"not json"), np.uint8)
+        group.attrs["index_bytes"] = 8
+    with pytest.raises(KerasFileError, match=rf"^{packed}: packed index is corrupt \(not JSON\)$"):
+        wqkernels.inspect(packed)
+    with h5py.File(packed, "a") as f:
+        f["wqkernels/index"][0] ^= 0xFF
+    with pytest.raises(KerasFileError, match=rf"^{packed}: packed index is corrupt \(it does not inflate: "):
+        wqkernels.inspect(packed)
+
+
+def test_packed_index_checksum_that_is_not_an_integer_is_said_in_words(packed):
+    edit_index(packed, lambda index, group: index.__setitem__("dataset_crc32", ["x"] * len(index["datasets"]))
+               if index["datasets"] else index.__setitem__("skeleton_bytes", "x"))
+    with pytest.raises(KerasFileError, match=rf"^{packed}: packed index field '\w+' is not an integer$"):
+        wqkernels.inspect(packed)
+
+
+@pytest.mark.parametrize("obj, name", [("model_weights", "layer_names"), ("model_weights/dense_1", "weight_names"),
+                                       ("optimizer_weights", "weight_names")])
+@pytest.mark.parametrize("value", [7, 1.5, True, np.array([b"dense_1", b""])])
+def test_name_list_that_is_not_a_list_of_names_is_refused_naming_it(obj, name, value, tmp_path):
+    """A legacy ``layer_names`` or ``weight_names`` holding a number reached the user as
+    "TypeError: 'numpy.int64' object is not iterable", an empty name as h5py's ValueError on
+    opening a group named ''."""
+    src = tmp_path / "names.h5"
+    k2.write_keras20_full(src)
+    with h5py.File(src, "a") as f:
+        if obj not in f:
+            pytest.skip(f"{obj} not in this file")
+        f[obj].attrs[name] = value
+    with pytest.raises(KerasFileError, match=rf"^{src}: attribute '{name}' of '{obj}' is not a list of names$"):
+        wqkernels.inspect(src)
+
+
+@pytest.mark.parametrize("path", ["layers", "layers/dense/vars", "layers/dense/vars/0"])
+def test_damaged_object_header_names_the_object(path, keras3, tmp_path):
+    """An object whose header is damaged is named by its path, in words: h5py's KeyError reached
+    the user as "cannot read or write as a Keras file ('Unable to ...')", its RuntimeErrors with
+    their type's name."""
+    with h5py.File(keras3) as f:
+        address = h5py.h5o.get_info(f[path].id).addr
+    data = bytearray(keras3.read_bytes())
+    data[address] = 7  # the header's version
+    hostile = tmp_path / "header.weights.h5"
+    hostile.write_bytes(bytes(data))
+    with pytest.raises(KerasFileError, match=rf"^{hostile}: unreadable object at '{path}', its HDF5 metadata "
+                                             r"damaged \(Unable to synchronously open object \(bad object header "
+                                             r"version number\)\)$"):
+        wqkernels.inspect(hostile)
+
+
+@pytest.mark.parametrize("layout", ["keras3", "legacy"])
+@pytest.mark.parametrize("data, what", [(np.zeros(8, [("a", "f4"), ("b", "i4")]), "records \\(a compound type\\)"),
+                                        (np.full(8, b"s", "S3"), "strings"),
+                                        (np.full(8, "s", object), "strings")])
+def test_weight_of_records_or_strings_is_refused_naming_it(layout, data, what, tmp_path):
+    """A compound or string dataset where a weight is expected was listed as a bias and copied
+    (Keras fails to assign it), and compare ended with NumPy's "Cannot compare structured or
+    void to non-void arrays" without the file's name."""
+    src = tmp_path / ("w.weights.h5" if layout == "keras3" else "w.h5")
+    if layout == "keras3":
+        write_keras3(src)
+        path = "layers/dense/vars/1"
+    else:
+        k2.write_keras20_full(src)
+        with h5py.File(src) as f:
+            path = next(f"model_weights/dense_1/{n}" for n in f["model_weights/dense_1"].attrs["weight_names"].astype(str)
+                        if "bias" in n)
+    with h5py.File(src, "a") as f:
+        shape = f[path].shape
+        del f[path]
+        dtype = h5py.string_dtype() if data.dtype == object else data.dtype
+        f.create_dataset(path, data=np.resize(data, shape), dtype=dtype)
+    for call in (lambda: wqkernels.inspect(src), lambda: wqkernels.rewrite(src, tmp_path / f"o{src.name}", Recipe(bits=8))):
+        with pytest.raises(KerasFileError, match=f"^{src}: weight '{path}' holds {what}, not numbers; refused$"):
+            call()
+    assert not (tmp_path / f"o{src.name}").exists()

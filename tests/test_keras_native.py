@@ -464,3 +464,28 @@ def test_inconsistent_quantized_kernels_are_one_line(tmp_path, capsys):
         assert main(["inspect", str(bad)]) == 1
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and bad.name in err
+
+
+@pytest.mark.parametrize("name", [np.zeros((), [("a", "i4"), ("b", "f4")]), np.array([1, 2]), 7])
+def test_layer_name_attribute_that_is_not_a_string_names_no_layer(name, tmp_path):
+    """The ``name`` attribute of a Keras-native int8 layer's ``vars`` group holding a record (or
+    an array) reached the user as "TypeError: unhashable type: 'writeable void-scalar'": an
+    attribute that is not a string names no layer, and the kernel is still read from the config."""
+    src, dst = tmp_path / "f.keras", tmp_path / "w8.keras"
+    dense_model().save(src)
+    wqkernels.rewrite(src, dst, Recipe(bits=8, storage="keras"))
+    expected = wqkernels.load_weights(dst)
+    with zipfile.ZipFile(dst) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(members["model.weights.h5"])
+    with h5py.File(weights, "a") as f:
+        group = next(f[p] for p in ("layers/dense/vars", "layers/dense_1/vars") if p in f and len(f[p]) > 2)
+        group.attrs["name"] = name
+    members["model.weights.h5"] = weights.read_bytes()
+    hostile = tmp_path / "named.keras"
+    with zipfile.ZipFile(hostile, "w") as z:
+        for member, data in members.items():
+            z.writestr(member, data)
+    got = wqkernels.load_weights(hostile)
+    assert got.keys() == expected.keys() and all(np.array_equal(got[k], expected[k]) for k in got)

@@ -260,3 +260,29 @@ def test_bench_only_matches_substrings_or_says_nothing_matched(capsys):
     assert code == 0 and "prune sparsity 0.7" in out, err
     code, out, err = run_cli(["bench", "--only", "nothing like it", "--size", "1000", "--repeat", "1"], capsys)
     assert code == 1 and "no benchmark case matches 'nothing like it'; the cases: " in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["inspect", "rewrite"])
+def test_keras_archive_without_its_config_is_refused_before_any_work(command, files, tmp_path, capsys):
+    """keras.saving.load_model reads config.json first: an archive without it was rewritten,
+    exit 0, into an archive as unloadable.  (metadata.json Keras never reads: it may be absent.)"""
+    src = tmp_path / "noconfig.keras"
+    with zipfile.ZipFile(src, "w") as z:
+        z.write(files["weights.h5"], "model.weights.h5")
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["inspect", src] if command == "inspect" else ["rewrite", src, "--bits", "4", "-o", out / "o.keras"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and err == (f"wqkernels {command}: error: {src}: a .keras archive without config.json (the "
+                                 f"model's config, which keras.saving.load_model needs); refused\n")
+    assert os.listdir(out) == []
+
+
+def test_keras_archive_without_metadata_is_rewritten(files, tmp_path):
+    src = tmp_path / "nometa.keras"
+    with zipfile.ZipFile(files["keras"]) as a, zipfile.ZipFile(src, "w") as z:
+        for name in ("config.json", "model.weights.h5"):
+            z.writestr(name, a.read(name))
+    wqkernels.rewrite(src, tmp_path / "o.keras", Recipe(bits=8))
+    with zipfile.ZipFile(tmp_path / "o.keras") as z:
+        assert sorted(z.namelist()) == ["config.json", "model.weights.h5"]

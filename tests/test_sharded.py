@@ -372,3 +372,26 @@ def test_a_crash_between_the_renames_is_never_read_as_a_model(tmp_path, shards):
         assert all(np.array_equal(got[k], want_new[k]) for k in want_new)
         assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
     assert seen == {"old", "refused", "new"}
+
+
+def test_shards_holding_only_optimizer_variables_are_read(tmp_path):
+    """Keras's sharded save of a trained model puts optimizer variables in shards of their own,
+    with no ``layers`` or ``vars`` group: such a shard was refused as "not a Keras weights file"."""
+    model = _model()
+    model.compile(keras.optimizers.Adam(), "mse")
+    model.fit(np.zeros((4, 64), np.float32), np.zeros((4, 300), np.float32), verbose=0)
+    index = tmp_path / "t.weights.json"
+    model.save_weights(index, max_shard_size=0.0012)
+    import h5py
+    optimizer_only = [n for n in _shard_files(index) if set(h5py.File(tmp_path / n)) == {"optimizer"}]
+    assert optimizer_only  # what the test is about
+    infos = wqkernels.inspect(index)
+    assert sum(i.role == "optimizer" for i in infos) == len(model.optimizer.variables)
+    out = tmp_path / "o.weights.json"
+    wqkernels.rewrite(index, out, Recipe(bits=8))
+    again = _model(seed=1)
+    again.compile(keras.optimizers.Adam(), "mse")
+    again.optimizer.build(again.trainable_variables)
+    again.load_weights(out)
+    np.testing.assert_array_equal(np.asarray(again.get_layer("d3").kernel),
+                                  wqkernels.load_weights(out)["layers/dense_2/vars/0"])

@@ -17,6 +17,7 @@ from h5py import h5, h5a, h5d, h5g, h5l, h5o, h5p, h5s, h5t
 
 from h5py._objects import ObjectID
 
+from .._text import first_line
 from .errors import KerasFileError
 
 #: a dataset may declare at most this many bytes beyond 1000x its stored size (hostile files)
@@ -321,7 +322,10 @@ def type_problem(tid: h5t.TypeID) -> str | None:
         return None if any(tid.equal(t) for t in _FLOATS) else "a non-standard float type"
     if cls == h5t.INTEGER:
         return None if any(tid.equal(t) for t in _INTEGERS) else "a non-standard integer type"
-    if cls in (h5t.STRING, h5t.OPAQUE):
+    if cls == h5t.STRING:  # h5py decodes ASCII and UTF-8 only, and refuses any other character set when read
+        return None if tid.get_cset() in (h5t.CSET_ASCII, h5t.CSET_UTF8) else \
+            f"a string type of unknown character set (code {tid.get_cset()})"
+    if cls == h5t.OPAQUE:
         return None
     if cls == h5t.ENUM:
         return type_problem(tid.get_super())
@@ -472,8 +476,11 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
                 check_attrs(oid, path, where)
         except KerasFileError:
             raise
-        except (OSError, ValueError, TypeError, RuntimeError) as exc:  # (a name that is not UTF-8...)
-            raise KerasFileError(f"{where}: unreadable object at {path!r} ({type(exc).__name__}: {exc})") from None
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:  # (h5py's errors of a damaged header,
+            # of a name that is not UTF-8...; a KeyError's text without the quotes of its repr)
+            text = exc.args[0] if isinstance(exc, KeyError) and exc.args else first_line(exc)
+            raise KerasFileError(f"{where}: unreadable object at {path!r}, its HDF5 metadata damaged "
+                                 f"({text})") from None
     if sizes:
         check_total_declared(members, where, exempt)
     return members
@@ -525,7 +532,8 @@ def _links(gid: h5g.GroupID, path: str, where: str) -> list[bytes]:
     try:
         problem, _ = gid.links.iterate(take, info=True)
     except (OSError, ValueError, RuntimeError) as exc:  # h5py's own decoding of damaged names
-        raise KerasFileError(f"{where}: unreadable HDF5 structure ({type(exc).__name__}: {exc})") from None
+        raise KerasFileError(f"{where}: unreadable group {path or '/'!r}, its HDF5 metadata damaged "
+                             f"({first_line(exc)})") from None
     if problem is not None:
         raise problem
     return names

@@ -45,7 +45,7 @@ from ..calibration.rows import einsum_subscripts
 from ..quantization import quantize
 from .dtypes import BFLOAT16, new_bfloat16, new_float, stored_values
 from .errors import KerasFileError
-from .h5tree import HEADER_LIMIT, read_name_list, split_name_list
+from .h5tree import HEADER_LIMIT, read_name_list, split_name_list, string_attr
 from .layouts import CONFIG_MEMBER, Entry
 from .roles import ModelLayers, quantization_mode
 from .transform import Grid, Measured
@@ -592,8 +592,8 @@ def quantized_layers(root: h5py.Group, entries: list, config: dict | None,
         if cls not in NATIVE_CLASSES or first.dtype != "int8":
             continue
         if layout == "keras3":
-            name = root[group_path].attrs.get("name")
-            name = name.decode() if isinstance(name, bytes) else name
+            name = string_attr(root[group_path], "name")
+            name = name if isinstance(name, str) else None  # (an attribute of another type names no layer)
         else:  # the group named after the layer (Keras 2.0's inner group is not: then the layer group's)
             name = group_path.rsplit("/", 1)[-1]
             name = name if layers.find(name) is not None else first.layer

@@ -122,18 +122,27 @@ def check_output_name(dst: str, src: str, kind: str, layout: str) -> None:
                          f"format); name it {NAME_ENDINGS[fmt][0]}, as Keras picks its loader by the name")
 
 
+def name_list(obj, attr: str, where: str, path: str) -> list[str] | None:
+    """The Keras list attribute `attr` (``layer_names``, ``weight_names``) of `obj`, at `path`
+    in the file, or None when it has none; KerasFileError when it is not a list of names."""
+    names = read_name_list(obj, attr)
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) and n for n in names)):
+        raise KerasFileError(f"{where}: attribute {attr!r} of {path or '/'!r} is not a list of names")
+    return names
+
+
 def weights_layout(f: h5py.File, where: str) -> str:
     """The layout of an open weights HDF5 file (see the module docstring)."""
     if PACKED_GROUP in f and isinstance(f[PACKED_GROUP], h5py.Group):
         return "packed"
-    if read_name_list(f, "layer_names") is not None:
+    if name_list(f, "layer_names", where, "") is not None:
         return "legacy-weights"
     if "model_weights" in f and isinstance(f["model_weights"], h5py.Group):
-        if read_name_list(f["model_weights"], "layer_names") is None:
+        if name_list(f["model_weights"], "layer_names", where, "model_weights") is None:
             raise KerasFileError(f"{where}: unsupported layout: 'model_weights' has no 'layer_names'")
         return "legacy"
-    if ("layers" in f and isinstance(f["layers"], h5py.Group)) or \
-            ("vars" in f and isinstance(f["vars"], h5py.Group)):
+    # (a shard of Keras's sharded save may hold only optimizer variables)
+    if any(name in f and isinstance(f[name], h5py.Group) for name in ("layers", "vars", "optimizer")):
         return "keras3"
     raise KerasFileError(f"{where}: an HDF5 file, but not a Keras weights file")
 
@@ -170,13 +179,16 @@ def check_zip_members(zf: zipfile.ZipFile, where: str) -> None:
                                  f"{info.compress_size}; refused")
 
 
-def read_zip_config(zf: zipfile.ZipFile, where: str) -> bytes | None:
+def read_zip_config(zf: zipfile.ZipFile, where: str) -> bytes:
     """``config.json`` of a .keras archive, inflated 1 MiB at a time up to MAX_CONFIG_BYTES
-    (zipfile's own read inflates up to 2 GiB in one call, whatever the member declares)."""
+    (zipfile's own read inflates up to 2 GiB in one call, whatever the member declares).  An
+    archive without one is refused: ``keras.saving.load_model`` reads it first (``metadata.json``
+    it never reads), so its rewrite would be as unloadable."""
     try:
         info = zf.getinfo(CONFIG_MEMBER)
     except KeyError:
-        return None
+        raise KerasFileError(f"{where}: a .keras archive without {CONFIG_MEMBER} (the model's config, "
+                             f"which keras.saving.load_model needs); refused") from None
     if info.file_size > MAX_CONFIG_BYTES:
         raise KerasFileError(f"{where}: {CONFIG_MEMBER} declares {info.file_size} bytes; refused")
     parts, size = [], 0
@@ -225,19 +237,29 @@ def _dataset(members: dict, path: str, where: str) -> DatasetInfo:
         raise KerasFileError(f"{where}: weight {path!r} is listed but missing")
     if members[path] is None:
         raise KerasFileError(f"{where}: weight {path!r} is not a dataset")
-    return members[path]
+    return _numbers(members[path], path, where)
+
+
+def _numbers(info: DatasetInfo, path: str, where: str) -> DatasetInfo:
+    """`info`, of a weight, when its type is one of numbers (or bfloat16's opaque bytes): Keras
+    assigns every weight to a variable of numbers, and fails on strings or records."""
+    if info.dtype.fields is not None or info.dtype.kind in "OSU":
+        what = "records (a compound type)" if info.dtype.fields is not None else "strings"
+        raise KerasFileError(f"{where}: weight {path!r} holds {what}, not numbers; refused")
+    return info
 
 
 def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> list[Entry]:
     prefix = "model_weights/" if layout == "legacy" else ""
     root = f["model_weights"] if layout == "legacy" else f
     out = []
-    for name in read_name_list(root, "layer_names") or []:
+    for name in name_list(root, "layer_names", where, prefix.rstrip("/")) or []:
         group = f"{prefix}{name}".strip("/")
         if group not in members or members[group] is not None:
             raise KerasFileError(f"{where}: layer group {name!r} listed in layer_names is missing")
         # (opened in `root` on a low-level handle: an h5py lookup costs more than a small weight's read)
-        for wn in read_name_list(h5g.open(root.id, name.encode("utf-8", "surrogateescape")), "weight_names") or []:
+        layer_group = h5g.open(root.id, name.encode("utf-8", "surrogateescape"))
+        for wn in name_list(layer_group, "weight_names", where, group) or []:
             path = f"{prefix}{name}/{wn}"
             info = _dataset(members, path, where)
             parts = wn.split("/")[:-1]
@@ -248,7 +270,7 @@ def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> lis
                               einsum=(config, owner)))
     if "optimizer_weights" in members and members["optimizer_weights"] is None:  # a group
         opt = f["optimizer_weights"]
-        for wn in read_name_list(opt, "weight_names") or []:
+        for wn in name_list(opt, "weight_names", where, "optimizer_weights") or []:
             path = f"optimizer_weights/{wn}"
             out.append(_entry(path, _dataset(members, path, where), "optimizer", None, "optimizer", "names"))
     return out
@@ -279,6 +301,7 @@ def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]
         if len(parts) < 2 or parts[-2] != "vars" or not re.fullmatch(r"\d+", parts[-1]):
             continue
         index = int(parts[-1])
+        _numbers(obj, path, where)
         if parts[0] == "optimizer":
             out.append(_entry(path, obj, "optimizer", None, "optimizer", "names"))
             continue

@@ -288,27 +288,25 @@ class PackedReader:
     def __init__(self, f: h5py.File, where: str):
         self.where = where
         group = f[PACKED_GROUP]
-        with _corrupt_as_error(where):
-            fmt = group.attrs.get("format")
-            fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-            if fmt != FORMAT:
-                raise KerasFileError(f"{where}: group {PACKED_GROUP!r} is not a wqkernels packed container")
-            self.version = _int(group.attrs.get("version", 0), "version")
-            if self.version > VERSION:
-                raise KerasFileError(f"{where}: packed format version {self.version} is newer "
-                                     f"than this wqkernels reads ({VERSION})")
-            self._arrays, self._whole = {}, {}
-            for name in ("index", "skeleton", "codes", "scales", "zero_points"):
-                self._arrays[name] = _member(group, name, h5py.Dataset, where)
-                if self._arrays[name].ndim != 1 or self._arrays[name].dtype.kind not in "uf":
-                    raise KerasFileError(f"{where}: packed container lacks a proper {name!r} dataset")
-            raw = self._skeleton_image(group)
+        fmt = group.attrs.get("format")
+        fmt = fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt
+        if not isinstance(fmt, str) or fmt != FORMAT:
+            raise KerasFileError(f"{where}: group {PACKED_GROUP!r} is not a wqkernels packed container")
+        self.version = _attr_int(group, "version", where, default=0)
+        if self.version > VERSION:
+            raise KerasFileError(f"{where}: packed format version {self.version} is newer "
+                                 f"than this wqkernels reads ({VERSION})")
+        self._arrays, self._whole = {}, {}
+        for name in ("index", "skeleton", "codes", "scales", "zero_points"):
+            self._arrays[name] = _member(group, name, h5py.Dataset, where)
+            if self._arrays[name].ndim != 1 or self._arrays[name].dtype.kind not in "uf":
+                raise KerasFileError(f"{where}: packed container lacks a proper {name!r} dataset")
+        raw = self._skeleton_image(group)
         check_global_heaps(raw, where)
         self.skeleton = bounded(h5py.File(io.BytesIO(raw), "r"))
         del raw
         try:
-            with _corrupt_as_error(where):
-                self._open(group)
+            self._open(group)
         except BaseException:
             self.skeleton.close()
             raise
@@ -318,12 +316,16 @@ class PackedReader:
         stored = self._arrays["skeleton"]
         bound = min(MAX_SKELETON_BYTES, MAX_RATIO * stored.size + (64 << 20))
         x = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-        raw = x.decompress(stored[()].tobytes(), bound)
+        try:
+            raw = x.decompress(stored[()].tobytes(), bound)
+        except lzma.LZMAError as exc:
+            raise KerasFileError(f"{self.where}: packed skeleton is corrupt (its xz data does not "
+                                 f"decompress: {exc})") from None
         if not x.eof or not raw:
             raise KerasFileError(f"{self.where}: packed skeleton is corrupt or larger than its stored "
                                  f"size allows")
-        declared = group.attrs.get("skeleton_bytes")
-        if declared is not None and _int(declared, "skeleton_bytes") != len(raw):
+        declared = _attr_int(group, "skeleton_bytes", self.where, default=None)
+        if declared is not None and declared != len(raw):
             raise KerasFileError(f"{self.where}: packed skeleton is corrupt (its size differs from the declared)")
         self._skeleton_bytes = len(raw)
         return raw
@@ -333,7 +335,7 @@ class PackedReader:
         where = self.where
         self.members = walk(self.skeleton, where, sizes=False)  # sizes checked once placeholders are known
         index = self._index(group, sum(info is not None for info in self.members.values()))
-        if _int(index.get("skeleton_bytes", self._skeleton_bytes), "skeleton_bytes") != self._skeleton_bytes:
+        if _index_int(index.get("skeleton_bytes", self._skeleton_bytes), "skeleton_bytes", where) != self._skeleton_bytes:
             raise KerasFileError(f"{where}: packed index does not describe this skeleton")
         tensors, paths = index.get("tensors"), index.get("datasets", [])
         if not isinstance(tensors, list) or not isinstance(paths, list):
@@ -363,14 +365,20 @@ class PackedReader:
     def _index(self, group: h5py.Group, datasets: int) -> dict:
         """The index, inflated and parsed only within what `datasets` of the skeleton can need."""
         bound = INDEX_BYTES_PER_DATASET * datasets + (1 << 20)
-        size = _int(group.attrs["index_bytes"], "index_bytes")
+        size = _attr_int(group, "index_bytes", self.where)
         if not 0 < size <= bound or self._arrays["index"].size > bound:
             raise KerasFileError(f"{self.where}: packed index declares {size} bytes for {datasets} datasets; refused")
         d = zlib.decompressobj()
-        text = d.decompress(self._arrays["index"][()].tobytes(), size)
+        try:
+            text = d.decompress(self._arrays["index"][()].tobytes(), size)
+        except zlib.error as exc:
+            raise KerasFileError(f"{self.where}: packed index is corrupt (it does not inflate: {exc})") from None
         if len(text) != size or d.unconsumed_tail or not d.eof:
             raise KerasFileError(f"{self.where}: packed index is corrupt")
-        index = json.loads(text)
+        try:
+            index = json.loads(text)
+        except ValueError:  # (not UTF-8, or not JSON)
+            raise KerasFileError(f"{self.where}: packed index is corrupt (not JSON)") from None
         if not isinstance(index, dict):
             raise KerasFileError(f"{self.where}: packed index is corrupt")
         return index
@@ -419,7 +427,7 @@ class PackedReader:
                 raise KerasFileError(f"{self.where}: packed dataset {k} does not match the skeleton's {path!r}")
             out[path] = dset
             if crcs is not None:
-                self._crcs[path] = _int(crcs[k], "dataset_crc32")
+                self._crcs[path] = _index_int(crcs[k], "dataset_crc32", self.where)
         return out
 
     def _check_placeholders(self) -> None:
@@ -450,18 +458,21 @@ class PackedReader:
         """The codes, scales and zero points of `path`, checked against the record's CRC."""
         t = self.tensors[path]
         (co, cn), (so, sn), (zo, zn) = t["codes"], t["scales"], t["zero_points"]
-        with _corrupt_as_error(self.where):
-            packed = self._array("codes")[co:co + cn]
-            scale = self._array("scales")[so:so + sn].astype(np.float32, copy=False)
-            zero_point = self._array("zero_points")[zo:zo + zn].astype(np.uint8, copy=False)
-            if self.version >= 3 and record_crc(t, (packed, scale, zero_point)) != t["crc32"]:
-                raise KerasFileError(f"{self.where}: weight {path!r} is corrupt in the packed container "
-                                     f"(checksum mismatch)")
-            values = unpack_bits(packed, t["bits"], math.prod(t["shape"]), t["signed"])
-            dtype = np.int8 if t["signed"] else np.uint8
-            zero_point = zero_point.view(dtype) if zn else np.zeros(sn, dtype)
+        packed = self._array("codes")[co:co + cn]
+        scale = self._array("scales")[so:so + sn].astype(np.float32, copy=False)
+        zero_point = self._array("zero_points")[zo:zo + zn].astype(np.uint8, copy=False)
+        if self.version >= 3 and record_crc(t, (packed, scale, zero_point)) != t["crc32"]:
+            raise KerasFileError(f"{self.where}: weight {path!r} is corrupt in the packed container "
+                                 f"(checksum mismatch)")
+        # (the record's fields were checked by _check: only how they fit together is left)
+        values = unpack_bits(packed, t["bits"], math.prod(t["shape"]), t["signed"])
+        dtype = np.int8 if t["signed"] else np.uint8
+        zero_point = zero_point.view(dtype) if zn else np.zeros(sn, dtype)
+        try:
             return QuantizedArray(values.reshape(t["view_shape"]), scale.reshape(t["scale_shape"]),
                                   zero_point.reshape(t["scale_shape"]), t["bits"], t["axis"], t["block_size"])
+        except ValueError as exc:  # scales that do not fit the codes' groups
+            raise KerasFileError(f"{self.where}: packed record of {path!r} is inconsistent ({exc})") from None
 
     def _array(self, name: str):
         """The array `name` of the container: read into memory at its first use when no larger
@@ -474,8 +485,7 @@ class PackedReader:
 
     def read(self, path: str) -> np.ndarray:
         """The dequantized float32 tensor, in its original shape."""
-        with _corrupt_as_error(self.where):
-            return self.quantized(path).dequantize().reshape(self.tensors[path]["shape"])
+        return self.quantized(path).dequantize().reshape(self.tensors[path]["shape"])
 
     def dataset(self, path: str) -> h5py.Dataset:
         """The dataset holding the data of `path` (not quantized): kept aside (checked against
@@ -493,6 +503,10 @@ class PackedReader:
         self.skeleton.close()
 
 
+#: what :func:`_attr_int` is given for an attribute that must be there
+_REQUIRED = object()
+
+
 def _int(value, name: str) -> int:
     """An integer field of the index or an attribute (bools and floats refused)."""
     if isinstance(value, np.ndarray) and value.shape == ():
@@ -500,6 +514,27 @@ def _int(value, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} is not an integer")
     return int(value)
+
+
+def _index_int(value, name: str, where: str) -> int:
+    """An integer field of the index, or a KerasFileError saying it is not one."""
+    try:
+        return _int(value, name)
+    except TypeError:
+        raise KerasFileError(f"{where}: packed index field {name!r} is not an integer") from None
+
+
+def _attr_int(group: h5py.Group, name: str, where: str, default=_REQUIRED):
+    """An integer attribute of the container's group (`default` when it has none; without a
+    default, a KerasFileError), or a KerasFileError saying it is not one."""
+    if name not in group.attrs:
+        if default is _REQUIRED:
+            raise KerasFileError(f"{where}: packed container lacks its {name!r} attribute")
+        return default
+    try:
+        return _int(group.attrs[name], name)
+    except TypeError:
+        raise KerasFileError(f"{where}: packed container's {name!r} attribute is not an integer") from None
 
 
 def _ints(values, name: str) -> list[int]:
@@ -525,13 +560,3 @@ def _member(group: h5py.Group | None, name: str, kind: type, where: str):
         raise KerasFileError(f"{where}: packed container lacks a proper {name!r} {kind.__name__.lower()}")
     return group[name]
 
-
-@contextlib.contextmanager
-def _corrupt_as_error(where: str):
-    """Malformed content (missing keys, wrong types, bad compressed data) becomes a KerasFileError."""
-    try:
-        yield
-    except KerasFileError:
-        raise
-    except (KeyError, TypeError, ValueError, zlib.error, lzma.LZMAError, EOFError) as exc:
-        raise KerasFileError(f"{where}: corrupt packed container ({type(exc).__name__}: {exc})") from None

@@ -28,9 +28,12 @@ import contextlib
 import hashlib
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -193,25 +196,80 @@ def calibrate(src, samples, recipe: Recipe, *, batch_size: int = 128, damping: f
         native = native_kernels(source, recipe)[0] if recipe.storage == "keras" else {}
         index = _Index(source, src)
     arrays = read_samples(samples)  # before the model loads: a bad file fails in a moment
-    model = _load_model(src, source.kind)
+    model, loading_notes = _load_model(src, source.kind)
     inputs = _fitted(arrays, model, _where(samples))
     run = _Calibrator(model, recipe, work, index, native, batch_size=batch_size, damping=float(damping),
                       act_order=bool(act_order), bias_correction=bool(bias_correction),
                       float_targets=bool(float_targets), refit_damping=float(refit_damping))
     run.run(inputs, samples)
-    return run.result(len(inputs[0]))
+    result = run.result(len(inputs[0]))
+    result.notes.extend(loading_notes)
+    return result
 
 
 # ---- inputs: the model and the samples -------------------------------------------------------
 
+#: warnings Keras gives while loading a model that say nothing to the user: Keras 3.15 warns of
+#: a Functional model's own graph container on every load of a file it wrote itself
+_LOADING_NOISE = re.compile(r"'_operations_by_depth/")
+
+
 def _load_model(src: str, kind: str):
-    """The model of `src` as Keras loads it (without optimizer)."""
+    """(the model of `src` as Keras loads it, without optimizer; notes of what Keras warned
+    while loading it).  Keras's own output meanwhile (warnings, log lines) is kept from the
+    terminal: a failure is one line naming the file, with Keras's reason."""
     suffix = ".keras" if kind == "zip" else ".h5"
-    with _named(src, suffix) as path:
+    with _named(src, suffix) as path, _keras_output() as caught:
         try:
-            return keras.models.load_model(path, compile=False)
+            model = keras.models.load_model(path, compile=False)
         except Exception as exc:  # whatever Keras raises: one line naming the file
-            raise KerasFileError(f"{src}: Keras cannot load the model ({first_line(exc)})") from None
+            raise KerasFileError(f"{src}: Keras cannot load the model ({_condensed(exc)})") from None
+    notes = []
+    for w in caught:
+        text = _condensed(w.message)
+        if not _LOADING_NOISE.search(text) and f"Keras, loading the model: {text}" not in notes:
+            notes.append(f"Keras, loading the model: {text}")
+    return model, notes
+
+
+def _condensed(exc) -> str:
+    """An error or warning of Keras on one line: its first line, and the next one when the first
+    only announces it ("... Example error message for object <Dense name=d2>:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+@contextlib.contextmanager
+def _keras_output():
+    """Python's warnings recorded (yields their list), and what is written to the standard output
+    and error, by Python or by the backend's own code, dropped: Keras prints its warnings and
+    log lines as it loads a model, before any error of ours."""
+    with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryFile() as sink:
+        warnings.simplefilter("always")
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        try:
+            saved = [os.dup(1), os.dup(2)]
+        except OSError:  # no standard output or error to keep anything from
+            saved = []
+        try:
+            for fd in (1, 2)[:len(saved)]:
+                os.dup2(sink.fileno(), fd)
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+                yield caught  # (sys.stdout and sys.stderr too: they need not write to those descriptors)
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            for fd, old in zip((1, 2), saved):
+                os.dup2(old, fd)
+                os.close(old)
 
 
 @contextlib.contextmanager
