@@ -179,16 +179,13 @@ def check_zip_members(zf: zipfile.ZipFile, where: str) -> None:
                                  f"{info.compress_size}; refused")
 
 
-def read_zip_config(zf: zipfile.ZipFile, where: str) -> bytes:
+def read_zip_config(zf: zipfile.ZipFile, where: str) -> bytes | None:
     """``config.json`` of a .keras archive, inflated 1 MiB at a time up to MAX_CONFIG_BYTES
-    (zipfile's own read inflates up to 2 GiB in one call, whatever the member declares).  An
-    archive without one is refused: ``keras.saving.load_model`` reads it first (``metadata.json``
-    it never reads), so its rewrite would be as unloadable."""
+    (zipfile's own read inflates up to 2 GiB in one call, whatever the member declares)."""
     try:
         info = zf.getinfo(CONFIG_MEMBER)
     except KeyError:
-        raise KerasFileError(f"{where}: a .keras archive without {CONFIG_MEMBER} (the model's config, "
-                             f"which keras.saving.load_model needs); refused") from None
+        return None
     if info.file_size > MAX_CONFIG_BYTES:
         raise KerasFileError(f"{where}: {CONFIG_MEMBER} declares {info.file_size} bytes; refused")
     parts, size = [], 0
