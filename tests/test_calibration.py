@@ -909,3 +909,40 @@ def test_loading_prints_nothing_of_keras_and_notes_what_it_warned(small_cnn, tmp
     assert "Warning" not in err + out and "absl" not in err + out and "_operations_by_depth" not in err + out
     assert ("note: Keras, loading the model: Skipping variable loading for optimizer 'adam', because it has "
             "12 variables whereas the saved optimizer has 0 variables.") in out.splitlines()
+
+
+@pytest.mark.keras
+def test_loads_in_threads_leave_the_process_output_alone():
+    """The standard descriptors belong to the whole process: two loads overlapping in threads
+    pointed them for good at the first one's deleted temporary file.  Only the main thread
+    redirects them."""
+    import threading
+
+    from wqkernels.keras.calibration import _keras_output
+
+    def where():
+        return [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)]
+
+    before = where()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with _keras_output():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second():
+        first_in.wait(10)
+        with _keras_output():
+            second_in.set()
+            first_out.wait(10)
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert where() == before
+    with _keras_output():  # the main thread's load does redirect them, and puts them back
+        assert where() != before
+    assert where() == before

@@ -32,6 +32,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -248,18 +249,25 @@ def _condensed(exc) -> str:
 def _keras_output():
     """Python's warnings recorded (yields their list), and what is written to the standard output
     and error, by Python or by the backend's own code, dropped: Keras prints its warnings and
-    log lines as it loads a model, before any error of ours."""
+    log lines as it loads a model, before any error of ours.  The descriptors and the warning
+    filters belong to the whole process: only the main thread takes them; a load in another
+    thread leaves them (and Keras's output) alone and records nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
     with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryFile() as sink:
         warnings.simplefilter("always")
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        saved = []
         try:
-            saved = [os.dup(1), os.dup(2)]
+            for fd in (1, 2):
+                saved.append((fd, os.dup(fd)))
         except OSError:  # no standard output or error to keep anything from
-            saved = []
+            pass
         try:
-            for fd in (1, 2)[:len(saved)]:
+            for fd, _ in saved:
                 os.dup2(sink.fileno(), fd)
             with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
                 yield caught  # (sys.stdout and sys.stderr too: they need not write to those descriptors)
@@ -267,7 +275,7 @@ def _keras_output():
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
                     stream.flush()
-            for fd, old in zip((1, 2), saved):
+            for fd, old in saved:
                 os.dup2(old, fd)
                 os.close(old)
 
