@@ -507,3 +507,22 @@ def test_weight_of_records_or_strings_is_refused_naming_it(layout, data, what, t
         with pytest.raises(KerasFileError, match=f"^{src}: weight '{path}' holds {what}, not numbers; refused$"):
             call()
     assert not (tmp_path / f"o{src.name}").exists()
+
+
+def test_member_names_that_are_not_utf8_are_refused_in_one_line(tmp_path, capsys):
+    """A group name of bytes that are not UTF-8 was read as text with a replacement character,
+    which then named no member: h5py's "component not found" reached the user without the file."""
+    from h5py import h5g
+
+    from wqkernels.cli import main
+    path = tmp_path / "bad.weights.h5"
+    with h5py.File(path, "w") as f:
+        f["layers/dense/vars/0"] = np.ones((8, 8), np.float32)
+        vars_ = h5g.create(h5g.create(f["layers"].id, b"d\xff"), b"vars")
+        h5py.Group(vars_).create_dataset("0", data=np.ones((8, 8), np.float32))
+    for command in (["inspect", str(path)], ["rewrite", str(path), "-o", str(tmp_path / "o.weights.h5"), "--bits", "4"]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert err == (f"wqkernels {command[0]}: error: {path}: a member of 'layers' has a name that is not UTF-8 "
+                       f"(b'd\\xff'); refused\n"), err
+    assert not (tmp_path / "o.weights.h5").exists()

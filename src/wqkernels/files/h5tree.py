@@ -453,7 +453,11 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
         if bname is None:
             stack.pop()
             continue
-        path = prefix + bname.decode("utf-8", "replace")
+        try:
+            path = prefix + bname.decode("utf-8")
+        except UnicodeDecodeError:  # (no Keras name is one; the paths of the file layer are text)
+            raise KerasFileError(f"{where}: a member of {prefix.rstrip('/') or '/'!r} has a name that is not "
+                                 f"UTF-8 ({bname!r}); refused") from None
         try:
             oid = h5o.open(gid, bname)
             object_info = h5o.get_info(oid)
