@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import zlib
+from collections import Counter
 from typing import Callable, NamedTuple
 
 import h5py
@@ -747,13 +748,7 @@ Hook = Callable[[h5py.Group, str, h5py.Dataset], None]
 
 def ancestors(paths) -> set:
     """Every group path above each of `paths` (``a/b/c`` -> ``a``, ``a/b``)."""
-    out = set()
-    for path in paths:
-        at = path.find("/")
-        while at >= 0:
-            out.add(path[:at])
-            at = path.find("/", at + 1)
-    return out
+    return {group for path in paths for group in _prefixes(path)}
 
 
 def copy_tree(src: h5py.Group, dst: h5py.Group, members: dict, hooks: dict[str, Hook],
@@ -779,10 +774,7 @@ def copy_tree(src: h5py.Group, dst: h5py.Group, members: dict, hooks: dict[str, 
     apart = {path for path, info in members.items()
              if info is not None and not out.keeps(info) and path not in replace and path not in overwrite}
     opened = ancestors(set(hooks) | set(skip) | apart)
-    below: dict = {}
-    for path in (*overwrite, *replace):
-        for group in ancestors((path,)):
-            below[group] = below.get(group, 0) + 1
+    below = Counter(group for path in (*overwrite, *replace) for group in _prefixes(path))
     opened.update(group for group, count in below.items() if count > OVERWRITE_RUN)
     later: dict = {}  # the path copied whole -> the datasets of `overwrite` and `replace` it holds
     for path in (*overwrite, *replace):
@@ -836,6 +828,11 @@ class _Copy(NamedTuple):
     replace: dict       # path -> hook of a placeholder created anew in place of its copy
     later: dict         # path copied whole -> the paths of `overwrite` and `replace` below it
 
+    def stop_if_full(self) -> None:
+        """Raise the output file's write error: a full disk stops the copy at once."""
+        if self.sink is not None and self.sink.error is not None:
+            raise self.sink.error
+
 
 def write_values(dset: h5py.Dataset, data: np.ndarray) -> None:
     """Write all of `data` (of the dataset's shape) into `dset`, HDF5 converting its type."""
@@ -864,8 +861,7 @@ def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, copy: _Copy, prefix: str, gc
         path = prefix + name
         if path in copy.skip:
             continue
-        if copy.sink is not None and copy.sink.error is not None:  # a full disk stops the copy at once
-            raise copy.sink.error
+        copy.stop_if_full()
         if path in copy.opened:  # a group with something below it to rewrite, leave out or store apart
             sub_src = h5g.open(src, bname)
             sub_gcpl = sub_src.get_create_plist()
@@ -879,8 +875,7 @@ def _copy_group(src: h5g.GroupID, dst: h5g.GroupID, copy: _Copy, prefix: str, gc
         else:
             copy.out.copy_whole(src, dst, bname, path)
             for below in copy.later.get(path, ()):
-                if copy.sink is not None and copy.sink.error is not None:
-                    raise copy.sink.error
+                copy.stop_if_full()
                 inner = bname + below[len(path):].encode("utf-8")
                 if below in copy.overwrite:
                     copy.overwrite[below](h5py.Group(dst), inner.decode("utf-8", "surrogateescape"),
