@@ -51,7 +51,8 @@ import numpy as np
 from ..packing import packed_size, unpack_bits
 from ..quantization import PackedArray, QuantizedArray
 from .errors import KerasFileError
-from .h5tree import DatasetInfo, bounded, check_declared, check_global_heaps, check_total_declared, filters, is_placeholder, new_dataset, new_file, placeholder, walk
+from .h5tree import (DatasetInfo, bounded, check_declared, check_global_heaps, check_total_declared, filters,
+                     is_placeholder, new_dataset, new_file, placeholder, string_attr, walk)
 from .layouts import PACKED_GROUP, weights_layout
 from .writers import Writer
 
@@ -288,8 +289,7 @@ class PackedReader:
     def __init__(self, f: h5py.File, where: str):
         self.where = where
         group = f[PACKED_GROUP]
-        fmt = group.attrs.get("format")
-        fmt = fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt
+        fmt = string_attr(group, "format")
         if not isinstance(fmt, str) or fmt != FORMAT:
             raise KerasFileError(f"{where}: group {PACKED_GROUP!r} is not a wqkernels packed container")
         self.version = _attr_int(group, "version", where, default=0)
