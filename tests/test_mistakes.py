@@ -288,3 +288,18 @@ def test_keras_archive_without_metadata_is_rewritten(files, tmp_path):
     wqkernels.rewrite(src, tmp_path / "o.keras", Recipe(bits=8))
     with zipfile.ZipFile(tmp_path / "o.keras") as z:
         assert sorted(z.namelist()) == ["config.json", "model.weights.h5"]
+
+
+@pytest.mark.parametrize("names", [(0, 2), (1, 2), (0, 1, 3)])
+def test_variables_not_numbered_from_zero_in_order_are_refused(names, tmp_path, capsys):
+    """Roles are read off a variable's index and Keras reads indices 0 to n-1: a renamed or
+    missing variable would make a bias a kernel."""
+    src = tmp_path / "gap.weights.h5"
+    with h5py.File(src, "w") as f:
+        for i in names:
+            f[f"layers/dense/vars/{i}"] = np.ones((4, 4) if i == names[0] else 4, np.float32)
+    for args in (["inspect", str(src)], ["rewrite", str(src), "-o", str(tmp_path / "o.weights.h5"), "--bits", "8"]):
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip()
+        assert "'layers/dense/vars' has no variable" in err and "refused" in err and "\n" not in err
+    assert not (tmp_path / "o.weights.h5").exists()

@@ -395,3 +395,23 @@ def test_shards_holding_only_optimizer_variables_are_read(tmp_path):
     again.load_weights(out)
     np.testing.assert_array_equal(np.asarray(again.get_layer("d3").kernel),
                                   wqkernels.load_weights(out)["layers/dense_2/vars/0"])
+
+
+def test_a_layer_split_over_two_shards_is_read_and_a_gap_refused(tmp_path, capsys):
+    """Keras starts a new shard between two variables of one layer when the first fills its shard;
+    the variables are numbered over the whole set, so a gap is looked for there, not per shard."""
+    model = keras.Sequential([keras.Input((1000,)), keras.layers.Dense(300), keras.layers.Dense(3)])
+    index = tmp_path / "s.weights.json"
+    model.save_weights(index, max_shard_size=1.2e6 / 1024**3)  # the first kernel fills its shard
+    import h5py
+    with h5py.File(tmp_path / "s_00000.weights.h5", "r") as f:
+        assert "layers/dense/vars/0" in f and "layers/dense/vars/1" not in f  # what the test is about
+    assert [i.role for i in wqkernels.inspect(index)] == ["kernel", "bias", "kernel", "bias"]
+    out = tmp_path / "o.weights.json"
+    wqkernels.rewrite(index, out, Recipe(bits=8))
+    model.load_weights(out)
+    with h5py.File(tmp_path / "s_00001.weights.h5", "r+") as f:
+        f.move("layers/dense_1/vars/1", "layers/dense_1/vars/2")
+    assert main(["inspect", str(index)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "'layers/dense_1/vars' has no variable 1 but has 2" in err and "\n" not in err

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+from collections import defaultdict
 from dataclasses import dataclass
 
 import h5py
@@ -286,6 +287,24 @@ def _vars_name(f, group: str, names: dict) -> str | None:
         vname = string_attr(h5g.open(f.id, group.encode()), "name")
         names[group] = vname.decode() if isinstance(vname, bytes) else (str(vname) if vname is not None else None)
     return names[group]
+
+
+def check_indices(paths, where: str) -> None:
+    """Refuse a ``vars`` group whose variables are not numbered 0 to n-1 (`paths`: the datasets
+    of a whole Keras 3 weights file, or of all the shards of a set, where one layer's variables
+    may be split over two shards): Keras reads them by index, in order, and the roles of a
+    layer's variables are read off their indices (a gap, or a variable renamed, would give its
+    neighbours the wrong roles)."""
+    indices = defaultdict(set)
+    for path in paths:
+        group, _, last = path.rpartition("/")
+        if (group == "vars" or group.endswith("/vars")) and re.fullmatch(r"\d+", last):
+            indices[group].add(int(last))
+    for group, found in indices.items():
+        if found != set(range(len(found))):
+            missing = min(set(range(max(found) + 1)) - found)
+            raise KerasFileError(f"{where}: {group!r} has no variable {missing} but has {max(found)}: Keras reads "
+                                 f"a layer's variables 0 to n-1 in order; refused")
 
 
 def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]:

@@ -40,7 +40,7 @@ from h5py import h5o
 from . import atomic
 from .errors import KerasFileError
 from .h5tree import copy_attrs, new_file, new_group
-from .layouts import MAX_CONFIG_BYTES
+from .layouts import MAX_CONFIG_BYTES, check_indices
 from .source import Source
 
 __all__ = ["is_index", "Shards", "shard_names", "INDEX_SUFFIX", "shard_bytes", "Reshard", "written_shards"]
@@ -150,7 +150,7 @@ class Shards:
     def __enter__(self) -> Shards:
         try:
             for name in self.names:
-                source = Source(os.path.join(self.directory, name), self.tmp_dir).__enter__()
+                source = Source(os.path.join(self.directory, name), self.tmp_dir, shard=True).__enter__()
                 self.sources.append(source)
                 if source.kind != "hdf5" or source.layout != "keras3":
                     raise KerasFileError(f"{self.path}: shard {name!r} is not a Keras 3 weights file")
@@ -160,12 +160,17 @@ class Shards:
         self._check_set()
         self._owner = {}
         self.entries = []
-        for source in self.sources:
-            for e in source.entries:
-                if e.path in self._owner:
-                    raise KerasFileError(f"{self.path}: weight {e.path!r} is in two shards; refused")
-                self._owner[e.path] = source
-                self.entries.append(e)
+        try:
+            for source in self.sources:
+                for e in source.entries:
+                    if e.path in self._owner:
+                        raise KerasFileError(f"{self.path}: weight {e.path!r} is in two shards; refused")
+                    self._owner[e.path] = source
+                    self.entries.append(e)
+            check_indices(self._owner, self.path)
+        except BaseException:
+            self.close()
+            raise
         self.root = _Roots(self.sources)
         self.layout = "keras3"
         self.kind = "sharded"

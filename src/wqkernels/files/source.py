@@ -20,7 +20,7 @@ from .dtypes import BFLOAT16, read_float32
 from .errors import KerasFileError, as_file_errors, reason
 from .h5tree import FileBytes, bounded, check_global_heaps, dataset_info, memory_type, walk
 from .keras_native import dequantize_kernel, quantized_layers
-from .layouts import (KERAS_MEMBER, MAX_ZIP_RATIO, Entry, check_zip_members, container, entries, file_path,
+from .layouts import (KERAS_MEMBER, MAX_ZIP_RATIO, Entry, check_indices, check_zip_members, container, entries, file_path,
                       foreign_error, model_config, read_zip_config,
                       weights_layout)
 from .packed import PackedReader
@@ -48,8 +48,9 @@ class Source:
     dequantized on demand.
     """
 
-    def __init__(self, path, tmp_dir: str | None = None):
+    def __init__(self, path, tmp_dir: str | None = None, shard: bool = False):
         self.path = file_path(path)
+        self.shard = shard  # (one of a set: its variables are checked with the whole set's)
         self.tmp_dir = tmp_dir
         self.kind = container(self.path)
         self.zip = None
@@ -110,6 +111,8 @@ class Source:
         self.members = members  # {path: DatasetInfo, None for a group}, as the walk found them
         self.config = model_config(self.root, zip_config, where)
         self.entries = entries(self.root, layout, self.config, where, members)
+        if layout == "keras3" and not self.shard:
+            check_indices([e.path for e in self.entries], where)
         self.quantized = quantized_layers(self.root, self.entries, self.config, layout)
         roles = {path: role for q in self.quantized.values() for path, role in q.roles().items()}
         self.entries = [dataclasses.replace(e, role=roles[e.path]) if e.path in roles else e for e in self.entries]
