@@ -24,10 +24,17 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type's name when it has none."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def first_line(exc) -> str:
+    """The first line of an exception's (or warning's) message, with the next one when the first
+    only announces it ("... error message for object <Dense name=d2>:"), at most 300 characters;
+    its type's name when it has none."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def one_line(exc: BaseException, *, typed: bool = True) -> str:

@@ -224,25 +224,13 @@ def _load_model(src: str, kind: str):
         try:
             model = keras.models.load_model(path, compile=False)
         except Exception as exc:  # whatever Keras raises: one line naming the file
-            raise KerasFileError(f"{src}: Keras cannot load the model ({_condensed(exc)})") from None
+            raise KerasFileError(f"{src}: Keras cannot load the model ({first_line(exc)})") from None
     notes = []
     for w in caught:
-        text = _condensed(w.message)
+        text = first_line(w.message)
         if not _LOADING_NOISE.search(text) and f"Keras, loading the model: {text}" not in notes:
             notes.append(f"Keras, loading the model: {text}")
     return model, notes
-
-
-def _condensed(exc) -> str:
-    """An error or warning of Keras on one line: its first line, and the next one when the first
-    only announces it ("... Example error message for object <Dense name=d2>:")."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    text = lines[0]
-    if text.endswith(":") and len(lines) > 1:
-        text = f"{text} {lines[1]}"
-    return text if len(text) <= 300 else text[:299] + "…"
 
 
 @contextlib.contextmanager
