@@ -415,3 +415,27 @@ def test_a_layer_split_over_two_shards_is_read_and_a_gap_refused(tmp_path, capsy
     assert main(["inspect", str(index)]) == 1
     err = capsys.readouterr().err.strip()
     assert "'layers/dense_1/vars' has no variable 1 but has 2" in err and "\n" not in err
+
+
+def test_old_shards_left_by_a_stop_after_the_index_rename_are_removed_next_time(tmp_path, shards, monkeypatch):
+    """A rewrite stopped between renaming its index into place and removing the old shards it
+    no longer names leaves them; they carry the token of a set no index names, so the next
+    rewrite into the same index removes them (and never a shard-named file wqkernels did not write)."""
+    from wqkernels.files import sharded
+    _, index = shards
+    out = tmp_path / "y.weights.json"
+    recipe = Recipe(bits=8, storage="keras")
+    wqkernels.rewrite(index, out, recipe, max_shard_size="263KB")
+    many = _shard_files(out)
+    assert len(many) == 3
+    (tmp_path / "y_00099.weights.h5").write_bytes(b"the user's own file, named like a shard")
+    with monkeypatch.context() as m:
+        m.setattr(sharded, "_remove_regular", lambda path: None)  # stopped before removing the surplus
+        wqkernels.rewrite(index, out, recipe, max_shard_size="300KB")
+    assert _shard_files(out) == many[:2] and (tmp_path / many[2]).exists()
+    wqkernels.rewrite(index, out, recipe, max_shard_size="300KB")
+    assert not (tmp_path / many[2]).exists()
+    assert (tmp_path / "y_00099.weights.h5").read_bytes() == b"the user's own file, named like a shard"
+    target = _model(seed=1)
+    target.quantize("int8")
+    target.load_weights(out)

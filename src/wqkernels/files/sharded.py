@@ -258,11 +258,13 @@ def written_shards(dst: str, names: list[str], keep: tuple = ()):
     removed once the new index is in place: only regular files named as shards of `dst` are
     (``<base>_NNNNN.weights.h5``, whatever else an edited index lists), never a link, a
     directory, a new shard, the index itself or a file of `keep` (the source's shards, unless
-    they are being replaced)."""
+    they are being replaced); so are the shards of an earlier set left by a stop after its index
+    was renamed into place (:func:`_stale_shards`)."""
     directory = os.path.dirname(os.path.abspath(dst))
     finals = [os.path.join(directory, n) for n in names]
     new = set(names)
-    surplus = [os.path.join(directory, n) for n in _old_shards(dst) if n not in new]
+    listed = _old_shards(dst)
+    surplus = [os.path.join(directory, n) for n in sorted({*listed, *_stale_shards(dst, listed)}) if n not in new]
     temps = []
     try:
         for final in [dst] + finals:  # (the index first: a second rewrite into it is refused naming it)
@@ -313,6 +315,30 @@ def _old_shards(dst: str) -> list[str]:
         return []
     directory = os.path.dirname(os.path.abspath(dst))
     return sorted({n for n in _listed(index) if _beside(n) and is_output_shard(dst, os.path.join(directory, n))})
+
+
+def _stale_shards(dst: str, listed: list[str]) -> list[str]:
+    """Files beside `dst` named as its shards that carry a set token (so wqkernels wrote them as
+    shards of `dst`) while the index there does not name them (`listed`): the surplus of a rewrite stopped
+    between renaming its new index into place and removing the old shards it no longer names.
+    A new set's token differs from theirs, so they can never again be read as part of it."""
+    directory = os.path.dirname(os.path.abspath(dst))
+    try:
+        names = [n for n in os.listdir(directory) if n not in listed and is_output_shard(dst, os.path.join(directory, n))]
+    except OSError:
+        return []
+    stale = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+            with h5py.File(path, "r", locking=False) as f:
+                if _token_of(f) is not None:
+                    stale.append(name)
+        except (OSError, ValueError, RuntimeError):  # not an HDF5 file, unreadable: not ours to remove
+            continue
+    return stale
 
 
 def _remove_regular(path: str) -> None:
