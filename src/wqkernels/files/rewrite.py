@@ -272,13 +272,11 @@ def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring
         if max_bytes is not None:
             finals, writers = _resharded(dst, shards.sources, recipe, report, bins, max_bytes, keep, work, buffers)
         else:
-            with sharded.written_shards(dst, names, keep) as (temps, index_tmp):
+            with sharded.written_shards(dst, names, keep) as (temps, write_index):
                 writers = [_write_weights(source, tmp, recipe, report, _Progress(source, recipe, False), bins, work,
                                           buffers) for source, tmp in zip(shards.sources, temps)]
                 total = sum(os.path.getsize(t) for t in temps)
-                index = sharded.output_index(shards.index, dict(zip(shards.names, names)), total)
-                with open(index_tmp, "w") as f:
-                    json.dump(index, f, indent=4)
+                write_index(sharded.output_index(shards.index, dict(zip(shards.names, names)), total))
         report.notes = _shard_notes(work.notes + report.notes, writers)
     report.size_after = sum(os.path.getsize(f) for f in finals)
     report.seconds = time.perf_counter() - start
@@ -322,10 +320,8 @@ def _resharded(dst: str, sources: list, recipe: Recipe, report: Report, bins: in
                                   overrides) for source, part in zip(sources, parts)]
         shards = sharded.Reshard(parts, max_bytes, dst)
         names = sharded.output_names(dst, shards.count)
-        with sharded.written_shards(dst, names, keep) as (temps, index_tmp):
-            weight_map = shards.write(temps)
-            with open(index_tmp, "w") as f:
-                json.dump(sharded.resharded_index(names, weight_map, shards.total), f, indent=4)
+        with sharded.written_shards(dst, names, keep) as (temps, write_index):
+            write_index(sharded.resharded_index(names, weight_map=shards.write(temps), total_size=shards.total))
     finally:
         for part in parts:
             atomic.remove(part)

@@ -251,8 +251,9 @@ def output_names(dst: str, count: int) -> list[str]:
 
 @contextlib.contextmanager
 def written_shards(dst: str, names: list[str], keep: tuple = ()):
-    """Temporary paths for the index `dst` and its shards `names` (beside it); all renamed into
-    place when the block completes (the index last), all removed whatever goes wrong.
+    """Temporary paths for the shards `names` of the index `dst` (beside it), and the function
+    that writes the index (a dict, given the token of the set); all renamed into place when the
+    block completes (the index last), all removed whatever goes wrong.
 
     When `dst` was already an index, the shard files it named that the new one does not are
     removed once the new index is in place: only regular files named as shards of `dst` are
@@ -270,8 +271,15 @@ def written_shards(dst: str, names: list[str], keep: tuple = ()):
         for final in [dst] + finals:  # (the index first: a second rewrite into it is refused naming it)
             temps.append(atomic.claimed(final))
         index_tmp, shard_temps = temps[0], temps[1:]
-        yield shard_temps, index_tmp
-        _mark_set(shard_temps, index_tmp, secrets.token_hex(8))
+        token = secrets.token_hex(8)
+
+        def write_index(index: dict) -> None:
+            index.setdefault("metadata", {})[SET_TOKEN] = token
+            with open(index_tmp, "w") as f:
+                json.dump(index, f, indent=4)
+
+        yield shard_temps, write_index
+        _mark_shards(shard_temps, token)
         if atomic.STOP.is_set():
             raise KeyboardInterrupt
         for tmp, final in zip(shard_temps + [index_tmp], finals + [dst]):
@@ -291,18 +299,12 @@ def _token_of(f: h5py.File) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else None if value is None else str(value)
 
 
-def _mark_set(shard_temps: list[str], index_tmp: str, token: str) -> None:
-    """Give the complete shards and their index the token of their set (replacing any a shard
-    copied from its source)."""
+def _mark_shards(shard_temps: list[str], token: str) -> None:
+    """Give the complete shards the token of their set (replacing any a shard copied from its
+    source); their index has it from ``write_index``."""
     for tmp in shard_temps:
         with h5py.File(tmp, "r+", locking=False) as f:
             f.attrs[SET_TOKEN] = np.bytes_(token.encode())
-    with open(index_tmp) as f:
-        index = json.load(f)
-    metadata = index.setdefault("metadata", {})
-    metadata[SET_TOKEN] = token
-    with open(index_tmp, "w") as f:
-        json.dump(index, f, indent=4)
 
 
 def _old_shards(dst: str) -> list[str]:
