@@ -410,6 +410,8 @@ def test_a_layer_split_over_two_shards_is_read_and_a_gap_refused(tmp_path, capsy
     out = tmp_path / "o.weights.json"
     wqkernels.rewrite(index, out, Recipe(bits=8))
     model.load_weights(out)
+    # total_size counts the variables' bytes, as Keras's own index does (not the files' sizes)
+    assert json.loads(out.read_text())["metadata"]["total_size"] == json.loads(index.read_text())["metadata"]["total_size"]
     with h5py.File(tmp_path / "s_00001.weights.h5", "r+") as f:
         f.move("layers/dense_1/vars/1", "layers/dense_1/vars/2")
     assert main(["inspect", str(index)]) == 1

@@ -275,8 +275,8 @@ def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring
             with sharded.written_shards(dst, names, keep) as (temps, write_index):
                 writers = [_write_weights(source, tmp, recipe, report, _Progress(source, recipe, False), bins, work,
                                           buffers) for source, tmp in zip(shards.sources, temps)]
-                total = sum(os.path.getsize(t) for t in temps)
-                write_index(sharded.output_index(shards.index, dict(zip(shards.names, names)), total))
+                write_index(sharded.output_index(shards.index, dict(zip(shards.names, names)),
+                                                 sharded.variables_bytes(temps)))
         report.notes = _shard_notes(work.notes + report.notes, writers)
     report.size_after = sum(os.path.getsize(f) for f in finals)
     report.seconds = time.perf_counter() - start

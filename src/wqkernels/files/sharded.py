@@ -398,6 +398,20 @@ def _variable_bytes(dset: h5py.Dataset) -> int:
     return int(math.prod(dset.shape)) * dset.dtype.itemsize
 
 
+def variables_bytes(paths: list[str]) -> int:
+    """The bytes of all variables of the weights files `paths`, as Keras counts them for an
+    index's ``total_size``."""
+    total = 0
+    for path in paths:
+        with h5py.File(path, "r", locking=False) as f:
+            def visit(_, obj):
+                nonlocal total
+                if isinstance(obj, h5py.Dataset):
+                    total += _variable_bytes(obj)
+            f.visititems(visit)
+    return total
+
+
 class Reshard:
     """The datasets of the weights files `parts` (the rewritten shards, or one file), in order,
     dealt into shards of at most `max_bytes` bytes of variables each: planned on construction
