@@ -489,3 +489,18 @@ def test_layer_name_attribute_that_is_not_a_string_names_no_layer(name, tmp_path
             z.writestr(member, data)
     got = wqkernels.load_weights(hostile)
     assert got.keys() == expected.keys() and all(np.array_equal(got[k], expected[k]) for k in got)
+
+
+def test_layers_kept_float_are_one_note_per_reason(tmp_path):
+    """A convolutional network keeps dozens of layers float: one note per reason, naming the first
+    few and counting the rest, not one line per layer."""
+    layers = [keras.Input((8, 8, 2))]
+    layers += [keras.layers.Conv2D(2, 1, name=f"c{i:02d}") for i in range(11)]
+    layers += [keras.layers.DepthwiseConv2D(1, name="dw"), keras.layers.Flatten(), keras.layers.Dense(3, name="d")]
+    src = tmp_path / "convs.keras"
+    keras.Sequential(layers).save(src)
+    report = wqkernels.rewrite(src, tmp_path / "o.keras", Recipe(bits=8, storage="keras", min_size=0))
+    kept = [n for n in report.notes if n.startswith("kept float")]
+    assert kept == ["kept float on the 8-bit grid: c00, c01, c02, c03, c04, c05, c06, c07 and 3 more "
+                    "(Conv2D: Keras does not quantize it)",
+                    "kept float on the 8-bit grid: dw (DepthwiseConv2D: Keras does not quantize it)"]

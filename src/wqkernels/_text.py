@@ -16,6 +16,13 @@ def megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
+def listing(items, limit: int = 8) -> str:
+    """Names for a line of text: ``a, b, c``, or the first `limit` and ``and 12 more``."""
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
 def printable(text: str) -> str:
     """`text` with its control characters escaped (``\\n``, ``\\x1b``): a file or layer name
     cannot break a line of output or drive the terminal."""

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
+from .._text import listing
 from .. import keras_schemes as ks
 from ..calibration.rows import einsum_subscripts
 from ..quantization import quantize
@@ -253,7 +254,10 @@ class KerasWriter(Writer):
         mode = "int8" if bits == 8 else f"int4/{block or -1}"
         notes = [f"Keras-native {mode}: {len(names)} layer{'s' if len(names) != 1 else ''}"
                  + (f" ({', '.join(names)})" if names else "")]
-        notes += [f"kept float on the {bits}-bit grid: {layer} ({why})" for layer, why in kept.items()]
+        by_reason = {}
+        for layer, why in kept.items():
+            by_reason.setdefault(why, []).append(layer)
+        notes += [f"kept float on the {bits}-bit grid: {listing(layers)} ({why})" for why, layers in by_reason.items()]
         if self.config is None:
             how = "'int8'" if bits == 8 else (f"config=keras.quantizers.Int4QuantizationConfig(block_size="
                                               f"{block or -1})")

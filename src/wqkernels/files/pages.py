@@ -18,6 +18,7 @@ import math
 import os
 from datetime import datetime, timezone
 
+from .._text import listing
 from .._version import __version__
 from . import charts
 from .atomic import written
@@ -459,7 +460,7 @@ def _value(v) -> str:
 def _kept(rows: list) -> str:
     if not rows:
         return "none of the prunable kernels (every other weight is copied as it was)"
-    names = ", ".join(_code(r.get("path")) for r in rows[:8]) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
+    names = listing(_code(r.get("path")) for r in rows)
     return f"{len(rows)} prunable kernels: {names} (and every weight that is not a kernel)"
 
 

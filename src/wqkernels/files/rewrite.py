@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import h5py
 import numpy as np
 
+from .._text import listing
 from ..progress import progress_bar
 from ..statistics import histogram, sparsity
 from . import atomic, sharded
@@ -395,7 +396,7 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar
     if not given and not grids:  # (a calibration's weights are corrected by its own data)
         given, corrected = corrections(source, recipe, work.counts, work.selected, buffers)
         if corrected:
-            report.notes.append("BatchNorm statistics corrected the pruned outputs of " + ", ".join(corrected))
+            report.notes.append("BatchNorm statistics corrected the pruned outputs of " + listing(corrected))
     weights, grids = _checked_overrides(source, recipe, work.selected, given, grids)
     rows = {}
     with writer.open(tmp) as f:
