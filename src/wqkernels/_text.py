@@ -1,6 +1,8 @@
 """Plain text shared by every layer's output: fixed-width tables, byte counts, one-line errors."""
 from __future__ import annotations
 
+import re
+
 
 def table(head: tuple, rows: list) -> list[str]:
     """Lines of a table with left-aligned columns two spaces apart, the header first; control
@@ -14,6 +16,12 @@ def table(head: tuple, rows: list) -> list[str]:
 def megabytes(n: int) -> str:
     """A byte count for people: ``12.3 MB`` or ``45.6 kB``."""
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key reading runs of digits as numbers: ``vars/2`` before ``vars/10``, ``dense_2``
+    before ``dense_10`` (Keras's order of its indices and of the names it numbers)."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
 
 
 def listing(items, limit: int = 8) -> str:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._text import table
+from .._text import natural_key, table
 from ..progress import progress_bar
 from ..statistics import compare as compare_arrays
 from ..statistics import error, sparsity
@@ -350,15 +349,10 @@ def _by_place(entries: list, layout: str, owner) -> dict:
     out = {}
     for layer, members in layers.items():
         if layout == "keras3":
-            members = sorted(members, key=lambda e: _natural(e.path))
+            members = sorted(members, key=lambda e: natural_key(e.path))
         for k, e in enumerate(members):
             out[(layer, k)] = e
     return out
-
-
-def _natural(path: str) -> list:
-    """A sort key reading runs of digits as numbers: ``vars/2`` before ``vars/10``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
 
 
 def _same_role(r: str, s: str) -> bool:

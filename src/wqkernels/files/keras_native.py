@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from .._text import listing
+from .._text import listing, natural_key
 from .. import keras_schemes as ks
 from ..calibration.rows import einsum_subscripts
 from ..quantization import quantize
@@ -248,12 +248,13 @@ class KerasWriter(Writer):
         """What the report says of the native layers and those kept float, of this writer's
         file and of the `others` (the KerasWriters of the other shards of one index), each once."""
         writers = (self,) + tuple(others)
-        names = sorted({n.layer for w in writers for n in w.native.values()})
-        kept = dict(sorted((layer, why) for w in writers for layer, why in w.kept.items()))
+        names = sorted({n.layer for w in writers for n in w.native.values()}, key=natural_key)
+        kept = dict(sorted(((layer, why) for w in writers for layer, why in w.kept.items()),
+                           key=lambda item: natural_key(item[0])))
         bits, block = self.recipe.bits, self.recipe.block_size
         mode = "int8" if bits == 8 else f"int4/{block or -1}"
         notes = [f"Keras-native {mode}: {len(names)} layer{'s' if len(names) != 1 else ''}"
-                 + (f" ({', '.join(names)})" if names else "")]
+                 + (f" ({listing(names)})" if names else "")]
         by_reason = {}
         for layer, why in kept.items():
             by_reason.setdefault(why, []).append(layer)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import h5py
 from h5py import h5g
 
+from .._text import natural_key
 from .dtypes import dtype_name, is_bfloat16, is_float
 from .errors import KerasFileError
 from .h5tree import DatasetInfo, read_name_list, string_attr
@@ -274,12 +275,6 @@ def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> lis
     return out
 
 
-def _natural(path: str) -> tuple:
-    """Sort key putting ``vars/2`` before ``vars/10`` (and ``dense_2`` before ``dense_10``): the
-    order of Keras's indices, as the file lists them in name order."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", path) if p)
-
-
 def _vars_name(f, group: str, names: dict) -> str | None:
     """The ``name`` attribute of a ``vars`` group, read once per group (in `names`), through a
     low-level handle: an h5py lookup by path costs more than a small weight's read."""
@@ -309,7 +304,7 @@ def check_indices(paths, where: str) -> None:
 
 def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]:
     out, names = [], {}
-    for path in sorted(members, key=_natural):
+    for path in sorted(members, key=natural_key):
         obj = members[path]
         if obj is None:
             continue
