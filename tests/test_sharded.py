@@ -395,6 +395,20 @@ def test_shards_holding_only_optimizer_variables_are_read(tmp_path):
     again.load_weights(out)
     np.testing.assert_array_equal(np.asarray(again.get_layer("d3").kernel),
                                   wqkernels.load_weights(out)["layers/dense_2/vars/0"])
+    # stripped of its optimizer, a shard that held only optimizer variables is not written (an
+    # empty shard is no weights file), nor named by the index
+    stripped = tmp_path / "s.weights.json"
+    report = wqkernels.rewrite(index, stripped, Recipe(bits=8, strip_optimizer=True))
+    assert report.role_source == "names (no model config)"  # (not "config, names": an optimizer shard has no classes)
+    shards = _shard_files(stripped)
+    assert len(shards) == len(_shard_files(index)) - len(optimizer_only)
+    assert all(os.path.exists(tmp_path / n) for n in shards)
+    assert not any(group.startswith("/optimizer") for group in json.loads(stripped.read_text())["weight_map"])
+    assert not any(i.role == "optimizer" for i in wqkernels.inspect(stripped))
+    fresh = _model(seed=2)
+    fresh.load_weights(stripped)
+    np.testing.assert_array_equal(np.asarray(fresh.get_layer("d3").kernel),
+                                  wqkernels.load_weights(out)["layers/dense_2/vars/0"])
 
 
 def test_a_layer_split_over_two_shards_is_read_and_a_gap_refused(tmp_path, capsys):

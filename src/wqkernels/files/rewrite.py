@@ -255,7 +255,12 @@ def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring
     if os.path.isdir(dst):
         raise KerasFileError(f"{dst}: is a directory")
     with Shards(src, tmp_dir=dst_dir) as shards, as_file_errors(src):
-        names = sharded.output_names(dst, len(shards.sources))
+        dropped = frozenset().union(*(skipped(s, recipe) for s in shards.sources))
+        # a shard that held nothing but what the rewrite leaves out (Keras puts optimizer variables
+        # in shards of their own) is not written: an empty shard is no Keras weights file
+        kept = [(n, s) for n, s in zip(shards.names, shards.sources) if not set(s.root) <= dropped]
+        kept = kept or [(shards.names[0], shards.sources[0])]
+        names = sharded.output_names(dst, len(kept))
         finals = [os.path.join(dst_dir, n) for n in names] + [dst]
         if not in_place and (any(atomic.same_file(s.path, f) for s in shards.sources for f in finals)
                              or atomic.same_file(src, dst)
@@ -275,9 +280,9 @@ def _write_sharded(src: str, dst: str, recipe: Recipe, in_place: bool, restoring
         else:
             with sharded.written_shards(dst, names, keep) as (temps, write_index):
                 writers = [_write_weights(source, tmp, recipe, report, _Progress(source, recipe, False), bins, work,
-                                          buffers) for source, tmp in zip(shards.sources, temps)]
-                write_index(sharded.output_index(shards.index, dict(zip(shards.names, names)),
-                                                 sharded.variables_bytes(temps)))
+                                          buffers) for (_, source), tmp in zip(kept, temps)]
+                renames = {name: out for (name, _), out in zip(kept, names)}
+                write_index(sharded.output_index(shards.index, renames, sharded.variables_bytes(temps), dropped))
         report.notes = _shard_notes(work.notes + report.notes, writers)
     report.size_after = sum(os.path.getsize(f) for f in finals)
     report.seconds = time.perf_counter() - start

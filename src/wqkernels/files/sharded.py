@@ -199,7 +199,8 @@ class Shards:
 
     @property
     def role_source(self) -> str:
-        sources = {s.role_source for s in self.sources}
+        sources = {s.role_source for s in self.sources  # (a shard of optimizer variables has no layer classes)
+                   if any(e.role not in ("optimizer", "variable") for e in s.entries)} or {self.sources[0].role_source}
         return sources.pop() if len(sources) == 1 else ", ".join(sorted(sources))
 
     @property
@@ -352,11 +353,20 @@ def _remove_regular(path: str) -> None:
         pass
 
 
-def output_index(source_index: dict, renames: dict, total_size: int) -> dict:
-    """The index of the output: the source's weight map with its shards renamed."""
+def output_index(source_index: dict, renames: dict, total_size: int, dropped=frozenset()) -> dict:
+    """The index of the output: the source's weight map with its shards renamed, without the
+    groups below the top-level members `dropped` (a stripped optimizer) and the shards not
+    written (not in `renames`)."""
     weight_map = {}
     for group, value in source_index["weight_map"].items():
-        weight_map[group] = [renames[v] for v in value] if isinstance(value, list) else renames[value]
+        if group.strip("/").split("/")[0] in dropped:
+            continue
+        if isinstance(value, list):
+            value = [renames[v] for v in value if v in renames]
+            if value:
+                weight_map[group] = value
+        elif value in renames:
+            weight_map[group] = renames[value]
     return {"metadata": {"total_size": float(total_size)}, "weight_map": weight_map}
 
 
