@@ -11,7 +11,7 @@ error in brackets):
   ``--oracle`` correction of ``pruning_variants.py`` with synthetic inputs instead of real);
 - ``synthetic calibration``: :func:`wqkernels.keras.calibrate` (SparseGPT / GPTQ, bias
   correction) on the synthetic samples;
-- ``real calibration``: the same on 256 training images (what data would give);
+- ``real calibration``: the same on as many training images (what data would give);
 - ``true statistics`` (pruning only): the oracle correction on the training set.
 
 ::
@@ -81,21 +81,22 @@ def measure(case, recipe, method, samples) -> dict:
 
 
 def main(argv=None):
+    from wqkernels.keras.synthetic import Synthetic, synthesize
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="cnn_bn_8,cnn_bn,cnn_bn_32")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--recipes", default="sparsity=0.9", help="','-separated, options joined by '+'")
     parser.add_argument("--methods", default=";".join(METHODS), help="';'-separated")
-    parser.add_argument("--count", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--learning-rate", type=float, default=0.05)
-    parser.add_argument("--tv", type=float, default=1e-4)
-    parser.add_argument("--l2", type=float, default=1e-4)
-    parser.add_argument("--labels", type=float, default=0.0, help="weight of a class loss on the logits")
+    defaults = Synthetic()
+    parser.add_argument("--count", type=int, default=defaults.count)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--tv", type=float, default=defaults.total_variation)
+    parser.add_argument("--l2", type=float, default=defaults.l2)
+    parser.add_argument("--labels", type=float, default=defaults.labels, help="weight of a class loss on the logits")
     args = parser.parse_args(argv)
     import keras
-
-    from wqkernels.keras.synthetic import Synthetic, synthesize
 
     recipes, methods = args.recipes.split(","), args.methods.split(";")
     results = {}  # (arch, recipe, method) -> [metrics per seed]

@@ -86,8 +86,8 @@ def test_synthetic_calibration_from_the_command_line_loads_and_scores(bn_cnn, tm
                               "synthetic", "--quiet", "--report", tmp_path / "r.json"], capsys)
     assert code == 0, err
     report = __import__("json").loads((tmp_path / "r.json").read_text())
-    assert report["recipe"]["calibration"] == {"samples": 256, "source": "synthetic"}
-    assert any("synthesized 256 samples from the statistics of 3 BatchNormalization layers" in n
+    assert report["recipe"]["calibration"] == {"samples": 512, "source": "synthetic"}
+    assert any("synthesized 512 samples from the statistics of 3 BatchNormalization layers" in n
                for n in report["notes"]), report["notes"]
     wqkernels.rewrite(base / "m.keras", free, Recipe(sparsity=0.75))
     loaded = keras.models.load_model(dst, compile=False)
@@ -112,6 +112,13 @@ def test_a_model_without_batch_norm_is_refused_in_one_line(tmp_path, capsys):
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "no BatchNormalization layer" in err and "give sample inputs instead" in err, err
     assert not dst.exists()
+
+
+def test_the_keras_subpackage_exports_them():
+    import wqkernels.keras as wk
+    from wqkernels.keras.synthetic import Synthetic, synthesize
+
+    assert wk.Synthetic is Synthetic and wk.synthesize is synthesize and {"Synthetic", "synthesize"} <= set(wk.__all__)
 
 
 def test_bad_settings_say_which():

@@ -4,12 +4,17 @@ Every BatchNormalization layer holds the mean and variance of its inputs over th
 (its moving statistics).  :func:`synthesize` optimises a batch of inputs, with Adam, so that
 the per-channel mean and standard deviation of each BatchNormalization's inputs over the batch
 match those statistics (ZeroQ, Cai et al. 2020; "The Knowledge Within", Haroush et al. 2020),
-under a small L2 and total-variation prior on the inputs.  The result serves as the samples of
+under a small L2 and total-variation prior on the inputs and, for a classifier, a class loss
+that spreads the samples over its classes.  The result serves as the samples of
 :func:`wqkernels.keras.calibrate`.
 
 Keras only runs the model: the inputs are the one trainable weight of a Keras model that calls
 the frozen float model (in inference mode) and whose loss is the mismatch of the moments, fitted
 with ``model.fit``; it runs on any Keras backend.
+
+>>> from wqkernels import Recipe
+>>> from wqkernels.keras import Synthetic, rewrite_calibrated
+>>> report = rewrite_calibrated("model.keras", "sparse.keras", Recipe(sparsity=0.9), Synthetic())  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -27,15 +32,32 @@ __all__ = ["Synthetic", "synthesize", "batch_normalizations"]
 
 @dataclass(frozen=True)
 class Synthetic:
-    """How :func:`synthesize` makes samples: how many, how many Adam steps at which rate, the
-    weights of the priors, the seed of the initial noise."""
+    """How :func:`synthesize` makes samples.
 
-    count: int = 256
+    Attributes
+    ----------
+    count : int
+        How many samples (on the digits CNNs at sparsity 0.9, 512 lost 2.22 points on
+        ``cnn_bn_8`` where 256 lost 3.52, mean of 3 seeds).
+    steps, learning_rate : int, float
+        Adam steps, all on the whole batch, and their rate.
+    l2, total_variation : float
+        Weights of the priors: the mean square of the inputs, and of the differences of
+        neighbours along each spatial axis (inputs of 3 or more dimensions).
+    labels : float
+        Weight of a cross-entropy that gives sample i the class i mod k, when the model has one
+        output of shape (batch, k > 1), taken as class logits; it spreads the samples over the
+        classes as real data is.
+    seed : int
+        Seed of the initial Gaussian noise.
+    """
+
+    count: int = 512
     steps: int = 500
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     l2: float = 1e-4
     total_variation: float = 1e-4
-    labels: float = 0.0
+    labels: float = 0.1
     seed: int = 0
 
     def __post_init__(self):
