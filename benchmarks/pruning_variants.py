@@ -225,15 +225,16 @@ def max_pooling_iid():
 
 # ---- measured statistics instead of estimated ones (a diagnostic) -------------------------------
 
-def true_statistics(case: fidelity.Case, kernels: dict) -> dict:
-    """Score and error of the model with `kernels` after a correction from measured statistics."""
+def true_statistics(case: fidelity.Case, kernels: dict, x=None) -> dict:
+    """Score and error of the model with `kernels` after a correction from statistics measured
+    on `x` (default: the training set)."""
     import keras
 
     model, reference = case.model, keras.models.load_model(case.path, compile=False)
     for path, value in kernels.items():
         kind, j = case.slots[path]
         (model.trainable_variables if kind == 0 else model.non_trainable_variables)[j].assign(value)
-    x = case.task.x_train
+    x = case.task.x_train if x is None else x
 
     def inputs(m, layer):
         return np.asarray(keras.Model(m.inputs, m.get_layer(layer).input).predict(x, verbose=0), np.float64)

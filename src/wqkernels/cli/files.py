@@ -35,7 +35,8 @@ def add_rewrite(sub) -> None:
     add_recipe_options(p)
     p.add_argument("--calibration", metavar="SAMPLES", help="a .npy or .npz of sample inputs: compress each layer "
                    "to keep its outputs on them (GPTQ, SparseGPT, bias correction; needs wqkernels[keras] and a "
-                   ".keras or full .h5 model file)")
+                   ".keras or full .h5 model file); 'synthetic': inputs made without data from the model's "
+                   "BatchNormalization statistics (a file of that name: ./synthetic)")
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
     p.add_argument("--html", metavar="PAGE.html", help="also write the report as an HTML page (charts, histograms)")
     p.add_argument("--in-place", action="store_true", help="allow DST to be SRC")
@@ -175,7 +176,8 @@ def run_rewrite(args) -> int:
         except (ValueError, TypeError) as exc:
             raise CommandError(str(exc)) from None
     if args.calibration is not None:
-        return _finish(_guarded(_calibrated(args), args.src[0], args.output, recipe, args.calibration,
+        calibrated, samples = _calibrated(args)
+        return _finish(_guarded(calibrated, args.src[0], args.output, recipe, samples,
                                 in_place=args.in_place, progress=not args.quiet,
                                 histograms=bool(args.report or args.html)), args)
     if batch.is_batch(args):
@@ -188,15 +190,17 @@ def run_rewrite(args) -> int:
 
 
 def _calibrated(args):
-    """The calibrated rewrite (which runs the model in Keras), or a CommandError saying why not."""
+    """The calibrated rewrite (which runs the model in Keras) and its samples, or a CommandError
+    saying why not."""
     if batch.is_batch(args):
         raise CommandError("--calibration rewrites one model: give -o DST and one SRC")
     try:
         from ..keras.calibration import rewrite_calibrated
+        from ..keras.synthetic import Synthetic
     except ImportError as exc:  # wqkernels.keras names the extra itself; a failure past it may not
         why = str(exc) if "wqkernels[keras]" in str(exc) else f"pip install 'wqkernels[keras]' ({exc})"
         raise CommandError(f"--calibration runs the model in Keras: {why}", status=1) from None
-    return rewrite_calibrated
+    return rewrite_calibrated, Synthetic() if args.calibration == "synthetic" else args.calibration
 
 
 def run_restore(args) -> int:

@@ -1,6 +1,7 @@
 """Keras 3 integration (the ``keras`` extra): :class:`PruningCallback` prunes while a model
 trains; :func:`calibrate` runs a model file's float model on sample inputs and compresses its
-kernels layer by layer, and :func:`rewrite_calibrated` writes the file with the result.
+kernels layer by layer, and :func:`rewrite_calibrated` writes the file with the result;
+:func:`synthesize` makes calibration samples without data from a model's BatchNorm statistics.
 
 ``import wqkernels`` never imports Keras; this subpackage does, with whatever backend Keras is
 configured for (``KERAS_BACKEND``: jax, torch or tensorflow).  The calibration's module is
@@ -20,7 +21,7 @@ from .schedules import PruningSchedule  # noqa: E402
 
 #: the names defined on first use and the modules that define them
 _LAZY = {"calibrate": ".calibration", "rewrite_calibrated": ".calibration", "Calibration": ".calibration",
-         "load_samples": ".calibration"}
+         "load_samples": ".calibration", "Synthetic": ".synthetic", "synthesize": ".synthetic"}
 
 __all__ = ["PruningCallback", "PruningSchedule", *sorted(_LAZY)]
 

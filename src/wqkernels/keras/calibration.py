@@ -53,6 +53,7 @@ from ..files.plan import plan
 from ..files.report import Report
 from ..files.source import Source
 from ..files.transform import Grid, prepare
+from .synthetic import Synthetic, synthesize
 
 __all__ = ["Calibration", "calibrate", "rewrite_calibrated", "load_samples"]
 
@@ -116,7 +117,8 @@ def rewrite_calibrated(src, dst, recipe: Recipe, samples, *, in_place: bool = Fa
     report.notes.extend(result.notes)
     report.seconds = time.perf_counter() - start  # the calibration's time too
     report.recipe["calibration"] = {"samples": result.samples,
-                                    "source": os.fspath(samples) if isinstance(samples, (str, os.PathLike)) else None}
+                                    "source": "synthetic" if isinstance(samples, Synthetic)
+                                    else os.fspath(samples) if isinstance(samples, (str, os.PathLike)) else None}
     return report
 
 
@@ -142,9 +144,11 @@ def calibrate(src, samples, recipe: Recipe, *, batch_size: int = 128, damping: f
     src : str or os.PathLike
         A ``.keras`` archive or a full legacy ``.h5`` (a file with its model config that
         ``keras.models.load_model`` loads).
-    samples : str, os.PathLike, ndarray, list or dict of ndarray
+    samples : str, os.PathLike, ndarray, list or dict of ndarray, or Synthetic
         A ``.npy`` file, a ``.npz`` with one array or one per model input (by input name, else
-        in order), or the arrays themselves; typically 128 to 1024 samples.
+        in order), or the arrays themselves; typically 128 to 1024 samples.  A
+        :class:`~wqkernels.keras.synthetic.Synthetic` makes them without data instead, from the
+        model's BatchNormalization statistics (:func:`~wqkernels.keras.synthetic.synthesize`).
     recipe : Recipe
         What to do; it must prune or quantize.
     batch_size : int
@@ -196,9 +200,14 @@ def calibrate(src, samples, recipe: Recipe, *, batch_size: int = 128, damping: f
         work = plan(source, recipe, Buffers())
         native = native_kernels(source, recipe)[0] if recipe.storage == "keras" else {}
         index = _Index(source, src)
-    arrays = read_samples(samples)  # before the model loads: a bad file fails in a moment
+    arrays = None if isinstance(samples, Synthetic) else read_samples(samples)  # a bad file fails in a moment
     model, loading_notes = _load_model(src, source.kind)
-    inputs = _fitted(arrays, model, _where(samples))
+    if arrays is None:
+        inputs, facts = synthesize(model, samples, where=src)
+        loading_notes.append(f"synthesized {samples.count} samples from the statistics of "
+                             f"{len(facts['layers'])} BatchNormalization layers in {facts['seconds']:.1f} s")
+    else:
+        inputs = _fitted(arrays, model, _where(samples))
     run = _Calibrator(model, recipe, work, index, native, batch_size=batch_size, damping=float(damping),
                       act_order=bool(act_order), bias_correction=bool(bias_correction),
                       float_targets=bool(float_targets), refit_damping=float(refit_damping))
