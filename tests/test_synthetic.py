@@ -128,3 +128,10 @@ def test_bad_settings_say_which():
                           (dict(labels=float("nan")), "labels")):
         with pytest.raises(ValueError, match=name):
             Synthetic(**options)
+
+
+@pytest.mark.parametrize("sparsity, hinted", [(0.9, True), (0.5, False)])
+def test_a_data_free_rewrite_pruning_far_points_to_synthetic_calibration(bn_cnn, sparsity, hinted, tmp_path):
+    _, base, _, _ = bn_cnn
+    report = wqkernels.rewrite(base / "m.keras", tmp_path / "o.keras", Recipe(sparsity=sparsity))
+    assert any("--calibration synthetic" in n for n in report.notes) == hinted

@@ -12,13 +12,14 @@ __all__ = ["progress_bar"]
 
 
 def progress_bar(total_files: int | None, total_bytes: int, *, enabled: bool = True, stream=None,
-                 use_tqdm: bool = True, label: str = ""):
+                 use_tqdm: bool = True, label: str = "", unit: str = "B"):
     """A progress object with ``advance(nbytes)`` and ``close()``.
 
     Nothing is drawn unless `enabled` and `stream` (default: stderr) is a terminal.  tqdm is used
     when it can be imported and `use_tqdm`; otherwise a plain line rewritten in place.  Each
     ``advance`` is one more file done, unless `total_files` is None: then the bar follows the
-    bytes of one file's work alone, described by `label`.
+    bytes of one file's work alone, described by `label`.  With a `unit` other than bytes
+    (``"step"``), the bar counts those instead.
     """
     stream = sys.stderr if stream is None else stream
     if not enabled or not _isatty(stream) or total_files == 0 or (total_files is None and not total_bytes):
@@ -29,8 +30,8 @@ def progress_bar(total_files: int | None, total_bytes: int, *, enabled: bool = T
         except ImportError:
             pass
         else:
-            return TqdmProgress(tqdm, total_files, total_bytes, stream, label)
-    return LineProgress(total_files, total_bytes, stream, label=label)
+            return TqdmProgress(tqdm, total_files, total_bytes, stream, label, unit)
+    return LineProgress(total_files, total_bytes, stream, label=label, unit=unit)
 
 
 def _isatty(stream) -> bool:
@@ -53,12 +54,12 @@ class NoProgress:
 class TqdmProgress:
     """A tqdm bar over bytes, its description counting files (or the label)."""
 
-    def __init__(self, tqdm, total_files: int | None, total_bytes: int, stream, label: str = ""):
+    def __init__(self, tqdm, total_files: int | None, total_bytes: int, stream, label: str = "", unit: str = "B"):
         self.files, self.total_files, self.label = 0, total_files, label
-        self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, file=stream,
+        counted = "{n_fmt}B/{total_fmt}B" if unit == "B" else "{n_fmt}/{total_fmt} " + unit + "s"
+        self.bar = tqdm(total=total_bytes, unit=unit, unit_scale=unit == "B", unit_divisor=1000, file=stream,
                         desc=self._desc(), leave=False, dynamic_ncols=True, mininterval=0.2,
-                        bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B "
-                                   "[{elapsed}<{remaining}, {rate_fmt}]")
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| " + counted + " [{elapsed}<{remaining}, {rate_fmt}]")
 
     def _desc(self) -> str:
         return self.label if self.total_files is None else f"{self.files}/{self.total_files} files"
@@ -78,8 +79,8 @@ class LineProgress:
     (for one file: its label in place of the files)."""
 
     def __init__(self, total_files: int | None, total_bytes: int, stream, interval: float = 0.2,
-                 label: str = ""):
-        self.stream, self.interval, self.label = stream, interval, label
+                 label: str = "", unit: str = "B"):
+        self.stream, self.interval, self.label, self.unit = stream, interval, label, unit
         self.total_files, self.total_bytes = total_files, total_bytes
         self.files = self.nbytes = 0
         self.start = self.last = time.monotonic()
@@ -99,8 +100,11 @@ class LineProgress:
         rate = self.nbytes / elapsed if elapsed > 0 and self.nbytes else 0.0
         eta = "?" if not rate else _clock((self.total_bytes - self.nbytes) / rate)
         done = self.label if self.total_files is None else f"{self.files}/{self.total_files} files"
-        line = (f"{done}  {self.nbytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB"
-                f"  {rate / 1e6:.1f} MB/s  ETA {eta}")
+        if self.unit == "B":
+            line = (f"{done}  {self.nbytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB"
+                    f"  {rate / 1e6:.1f} MB/s  ETA {eta}")
+        else:
+            line = f"{done}  {self.nbytes}/{self.total_bytes} {self.unit}s  {rate:.1f} {self.unit}s/s  ETA {eta}"
         self.stream.write("\r" + line.ljust(self.width))
         self.stream.flush()
         self.width = len(line)

@@ -385,6 +385,11 @@ def _write_zip(source: Source, tmp: str, recipe: Recipe, report: Report, dst_dir
         atomic.remove(weights)
 
 
+#: data-free sparsity from which the rewrite points to calibration on synthetic samples (at 0.9
+#: the digits CNNs lose 2-11 points without it and 0.4-2.5 with it; benchmarks/CALIBRATION.md)
+HIGH_SPARSITY = 0.8
+
+
 def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar: _Progress, bins: int,
                    work=None, buffers: Buffers | None = None, overrides=({}, {})) -> Writer:
     """The weights HDF5 file: everything copied, the planned weights transformed (with histograms
@@ -402,6 +407,10 @@ def _write_weights(source: Source, tmp: str, recipe: Recipe, report: Report, bar
         given, corrected = corrections(source, recipe, work.counts, work.selected, buffers)
         if corrected:
             report.notes.append("BatchNorm statistics corrected the pruned outputs of " + listing(corrected))
+            if isinstance(recipe.sparsity, float) and recipe.sparsity >= HIGH_SPARSITY and source.config is not None:
+                report.notes.append(f"sparsity {recipe.sparsity:g} without data costs small networks several points "
+                                    f"of accuracy: --calibration synthetic (wqkernels[keras]) calibrates on samples "
+                                    f"made from the BatchNorm statistics, and recovers most of them")
     weights, grids = _checked_overrides(source, recipe, work.selected, given, grids)
     rows = {}
     with writer.open(tmp) as f:

@@ -111,7 +111,7 @@ def rewrite_calibrated(src, dst, recipe: Recipe, samples, *, in_place: bool = Fa
         The rewrite's report, with the calibration's notes.
     """
     start = time.perf_counter()
-    result = calibrate(src, samples, recipe, **options)
+    result = calibrate(src, samples, recipe, progress=progress, **options)
     report = rewrite(src, dst, recipe, in_place=in_place, progress=progress, histograms=histograms,
                      weights=result.weights, grids=result.grids)
     report.notes.extend(result.notes)
@@ -124,7 +124,7 @@ def rewrite_calibrated(src, dst, recipe: Recipe, samples, *, in_place: bool = Fa
 
 def calibrate(src, samples, recipe: Recipe, *, batch_size: int = 128, damping: float = 0.01,
               act_order: bool = True, bias_correction: bool = True, float_targets: bool = True,
-              refit_damping: float = 0.1) -> Calibration:
+              refit_damping: float = 0.1, progress: bool = False) -> Calibration:
     """Run the float model of `src` on `samples` and compress its kernels layer by layer.
 
     Which kernels are touched, how many zeros each gets and how each is quantized (bits,
@@ -171,6 +171,8 @@ def calibrate(src, samples, recipe: Recipe, *, batch_size: int = 128, damping: f
         How strongly the refitted kernel is held near the float one, as a fraction of the mean
         of the Hessian's diagonal (the samples are few beside the weights of a layer: 0.01
         fits them too closely, 1.0 too loosely, on the digits CNN).
+    progress : bool
+        Show a progress bar of the synthetic samples' fit on a terminal.
 
     Returns
     -------
@@ -203,7 +205,7 @@ def calibrate(src, samples, recipe: Recipe, *, batch_size: int = 128, damping: f
     arrays = None if isinstance(samples, Synthetic) else read_samples(samples)  # a bad file fails in a moment
     model, loading_notes = _load_model(src, source.kind)
     if arrays is None:
-        inputs, facts = synthesize(model, samples, where=src)
+        inputs, facts = synthesize(model, samples, where=src, progress=progress)
         loading_notes.append(f"synthesized {samples.count} samples from the statistics of "
                              f"{len(facts['layers'])} BatchNormalization layers in {facts['seconds']:.1f} s")
     else:

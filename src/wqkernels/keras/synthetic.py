@@ -26,6 +26,7 @@ import numpy as np
 from keras import ops
 
 from ..files import KerasFileError
+from ..progress import progress_bar
 
 __all__ = ["Synthetic", "synthesize", "batch_normalizations"]
 
@@ -131,7 +132,8 @@ class _Inversion(keras.Model):
         return loss
 
 
-def synthesize(model, settings: Synthetic = Synthetic(), *, where: str = "the model") -> tuple[list, dict]:
+def synthesize(model, settings: Synthetic = Synthetic(), *, where: str = "the model",
+               progress: bool = False) -> tuple[list, dict]:
     """Inputs of `model` whose batch moments at each BatchNormalization match its moving ones.
 
     Parameters
@@ -142,6 +144,8 @@ def synthesize(model, settings: Synthetic = Synthetic(), *, where: str = "the mo
         How many samples and how they are fitted.
     where : str
         Names the model in errors.
+    progress : bool
+        Show a progress bar of the fit's steps on a terminal.
 
     Returns
     -------
@@ -182,10 +186,16 @@ def synthesize(model, settings: Synthetic = Synthetic(), *, where: str = "the mo
     before = _loss(inversion)
     flags = [(layer, layer.trainable) for layer in [features] + list(features.layers)]
     features.trainable = False  # the model's weights stay, and BatchNormalization runs in inference mode
+    # the steps run in executions of `chunk` (one compiled loop each), the bar advanced after each
+    chunk = max(1, settings.steps // 50) if progress else settings.steps
+    bar = progress_bar(None, settings.steps, enabled=progress, label="synthesizing samples", unit="step")
+    advance = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: bar.advance(chunk))
     try:
-        inversion.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), steps_per_execution=settings.steps)
-        inversion.fit(np.zeros((settings.steps, 1), np.float32), batch_size=1, epochs=1, shuffle=False, verbose=0)
+        inversion.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), steps_per_execution=chunk)
+        inversion.fit(np.zeros((settings.steps, 1), np.float32), batch_size=1, epochs=1, shuffle=False, verbose=0,
+                      callbacks=[advance])
     finally:
+        bar.close()
         for layer, flag in flags:
             layer.trainable = flag
     values = [np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in inversion.inputs_]
