@@ -471,6 +471,27 @@ def test_sum_rounding_of_many_channels_side_by_side_agrees_with_reference(symmet
     assert_same_quantization(wqkernels.quantize(x, **opts), ref.quantize(x, **opts))
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sum_rounding_of_channels_whose_costs_are_not_spread_agrees_with_reference(symmetric):
+    """Channels side by side keep, per channel, the members within a first bound of cost, sized
+    for costs spread evenly: a channel whose every member is just above its code (every cost
+    near 1: the bound takes none of the codes to move) and one whose members all sit near a
+    half (all of them within it, more than its list holds) are settled on their own."""
+    rng = np.random.default_rng(5)
+    s = np.float32(0.1)
+    x = rng.standard_normal((512, 130)).astype(np.float32)
+    on_grid = np.rint(x / s) * s
+    x[:, 3] = on_grid[:, 3] + s * np.float32(0.004)  # residuals ~0.004: k = 2, costs ~0.99
+    x[:, 70] = on_grid[:, 70] + s * np.float32(0.45)  # residuals ~0.45: k ~ 230, costs ~0.1
+    x[:, 129] = on_grid[:, 129] - s * np.float32(0.3)  # the tile that is not full, downwards
+    zero_point = None if symmetric else np.full(130, 128, np.float32)
+    opts = dict(bits=8, symmetric=symmetric, axis=-1, scale=np.full(130, s), zero_point=zero_point, rounding="sum")
+    qa = wqkernels.quantize(x, **opts)
+    assert_same_quantization(qa, ref.quantize(x, **opts))
+    moved = (qa.values != wqkernels.quantize(x, **{**opts, "rounding": "nearest"}).values).sum(axis=0)
+    assert moved[3] == 2 and moved[70] > 200 and moved[129] > 100
+
+
 def test_sum_rounding_ties_in_a_long_group_go_to_the_earlier_elements():
     x = np.full(5000, 0.25, np.float32)
     # scale 2/3 and zero point 2 at 2 bits: -1.0 is 0.5 above its code (the cheapest move), 1.0 at

@@ -35,6 +35,14 @@
 #else
 #define WQK_RANKING
 #endif
+/* For loops whose compares select (costs within a bound): without it GCC keeps them scalar, as
+ * a vector compare might raise a floating-point flag the scalar one would not; nothing here
+ * reads those flags, and no result changes. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define WQK_NO_TRAPS __attribute__((optimize("no-trapping-math")))
+#else
+#define WQK_NO_TRAPS
+#endif
 
 /* Threads: at most wqk_max_threads() per loop, and fewer while the machine is busy (OpenMP's
  * dynamic adjustment, from the load average): a team as large as the machine, on cores that
@@ -52,6 +60,14 @@ static void wqk_adapt_threads(void) {}
 #endif
 
 #define WQK_MAGIC 12582912.0f /* 1.5 * 2^23 */
+
+/* The index of the lowest set bit of a nonzero word. */
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+static inline int wqk_ctz64(uint64_t v) { unsigned long i; _BitScanForward64(&i, v); return (int)i; }
+#else
+static inline int wqk_ctz64(uint64_t v) { return __builtin_ctzll(v); }
+#endif
 
 /* A code as float before its zero point: rint(clamp(x / s, lo, hi)), never -0. */
 static inline float wqk_rounded(float x, float s, float lo, float hi) {
@@ -695,9 +711,9 @@ WQK_CLONES static void wqk_unpack(const uint8_t *packed, ptrdiff_t n, int b, int
 }
 
 /* Sum-preserving rounding of a tile of `w` groups of codes, in place.  Member (r, c) of group j
- * (r < rows, c < length; C order within the group) is at j * lane + r * row + c; the
- * members of the groups side by side are read together (a blocked transpose into `e` and
- * `code`, rows * length entries per group), so strided groups are read a cache line at a time.
+ * (r < rows, c < length; C order within the group) is at j * lane + r * row + c; channels
+ * side by side (length 1, lane 1) are read a row across the groups at a time (wqk_sums_columns),
+ * the others copied into `e` and `code`, rows * length entries per group.
  * Per group, with r = x / s (float32) + zp and e = r - q in float64, summed in member order: the
  * fewest codes, at most |rint(sum e)|, move one step towards the sum, those of least cost
  * 1 - 2 * dir * e (the least added squared error), equal costs the earlier member; a code at the
@@ -714,44 +730,158 @@ static inline bool wqk_cheaper(const wqk_move &a, const wqk_move &b) {
     return a.cost < b.cost || (a.cost == b.cost && a.at < b.at);
 }
 
+/* wqk_cheaper as a type of its own, so that the selection inlines it (a function pointer is
+ * called every comparison) */
+struct wqk_cheaper_order {
+    bool operator()(const wqk_move &a, const wqk_move &b) const { return wqk_cheaper(a, b); }
+};
+static const wqk_cheaper_order wqk_cheaper_than = {};
+
 #define WQK_SUM_LANES 64 /* groups of a tile, at most */
 /* Scratch entries between the end of one group's e and code and the start of the next: groups
  * a power of two apart would share cache sets (9 lines apart for e, 72 bytes for code, a group
  * of 4096 members maps its neighbours' rows to other sets). */
 #define WQK_SUM_PAD 72
-#define WQK_SUM_ROWS 8 /* rows of channels side by side transposed at a time */
+
+/* The rule of wqk_preserve_sums for one group whose first bound left too few candidates, or
+ * more than its list holds: its m members' residuals e(t) = ((double)y[t * ys] + zp) - code[t * ys]
+ * (y the float32 quotients), the bound raised until it takes `want` of them, then a selection;
+ * the chosen members' codes at q + t * row move one step. */
+template <typename Code>
+static void wqk_sums_group(const float *y, const Code *code, ptrdiff_t ys, ptrdiff_t m, float zp, double k,
+                           float qmin, float qmax, Code *q, ptrdiff_t row, wqk_move *moves) {
+    const double dir = k > 0.0 ? 1.0 : -1.0;
+    const Code edge = (Code)(k > 0.0 ? qmax : qmin);
+    const ptrdiff_t want = std::fabs(k) < (double)m ? (ptrdiff_t)std::fabs(k) : m;
+    double bound = 8.0 * (double)want / (double)m;
+    ptrdiff_t n;
+    for (;;) {
+        const bool all = bound >= 2.0;
+        const double limit = all ? DBL_MAX : bound;
+        n = 0;
+        for (ptrdiff_t t = 0; t < m; t++) {
+            const Code c = code[t * ys];
+            const double cost = c == edge ? HUGE_VAL : 1.0 - 2.0 * dir * (((double)y[t * ys] + (double)zp) - (double)c);
+            if (!(cost <= limit)) continue;
+            moves[n].cost = cost;
+            moves[n].at = t;
+            n++;
+        }
+        if (n >= want || all) break;
+        bound *= 4.0;
+    }
+    const ptrdiff_t take = want < n ? want : n;
+    if (take < n) std::nth_element(moves, moves + take, moves + n, wqk_cheaper_than);
+    const int step = k > 0.0 ? 1 : -1;
+    for (ptrdiff_t i = 0; i < take; i++) q[moves[i].at * row] = (Code)(q[moves[i].at * row] + step);
+}
+
+/* wqk_preserve_sums for channels side by side (member r of group j at r * row + j, w <= 64
+ * groups; W: w when it is known), in two passes over the tile and no transpose.  The first
+ * takes each member's float32 quotient x / s (into y, rows of w) and code (into code), and
+ * adds the residuals up in member order, a row at a time across the groups (vectorised); the
+ * second makes each member's cost from them again, to the bit, and lists per group those
+ * within its first bound (a compare a member, a branch per 8 groups of a row): about 4 * want
+ * of m.  A group whose list is short of `want`, or full, takes the rule again on its own
+ * (wqk_sums_group).  Scratch: y and code of rows * w, lists of `cap` moves a group. */
+#ifndef WQK_SUM_AHEAD
+#define WQK_SUM_AHEAD 8
+#endif
+template <typename Code, int W>
+static inline __attribute__((always_inline)) void wqk_sums_columns(const float *x, Code *q, ptrdiff_t w0,
+                                                                   ptrdiff_t rows, ptrdiff_t row, const float *s,
+                                                                   const float *zp, float qmin, float qmax, float *y,
+                                                                   Code *code, wqk_move *lists, ptrdiff_t cap,
+                                                                   wqk_move *moves) {
+    const ptrdiff_t w = W ? W : w0;
+    double total[WQK_SUM_LANES] = {0.0};
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *xr = x + r * row;
+        const Code *qr = q + r * row;
+        if (r + WQK_SUM_AHEAD < rows) { /* short runs far apart: not fetched ahead by the hardware */
+            wqk_prefetch_run(xr + WQK_SUM_AHEAD * row, w * (ptrdiff_t)sizeof(float));
+            wqk_prefetch_run(qr + WQK_SUM_AHEAD * row, w * (ptrdiff_t)sizeof(Code));
+        }
+        float *yr = y + r * w;
+        Code *cr = code + r * w;
+        for (ptrdiff_t j = 0; j < w; j++) {
+            yr[j] = xr[j] / s[j];
+            cr[j] = qr[j];
+            total[j] += ((double)yr[j] + (double)zp[j]) - (double)cr[j];
+        }
+    }
+    double limit[WQK_SUM_LANES], dir[WQK_SUM_LANES], k[WQK_SUM_LANES], edge[WQK_SUM_LANES];
+    ptrdiff_t want[WQK_SUM_LANES], count[WQK_SUM_LANES];
+    bool active = false;
+    for (ptrdiff_t j = 0; j < w; j++) {
+        k[j] = std::nearbyint(total[j]);
+        dir[j] = k[j] > 0.0 ? 1.0 : -1.0;
+        edge[j] = (double)(Code)(k[j] > 0.0 ? qmax : qmin); /* compared as doubles: the loop below vectorises */
+        want[j] = std::fabs(k[j]) < (double)rows ? (ptrdiff_t)std::fabs(k[j]) : rows;
+        /* costs of unclipped codes lie about uniformly in [0, 2]: a bound that takes want plus
+         * three standard deviations and 4 on average is short of want about once in a thousand */
+        const double bound = 2.0 * ((double)want[j] + 3.0 * std::sqrt((double)want[j]) + 4.0) / (double)rows;
+        limit[j] = k[j] == 0.0 ? -HUGE_VAL : bound >= 2.0 ? DBL_MAX : bound; /* none, or the first bound */
+        count[j] = 0;
+        active |= k[j] != 0.0;
+    }
+    if (!active) return;
+    uint8_t hit[WQK_SUM_LANES] = {0};
+    double cost[WQK_SUM_LANES];
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *yr = y + r * w;
+        const Code *cr = code + r * w;
+        for (ptrdiff_t j = 0; j < w; j++) {
+            const double c = (double)cr[j], e = ((double)yr[j] + (double)zp[j]) - c, move = 1.0 - 2.0 * dir[j] * e;
+            cost[j] = c == edge[j] ? HUGE_VAL : move;
+            hit[j] = cost[j] <= limit[j];
+        }
+        for (ptrdiff_t j0 = 0; j0 < w; j0 += 8) {
+            uint64_t h; /* 8 groups' hits, a byte each (0 or 1): taken lowest first */
+            memcpy(&h, hit + j0, 8);
+            while (h) {
+                const ptrdiff_t j = j0 + (wqk_ctz64(h) >> 3);
+                h &= h - 1;
+                if (count[j] < cap) {
+                    lists[j * cap + count[j]].cost = cost[j];
+                    lists[j * cap + count[j]].at = r;
+                }
+                count[j]++;
+            }
+        }
+    }
+    for (ptrdiff_t j = 0; j < w; j++) {
+        if (k[j] == 0.0) continue;
+        const ptrdiff_t n = count[j];
+        if (n > cap || (n < want[j] && limit[j] != DBL_MAX)) { /* the list overflowed, or too few */
+            wqk_sums_group<Code>(y + j, code + j, w, rows, zp[j], k[j], qmin, qmax, q + j, row, moves);
+            continue;
+        }
+        wqk_move *list = lists + j * cap;
+        const ptrdiff_t take = want[j] < n ? want[j] : n;
+        if (take < n) std::nth_element(list, list + take, list + n, wqk_cheaper_than);
+        const int step = k[j] > 0.0 ? 1 : -1;
+        for (ptrdiff_t i = 0; i < take; i++) q[list[i].at * row + j] = (Code)(q[list[i].at * row + j] + step);
+    }
+}
 
 template <typename Code>
-WQK_CLONES static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t lane, ptrdiff_t rows, ptrdiff_t row,
+WQK_CLONES WQK_NO_TRAPS static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t lane, ptrdiff_t rows, ptrdiff_t row,
                               ptrdiff_t length, const float *s, const float *zp, float qmin,
                               float qmax, double *e, Code *code, wqk_move *moves) {
     const ptrdiff_t m = rows * length, ld = m + WQK_SUM_PAD; /* members; scratch entries a group */
+    if (length == 1 && lane == 1) { /* channels side by side (a Dense kernel's columns): two passes */
+        float *y = (float *)e; /* the scratch of e: quotients, then the lists of candidates */
+        const ptrdiff_t used = (w * m + 1) / 2 + 1; /* doubles, rounded up */
+        const ptrdiff_t cap = (w * ld - used) * (ptrdiff_t)sizeof(double) / (ptrdiff_t)sizeof(wqk_move) / w;
+        wqk_move *lists = (wqk_move *)(e + used);
+        if (w == WQK_SUM_LANES)
+            wqk_sums_columns<Code, WQK_SUM_LANES>(x, q, w, rows, row, s, zp, qmin, qmax, y, code, lists, cap, moves);
+        else
+            wqk_sums_columns<Code, 0>(x, q, w, rows, row, s, zp, qmin, qmax, y, code, lists, cap, moves);
+        return;
+    }
     double total[WQK_SUM_LANES] = {0.0}; /* each group's members are met in their order */
-    if (length == 1 && lane == 1) { /* channels side by side (a Dense kernel's columns) */
-        /* WQK_SUM_ROWS rows at a time: their e made a row at a time (vectorised across the
-         * groups), then stored a group at a time, WQK_SUM_ROWS consecutive entries of it */
-        double d[WQK_SUM_ROWS][WQK_SUM_LANES];
-        for (ptrdiff_t r0 = 0; r0 < rows; r0 += WQK_SUM_ROWS) {
-            const ptrdiff_t h = rows - r0 < WQK_SUM_ROWS ? rows - r0 : WQK_SUM_ROWS;
-            for (ptrdiff_t i = 0; i < h; i++) {
-                const float *xr = x + (r0 + i) * row;
-                const Code *qr = q + (r0 + i) * row;
-                if (r0 + i + WQK_ROWS_AHEAD < rows) { /* short runs far apart: not fetched ahead by the hardware */
-                    wqk_prefetch_run(xr + WQK_ROWS_AHEAD * row, w * (ptrdiff_t)sizeof(float));
-                    wqk_prefetch_run(qr + WQK_ROWS_AHEAD * row, w * (ptrdiff_t)sizeof(Code));
-                }
-                for (ptrdiff_t j = 0; j < w; j++) {
-                    d[i][j] = ((double)(xr[j] / s[j]) + (double)zp[j]) - (double)qr[j];
-                    total[j] += d[i][j];
-                }
-            }
-            for (ptrdiff_t j = 0; j < w; j++)
-                for (ptrdiff_t i = 0; i < h; i++) {
-                    e[j * ld + r0 + i] = d[i][j];
-                    code[j * ld + r0 + i] = q[(r0 + i) * row + j];
-                }
-        }
-    } else
     for (ptrdiff_t r = 0; r < rows; r++)
         for (ptrdiff_t j = 0; j < w; j++) {
             const float sj = s[j];
@@ -794,7 +924,7 @@ WQK_CLONES static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, p
             bound *= 4.0;
         }
         const ptrdiff_t take = want < n ? want : n;
-        if (take < n) std::nth_element(moves, moves + take, moves + n, wqk_cheaper);
+        if (take < n) std::nth_element(moves, moves + take, moves + n, wqk_cheaper_than);
         const int step = k > 0.0 ? 1 : -1;
         for (ptrdiff_t i = 0; i < take; i++) {
             const ptrdiff_t t = moves[i].at;
