@@ -934,4 +934,30 @@ WQK_CLONES WQK_NO_TRAPS static void wqk_preserve_sums(const float *x, Code *q, p
     }
 }
 
+/* ---- bytes ----------------------------------------------------------------------------------
+ * The first offset of the n-byte pattern (n >= 2) in size bytes of data, or -1: the starts
+ * where its first and last bytes both match are found 64 at a time (a loop GCC vectorises),
+ * then compared whole.  A scan of a file's bytes for a signature at memory speed. */
+WQK_CLONES static ptrdiff_t wqk_find_bytes(const uint8_t *data, ptrdiff_t size, const uint8_t *pat, ptrdiff_t n) {
+    const uint8_t first = pat[0], last = pat[n - 1];
+    const ptrdiff_t starts = size - n + 1; /* start offsets that leave room for the pattern */
+    ptrdiff_t i = 0;
+    for (; i + 64 <= starts; i += 64) {
+        uint8_t hit[64];
+        for (int j = 0; j < 64; j++) hit[j] = (uint8_t)((data[i + j] == first) & (data[i + j + n - 1] == last));
+        for (int j0 = 0; j0 < 64; j0 += 8) {
+            uint64_t h; /* 8 starts' hits, a byte each: lowest first */
+            memcpy(&h, hit + j0, 8);
+            while (h) {
+                const ptrdiff_t at = i + j0 + (wqk_ctz64(h) >> 3);
+                h &= h - 1;
+                if (memcmp(data + at, pat, (size_t)n) == 0) return at;
+            }
+        }
+    }
+    for (; i < starts; i++)
+        if (data[i] == first && memcmp(data + i, pat, (size_t)n) == 0) return i;
+    return -1;
+}
+
 #endif
