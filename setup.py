@@ -61,7 +61,7 @@ setup(
             depends=[f"{KERNELS}/{name}" for name in (
                 "_loops.h", "_bit_loops.h", "_units.pxi", "_keys.pxi", "_quantization.pxi",
                 "_packing.pxi", "_pruning.pxi", "_statistics.pxi", "_allocation.pxi",
-                "_keras_loops.h", "_keras_schemes.pxi", "_bytes.pxi")],
+                "_keras_loops.h", "_keras_schemes.pxi")],
         )
     ],
     cmdclass={"build_ext": BuildExt},

@@ -10,8 +10,8 @@ and counts such as zeros.  The Python layer turns those into its errors.  The on
 raised here is MemoryError, when scratch memory cannot be allocated.
 
 Each ``.pxi`` serves the Python module of the same name (quantization, packing, pruning,
-statistics, allocation, keras_schemes; ``_bytes.pxi`` the file layer's scan of a file's bytes)
-and splits arrays into runs and runs over OpenMP threads; the innermost loops live in headers (``_loops.h`` for float32 and codes, ``_bit_loops.h`` for
+statistics, allocation, keras_schemes) and splits arrays into runs and runs over OpenMP threads;
+the innermost loops live in headers (``_loops.h`` for float32 and codes, ``_bit_loops.h`` for
 float bits, ``_keras_loops.h`` for Keras's own quantizer) so that GCC can build one copy per
 instruction set.
 """
@@ -24,4 +24,3 @@ include "_pruning.pxi"
 include "_statistics.pxi"
 include "_allocation.pxi"
 include "_keras_schemes.pxi"
-include "_bytes.pxi"

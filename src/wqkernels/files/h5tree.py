@@ -18,8 +18,8 @@ from h5py import h5, h5a, h5d, h5g, h5l, h5o, h5p, h5s, h5t
 
 from h5py._objects import ObjectID
 
-from .. import _core
 from .._text import first_line
+from ..packing import find_bytes
 from .errors import KerasFileError
 
 #: a dataset may declare at most this many bytes beyond 1000x its stored size (hostile files)
@@ -69,13 +69,12 @@ def _signatures(data):
     time into one buffer, which stays in cache between the read and the scan (fresh chunks of
     4 MiB cost their pages' faults, and came back from memory), and, as its own find would, is
     summed for its CRC-32 as it is read."""
-    pattern = np.frombuffer(_GCOL, np.uint8)
     if not isinstance(data, FileBytes):
         view = np.frombuffer(data, np.uint8)
-        at = _core.find_bytes(view, pattern, 0)
+        at = find_bytes(view, _GCOL)
         while at >= 0:
             yield at
-            at = _core.find_bytes(view, pattern, at + 1)
+            at = find_bytes(view, _GCOL, at + 1)
         return
     overlap = len(_GCOL) - 1
     buffer = np.empty(_SCAN + overlap, np.uint8)
@@ -85,10 +84,10 @@ def _signatures(data):
         n = data.f.readinto(memoryview(buffer)[:min(_SCAN + overlap, data.size - at)])
         chunk = buffer[:n]
         data._sum(at, chunk)
-        i = _core.find_bytes(chunk, pattern, 0)
+        i = find_bytes(chunk, _GCOL)
         while 0 <= i < _SCAN:  # a signature in the overlap is found again in the next chunk
             yield at + i
-            i = _core.find_bytes(chunk, pattern, i + 1)
+            i = find_bytes(chunk, _GCOL, i + 1)
         if n < _SCAN + overlap:
             return
         at += _SCAN
