@@ -332,6 +332,33 @@ def test_global_heap_that_hangs_hdf5_is_refused(keras3, tmp_path):
         wqkernels.inspect(hostile)
 
 
+@pytest.mark.parametrize("scan", [8, 37, 1 << 20])
+def test_heap_scan_finds_what_bytes_find_finds(scan, monkeypatch, tmp_path):
+    """The scan for collection signatures (a kernel, over a file read a buffer at a time) finds
+    every signature bytes.find finds, across the buffers' seams, and sums the bytes it read for
+    the CRC-32 of a .keras member as the file's own find does."""
+    from wqkernels.files import h5tree
+    sig = b"GCOL\x01\x00\x00\x00"
+    rng = np.random.default_rng(scan)
+    data = bytearray(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    for at in (0, 30, 36, 37, 40, 500, 4992):
+        data[at:at + 8] = sig
+    data[1000:1005] = sig[:5]  # a signature cut short is none
+    data = bytes(data)
+    want, at = [], data.find(sig)
+    while at >= 0:
+        want.append(at)
+        at = data.find(sig, at + 1)
+    monkeypatch.setattr(h5tree, "_SCAN", scan)
+    assert list(h5tree._signatures(data)) == want
+    path = tmp_path / "bytes"
+    path.write_bytes(b"head" + data + b"tail")
+    with open(path, "rb") as f:
+        member = h5tree.FileBytes(f, 4, len(data), crc=True)
+        assert list(h5tree._signatures(member)) == want
+        assert member.crc32() == zlib.crc32(data)
+
+
 def test_damaged_version_does_not_skip_the_checks(packed):
     with h5py.File(packed, "a") as f:
         f["wqkernels"].attrs["version"] = 2

@@ -153,6 +153,30 @@ def test_half_to_even_and_true_division():
     np.testing.assert_array_equal(ties.values, [0, 2, 2, 0, -2])
 
 
+@pytest.mark.parametrize("scale", [0.1, 3.7e-3, 2.0**-100, 1.5e-38, 2.0**100, 2e36, 3e38])  # 1 / 3e38 is subnormal
+@pytest.mark.parametrize("symmetric, bits", [(True, 8), (False, 8), (True, 4), (False, 4)])
+def test_quotients_a_few_ulps_from_a_half_round_as_true_division(scale, symmetric, bits):
+    # codes of long runs are made by multiplying by 1 / scale, and again by division where a
+    # quotient lies near a half: x a few ulps either side of (k + 1/2) * scale, in long runs,
+    # per tensor and per channel along either axis, against the reference's division
+    rng = np.random.default_rng(bits)
+    s = np.float32(scale)
+    k = rng.integers(-130, 130, size=1 << 14).astype(np.float32)
+    with np.errstate(over="ignore"):
+        x = ((k + np.float32(0.5)) * s).astype(np.float32)
+    x = (x.view(np.int32) + rng.integers(-3, 4, size=x.size).astype(np.int32)).view(np.float32)
+    x = np.where(np.isfinite(x), x, np.float32(0))
+    zero_point = None if symmetric else 3.0
+    for shape, axis in (((x.size,), None), ((64, x.size // 64), -1), ((x.size // 64, 64), 0)):
+        xs = x.reshape(shape)
+        groups = () if axis is None else (shape[axis],)
+        options = dict(symmetric=symmetric, axis=axis, scale=np.full(groups, s, np.float32),
+                       zero_point=None if symmetric else np.full(groups, zero_point, np.float32))
+        assert_same_quantization(wqkernels.quantize(xs, bits, **options), ref.quantize(xs, bits, **options))
+        assert_bit_equal(wqkernels.fake_quantize(xs, bits, **options), ref.fake_quantize(xs, bits, **options),
+                         "fake-quantized")
+
+
 def test_block_layout_follows_onnx():
     x = np.arange(2 * 7 * 3, dtype=np.float32).reshape(2, 7, 3) - 20
     qa = wqkernels.quantize(x, 4, axis=1, block_size=3)
@@ -445,6 +469,27 @@ def test_sum_rounding_of_many_channels_side_by_side_agrees_with_reference(symmet
     x[:, 140] -= 2.5
     opts = dict(bits=3, symmetric=symmetric, axis=-1, rounding="sum")
     assert_same_quantization(wqkernels.quantize(x, **opts), ref.quantize(x, **opts))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sum_rounding_of_channels_whose_costs_are_not_spread_agrees_with_reference(symmetric):
+    """Channels side by side keep, per channel, the members within a first bound of cost, sized
+    for costs spread evenly: a channel whose every member is just above its code (every cost
+    near 1: the bound takes none of the codes to move) and one whose members all sit near a
+    half (all of them within it, more than its list holds) are settled on their own."""
+    rng = np.random.default_rng(5)
+    s = np.float32(0.1)
+    x = rng.standard_normal((512, 130)).astype(np.float32)
+    on_grid = np.rint(x / s) * s
+    x[:, 3] = on_grid[:, 3] + s * np.float32(0.004)  # residuals ~0.004: k = 2, costs ~0.99
+    x[:, 70] = on_grid[:, 70] + s * np.float32(0.45)  # residuals ~0.45: k ~ 230, costs ~0.1
+    x[:, 129] = on_grid[:, 129] - s * np.float32(0.3)  # the tile that is not full, downwards
+    zero_point = None if symmetric else np.full(130, 128, np.float32)
+    opts = dict(bits=8, symmetric=symmetric, axis=-1, scale=np.full(130, s), zero_point=zero_point, rounding="sum")
+    qa = wqkernels.quantize(x, **opts)
+    assert_same_quantization(qa, ref.quantize(x, **opts))
+    moved = (qa.values != wqkernels.quantize(x, **{**opts, "rounding": "nearest"}).values).sum(axis=0)
+    assert moved[3] == 2 and moved[70] > 200 and moved[129] > 100
 
 
 def test_sum_rounding_ties_in_a_long_group_go_to_the_earlier_elements():

@@ -87,3 +87,30 @@ def unpack_bits(packed, bits: int, count: int, signed: bool = True) -> np.ndarra
     out = np.empty(count, dtype=np.int8 if signed else np.uint8)
     _core.unpack_into(np.ascontiguousarray(arr), bits, bool(signed), out.view(np.uint8))
     return out
+
+
+def find_bytes(data, pattern: bytes, start: int = 0) -> int:
+    """The first offset from `start` on of `pattern` (2 bytes or more) in `data`, or -1:
+    ``bytes.find``'s answer, at memory speed (the file layer scans files for signatures with it).
+
+    Parameters
+    ----------
+    data : bytes-like
+        bytes, bytearray, memoryview or a 1-D uint8 array, contiguous.
+    pattern : bytes
+        At least 2 bytes.
+    start : int
+        Where the search begins (0 or more).
+
+    Examples
+    --------
+    >>> from wqkernels.packing import find_bytes
+    >>> find_bytes(b"abcabc", b"ca"), find_bytes(b"abcabc", b"bc", 2), find_bytes(b"abc", b"cd")
+    (2, 4, -1)
+    """
+    if not isinstance(pattern, bytes) or len(pattern) < 2:
+        raise ValueError(f"pattern must be bytes of length 2 or more, got {pattern!r}")
+    view = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
+    if view.dtype != np.uint8 or view.ndim != 1:
+        raise TypeError(f"data must be bytes-like or a 1-D uint8 array, got {view.dtype} of {view.ndim} dimensions")
+    return _core.find_bytes(view, np.frombuffer(pattern, np.uint8), check_int(start, "start", 0))

@@ -35,6 +35,14 @@
 #else
 #define WQK_RANKING
 #endif
+/* For loops whose compares select (costs within a bound): without it GCC keeps them scalar, as
+ * a vector compare might raise a floating-point flag the scalar one would not; nothing here
+ * reads those flags, and no result changes. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define WQK_NO_TRAPS __attribute__((optimize("no-trapping-math")))
+#else
+#define WQK_NO_TRAPS
+#endif
 
 /* Threads: at most wqk_max_threads() per loop, and fewer while the machine is busy (OpenMP's
  * dynamic adjustment, from the load average): a team as large as the machine, on cores that
@@ -52,6 +60,14 @@ static void wqk_adapt_threads(void) {}
 #endif
 
 #define WQK_MAGIC 12582912.0f /* 1.5 * 2^23 */
+
+/* The index of the lowest set bit of a nonzero word. */
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+static inline int wqk_ctz64(uint64_t v) { unsigned long i; _BitScanForward64(&i, v); return (int)i; }
+#else
+static inline int wqk_ctz64(uint64_t v) { return __builtin_ctzll(v); }
+#endif
 
 /* A code as float before its zero point: rint(clamp(x / s, lo, hi)), never -0. */
 static inline float wqk_rounded(float x, float s, float lo, float hi) {
@@ -262,9 +278,21 @@ WQK_CLONES static void wqk_key_runs(const uint32_t *x, ptrdiff_t count, ptrdiff_
 /* ---- quantize, fake-quantize, dequantize --------------------------------------------------
  * "uniform" runs share one scale and zero point; "lanes" runs have one per element; "runs" are
  * runs one after another with one each.  Quantize writes codes as bytes, fake-quantize writes
- * (code - zp) * s: one body for both, over the output's type.  Codes are made by true division:
- * this CPU family divides fast enough that multiplying by 1/s, with the checks exactness would
- * need, is no faster. */
+ * (code - zp) * s: one body for both, over the output's type.
+ *
+ * Codes are those of true division, made by multiplying by inv = 1/s (float32) where that is
+ * provably the same, and by division elsewhere: a division of 16 floats costs as much as 8 on
+ * Intel cores (AVX-512 divides at the AVX2 rate, about 0.5 cycle an element), and loops in
+ * cache ran 8-16% faster without it (over memory, where other work on the machine took the
+ * bandwidth, the same).  With inv and s both normal floats, y' = x * inv is within 3.01 u
+ * (u = 2^-24) of the correctly rounded quotient y, relatively: |y' - y| <= 3.01 u |y'|.
+ * Both are clamped to integer bounds of magnitude <= 255 before rounding, so c' = clamp(y')
+ * and c = clamp(y) differ by at most 3.01 u * 256 < 2^-14 (a clamped side only moves closer).
+ * If c' is farther than 2^-14 from every half-integer, c and c' lie strictly between the same
+ * two half-integers and round to the same integer.  A chunk in which some c' is that near a
+ * half (about 1 element in 8000: 6% of chunks of 512) is made again by division.  A check a
+ * chunk of 64 cost a fifth more over memory.  NaN and infinities pass through
+ * both alike (x * inv and x / s are NaN, or infinite of the same sign, together). */
 
 /* Store a code: as a byte (two's complement when signed), or as (code - zp) * s. */
 static inline void wqk_put(uint8_t *q, float code, float s, float zp) {
@@ -274,33 +302,101 @@ static inline void wqk_put(uint8_t *q, float code, float s, float zp) {
 }
 static inline void wqk_put(float *y, float code, float s, float zp) { *y = (code - zp) * s; }
 
-/* A zero point of 0 (all signed codes) has a loop of its own, a third faster: (y + M) - M is
- * never -0, so adding a zero point of +0 changes no code and no value. */
-template <typename Out, bool Zero>
-static inline __attribute__((always_inline)) void wqk_quantize_run(const float *x, Out *out, ptrdiff_t n, float s,
-                                                                   float zp, float qmin, float qmax) {
+/* inv[i] = 1 / s[i], or 0 when it or s[i] is not a normal float (its codes are then made by
+ * division alone); returns nonzero when none is 0.  Branch-free, so that it vectorises: blocked
+ * layouts take an inverse every 32 elements. */
+WQK_CLONES static int wqk_inverses(const float *s, ptrdiff_t n, float *inv) {
+    int usable = 1;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float a = std::fabs(s[i]), v = 1.0f / s[i], b = std::fabs(v);
+        const int ok = (a >= FLT_MIN) & (a <= FLT_MAX) & (b >= FLT_MIN) & (b <= FLT_MAX);
+        inv[i] = ok ? v : 0.0f;
+        usable &= ok;
+    }
+    return usable;
+}
+
+#define WQK_NEAR_HALF (0.5f - 1.0f / 16384.0f) /* a clamped quotient this far from its code is near a half */
+#define WQK_CHUNK 512 /* elements made again by division when one of them is near a half */
+
+/* The scale, inverse and zero point of element i: per element (Lanes) or one for the run. */
+template <bool Lanes> static inline float wqk_at(const float *p, ptrdiff_t i) { return Lanes ? p[i] : p[0]; }
+
+/* Codes of n elements by true division.  A zero point of 0 (all signed codes) has a loop of its
+ * own, a third faster: (y + M) - M is never -0, so adding a zero point of +0 changes no code and
+ * no value. */
+template <typename Out, bool Zero, bool Lanes>
+static inline __attribute__((always_inline)) void wqk_divide_run(const float *x, Out *out, ptrdiff_t n, const float *s,
+                                                                 const float *zp, float qmin, float qmax) {
     if (Zero) {
-        for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_rounded(x[i], s, qmin, qmax), s, 0.0f);
+        for (ptrdiff_t i = 0; i < n; i++)
+            wqk_put(out + i, wqk_rounded(x[i], wqk_at<Lanes>(s, i), qmin, qmax), wqk_at<Lanes>(s, i), 0.0f);
         return;
     }
-    const float lo = qmin - zp, hi = qmax - zp;
-    for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_code(x[i], s, zp, lo, hi), s, zp);
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float z = wqk_at<Lanes>(zp, i);
+        wqk_put(out + i, wqk_code(x[i], wqk_at<Lanes>(s, i), z, qmin - z, qmax - z), wqk_at<Lanes>(s, i), z);
+    }
+}
+
+/* Codes of n elements by multiplying by inv; returns nonzero if one of them was near a half (the
+ * codes written are then not to be kept). */
+template <typename Out, bool Zero, bool Lanes>
+static inline __attribute__((always_inline)) int wqk_multiply_run(const float *x, Out *out, ptrdiff_t n, const float *s,
+                                                                  const float *inv, const float *zp, float qmin,
+                                                                  float qmax) {
+    int near = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float z = Zero ? 0.0f : wqk_at<Lanes>(zp, i), lo = qmin - z, hi = qmax - z;
+        float y = x[i] * wqk_at<Lanes>(inv, i);
+        y = y < lo ? lo : y;
+        y = y > hi ? hi : y;
+        const float r = (y + WQK_MAGIC) - WQK_MAGIC, d = y - r;
+        near |= (d > WQK_NEAR_HALF) | (d < -WQK_NEAR_HALF);
+        wqk_put(out + i, Zero ? r : r + z, wqk_at<Lanes>(s, i), z);
+    }
+    return near;
+}
+
+/* Codes of n elements: by inv (NULL, or an inverse of 0: by division alone) a chunk at a time,
+ * a chunk with an element near a half again by division. */
+template <typename Out, bool Zero, bool Lanes>
+static inline __attribute__((always_inline)) void wqk_quantize_run(const float *x, Out *out, ptrdiff_t n, const float *s,
+                                                                   const float *inv, const float *zp, float qmin,
+                                                                   float qmax) {
+    if (!inv || (!Lanes && inv[0] == 0.0f)) {
+        wqk_divide_run<Out, Zero, Lanes>(x, out, n, s, zp, qmin, qmax);
+        return;
+    }
+    const ptrdiff_t o = Lanes ? 1 : 0; /* per-element arrays advance with x */
+    ptrdiff_t i = 0;
+    for (; i + WQK_CHUNK <= n; i += WQK_CHUNK)
+        if (wqk_multiply_run<Out, Zero, Lanes>(x + i, out + i, WQK_CHUNK, s + o * i, inv + o * i,
+                                               Zero ? zp : zp + o * i, qmin, qmax))
+            wqk_divide_run<Out, Zero, Lanes>(x + i, out + i, WQK_CHUNK, s + o * i, Zero ? zp : zp + o * i, qmin, qmax);
+    if (i < n && wqk_multiply_run<Out, Zero, Lanes>(x + i, out + i, n - i, s + o * i, inv + o * i,
+                                                    Zero ? zp : zp + o * i, qmin, qmax))
+        wqk_divide_run<Out, Zero, Lanes>(x + i, out + i, n - i, s + o * i, Zero ? zp : zp + o * i, qmin, qmax);
 }
 
 template <typename Out>
 WQK_CLONES static void wqk_quantize_uniform(const float *x, Out *out, ptrdiff_t n, float s, float zp, float qmin,
                                             float qmax) {
     const ptrdiff_t h = wqk_head(x, n);
+    float inv;
+    wqk_inverses(&s, 1, &inv);
     if (zp == 0.0f) {
-        wqk_quantize_run<Out, true>(x, out, h, s, zp, qmin, qmax);
-        wqk_quantize_run<Out, true>(x + h, out + h, n - h, s, zp, qmin, qmax);
+        wqk_quantize_run<Out, true, false>(x, out, h, &s, &inv, &zp, qmin, qmax);
+        wqk_quantize_run<Out, true, false>(x + h, out + h, n - h, &s, &inv, &zp, qmin, qmax);
     } else {
-        wqk_quantize_run<Out, false>(x, out, h, s, zp, qmin, qmax);
-        wqk_quantize_run<Out, false>(x + h, out + h, n - h, s, zp, qmin, qmax);
+        wqk_quantize_run<Out, false, false>(x, out, h, &s, &inv, &zp, qmin, qmax);
+        wqk_quantize_run<Out, false, false>(x + h, out + h, n - h, &s, &inv, &zp, qmin, qmax);
     }
 }
 
-/* `count` runs of `length` (L, when not 0) elements, run r with scale s[r], zero point zp[r]. */
+/* `count` runs of `length` (L, when not 0) elements, run r with scale s[r], zero point zp[r],
+ * by division: multiplying with the check of a near half costs runs this short more than it
+ * saves (blocks of 32 measured 1.4x slower in cache). */
 template <typename Out, int L>
 static inline __attribute__((always_inline)) void wqk_quantize_runs_of(const float *x, Out *out, ptrdiff_t count,
                                                                        ptrdiff_t length, const float *s,
@@ -308,9 +404,9 @@ static inline __attribute__((always_inline)) void wqk_quantize_runs_of(const flo
     const ptrdiff_t n = L ? L : length;
     for (ptrdiff_t r = 0; r < count; r++) {
         if (zp[r] == 0.0f)
-            wqk_quantize_run<Out, true>(x + r * n, out + r * n, n, s[r], zp[r], qmin, qmax);
+            wqk_divide_run<Out, true, false>(x + r * n, out + r * n, n, s + r, zp + r, qmin, qmax);
         else
-            wqk_quantize_run<Out, false>(x + r * n, out + r * n, n, s[r], zp[r], qmin, qmax);
+            wqk_divide_run<Out, false, false>(x + r * n, out + r * n, n, s + r, zp + r, qmin, qmax);
     }
 }
 
@@ -331,25 +427,25 @@ WQK_CLONES static void wqk_quantize_runs(const float *x, Out *out, ptrdiff_t cou
                                      qmax);
 }
 
-/* Element i with scale s[i] and zero point zp[i] (zp NULL: all 0).  s and zp are read as x is,
- * an element per element: given at x's 64-byte phase, their loads are aligned too. */
+/* Element i with scale s[i], inverse inv[i] (inv NULL: by division alone; see wqk_inverses) and
+ * zero point zp[i] (zp NULL: all 0).  s, inv and zp are read as x is, an element per element:
+ * given at x's 64-byte phase, their loads are aligned too. */
 template <typename Out>
 static inline __attribute__((always_inline)) void wqk_quantize_lanes_of(const float *x, Out *out, ptrdiff_t n,
-                                                                        const float *s, const float *zp,
-                                                                        float qmin, float qmax) {
-    if (!zp) {
-        for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_rounded(x[i], s[i], qmin, qmax), s[i], 0.0f);
-        return;
-    }
-    for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_code(x[i], s[i], zp[i], qmin - zp[i], qmax - zp[i]), s[i], zp[i]);
+                                                                        const float *s, const float *inv,
+                                                                        const float *zp, float qmin, float qmax) {
+    if (!zp)
+        wqk_quantize_run<Out, true, true>(x, out, n, s, inv, zp, qmin, qmax);
+    else
+        wqk_quantize_run<Out, false, true>(x, out, n, s, inv, zp, qmin, qmax);
 }
 
 template <typename Out>
-WQK_CLONES static void wqk_quantize_lanes(const float *x, Out *out, ptrdiff_t n, const float *s, const float *zp,
-                                          float qmin, float qmax) {
+WQK_CLONES static void wqk_quantize_lanes(const float *x, Out *out, ptrdiff_t n, const float *s, const float *inv,
+                                          const float *zp, float qmin, float qmax) {
     const ptrdiff_t h = wqk_head(x, n);
-    wqk_quantize_lanes_of(x, out, h, s, zp, qmin, qmax);
-    wqk_quantize_lanes_of(x + h, out + h, n - h, s + h, zp ? zp + h : zp, qmin, qmax);
+    wqk_quantize_lanes_of(x, out, h, s, inv, zp, qmin, qmax);
+    wqk_quantize_lanes_of(x + h, out + h, n - h, s + h, inv ? inv + h : inv, zp ? zp + h : zp, qmin, qmax);
 }
 
 WQK_CLONES static void wqk_dequantize_uniform(const uint8_t *q, float *y, ptrdiff_t n, float s,
@@ -617,9 +713,9 @@ WQK_CLONES static void wqk_unpack(const uint8_t *packed, ptrdiff_t n, int b, int
 }
 
 /* Sum-preserving rounding of a tile of `w` groups of codes, in place.  Member (r, c) of group j
- * (r < rows, c < length; C order within the group) is at j * lane + r * row + c; the
- * members of the groups side by side are read together (a blocked transpose into `e` and
- * `code`, rows * length entries per group), so strided groups are read a cache line at a time.
+ * (r < rows, c < length; C order within the group) is at j * lane + r * row + c; channels
+ * side by side (length 1, lane 1) are read a row across the groups at a time (wqk_sums_columns),
+ * the others copied into `e` and `code`, rows * length entries per group.
  * Per group, with r = x / s (float32) + zp and e = r - q in float64, summed in member order: the
  * fewest codes, at most |rint(sum e)|, move one step towards the sum, those of least cost
  * 1 - 2 * dir * e (the least added squared error), equal costs the earlier member; a code at the
@@ -636,44 +732,158 @@ static inline bool wqk_cheaper(const wqk_move &a, const wqk_move &b) {
     return a.cost < b.cost || (a.cost == b.cost && a.at < b.at);
 }
 
+/* wqk_cheaper as a type of its own, so that the selection inlines it (a function pointer is
+ * called every comparison) */
+struct wqk_cheaper_order {
+    bool operator()(const wqk_move &a, const wqk_move &b) const { return wqk_cheaper(a, b); }
+};
+static const wqk_cheaper_order wqk_cheaper_than = {};
+
 #define WQK_SUM_LANES 64 /* groups of a tile, at most */
 /* Scratch entries between the end of one group's e and code and the start of the next: groups
  * a power of two apart would share cache sets (9 lines apart for e, 72 bytes for code, a group
  * of 4096 members maps its neighbours' rows to other sets). */
 #define WQK_SUM_PAD 72
-#define WQK_SUM_ROWS 8 /* rows of channels side by side transposed at a time */
+
+/* The rule of wqk_preserve_sums for one group whose first bound left too few candidates, or
+ * more than its list holds: its m members' residuals e(t) = ((double)y[t * ys] + zp) - code[t * ys]
+ * (y the float32 quotients), the bound raised until it takes `want` of them, then a selection;
+ * the chosen members' codes at q + t * row move one step. */
+template <typename Code>
+static void wqk_sums_group(const float *y, const Code *code, ptrdiff_t ys, ptrdiff_t m, float zp, double k,
+                           float qmin, float qmax, Code *q, ptrdiff_t row, wqk_move *moves) {
+    const double dir = k > 0.0 ? 1.0 : -1.0;
+    const Code edge = (Code)(k > 0.0 ? qmax : qmin);
+    const ptrdiff_t want = std::fabs(k) < (double)m ? (ptrdiff_t)std::fabs(k) : m;
+    double bound = 8.0 * (double)want / (double)m;
+    ptrdiff_t n;
+    for (;;) {
+        const bool all = bound >= 2.0;
+        const double limit = all ? DBL_MAX : bound;
+        n = 0;
+        for (ptrdiff_t t = 0; t < m; t++) {
+            const Code c = code[t * ys];
+            const double cost = c == edge ? HUGE_VAL : 1.0 - 2.0 * dir * (((double)y[t * ys] + (double)zp) - (double)c);
+            if (!(cost <= limit)) continue;
+            moves[n].cost = cost;
+            moves[n].at = t;
+            n++;
+        }
+        if (n >= want || all) break;
+        bound *= 4.0;
+    }
+    const ptrdiff_t take = want < n ? want : n;
+    if (take < n) std::nth_element(moves, moves + take, moves + n, wqk_cheaper_than);
+    const int step = k > 0.0 ? 1 : -1;
+    for (ptrdiff_t i = 0; i < take; i++) q[moves[i].at * row] = (Code)(q[moves[i].at * row] + step);
+}
+
+/* wqk_preserve_sums for channels side by side (member r of group j at r * row + j, w <= 64
+ * groups; W: w when it is known), in two passes over the tile and no transpose.  The first
+ * takes each member's float32 quotient x / s (into y, rows of w) and code (into code), and
+ * adds the residuals up in member order, a row at a time across the groups (vectorised); the
+ * second makes each member's cost from them again, to the bit, and lists per group those
+ * within its first bound (a compare a member, a branch per 8 groups of a row): about 4 * want
+ * of m.  A group whose list is short of `want`, or full, takes the rule again on its own
+ * (wqk_sums_group).  Scratch: y and code of rows * w, lists of `cap` moves a group. */
+#ifndef WQK_SUM_AHEAD
+#define WQK_SUM_AHEAD 8
+#endif
+template <typename Code, int W>
+static inline __attribute__((always_inline)) void wqk_sums_columns(const float *x, Code *q, ptrdiff_t w0,
+                                                                   ptrdiff_t rows, ptrdiff_t row, const float *s,
+                                                                   const float *zp, float qmin, float qmax, float *y,
+                                                                   Code *code, wqk_move *lists, ptrdiff_t cap,
+                                                                   wqk_move *moves) {
+    const ptrdiff_t w = W ? W : w0;
+    double total[WQK_SUM_LANES] = {0.0};
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *xr = x + r * row;
+        const Code *qr = q + r * row;
+        if (r + WQK_SUM_AHEAD < rows) { /* short runs far apart: not fetched ahead by the hardware */
+            wqk_prefetch_run(xr + WQK_SUM_AHEAD * row, w * (ptrdiff_t)sizeof(float));
+            wqk_prefetch_run(qr + WQK_SUM_AHEAD * row, w * (ptrdiff_t)sizeof(Code));
+        }
+        float *yr = y + r * w;
+        Code *cr = code + r * w;
+        for (ptrdiff_t j = 0; j < w; j++) {
+            yr[j] = xr[j] / s[j];
+            cr[j] = qr[j];
+            total[j] += ((double)yr[j] + (double)zp[j]) - (double)cr[j];
+        }
+    }
+    double limit[WQK_SUM_LANES], dir[WQK_SUM_LANES], k[WQK_SUM_LANES], edge[WQK_SUM_LANES];
+    ptrdiff_t want[WQK_SUM_LANES], count[WQK_SUM_LANES];
+    bool active = false;
+    for (ptrdiff_t j = 0; j < w; j++) {
+        k[j] = std::nearbyint(total[j]);
+        dir[j] = k[j] > 0.0 ? 1.0 : -1.0;
+        edge[j] = (double)(Code)(k[j] > 0.0 ? qmax : qmin); /* compared as doubles: the loop below vectorises */
+        want[j] = std::fabs(k[j]) < (double)rows ? (ptrdiff_t)std::fabs(k[j]) : rows;
+        /* costs of unclipped codes lie about uniformly in [0, 2]: a bound that takes want plus
+         * three standard deviations and 4 on average is short of want about once in a thousand */
+        const double bound = 2.0 * ((double)want[j] + 3.0 * std::sqrt((double)want[j]) + 4.0) / (double)rows;
+        limit[j] = k[j] == 0.0 ? -HUGE_VAL : bound >= 2.0 ? DBL_MAX : bound; /* none, or the first bound */
+        count[j] = 0;
+        active |= k[j] != 0.0;
+    }
+    if (!active) return;
+    uint8_t hit[WQK_SUM_LANES] = {0};
+    double cost[WQK_SUM_LANES];
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *yr = y + r * w;
+        const Code *cr = code + r * w;
+        for (ptrdiff_t j = 0; j < w; j++) {
+            const double c = (double)cr[j], e = ((double)yr[j] + (double)zp[j]) - c, move = 1.0 - 2.0 * dir[j] * e;
+            cost[j] = c == edge[j] ? HUGE_VAL : move;
+            hit[j] = cost[j] <= limit[j];
+        }
+        for (ptrdiff_t j0 = 0; j0 < w; j0 += 8) {
+            uint64_t h; /* 8 groups' hits, a byte each (0 or 1): taken lowest first */
+            memcpy(&h, hit + j0, 8);
+            while (h) {
+                const ptrdiff_t j = j0 + (wqk_ctz64(h) >> 3);
+                h &= h - 1;
+                if (count[j] < cap) {
+                    lists[j * cap + count[j]].cost = cost[j];
+                    lists[j * cap + count[j]].at = r;
+                }
+                count[j]++;
+            }
+        }
+    }
+    for (ptrdiff_t j = 0; j < w; j++) {
+        if (k[j] == 0.0) continue;
+        const ptrdiff_t n = count[j];
+        if (n > cap || (n < want[j] && limit[j] != DBL_MAX)) { /* the list overflowed, or too few */
+            wqk_sums_group<Code>(y + j, code + j, w, rows, zp[j], k[j], qmin, qmax, q + j, row, moves);
+            continue;
+        }
+        wqk_move *list = lists + j * cap;
+        const ptrdiff_t take = want[j] < n ? want[j] : n;
+        if (take < n) std::nth_element(list, list + take, list + n, wqk_cheaper_than);
+        const int step = k[j] > 0.0 ? 1 : -1;
+        for (ptrdiff_t i = 0; i < take; i++) q[list[i].at * row + j] = (Code)(q[list[i].at * row + j] + step);
+    }
+}
 
 template <typename Code>
-WQK_CLONES static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t lane, ptrdiff_t rows, ptrdiff_t row,
+WQK_CLONES WQK_NO_TRAPS static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, ptrdiff_t lane, ptrdiff_t rows, ptrdiff_t row,
                               ptrdiff_t length, const float *s, const float *zp, float qmin,
                               float qmax, double *e, Code *code, wqk_move *moves) {
     const ptrdiff_t m = rows * length, ld = m + WQK_SUM_PAD; /* members; scratch entries a group */
+    if (length == 1 && lane == 1) { /* channels side by side (a Dense kernel's columns): two passes */
+        float *y = (float *)e; /* the scratch of e: quotients, then the lists of candidates */
+        const ptrdiff_t used = (w * m + 1) / 2 + 1; /* doubles, rounded up */
+        const ptrdiff_t cap = (w * ld - used) * (ptrdiff_t)sizeof(double) / (ptrdiff_t)sizeof(wqk_move) / w;
+        wqk_move *lists = (wqk_move *)(e + used);
+        if (w == WQK_SUM_LANES)
+            wqk_sums_columns<Code, WQK_SUM_LANES>(x, q, w, rows, row, s, zp, qmin, qmax, y, code, lists, cap, moves);
+        else
+            wqk_sums_columns<Code, 0>(x, q, w, rows, row, s, zp, qmin, qmax, y, code, lists, cap, moves);
+        return;
+    }
     double total[WQK_SUM_LANES] = {0.0}; /* each group's members are met in their order */
-    if (length == 1 && lane == 1) { /* channels side by side (a Dense kernel's columns) */
-        /* WQK_SUM_ROWS rows at a time: their e made a row at a time (vectorised across the
-         * groups), then stored a group at a time, WQK_SUM_ROWS consecutive entries of it */
-        double d[WQK_SUM_ROWS][WQK_SUM_LANES];
-        for (ptrdiff_t r0 = 0; r0 < rows; r0 += WQK_SUM_ROWS) {
-            const ptrdiff_t h = rows - r0 < WQK_SUM_ROWS ? rows - r0 : WQK_SUM_ROWS;
-            for (ptrdiff_t i = 0; i < h; i++) {
-                const float *xr = x + (r0 + i) * row;
-                const Code *qr = q + (r0 + i) * row;
-                if (r0 + i + WQK_ROWS_AHEAD < rows) { /* short runs far apart: not fetched ahead by the hardware */
-                    wqk_prefetch_run(xr + WQK_ROWS_AHEAD * row, w * (ptrdiff_t)sizeof(float));
-                    wqk_prefetch_run(qr + WQK_ROWS_AHEAD * row, w * (ptrdiff_t)sizeof(Code));
-                }
-                for (ptrdiff_t j = 0; j < w; j++) {
-                    d[i][j] = ((double)(xr[j] / s[j]) + (double)zp[j]) - (double)qr[j];
-                    total[j] += d[i][j];
-                }
-            }
-            for (ptrdiff_t j = 0; j < w; j++)
-                for (ptrdiff_t i = 0; i < h; i++) {
-                    e[j * ld + r0 + i] = d[i][j];
-                    code[j * ld + r0 + i] = q[(r0 + i) * row + j];
-                }
-        }
-    } else
     for (ptrdiff_t r = 0; r < rows; r++)
         for (ptrdiff_t j = 0; j < w; j++) {
             const float sj = s[j];
@@ -716,7 +926,7 @@ WQK_CLONES static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, p
             bound *= 4.0;
         }
         const ptrdiff_t take = want < n ? want : n;
-        if (take < n) std::nth_element(moves, moves + take, moves + n, wqk_cheaper);
+        if (take < n) std::nth_element(moves, moves + take, moves + n, wqk_cheaper_than);
         const int step = k > 0.0 ? 1 : -1;
         for (ptrdiff_t i = 0; i < take; i++) {
             const ptrdiff_t t = moves[i].at;
@@ -724,6 +934,32 @@ WQK_CLONES static void wqk_preserve_sums(const float *x, Code *q, ptrdiff_t w, p
             *p = (Code)(*p + step);
         }
     }
+}
+
+/* ---- bytes ----------------------------------------------------------------------------------
+ * The first offset of the n-byte pattern (n >= 2) in size bytes of data, or -1: the starts
+ * where its first and last bytes both match are found 64 at a time (a loop GCC vectorises),
+ * then compared whole.  A scan of a file's bytes for a signature at memory speed. */
+WQK_CLONES static ptrdiff_t wqk_find_bytes(const uint8_t *data, ptrdiff_t size, const uint8_t *pat, ptrdiff_t n) {
+    const uint8_t first = pat[0], last = pat[n - 1];
+    const ptrdiff_t starts = size - n + 1; /* start offsets that leave room for the pattern */
+    ptrdiff_t i = 0;
+    for (; i + 64 <= starts; i += 64) {
+        uint8_t hit[64];
+        for (int j = 0; j < 64; j++) hit[j] = (uint8_t)((data[i + j] == first) & (data[i + j + n - 1] == last));
+        for (int j0 = 0; j0 < 64; j0 += 8) {
+            uint64_t h; /* 8 starts' hits, a byte each: lowest first */
+            memcpy(&h, hit + j0, 8);
+            while (h) {
+                const ptrdiff_t at = i + j0 + (wqk_ctz64(h) >> 3);
+                h &= h - 1;
+                if (memcmp(data + at, pat, (size_t)n) == 0) return at;
+            }
+        }
+    }
+    for (; i < starts; i++)
+        if (data[i] == first && memcmp(data + i, pat, (size_t)n) == 0) return i;
+    return -1;
 }
 
 #endif

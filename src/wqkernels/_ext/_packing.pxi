@@ -32,3 +32,19 @@ def unpack_into(const uint8_t[::1] packed, int bits, bint is_signed, uint8_t[::1
             start = t * PACK_CHUNK
             wqk_unpack(&packed[start // 8 * bits], min(<Py_ssize_t>PACK_CHUNK, n - start), bits,
                        is_signed, &codes[start])
+
+
+# A scan of bytes for a signature (packing.find_bytes; the file layer checks files with it).
+cdef extern from "_loops.h" nogil:
+    Py_ssize_t wqk_find_bytes(const uint8_t* data, Py_ssize_t size, const uint8_t* pattern, Py_ssize_t n)
+
+
+def find_bytes(const uint8_t[::1] data, const uint8_t[::1] pattern, Py_ssize_t start):
+    """The first offset >= start of `pattern` (2 bytes or more) in `data`, or -1 (bytes.find's
+    answer, at memory speed)."""
+    cdef Py_ssize_t at
+    if start < 0 or data.shape[0] - start < pattern.shape[0]:
+        return -1
+    with nogil:
+        at = wqk_find_bytes(&data[start], data.shape[0] - start, &pattern[0], pattern.shape[0])
+    return at + start if at >= 0 else -1
