@@ -242,17 +242,24 @@ def test_resharding_shows_nothing_until_complete(tmp_path, shards, monkeypatch):
     assert set(os.listdir(tmp_path)) == listing
 
 
-def test_fewer_shards_over_an_index_remove_exactly_its_surplus(tmp_path, shards):
-    """The shards the old index named that the new one does not are removed once the new index
-    is in place, in place or not; never a file the old index did not name, a file it names that
-    is not named as one of its shards, a link, a directory, a file outside the directory, or a
-    shard of the source."""
+@pytest.fixture
+def three_shards(tmp_path, shards):
+    """The source index, an output index of three shards written from it, its recipe and shards."""
     _, index = shards
     out = tmp_path / "y.weights.json"
     recipe = Recipe(bits=8, storage="keras")
     wqkernels.rewrite(index, out, recipe, max_shard_size="263KB")
     many = _shard_files(out)
     assert len(many) == 3
+    return index, out, recipe, many
+
+
+def test_fewer_shards_over_an_index_remove_exactly_its_surplus(tmp_path, three_shards):
+    """The shards the old index named that the new one does not are removed once the new index
+    is in place, in place or not; never a file the old index did not name, a file it names that
+    is not named as one of its shards, a link, a directory, a file outside the directory, or a
+    shard of the source."""
+    index, out, recipe, many = three_shards
     (tmp_path / "y_00099.weights.h5").write_bytes(b"not named by the index")
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "y_00042.weights.h5").write_bytes(b"outside")
@@ -433,17 +440,12 @@ def test_a_layer_split_over_two_shards_is_read_and_a_gap_refused(tmp_path, capsy
     assert "'layers/dense_1/vars' has no variable 1 but has 2" in err and "\n" not in err
 
 
-def test_old_shards_left_by_a_stop_after_the_index_rename_are_removed_next_time(tmp_path, shards, monkeypatch):
+def test_old_shards_left_by_a_stop_after_the_index_rename_are_removed_next_time(tmp_path, three_shards, monkeypatch):
     """A rewrite stopped between renaming its index into place and removing the old shards it
     no longer names leaves them; they carry the token of a set no index names, so the next
     rewrite into the same index removes them (and never a shard-named file wqkernels did not write)."""
     from wqkernels.files import sharded
-    _, index = shards
-    out = tmp_path / "y.weights.json"
-    recipe = Recipe(bits=8, storage="keras")
-    wqkernels.rewrite(index, out, recipe, max_shard_size="263KB")
-    many = _shard_files(out)
-    assert len(many) == 3
+    index, out, recipe, many = three_shards
     (tmp_path / "y_00099.weights.h5").write_bytes(b"the user's own file, named like a shard")
     with monkeypatch.context() as m:
         m.setattr(sharded, "_remove_regular", lambda path: None)  # stopped before removing the surplus
