@@ -32,12 +32,13 @@ BIG_MODELS = [(64, 2048), (4, 8192)]
 RECIPES = [("--bits", "8"), ("--sparsity", "0.5", "--bits", "4"), ("--bits", "8", "--storage", "packed")]
 
 
-def speed(directory: str, files: int = 16, repeat: int = 2) -> dict:
-    """Seconds of the batch with 1 and 2 workers (best of `repeat`, interleaved) and the ratio."""
+def speed(directory: str, files: int = 16, repeat: int = 2, layers: int = 5) -> dict:
+    """Seconds of the batch with 1 and 2 workers (best of `repeat`, interleaved) and the ratio,
+    over `files` files of `layers` Dense(1024) layers each (5: ~21 MB, 24: ~101 MB)."""
     src = os.path.join(directory, "models")
     os.makedirs(src)
     for i in range(files):
-        make_legacy_h5(os.path.join(src, f"m{i:02d}.h5"), layers=5, side=1024, seed=i)  # ~21 MB
+        make_legacy_h5(os.path.join(src, f"m{i:02d}.h5"), layers=layers, side=1024, seed=i)
     size = sum(os.path.getsize(os.path.join(src, n)) for n in os.listdir(src))
     recipe = wqkernels.Recipe(bits=8, granularity="channel")
     times = {1: [], 2: []}
@@ -122,5 +123,6 @@ def test_rewrite_memory_1gb(tmp_path):
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         _print_memory(memory(tmp))
-    with tempfile.TemporaryDirectory() as tmp:
-        _print_speed(speed(tmp))
+    for layers in (5, 24):
+        with tempfile.TemporaryDirectory() as tmp:
+            _print_speed(speed(tmp, layers=layers))
