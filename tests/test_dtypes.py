@@ -104,4 +104,5 @@ def test_mixed_precision_keeps_working(tmp_path):
     native = tmp_path / "n.keras"
     report = wqkernels.rewrite(src, native, Recipe(bits=8, storage="keras"))  # Keras: no int8 with float16 compute
     assert keras.saving.load_model(native).get_layer("a").quantization_mode is None
-    assert any("a (float16 compute" in n for n in report.notes)
+    assert any(n.startswith("kept float on the 8-bit grid: ") and "float16 compute" in n
+               and "a" in n.split(": ")[1].split(" (")[0].split(", ") for n in report.notes)
