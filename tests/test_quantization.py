@@ -635,3 +635,28 @@ def test_mse_coarse_to_fine_on_large_groups_agrees_with_reference(shape, options
         assert (_group_errors(xf, qa) <= _group_errors(xf, other) * (1 + 1e-4) + 1e-12).all()
     assert_same_quantization(qa, wqkernels.quantize(x, **{**opts, "method": "minmax"}, scale=qa.scale,
                                                     zero_point=qa.zero_point))
+
+
+@pytest.mark.parametrize("magnitude", [1e-36, 1e-38, 1e-40, 1e-43, 1e38])
+@pytest.mark.parametrize("granularity", [dict(), dict(axis=0), dict(axis=-1), dict(axis=0, block_size=100),
+                                         dict(axis=-1, block_size=6)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mse_on_subnormal_and_huge_data_agrees_with_reference(magnitude, granularity, symmetric):
+    """Where a candidate scale is subnormal (its inverse overflows to infinity) or errors near
+    FLT_MAX overflow float32, the search scores the errors as the reference does."""
+    rng = np.random.default_rng(int(abs(np.log10(magnitude))) + 100 * symmetric)
+    x = (rng.uniform(-1, 1, (300, 24)) * magnitude * 10.0 ** rng.uniform(-0.5, 0.5, 24)).astype(np.float32)
+    for bits in (2, 6):
+        opts = dict(bits=bits, symmetric=symmetric, method="mse", **granularity)
+        with np.errstate(over="ignore"):  # the reference's float32 errors of data near FLT_MAX
+            expected = ref.quantize(x, **opts)
+        assert_same_quantization(wqkernels.quantize(x, **opts), expected)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mse_coarse_to_fine_on_subnormal_channels_agrees_with_reference(symmetric):
+    x = np.random.default_rng(12).standard_normal((1100, 40)).astype(np.float32) * np.float32(1e-39)
+    x[:, 3] *= 100  # channels of normal and subnormal scales in one unit
+    for granularity in (dict(axis=-1), dict(), dict(axis=0, block_size=1050)):
+        opts = dict(bits=4, symmetric=symmetric, method="mse", **granularity)
+        assert_same_quantization(wqkernels.quantize(x, **opts), ref.quantize(x, **opts))

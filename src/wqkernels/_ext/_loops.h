@@ -486,7 +486,9 @@ WQK_CLONES static void wqk_dequantize_runs(const uint8_t *q, float *y, ptrdiff_t
  * Candidates are ranked by squared error in code units, (round(clamp(y)) - y)^2 with y = x / s
  * taken as x * (1 / s); the caller multiplies by s^2.  This differs from the error of true
  * division only at exact ties: it only ranks; codes are always made by division.  Sums run in
- * WQK_LANES independent partial sums so that the loops vectorise without reassociation flags. */
+ * WQK_LANES independent partial sums so that the loops vectorise without reassociation flags.
+ * This holds while every candidate scale is normal and |x| < FLT_MAX / 4; the caller scores
+ * other groups with wqk_candidate_errors_exact. */
 
 #define WQK_LANES 16
 
@@ -542,6 +544,24 @@ WQK_CLONES WQK_RANKING static void wqk_candidate_errors_lanes(const float *x, pt
                 acc[k] += wqk_scaled_sq_error<Magnitudes>(x[r * stride + i0], inv[k], lo[k], hi[k]);
         }
     }
+}
+
+/* acc[c * w + i] += squared error of lane i under candidate c taken as the reference takes it,
+ * (double)(code * s - x)^2 with the code made by true division and both operations rounded to
+ * float32, over `rows` runs of w lanes spaced `stride` apart (w = 1: one group).  For groups
+ * where the ranking above fails: when a candidate scale is subnormal, 1 / s overflows to
+ * infinity below 2^-128 and a step of float32's subnormal grid is a large part of s; when |x|
+ * nears FLT_MAX, code * s - x itself overflows (to infinity, as in the reference).  Unfused
+ * (-ffp-contract=off), as the reference; the square of a float is exact in double. */
+static void wqk_candidate_errors_exact(const float *x, ptrdiff_t rows, ptrdiff_t stride, ptrdiff_t w, int ncand,
+                                       const float *s, const float *lo, const float *hi, double *acc) {
+    for (int c = 0; c < ncand; c++)
+        for (ptrdiff_t r = 0; r < rows; r++)
+            for (ptrdiff_t i = 0; i < w; i++) {
+                const ptrdiff_t k = c * w + i;
+                const float v = x[r * stride + i], e = wqk_rounded(v, s[k], lo[k], hi[k]) * s[k] - v;
+                acc[k] += (double)e * e;
+            }
 }
 
 /* Asks for the cache lines of `bytes` bytes at p, to be read soon. */
