@@ -504,6 +504,40 @@ def test_sum_rounding_ties_in_a_long_group_go_to_the_earlier_elements():
     assert moved.size > 1000 and (moved == np.arange(moved.size)).all()
 
 
+@pytest.mark.parametrize("shape, options", [
+    ((4,), dict(scale=np.float32(1e-45))),                    # per tensor: the reference's sum is NaN
+    ((4, 3), dict(axis=-1, scale=np.full(3, np.float32(1e-45)))),  # per axis: its sum is infinite
+    ((4, 3), dict(axis=0, scale=np.full(4, np.float32(1e-45)))),
+    ((4, 3), dict(axis=0, block_size=2, scale=np.full((2, 3), np.float32(1e-45)))),
+    ((4,), dict(frac_bits=126)),
+    ((1000,), dict(method="percentile", percentile=50)),      # a percentile scale far below the outlier
+])
+def test_sum_rounding_refuses_quotients_overflowing_float32(shape, options):
+    """Where some x / scale overflows float32 the reference raises (no integer is nearest an
+    infinite or NaN sum); so do quantize, quantize_packed and fake_quantize, before any work."""
+    x = np.zeros(shape, np.float32)
+    x.flat[1], x.flat[2] = 3e38 if "scale" not in options else 1.0, -1e-38
+    if options.get("method") == "percentile":
+        x.flat[3:] = 1e-30
+    with np.errstate(over="ignore"), pytest.raises((OverflowError, ValueError)):
+        ref.quantize(x, 8, rounding="sum", **options)
+    for fn in (wqkernels.quantize, wqkernels.quantize_packed, wqkernels.fake_quantize):
+        with pytest.raises(OverflowError, match=r"rounding='sum' needs x / scale finite in float32, but "
+                                                r"\|x\| / scale overflows in 1 group"):
+            fn(x, 8, rounding="sum", **options)
+        with pytest.raises(ValueError):
+            fn(x, 8, rounding="sum", **options)
+        fn(x, 8, **options)  # rounding to nearest clamps an infinite quotient: no error
+    assert issubclass(wqkernels.quantization.QuotientOverflowError, ValueError)
+
+
+def test_sum_rounding_with_the_largest_finite_quotients_agrees_with_reference():
+    x = np.array([3.4e38, -3.4e38, 1.0, 0.5], np.float32)  # x / 1 at FLT_MAX: finite, not refused
+    for options in (dict(scale=np.float32(1)), dict(frac_bits=0)):
+        assert_same_quantization(wqkernels.quantize(x, 8, rounding="sum", **options),
+                                 ref.quantize(x, 8, rounding="sum", **options))
+
+
 @pytest.mark.parametrize("rounding", ["up", "", None, 1])
 def test_unknown_rounding_is_refused(rounding):
     for fn in (wqkernels.quantize, wqkernels.fake_quantize):
