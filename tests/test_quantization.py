@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import wqkernels
 import wqkernels.reference as ref
+from wqkernels import _core
 from helpers import assert_bit_equal, axes_for, float_arrays
 from wqkernels._schemes import MSE_RATIOS
 from wqkernels.reference import quantization as ref_quantization
@@ -694,3 +695,24 @@ def test_mse_coarse_to_fine_on_subnormal_channels_agrees_with_reference(symmetri
     for granularity in (dict(axis=-1), dict(), dict(axis=0, block_size=1050)):
         opts = dict(bits=4, symmetric=symmetric, method="mse", **granularity)
         assert_same_quantization(wqkernels.quantize(x, **opts), ref.quantize(x, **opts))
+
+
+@pytest.mark.parametrize("per_axis", [False, True])
+def test_kernel_codes_of_a_grid_wider_than_256_are_those_of_true_division(per_axis):
+    """Multiplying by 1 / scale makes the codes of division only while the clamp bounds are at
+    most 256 in magnitude; the loops divide on a wider grid (none of the schemes has one yet)."""
+    s = np.float32(1.6369617)  # x / s is 19587.5 and x * (1 / s) 19587.498: 2^-9 from the half
+    x = np.full((128, 64), np.float32(32063.986))
+    x[::3] = np.float32(-1234.567)
+    qmin, qmax = -32768.0, 32767.0
+    expected = (np.clip(np.rint(x / s), qmin, qmax) * s).astype(np.float32)
+    assert expected[1, 0] == np.float32(19588) * s
+    y = np.empty_like(x)
+    if per_axis:  # lanes: one inverse per channel along the last axis
+        layout = (128, 64, 1, 1, True)
+        scale = np.full(64, s)
+    else:  # one run longer than the blocks that are made by division anyway
+        layout = (1, x.size, 1, x.size, False)
+        scale = np.full(1, s)
+    assert _core.fake_quantize_into(x.reshape(-1), y.reshape(-1), *layout, scale, np.zeros_like(scale), qmin, qmax)
+    assert_bit_equal(y, expected)

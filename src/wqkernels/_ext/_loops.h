@@ -285,14 +285,19 @@ WQK_CLONES static void wqk_key_runs(const uint32_t *x, ptrdiff_t count, ptrdiff_
  * Intel cores (AVX-512 divides at the AVX2 rate, about 0.5 cycle an element), and loops in
  * cache ran 8-16% faster without it (over memory, where other work on the machine took the
  * bandwidth, the same).  With inv and s both normal floats, y' = x * inv is within 3.01 u
- * (u = 2^-24) of the correctly rounded quotient y, relatively: |y' - y| <= 3.01 u |y'|.
- * Both are clamped to integer bounds of magnitude <= 255 before rounding, so c' = clamp(y')
- * and c = clamp(y) differ by at most 3.01 u * 256 < 2^-14 (a clamped side only moves closer).
- * If c' is farther than 2^-14 from every half-integer, c and c' lie strictly between the same
- * two half-integers and round to the same integer.  A chunk in which some c' is that near a
- * half (about 1 element in 8000: 6% of chunks of 512) is made again by division.  A check a
- * chunk of 64 cost a fifth more over memory.  NaN and infinities pass through
- * both alike (x * inv and x / s are NaN, or infinite of the same sign, together). */
+ * (u = 2^-24) of the correctly rounded quotient y, relatively: |y' - y| <= 3.01 u |y'|, as
+ * long as y and y' are normal and finite.  Where they are not the bound fails, and no code
+ * changes: a subnormal quotient is rounded on an absolute grid (y and y' may differ by
+ * hundreds of u), but then both are below 2^-125 in magnitude and make code 0 (+ zp) alike;
+ * and where one of them overflows to infinity and the other not (x near FLT_MAX), both exceed
+ * 256 with the same sign and clamp to the same bound.  Both are clamped to integer bounds of
+ * magnitude <= 256 before rounding (wqk_multiplies; wider grids are made by division), so
+ * c' = clamp(y') and c = clamp(y) differ by at most 3.01 u * 256 < 2^-14 (a clamped side only
+ * moves closer).  If c' is farther than 2^-14 from every half-integer, c and c' lie strictly
+ * between the same two half-integers and round to the same integer.  A chunk in which some c'
+ * is that near a half (about 1 element in 8000: 6% of chunks of 512) is made again by
+ * division.  A check a chunk of 64 cost a fifth more over memory.  NaN and infinities pass
+ * through both alike (x * inv and x / s are NaN, or infinite of the same sign, together). */
 
 /* Store a code: as a byte (two's complement when signed), or as (code - zp) * s. */
 static inline void wqk_put(uint8_t *q, float code, float s, float zp) {
@@ -314,6 +319,12 @@ WQK_CLONES static int wqk_inverses(const float *s, ptrdiff_t n, float *inv) {
         usable &= ok;
     }
     return usable;
+}
+
+/* Whether every clamp bound qmin - z, qmax - z is at most 256 in magnitude, for z = 0 and for
+ * every zero point z in [qmin, qmax] (where the callers keep them), as multiplying needs. */
+static inline bool wqk_multiplies(float qmin, float qmax) {
+    return qmin >= -256.0f && qmax <= 256.0f && qmax - qmin <= 256.0f;
 }
 
 #define WQK_NEAR_HALF (0.5f - 1.0f / 16384.0f) /* a clamped quotient this far from its code is near a half */
@@ -358,13 +369,16 @@ static inline __attribute__((always_inline)) int wqk_multiply_run(const float *x
     return near;
 }
 
-/* Codes of n elements: by inv (NULL, or an inverse of 0: by division alone) a chunk at a time,
- * a chunk with an element near a half again by division. */
+/* Codes of n elements: by inv a chunk at a time, a chunk with an element near a half again by
+ * division; by division alone when inv is NULL, when the one inverse of a uniform run is 0 (see
+ * wqk_inverses) or when a bound exceeds 256.  Lanes read an inverse per element and take no
+ * inverse of 0 (it would make code 0 + zp): their callers pass NULL unless wqk_inverses
+ * returned nonzero for every lane. */
 template <typename Out, bool Zero, bool Lanes>
 static inline __attribute__((always_inline)) void wqk_quantize_run(const float *x, Out *out, ptrdiff_t n, const float *s,
                                                                    const float *inv, const float *zp, float qmin,
                                                                    float qmax) {
-    if (!inv || (!Lanes && inv[0] == 0.0f)) {
+    if (!inv || (!Lanes && inv[0] == 0.0f) || !wqk_multiplies(qmin, qmax)) {
         wqk_divide_run<Out, Zero, Lanes>(x, out, n, s, zp, qmin, qmax);
         return;
     }
@@ -427,7 +441,8 @@ WQK_CLONES static void wqk_quantize_runs(const float *x, Out *out, ptrdiff_t cou
                                      qmax);
 }
 
-/* Element i with scale s[i], inverse inv[i] (inv NULL: by division alone; see wqk_inverses) and
+/* Element i with scale s[i], inverse inv[i] (inv NULL: by division alone; else no inverse is 0,
+ * see wqk_quantize_run) and
  * zero point zp[i] (zp NULL: all 0).  s, inv and zp are read as x is, an element per element:
  * given at x's 64-byte phase, their loads are aligned too. */
 template <typename Out>
