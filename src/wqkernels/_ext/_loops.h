@@ -974,7 +974,8 @@ WQK_CLONES WQK_NO_TRAPS static void wqk_preserve_sums(const float *x, Code *q, p
 /* ---- bytes ----------------------------------------------------------------------------------
  * The first offset of the n-byte pattern (n >= 2) in size bytes of data, or -1: the starts
  * where its first and last bytes both match are found 64 at a time (a loop GCC vectorises),
- * then compared whole.  A scan of a file's bytes for a signature at memory speed. */
+ * then compared whole.  For short signatures in varied data (a file's bytes): where most
+ * starts match at both ends, each is compared whole, O(size * n) (bytes.find stays linear). */
 WQK_CLONES static ptrdiff_t wqk_find_bytes(const uint8_t *data, ptrdiff_t size, const uint8_t *pat, ptrdiff_t n) {
     const uint8_t first = pat[0], last = pat[n - 1];
     const ptrdiff_t starts = size - n + 1; /* start offsets that leave room for the pattern */
