@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import wqkernels
 import wqkernels.reference as ref
+from wqkernels import _core
 from helpers import assert_bit_equal, axes_for, float_arrays
 from wqkernels._schemes import MSE_RATIOS
 from wqkernels.reference import quantization as ref_quantization
@@ -504,6 +505,40 @@ def test_sum_rounding_ties_in_a_long_group_go_to_the_earlier_elements():
     assert moved.size > 1000 and (moved == np.arange(moved.size)).all()
 
 
+@pytest.mark.parametrize("shape, options", [
+    ((4,), dict(scale=np.float32(1e-45))),                    # per tensor: the reference's sum is NaN
+    ((4, 3), dict(axis=-1, scale=np.full(3, np.float32(1e-45)))),  # per axis: its sum is infinite
+    ((4, 3), dict(axis=0, scale=np.full(4, np.float32(1e-45)))),
+    ((4, 3), dict(axis=0, block_size=2, scale=np.full((2, 3), np.float32(1e-45)))),
+    ((4,), dict(frac_bits=126)),
+    ((1000,), dict(method="percentile", percentile=50)),      # a percentile scale far below the outlier
+])
+def test_sum_rounding_refuses_quotients_overflowing_float32(shape, options):
+    """Where some x / scale overflows float32 the reference raises (no integer is nearest an
+    infinite or NaN sum); so do quantize, quantize_packed and fake_quantize, before any work."""
+    x = np.zeros(shape, np.float32)
+    x.flat[1], x.flat[2] = 3e38 if "scale" not in options else 1.0, -1e-38
+    if options.get("method") == "percentile":
+        x.flat[3:] = 1e-30
+    with np.errstate(over="ignore"), pytest.raises((OverflowError, ValueError)):
+        ref.quantize(x, 8, rounding="sum", **options)
+    for fn in (wqkernels.quantize, wqkernels.quantize_packed, wqkernels.fake_quantize):
+        with pytest.raises(OverflowError, match=r"rounding='sum' needs x / scale finite in float32, but "
+                                                r"\|x\| / scale overflows in 1 group"):
+            fn(x, 8, rounding="sum", **options)
+        with pytest.raises(ValueError):
+            fn(x, 8, rounding="sum", **options)
+        fn(x, 8, **options)  # rounding to nearest clamps an infinite quotient: no error
+    assert issubclass(wqkernels.quantization.QuotientOverflowError, ValueError)
+
+
+def test_sum_rounding_with_the_largest_finite_quotients_agrees_with_reference():
+    x = np.array([3.4e38, -3.4e38, 1.0, 0.5], np.float32)  # x / 1 at FLT_MAX: finite, not refused
+    for options in (dict(scale=np.float32(1)), dict(frac_bits=0)):
+        assert_same_quantization(wqkernels.quantize(x, 8, rounding="sum", **options),
+                                 ref.quantize(x, 8, rounding="sum", **options))
+
+
 @pytest.mark.parametrize("rounding", ["up", "", None, 1])
 def test_unknown_rounding_is_refused(rounding):
     for fn in (wqkernels.quantize, wqkernels.fake_quantize):
@@ -635,3 +670,49 @@ def test_mse_coarse_to_fine_on_large_groups_agrees_with_reference(shape, options
         assert (_group_errors(xf, qa) <= _group_errors(xf, other) * (1 + 1e-4) + 1e-12).all()
     assert_same_quantization(qa, wqkernels.quantize(x, **{**opts, "method": "minmax"}, scale=qa.scale,
                                                     zero_point=qa.zero_point))
+
+
+@pytest.mark.parametrize("magnitude", [1e-36, 1e-38, 1e-40, 1e-43, 1e38])
+@pytest.mark.parametrize("granularity", [dict(), dict(axis=0), dict(axis=-1), dict(axis=0, block_size=100),
+                                         dict(axis=-1, block_size=6)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mse_on_subnormal_and_huge_data_agrees_with_reference(magnitude, granularity, symmetric):
+    """Where a candidate scale is subnormal (its inverse overflows to infinity) or errors near
+    FLT_MAX overflow float32, the search scores the errors as the reference does."""
+    rng = np.random.default_rng(int(abs(np.log10(magnitude))) + 100 * symmetric)
+    x = (rng.uniform(-1, 1, (300, 24)) * magnitude * 10.0 ** rng.uniform(-0.5, 0.5, 24)).astype(np.float32)
+    for bits in (2, 6):
+        opts = dict(bits=bits, symmetric=symmetric, method="mse", **granularity)
+        with np.errstate(over="ignore"):  # the reference's float32 errors of data near FLT_MAX
+            expected = ref.quantize(x, **opts)
+        assert_same_quantization(wqkernels.quantize(x, **opts), expected)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mse_coarse_to_fine_on_subnormal_channels_agrees_with_reference(symmetric):
+    x = np.random.default_rng(12).standard_normal((1100, 40)).astype(np.float32) * np.float32(1e-39)
+    x[:, 3] *= 100  # channels of normal and subnormal scales in one unit
+    for granularity in (dict(axis=-1), dict(), dict(axis=0, block_size=1050)):
+        opts = dict(bits=4, symmetric=symmetric, method="mse", **granularity)
+        assert_same_quantization(wqkernels.quantize(x, **opts), ref.quantize(x, **opts))
+
+
+@pytest.mark.parametrize("per_axis", [False, True])
+def test_kernel_codes_of_a_grid_wider_than_256_are_those_of_true_division(per_axis):
+    """Multiplying by 1 / scale makes the codes of division only while the clamp bounds are at
+    most 256 in magnitude; the loops divide on a wider grid (none of the schemes has one yet)."""
+    s = np.float32(1.6369617)  # x / s is 19587.5 and x * (1 / s) 19587.498: 2^-9 from the half
+    x = np.full((128, 64), np.float32(32063.986))
+    x[::3] = np.float32(-1234.567)
+    qmin, qmax = -32768.0, 32767.0
+    expected = (np.clip(np.rint(x / s), qmin, qmax) * s).astype(np.float32)
+    assert expected[1, 0] == np.float32(19588) * s
+    y = np.empty_like(x)
+    if per_axis:  # lanes: one inverse per channel along the last axis
+        layout = (128, 64, 1, 1, True)
+        scale = np.full(64, s)
+    else:  # one run longer than the blocks that are made by division anyway
+        layout = (1, x.size, 1, x.size, False)
+        scale = np.full(1, s)
+    assert _core.fake_quantize_into(x.reshape(-1), y.reshape(-1), *layout, scale, np.zeros_like(scale), qmin, qmax)
+    assert_bit_equal(y, expected)

@@ -91,7 +91,14 @@ def unpack_bits(packed, bits: int, count: int, signed: bool = True) -> np.ndarra
 
 def find_bytes(data, pattern: bytes, start: int = 0) -> int:
     """The first offset from `start` on of `pattern` (2 bytes or more) in `data`, or -1:
-    ``bytes.find``'s answer, at memory speed (the file layer scans files for signatures with it).
+    ``bytes.find``'s answer.
+
+    Fast for short patterns in varied data, such as the 8-byte heap signature the file layer
+    scans files for (about 9 GB/s in cache, ``bytes.find`` 2.5): the starts whose first and last
+    bytes both match are found 64 at a time and only those are compared whole.  Where most
+    starts match at both ends the time grows as ``len(data) * len(pattern)``, while
+    ``bytes.find`` stays linear: searching 1 MiB of ``b"a"`` for ``b"a" * 4000 + b"ba"`` takes
+    45 ms, ``bytes.find`` 1.7 ms.
 
     Parameters
     ----------

@@ -26,6 +26,12 @@ ROUNDINGS = ("nearest", "sum")
 _CHUNK = 1 << 16  # per-tensor work is cut into blocks of this many elements
 
 
+class QuotientOverflowError(OverflowError, ValueError):
+    """rounding="sum" with a scale under which some x / scale overflows float32: the group's sum
+    of x / scale is infinite or NaN and no integer is nearest it.  An OverflowError, as the
+    infinity is, and a ValueError, as the scale is one that does not suit x."""
+
+
 @dataclass(frozen=True, eq=False)
 class QuantizedArray:
     """Integer codes with the scales and zero points that map them back to floats.
@@ -177,6 +183,9 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
         bits outside 2..8, a bad axis or block size, an unknown method or rounding, NaN or
         infinity in x (the message says how many and where the first is), or a bad scale or
         zero point.
+    OverflowError
+        With ``rounding="sum"``, a scale (given, ``2^-frac_bits`` or a percentile's) under which
+        some ``x / scale`` overflows float32 (a QuotientOverflowError, which is a ValueError too).
 
     Examples
     --------
@@ -196,7 +205,7 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
     """
     rounding = _check_rounding(rounding)  # before _prepare, whose scale search may be long
     xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
-                                      zero_point, percentile)
+                                      zero_point, percentile, rounding)
     codes = _codes(xf, g, sch, s, zp, fit, rounding)
     return QuantizedArray(codes, s.reshape(g.scale_shape), zp.astype(sch.dtype).reshape(g.scale_shape),
                           bits, g.axis, g.block)
@@ -239,7 +248,7 @@ def quantize_packed(x, bits: int = 8, *, symmetric: bool = True, axis: int | Non
     """
     rounding = _check_rounding(rounding)
     xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
-                                      zero_point, percentile)
+                                      zero_point, percentile, rounding)
     bits = int(bits)  # checked by _prepare
     if rounding == "sum" or bits == 8:  # 8-bit codes are their own stream
         stream = _codes(xf, g, sch, s, zp, fit, rounding)
@@ -323,7 +332,8 @@ def dequantize(qa: QuantizedArray, out: np.ndarray | None = None) -> np.ndarray:
 
 # ---- validation and orchestration ---------------------------------------------------------
 
-def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zero_point, percentile):
+def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zero_point, percentile,
+             rounding="nearest"):
     """Validate everything, then find each group's scale and zero point (float32, flat).
 
     Returns (x as float32, grouping, scheme, scale, zero point, fit): with fit, the scales are
@@ -350,6 +360,8 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
     if method == "minmax" and scale is None and not fixed and g.axis is not None and xf.size:
         return xf, g, sch, np.empty(g.count, np.float32), np.empty(g.count, np.float32), True
     lo, hi = _stats(xf, g, asymmetric=not sch.symmetric)
+    if rounding == "sum":  # max |x| per group, before a percentile replaces lo and hi
+        magnitude = hi if sch.symmetric else np.maximum(-lo, hi)
     if fixed:
         s = np.full(g.count, np.float32(2.0 ** -frac_bits), dtype=np.float32)
         zp = np.zeros(g.count, dtype=np.float32)
@@ -372,6 +384,8 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
         if method == "mse" and xf.size:
             _core.search_scales(xf.reshape(-1), *_layout(g, search=True), lo, hi, MSE_RATIOS, MSE_STEPS,
                                 MSE_FULL_BELOW, sch.symmetric, float(sch.qmin), float(sch.qmax), s, zp)
+    if rounding == "sum":
+        _check_quotients(magnitude, s, g)
     return xf, g, sch, s, zp, False
 
 
@@ -384,6 +398,22 @@ def _codes(xf: np.ndarray, g: Groups, sch, s: np.ndarray, zp: np.ndarray, fit: b
     if rounding == "sum" and xf.size:
         _preserve_sums(xf, codes, s, zp, g, sch)
     return codes
+
+
+def _check_quotients(magnitude: np.ndarray, s: np.ndarray, g: Groups) -> None:
+    """Sum-preserving rounding adds up x / scale: refuse scales under which a quotient overflows
+    float32 (division is monotonic, so the group's largest |x| tells).  Min/max and mse scales
+    never do; given ones, 2^-frac_bits and percentiles can."""
+    with np.errstate(over="ignore"):
+        bad = np.flatnonzero(np.isinf(magnitude / s))
+    if bad.size:
+        i = int(bad[0])
+        where = "" if g.axis is None else f" (of {g.count}; the first at scale index " \
+                                         f"{tuple(int(j) for j in np.unravel_index(i, g.scale_shape))})"
+        raise QuotientOverflowError(
+            f"rounding='sum' needs x / scale finite in float32, but |x| / scale overflows in {bad.size} "
+            f"group{'s' if bad.size != 1 else ''}{where}: max |x| {float(magnitude[i]):.9g} over scale "
+            f"{float(s[i]):.9g}")
 
 
 def _check_rounding(rounding) -> str:

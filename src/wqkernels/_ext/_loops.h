@@ -285,14 +285,19 @@ WQK_CLONES static void wqk_key_runs(const uint32_t *x, ptrdiff_t count, ptrdiff_
  * Intel cores (AVX-512 divides at the AVX2 rate, about 0.5 cycle an element), and loops in
  * cache ran 8-16% faster without it (over memory, where other work on the machine took the
  * bandwidth, the same).  With inv and s both normal floats, y' = x * inv is within 3.01 u
- * (u = 2^-24) of the correctly rounded quotient y, relatively: |y' - y| <= 3.01 u |y'|.
- * Both are clamped to integer bounds of magnitude <= 255 before rounding, so c' = clamp(y')
- * and c = clamp(y) differ by at most 3.01 u * 256 < 2^-14 (a clamped side only moves closer).
- * If c' is farther than 2^-14 from every half-integer, c and c' lie strictly between the same
- * two half-integers and round to the same integer.  A chunk in which some c' is that near a
- * half (about 1 element in 8000: 6% of chunks of 512) is made again by division.  A check a
- * chunk of 64 cost a fifth more over memory.  NaN and infinities pass through
- * both alike (x * inv and x / s are NaN, or infinite of the same sign, together). */
+ * (u = 2^-24) of the correctly rounded quotient y, relatively: |y' - y| <= 3.01 u |y'|, as
+ * long as y and y' are normal and finite.  Where they are not the bound fails, and no code
+ * changes: a subnormal quotient is rounded on an absolute grid (y and y' may differ by
+ * hundreds of u), but then both are below 2^-125 in magnitude and make code 0 (+ zp) alike;
+ * and where one of them overflows to infinity and the other not (x near FLT_MAX), both exceed
+ * 256 with the same sign and clamp to the same bound.  Both are clamped to integer bounds of
+ * magnitude <= 256 before rounding (wqk_multiplies; wider grids are made by division), so
+ * c' = clamp(y') and c = clamp(y) differ by at most 3.01 u * 256 < 2^-14 (a clamped side only
+ * moves closer).  If c' is farther than 2^-14 from every half-integer, c and c' lie strictly
+ * between the same two half-integers and round to the same integer.  A chunk in which some c'
+ * is that near a half (about 1 element in 8000: 6% of chunks of 512) is made again by
+ * division.  A check a chunk of 64 cost a fifth more over memory.  NaN and infinities pass
+ * through both alike (x * inv and x / s are NaN, or infinite of the same sign, together). */
 
 /* Store a code: as a byte (two's complement when signed), or as (code - zp) * s. */
 static inline void wqk_put(uint8_t *q, float code, float s, float zp) {
@@ -314,6 +319,12 @@ WQK_CLONES static int wqk_inverses(const float *s, ptrdiff_t n, float *inv) {
         usable &= ok;
     }
     return usable;
+}
+
+/* Whether every clamp bound qmin - z, qmax - z is at most 256 in magnitude, for z = 0 and for
+ * every zero point z in [qmin, qmax] (where the callers keep them), as multiplying needs. */
+static inline bool wqk_multiplies(float qmin, float qmax) {
+    return qmin >= -256.0f && qmax <= 256.0f && qmax - qmin <= 256.0f;
 }
 
 #define WQK_NEAR_HALF (0.5f - 1.0f / 16384.0f) /* a clamped quotient this far from its code is near a half */
@@ -358,13 +369,16 @@ static inline __attribute__((always_inline)) int wqk_multiply_run(const float *x
     return near;
 }
 
-/* Codes of n elements: by inv (NULL, or an inverse of 0: by division alone) a chunk at a time,
- * a chunk with an element near a half again by division. */
+/* Codes of n elements: by inv a chunk at a time, a chunk with an element near a half again by
+ * division; by division alone when inv is NULL, when the one inverse of a uniform run is 0 (see
+ * wqk_inverses) or when a bound exceeds 256.  Lanes read an inverse per element and take no
+ * inverse of 0 (it would make code 0 + zp): their callers pass NULL unless wqk_inverses
+ * returned nonzero for every lane. */
 template <typename Out, bool Zero, bool Lanes>
 static inline __attribute__((always_inline)) void wqk_quantize_run(const float *x, Out *out, ptrdiff_t n, const float *s,
                                                                    const float *inv, const float *zp, float qmin,
                                                                    float qmax) {
-    if (!inv || (!Lanes && inv[0] == 0.0f)) {
+    if (!inv || (!Lanes && inv[0] == 0.0f) || !wqk_multiplies(qmin, qmax)) {
         wqk_divide_run<Out, Zero, Lanes>(x, out, n, s, zp, qmin, qmax);
         return;
     }
@@ -427,7 +441,8 @@ WQK_CLONES static void wqk_quantize_runs(const float *x, Out *out, ptrdiff_t cou
                                      qmax);
 }
 
-/* Element i with scale s[i], inverse inv[i] (inv NULL: by division alone; see wqk_inverses) and
+/* Element i with scale s[i], inverse inv[i] (inv NULL: by division alone; else no inverse is 0,
+ * see wqk_quantize_run) and
  * zero point zp[i] (zp NULL: all 0).  s, inv and zp are read as x is, an element per element:
  * given at x's 64-byte phase, their loads are aligned too. */
 template <typename Out>
@@ -486,7 +501,9 @@ WQK_CLONES static void wqk_dequantize_runs(const uint8_t *q, float *y, ptrdiff_t
  * Candidates are ranked by squared error in code units, (round(clamp(y)) - y)^2 with y = x / s
  * taken as x * (1 / s); the caller multiplies by s^2.  This differs from the error of true
  * division only at exact ties: it only ranks; codes are always made by division.  Sums run in
- * WQK_LANES independent partial sums so that the loops vectorise without reassociation flags. */
+ * WQK_LANES independent partial sums so that the loops vectorise without reassociation flags.
+ * This holds while every candidate scale is normal and |x| < FLT_MAX / 4; the caller scores
+ * other groups with wqk_candidate_errors_exact. */
 
 #define WQK_LANES 16
 
@@ -542,6 +559,24 @@ WQK_CLONES WQK_RANKING static void wqk_candidate_errors_lanes(const float *x, pt
                 acc[k] += wqk_scaled_sq_error<Magnitudes>(x[r * stride + i0], inv[k], lo[k], hi[k]);
         }
     }
+}
+
+/* acc[c * w + i] += squared error of lane i under candidate c taken as the reference takes it,
+ * (double)(code * s - x)^2 with the code made by true division and both operations rounded to
+ * float32, over `rows` runs of w lanes spaced `stride` apart (w = 1: one group).  For groups
+ * where the ranking above fails: when a candidate scale is subnormal, 1 / s overflows to
+ * infinity below 2^-128 and a step of float32's subnormal grid is a large part of s; when |x|
+ * nears FLT_MAX, code * s - x itself overflows (to infinity, as in the reference).  Unfused
+ * (-ffp-contract=off), as the reference; the square of a float is exact in double. */
+static void wqk_candidate_errors_exact(const float *x, ptrdiff_t rows, ptrdiff_t stride, ptrdiff_t w, int ncand,
+                                       const float *s, const float *lo, const float *hi, double *acc) {
+    for (int c = 0; c < ncand; c++)
+        for (ptrdiff_t r = 0; r < rows; r++)
+            for (ptrdiff_t i = 0; i < w; i++) {
+                const ptrdiff_t k = c * w + i;
+                const float v = x[r * stride + i], e = wqk_rounded(v, s[k], lo[k], hi[k]) * s[k] - v;
+                acc[k] += (double)e * e;
+            }
 }
 
 /* Asks for the cache lines of `bytes` bytes at p, to be read soon. */
@@ -939,7 +974,8 @@ WQK_CLONES WQK_NO_TRAPS static void wqk_preserve_sums(const float *x, Code *q, p
 /* ---- bytes ----------------------------------------------------------------------------------
  * The first offset of the n-byte pattern (n >= 2) in size bytes of data, or -1: the starts
  * where its first and last bytes both match are found 64 at a time (a loop GCC vectorises),
- * then compared whole.  A scan of a file's bytes for a signature at memory speed. */
+ * then compared whole.  For short signatures in varied data (a file's bytes): where most
+ * starts match at both ends, each is compared whole, O(size * n) (bytes.find stays linear). */
 WQK_CLONES static ptrdiff_t wqk_find_bytes(const uint8_t *data, ptrdiff_t size, const uint8_t *pat, ptrdiff_t n) {
     const uint8_t first = pat[0], last = pat[n - 1];
     const ptrdiff_t starts = size - n + 1; /* start offsets that leave room for the pattern */

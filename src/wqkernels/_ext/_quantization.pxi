@@ -1,6 +1,7 @@
 # Quantization kernels: group statistics, scale search, quantize, fake-quantize, dequantize,
 # sum-preserving rounding.
 
+from libc.float cimport FLT_MAX, FLT_MIN
 from libc.stdint cimport int8_t
 from libc.string cimport memcpy
 
@@ -26,6 +27,8 @@ cdef extern from "_loops.h" nogil:
     void wqk_dequantize_lanes(const uint8_t* q, float* y, Py_ssize_t n, const float* s, const float* zp, int is_signed)
     void wqk_pack_span(const uint8_t* codes, Py_ssize_t n, int64_t first, int b, uint8_t* stream)
     void wqk_candidate_errors(const float* x, Py_ssize_t n, int ncand, const float* inv, const float* lo, const float* hi, double* acc)
+    void wqk_candidate_errors_exact(const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int ncand,
+                                    const float* s, const float* lo, const float* hi, double* acc)
     ctypedef struct wqk_move:
         pass
     # Code: int8_t (signed codes) or uint8_t
@@ -177,15 +180,20 @@ def search_scales(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t
     steps[0]-th from the first; then, for each later step, the ratios that many apart around
     the best so far, as many on each side as fit inside the previous step (steps decrease,
     each dividing the one before).  The first ratio with the least error among those tried wins.
+    A unit holding a group that scored_exactly names scores all its groups as the reference does.
     """
     cdef Py_ssize_t rows = outer if per_axis else min(block, n)  # of a lanes unit
     cdef Layout L = make_layout(outer, n, inner, block, per_axis, search_width(rows), False)
     cdef int ncand = ratios.shape[0]
     cdef int nt = threads_for(x.shape[0] * ncand // 8)
     cdef Py_ssize_t u
+    cdef int c
+    cdef float least_ratio = ratios[0]
     with nogil:
+        for c in range(ncand):
+            least_ratio = min(least_ratio, ratios[c])
         for u in prange(L.count, num_threads=nt, schedule="dynamic"):
-            search_unit(&x[0], &L, u, &lo[0], &hi[0], &ratios[0], ncand, &steps[0], steps.shape[0],
+            search_unit(&x[0], &L, u, &lo[0], &hi[0], &ratios[0], ncand, least_ratio, &steps[0], steps.shape[0],
                         full_below, symmetric, qmin, qmax, &scale[0], &zero_point[0])
 
 
@@ -197,7 +205,7 @@ cdef inline Py_ssize_t search_width(Py_ssize_t rows) noexcept nogil:
 
 cdef struct Slots:
     # per slot (a candidate tried) and lane: its candidate (-1: none), inverse scale, scale,
-    # zero point, code bounds and error; per lane the best so far
+    # zero point, code bounds and error (exact: in acc, per slot and lane); per lane the best so far
     int* cand
     float* inv
     float* s
@@ -212,6 +220,7 @@ cdef struct Slots:
     bint whole  # tile holds the whole unit (copied once, by the first pass), else SEARCH_ROWS rows at a time
     bint filled  # the whole unit is in the tile
     bint magnitudes  # the tile holds |x|: a symmetric grid's error is the same, for less work
+    bint exact  # errors as the reference takes them (wqk_candidate_errors_exact), for every lane
 
 
 cdef void set_slot(Slots* S, Py_ssize_t w, int slot, Py_ssize_t i, int c, float lo, float hi,
@@ -227,9 +236,19 @@ cdef void set_slot(Slots* S, Py_ssize_t w, int slot, Py_ssize_t i, int c, float 
     S.err[k] = 0.0
 
 
+cdef inline bint scored_exactly(float lo, float hi, float least_ratio, bint symmetric, float top) noexcept nogil:
+    """Whether a group's candidates must be scored as the reference scores them: some
+    candidate scale is subnormal (the least is at least (least_ratio * max|x|) / top, rounded
+    alike), or |x| reaches FLT_MAX / 4.  A group of zeros has scale 1 for every candidate."""
+    cdef float m = hi if symmetric else max(-lo, hi)
+    return m >= FLT_MAX / 4 or (m > 0 and (least_ratio * m) / top < FLT_MIN)
+
+
 cdef inline void lanes_errors(const Slots* S, const float* tile, Py_ssize_t rows, Py_ssize_t w,
                               int nslot) noexcept nogil:
-    if S.magnitudes:
+    if S.exact:
+        wqk_candidate_errors_exact(tile, rows, w, w, nslot, S.s, S.blo, S.bhi, S.acc)
+    elif S.magnitudes:
         wqk_candidate_magnitude_errors_lanes(tile, rows, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
     else:
         wqk_candidate_errors_lanes(tile, rows, w, w, nslot, S.inv, S.blo, S.bhi, S.err)
@@ -242,8 +261,9 @@ cdef void score_slots(const float* x, const Layout* L, const Unit* U, Py_ssize_t
     cdef Py_ssize_t r, m, c0, k, i
     cdef int j
     cdef double e
-    for j in range(nslot):
-        S.acc[j] = 0.0
+    cdef bint exact = S.exact, lanes = L.lanes  # locals: the stores below might alias them
+    for k in range(nslot * (w if exact else 1)):
+        S.acc[k] = 0.0
     if L.lanes:  # rows copied together (rows of a large power-of-two stride share cache sets)
         r = 0
         while r < U.rows:
@@ -261,22 +281,29 @@ cdef void score_slots(const float* x, const Layout* L, const Unit* U, Py_ssize_t
             c0 = 0
             while c0 < U.length:
                 m = min(<Py_ssize_t>SEARCH_CHUNK, U.length - c0)
-                wqk_candidate_errors(x + U.start + r * U.stride + c0, m, nslot, S.inv, S.blo, S.bhi, S.acc)
+                if S.exact:
+                    wqk_candidate_errors_exact(x + U.start + r * U.stride + c0, m, 1, 1, nslot, S.s, S.blo, S.bhi,
+                                               S.acc)
+                else:
+                    wqk_candidate_errors(x + U.start + r * U.stride + c0, m, nslot, S.inv, S.blo, S.bhi, S.acc)
                 c0 += m
     for i in range(w):
         for j in range(nslot):
             k = j * w + i
             if S.cand[k] < 0:
                 continue
-            e = (S.err[k] if L.lanes else S.acc[j]) * (<double>S.s[k] * S.s[k])
+            if exact:
+                e = S.acc[k]
+            else:
+                e = (S.err[k] if lanes else S.acc[j]) * (<double>S.s[k] * S.s[k])
             if S.best[i] < 0 or e < S.best_e[i] or (e == S.best_e[i] and S.cand[k] < S.best[i]):
                 S.best[i], S.best_e[i] = S.cand[k], e
 
 
 cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float* lo, const float* hi,
-                      const float* ratios, int ncand, const int32_t* steps, Py_ssize_t nsteps,
-                      Py_ssize_t full_below, bint symmetric, float qmin, float qmax, float* scale,
-                      float* zero_point) noexcept nogil:
+                      const float* ratios, int ncand, float least_ratio, const int32_t* steps,
+                      Py_ssize_t nsteps, Py_ssize_t full_below, bint symmetric, float qmin, float qmax,
+                      float* scale, float* zero_point) noexcept nogil:
     """The search of search_scales on the groups of unit u."""
     cdef Unit U = unit_at(L, u)
     cdef Py_ssize_t w = U.length if L.lanes else 1, i, k, level
@@ -290,12 +317,17 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
     S.whole = L.lanes and not full and U.rows * w <= SEARCH_TILE  # several passes: one read of x
     S.magnitudes = L.lanes and symmetric and qmin == -qmax  # |x| scores only a grid symmetric about 0
     cdef Py_ssize_t tile_rows = U.rows if S.whole else SEARCH_ROWS
-    cdef char* buf = <char*>malloc((sizeof(int) + 7 * sizeof(float)) * nslot * w + sizeof(double) * nslot
+    S.exact = False
+    for i in range(w):
+        S.exact = S.exact or scored_exactly(lo[U.group + i], hi[U.group + i], least_ratio, symmetric,
+                                            qmax if symmetric else qmax - qmin)
+    cdef char* buf = <char*>malloc((sizeof(int) + 7 * sizeof(float)) * nslot * w
+                                   + sizeof(double) * nslot * (w if S.exact else 1)
                                    + (sizeof(int) + sizeof(double)) * w + sizeof(float) * tile_rows * w)
     if buf == NULL:
         return  # out of memory: the min/max scales already in place stay
     S.acc = <double*>buf
-    S.best_e = S.acc + nslot
+    S.best_e = S.acc + nslot * (w if S.exact else 1)
     S.cand = <int*>(S.best_e + w)
     S.best = S.cand + nslot * w
     S.inv = <float*>(S.best + w)
