@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 import wqkernels
 import wqkernels.reference as ref
-from wqkernels import _core
 from helpers import assert_bit_equal, axes_for, float_arrays
 from wqkernels._schemes import MSE_RATIOS
 from wqkernels.reference import quantization as ref_quantization
@@ -152,30 +151,6 @@ def test_half_to_even_and_true_division():
     np.testing.assert_array_equal(qa.values, np.clip(np.rint(x / scale), -127, 127).astype(np.int8))
     ties = wqkernels.quantize(np.array([0.5, 1.5, 2.5, -0.5, -1.5], np.float32), 8, scale=1.0)
     np.testing.assert_array_equal(ties.values, [0, 2, 2, 0, -2])
-
-
-@pytest.mark.parametrize("scale", [0.1, 3.7e-3, 2.0**-100, 1.5e-38, 2.0**100, 2e36, 3e38])  # 1 / 3e38 is subnormal
-@pytest.mark.parametrize("symmetric, bits", [(True, 8), (False, 8), (True, 4), (False, 4)])
-def test_quotients_a_few_ulps_from_a_half_round_as_true_division(scale, symmetric, bits):
-    # codes of long runs are made by multiplying by 1 / scale, and again by division where a
-    # quotient lies near a half: x a few ulps either side of (k + 1/2) * scale, in long runs,
-    # per tensor and per channel along either axis, against the reference's division
-    rng = np.random.default_rng(bits)
-    s = np.float32(scale)
-    k = rng.integers(-130, 130, size=1 << 14).astype(np.float32)
-    with np.errstate(over="ignore"):
-        x = ((k + np.float32(0.5)) * s).astype(np.float32)
-    x = (x.view(np.int32) + rng.integers(-3, 4, size=x.size).astype(np.int32)).view(np.float32)
-    x = np.where(np.isfinite(x), x, np.float32(0))
-    zero_point = None if symmetric else 3.0
-    for shape, axis in (((x.size,), None), ((64, x.size // 64), -1), ((x.size // 64, 64), 0)):
-        xs = x.reshape(shape)
-        groups = () if axis is None else (shape[axis],)
-        options = dict(symmetric=symmetric, axis=axis, scale=np.full(groups, s, np.float32),
-                       zero_point=None if symmetric else np.full(groups, zero_point, np.float32))
-        assert_same_quantization(wqkernels.quantize(xs, bits, **options), ref.quantize(xs, bits, **options))
-        assert_bit_equal(wqkernels.fake_quantize(xs, bits, **options), ref.fake_quantize(xs, bits, **options),
-                         "fake-quantized")
 
 
 def test_block_layout_follows_onnx():
@@ -695,24 +670,3 @@ def test_mse_coarse_to_fine_on_subnormal_channels_agrees_with_reference(symmetri
     for granularity in (dict(axis=-1), dict(), dict(axis=0, block_size=1050)):
         opts = dict(bits=4, symmetric=symmetric, method="mse", **granularity)
         assert_same_quantization(wqkernels.quantize(x, **opts), ref.quantize(x, **opts))
-
-
-@pytest.mark.parametrize("per_axis", [False, True])
-def test_kernel_codes_of_a_grid_wider_than_256_are_those_of_true_division(per_axis):
-    """Multiplying by 1 / scale makes the codes of division only while the clamp bounds are at
-    most 256 in magnitude; the loops divide on a wider grid (none of the schemes has one yet)."""
-    s = np.float32(1.6369617)  # x / s is 19587.5 and x * (1 / s) 19587.498: 2^-9 from the half
-    x = np.full((128, 64), np.float32(32063.986))
-    x[::3] = np.float32(-1234.567)
-    qmin, qmax = -32768.0, 32767.0
-    expected = (np.clip(np.rint(x / s), qmin, qmax) * s).astype(np.float32)
-    assert expected[1, 0] == np.float32(19588) * s
-    y = np.empty_like(x)
-    if per_axis:  # lanes: one inverse per channel along the last axis
-        layout = (128, 64, 1, 1, True)
-        scale = np.full(64, s)
-    else:  # one run longer than the blocks that are made by division anyway
-        layout = (1, x.size, 1, x.size, False)
-        scale = np.full(1, s)
-    assert _core.fake_quantize_into(x.reshape(-1), y.reshape(-1), *layout, scale, np.zeros_like(scale), qmin, qmax)
-    assert_bit_equal(y, expected)

@@ -278,26 +278,9 @@ WQK_CLONES static void wqk_key_runs(const uint32_t *x, ptrdiff_t count, ptrdiff_
 /* ---- quantize, fake-quantize, dequantize --------------------------------------------------
  * "uniform" runs share one scale and zero point; "lanes" runs have one per element; "runs" are
  * runs one after another with one each.  Quantize writes codes as bytes, fake-quantize writes
- * (code - zp) * s: one body for both, over the output's type.
- *
- * Codes are those of true division, made by multiplying by inv = 1/s (float32) where that is
- * provably the same, and by division elsewhere: a division of 16 floats costs as much as 8 on
- * Intel cores (AVX-512 divides at the AVX2 rate, about 0.5 cycle an element), and loops in
- * cache ran 8-16% faster without it (over memory, where other work on the machine took the
- * bandwidth, the same).  With inv and s both normal floats, y' = x * inv is within 3.01 u
- * (u = 2^-24) of the correctly rounded quotient y, relatively: |y' - y| <= 3.01 u |y'|, as
- * long as y and y' are normal and finite.  Where they are not the bound fails, and no code
- * changes: a subnormal quotient is rounded on an absolute grid (y and y' may differ by
- * hundreds of u), but then both are below 2^-125 in magnitude and make code 0 (+ zp) alike;
- * and where one of them overflows to infinity and the other not (x near FLT_MAX), both exceed
- * 256 with the same sign and clamp to the same bound.  Both are clamped to integer bounds of
- * magnitude <= 256 before rounding (wqk_multiplies; wider grids are made by division), so
- * c' = clamp(y') and c = clamp(y) differ by at most 3.01 u * 256 < 2^-14 (a clamped side only
- * moves closer).  If c' is farther than 2^-14 from every half-integer, c and c' lie strictly
- * between the same two half-integers and round to the same integer.  A chunk in which some c'
- * is that near a half (about 1 element in 8000: 6% of chunks of 512) is made again by
- * division.  A check a chunk of 64 cost a fifth more over memory.  NaN and infinities pass
- * through both alike (x * inv and x / s are NaN, or infinite of the same sign, together). */
+ * (code - zp) * s: one body for both, over the output's type.  Codes are made by true division:
+ * this CPU family divides fast enough that multiplying by 1/s, with the checks exactness would
+ * need, is no faster. */
 
 /* Store a code: as a byte (two's complement when signed), or as (code - zp) * s. */
 static inline void wqk_put(uint8_t *q, float code, float s, float zp) {
@@ -307,110 +290,33 @@ static inline void wqk_put(uint8_t *q, float code, float s, float zp) {
 }
 static inline void wqk_put(float *y, float code, float s, float zp) { *y = (code - zp) * s; }
 
-/* inv[i] = 1 / s[i], or 0 when it or s[i] is not a normal float (its codes are then made by
- * division alone); returns nonzero when none is 0.  Branch-free, so that it vectorises: blocked
- * layouts take an inverse every 32 elements. */
-WQK_CLONES static int wqk_inverses(const float *s, ptrdiff_t n, float *inv) {
-    int usable = 1;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        const float a = std::fabs(s[i]), v = 1.0f / s[i], b = std::fabs(v);
-        const int ok = (a >= FLT_MIN) & (a <= FLT_MAX) & (b >= FLT_MIN) & (b <= FLT_MAX);
-        inv[i] = ok ? v : 0.0f;
-        usable &= ok;
-    }
-    return usable;
-}
-
-/* Whether every clamp bound qmin - z, qmax - z is at most 256 in magnitude, for z = 0 and for
- * every zero point z in [qmin, qmax] (where the callers keep them), as multiplying needs. */
-static inline bool wqk_multiplies(float qmin, float qmax) {
-    return qmin >= -256.0f && qmax <= 256.0f && qmax - qmin <= 256.0f;
-}
-
-#define WQK_NEAR_HALF (0.5f - 1.0f / 16384.0f) /* a clamped quotient this far from its code is near a half */
-#define WQK_CHUNK 512 /* elements made again by division when one of them is near a half */
-
-/* The scale, inverse and zero point of element i: per element (Lanes) or one for the run. */
-template <bool Lanes> static inline float wqk_at(const float *p, ptrdiff_t i) { return Lanes ? p[i] : p[0]; }
-
-/* Codes of n elements by true division.  A zero point of 0 (all signed codes) has a loop of its
- * own, a third faster: (y + M) - M is never -0, so adding a zero point of +0 changes no code and
- * no value. */
-template <typename Out, bool Zero, bool Lanes>
-static inline __attribute__((always_inline)) void wqk_divide_run(const float *x, Out *out, ptrdiff_t n, const float *s,
-                                                                 const float *zp, float qmin, float qmax) {
+/* A zero point of 0 (all signed codes) has a loop of its own, a third faster: (y + M) - M is
+ * never -0, so adding a zero point of +0 changes no code and no value. */
+template <typename Out, bool Zero>
+static inline __attribute__((always_inline)) void wqk_quantize_run(const float *x, Out *out, ptrdiff_t n, float s,
+                                                                   float zp, float qmin, float qmax) {
     if (Zero) {
-        for (ptrdiff_t i = 0; i < n; i++)
-            wqk_put(out + i, wqk_rounded(x[i], wqk_at<Lanes>(s, i), qmin, qmax), wqk_at<Lanes>(s, i), 0.0f);
+        for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_rounded(x[i], s, qmin, qmax), s, 0.0f);
         return;
     }
-    for (ptrdiff_t i = 0; i < n; i++) {
-        const float z = wqk_at<Lanes>(zp, i);
-        wqk_put(out + i, wqk_code(x[i], wqk_at<Lanes>(s, i), z, qmin - z, qmax - z), wqk_at<Lanes>(s, i), z);
-    }
-}
-
-/* Codes of n elements by multiplying by inv; returns nonzero if one of them was near a half (the
- * codes written are then not to be kept). */
-template <typename Out, bool Zero, bool Lanes>
-static inline __attribute__((always_inline)) int wqk_multiply_run(const float *x, Out *out, ptrdiff_t n, const float *s,
-                                                                  const float *inv, const float *zp, float qmin,
-                                                                  float qmax) {
-    int near = 0;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        const float z = Zero ? 0.0f : wqk_at<Lanes>(zp, i), lo = qmin - z, hi = qmax - z;
-        float y = x[i] * wqk_at<Lanes>(inv, i);
-        y = y < lo ? lo : y;
-        y = y > hi ? hi : y;
-        const float r = (y + WQK_MAGIC) - WQK_MAGIC, d = y - r;
-        near |= (d > WQK_NEAR_HALF) | (d < -WQK_NEAR_HALF);
-        wqk_put(out + i, Zero ? r : r + z, wqk_at<Lanes>(s, i), z);
-    }
-    return near;
-}
-
-/* Codes of n elements: by inv a chunk at a time, a chunk with an element near a half again by
- * division; by division alone when inv is NULL, when the one inverse of a uniform run is 0 (see
- * wqk_inverses) or when a bound exceeds 256.  Lanes read an inverse per element and take no
- * inverse of 0 (it would make code 0 + zp): their callers pass NULL unless wqk_inverses
- * returned nonzero for every lane. */
-template <typename Out, bool Zero, bool Lanes>
-static inline __attribute__((always_inline)) void wqk_quantize_run(const float *x, Out *out, ptrdiff_t n, const float *s,
-                                                                   const float *inv, const float *zp, float qmin,
-                                                                   float qmax) {
-    if (!inv || (!Lanes && inv[0] == 0.0f) || !wqk_multiplies(qmin, qmax)) {
-        wqk_divide_run<Out, Zero, Lanes>(x, out, n, s, zp, qmin, qmax);
-        return;
-    }
-    const ptrdiff_t o = Lanes ? 1 : 0; /* per-element arrays advance with x */
-    ptrdiff_t i = 0;
-    for (; i + WQK_CHUNK <= n; i += WQK_CHUNK)
-        if (wqk_multiply_run<Out, Zero, Lanes>(x + i, out + i, WQK_CHUNK, s + o * i, inv + o * i,
-                                               Zero ? zp : zp + o * i, qmin, qmax))
-            wqk_divide_run<Out, Zero, Lanes>(x + i, out + i, WQK_CHUNK, s + o * i, Zero ? zp : zp + o * i, qmin, qmax);
-    if (i < n && wqk_multiply_run<Out, Zero, Lanes>(x + i, out + i, n - i, s + o * i, inv + o * i,
-                                                    Zero ? zp : zp + o * i, qmin, qmax))
-        wqk_divide_run<Out, Zero, Lanes>(x + i, out + i, n - i, s + o * i, Zero ? zp : zp + o * i, qmin, qmax);
+    const float lo = qmin - zp, hi = qmax - zp;
+    for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_code(x[i], s, zp, lo, hi), s, zp);
 }
 
 template <typename Out>
 WQK_CLONES static void wqk_quantize_uniform(const float *x, Out *out, ptrdiff_t n, float s, float zp, float qmin,
                                             float qmax) {
     const ptrdiff_t h = wqk_head(x, n);
-    float inv;
-    wqk_inverses(&s, 1, &inv);
     if (zp == 0.0f) {
-        wqk_quantize_run<Out, true, false>(x, out, h, &s, &inv, &zp, qmin, qmax);
-        wqk_quantize_run<Out, true, false>(x + h, out + h, n - h, &s, &inv, &zp, qmin, qmax);
+        wqk_quantize_run<Out, true>(x, out, h, s, zp, qmin, qmax);
+        wqk_quantize_run<Out, true>(x + h, out + h, n - h, s, zp, qmin, qmax);
     } else {
-        wqk_quantize_run<Out, false, false>(x, out, h, &s, &inv, &zp, qmin, qmax);
-        wqk_quantize_run<Out, false, false>(x + h, out + h, n - h, &s, &inv, &zp, qmin, qmax);
+        wqk_quantize_run<Out, false>(x, out, h, s, zp, qmin, qmax);
+        wqk_quantize_run<Out, false>(x + h, out + h, n - h, s, zp, qmin, qmax);
     }
 }
 
-/* `count` runs of `length` (L, when not 0) elements, run r with scale s[r], zero point zp[r],
- * by division: multiplying with the check of a near half costs runs this short more than it
- * saves (blocks of 32 measured 1.4x slower in cache). */
+/* `count` runs of `length` (L, when not 0) elements, run r with scale s[r], zero point zp[r]. */
 template <typename Out, int L>
 static inline __attribute__((always_inline)) void wqk_quantize_runs_of(const float *x, Out *out, ptrdiff_t count,
                                                                        ptrdiff_t length, const float *s,
@@ -418,9 +324,9 @@ static inline __attribute__((always_inline)) void wqk_quantize_runs_of(const flo
     const ptrdiff_t n = L ? L : length;
     for (ptrdiff_t r = 0; r < count; r++) {
         if (zp[r] == 0.0f)
-            wqk_divide_run<Out, true, false>(x + r * n, out + r * n, n, s + r, zp + r, qmin, qmax);
+            wqk_quantize_run<Out, true>(x + r * n, out + r * n, n, s[r], zp[r], qmin, qmax);
         else
-            wqk_divide_run<Out, false, false>(x + r * n, out + r * n, n, s + r, zp + r, qmin, qmax);
+            wqk_quantize_run<Out, false>(x + r * n, out + r * n, n, s[r], zp[r], qmin, qmax);
     }
 }
 
@@ -441,26 +347,25 @@ WQK_CLONES static void wqk_quantize_runs(const float *x, Out *out, ptrdiff_t cou
                                      qmax);
 }
 
-/* Element i with scale s[i], inverse inv[i] (inv NULL: by division alone; else no inverse is 0,
- * see wqk_quantize_run) and
- * zero point zp[i] (zp NULL: all 0).  s, inv and zp are read as x is, an element per element:
- * given at x's 64-byte phase, their loads are aligned too. */
+/* Element i with scale s[i] and zero point zp[i] (zp NULL: all 0).  s and zp are read as x is,
+ * an element per element: given at x's 64-byte phase, their loads are aligned too. */
 template <typename Out>
 static inline __attribute__((always_inline)) void wqk_quantize_lanes_of(const float *x, Out *out, ptrdiff_t n,
-                                                                        const float *s, const float *inv,
-                                                                        const float *zp, float qmin, float qmax) {
-    if (!zp)
-        wqk_quantize_run<Out, true, true>(x, out, n, s, inv, zp, qmin, qmax);
-    else
-        wqk_quantize_run<Out, false, true>(x, out, n, s, inv, zp, qmin, qmax);
+                                                                        const float *s, const float *zp,
+                                                                        float qmin, float qmax) {
+    if (!zp) {
+        for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_rounded(x[i], s[i], qmin, qmax), s[i], 0.0f);
+        return;
+    }
+    for (ptrdiff_t i = 0; i < n; i++) wqk_put(out + i, wqk_code(x[i], s[i], zp[i], qmin - zp[i], qmax - zp[i]), s[i], zp[i]);
 }
 
 template <typename Out>
-WQK_CLONES static void wqk_quantize_lanes(const float *x, Out *out, ptrdiff_t n, const float *s, const float *inv,
-                                          const float *zp, float qmin, float qmax) {
+WQK_CLONES static void wqk_quantize_lanes(const float *x, Out *out, ptrdiff_t n, const float *s, const float *zp,
+                                          float qmin, float qmax) {
     const ptrdiff_t h = wqk_head(x, n);
-    wqk_quantize_lanes_of(x, out, h, s, inv, zp, qmin, qmax);
-    wqk_quantize_lanes_of(x + h, out + h, n - h, s + h, inv ? inv + h : inv, zp ? zp + h : zp, qmin, qmax);
+    wqk_quantize_lanes_of(x, out, h, s, zp, qmin, qmax);
+    wqk_quantize_lanes_of(x + h, out + h, n - h, s + h, zp ? zp + h : zp, qmin, qmax);
 }
 
 WQK_CLONES static void wqk_dequantize_uniform(const uint8_t *q, float *y, ptrdiff_t n, float s,

@@ -18,9 +18,8 @@ cdef extern from "_loops.h" nogil:
     void wqk_quantize_uniform[Out](const float* x, Out* out, Py_ssize_t n, float s, float zp, float qmin, float qmax)
     void wqk_quantize_runs[Out](const float* x, Out* out, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
                                 const float* s, const float* zp, float qmin, float qmax)
-    void wqk_quantize_lanes[Out](const float* x, Out* out, Py_ssize_t n, const float* s, const float* inv,
-                                 const float* zp, float qmin, float qmax)
-    int wqk_inverses(const float* s, Py_ssize_t n, float* inv)
+    void wqk_quantize_lanes[Out](const float* x, Out* out, Py_ssize_t n, const float* s, const float* zp,
+                                 float qmin, float qmax)
     void wqk_dequantize_uniform(const uint8_t* q, float* y, Py_ssize_t n, float s, float zp, int is_signed)
     void wqk_dequantize_runs(const uint8_t* q, float* y, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
                              const float* s, const float* zp, int is_signed)
@@ -375,10 +374,8 @@ cdef inline const float* lane_zero_points(const float* zp, bint is_signed) noexc
 
 
 cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8_t* q, float* y,
-                    const float* s, const float* inv, const float* zp, float qmin, float qmax,
-                    bint is_signed) noexcept nogil:
-    """The element loop over a unit's runs (s, inv, zp point at the unit's first group; inv, the
-    lanes' inverse scales, NULL to divide)."""
+                    const float* s, const float* zp, float qmin, float qmax, bint is_signed) noexcept nogil:
+    """The element loop over a unit's runs (s, zp point at the unit's first group)."""
     cdef Py_ssize_t r, p
     if L.runs:
         if op == QUANTIZE:
@@ -392,12 +389,12 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
         p = U.start + r * U.stride
         if op == QUANTIZE:
             if L.lanes:
-                wqk_quantize_lanes(x + p, q + p, U.length, s, inv, lane_zero_points(zp, is_signed), qmin, qmax)
+                wqk_quantize_lanes(x + p, q + p, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
             else:
                 wqk_quantize_uniform(x + p, q + p, U.length, s[0], zp[0], qmin, qmax)
         elif op == FAKE_QUANTIZE:
             if L.lanes:
-                wqk_quantize_lanes(x + p, y + p, U.length, s, inv, lane_zero_points(zp, is_signed), qmin, qmax)
+                wqk_quantize_lanes(x + p, y + p, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
             else:
                 wqk_quantize_uniform(x + p, y + p, U.length, s[0], zp[0], qmin, qmax)
         elif L.lanes:
@@ -407,7 +404,7 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
 
 
 cdef void unit_packed(const Layout* L, const Unit* U, const float* x, uint8_t* stream, uint8_t* codes,
-                      const float* s, const float* inv, const float* zp, float qmin, float qmax, bint is_signed,
+                      const float* s, const float* zp, float qmin, float qmax, bint is_signed,
                       int bits) noexcept nogil:
     """A unit's codes made a piece at a time into `codes` (PACK_PIECE bytes, in cache), each
     piece then packed into its place in the b-bit stream."""
@@ -419,7 +416,7 @@ cdef void unit_packed(const Layout* L, const Unit* U, const float* x, uint8_t* s
     for r in range(U.rows):
         p = U.start + r * U.stride
         if L.lanes:
-            wqk_quantize_lanes(x + p, codes, U.length, s, inv, lane_zero_points(zp, is_signed), qmin, qmax)
+            wqk_quantize_lanes(x + p, codes, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
             wqk_pack_span(codes, U.length, p, bits, stream)
             continue
         c = 0
@@ -481,32 +478,23 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
             group_params(zp[u], s[u], 1.0, is_signed, qmax if is_signed else qmax - qmin, &s[u], &zp[u])
     cdef const float* ls = s  # the scales and zero points the loops read
     cdef const float* lz = zp
-    cdef float* li = NULL  # lanes: the inverse scales (NULL: codes by division alone)
-    cdef bint usable = False, unit_usable
     cdef void* phased = NULL
-    if L.lanes and op != DEQUANTIZE and x != NULL:  # read beside x: at x's phase (see at_phase)
-        phased = malloc(sizeof(float) * 3 * ngroups + 192)
+    if L.lanes and not fused and x != NULL:  # read beside x: copies at x's phase (see at_phase)
+        phased = malloc(sizeof(float) * 2 * ngroups + 128)
         if phased != NULL:
-            li = <float*>at_phase(phased, x)
-            if not fused:
-                usable = wqk_inverses(s, ngroups, li)
-                ls = <float*>at_phase(<void*>(li + ngroups), x)
-                lz = <float*>at_phase(<void*>(ls + ngroups), x)
-                memcpy(<void*>ls, s, sizeof(float) * ngroups)
-                memcpy(<void*>lz, zp, sizeof(float) * ngroups)
+            ls = <float*>at_phase(phased, x)
+            lz = <float*>at_phase(<void*>(ls + ngroups), x)
+            memcpy(<void*>ls, s, sizeof(float) * ngroups)
+            memcpy(<void*>lz, zp, sizeof(float) * ngroups)
     for u in prange(L.count, num_threads=nt, schedule="static"):
         U = unit_at(&L, u)
         if fused and not unit_fit(x, &L, &U, is_signed, qmin, qmax, s + U.group, zp + U.group):
             bad += 1
-        unit_usable = usable
-        if li != NULL and fused:  # the unit's own groups
-            unit_usable = wqk_inverses(s + U.group, unit_groups(&L, &U), li + U.group)
         if op == QUANTIZE_PACKED:
-            unit_packed(&L, &U, x, q, codes + <Py_ssize_t>PACK_PIECE * threadid(), ls + U.group,
-                        li + U.group if unit_usable else NULL, lz + U.group, qmin, qmax, is_signed, bits)
+            unit_packed(&L, &U, x, q, codes + <Py_ssize_t>PACK_PIECE * threadid(), ls + U.group, lz + U.group,
+                        qmin, qmax, is_signed, bits)
         else:
-            unit_rows(op, &L, &U, x, q, y, ls + U.group, li + U.group if unit_usable else NULL, lz + U.group,
-                      qmin, qmax, is_signed)
+            unit_rows(op, &L, &U, x, q, y, ls + U.group, lz + U.group, qmin, qmax, is_signed)
     free(phased)
     free(codes)
     return bad == 0
