@@ -679,6 +679,38 @@ struct wqk_cheaper_order {
 };
 static const wqk_cheaper_order wqk_cheaper_than = {};
 
+/* The candidates of a group of m members for `want` moves: in `moves`, those whose cost(t) is
+ * within a bound, raised from 8 * want / m until there are `want` of them or every movable
+ * member is one (costs of unclipped codes lie in [0, 2], about uniformly: the first bound takes
+ * about 4 * want; a code that cannot move costs HUGE_VAL, never taken); returns how many. */
+template <typename Cost>
+static inline __attribute__((always_inline)) ptrdiff_t wqk_candidates(ptrdiff_t m, ptrdiff_t want, Cost cost,
+                                                                      wqk_move *moves) {
+    double bound = 8.0 * (double)want / (double)m;
+    for (;;) {
+        const bool all = bound >= 2.0;
+        const double limit = all ? DBL_MAX : bound;
+        ptrdiff_t n = 0;
+        for (ptrdiff_t t = 0; t < m; t++) {
+            const double c = cost(t);
+            if (!(c <= limit)) continue;
+            moves[n].cost = c;
+            moves[n].at = t;
+            n++;
+        }
+        if (n >= want || all) return n;
+        bound *= 4.0;
+    }
+}
+
+/* The `want` cheapest of n candidates (fewer if there are fewer), moved to the front of
+ * `moves` (wqk_cheaper: equal costs the earlier member); returns how many. */
+static inline ptrdiff_t wqk_cheapest(wqk_move *moves, ptrdiff_t n, ptrdiff_t want) {
+    const ptrdiff_t take = want < n ? want : n;
+    if (take < n) std::nth_element(moves, moves + take, moves + n, wqk_cheaper_than);
+    return take;
+}
+
 #define WQK_SUM_LANES 64 /* groups of a tile, at most */
 /* Scratch entries between the end of one group's e and code and the start of the next: groups
  * a power of two apart would share cache sets (9 lines apart for e, 72 bytes for code, a group
@@ -695,25 +727,11 @@ static void wqk_sums_group(const float *y, const Code *code, ptrdiff_t ys, ptrdi
     const double dir = k > 0.0 ? 1.0 : -1.0;
     const Code edge = (Code)(k > 0.0 ? qmax : qmin);
     const ptrdiff_t want = std::fabs(k) < (double)m ? (ptrdiff_t)std::fabs(k) : m;
-    double bound = 8.0 * (double)want / (double)m;
-    ptrdiff_t n;
-    for (;;) {
-        const bool all = bound >= 2.0;
-        const double limit = all ? DBL_MAX : bound;
-        n = 0;
-        for (ptrdiff_t t = 0; t < m; t++) {
-            const Code c = code[t * ys];
-            const double cost = c == edge ? HUGE_VAL : 1.0 - 2.0 * dir * (((double)y[t * ys] + (double)zp) - (double)c);
-            if (!(cost <= limit)) continue;
-            moves[n].cost = cost;
-            moves[n].at = t;
-            n++;
-        }
-        if (n >= want || all) break;
-        bound *= 4.0;
-    }
-    const ptrdiff_t take = want < n ? want : n;
-    if (take < n) std::nth_element(moves, moves + take, moves + n, wqk_cheaper_than);
+    const ptrdiff_t n = wqk_candidates(m, want, [&](ptrdiff_t t) {
+        const Code c = code[t * ys];
+        return c == edge ? HUGE_VAL : 1.0 - 2.0 * dir * (((double)y[t * ys] + (double)zp) - (double)c);
+    }, moves);
+    const ptrdiff_t take = wqk_cheapest(moves, n, want);
     const int step = k > 0.0 ? 1 : -1;
     for (ptrdiff_t i = 0; i < take; i++) q[moves[i].at * row] = (Code)(q[moves[i].at * row] + step);
 }
@@ -800,8 +818,7 @@ static inline __attribute__((always_inline)) void wqk_sums_columns(const float *
             continue;
         }
         wqk_move *list = lists + j * cap;
-        const ptrdiff_t take = want[j] < n ? want[j] : n;
-        if (take < n) std::nth_element(list, list + take, list + n, wqk_cheaper_than);
+        const ptrdiff_t take = wqk_cheapest(list, n, want[j]);
         const int step = k[j] > 0.0 ? 1 : -1;
         for (ptrdiff_t i = 0; i < take; i++) q[list[i].at * row + j] = (Code)(q[list[i].at * row + j] + step);
     }
@@ -847,26 +864,8 @@ WQK_CLONES WQK_NO_TRAPS static void wqk_preserve_sums(const float *x, Code *q, p
         const ptrdiff_t want = std::fabs(k) < (double)m ? (ptrdiff_t)std::fabs(k) : m;
         for (ptrdiff_t t = 0; t < m; t++) /* a code that cannot move costs more than any */
             cost[t] = cj[t] == edge ? HUGE_VAL : 1.0 - 2.0 * dir * cost[t];
-        /* the candidates: movable members of cost up to `bound`, raised until there are `want`
-         * of them or every movable member is one (costs of unclipped codes lie in [0, 2], about
-         * uniformly: the first bound takes about 4 * want) */
-        double bound = 8.0 * (double)want / (double)m;
-        ptrdiff_t n;
-        for (;;) {
-            const bool all = bound >= 2.0;
-            const double limit = all ? DBL_MAX : bound;
-            n = 0;
-            for (ptrdiff_t t = 0; t < m; t++) {
-                if (!(cost[t] <= limit)) continue;
-                moves[n].cost = cost[t];
-                moves[n].at = t;
-                n++;
-            }
-            if (n >= want || all) break;
-            bound *= 4.0;
-        }
-        const ptrdiff_t take = want < n ? want : n;
-        if (take < n) std::nth_element(moves, moves + take, moves + n, wqk_cheaper_than);
+        const ptrdiff_t n = wqk_candidates(m, want, [cost](ptrdiff_t t) { return cost[t]; }, moves);
+        const ptrdiff_t take = wqk_cheapest(moves, n, want);
         const int step = k > 0.0 ? 1 : -1;
         for (ptrdiff_t i = 0; i < take; i++) {
             const ptrdiff_t t = moves[i].at;
