@@ -336,7 +336,7 @@ def test_global_heap_that_hangs_hdf5_is_refused(keras3, tmp_path):
 def test_heap_scan_finds_what_bytes_find_finds(scan, monkeypatch, tmp_path):
     """The scan for collection signatures (a kernel, over a file read a buffer at a time) finds
     every signature bytes.find finds, across the buffers' seams, and sums the bytes it read for
-    the CRC-32 of a .keras member as the file's own find does."""
+    the CRC-32 of a .keras member."""
     from wqkernels.files import h5tree
     sig = b"GCOL\x01\x00\x00\x00"
     rng = np.random.default_rng(scan)
@@ -349,7 +349,7 @@ def test_heap_scan_finds_what_bytes_find_finds(scan, monkeypatch, tmp_path):
     while at >= 0:
         want.append(at)
         at = data.find(sig, at + 1)
-    monkeypatch.setattr(h5tree, "_SCAN", scan)
+    monkeypatch.setattr(h5tree.FileBytes, "CHUNK", scan)
     assert list(h5tree._signatures(data)) == want
     path = tmp_path / "bytes"
     path.write_bytes(b"head" + data + b"tail")

@@ -47,9 +47,8 @@ _WALKED_IN_MEMORY = 1 << 24
 def check_global_heaps(data, where: str) -> None:
     """Refuse global heap collections HDF5 would hang on or read past: HDF5 walks a collection's
     objects by their sizes, and loops for ever on a free-space object of size 0 (one flipped
-    byte: every later read of a string attribute hung).  `data` is the file's bytes: anything
-    with ``len``, ``find`` and slices (bytes, or :class:`FileBytes`); a collection is found by
-    its signature."""
+    byte: every later read of a string attribute hung).  `data` is the file's bytes: bytes, or
+    a :class:`FileBytes`; a collection is found by its signature."""
     for at in _signatures(data):
         size = int.from_bytes(data[at + 8:at + 16], "little")
         if 4096 <= size <= len(data) - at:
@@ -59,38 +58,19 @@ def check_global_heaps(data, where: str) -> None:
                 _check_collection(data, at, size, where, at)
 
 
-#: bytes of a file read and scanned at a time for collection signatures (a buffer in cache)
-_SCAN = 1 << 20
-
-
 def _signatures(data):
     """The offsets of every collection signature in `data`, in order, found by the kernels' byte
-    scan (bytes.find's answers at memory speed).  A :class:`FileBytes` is read _SCAN bytes at a
-    time into one buffer, which stays in cache between the read and the scan (fresh chunks of
-    4 MiB cost their pages' faults, and came back from memory), and, as its own find would, is
-    summed for its CRC-32 as it is read."""
-    if not isinstance(data, FileBytes):
+    scan (:func:`~wqkernels.packing.find_bytes`), chunk by chunk for a :class:`FileBytes`."""
+    if isinstance(data, FileBytes):
+        chunks = data.chunks(len(_GCOL) - 1)
+    else:
         view = np.frombuffer(data, np.uint8)
-        at = find_bytes(view, _GCOL)
-        while at >= 0:
-            yield at
-            at = find_bytes(view, _GCOL, at + 1)
-        return
-    overlap = len(_GCOL) - 1
-    buffer = np.empty(_SCAN + overlap, np.uint8)
-    at = 0
-    while at < data.size:
-        data.f.seek(data.start + at)
-        n = data.f.readinto(memoryview(buffer)[:min(_SCAN + overlap, data.size - at)])
-        chunk = buffer[:n]
-        data._sum(at, chunk)
+        chunks = [(0, view, len(view))]
+    for at, chunk, owned in chunks:
         i = find_bytes(chunk, _GCOL)
-        while 0 <= i < _SCAN:  # a signature in the overlap is found again in the next chunk
+        while 0 <= i < owned:
             yield at + i
             i = find_bytes(chunk, _GCOL, i + 1)
-        if n < _SCAN + overlap:
-            return
-        at += _SCAN
 
 
 def _check_collection(data, start: int, size: int, where: str, offset: int) -> None:
@@ -109,26 +89,28 @@ def _check_collection(data, start: int, size: int, where: str, offset: int) -> N
 
 
 class FileBytes:
-    """Bytes ``start .. start + size`` of an open binary file, read on demand (``len``, ``find``,
-    slices; offsets counted from `start`): a scan of a large file through a small buffer, which
-    keeps no part of the file mapped in the process (a memory map of a 400 MB model, once
+    """Bytes ``start .. start + size`` of an open binary file, read on demand (``len``, slices,
+    :meth:`chunks`; offsets counted from `start`): a scan of a large file through a small buffer,
+    which keeps no part of the file mapped in the process (a memory map of a 400 MB model, once
     scanned, counted 400 MB towards its resident memory)."""
 
-    CHUNK = 1 << 22
+    #: bytes read at a time, into one buffer that stays in cache between the read and the scan
+    #: (fresh chunks of 4 MiB cost their pages' faults, and came back from memory)
+    CHUNK = 1 << 20
 
     def __init__(self, f, start: int, size: int, crc: bool = False):
         self.f, self.start, self.size = f, start, size
-        # with `crc`, the CRC-32 of the bytes a scan by find has passed
+        # with `crc`, the CRC-32 of the bytes a scan by chunks has passed
         self._crc, self._summed = 0, 0 if crc else size
 
     def crc32(self) -> int:
-        """The CRC-32 of all the bytes (made with `crc`; what a scan by :meth:`find` read is not
-        read again)."""
+        """The CRC-32 of all the bytes (made with `crc`; what :meth:`chunks` read is not read
+        again)."""
         while self._summed < self.size:
             self._sum(self._summed, self[self._summed:self._summed + self.CHUNK])
         return self._crc
 
-    def _sum(self, at: int, chunk: bytes) -> None:
+    def _sum(self, at: int, chunk) -> None:
         if at <= self._summed < at + len(chunk):
             self._crc = zlib.crc32(memoryview(chunk)[self._summed - at:], self._crc)
             self._summed = at + len(chunk)
@@ -143,18 +125,23 @@ class FileBytes:
         self.f.seek(self.start + a)
         return self.f.read(b - a)
 
-    def find(self, sub: bytes, at: int = 0) -> int:
-        overlap = len(sub) - 1
+    def chunks(self, overlap: int):
+        """(offset, uint8 array, owned) over all the bytes, CHUNK at a time into one reused
+        buffer, each `overlap` bytes longer into the next (so that a pattern of overlap + 1 bytes
+        starting in a chunk lies in it whole; its first `owned` starts are its own, the others
+        the next chunk's), summed for the CRC-32 as read.  Each array is valid until the next is
+        asked for."""
+        buffer = np.empty(self.CHUNK + overlap, np.uint8)
+        at = 0
         while at < self.size:
-            chunk = self[at:at + self.CHUNK + overlap]
+            self.f.seek(self.start + at)
+            n = self.f.readinto(memoryview(buffer)[:min(self.CHUNK + overlap, self.size - at)])
+            chunk = buffer[:n]
             self._sum(at, chunk)
-            i = chunk.find(sub)
-            if i >= 0:
-                return at + i
-            if len(chunk) < self.CHUNK + overlap:
-                return -1
+            yield at, chunk, min(n, self.CHUNK)
+            if n < self.CHUNK + overlap:
+                return
             at += self.CHUNK
-        return -1
 
 
 #: HDF5 object headers hold about 64 KB: Keras splits longer name lists into chunks of at most
