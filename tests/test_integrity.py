@@ -553,3 +553,16 @@ def test_member_names_that_are_not_utf8_are_refused_in_one_line(tmp_path, capsys
         assert err == (f"wqkernels {command[0]}: error: {path}: a member of 'layers' has a name that is not UTF-8 "
                        f"(b'd\\xff'); refused\n"), err
     assert not (tmp_path / "o.weights.h5").exists()
+
+
+@pytest.mark.parametrize("error", [KeyError("'shape'"), TypeError("unhashable type: 'list'")])
+def test_fault_of_the_walk_is_not_blamed_on_the_file(error, keras3, monkeypatch):
+    """h5py's KeyError or TypeError on a damaged header is the file's (above); the same errors
+    raised by the walk's own checks are a fault of ours, shown as they are."""
+    from wqkernels.files import h5tree
+
+    def check_dataset(*args):
+        raise error
+    monkeypatch.setattr(h5tree, "check_dataset", check_dataset)
+    with pytest.raises(type(error)):
+        wqkernels.inspect(keras3)

@@ -30,6 +30,20 @@ def reason(exc: BaseException) -> str:
     return first_line(exc)
 
 
+def of_the_file(exc: BaseException) -> bool:
+    """Whether an error met while reading a file is the file's.  h5py raises KeyError and
+    TypeError on a header it cannot read (a damaged message, a name that is not UTF-8...), and
+    zipfile a KeyError for a member an archive lacks; the same errors raised by our own code are
+    a fault of ours, to be shown as one and not blamed on the file.  Other errors are the file's."""
+    if not isinstance(exc, (KeyError, TypeError)):
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    name = "" if tb is None else tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return name.startswith("h5py/") or "/h5py/" in name or name.endswith("/zipfile.py")
+
+
 def _write_failure(exc: BaseException) -> bool:
     found = _HDF5_OS_ERROR.search(str(exc))
     code = int(found.group(1)) if found else getattr(exc, "errno", None)
@@ -51,6 +65,8 @@ def as_file_errors(where: str, output: str | None = None):
     except NotImplementedError as exc:  # zipfile: a compression method or zip version it lacks
         raise KerasFileError(f"{where}: uses what this reader does not support ({reason(exc)})") from None
     except FILE_ERRORS as exc:
+        if not of_the_file(exc):
+            raise
         if output is not None and _write_failure(exc):
             raise KerasFileError(f"{output}: cannot write ({reason(exc)})") from None
         raise KerasFileError(f"{where}: cannot read or write as a Keras file ({reason(exc)})") from None

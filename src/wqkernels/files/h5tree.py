@@ -20,7 +20,7 @@ from h5py._objects import ObjectID
 
 from .._text import first_line
 from ..packing import find_bytes
-from .errors import KerasFileError
+from .errors import KerasFileError, of_the_file
 
 #: a dataset may declare at most this many bytes beyond 1000x its stored size (hostile files)
 UNCHECKED_BYTES = 1 << 26
@@ -501,8 +501,10 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
                 check_attrs(oid, path, where)
         except KerasFileError:
             raise
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:  # (h5py's errors of a damaged header,
-            # of a name that is not UTF-8...; a KeyError's text without the quotes of its repr)
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            if not of_the_file(exc):
+                raise
+            # (a KeyError's text without the quotes of its repr)
             text = exc.args[0] if isinstance(exc, KeyError) and exc.args else first_line(exc)
             raise KerasFileError(f"{where}: unreadable object at {path!r}, its HDF5 metadata damaged "
                                  f"({text})") from None
