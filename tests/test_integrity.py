@@ -566,3 +566,28 @@ def test_fault_of_the_walk_is_not_blamed_on_the_file(error, keras3, monkeypatch)
     monkeypatch.setattr(h5tree, "check_dataset", check_dataset)
     with pytest.raises(type(error)):
         wqkernels.inspect(keras3)
+
+
+def test_what_counts_as_the_file_error(tmp_path):
+    """A KeyError raised by h5py (a missing or unreadable object) or by zipfile (a missing
+    member) is the file's; one raised by our own code is not; other errors always are."""
+    import io
+    import zipfile
+
+    from wqkernels.files.errors import of_the_file
+
+    def raised(call):
+        try:
+            call()
+        except Exception as exc:
+            return exc
+        raise AssertionError("nothing raised")
+
+    with h5py.File(tmp_path / "empty.h5", "w") as f:
+        assert of_the_file(raised(lambda: h5py.h5o.open(f.id, b"missing")))
+    archive = io.BytesIO()
+    zipfile.ZipFile(archive, "w").close()
+    assert of_the_file(raised(lambda: zipfile.ZipFile(archive).open("missing")))
+    assert not of_the_file(raised(lambda: {}["shape"]))
+    assert not of_the_file(raised(lambda: len(None)))
+    assert of_the_file(raised(lambda: int("x")))
