@@ -70,6 +70,7 @@ def test_synthetic_samples_reproduce_every_batch_norm_s_moments(bn_cnn):
     (x,), facts = synthesize(model, Synthetic(count=128, steps=300))
     assert x.shape == (128, 8, 8, 1) and x.dtype == np.float32 and np.isfinite(x).all()
     assert facts["layers"] == ["bn1", "bn2", "bn3"] and facts["loss"] < facts["first_loss"], facts
+    assert (facts["classes"], facts["scores"]) == (4, "logits"), facts
     noise = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
     for (name, shift, ratio), (_, noise_shift, noise_ratio) in zip(_moments(model, x), _moments(model, noise)):
         # within a tenth of a standard deviation, where noise of the same size is off by far more
@@ -135,3 +136,38 @@ def test_a_data_free_rewrite_pruning_far_points_to_synthetic_calibration(bn_cnn,
     _, base, _, _ = bn_cnn
     report = wqkernels.rewrite(base / "m.keras", tmp_path / "o.keras", Recipe(sparsity=sparsity))
     assert any("--calibration synthetic" in n for n in report.notes) == hinted
+
+
+def _nested_softmax_cnn(seed=0):
+    """The digits-like CNN's convolutions as a nested Functional model (as a pretrained backbone
+    is), under a Dense layer with a softmax: BatchNormalization only inside the nested model."""
+    L = keras.layers
+    keras.utils.set_random_seed(seed)
+    images = keras.Input((8, 8, 1))
+    h = L.Conv2D(8, 3, padding="same", use_bias=False, name="conv1")(images)
+    h = L.ReLU()(L.BatchNormalization(momentum=0.9, name="bn1")(h))
+    h = L.Conv2D(16, 3, padding="same", use_bias=False, name="conv2")(L.MaxPooling2D(2)(h))
+    h = L.ReLU()(L.BatchNormalization(momentum=0.9, name="bn2")(h))
+    backbone = keras.Model(images, h, name="backbone")
+    model = keras.Sequential([keras.Input((8, 8, 1)), backbone, L.Flatten(), L.Dense(4, activation="softmax")])
+    _, x, y = _bn_cnn(seed)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y.astype(np.int32), epochs=8, batch_size=32, verbose=0)
+    return model, backbone, x
+
+
+def test_batch_norms_inside_a_nested_model_count_and_softmax_outputs_are_probabilities():
+    from wqkernels.keras.synthetic import Synthetic, synthesize
+
+    model, backbone, _ = _nested_softmax_cnn()
+    before = [np.array(v.numpy()) for v in model.weights]
+    (x,), facts = synthesize(model, Synthetic(count=128, steps=300, labels=1.0))
+    assert sorted(facts["layers"]) == ["bn1", "bn2"] and facts["loss"] < facts["first_loss"], facts
+    assert (facts["classes"], facts["scores"]) == (4, "probabilities"), facts
+    for name, shift, ratio in _moments(backbone, x):
+        assert np.abs(shift).max() < 0.1 and np.abs(ratio - 1).max() < 0.1, (name, shift, ratio)
+    # the class loss, taking the softmax's outputs as the probabilities they are, gives sample i class i mod 4
+    classes = np.asarray(model.predict(x, verbose=0)).argmax(-1)
+    assert np.mean(classes == np.arange(len(x)) % 4) > 0.9, np.bincount(classes, minlength=4)
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.weights))
+    assert all(layer.trainable for layer in [model, backbone] + backbone.layers)

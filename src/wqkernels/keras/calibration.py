@@ -53,6 +53,7 @@ from ..files.plan import plan
 from ..files.report import Report
 from ..files.source import Source
 from ..files.transform import Grid, prepare
+from .calls import intercepted, sublayers
 from .synthetic import Synthetic, synthesize
 
 __all__ = ["Calibration", "calibrate", "rewrite_calibrated", "load_samples"]
@@ -207,7 +208,9 @@ def calibrate(src, samples, recipe: Recipe, *, batch_size: int = 128, damping: f
     if arrays is None:
         inputs, facts = synthesize(model, samples, where=src, progress=progress)
         loading_notes.append(f"synthesized {samples.count} samples from the statistics of "
-                             f"{len(facts['layers'])} BatchNormalization layers in {facts['seconds']:.1f} s")
+                             f"{len(facts['layers'])} BatchNormalization layers in {facts['seconds']:.1f} s"
+                             + (f", spread over the model's {facts['classes']} classes (its outputs taken as "
+                                f"{facts['scores']})" if facts["classes"] else ""))
     else:
         inputs = _fitted(arrays, model, _where(samples))
     run = _Calibrator(model, recipe, work, index, native, batch_size=batch_size, damping=float(damping),
@@ -730,11 +733,6 @@ def _graph(op):
     return None
 
 
-def _sublayers(op) -> list:
-    flatten = getattr(op, "_flatten_layers", None)
-    return list(flatten(include_self=False, recursive=True)) if flatten is not None else []
-
-
 def _numpy(value):
     return keras.tree.map_structure(lambda a: _values(a) if keras.ops.is_tensor(a) else a, value)
 
@@ -799,7 +797,7 @@ class _Calibrator:
         self.stats = Counter()
         self.handlers = {}
         handled = set()
-        for layer in [model] + _sublayers(model):
+        for layer in [model] + sublayers(model):
             h = _handler(layer)
             if h is None:
                 continue
@@ -841,7 +839,7 @@ class _Calibrator:
                                  f"({first_line(failure.error)})") from None
 
     def _work(self, op) -> list:
-        return [layer for layer in [op] + _sublayers(op) if id(layer) in self.handlers and id(layer) not in self.done]
+        return [layer for layer in [op] + sublayers(op) if id(layer) in self.handlers and id(layer) not in self.done]
 
     def graph(self, graph, inputs: list) -> list:
         """Run a Functional graph node by node on all samples; each node's outputs (a pair of
@@ -945,7 +943,7 @@ class _Calibrator:
         """Layers that `op` calls itself: in the order of their first call, each compressed from
         its calls collected over all samples (in the float stream with op's float values)."""
         order = []
-        with _intercepted(work, lambda layer, a, k: order.append(layer) if layer not in order else None):
+        with intercepted(work, lambda layer, a, k: order.append(layer) if layer not in order else None):
             _apply(op, *calls.fill(calls.slices()[0], 0))
         for layer in order:
             if id(layer) in self.done:
@@ -960,7 +958,7 @@ class _Calibrator:
 
     def _capture(self, op, calls: _Calls, layer, stream: int) -> list:
         captured = []
-        with _intercepted([layer], lambda _, a, k: captured.append(_numpy((a, k)))):
+        with intercepted([layer], lambda _, a, k: captured.append(_numpy((a, k)))):
             for args, kwargs in calls.stream(stream):
                 _apply(op, args, kwargs)
         return captured
@@ -1091,30 +1089,6 @@ def _swapped(pairs: list):
     finally:
         for v, value in current:
             v.assign(value)
-
-
-@contextlib.contextmanager
-def _intercepted(layers: list, record):
-    """Calls of `layers` reported to ``record(layer, args, kwargs)`` before they run."""
-    saved = []
-    for layer in layers:
-        own = layer.__dict__.get("call")
-        original = layer.call
-
-        def call(*args, _layer=layer, _original=original, **kwargs):
-            record(_layer, args, kwargs)
-            return _original(*args, **kwargs)
-
-        saved.append((layer, own))
-        layer.call = call
-    try:
-        yield
-    finally:
-        for layer, own in saved:
-            if own is None:
-                del layer.call
-            else:
-                layer.call = own
 
 
 class _Value:

@@ -27,6 +27,7 @@ from keras import ops
 
 from ..files import KerasFileError
 from ..progress import progress_bar
+from .calls import intercepted, sublayers
 
 __all__ = ["Synthetic", "synthesize", "batch_normalizations"]
 
@@ -47,8 +48,9 @@ class Synthetic:
         neighbours along each spatial axis (inputs of 3 or more dimensions).
     labels : float
         Weight of a cross-entropy that gives sample i the class i mod k, when the model has one
-        output of shape (batch, k > 1), taken as class logits; it spreads the samples over the
-        classes as real data is.
+        output of shape (batch, k > 1): class probabilities where the outputs of the initial
+        samples are non-negative and sum to 1 (a softmax), logits otherwise; it spreads the
+        samples over the classes as real data is.
     seed : int
         Seed of the initial Gaussian noise.
     """
@@ -73,8 +75,8 @@ class Synthetic:
 
 
 def batch_normalizations(model) -> list:
-    """The BatchNormalization layers among the layers of `model` (not inside nested models)."""
-    return [layer for layer in getattr(model, "layers", []) if isinstance(layer, keras.layers.BatchNormalization)]
+    """The BatchNormalization layers of `model`, those of nested models and wrappers included."""
+    return [layer for layer in sublayers(model) if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 class _Moments(keras.layers.Layer):
@@ -98,12 +100,13 @@ class _Moments(keras.layers.Layer):
 
 class _Inversion(keras.Model):
     """A model whose one trainable weight is the batch of inputs; its loss is the moments'
-    mismatch at every BatchNormalization plus the priors."""
+    mismatch at every call of a BatchNormalization, seen as the float model runs, plus the priors."""
 
-    def __init__(self, features, layers, shapes, settings: Synthetic, classes: int = 0):
+    def __init__(self, model, bns, shapes, settings: Synthetic):
         super().__init__()
-        self.features, self.moments, self.settings = features, layers, settings
-        self.targets = None if not classes else np.arange(settings.count) % classes
+        self.float_model, self.settings, self.bns = model, settings, list(bns)
+        self.moments = [_Moments(bn) for bn in self.bns]
+        self.targets, self.probabilities = None, False  # a classifier's, set by `classify`
         self.inputs_ = [self.add_weight(shape=(settings.count,) + tuple(shape), name=f"input_{i}",
                                         initializer=keras.initializers.RandomNormal(0.0, 1.0, seed=settings.seed + i))
                         for i, shape in enumerate(shapes)]
@@ -112,15 +115,21 @@ class _Inversion(keras.Model):
         """Nothing to build: the inputs are made in the constructor, the float model is built."""
 
     def call(self, x, training=False):
+        """The moments' mismatch, averaged over the calls of the BatchNormalizations, and the
+        model's output."""
         values = [ops.convert_to_tensor(v) for v in self.inputs_]
-        return self.features(values[0] if len(values) == 1 else values, training=False)
+        moments = {id(bn): m for bn, m in zip(self.bns, self.moments)}
+        mismatches = []
+        with intercepted(self.bns, lambda bn, args, kwargs: mismatches.append(moments[id(bn)](
+                args[0] if args else kwargs["inputs"]))):
+            y = self.float_model(values[0] if len(values) == 1 else values, training=False)
+        return sum(mismatches) / max(1, len(mismatches)), y
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        outputs = list(y_pred) if isinstance(y_pred, (list, tuple)) else [y_pred]
-        loss = sum(m(t) for m, t in zip(self.moments, outputs)) / len(self.moments)
+        loss, output = y_pred
         if self.targets is not None:  # each sample a class of its own (the output's last axis)
             loss = loss + self.settings.labels * ops.mean(keras.losses.sparse_categorical_crossentropy(
-                self.targets, outputs[-1], from_logits=True))
+                self.targets, output, from_logits=not self.probabilities))
         for v in self.inputs_:
             v = ops.convert_to_tensor(v)
             loss = loss + self.settings.l2 * ops.mean(ops.square(v))
@@ -131,6 +140,18 @@ class _Inversion(keras.Model):
                     loss = loss + self.settings.total_variation * ops.mean(ops.square(diff))
         return loss
 
+    def classify(self) -> None:
+        """Give sample i the class i mod k when the model's one output has the shape (batch, k > 1)
+        on the initial samples: scores that are non-negative and sum to 1 over each sample are a
+        softmax's probabilities, others are taken as logits."""
+        _, output = self(None)
+        if isinstance(output, (list, tuple, dict)):
+            return
+        y = np.asarray(keras.ops.convert_to_numpy(output), np.float64)
+        if y.ndim == 2 and y.shape[1] > 1:
+            self.targets = np.arange(self.settings.count) % y.shape[1]
+            self.probabilities = bool((y >= 0).all() and np.allclose(y.sum(axis=1), 1.0, atol=1e-3))
+
 
 def synthesize(model, settings: Synthetic = Synthetic(), *, where: str = "the model",
                progress: bool = False) -> tuple[list, dict]:
@@ -139,7 +160,8 @@ def synthesize(model, settings: Synthetic = Synthetic(), *, where: str = "the mo
     Parameters
     ----------
     model : keras.Model
-        A Functional or Sequential model with BatchNormalization layers; it is not changed.
+        A model with BatchNormalization layers (nested models' count) and inputs of known
+        shapes; it is not changed.
     settings : Synthetic
         How many samples and how they are fitted.
     where : str
@@ -151,7 +173,9 @@ def synthesize(model, settings: Synthetic = Synthetic(), *, where: str = "the mo
     -------
     (list of ndarray, dict)
         One float32 array of ``settings.count`` samples per model input, and facts: the layers
-        matched, the loss before and after, the seconds taken.
+        matched, the loss before and after, the classes the samples are spread over (0 when
+        none) and whether the model's scores were taken as probabilities or logits, the seconds
+        taken.
 
     Raises
     ------
@@ -162,30 +186,23 @@ def synthesize(model, settings: Synthetic = Synthetic(), *, where: str = "the mo
     if not bns:
         raise KerasFileError(f"{where}: no BatchNormalization layer, whose statistics synthetic samples are "
                              "made from; give sample inputs instead")
-    try:
-        inputs = list(model.inputs)
-        outputs = [bn.input for bn in bns]
-        classes = 0
-        if settings.labels and len(model.outputs) == 1 and len(model.outputs[0].shape) == 2 \
-                and (model.outputs[0].shape[-1] or 0) > 1:
-            classes = int(model.outputs[0].shape[-1])
-            outputs.append(model.outputs[0])
-        features = keras.Model(inputs, outputs)
-    except (AttributeError, ValueError) as exc:
-        raise KerasFileError(f"{where}: synthetic samples need a Functional or Sequential model whose "
-                             f"BatchNormalization layers it calls once ({exc})") from None
     shapes = []
-    for t in inputs:
+    for t in getattr(model, "inputs", None) or []:
         shape = tuple(t.shape[1:])
         if any(s is None for s in shape) or not str(t.dtype).startswith(("float", "bfloat")):
             raise KerasFileError(f"{where}: input {t.name!r} of shape {tuple(t.shape)} and dtype {t.dtype}: "
                                  "synthetic samples need float inputs of known shape")
         shapes.append(shape)
+    if not shapes:
+        raise KerasFileError(f"{where}: synthetic samples need a model whose inputs have known shapes "
+                             "(a Functional or Sequential model)")
     start = time.perf_counter()
-    inversion = _Inversion(features, [_Moments(bn) for bn in bns], shapes, settings, classes)
+    inversion = _Inversion(model, bns, shapes, settings)
+    if settings.labels:
+        inversion.classify()
     before = _loss(inversion)
-    flags = [(layer, layer.trainable) for layer in [features] + list(features.layers)]
-    features.trainable = False  # the model's weights stay, and BatchNormalization runs in inference mode
+    flags = [(layer, layer.trainable) for layer in [model] + sublayers(model)]
+    model.trainable = False  # the model's weights stay, and BatchNormalization runs in inference mode
     # the steps run in executions of `chunk` (one compiled loop each), the bar advanced after each
     chunk = max(1, settings.steps // 50) if progress else settings.steps
     bar = progress_bar(None, settings.steps, enabled=progress, label="synthesizing samples", unit="step")
@@ -200,6 +217,8 @@ def synthesize(model, settings: Synthetic = Synthetic(), *, where: str = "the mo
             layer.trainable = flag
     values = [np.asarray(keras.ops.convert_to_numpy(v), np.float32) for v in inversion.inputs_]
     facts = {"layers": [bn.name for bn in bns], "first_loss": before, "loss": _loss(inversion),
+             "classes": 0 if inversion.targets is None else int(inversion.targets.max()) + 1,
+             "scores": "probabilities" if inversion.probabilities else "logits",
              "seconds": time.perf_counter() - start}
     return values, facts
 
