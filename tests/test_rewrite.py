@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 
 import h5py
 import numpy as np
@@ -211,3 +212,31 @@ def test_placeholders_replaced_in_copies_restore_as_created_anew(layers, track_o
     assert wqkernels.restore(packed, created).to_dict()["weights"] == report.to_dict()["weights"]
     assert _datasets(replaced) == _datasets(created)
     assert _order(replaced) == _order(created) == _order(src)
+
+
+def test_an_optimizer_state_kept_is_told_when_it_weighs(keras20, keras3_zip, tmp_path):
+    """A model saved after training may hold more optimizer state than weights, which a rewrite
+    copies unless told to drop it: the note says how much and how to drop it."""
+    src, values = keras20
+    notes = wqkernels.rewrite(src, tmp_path / "a.h5", Recipe(bits=8)).notes  # a little state (2 %)
+    assert not any("optimizer state kept" in n for n in notes), notes
+    trained = tmp_path / "trained.h5"
+    shutil.copyfile(src, trained)
+    with h5py.File(trained, "r+") as f:  # Adam's two moments of every weight
+        for name, arrays in values.items():
+            for i, a in enumerate(arrays):
+                for moment in ("m", "v"):
+                    f.create_dataset(f"optimizer_weights/{moment}/{name}_{i}:0", data=np.zeros_like(a))
+        sizes = {}
+        f.visititems(lambda name, o: sizes.__setitem__(name, o.id.get_storage_size())
+                     if isinstance(o, h5py.Dataset) else None)
+    state = sum(n for name, n in sizes.items() if name.startswith("optimizer_weights/"))
+    share = state / sum(sizes.values())
+    notes = wqkernels.rewrite(trained, tmp_path / "b.h5", Recipe(bits=8)).notes
+    kept = [n for n in notes if n.startswith("optimizer state kept as it is")]
+    assert share > 0.5 and kept == [f"optimizer state kept as it is: {state / 1e3:.1f} kB, {share:.0%} of the "
+                                    "file's data; --strip-optimizer drops it when the model is only to run"], notes
+    notes = wqkernels.rewrite(trained, tmp_path / "c.h5", Recipe(bits=8, strip_optimizer=True)).notes
+    assert not any("optimizer state kept" in n for n in notes) and "optimizer state removed" in notes
+    notes = wqkernels.rewrite(keras3_zip, tmp_path / "d.keras", Recipe(bits=8)).notes  # 8 bytes of state
+    assert not any("optimizer state kept" in n for n in notes), notes

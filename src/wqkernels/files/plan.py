@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..allocation import default_min_size, prune_counts
+from .._text import megabytes
 from .buffers import Buffers
 from .errors import KerasFileError
 from .recipe import Recipe
@@ -56,6 +57,8 @@ def plan(source: Source, recipe: Recipe, buffers: Buffers, advance=None) -> Plan
         notes.append("optimizer state removed" + (
             " and the compile config with it (Keras would compile the model and expect the optimizer's "
             "variables): the model loads uncompiled" if strips_compile_config(source, recipe) else ""))
+    elif selected:
+        notes.extend(_kept_optimizer(source))
     if not selected and source.packed is None:  # (a packed source is restored at least)
         notes.append(NOTHING_REWRITTEN + _why_nothing(source, recipe))
     if source.role_source != "config":
@@ -79,12 +82,34 @@ def _why_nothing(source: Source, recipe: Recipe) -> str:
     return f"every prunable weight is under --min-size {recipe.min_size}"
 
 
+#: the group of the optimizer's state, by layout
+OPTIMIZER = {"keras3": "optimizer", "legacy": "optimizer_weights"}
+
+#: the share of a file's stored bytes from which a rewrite that keeps the optimizer's state says so
+OPTIMIZER_SHARE = 0.1
+
+
 def skipped(source: Source, recipe: Recipe) -> frozenset:
     """The paths a rewrite leaves out with everything below them (a stripped optimizer)."""
-    optimizer = {"keras3": "optimizer", "legacy": "optimizer_weights"}.get(source.layout)
+    optimizer = OPTIMIZER.get(source.layout)
     if recipe.strip_optimizer and optimizer is not None and optimizer in source.root:
         return frozenset({optimizer})
     return frozenset()
+
+
+def _kept_optimizer(source: Source) -> list:
+    """A note when the optimizer's state, which the rewrite copies as it is, is a large part of
+    the file: a model saved after training often holds two moments per weight, twice the weights."""
+    optimizer = OPTIMIZER.get(source.layout)
+    if optimizer is None:
+        return []
+    stored = {path: info.stored for path, info in source.members.items() if info is not None}
+    state = sum(n for path, n in stored.items() if path.startswith(optimizer + "/"))
+    total = sum(stored.values())
+    if not total or state < OPTIMIZER_SHARE * total:
+        return []
+    return [f"optimizer state kept as it is: {megabytes(state)}, {state / total:.0%} of the file's data; "
+            "--strip-optimizer drops it when the model is only to run"]
 
 
 def strips_compile_config(source: Source, recipe: Recipe) -> bool:
