@@ -814,7 +814,8 @@ class _Calibrator:
                     self.data_free[id(variable)] = (variable, e)
 
     def result(self, count: int) -> Calibration:
-        done = ", ".join(f"{n} {what}" for what, n in sorted(self.stats.items()))
+        done = ", ".join(f"{n} {noun if n == 1 else noun + ('es' if noun.endswith('s') else 's')} {what}"
+                         for (noun, what), n in sorted(self.stats.items()))
         return Calibration(self.weights, self.grids, [f"calibrated on {count} samples: {done or 'nothing'}"], count)
 
     # -- the walk --
@@ -904,7 +905,7 @@ class _Calibrator:
         pruned, quantization, out = prepare(x, e, self.recipe, self.counts, Buffers())
         values = pruned if quantization is None else quantization.values(pruned, out)
         self._change(variable, np.array(values).reshape(variable.shape))
-        self.stats["kernels left to the data-free rewrite"] += 1
+        self.stats["kernel", "left to the data-free rewrite"] += 1
 
     def _change(self, variable, value) -> None:
         """Assign a variable, keeping its float values for the float stream."""
@@ -992,7 +993,7 @@ class _Calibrator:
                 values = self.kernel(k, before, hessian)
                 self._change(k.variable, values)
                 self.weights[k.entry.path] = _Value(k.variable)
-                self.stats[f"{type(layer).__name__} kernels calibrated"] += 1
+                self.stats[f"{type(layer).__name__} kernel", "calibrated"] += 1
             deltas.append(mean_output_error(hessian, before, values, k.view))
         if self.bias_correction:
             self.correct(h, deltas, after)
@@ -1057,7 +1058,7 @@ class _Calibrator:
                 continue  # not found in the file: left as it is, as the file will have it
             self._change(variable, value)
             self.weights[e.path] = _Value(variable)
-            self.stats["biases corrected"] += 1
+            self.stats["bias", "corrected"] += 1
 
 
 class _Failure(Exception):
