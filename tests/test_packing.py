@@ -86,3 +86,28 @@ def test_bad_arguments():
 def test_empty():
     assert wqkernels.pack_bits(np.array([], np.int8), 5).size == 0
     assert wqkernels.unpack_bits(np.array([], np.uint8), 5, 0).size == 0
+
+
+@given(st.binary(min_size=2, max_size=9), st.lists(st.integers(0, 3), max_size=1500), st.integers(0, 1600))
+def test_find_bytes_is_bytes_find(pattern, picks, start):
+    """Data drawn from the pattern's own bytes and one other: starts that match at both ends
+    but not whole are common, and runs of the scan hold several."""
+    from wqkernels.packing import find_bytes
+    alphabet = [pattern[0], pattern[-1], pattern[len(pattern) // 2], (pattern[0] + 1) % 256]
+    data = bytes(alphabet[k] for k in picks)
+    assert find_bytes(data, pattern, start) == data.find(pattern, start)
+
+
+def test_find_bytes_at_every_offset_near_the_scan_runs():
+    """A signature at each offset around the first runs of the scan, in data where its first and
+    last bytes both match at many other starts, is found where bytes.find finds it."""
+    from wqkernels.packing import find_bytes
+    sig = b"GCOL\x01\x00\x00\x00"
+    rng = np.random.default_rng(5)
+    noise = bytes(rng.choice(np.frombuffer(b"G\x00C", np.uint8), 1100))
+    assert find_bytes(noise, sig) == -1
+    for at in range(0, 1090):
+        data = noise[:at] + sig + noise[at + len(sig):]
+        want = data.find(sig)
+        assert find_bytes(data, sig) == want
+        assert find_bytes(data, sig, want + 1) == data.find(sig, want + 1)

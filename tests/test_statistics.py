@@ -61,6 +61,23 @@ def test_compare_counts_zeros_across_chunks_and_threads():
     assert results[0][1:] == (ref.sparsity(x), ref.sparsity(x_hat))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_compare_counts_runs_of_zeros_and_finds_a_late_nan(dtype):
+    """Zeros are counted in integers of the values' own width, run by run: a chunk of nothing
+    but zeros (float16: more than a 16-bit counter holds) counts whole, and a NaN anywhere in a
+    chunk is found."""
+    x = np.zeros(200_000, dtype)
+    x_hat = x.copy()
+    x_hat[70_000:70_003] = 1
+    stats, before, after = compare(x, x_hat)
+    assert (before, after) == (1.0, (x.size - 3) / x.size) and stats.max_abs == 1.0
+    for at in (4095, 4096, 65_535, 199_999):
+        bad = x_hat.copy()
+        bad[at] = np.nan
+        with pytest.raises(ValueError, match="x_hat has 1 NaN"):
+            compare(x, bad)
+
+
 def test_error_conventions():
     x = np.array([1.0, -2.0, 3.0, 0.5], dtype=np.float32)
     assert wqkernels.error(x, x) == (0.0, 0.0, math.inf)

@@ -94,11 +94,11 @@ def find_bytes(data, pattern: bytes, start: int = 0) -> int:
     ``bytes.find``'s answer.
 
     Fast for short patterns in varied data, such as the 8-byte heap signature the file layer
-    scans files for (about 9 GB/s in cache, ``bytes.find`` 2.5): the starts whose first and last
-    bytes both match are found 64 at a time and only those are compared whole.  Where most
-    starts match at both ends the time grows as ``len(data) * len(pattern)``, while
-    ``bytes.find`` stays linear: searching 1 MiB of ``b"a"`` for ``b"a" * 4000 + b"ba"`` takes
-    45 ms, ``bytes.find`` 1.7 ms.
+    scans files for (about 39 GB/s in cache on an AMD EPYC with AVX-512, ``bytes.find`` 2.7):
+    the starts whose first and last bytes both match are looked for 512 at a time, with one
+    branch for all 512, and only those are compared whole.  Where most starts match at both ends
+    the time grows as ``len(data) * len(pattern)``, while ``bytes.find`` stays linear: searching
+    1 MiB of ``b"a"`` for ``b"a" * 4000 + b"ba"`` takes about 55 ms there, ``bytes.find`` 1.7 ms.
 
     Parameters
     ----------

@@ -538,6 +538,7 @@ template <typename K> WQK_CLONES static K wqk_shrink(const K *x, K *y, ptrdiff_t
  * zeros[0] += zeros (+0 or -0) of x, zeros[1] += zeros of x_hat; returns the largest key of
  * either input.  The sums may be reassociated (WQK_SUMS) so that they vectorise: the order is
  * still fixed by the chunking, so results do not depend on threads. */
+enum { WQK_ERROR_RUN = 4096 }; /* elements whose zeros a key-sized counter takes (float16's too) */
 template <typename K>
 WQK_CLONES WQK_SUMS static K wqk_error(const K *x, const K *x_hat, ptrdiff_t n, double *out, int64_t *zeros) {
     typedef wqk_format<K> Format;
@@ -545,18 +546,19 @@ WQK_CLONES WQK_SUMS static K wqk_error(const K *x, const K *x_hat, ptrdiff_t n, 
     double sx = 0, se = 0, mx = 0;
     int64_t za = 0, zb = 0;
     K top = 0;
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += WQK_BLOCK) {
-        ptrdiff_t len = n - i0 < WQK_BLOCK ? n - i0 : WQK_BLOCK;
-        K ca = 0, cb = 0;
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += WQK_ERROR_RUN) {
+        ptrdiff_t len = n - i0 < WQK_ERROR_RUN ? n - i0 : WQK_ERROR_RUN;
+        K ca = 0, cb = 0, t = 0; /* per run: its lanes are added up once a run, not every WQK_BLOCK */
         for (ptrdiff_t j = 0; j < len; j++) {
             K ka = x[i0 + j] & abs, kb = x_hat[i0 + j] & abs;
             ca += (K)(ka == 0);
             cb += (K)(kb == 0);
-            top = ka > top ? ka : top;
-            top = kb > top ? kb : top;
+            t = ka > t ? ka : t;
+            t = kb > t ? kb : t;
         }
         za += ca;
         zb += cb;
+        top = t > top ? t : top;
     }
     zeros[0] += za;
     zeros[1] += zb;

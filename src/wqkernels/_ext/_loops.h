@@ -877,17 +877,25 @@ WQK_CLONES WQK_NO_TRAPS static void wqk_preserve_sums(const float *x, Code *q, p
 
 /* ---- bytes ----------------------------------------------------------------------------------
  * The first offset of the n-byte pattern (n >= 2) in size bytes of data, or -1: the starts
- * where its first and last bytes both match are found 64 at a time (a loop GCC vectorises),
- * then compared whole.  For short signatures in varied data (a file's bytes): where most
- * starts match at both ends, each is compared whole, O(size * n) (bytes.find stays linear). */
+ * where its first and last bytes both match are found WQK_FIND_RUN at a time (a loop GCC
+ * vectorises, which also ORs them together: in varied data such as a file's bytes almost every
+ * run has none, and costs no branch but that one), then compared whole.  For short signatures in
+ * varied data: where most starts match at both ends, each is compared whole, O(size * n)
+ * (bytes.find stays linear). */
+#define WQK_FIND_RUN 512
 WQK_CLONES static ptrdiff_t wqk_find_bytes(const uint8_t *data, ptrdiff_t size, const uint8_t *pat, ptrdiff_t n) {
     const uint8_t first = pat[0], last = pat[n - 1];
     const ptrdiff_t starts = size - n + 1; /* start offsets that leave room for the pattern */
     ptrdiff_t i = 0;
-    for (; i + 64 <= starts; i += 64) {
-        uint8_t hit[64];
-        for (int j = 0; j < 64; j++) hit[j] = (uint8_t)((data[i + j] == first) & (data[i + j + n - 1] == last));
-        for (int j0 = 0; j0 < 64; j0 += 8) {
+    for (; i + WQK_FIND_RUN <= starts; i += WQK_FIND_RUN) {
+        uint8_t hit[WQK_FIND_RUN], any = 0;
+        for (int j = 0; j < WQK_FIND_RUN; j++) {
+            hit[j] = (uint8_t)((data[i + j] == first) & (data[i + j + n - 1] == last));
+            any |= hit[j];
+        }
+        if (!any)
+            continue;
+        for (int j0 = 0; j0 < WQK_FIND_RUN; j0 += 8) {
             uint64_t h; /* 8 starts' hits, a byte each: lowest first */
             memcpy(&h, hit + j0, 8);
             while (h) {
