@@ -256,7 +256,12 @@ cdef Status sample_window(const Segment[key_t]* segs, Py_ssize_t nseg, int64_t t
             while segs[s_read].base + segs[s_read].n <= g:
                 s_read += 1
             s_key = s_read
-            for i in range(SAMPLE_RUN):  # the run may cross into the next segments
+            if g + SAMPLE_RUN <= segs[s_read].base + segs[s_read].n:  # the run is in one segment
+                for i in range(SAMPLE_RUN):
+                    sample[(j - SAMPLE_AHEAD) * SAMPLE_RUN + i] = \
+                        magnitude(segs[s_read].x[g - segs[s_read].base + i])
+                continue
+            for i in range(SAMPLE_RUN):  # the run crosses into the next segments
                 g = min(ring[(j - SAMPLE_AHEAD) % SAMPLE_AHEAD] + i, total - 1)
                 while segs[s_key].base + segs[s_key].n <= g:
                     s_key += 1
