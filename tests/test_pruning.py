@@ -424,6 +424,27 @@ def test_scan_paths_prune_global(scan_path, monkeypatch):
             assert_bit_equal(got[name], want[name], name)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scan_paths_prune_global_over_pages(threads, scan_path):
+    """Arrays that end inside a huge page of the shared output, at one and two threads."""
+    from wqkernels import _core
+
+    rng = np.random.default_rng(threads)
+    arrays = {f"w{i}": rng.standard_normal(size).astype(np.float32)
+              for i, size in enumerate([300_001, 1_000_003, 5, 700_000, 262_145])}
+    arrays["w1"][::7] = 0.25
+    saved = _core.max_threads()
+    try:
+        _core.set_max_threads(threads)
+        for sparsity in (0.3, 0.7):
+            got = wqkernels.prune_global(arrays, sparsity)
+            want = ref.prune_global(arrays, sparsity)
+            for name in arrays:
+                assert_bit_equal(got[name], want[name], name)
+    finally:
+        _core.set_max_threads(saved)
+
+
 # ---- threads -------------------------------------------------------------------------------
 
 def test_kernels_agree_across_threads(selection):

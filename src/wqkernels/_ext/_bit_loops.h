@@ -127,7 +127,8 @@ enum { WQK_BLOCK = 32 }; /* elements per block of the blocked scans */
  * With a window [lo, hi] of keys known (from a sample) to hold the k-th smallest key:
  * counts[0] += keys below lo, counts[1] += keys in the window, and while counts[1] <= cap the
  * window's keys and global indices are appended to keys/index.  When y is not NULL, also
- * y = (key < guess) ? +0 : x, guess in [lo, hi] being the best guess of the threshold (so that
+ * y = (key < guess) ? +0 : x (y may be written up to `reach` >= n: see wqk_page_end), guess in
+ * [lo, hi] being the best guess of the threshold (so that
  * few of the window's entries need writing again once it is known).  Returns the largest key (not finite: a NaN or an infinity).
  * Magnitudes are below the sign bit, so they compare as signed integers.  Where the compiler
  * has vector types (GCC, clang), blocks of 32 are taken a vector at a time: counts and the
@@ -145,17 +146,23 @@ template <typename T, int Bytes> struct wqk_vector {
 #endif
 
 /* Where the page of y that holds entry i ends (an index, at most n), after writing that page's
- * last entry of the run, y = (key < guess) ? +0 : x, as the scan does.  A fresh output's pages
- * are zeroed by the kernel when first written, and on Linux with transparent huge pages (2 MiB,
- * NumPy asks for them) a page first written at its end is left in the cache in the order a
- * forward pass then reads it: a fresh output cost about 4 ms less per 64 MiB here.  On memory
- * already written the one extra store costs nothing. */
+ * last entry that this pass writes, y = (key < guess) ? +0 : x, as the scan does.  A fresh
+ * output's pages are zeroed by the kernel when first written, and on Linux with transparent huge
+ * pages (2 MiB, NumPy asks for them) a page first written at its end is left in the cache in the
+ * order a forward pass then writes it: a fresh output cost about 4 ms less per 64 MiB here.  On
+ * memory already written the one extra store costs nothing.  The caller may own y up to `reach`
+ * (>= n) and write all of it later in the same thread (the next arrays of a selection over
+ * several): a page ending there is first written with a +0 that is overwritten then. */
 enum { WQK_PAGE = 1 << 21 };
 template <typename K>
-WQK_INLINE ptrdiff_t wqk_page_end(const K *x, K *y, ptrdiff_t i, ptrdiff_t n, K guess) {
+WQK_INLINE ptrdiff_t wqk_page_end(const K *x, K *y, ptrdiff_t i, ptrdiff_t n, ptrdiff_t reach, K guess) {
     const uintptr_t at = (uintptr_t)(y + i);
-    ptrdiff_t end = i + 1 + (ptrdiff_t)((WQK_PAGE - 1 - (at & (WQK_PAGE - 1))) / sizeof(K));
-    end = end < n ? end : n;
+    const ptrdiff_t page = i + 1 + (ptrdiff_t)((WQK_PAGE - 1 - (at & (WQK_PAGE - 1))) / sizeof(K));
+    if (page > n && page <= reach) {
+        y[page - 1] = 0;
+        return n;
+    }
+    const ptrdiff_t end = page < n ? page : n;
     const K b = x[end - 1];
     y[end - 1] = (K)(b & wqk_abs_mask<K>()) < guess ? (K)0 : b;
     return end;
@@ -346,9 +353,9 @@ template <> struct wqk_lanes16<uint64_t> {
 };
 
 template <typename K, bool Write>
-WQK_AVX512 static K wqk_scan_avx512_impl(const K *__restrict x, K *__restrict y, ptrdiff_t n, K lo, K hi,
-                                         K guess, int64_t base, K *keys, int64_t *index, int64_t cap,
-                                         int64_t *counts) {
+WQK_AVX512 static K wqk_scan_avx512_impl(const K *__restrict x, K *__restrict y, ptrdiff_t n, ptrdiff_t reach,
+                                         K lo, K hi, K guess, int64_t base, K *keys, int64_t *index,
+                                         int64_t cap, int64_t *counts) {
     typedef wqk_lanes16<K> L;
     typedef typename L::V V;
     int64_t less = counts[0], inside = counts[1];
@@ -363,7 +370,7 @@ WQK_AVX512 static K wqk_scan_avx512_impl(const K *__restrict x, K *__restrict y,
     while (i0 + 16 <= n) {
         /* one page of y at a time (wqk_page_end), whose last entry is written first; the lanes
          * count below lo in 32 bits, summed after each page */
-        const ptrdiff_t end = Write ? wqk_page_end(x, y, i0 + 15, n, guess) : n;
+        const ptrdiff_t end = Write ? wqk_page_end(x, y, i0 + 15, n, reach, guess) : n;
         __m512i below = _mm512_setzero_si512();
         for (; i0 + 16 <= end; i0 += 16) {
             const V b = L::load(x + i0), k = L::and_(b, abs);
@@ -393,11 +400,11 @@ WQK_AVX512 static K wqk_scan_avx512_impl(const K *__restrict x, K *__restrict y,
 }
 
 template <typename K>
-WQK_AVX512 static K wqk_scan_avx512(const K *x, K *y, ptrdiff_t n, K lo, K hi, K guess, int64_t base,
-                                    K *keys, int64_t *index, int64_t cap, int64_t *counts) {
+WQK_AVX512 static K wqk_scan_avx512(const K *x, K *y, ptrdiff_t n, ptrdiff_t reach, K lo, K hi, K guess,
+                                    int64_t base, K *keys, int64_t *index, int64_t cap, int64_t *counts) {
     if (y)
-        return wqk_scan_avx512_impl<K, true>(x, y, n, lo, hi, guess, base, keys, index, cap, counts);
-    return wqk_scan_avx512_impl<K, false>(x, y, n, lo, hi, guess, base, keys, index, cap, counts);
+        return wqk_scan_avx512_impl<K, true>(x, y, n, reach, lo, hi, guess, base, keys, index, cap, counts);
+    return wqk_scan_avx512_impl<K, false>(x, y, n, reach, lo, hi, guess, base, keys, index, cap, counts);
 }
 
 /* Whether this CPU has the AVX-512 the scan needs (checked once). */
@@ -423,11 +430,11 @@ static bool wqk_use_avx512_scan(bool on) {
 }
 
 template <typename K>
-static K wqk_scan(const K *x, K *y, ptrdiff_t n, K lo, K hi, K guess, int64_t base, K *keys, int64_t *index,
-                  int64_t cap, int64_t *counts) {
+static K wqk_scan(const K *x, K *y, ptrdiff_t n, ptrdiff_t reach, K lo, K hi, K guess, int64_t base, K *keys,
+                  int64_t *index, int64_t cap, int64_t *counts) {
 #ifdef WQK_AVX512_SCAN
     if (wqk_avx512_scan_on)
-        return wqk_scan_avx512<K>(x, y, n, lo, hi, guess, base, keys, index, cap, counts);
+        return wqk_scan_avx512<K>(x, y, n, reach, lo, hi, guess, base, keys, index, cap, counts);
 #endif
     return wqk_scan_portable<K>(x, y, n, lo, hi, guess, base, keys, index, cap, counts);
 }

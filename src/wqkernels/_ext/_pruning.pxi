@@ -21,8 +21,8 @@ cdef extern from "_bit_loops.h" nogil:
     void wqk_prefetch(const void* p)
     enum: WQK_SCAN_SLACK
     bint wqk_use_avx512_scan(bint on)
-    K wqk_scan[K](const K* x, K* y, Py_ssize_t n, K lo, K hi, K guess, int64_t base, K* keys, int64_t* index,
-                  int64_t cap, int64_t* counts)
+    K wqk_scan[K](const K* x, K* y, Py_ssize_t n, Py_ssize_t reach, K lo, K hi, K guess, int64_t base, K* keys,
+                  int64_t* index, int64_t cap, int64_t* counts)
     void wqk_histogram[K](const K* x, Py_ssize_t n, K prefix, int above, int shift, uint32_t mask,
                           int64_t* hist)
     Py_ssize_t wqk_compact[K](const K* x, Py_ssize_t n, K prefix, int above, K* out)
@@ -359,7 +359,8 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
             if overlap(&segs[s], part_start(total, nt, p), part_start(total, nt, p + 1), &start, &length):
                 tops[p] = max(tops[p], wqk_scan(
                     <const key_t*>segs[s].x + start,
-                    <key_t*>segs[s].y + start if scanned_into_y else NULL, length, lo, hi, guess,
+                    <key_t*>segs[s].y + start if scanned_into_y else NULL, length,
+                    part_start(total, nt, p + 1) - (segs[s].base + start), lo, hi, guess,
                     segs[s].base + start, keys + p * room, index + p * room, cap, counts + 2 * p))
     copied_out = True
     for p in range(nt):
