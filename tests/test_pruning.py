@@ -318,6 +318,133 @@ def test_out_overlapping_x_is_refused():
         wqkernels.prune(x[:9], 0.5, out=x[1:])
 
 
+# ---- the scan's paths ----------------------------------------------------------------------
+
+@pytest.fixture(params=["avx512", "portable"])
+def scan_path(request):
+    """Run a test with the AVX-512 scan of the sampled window (where the CPU has it) and with the
+    portable one; both must give the reference's result."""
+    from wqkernels import _core
+
+    available = _core.use_avx512_scan(True)
+    if request.param == "avx512" and not available:
+        pytest.skip("this CPU has no AVX-512")
+    _core.use_avx512_scan(request.param == "avx512")
+    yield request.param
+    _core.use_avx512_scan(True)
+
+
+def _windowed(monkeypatch, sample=1024):
+    monkeypatch.setattr(pruning, "SAMPLE_MIN", 0)
+    monkeypatch.setattr(pruning, "SAMPLE_SIZE", sample)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 31, 33, 1000, 4099, 70_001])
+def test_scan_paths_sizes_ties_and_signed_zeros(dtype, n, scan_path, monkeypatch):
+    _windowed(monkeypatch, 256)
+    rng = np.random.default_rng(n)
+    values = [rng.standard_normal(n), rng.integers(-3, 4, n) / 2, np.full(n, -1.5)]
+    for x in (v.astype(dtype) for v in values):
+        x[rng.random(n) < 0.2] = -0.0
+        for sparsity in (0.0, 0.05, 0.5, 0.7, 0.999, 1.0):
+            y = wqkernels.prune(x, sparsity)
+            assert_bit_equal(y, ref.prune(x, sparsity))
+            bits = pruning.BITS[x.dtype]
+            assert np.count_nonzero(y.view(bits) != x.view(bits)) <= math.floor(sparsity * n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=float_arrays(max_dims=2, max_side=70), sparsity=fractions, sample=st.sampled_from([16, 64, 1000]))
+def test_scan_paths_match_reference(x, sparsity, sample):
+    from wqkernels import _core
+
+    saved = pruning.SAMPLE_MIN, pruning.SAMPLE_SIZE
+    pruning.SAMPLE_MIN, pruning.SAMPLE_SIZE = 0, sample
+    try:
+        expected = ref.prune(x, sparsity)
+        for wide in (True, False):
+            _core.use_avx512_scan(wide)
+            assert_bit_equal(wqkernels.prune(x, sparsity), expected)
+    finally:
+        _core.use_avx512_scan(True)
+        pruning.SAMPLE_MIN, pruning.SAMPLE_SIZE = saved
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_scan_paths_over_pages_and_threads(dtype, threads, scan_path):
+    """Several huge pages of output (written at each page's end first), split between threads,
+    into fresh, existing, unaligned and in-place outputs."""
+    from wqkernels import _core
+
+    n = (5 << 21) // np.dtype(dtype).itemsize + 37
+    x = np.random.default_rng(threads).standard_normal(n).astype(dtype)
+    x[::97] = -0.0
+    x[5::89] = 0.75  # many equal values at the threshold
+    saved = _core.max_threads()
+    try:
+        _core.set_max_threads(threads)
+        for sparsity in (0.0, 0.3, 0.7, 1.0):
+            expected = ref.prune(x, sparsity)
+            assert_bit_equal(wqkernels.prune(x, sparsity), expected)
+            out = np.full_like(x, 7.0)
+            assert_bit_equal(wqkernels.prune(x, sparsity, out=out), expected)
+            raw = np.zeros(x.nbytes + x.itemsize, np.uint8)  # an out aligned to a byte only
+            odd = raw[1:1 + x.nbytes].view(x.dtype)
+            assert not odd.flags.aligned
+            assert_bit_equal(wqkernels.prune(x, sparsity, out=odd), expected)
+            inplace = x.copy()
+            assert_bit_equal(wqkernels.prune(inplace, sparsity, out=inplace), expected)
+    finally:
+        _core.set_max_threads(saved)
+
+
+def test_scan_paths_window_overflow_and_misses(scan_path, monkeypatch):
+    """A sample too small for the data: the window misses t or overflows its room, and the exact
+    fallback gives the same result."""
+    _windowed(monkeypatch, 16)
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.standard_normal(50_000), np.full(30_000, 0.5), rng.standard_normal(20_000) * 1e-3])
+    for a in (x.astype(np.float32), np.sort(x), x[::-1].copy()):
+        for sparsity in (0.2, 0.5, 0.69, 0.9):
+            assert_bit_equal(wqkernels.prune(a, sparsity), ref.prune(a, sparsity))
+
+
+def test_scan_paths_prune_global(scan_path, monkeypatch):
+    _windowed(monkeypatch, 512)
+    rng = np.random.default_rng(6)
+    arrays = {f"w{i}": rng.standard_normal(size).astype(np.float32)
+              for i, size in enumerate([1, 15, 33, 4097, 0, 20_000, 17])}
+    arrays["w3"][::3] = -0.0
+    for sparsity in (0.0, 0.4, 0.8, 1.0):
+        got = wqkernels.prune_global(arrays, sparsity)
+        want = ref.prune_global(arrays, sparsity)
+        for name in arrays:
+            assert_bit_equal(got[name], want[name], name)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scan_paths_prune_global_over_pages(threads, scan_path):
+    """Arrays that end inside a huge page of the shared output, at one and two threads."""
+    from wqkernels import _core
+
+    rng = np.random.default_rng(threads)
+    arrays = {f"w{i}": rng.standard_normal(size).astype(np.float32)
+              for i, size in enumerate([300_001, 1_000_003, 5, 700_000, 262_145])}
+    arrays["w1"][::7] = 0.25
+    saved = _core.max_threads()
+    try:
+        _core.set_max_threads(threads)
+        for sparsity in (0.3, 0.7):
+            got = wqkernels.prune_global(arrays, sparsity)
+            want = ref.prune_global(arrays, sparsity)
+            for name in arrays:
+                assert_bit_equal(got[name], want[name], name)
+    finally:
+        _core.set_max_threads(saved)
+
+
 # ---- threads -------------------------------------------------------------------------------
 
 def test_kernels_agree_across_threads(selection):

@@ -127,7 +127,8 @@ enum { WQK_BLOCK = 32 }; /* elements per block of the blocked scans */
  * With a window [lo, hi] of keys known (from a sample) to hold the k-th smallest key:
  * counts[0] += keys below lo, counts[1] += keys in the window, and while counts[1] <= cap the
  * window's keys and global indices are appended to keys/index.  When y is not NULL, also
- * y = (key < guess) ? +0 : x, guess in [lo, hi] being the best guess of the threshold (so that
+ * y = (key < guess) ? +0 : x (y may be written up to `reach` >= n: see wqk_page_end), guess in
+ * [lo, hi] being the best guess of the threshold (so that
  * few of the window's entries need writing again once it is known).  Returns the largest key (not finite: a NaN or an infinity).
  * Magnitudes are below the sign bit, so they compare as signed integers.  Where the compiler
  * has vector types (GCC, clang), blocks of 32 are taken a vector at a time: counts and the
@@ -143,6 +144,29 @@ template <typename T, int Bytes> struct wqk_vector {
     typedef T type __attribute__((vector_size(Bytes)));
 };
 #endif
+
+/* Where the page of y that holds entry i ends (an index, at most n), after writing that page's
+ * last entry that this pass writes, y = (key < guess) ? +0 : x, as the scan does.  A fresh
+ * output's pages are zeroed by the kernel when first written, and on Linux with transparent huge
+ * pages (2 MiB, NumPy asks for them) a page first written at its end is left in the cache in the
+ * order a forward pass then writes it: a fresh output cost about 4 ms less per 64 MiB here.  On
+ * memory already written the one extra store costs nothing.  The caller may own y up to `reach`
+ * (>= n) and write all of it later in the same thread (the next arrays of a selection over
+ * several): a page ending there is first written with a +0 that is overwritten then. */
+enum { WQK_PAGE = 1 << 21 };
+template <typename K>
+WQK_INLINE ptrdiff_t wqk_page_end(const K *x, K *y, ptrdiff_t i, ptrdiff_t n, ptrdiff_t reach, K guess) {
+    const uintptr_t at = (uintptr_t)(y + i);
+    const ptrdiff_t page = i + 1 + (ptrdiff_t)((WQK_PAGE - 1 - (at & (WQK_PAGE - 1))) / sizeof(K));
+    if (page > n && page <= reach) {
+        y[page - 1] = 0;
+        return n;
+    }
+    const ptrdiff_t end = page < n ? page : n;
+    const K b = x[end - 1];
+    y[end - 1] = (K)(b & wqk_abs_mask<K>()) < guess ? (K)0 : b;
+    return end;
+}
 
 template <typename K>
 WQK_INLINE void wqk_scan_one(const K *x, K *y, ptrdiff_t i, K lo, K hi, K guess, int64_t base, K *keys,
@@ -237,11 +261,182 @@ WQK_INLINE K wqk_scan_impl(const K *__restrict x, K *__restrict y, ptrdiff_t n, 
 }
 
 template <typename K>
-WQK_CLONES static K wqk_scan(const K *x, K *y, ptrdiff_t n, K lo, K hi, K guess, int64_t base, K *keys,
-                             int64_t *index, int64_t cap, int64_t *counts) {
+WQK_CLONES static K wqk_scan_portable(const K *x, K *y, ptrdiff_t n, K lo, K hi, K guess, int64_t base,
+                                      K *keys, int64_t *index, int64_t cap, int64_t *counts) {
     if (y)
         return wqk_scan_impl<K, true>(x, y, n, lo, hi, guess, base, keys, index, cap, counts);
     return wqk_scan_impl<K, false>(x, y, n, lo, hi, guess, base, keys, index, cap, counts);
+}
+
+/* The same pass with AVX-512 (F, BW, VL, DQ), chosen at run time: 16 keys at a time are compared
+ * into mask registers, and the window's keys and positions are appended with a compress and a
+ * full-width store whether or not the step holds any, so that no step branches on the data.  The
+ * stores write up to WQK_SCAN_SLACK entries past the appended ones (and past cap, where the
+ * appending stops): the buffers must have that room.  Only the x86-64 GCC/clang builds have it. */
+enum { WQK_SCAN_SLACK = 16 };
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(WQK_NO_VECTORS)
+#define WQK_AVX512_SCAN 1
+#include <immintrin.h>
+#define WQK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,popcnt")))
+
+/* 16 keys of width K as vectors, and what the scan does with them.  The keys of a float are
+ * below its sign bit, so unsigned and signed compares agree. */
+template <typename K> struct wqk_lanes16;
+
+template <> struct wqk_lanes16<uint16_t> { /* one 256-bit vector; compressed as 32-bit lanes */
+    typedef __m256i V;
+    static WQK_AVX512 WQK_ALWAYS_INLINE V load(const uint16_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE V splat(uint16_t v) { return _mm256_set1_epi16((short)v); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE V and_(V a, V b) { return _mm256_and_si256(a, b); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE V sub(V a, V b) { return _mm256_sub_epi16(a, b); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE V max(V a, V b) { return _mm256_max_epu16(a, b); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE __mmask16 lt(V a, V b) { return _mm256_cmplt_epu16_mask(a, b); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE __mmask16 le(V a, V b) { return _mm256_cmple_epu16_mask(a, b); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE void store_where(uint16_t *p, __mmask16 m, V b) {
+        _mm256_storeu_si256((__m256i *)p, _mm256_maskz_mov_epi16(m, b));
+    }
+    static WQK_AVX512 WQK_ALWAYS_INLINE void append(uint16_t *p, __mmask16 m, V k) {
+        __m512i wide = _mm512_maskz_compress_epi32(m, _mm512_cvtepu16_epi32(k));
+        _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(wide));
+    }
+    static WQK_AVX512 WQK_ALWAYS_INLINE uint16_t top(V a) {
+        return (uint16_t)_mm512_reduce_max_epu32(_mm512_cvtepu16_epi32(a));
+    }
+};
+
+template <> struct wqk_lanes16<uint32_t> { /* one 512-bit vector */
+    typedef __m512i V;
+    static WQK_AVX512 WQK_ALWAYS_INLINE V load(const uint32_t *p) { return _mm512_loadu_si512(p); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE V splat(uint32_t v) { return _mm512_set1_epi32((int)v); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE V and_(V a, V b) { return _mm512_and_si512(a, b); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE V sub(V a, V b) { return _mm512_sub_epi32(a, b); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE V max(V a, V b) { return _mm512_max_epu32(a, b); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE __mmask16 lt(V a, V b) { return _mm512_cmplt_epu32_mask(a, b); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE __mmask16 le(V a, V b) { return _mm512_cmple_epu32_mask(a, b); }
+    static WQK_AVX512 WQK_ALWAYS_INLINE void store_where(uint32_t *p, __mmask16 m, V b) {
+        _mm512_storeu_si512(p, _mm512_maskz_mov_epi32(m, b));
+    }
+    static WQK_AVX512 WQK_ALWAYS_INLINE void append(uint32_t *p, __mmask16 m, V k) {
+        _mm512_storeu_si512(p, _mm512_maskz_compress_epi32(m, k));
+    }
+    static WQK_AVX512 WQK_ALWAYS_INLINE uint32_t top(V a) { return _mm512_reduce_max_epu32(a); }
+};
+
+struct wqk_pair512 { __m512i a, b; }; /* 16 keys of 64 bits: lanes 0-7 in a, 8-15 in b */
+
+template <> struct wqk_lanes16<uint64_t> {
+    typedef wqk_pair512 V;
+    static WQK_AVX512 WQK_ALWAYS_INLINE V load(const uint64_t *p) {
+        return V{_mm512_loadu_si512(p), _mm512_loadu_si512(p + 8)};
+    }
+    static WQK_AVX512 WQK_ALWAYS_INLINE V splat(uint64_t v) {
+        return V{_mm512_set1_epi64((long long)v), _mm512_set1_epi64((long long)v)};
+    }
+    static WQK_AVX512 WQK_ALWAYS_INLINE V and_(V x, V y) { return V{_mm512_and_si512(x.a, y.a), _mm512_and_si512(x.b, y.b)}; }
+    static WQK_AVX512 WQK_ALWAYS_INLINE V sub(V x, V y) { return V{_mm512_sub_epi64(x.a, y.a), _mm512_sub_epi64(x.b, y.b)}; }
+    static WQK_AVX512 WQK_ALWAYS_INLINE V max(V x, V y) { return V{_mm512_max_epu64(x.a, y.a), _mm512_max_epu64(x.b, y.b)}; }
+    static WQK_AVX512 WQK_ALWAYS_INLINE __mmask16 lt(V x, V y) {
+        return (__mmask16)(_mm512_cmplt_epu64_mask(x.a, y.a) | (_mm512_cmplt_epu64_mask(x.b, y.b) << 8));
+    }
+    static WQK_AVX512 WQK_ALWAYS_INLINE __mmask16 le(V x, V y) {
+        return (__mmask16)(_mm512_cmple_epu64_mask(x.a, y.a) | (_mm512_cmple_epu64_mask(x.b, y.b) << 8));
+    }
+    static WQK_AVX512 WQK_ALWAYS_INLINE void store_where(uint64_t *p, __mmask16 m, V x) {
+        _mm512_storeu_si512(p, _mm512_maskz_mov_epi64((__mmask8)m, x.a));
+        _mm512_storeu_si512(p + 8, _mm512_maskz_mov_epi64((__mmask8)(m >> 8), x.b));
+    }
+    static WQK_AVX512 WQK_ALWAYS_INLINE void append(uint64_t *p, __mmask16 m, V k) {
+        _mm512_storeu_si512(p, _mm512_maskz_compress_epi64((__mmask8)m, k.a));
+        _mm512_storeu_si512(p + _mm_popcnt_u32(m & 0xffu), _mm512_maskz_compress_epi64((__mmask8)(m >> 8), k.b));
+    }
+    static WQK_AVX512 WQK_ALWAYS_INLINE uint64_t top(V x) { return _mm512_reduce_max_epu64(_mm512_max_epu64(x.a, x.b)); }
+};
+
+template <typename K, bool Write>
+WQK_AVX512 static K wqk_scan_avx512_impl(const K *__restrict x, K *__restrict y, ptrdiff_t n, ptrdiff_t reach,
+                                         K lo, K hi, K guess, int64_t base, K *keys, int64_t *index,
+                                         int64_t cap, int64_t *counts) {
+    typedef wqk_lanes16<K> L;
+    typedef typename L::V V;
+    int64_t less = counts[0], inside = counts[1];
+    const V abs = L::splat(wqk_abs_mask<K>()), vlo = L::splat(lo), span = L::splat((K)(hi - lo)),
+            vguess = L::splat(guess);
+    const __m512i one = _mm512_set1_epi32(1), sixteen = _mm512_set1_epi64(16);
+    V vtop = L::splat(0);
+    ptrdiff_t i0 = 0;
+    /* positions of the step's lanes 0-7 and 8-15 */
+    __m512i at0 = _mm512_add_epi64(_mm512_set1_epi64(base), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+    __m512i at1 = _mm512_add_epi64(at0, _mm512_set1_epi64(8));
+    while (i0 + 16 <= n) {
+        /* one page of y at a time (wqk_page_end), whose last entry is written first; the lanes
+         * count below lo in 32 bits, summed after each page */
+        const ptrdiff_t end = Write ? wqk_page_end(x, y, i0 + 15, n, reach, guess) : n;
+        __m512i below = _mm512_setzero_si512();
+        for (; i0 + 16 <= end; i0 += 16) {
+            const V b = L::load(x + i0), k = L::and_(b, abs);
+            const __mmask16 lt = L::lt(k, vlo), in = L::le(L::sub(k, vlo), span);
+            below = _mm512_mask_add_epi32(below, lt, below, one);
+            vtop = L::max(vtop, k);
+            if (Write) L::store_where(y + i0, (__mmask16)~L::lt(k, vguess), b);
+            /* append at `inside` while there is room, then keep overwriting the place at cap */
+            const int64_t w = inside < cap ? inside : cap;
+            L::append(keys + w, in, k);
+            _mm512_storeu_si512(index + w, _mm512_maskz_compress_epi64((__mmask8)in, at0));
+            _mm512_storeu_si512(index + w + _mm_popcnt_u32(in & 0xffu),
+                                _mm512_maskz_compress_epi64((__mmask8)(in >> 8), at1));
+            inside += _mm_popcnt_u32(in);
+            at0 = _mm512_add_epi64(at0, sixteen);
+            at1 = _mm512_add_epi64(at1, sixteen);
+        }
+        less += _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(below)),
+                                                         _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(below, 1))));
+    }
+    K top = L::top(vtop);
+    for (; i0 < n; i0++)
+        wqk_scan_one(x, y, i0, lo, hi, guess, base, keys, index, cap, &less, &inside, &top, Write);
+    counts[0] = less;
+    counts[1] = inside;
+    return top;
+}
+
+template <typename K>
+WQK_AVX512 static K wqk_scan_avx512(const K *x, K *y, ptrdiff_t n, ptrdiff_t reach, K lo, K hi, K guess,
+                                    int64_t base, K *keys, int64_t *index, int64_t cap, int64_t *counts) {
+    if (y)
+        return wqk_scan_avx512_impl<K, true>(x, y, n, reach, lo, hi, guess, base, keys, index, cap, counts);
+    return wqk_scan_avx512_impl<K, false>(x, y, n, reach, lo, hi, guess, base, keys, index, cap, counts);
+}
+
+/* Whether this CPU has the AVX-512 the scan needs (checked once). */
+static bool wqk_cpu_has_avx512_scan(void) {
+    __builtin_cpu_init();
+    static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                            __builtin_cpu_supports("popcnt");
+    return has;
+}
+#else
+static bool wqk_cpu_has_avx512_scan(void) { return false; }
+#endif
+
+/* Whether the scan takes the AVX-512 path: on where the CPU has it, unless switched off (the
+ * tests run both paths on such a machine).  Set before a scan starts, never during one. */
+static bool wqk_avx512_scan_on = wqk_cpu_has_avx512_scan();
+
+/* Asks for the AVX-512 scan (on) or the portable one; returns whether the AVX-512 one runs. */
+static bool wqk_use_avx512_scan(bool on) {
+    wqk_avx512_scan_on = on && wqk_cpu_has_avx512_scan();
+    return wqk_avx512_scan_on;
+}
+
+template <typename K>
+static K wqk_scan(const K *x, K *y, ptrdiff_t n, ptrdiff_t reach, K lo, K hi, K guess, int64_t base, K *keys,
+                  int64_t *index, int64_t cap, int64_t *counts) {
+#ifdef WQK_AVX512_SCAN
+    if (wqk_avx512_scan_on)
+        return wqk_scan_avx512<K>(x, y, n, reach, lo, hi, guess, base, keys, index, cap, counts);
+#endif
+    return wqk_scan_portable<K>(x, y, n, lo, hi, guess, base, keys, index, cap, counts);
 }
 
 /* For listed entries (keys and positions, positions increasing, all inside the run of x and y

@@ -19,8 +19,10 @@ from libc.math cimport sqrt, floor, ceil
 
 cdef extern from "_bit_loops.h" nogil:
     void wqk_prefetch(const void* p)
-    K wqk_scan[K](const K* x, K* y, Py_ssize_t n, K lo, K hi, K guess, int64_t base, K* keys, int64_t* index,
-                  int64_t cap, int64_t* counts)
+    enum: WQK_SCAN_SLACK
+    bint wqk_use_avx512_scan(bint on)
+    K wqk_scan[K](const K* x, K* y, Py_ssize_t n, Py_ssize_t reach, K lo, K hi, K guess, int64_t base, K* keys,
+                  int64_t* index, int64_t cap, int64_t* counts)
     void wqk_histogram[K](const K* x, Py_ssize_t n, K prefix, int above, int shift, uint32_t mask,
                           int64_t* hist)
     Py_ssize_t wqk_compact[K](const K* x, Py_ssize_t n, K prefix, int above, K* out)
@@ -254,7 +256,12 @@ cdef Status sample_window(const Segment[key_t]* segs, Py_ssize_t nseg, int64_t t
             while segs[s_read].base + segs[s_read].n <= g:
                 s_read += 1
             s_key = s_read
-            for i in range(SAMPLE_RUN):  # the run may cross into the next segments
+            if g + SAMPLE_RUN <= segs[s_read].base + segs[s_read].n:  # the run is in one segment
+                for i in range(SAMPLE_RUN):
+                    sample[(j - SAMPLE_AHEAD) * SAMPLE_RUN + i] = \
+                        magnitude(segs[s_read].x[g - segs[s_read].base + i])
+                continue
+            for i in range(SAMPLE_RUN):  # the run crosses into the next segments
                 g = min(ring[(j - SAMPLE_AHEAD) % SAMPLE_AHEAD] + i, total - 1)
                 while segs[s_key].base + segs[s_key].n <= g:
                     s_key += 1
@@ -306,7 +313,7 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
     """
     cdef int nt = parts_for(total), p, bits
     cdef key_t lo, hi, guess, t = 0, top = 0
-    cdef int64_t r, cut = -1, less = 0, inside = 0, cap, expected
+    cdef int64_t r, cut = -1, less = 0, inside = 0, cap, room, expected
     cdef bint scanned_into_y = not inplace, copied_out
     cdef Py_ssize_t s, c, start, length
     cdef Status status
@@ -338,8 +345,9 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
     # room per part for twice the expected window: all of it may fall in one part; one key
     # value needs no room (its ties are found by a scan)
     cap = 0 if lo == hi else min(2 * expected + 1024, total // nt + 1)  # a part holds no more
-    keys = <key_t*>malloc(sizeof(key_t) * (nt * cap + 1))
-    index = <int64_t*>malloc(sizeof(int64_t) * (nt * cap + 1))
+    room = cap + WQK_SCAN_SLACK  # the scan may store this far past what it appends
+    keys = <key_t*>malloc(sizeof(key_t) * nt * room)
+    index = <int64_t*>malloc(sizeof(int64_t) * nt * room)
     if keys == NULL or index == NULL:
         free(keys)
         free(index)
@@ -351,15 +359,16 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
             if overlap(&segs[s], part_start(total, nt, p), part_start(total, nt, p + 1), &start, &length):
                 tops[p] = max(tops[p], wqk_scan(
                     <const key_t*>segs[s].x + start,
-                    <key_t*>segs[s].y + start if scanned_into_y else NULL, length, lo, hi, guess,
-                    segs[s].base + start, keys + p * cap, index + p * cap, cap, counts + 2 * p))
+                    <key_t*>segs[s].y + start if scanned_into_y else NULL, length,
+                    part_start(total, nt, p + 1) - (segs[s].base + start), lo, hi, guess,
+                    segs[s].base + start, keys + p * room, index + p * room, cap, counts + 2 * p))
     copied_out = True
     for p in range(nt):
         top = max(top, tops[p])
         less += counts[2 * p]
         inside += counts[2 * p + 1]
         copied_out = copied_out and counts[2 * p + 1] <= cap
-        cand[p].x = keys + p * cap
+        cand[p].x = keys + p * room
         cand[p].y = NULL
         cand[p].n = min(counts[2 * p + 1], cap)
         cand[p].base = 0 if p == 0 else cand[p - 1].base + cand[p - 1].n
@@ -372,10 +381,10 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
         status = radix_select(cand, nt, k - less, 1, False, lo >> bits, bits, &t, &r)
         for p in range(nt if status == DONE else 0):  # the entries are in sequence order
             for c in range(cand[p].n):
-                if keys[p * cap + c] == t:
+                if keys[p * room + c] == t:
                     r -= 1
                     if r == 0:
-                        cut = index[p * cap + c]
+                        cut = index[p * room + c]
                         break
             if r == 0:
                 break
@@ -391,7 +400,7 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
     if status == DONE and copied_out and scanned_into_y:
         # y holds (key < guess) ? 0 : x already; write again the window's entries it got wrong
         for p in prange(nt, num_threads=nt, schedule="static"):
-            fix_window(segs, nseg, keys + p * cap, index + p * cap, cand[p].n, guess, t, cut)
+            fix_window(segs, nseg, keys + p * room, index + p * room, cand[p].n, guess, t, cut)
     elif status == DONE:
         mask_segments(segs, nseg, total, t, cut)
     free(keys)
@@ -432,6 +441,12 @@ def prune_rank(list xs, key_t[::1] y, int64_t k, bint inplace, Py_ssize_t sample
     if status == NO_MEMORY:
         raise MemoryError()
     return status == DONE
+
+
+def use_avx512_scan(bint on):
+    """Ask for the AVX-512 scan of magnitude selection (on) or the portable one; returns whether
+    the AVX-512 one now runs (only where the CPU has it).  Both give the same results."""
+    return wqk_use_avx512_scan(on)
 
 
 # ---- element-wise: threshold, clip, shrink ------------------------------------------------
