@@ -571,6 +571,63 @@ def test_quantize_packed_over_threads_and_unaligned_spans(bits, shape, options):
         assert_same_packed(pa, wqkernels.quantize(x, bits, symmetric=symmetric, **options))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("shape, options", [
+    ((300, 1203), dict(axis=0, block_size=32)), ((1203, 301), dict(axis=-1, block_size=32)),
+    ((31, 77, 97), dict(axis=1, block_size=5)), ((5, 7, 9), dict(axis=-1, block_size=4)),
+    ((513, 517), dict(axis=1)), ((517, 513), dict(axis=0)), ((3, 5, 13107), dict(axis=1)), ((200003,), dict()),
+])
+def test_quantize_packed_stream_need_not_be_zeroed(threads, bits, shape, options):
+    """The kernel zeroes the bytes its pieces share before OR-ing codes into them and stores every
+    other byte whole: whatever the stream held before, the result is pack_bits of the codes."""
+    from wqkernels import _core
+    from wqkernels.quantization import _grouping, _layout, _per_block
+    x = np.random.default_rng(bits * 7 + len(shape)).standard_normal(shape).astype(np.float32)
+    saved = _core.max_threads()
+    try:
+        _core.set_max_threads(threads)
+        for symmetric, fill in ((True, 0xFF), (False, 0xA5)):
+            qa = wqkernels.quantize(x, bits, symmetric=symmetric, **options)
+            g = _grouping(x.shape, options.get("axis"), options.get("block_size"))
+            stream = np.full(wqkernels.packed_size(x.size, bits), fill, np.uint8)
+            s, zp = _per_block(qa.scale, g), _per_block(qa.zero_point, g)
+            qmin, qmax = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
+            assert _core.quantize_packed_into(x.reshape(-1), stream, *_layout(g), s.copy(), zp.copy(),
+                                              float(qmin), float(qmax), bits, False)
+            assert_bit_equal(stream, wqkernels.pack_bits(qa.values, bits), "stream from given scales")
+            if g.axis is not None:  # scales fit in the same visit
+                stream[:] = fill
+                s, zp = np.empty(g.count, np.float32), np.empty(g.count, np.float32)
+                assert _core.quantize_packed_into(x.reshape(-1), stream, *_layout(g), s, zp,
+                                                  float(qmin), float(qmax), bits, True)
+                assert_bit_equal(stream, wqkernels.pack_bits(qa.values, bits), "stream with fit")
+                assert_bit_equal(s, qa.scale.reshape(-1), "fit scale")
+    finally:
+        _core.set_max_threads(saved)
+
+
+_STAT_VALUES = st.sampled_from([0.0, -0.0, 1e-45, -1e-45, 1e-38, 3e38, -3e38, 3.4028235e38, -3.4028235e38,
+                                1.0, -1.0, 0.1, 7.0, 1e-30]) | st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@given(st.lists(st.tuples(_STAT_VALUES, _STAT_VALUES), min_size=1, max_size=70),
+       st.sampled_from([1.0, 0.5, float(MSE_RATIOS[37]), float(MSE_RATIOS[63])]), st.booleans(),
+       st.sampled_from([1.0, 3.0, 7.0, 15.0, 127.0, 255.0]))
+def test_scales_from_stats_match_the_reference_rule(pairs, ratio, symmetric, top):
+    """Scales and zero points of many groups at once (a vectorised loop) are the reference's:
+    zeros, signed zeros, subnormals, and ranges whose width overflows float32."""
+    from wqkernels import _core
+    a = np.array([min(p) for p in pairs], np.float32)
+    b = np.array([max(p) for p in pairs], np.float32)
+    lo, hi = (np.zeros_like(a), np.maximum(np.abs(a), np.abs(b))) if symmetric else (a, b)
+    s, zp = np.empty_like(lo), np.empty_like(lo)
+    _core.scales_from_stats(lo, hi, ratio, symmetric, top, s, zp)
+    rs, rzp = ref_quantization._params(lo, hi, ratio, symmetric, top)
+    assert_bit_equal(s, rs.astype(np.float32), "scale")
+    assert_bit_equal(zp + np.float32(0), rzp.astype(np.float32) + np.float32(0), "zero_point")  # -0 and 0: one code
+
+
 @pytest.mark.parametrize("block", [16, 32, 64, 128])
 @pytest.mark.parametrize("extra", [0, 5])
 @pytest.mark.parametrize("symmetric", [True, False])

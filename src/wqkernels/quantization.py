@@ -254,7 +254,7 @@ def quantize_packed(x, bits: int = 8, *, symmetric: bool = True, axis: int | Non
         stream = _codes(xf, g, sch, s, zp, fit, rounding)
         stream = stream.reshape(-1).view(np.uint8) if bits == 8 else pack_bits(stream, bits)
     else:
-        stream = np.zeros(packed_size(xf.size, bits), dtype=np.uint8)  # zeroed: pieces OR their shared bytes
+        stream = np.empty(packed_size(xf.size, bits), dtype=np.uint8)
         if not _core.quantize_packed_into(xf.reshape(-1), stream, *_layout(g), _per_block(s, g),
                                           _per_block(zp, g), float(sch.qmin), float(sch.qmax), bits, fit):
             raise nonfinite_error(xf)

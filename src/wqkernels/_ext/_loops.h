@@ -275,6 +275,39 @@ WQK_CLONES static void wqk_key_runs(const uint32_t *x, ptrdiff_t count, ptrdiff_
     if (full < count) wqk_key_runs_of<0>(x + full * length, 1, tail, asymmetric, lo + full, hi + full);
 }
 
+/* ---- scales ------------------------------------------------------------------------------
+ * The scale and zero point of a group clipped to ratio * its range, float32 throughout: lo, hi
+ * its min and max, or hi its max |x| when symmetric (codes in [-qmax, qmax]; else in [0, qmax]).
+ * A scale that is not positive (a group of zeros) is 1; when b - a overflows float32 the same
+ * quotient is taken apart (3.4e38f: a float is above it exactly when it is above 3.4e38). */
+static inline __attribute__((always_inline)) void wqk_group_params(float lo, float hi, float ratio, int symmetric,
+                                                                   float qmax, float *s, float *zp) {
+    if (symmetric) {
+        const float scale = (ratio * hi) / qmax;
+        *s = scale > 0.0f ? scale : 1.0f;
+        *zp = 0.0f;
+        return;
+    }
+    const float a = ratio * (lo < 0.0f ? lo : 0.0f), b = ratio * (hi > 0.0f ? hi : 0.0f);
+    float scale = (b - a) / qmax;
+    if (scale > 3.4e38f) scale = b / qmax - a / qmax;
+    if (!(scale > 0.0f)) scale = 1.0f;
+    float z = -a / scale;
+    z = z < 0.0f ? 0.0f : (z > qmax ? qmax : z);
+    *s = scale;
+    *zp = (z + WQK_MAGIC) - WQK_MAGIC;
+}
+
+/* wqk_group_params of n groups (lo unused when symmetric), in a loop GCC vectorises; s and zp
+ * may be lo and hi themselves. */
+WQK_CLONES static void wqk_groups_params(const float *lo, const float *hi, ptrdiff_t n, float ratio, int symmetric,
+                                         float qmax, float *s, float *zp) {
+    if (symmetric)
+        for (ptrdiff_t i = 0; i < n; i++) wqk_group_params(0.0f, hi[i], ratio, 1, qmax, s + i, zp + i);
+    else
+        for (ptrdiff_t i = 0; i < n; i++) wqk_group_params(lo[i], hi[i], ratio, 0, qmax, s + i, zp + i);
+}
+
 /* ---- quantize, fake-quantize, dequantize --------------------------------------------------
  * "uniform" runs share one scale and zero point; "lanes" runs have one per element; "runs" are
  * runs one after another with one each.  Quantize writes codes as bytes, fake-quantize writes

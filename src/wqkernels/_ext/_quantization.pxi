@@ -3,7 +3,7 @@
 
 from libc.float cimport FLT_MAX, FLT_MIN
 from libc.stdint cimport int8_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 cdef extern from "_loops.h" nogil:
     uint32_t wqk_max_abs_bits(const uint32_t* x, Py_ssize_t n, uint32_t acc)
@@ -11,7 +11,6 @@ cdef extern from "_loops.h" nogil:
     void wqk_key_rows(const uint32_t* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int asymmetric,
                       int32_t* lo, int32_t* hi)
     int32_t wqk_key(uint32_t b)
-    float wqk_code(float x, float s, float zp, float lo, float hi)
     void wqk_key_runs(const uint32_t* x, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail, int asymmetric,
                       int32_t* lo, int32_t* hi)
     # Out: uint8_t (codes) or float (fake-quantized values)
@@ -41,6 +40,9 @@ cdef extern from "_loops.h" nogil:
     void wqk_candidate_magnitude_errors_lanes "wqk_candidate_errors_lanes<true>"(
         const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int ncand, const float* inv, const float* lo,
         const float* hi, float* acc)
+    void wqk_group_params(float lo, float hi, float ratio, int symmetric, float qmax, float* s, float* zp)
+    void wqk_groups_params(const float* lo, const float* hi, Py_ssize_t n, float ratio, int symmetric, float qmax,
+                           float* s, float* zp)
     void wqk_copy_rows(const float* x, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t w, int magnitudes, float* tile,
                        Py_ssize_t more)
 
@@ -140,33 +142,15 @@ def group_stats(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t i
 
 cdef inline void group_params(float lo, float hi, float ratio, bint symmetric, float qmax,
                               float* s, float* zp) noexcept nogil:
-    """Scale and zero point of a group clipped to ratio * its range (float32 throughout)."""
-    cdef float a, b, scale, z
-    if symmetric:  # hi is max|x|, codes in [-qmax, qmax]
-        scale = (ratio * hi) / qmax
-        s[0] = scale if scale > 0 else 1.0
-        zp[0] = 0.0
-        return
-    a = ratio * (lo if lo < 0 else 0.0)   # qmax is 2^b - 1 here
-    b = ratio * (hi if hi > 0 else 0.0)
-    scale = (b - a) / qmax
-    if scale > 3.4e38:  # b - a overflowed float32: the same quotient, taken apart
-        scale = b / qmax - a / qmax
-    if not scale > 0:
-        scale = 1.0
-    z = -a / scale
-    z = 0.0 if z < 0 else (qmax if z > qmax else z)
-    s[0] = scale
-    zp[0] = wqk_code(z, 1.0, 0.0, 0.0, qmax)
+    """Scale and zero point of a group clipped to ratio * its range (see wqk_group_params)."""
+    wqk_group_params(lo, hi, ratio, symmetric, qmax, s, zp)
 
 
 def scales_from_stats(const float[::1] lo, const float[::1] hi, float ratio, bint symmetric,
                       float qmax, float[::1] scale, float[::1] zero_point):
     """The min/max scale and zero point of every group from its statistics."""
-    cdef Py_ssize_t g
     with nogil:
-        for g in range(hi.shape[0]):
-            group_params(lo[g], hi[g], ratio, symmetric, qmax, &scale[g], &zero_point[g])
+        wqk_groups_params(&lo[0], &hi[0], hi.shape[0], ratio, symmetric, qmax, &scale[0], &zero_point[0])
 
 
 def search_scales(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner,
@@ -427,24 +411,52 @@ cdef void unit_packed(const Layout* L, const Unit* U, const float* x, uint8_t* s
             c += m
 
 
+cdef inline void zero_cut(uint8_t* stream, Py_ssize_t nbytes, int64_t first, Py_ssize_t n, int bits) noexcept nogil:
+    """Zeroes the bytes of the groups of 8 codes that the span of codes first .. first + n - 1
+    cuts at either end (of the nbytes of the stream)."""
+    cdef int64_t at
+    if first % 8:
+        at = first // 8 * bits
+        memset(stream + at, 0, min(<int64_t>bits, nbytes - at))
+    if (first + n) % 8:
+        at = (first + n) // 8 * bits
+        memset(stream + at, 0, min(<int64_t>bits, nbytes - at))
+
+
+cdef void zero_shared(const Layout* L, uint8_t* stream, Py_ssize_t nbytes, int bits) noexcept nogil:
+    """Zeroes the bytes of the stream that unit_packed's pieces share, which they OR their codes
+    into (wqk_pack_span): those of the groups of 8 codes that a row or span boundary cuts.  Pieces
+    store every other byte whole."""
+    cdef Py_ssize_t u, r
+    cdef Unit U
+    for u in range(L.count):
+        U = unit_at(L, u)
+        if L.runs:
+            zero_cut(stream, nbytes, U.start, (U.rows - 1) * U.length + U.tail, bits)
+        else:
+            for r in range(U.rows):
+                zero_cut(stream, nbytes, U.start + r * U.stride, U.length, bits)
+
+
+cdef inline Py_ssize_t fit_scratch(const Layout* L) noexcept nogil:
+    """Bytes of unit_fit's scratch: keys and statistics of a unit's groups, at most."""
+    cdef Py_ssize_t w = L.width if L.lanes else (L.chunks if L.runs else 1)
+    return (sizeof(int32_t) * 2 * w + 128 + sizeof(float) * 2 * w + 63) // 64 * 64
+
+
 cdef bint unit_fit(const float* x, const Layout* L, const Unit* U, bint symmetric, float qmin,
-                   float qmax, float* s, float* zp) noexcept nogil:
-    """The min/max scale and zero point of a unit's groups; False if one holds NaN or infinity."""
-    cdef Py_ssize_t w = unit_groups(L, U), i
-    cdef void* buf = malloc(sizeof(int32_t) * 2 * w + 128)
-    cdef float* stats = <float*>malloc(sizeof(float) * 2 * w)
-    cdef int32_t* klo = <int32_t*>at_phase(buf, x + U.start)  # lanes: group i beside element i of a row
+                   float qmax, float* s, float* zp, void* scratch) noexcept nogil:
+    """The min/max scale and zero point of a unit's groups; False if one holds NaN or infinity.
+    `scratch`: fit_scratch(L) bytes."""
+    cdef Py_ssize_t w = unit_groups(L, U)
+    cdef int32_t* klo = <int32_t*>at_phase(scratch, x + U.start)  # lanes: group i beside element i of a row
     cdef int32_t* khi = <int32_t*>at_phase(klo + w, x + U.start)
-    cdef bint finite = False
-    if buf != NULL and stats != NULL:
-        init_keys(klo, khi, w, not symmetric)
-        unit_keys(<const uint32_t*>x, L, U, not symmetric, klo, khi)
-        finite = keys_to_stats(klo, khi, w, not symmetric, stats, stats + w)
-        for i in range(w):
-            group_params(stats[i], stats[w + i], 1.0, symmetric, qmax if symmetric else qmax - qmin,
-                         &s[i], &zp[i])
-    free(buf)
-    free(stats)
+    cdef float* stats = <float*>(<char*>scratch + sizeof(int32_t) * 2 * w + 128)
+    cdef bint finite
+    init_keys(klo, khi, w, not symmetric)
+    unit_keys(<const uint32_t*>x, L, U, not symmetric, klo, khi)
+    finite = keys_to_stats(klo, khi, w, not symmetric, stats, stats + w)
+    wqk_groups_params(stats, stats + w, w, 1.0, symmetric, qmax if symmetric else qmax - qmin, s, zp)
     return finite
 
 
@@ -452,7 +464,8 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
                       Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner, Py_ssize_t block,
                       bint per_axis, float* s, float* zp, float qmin, float qmax,
                       bint is_signed, bint fit, int bits=8) noexcept nogil:
-    """Quantize, quantize into a `bits`-bit stream (q, zeroed), fake-quantize or dequantize.
+    """Quantize, quantize into a `bits`-bit stream (q, of ceil(size * bits / 8) bytes, which need
+    not be zeroed), fake-quantize or dequantize.
     With `fit`, first set every group's min/max scale (symmetric when is_signed): in the same
     visit of each unit when units fit in cache, else in a pass of its own.  Returns 1, or 0 if x
     holds NaN or infinity (fit only), or -1 if scratch memory cannot be allocated."""
@@ -467,15 +480,21 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
         codes = <uint8_t*>malloc(<size_t>PACK_PIECE * nt)
         if codes == NULL:
             return -1
+        zero_shared(&L, q, (size * bits + 7) // 8, bits)
+    cdef char* fitting = NULL  # per thread, unit_fit's scratch
     if fused:
         U = unit_at(&L, 0)
         fused = U.rows * U.length * sizeof(float) <= FUSE_BYTES
+    if fused:
+        fitting = <char*>malloc(fit_scratch(&L) * nt)
+        if fitting == NULL:
+            free(codes)
+            return -1
     if fit and not fused:
         if not stats_pass(x, size, &L, not is_signed, ngroups, zp, s):
             free(codes)
             return False
-        for u in range(ngroups):
-            group_params(zp[u], s[u], 1.0, is_signed, qmax if is_signed else qmax - qmin, &s[u], &zp[u])
+        wqk_groups_params(zp, s, ngroups, 1.0, is_signed, qmax if is_signed else qmax - qmin, s, zp)
     cdef const float* ls = s  # the scales and zero points the loops read
     cdef const float* lz = zp
     cdef void* phased = NULL
@@ -488,7 +507,8 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
             memcpy(<void*>lz, zp, sizeof(float) * ngroups)
     for u in prange(L.count, num_threads=nt, schedule="static"):
         U = unit_at(&L, u)
-        if fused and not unit_fit(x, &L, &U, is_signed, qmin, qmax, s + U.group, zp + U.group):
+        if fused and not unit_fit(x, &L, &U, is_signed, qmin, qmax, s + U.group, zp + U.group,
+                                  fitting + fit_scratch(&L) * threadid()):
             bad += 1
         if op == QUANTIZE_PACKED:
             unit_packed(&L, &U, x, q, codes + <Py_ssize_t>PACK_PIECE * threadid(), ls + U.group, lz + U.group,
@@ -497,6 +517,7 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
             unit_rows(op, &L, &U, x, q, y, ls + U.group, lz + U.group, qmin, qmax, is_signed)
     free(phased)
     free(codes)
+    free(fitting)
     return bad == 0
 
 
@@ -508,21 +529,23 @@ def quantize_into(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_s
     With fit, scale and zero_point are outputs: each group's min/max ones (symmetric when
     qmin < 0).  Returns False if x holds NaN or infinity (then nothing written is meaningful).
     """
-    cdef bint ok
+    cdef int ok
     if x.shape[0] == 0:
         return True
     with nogil:
         ok = elementwise(QUANTIZE, &x[0], &codes[0], NULL, x.shape[0], outer, n, inner, block, per_axis,
                          &scale[0], &zero_point[0], qmin, qmax, qmin < 0, fit)
-    return ok
+    if ok < 0:
+        raise MemoryError()
+    return ok == 1
 
 
 def quantize_packed_into(const float[::1] x, uint8_t[::1] stream, Py_ssize_t outer, Py_ssize_t n,
                          Py_ssize_t inner, Py_ssize_t block, bint per_axis, float[::1] scale,
                          float[::1] zero_point, float qmin, float qmax, int bits, bint fit=False):
     """The codes of quantize_into packed into a `bits`-bit stream (pack_into's), one piece at a
-    time in cache: x read once, the stream written once.  `stream` must be zeroed.  Returns as
-    quantize_into does; raises MemoryError when scratch memory cannot be allocated."""
+    time in cache: x read once, the stream written once (its prior contents do not matter).
+    Returns as quantize_into does; raises MemoryError when scratch memory cannot be allocated."""
     cdef int ok
     if x.shape[0] == 0:
         return True
@@ -538,13 +561,15 @@ def fake_quantize_into(const float[::1] x, float[::1] out, Py_ssize_t outer, Py_
                        Py_ssize_t inner, Py_ssize_t block, bint per_axis, float[::1] scale,
                        float[::1] zero_point, float qmin, float qmax, bint fit=False):
     """out = (code - zero_point) * scale, in one pass; `fit` as for quantize_into."""
-    cdef bint ok
+    cdef int ok
     if x.shape[0] == 0:
         return True
     with nogil:
         ok = elementwise(FAKE_QUANTIZE, &x[0], NULL, &out[0], x.shape[0], outer, n, inner, block,
                          per_axis, &scale[0], &zero_point[0], qmin, qmax, qmin < 0, fit)
-    return ok
+    if ok < 0:
+        raise MemoryError()
+    return ok == 1
 
 
 def dequantize_into(const uint8_t[::1] codes, float[::1] out, Py_ssize_t outer, Py_ssize_t n,
