@@ -14,7 +14,8 @@ open, read, create, copy), nothing checked (``measure_floor``).
 
 Run: ``python -m pytest benchmarks/test_bench_files.py -s`` (prints the figures), or run this
 file (``python benchmarks/test_bench_files.py tiny 1000 10000 100000`` for the tiny weights only,
-``... floor 100000`` for the floor).
+``... floor 100000`` for the floor; ``TINY_BUILDS="before=old/src,after=new/src"`` runs each
+command by two builds in turn, ``TINY_REPEAT=2`` keeps the best of two runs each).
 """
 from __future__ import annotations
 
@@ -200,10 +201,15 @@ sys.exit(code)
 """
 
 
-def run_measured(args: list[str]) -> tuple[float, float, int]:
+def run_measured(args: list[str], pythonpath: str | None = None) -> tuple[float, float, int]:
     """(wall seconds, CPU seconds, peak resident bytes) of ``wqkernels args`` in a fresh process,
-    its imports included."""
-    proc = subprocess.run([sys.executable, "-c", _MEASURED, *map(str, args)], capture_output=True, text=True)
+    its imports included; `pythonpath`: where that process imports wqkernels from (another
+    build, for a comparison), else this process's own."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    proc = subprocess.run([sys.executable, "-c", _MEASURED, *map(str, args)], capture_output=True, text=True,
+                          env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"wqkernels {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
     _, seconds, cpu, kb = proc.stdout.splitlines()[-1].split()
@@ -212,35 +218,59 @@ def run_measured(args: list[str]) -> tuple[float, float, int]:
 
 #: the commands measured on each tiny model: name, arguments after the source
 TINY_COMMANDS = (("inspect", ()), ("--bits 8", ("--bits", "8")),
-                 ("--storage packed", ("--bits", "8", "--storage", "packed")), ("restore", ()))
+                 ("--storage packed", ("--bits", "8", "--storage", "packed")), ("restore", ()),
+                 ("--bits 4 packed", ("--bits", "4", "--storage", "packed")))
 
 
-def measure_tiny(directory: str, weights: int, fmt: str) -> list[dict]:
-    """The commands of TINY_COMMANDS on a model of `weights` tiny weights in format `fmt`."""
+def _tiny_args(directory: str, fmt: str, name: str, options: tuple) -> list:
+    """The command line of one of TINY_COMMANDS on ``tiny<fmt>`` in `directory` (restore: of the
+    ``--storage packed`` output)."""
+    src = os.path.join(directory, "tiny" + fmt)
+    if name == "inspect":
+        return ["inspect", src]
+    if name == "restore":
+        return ["restore", os.path.join(directory, "packed8" + fmt), "-o", os.path.join(directory, "restored" + fmt),
+                "--quiet"]
+    dst = f"packed{options[1]}" if "packed" in options else "int8"
+    return ["rewrite", src, "-o", os.path.join(directory, dst + fmt), "--quiet", *options]
+
+
+def measure_tiny(directory: str, weights: int, fmt: str, builds: dict | None = None, repeat: int = 1) -> list[dict]:
+    """The commands of TINY_COMMANDS on a model of `weights` tiny weights in format `fmt`, each
+    the best of `repeat` runs; with `builds` ({label: PYTHONPATH}), run by each build in turn,
+    interleaved (A B A B), so that both see the same load."""
     src = os.path.join(directory, "tiny" + fmt)
     make_tiny(src, weights // 2)
-    packed = os.path.join(directory, "packed" + fmt)
+    builds = builds or {"": None}
     rows = []
     for name, options in TINY_COMMANDS:
-        if name == "inspect":
-            args = ["inspect", src]
-        elif name == "restore":
-            args = ["restore", packed, "-o", os.path.join(directory, "restored" + fmt), "--quiet"]
-        else:
-            dst = packed if "packed" in options else os.path.join(directory, "int8" + fmt)
-            args = ["rewrite", src, "-o", dst, "--quiet", *options]
-        seconds, cpu, peak = run_measured(args)
-        rows.append({"weights": weights, "format": fmt, "command": name, "seconds": seconds, "cpu": cpu,
-                     "peak_mib": peak / (1 << 20), "file_mb": os.path.getsize(src) / 1e6})
+        args = _tiny_args(directory, fmt, name, options)
+        runs: dict = {label: [] for label in builds}
+        for _ in range(repeat):
+            for label, pythonpath in builds.items():
+                runs[label].append(run_measured(args, pythonpath))
+        for label, measured in runs.items():
+            rows.append({"weights": weights, "format": fmt, "command": name, "build": label,
+                         "seconds": min(m[0] for m in measured), "cpu": min(m[1] for m in measured),
+                         "peak_mib": max(m[2] for m in measured) / (1 << 20), "file_mb": os.path.getsize(src) / 1e6})
+    floor_path = src
+    if fmt == ".keras":  # the floor of the weights file inside
+        floor_path = os.path.join(directory, "floor-member.weights.h5")
+        with zipfile.ZipFile(src) as z, open(floor_path, "wb") as out:
+            out.write(z.read("model.weights.h5"))
+    for step, wall, cpu in measure_floor(floor_path):
+        rows.append({"weights": weights, "format": fmt, "command": step, "build": "HDF5", "seconds": wall,
+                     "cpu": cpu, "peak_mib": float("nan"), "file_mb": os.path.getsize(src) / 1e6})
     for name in os.listdir(directory):
         os.unlink(os.path.join(directory, name))
     return rows
 
 
 def _print_tiny(rows: list[dict]) -> None:
-    print(f"\n{'weights':>8} {'format':<12} {'MB':>6} {'command':<17} {'seconds':>8} {'CPU s':>8} {'peak MiB':>9}")
+    print(f"\n{'weights':>8} {'format':<12} {'MB':>6} {'command':<34} {'build':<6} {'seconds':>8} {'CPU s':>8} "
+          f"{'peak MiB':>9}")
     for r in rows:
-        print(f"{r['weights']:>8} {r['format']:<12} {r['file_mb']:>6.1f} {r['command']:<17} "
+        print(f"{r['weights']:>8} {r['format']:<12} {r['file_mb']:>6.1f} {r['command'][:34]:<34} {r['build']:<6} "
               f"{r['seconds']:>8.2f} {r['cpu']:>8.2f} {r['peak_mib']:>9.0f}")
 
 
@@ -256,61 +286,68 @@ def test_tiny_weights(tmp_path):
 # ---- the floor of HDF5 itself ------------------------------------------------------------------
 
 def measure_floor(path: str) -> list[tuple[str, float, float]]:
-    """What HDF5 alone costs on the legacy tiny model at `path` (make_tiny's ``.h5``), through
+    """What HDF5 alone costs on the tiny model at `path` (an HDF5 file of make_tiny's), through
     h5py's low-level API with the fewest calls each command needs and nothing checked or
     computed: (step, wall seconds, CPU seconds).  A command cannot cost less than its steps."""
     from h5py import h5d, h5g, h5o, h5p, h5s, h5t
 
     rows = []
     memory = h5t.py_create(np.dtype(np.float32))
-    buffers = {b"kernel": np.empty((UNITS, UNITS), np.float32), b"bias": np.empty(UNITS, np.float32)}
+    buffers = {(UNITS, UNITS): np.empty((UNITS, UNITS), np.float32), (UNITS,): np.empty(UNITS, np.float32)}
 
     def timed(step, fn):
         wall, cpu = time.perf_counter(), time.process_time()
         fn()
         rows.append((step, time.perf_counter() - wall, time.process_time() - cpu))
 
+    def tree(gid, visit):  # every member of each group opened in its group, depth first
+        names = []
+        gid.links.iterate(names.append)
+        for name in names:
+            oid = h5o.open(gid, name)
+            if isinstance(oid, h5g.GroupID):
+                tree(oid, visit)
+            else:
+                visit(oid)
+
     with h5py.File(path, "r") as f:
-        top = h5g.open(f.id, b"model_weights")
-        layers = []
-        top.links.iterate(layers.append)
-        layers = [n for n in layers if n != b"top_level_model_weights"]
+        def describe(dsid):
+            dsid.get_create_plist(), dsid.get_type(), dsid.shape
 
-        def weights():  # each layer's kernel and bias, opened in their own group
-            for name in layers:
-                group = h5g.open(h5g.open(h5g.open(top, name), b"sequential"), name)
-                for weight in (b"kernel", b"bias"):
-                    yield weight, h5d.open(group, weight)
-
-        def describe():
-            for _, dsid in weights():
-                dsid.get_create_plist(), dsid.get_type(), dsid.shape
-
-        def read():
-            for weight, dsid in weights():
-                dsid.read(h5s.ALL, h5s.ALL, buffers[weight], mtype=memory)
+        def read(dsid):
+            dsid.read(h5s.ALL, h5s.ALL, buffers[dsid.shape], mtype=memory)
 
         def create():
             with h5py.File(path + ".floor.h5", "w") as out:
                 dcpl = h5p.create(h5p.DATASET_CREATE)
                 dcpl.set_obj_track_times(False)
                 stored = h5t.py_create(np.dtype(np.float32), logical=1)
-                groups = h5g.create(out.id, b"model_weights")
-                for name in layers:
-                    group = h5g.create(h5g.create(h5g.create(groups, name), b"sequential"), name)
-                    for weight, data in buffers.items():
-                        h5d.create(group, weight, stored, h5s.create_simple(data.shape), dcpl=dcpl).write(
-                            h5s.ALL, h5s.ALL, data, mtype=memory)
+
+                def recreate(src, dst):
+                    names = []
+                    src.links.iterate(names.append)
+                    for name in names:
+                        oid = h5o.open(src, name)
+                        if isinstance(oid, h5g.GroupID):
+                            recreate(oid, h5g.create(dst, name))
+                        else:
+                            data = buffers[oid.shape]
+                            h5d.create(dst, name, stored, h5s.create_simple(data.shape), dcpl=dcpl).write(
+                                h5s.ALL, h5s.ALL, data, mtype=memory)
+                recreate(f.id, out.id)
 
         def copy():
             with h5py.File(path + ".floor.h5", "w") as out:
-                h5o.copy(f.id, b"model_weights", out.id, b"model_weights")
+                names = []
+                f.id.links.iterate(names.append)
+                for name in names:
+                    h5o.copy(f.id, name, out.id, name)
 
-        timed("H5Ovisit of every object, empty callback", lambda: h5o.visit(f.id, lambda name: None))
-        timed("open every group and dataset, creation list, type, shape", describe)
-        timed("open and read every weight", read)
-        timed("create every group and dataset anew, write each", create)
-        timed("one H5Ocopy of the whole tree", copy)
+        timed("HDF5 H5Ovisit of every object", lambda: h5o.visit(f.id, lambda name: None))
+        timed("HDF5 open every object, creation list, type, shape", lambda: tree(f.id, describe))
+        timed("HDF5 open every object, read every weight", lambda: tree(f.id, read))
+        timed("HDF5 create every group and dataset anew, write each", create)
+        timed("HDF5 H5Ocopy of the whole tree", copy)
     os.unlink(path + ".floor.h5")
     return rows
 
@@ -337,8 +374,14 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["tiny"]:
         counts = [int(n) for n in sys.argv[2:]] or [1000, 10_000, 100_000]
         formats = [f for f in TINY_FORMATS if not os.environ.get("TINY_FORMAT") or f == os.environ["TINY_FORMAT"]]
+        # TINY_BUILDS="before=/path/to/old/src,after=/path/to/new/src": each command run by both
+        # builds in turn; TINY_REPEAT: runs of each, the best kept
+        builds = dict(b.split("=", 1) for b in os.environ.get("TINY_BUILDS", "").split(",") if b) or None
+        repeat = int(os.environ.get("TINY_REPEAT", "1"))
+        print("load average at the start:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
         with tempfile.TemporaryDirectory() as tmp:
-            _print_tiny([r for n in counts for f in formats for r in measure_tiny(tmp, n, f)])
+            _print_tiny([r for n in counts for f in formats for r in measure_tiny(tmp, n, f, builds, repeat)])
+        print("load average at the end:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     else:
         with tempfile.TemporaryDirectory() as tmp:
             _print(measure(tmp))

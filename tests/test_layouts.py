@@ -75,6 +75,37 @@ def test_keras3_zip_rewrite(keras3_zip, tmp_path):
     assert_bit_equal(after["layers/conv2d/vars/1"], before["layers/conv2d/vars/1"])
 
 
+@pytest.mark.parametrize("storage", ["float32", "packed"])
+def test_groups_of_different_settings_keep_their_own(storage, tmp_path):
+    """Groups recreated in one rewrite with different creation settings each keep theirs (the
+    property lists are shared between groups of the same settings only)."""
+    from h5py import h5p
+
+    src = tmp_path / "mixed.h5"
+    settings = {"a": (True, 0), "b": (False, 4), "c": (True, 2), "d": (False, 0)}  # track_order, attr phase
+    with h5py.File(src, "w") as f:
+        f.attrs["layer_names"] = np.array([name.encode() for name in settings])
+        for name, (track, phase) in settings.items():
+            gcpl = h5p.create(h5p.GROUP_CREATE)
+            if track:
+                gcpl.set_link_creation_order(h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED)
+                gcpl.set_attr_creation_order(h5p.CRT_ORDER_TRACKED)
+            if phase:
+                gcpl.set_attr_phase_change(phase, phase - 1)
+            g = h5py.Group(h5py.h5g.create(f.id, name.encode(), gcpl=gcpl))
+            g.attrs["weight_names"] = np.array([f"{name}/kernel:0".encode()])
+            g.create_dataset(f"{name}/kernel:0", data=np.ones((4, 4), np.float32))
+    wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(bits=8, storage=storage))
+    if storage == "packed":
+        wqkernels.restore(tmp_path / "o.h5", tmp_path / "r.h5")
+    with h5py.File(src) as a, h5py.File(tmp_path / ("r.h5" if storage == "packed" else "o.h5")) as b:
+        for name in settings:
+            old, new = a[name].id.get_create_plist(), b[name].id.get_create_plist()
+            assert new.get_link_creation_order() == old.get_link_creation_order()
+            assert new.get_attr_creation_order() == old.get_attr_creation_order()
+            assert new.get_attr_phase_change() == old.get_attr_phase_change()
+
+
 def test_group_creation_order_kept(tmp_path):
     src = tmp_path / "ordered.h5"
     with h5py.File(src, "w") as f:

@@ -162,12 +162,21 @@ def new_group(parent: h5g.GroupID, name: bytes, gcpl) -> h5g.GroupID:
     group's, perhaps of another file): link and attribute creation order, attribute storage
     phases, object times.  A group's own property list also holds where its dense link storage
     lies in its file, and a group created with it could take no member."""
-    fresh = h5p.create(h5p.GROUP_CREATE)
-    fresh.set_link_creation_order(gcpl.get_link_creation_order())
-    fresh.set_attr_creation_order(gcpl.get_attr_creation_order())
-    fresh.set_attr_phase_change(*gcpl.get_attr_phase_change())
-    fresh.set_obj_track_times(gcpl.get_obj_track_times())
+    settings = (gcpl.get_link_creation_order(), gcpl.get_attr_creation_order(), gcpl.get_attr_phase_change(),
+                gcpl.get_obj_track_times())
+    fresh = _GROUP_CREATE.get(settings)
+    if fresh is None:  # (HDF5 copies the list it is given: one serves every group of these settings)
+        fresh = _GROUP_CREATE[settings] = h5p.create(h5p.GROUP_CREATE)
+        fresh.set_link_creation_order(settings[0])
+        fresh.set_attr_creation_order(settings[1])
+        fresh.set_attr_phase_change(*settings[2])
+        fresh.set_obj_track_times(settings[3])
     return h5g.create(parent, name, gcpl=fresh)
+
+
+#: the creation property lists of :func:`new_group`, by their settings (a list made afresh for
+#: each group cost more than creating the group)
+_GROUP_CREATE: dict = {}
 
 
 def copy_attrs(src, dst, cpl=None) -> None:

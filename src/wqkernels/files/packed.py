@@ -103,10 +103,15 @@ class PackedWriter(Writer):
             self.tensors, self.datasets, self.dataset_crcs, self._kept = [], [], [], None
             self._arrays = {name: _GrowingArray(self.group, name, dtype, self.recipe.compress)
                             for name, dtype in ARRAYS}
-            image = io.BytesIO()
-            with bounded(h5py.File(image, "w")) as skeleton:  # in memory: its writes cannot fail
+            with bounded(h5py.File("skeleton", "w", driver="core", backing_store=False, block_size=1 << 22)) as skeleton:
                 yield skeleton
-            self._finish(image.getbuffer())
+                skeleton.flush()
+                image = skeleton.id.get_file_image()
+            self._finish(image)
+
+    def start(self, source, report) -> None:
+        super().start(source, report)
+        self._members = source.members  # (the walk's types: h5py's Dataset.dtype costs more than a small weight)
 
     def weight(self, group, name, like, entry, x, quantization, out, original=None):
         """The codes of one weight appended to the arrays, a placeholder in the skeleton; the
@@ -116,7 +121,9 @@ class PackedWriter(Writer):
         scale, zero_point = codes.scale, codes.zero_point
         del codes
         values = quantization.values(x, out, scale, zero_point)
-        placeholder(group, name, entry.shape, like.dtype, like)  # restored in the weight's own type
+        info = getattr(self, "_members", {}).get(entry.path)
+        dtype = info.dtype if info is not None else like.dtype
+        placeholder(group, name, entry.shape, dtype, like)  # restored in the weight's own type
         return values, nbytes
 
     def add(self, path: str, shape: tuple, qa: PackedArray, compress: str) -> int:
