@@ -192,6 +192,12 @@ class Shards:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def members(self) -> dict:
+        """The walk's members of every shard ({path: DatasetInfo, None for a group}); a group
+        that several shards hold is one."""
+        return {path: info for source in self.sources for path, info in source.members.items()}
+
     def close(self) -> None:
         for source in self.sources:
             source.close()
