@@ -292,10 +292,8 @@ static inline __attribute__((always_inline)) void wqk_group_params(float lo, flo
     float scale = (b - a) / qmax;
     if (scale > 3.4e38f) scale = b / qmax - a / qmax;
     if (!(scale > 0.0f)) scale = 1.0f;
-    float z = -a / scale;
-    z = z < 0.0f ? 0.0f : (z > qmax ? qmax : z);
     *s = scale;
-    *zp = (z + WQK_MAGIC) - WQK_MAGIC;
+    *zp = wqk_rounded(-a, scale, 0.0f, qmax);
 }
 
 /* wqk_group_params of n groups (lo unused when symmetric), in a loop GCC vectorises; s and zp

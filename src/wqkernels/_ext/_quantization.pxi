@@ -140,12 +140,6 @@ def group_stats(const float[::1] x, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t i
     return finite
 
 
-cdef inline void group_params(float lo, float hi, float ratio, bint symmetric, float qmax,
-                              float* s, float* zp) noexcept nogil:
-    """Scale and zero point of a group clipped to ratio * its range (see wqk_group_params)."""
-    wqk_group_params(lo, hi, ratio, symmetric, qmax, s, zp)
-
-
 def scales_from_stats(const float[::1] lo, const float[::1] hi, float ratio, bint symmetric,
                       float qmax, float[::1] scale, float[::1] zero_point):
     """The min/max scale and zero point of every group from its statistics."""
@@ -211,7 +205,7 @@ cdef void set_slot(Slots* S, Py_ssize_t w, int slot, Py_ssize_t i, int c, float 
     """Slot `slot` of lane i tries candidate c (c < 0: nothing; it repeats ratio 0, ignored)."""
     cdef Py_ssize_t k = slot * w + i
     S.cand[k] = c
-    group_params(lo, hi, ratios[c if c >= 0 else 0], symmetric, qmax if symmetric else qmax - qmin,
+    wqk_group_params(lo, hi, ratios[c if c >= 0 else 0], symmetric, qmax if symmetric else qmax - qmin,
                  &S.s[k], &S.zp[k])
     S.inv[k] = 1.0 / S.s[k]
     S.blo[k] = qmin - S.zp[k]
@@ -337,7 +331,7 @@ cdef void search_unit(const float* x, const Layout* L, Py_ssize_t u, const float
                          lo[U.group + i], hi[U.group + i], ratios, symmetric, qmin, qmax)
         score_slots(x, L, &U, w, 2 * span, &S)
     for i in range(w):
-        group_params(lo[U.group + i], hi[U.group + i], ratios[S.best[i]], symmetric,
+        wqk_group_params(lo[U.group + i], hi[U.group + i], ratios[S.best[i]], symmetric,
                      qmax if symmetric else qmax - qmin, &scale[U.group + i], &zero_point[U.group + i])
     free(buf)
 
