@@ -300,10 +300,13 @@ def measure_floor(path: str) -> list[tuple[str, float, float]]:
         fn()
         rows.append((step, time.perf_counter() - wall, time.process_time() - cpu))
 
+    def names(gid):  # a group's member names, in link order
+        found = []
+        gid.links.iterate(found.append)
+        return found
+
     def tree(gid, visit):  # every member of each group opened in its group, depth first
-        names = []
-        gid.links.iterate(names.append)
-        for name in names:
+        for name in names(gid):
             oid = h5o.open(gid, name)
             if isinstance(oid, h5g.GroupID):
                 tree(oid, visit)
@@ -324,9 +327,7 @@ def measure_floor(path: str) -> list[tuple[str, float, float]]:
                 stored = h5t.py_create(np.dtype(np.float32), logical=1)
 
                 def recreate(src, dst):
-                    names = []
-                    src.links.iterate(names.append)
-                    for name in names:
+                    for name in names(src):
                         oid = h5o.open(src, name)
                         if isinstance(oid, h5g.GroupID):
                             recreate(oid, h5g.create(dst, name))
@@ -338,9 +339,7 @@ def measure_floor(path: str) -> list[tuple[str, float, float]]:
 
         def copy():
             with h5py.File(path + ".floor.h5", "w") as out:
-                names = []
-                f.id.links.iterate(names.append)
-                for name in names:
+                for name in names(f.id):
                     h5o.copy(f.id, name, out.id, name)
 
         timed("HDF5 H5Ovisit of every object", lambda: h5o.visit(f.id, lambda name: None))
