@@ -121,7 +121,7 @@ class PackedWriter(Writer):
         scale, zero_point = codes.scale, codes.zero_point
         del codes
         values = quantization.values(x, out, scale, zero_point)
-        info = getattr(self, "_members", {}).get(entry.path)
+        info = self._members.get(entry.path)
         dtype = info.dtype if info is not None else like.dtype
         placeholder(group, name, entry.shape, dtype, like)  # restored in the weight's own type
         return values, nbytes
