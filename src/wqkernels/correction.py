@@ -49,10 +49,12 @@ class Corrected(NamedTuple):
     moving_variance: np.ndarray | None
 
 
-def relu_moments(mean, std) -> tuple[np.ndarray, np.ndarray]:
+def relu_moments(mean, std, cap: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``E[relu(z)]`` and ``E[relu(z)^2]`` of ``z ~ N(mean, std^2)``, elementwise (float64).
 
     A standard deviation of 0 is the point mass at `mean`; its sign is ignored (a BN's gamma).
+    `cap`, when given, clips the output at ``cap > 0`` as well (Keras's ``ReLU(max_value=6)``,
+    ``relu6``): ``E[min(relu(z), cap)]`` and its square's.
 
     Examples
     --------
@@ -69,13 +71,28 @@ def relu_moments(mean, std) -> tuple[np.ndarray, np.ndarray]:
     cdf = 0.5 * (1.0 + _erf(z / math.sqrt(2.0)))
     pdf = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
     point = np.maximum(mean, 0.0)
-    m1 = np.where(std > 0, mean * cdf + safe * pdf, point)
-    m2 = np.where(std > 0, (mean * mean + safe * safe) * cdf + mean * safe * pdf, point * point)
-    return m1, m2
+    m1 = mean * cdf + safe * pdf
+    m2 = (mean * mean + safe * safe) * cdf + mean * safe * pdf
+    if cap is not None:  # less what lies above the cap, plus the cap times its probability
+        cap = float(cap)
+        if not cap > 0:
+            raise ValueError(f"cap must be positive, got {cap}")
+        b = (cap - mean) / safe
+        tail = 0.5 * _erfc(b / math.sqrt(2.0))
+        pdf_b = np.exp(-0.5 * b * b) / math.sqrt(2.0 * math.pi)
+        m1 = m1 - mean * tail - safe * pdf_b + cap * tail
+        m2 = m2 - (mean * mean + safe * safe) * tail - 2.0 * mean * safe * pdf_b - safe * safe * b * pdf_b \
+            + cap * cap * tail
+        point = np.minimum(point, cap)
+    return np.where(std > 0, m1, point), np.where(std > 0, m2, point * point)
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
     return np.frompyfunc(math.erf, 1, 1)(x).astype(np.float64)
+
+
+def _erfc(x: np.ndarray) -> np.ndarray:
+    return np.frompyfunc(math.erfc, 1, 1)(x).astype(np.float64)
 
 
 def output_moments(kernel, mean, var, kind: str) -> tuple[np.ndarray, np.ndarray]:

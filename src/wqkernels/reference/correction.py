@@ -7,18 +7,25 @@ import math
 import numpy as np
 
 
-def relu_moments(mean, std):
+def relu_moments(mean, std, cap=None):
+    """Each value's moments by integrating the density piece by piece: 0 below 0, z between
+    0 and `cap`, `cap` above it."""
     m1, m2 = [], []
+    top = math.inf if cap is None else float(cap)
     for mu, s in zip(np.ravel(np.asarray(mean, np.float64)), np.ravel(np.abs(np.asarray(std, np.float64)))):
         if s == 0:
-            m1.append(max(mu, 0.0))
-            m2.append(max(mu, 0.0) ** 2)
+            m1.append(min(max(mu, 0.0), top))
+            m2.append(min(max(mu, 0.0), top) ** 2)
             continue
-        z = mu / s
-        cdf = 0.5 * (1 + math.erf(z / math.sqrt(2)))
-        pdf = math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
-        m1.append(mu * cdf + s * pdf)
-        m2.append((mu * mu + s * s) * cdf + mu * s * pdf)
+        a, b = -mu / s, (top - mu) / s
+        mass = 0.5 * (math.erfc(a / math.sqrt(2)) - math.erfc(b / math.sqrt(2)))  # P(0 < z < cap)
+        pa = math.exp(-a * a / 2) / math.sqrt(2 * math.pi)
+        pb = 0.0 if b == math.inf else math.exp(-b * b / 2) / math.sqrt(2 * math.pi)
+        bpb = 0.0 if b == math.inf else b * pb
+        above = 0.0 if b == math.inf else 0.5 * math.erfc(b / math.sqrt(2))
+        m1.append(mu * mass + s * (pa - pb) + (0.0 if cap is None else top * above))
+        m2.append(mu * mu * mass + 2 * mu * s * (pa - pb) + s * s * (mass + a * pa - bpb)
+                  + (0.0 if cap is None else top * top * above))
     shape = np.broadcast(np.asarray(mean), np.asarray(std)).shape
     return np.array(m1).reshape(shape), np.array(m2).reshape(shape)
 
