@@ -34,6 +34,35 @@ def test_relu_moments_match_the_reference_and_the_integral(pairs):
     assert np.all(m2 >= m1 * m1 - 1e-12)
 
 
+@given(st.lists(st.tuples(finite, st.floats(0, 4, width=32)), min_size=1, max_size=8), st.floats(0.25, 8))
+def test_capped_relu_moments_match_the_reference_and_the_integral(pairs, cap):
+    """ReLU6 and other capped ReLUs: the output clipped to [0, cap]."""
+    mean, std = np.array(pairs, np.float64).T
+    m1, m2 = correction.relu_moments(mean, std, cap)
+    r1, r2 = ref.relu_moments(mean, std, cap)
+    np.testing.assert_allclose(m1, r1, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(m2, r2, rtol=1e-9, atol=1e-12)
+    for mu, s, e1, e2 in zip(mean, std, m1, m2):
+        if s > 0.05:
+            x = np.linspace(mu - 12 * s, mu + 12 * s, 400001)
+            density = np.exp(-0.5 * ((x - mu) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+            y = np.clip(x, 0, cap)
+            assert e1 == pytest.approx(np.trapezoid(y * density, x), rel=1e-5, abs=1e-8)
+            assert e2 == pytest.approx(np.trapezoid(y * y * density, x), rel=1e-5, abs=1e-8)
+        else:
+            assert e1 == pytest.approx(min(max(mu, 0), cap), abs=0.05)
+    assert np.all(m1 <= cap + 1e-12) and np.all(m2 <= cap * cap + 1e-12)
+    assert np.all(m2 >= m1 * m1 - 1e-12)
+    with pytest.raises(ValueError, match="cap must be positive"):
+        correction.relu_moments(mean, std, 0.0)
+
+
+def test_an_uncapped_relu_is_a_cap_at_infinity():
+    mean, std = np.array([-1.0, 0.0, 2.0]), np.array([1.0, 0.5, 0.0])
+    for got, want in zip(correction.relu_moments(mean, std, 1e30), correction.relu_moments(mean, std)):
+        np.testing.assert_array_equal(got, want)
+
+
 KERNELS = {"dense": (6, 3), "conv": (3, 3, 4, 5), "depthwise": (3, 3, 4, 2)}
 
 
@@ -164,3 +193,58 @@ def test_input_moments_follow_bn_relu_pooling_flatten_and_add():
     np.testing.assert_allclose(got.var, m2 - m1 * m1)
     assert input_moments(nodes, "d0", bn.get) is None  # the conv's output: not known
     assert input_moments(nodes, "d1", bn.get) is None  # a sigmoid: not followed
+
+
+def test_input_moments_of_capped_relus():
+    def layer(cls, name, inputs, **config):
+        return {"class_name": cls, "config": {"name": name, **config},
+                "inbound_nodes": [[[s, 0, 0, {}] for s in inputs]] if inputs else []}
+    config = {"class_name": "Model", "config": {"layers": [
+        layer("InputLayer", "x", []), layer("BatchNormalization", "bn", ["x"], axis=-1),
+        layer("ReLU", "r6", ["bn"], max_value=6.0, negative_slope=0.0, threshold=0.0), layer("Dense", "d6", ["r6"]),
+        layer("Activation", "a6", ["bn"], activation="relu6"), layer("Dense", "e6", ["a6"]),
+        layer("ReLU", "r", ["bn"], max_value=None), layer("Dense", "d", ["r"]),
+        layer("ReLU", "leaky", ["bn"], negative_slope=0.1), layer("Dense", "dl", ["leaky"]),
+        layer("ReLU", "odd", ["bn"], max_value="6"), layer("Dense", "do", ["odd"]),
+    ]}}
+    bn = {"bn": {"gamma": np.array([3.0, 1.0]), "beta": np.array([5.0, -1.0]), "moving_mean": np.zeros(2),
+                 "moving_variance": np.ones(2)}}
+    nodes = graph(config)
+    m1, m2 = correction.relu_moments(np.array([5.0, -1.0]), np.array([3.0, 1.0]), 6.0)
+    for name in ("d6", "e6"):
+        got = input_moments(nodes, name, bn.get)
+        np.testing.assert_array_equal(got.mean, m1)
+        np.testing.assert_array_equal(got.var, np.maximum(m2 - m1 * m1, 0.0))
+    plain = correction.relu_moments(np.array([5.0, -1.0]), np.array([3.0, 1.0]))[0]
+    np.testing.assert_array_equal(input_moments(nodes, "d", bn.get).mean, plain)
+    assert plain[0] > m1[0]  # the cap lowers the mean of a channel reaching past it
+    assert input_moments(nodes, "dl", bn.get) is None and input_moments(nodes, "do", bn.get) is None
+
+
+def test_graph_of_nested_models():
+    """A nested model's layers are nodes of their own, its name stands for its output; a nested
+    model whose names repeat outer ones stays one node."""
+    def keras3(cls, name, inputs, **config):
+        return {"class_name": cls, "config": {"name": name, **config},
+                "inbound_nodes": [{"args": [{"class_name": "__keras_tensor__", "config": {"keras_history": [s, 0, 0]}}
+                                            for s in inputs], "kwargs": {}}] if inputs else []}
+    backbone = {"class_name": "Sequential", "config": {"name": "backbone", "layers": [
+        {"class_name": "InputLayer", "config": {"name": "bin"}}, {"class_name": "BatchNormalization", "config": {"name": "bn"}},
+        {"class_name": "ReLU", "config": {"name": "relu"}}]}}
+    head = {"class_name": "Functional", "name": "head", "config": {"name": "head", "layers": [
+        keras3("InputLayer", "hin", []), keras3("Flatten", "flat", ["hin"]), keras3("Dense", "d", ["flat"])],
+        "input_layers": ["hin", 0, 0], "output_layers": [["d", 0, 0]]}}
+    top = {"class_name": "Sequential", "config": {"name": "top", "layers": [
+        {"class_name": "InputLayer", "config": {"name": "in"}}, backbone, head, {"class_name": "Dense", "config": {"name": "out"}}]}}
+    nodes = graph(top)
+    assert {n: (v.inputs, v.through) for n, v in nodes.items()} == {
+        "in": ((), False), "bin": (("in",), False), "bn": (("bin",), False), "relu": (("bn",), False),
+        "backbone": (("relu",), True), "hin": (("backbone",), False), "flat": (("hin",), False),
+        "d": (("flat",), False), "head": (("d",), True), "out": (("head",), False)}
+    stats = {"bn": {"gamma": np.array([1.0]), "beta": np.array([0.5]), "moving_mean": np.zeros(1),
+                    "moving_variance": np.ones(1)}}
+    want = correction.relu_moments(np.array([0.5]), np.array([1.0]))[0]
+    np.testing.assert_array_equal(input_moments(nodes, "d", stats.get).mean, want)  # through both models
+    assert input_moments(nodes, "bn", stats.get) is None  # the top model's input: not known
+    clash = {"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "config": {"name": "bn"}}, backbone]}}
+    assert {n: v.through for n, v in graph(clash).items()} == {"bn": False, "backbone": False}

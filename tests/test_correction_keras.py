@@ -149,3 +149,29 @@ def test_quantization_alone_and_the_cli_switch(bn_model, tmp_path, capsys):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     code, out, err = run_cli(["rewrite", str(path), "-o", str(tmp_path / "cli.keras"), "--sparsity", "0.75"], capsys)
     assert "BatchNorm statistics corrected" in out + err
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_nested_model_is_corrected_as_the_same_model_flat(bn_model, tmp_path, suffix):
+    """A pretrained backbone inside a Sequential (the usual transfer-learning shape): the layers
+    inside it are corrected as they are in the flat model, in both formats."""
+    path, model, x = bn_model
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    cut = [layer.name for layer in layers].index("relu3") + 1
+    backbone = keras.Sequential([keras.Input((8, 8, 3)), *layers[:cut]], name="backbone")
+    nested = keras.Sequential([keras.Input((8, 8, 3)), backbone, *layers[cut:]], name="nested")
+    flat, inner = tmp_path / f"flat{suffix}", tmp_path / f"nested{suffix}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(flat)
+        nested.save(inner)
+    reports = [wqkernels.rewrite(src, tmp_path / f"out-{src.name}", Recipe(sparsity=0.75, min_size=0))
+               for src in (flat, inner)]
+    notes = [next(n for n in r.notes if n.startswith("BatchNorm statistics corrected")) for r in reports]
+    assert notes[0] == notes[1] == ("BatchNorm statistics corrected the pruned outputs of depthwise (bn2 moving mean and "
+                                    "variance), pointwise (bn3 moving mean and variance), dense (kernel scale, bias)")
+    a, b = _load(tmp_path / f"out-{flat.name}"), _load(tmp_path / f"out-{inner.name}")
+    inside = {layer.name: layer for layer in b.get_layer("backbone").layers} | {layer.name: layer for layer in b.layers}
+    for layer in a.layers:
+        for v, w in zip(layer.weights, inside[layer.name].weights if layer.weights else []):
+            assert_bit_equal(np.asarray(w.numpy()), np.asarray(v.numpy()), f"{layer.name} {v.path}")

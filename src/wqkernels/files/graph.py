@@ -5,7 +5,8 @@
 layer's input back to a BatchNormalization through the layers whose statistics it knows:
 
 * BatchNormalization (channels last): ``N(beta, gamma^2)`` per channel;
-* ReLU (plain) and Activation("relu") of such a Gaussian: :func:`~wqkernels.correction.relu_moments`;
+* ReLU (plain or capped: ReLU6) and Activation("relu"/"relu6") of such a Gaussian:
+  :func:`~wqkernels.correction.relu_moments`;
 * Dropout layers and linear activations: unchanged at inference; Flatten (channels last): each
   channel repeated, as :func:`~wqkernels.correction.output_moments` tiles it; average pooling:
   the mean exactly (padding aside), the variance an upper bound;
@@ -31,27 +32,45 @@ from .recipe import Recipe
 from .roles import _children, class_name, layer_name
 from .transform import pruned
 
-__all__ = ["Node", "graph", "input_moments", "corrections"]
+__all__ = ["Node", "graph", "owner", "input_moments", "corrections"]
 
 
 @dataclass(frozen=True)
 class Node:
-    """One layer of a model config: its class, its config and the layers it reads."""
+    """One layer of a model config: its class, its config and the layers it reads; `through`
+    for a nested model's name, which stands for its output (what it reads passes on unchanged)."""
 
     cls: str | None
     config: dict
     inputs: tuple
+    through: bool = False
 
 
 def graph(config: dict | None) -> dict:
-    """{layer name: Node} of the top level of a model config, in config order; empty without one.
+    """{layer name: Node} of a model config, in config order; empty without one.
 
     Layers of a Sequential read the layer before; a functional model's layers read what their
-    first inbound node names.  Nested models are nodes like any layer (their statistics unknown).
+    first inbound node names.  A nested model's layers are nodes of their own (its input layers
+    read what the model reads; its name is a `through` node reading its single output layer),
+    unless a name inside it repeats one outside it: then the model is one node whose statistics
+    are unknown.
     """
+    out = {}
+    _add(config, (), out, 0)
+    return out
+
+
+#: nested models followed inside one another: real models nest two or three deep
+_NESTING = 16
+
+
+def _add(config, outer: tuple, out: dict, depth: int) -> str | None:
+    """Add the layers of model `config` to `out`, its input layers reading `outer`; the name of
+    its single output layer, or None."""
     layers = _children(config) if isinstance(config, dict) else None
-    out, previous = {}, None
     functional = any("inbound_nodes" in c for c in layers or [])
+    entry = _io_names(config, "input_layers") if functional else []
+    previous = outer
     for child in layers or []:
         name = layer_name(child)
         if name is None:
@@ -60,11 +79,43 @@ def graph(config: dict | None) -> dict:
         if functional:
             nodes = child.get("inbound_nodes") or []
             inputs = tuple(_sources(nodes[0])) if isinstance(nodes, list) and nodes else ()
+            if not inputs and name in entry and entry.index(name) < len(outer):
+                inputs = (outer[entry.index(name)],)
         else:
-            inputs = () if previous is None else (previous,)
-        out[name] = Node(class_name(child), inner, inputs)
-        previous = name
-    return out
+            inputs = previous
+        if _children(child) is not None and depth < _NESTING and not (_names(child) & (out.keys() | {name})):
+            last = _add(child, inputs, out, depth + 1)
+            out[name] = Node(class_name(child), inner, (last,) if last is not None else (), through=True)
+        else:
+            out[name] = Node(class_name(child), inner, inputs)
+        previous = (name,)
+    if not functional:
+        return previous[0] if previous is not outer else None
+    ends = _io_names(config, "output_layers")
+    return ends[0] if len(ends) == 1 else None
+
+
+def _io_names(config: dict, key: str) -> list:
+    """The layer names of a functional config's ``input_layers`` or ``output_layers`` (a list of
+    ``[name, node, tensor]``, or one such triple)."""
+    inner = config.get("config") if isinstance(config.get("config"), dict) else {}
+    items = inner.get(key)
+    if isinstance(items, list) and len(items) == 3 and isinstance(items[0], str):
+        items = [items]
+    return [i[0] for i in items if isinstance(i, list) and i and isinstance(i[0], str)] \
+        if isinstance(items, list) else []
+
+
+def _names(config: dict) -> set:
+    """Every layer name inside a model config, at any depth."""
+    found, stack = set(), list(_children(config) or [])
+    while stack:
+        child = stack.pop()
+        name = layer_name(child)
+        if name is not None:
+            found.add(name)
+        stack.extend(_children(child) or [])
+    return found
 
 
 def _sources(node) -> list:
@@ -147,11 +198,28 @@ def _passes(cls: str | None) -> bool:
     return cls in ("ReLU", "Activation", "Add", "Flatten") or cls in _SAME or cls in _AVERAGE or cls in _MAX
 
 
+def _relu(cls: str | None, cfg: dict) -> tuple[bool, float | None]:
+    """(whether the layer is a ReLU whose moments are known, its cap): a plain ReLU, one capped
+    by a positive ``max_value`` (ReLU6), Activation("relu") or Activation("relu6")."""
+    if cls == "Activation":
+        return {"relu": (True, None), "relu6": (True, 6.0)}.get(cfg.get("activation"), (False, None))
+    if cls != "ReLU" or cfg.get("negative_slope") or cfg.get("threshold"):
+        return False, None
+    cap = cfg.get("max_value")
+    if cap is None:
+        return True, None
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < float("inf"):
+        return False, None
+    return True, float(cap)
+
+
 def _moments_of(nodes, name, bn_weights, memo, depth=0) -> Moments | None:
     node = nodes.get(name)
     if node is None:
         return None
     cfg, cls = node.config, node.cls
+    if node.through or cls == "InputLayer":  # a nested model's output, or its input layer
+        return _moments(nodes, node.inputs[0], bn_weights, memo, depth + 1) if len(node.inputs) == 1 else None
     if cls != "BatchNormalization" and not _passes(cls):
         return None
     if cls == "BatchNormalization":
@@ -172,12 +240,11 @@ def _moments_of(nodes, name, bn_weights, memo, depth=0) -> Moments | None:
     if len(parts) != 1:
         return None
     x = parts[0]
-    relu = (cls == "ReLU" and not cfg.get("max_value") and not cfg.get("negative_slope") and not cfg.get("threshold")) \
-        or (cls == "Activation" and cfg.get("activation") == "relu")
+    relu, cap = _relu(cls, cfg)
     if relu:
         if not x.gaussian:
             return None
-        m1, m2 = relu_moments(x.mean, np.sqrt(x.var))
+        m1, m2 = relu_moments(x.mean, np.sqrt(x.var), cap)
         return Moments(m1, np.maximum(m2 - m1 * m1, 0.0), False)
     if cls in _SAME or (cls == "Activation" and cfg.get("activation") == "linear"):
         return x
@@ -213,13 +280,26 @@ def _bn_roles(config: dict) -> list:
             if on]
 
 
+def owner(e: Entry, nodes: dict) -> str:
+    """The layer of `nodes` whose weight `e` is: its layer, or, for a weight of a nested model in a
+    legacy file (grouped under the top-level model's name), the group holding it."""
+    node = nodes.get(e.layer)
+    if node is not None and not node.through:
+        return e.layer
+    parts = e.path.rsplit("/", 2)
+    if len(parts) == 3 and parts[1] in nodes and not nodes[parts[1]].through:
+        return parts[1]
+    return e.layer
+
+
 def _layer_entries(source, nodes: dict) -> dict:
-    """{layer name: {role: entry}} of the weights of the top-level layers (`nodes`, the graph of
-    the source's config); a BatchNormalization's roles by name, or by index (:func:`_bn_roles`)."""
+    """{layer name: {role: entry}} of the weights of the layers in `nodes` (the graph of the
+    source's config); a BatchNormalization's roles by name, or by index (:func:`_bn_roles`)."""
     out = {}
     for e in source.entries:
-        node = nodes.get(e.layer)
-        if node is None or e.role in ("optimizer", "variable"):
+        name = owner(e, nodes)
+        node = nodes.get(name)
+        if node is None or node.through or e.role in ("optimizer", "variable"):
             continue
         role = e.role
         if node.cls == "BatchNormalization" and role not in _BN_VARS:
@@ -227,7 +307,7 @@ def _layer_entries(source, nodes: dict) -> dict:
             names = _bn_roles(node.config)
             if parent.rpartition("/")[2] == "vars" and index.isdigit() and int(index) < len(names):
                 role = names[int(index)]
-        out.setdefault(e.layer, {}).setdefault(role, e)
+        out.setdefault(name, {}).setdefault(role, e)
     return out
 
 
@@ -259,19 +339,20 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
         return {role: read(e) for role, e in entries[name].items() if role in _BN_VARS}
 
     order = {name: i for i, name in enumerate(nodes)}
-    for e in sorted(selected, key=lambda e: order.get(e.layer, len(order))):  # in model order
-        node = nodes.get(e.layer)
+    for e in sorted(selected, key=lambda e: order.get(owner(e, nodes), len(order))):  # in model order
+        name = owner(e, nodes)
+        node = nodes.get(name)
         kind = _KINDS.get(node.cls) if node is not None else None
         if kind is None or e.role != "kernel" or node.config.get("data_format", "channels_last") != "channels_last":
             continue
-        own = entries.get(e.layer, {})
-        after = readers.get(e.layer, [])
+        own = entries.get(name, {})
+        after = readers.get(name, [])
         bn = after[0] if len(after) == 1 and nodes[after[0]].cls == "BatchNormalization" else None
         target = "bias" if "bias" in own else None
         if target is None and (bn is None or node.config.get("activation", "linear") != "linear"
                                or not has_statistics(bn) or not _channels_last_axis(nodes[bn].config.get("axis", -1))):
             continue
-        moments = input_moments(nodes, e.layer, bn_weights, memo)
+        moments = input_moments(nodes, name, bn_weights, memo)
         if moments is None:
             continue
         kernel = source.read(e, buffers).astype(np.float32)
@@ -293,11 +374,11 @@ def corrections(source, recipe: Recipe, counts: dict, selected: list, buffers: B
         if target == "bias":
             out[e.path] = _Scaled(source, e, recipe, counts, fixed.scale)
             out[own["bias"].path] = fixed.bias
-            done.append(f"{e.layer} (kernel scale, bias)")
+            done.append(f"{name} (kernel scale, bias)")
         else:
             out[entries[bn]["moving_mean"].path] = fixed.moving_mean
             out[entries[bn]["moving_variance"].path] = fixed.moving_variance
-            done.append(f"{e.layer} ({bn} moving mean and variance)")
+            done.append(f"{name} ({bn} moving mean and variance)")
     return out, done
 
 
