@@ -248,3 +248,26 @@ def test_graph_of_nested_models():
     assert input_moments(nodes, "bn", stats.get) is None  # the top model's input: not known
     clash = {"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "config": {"name": "bn"}}, backbone]}}
     assert {n: v.through for n, v in graph(clash).items()} == {"bn": False, "backbone": False}
+
+
+def test_input_moments_through_concatenation_and_zero_padding():
+    def layer(cls, name, inputs, **config):
+        return {"class_name": cls, "config": {"name": name, **config},
+                "inbound_nodes": [[[s, 0, 0, {}] for s in inputs]] if inputs else []}
+    config = {"class_name": "Model", "config": {"layers": [
+        layer("InputLayer", "x", []), layer("BatchNormalization", "a", ["x"]), layer("BatchNormalization", "b", ["x"]),
+        layer("Concatenate", "cat", ["a", "b"], axis=-1), layer("ZeroPadding2D", "pad", ["cat"]),
+        layer("Conv2D", "c", ["pad"]),
+        layer("Concatenate", "rows", ["a", "b"], axis=1), layer("Dense", "d", ["rows"]),
+        layer("ZeroPadding2D", "first", ["a"], data_format="channels_first"), layer("Dense", "e", ["first"]),
+    ]}}
+    bn = {"a": {"gamma": np.array([2.0]), "beta": np.array([1.0]), "moving_mean": np.zeros(1), "moving_variance": np.ones(1)},
+          "b": {"gamma": np.array([1.0, 3.0]), "beta": np.array([0.0, -1.0]), "moving_mean": np.zeros(2),
+                "moving_variance": np.ones(2)}}
+    nodes = graph(config)
+    got = input_moments(nodes, "c", bn.get)
+    np.testing.assert_array_equal(got.mean, [1.0, 0.0, -1.0])
+    np.testing.assert_array_equal(got.var, [4.0, 1.0, 9.0])
+    assert got.gaussian
+    assert input_moments(nodes, "d", bn.get) is None  # not the channel axis
+    assert input_moments(nodes, "e", bn.get) is None  # channels first

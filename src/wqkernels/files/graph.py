@@ -12,9 +12,12 @@ layer's input back to a BatchNormalization through the layers whose statistics i
   the mean exactly (padding aside), the variance an upper bound;
 * max pooling: taken as mean-preserving (an underestimate: the max of a window is larger than
   its values' mean), no longer Gaussian;
-* Add: the sum of the means and of the variances (the branches taken as independent).
+* Add: the sum of the means and of the variances (the branches taken as independent);
+  Concatenate on the channel axis: each branch's channels side by side;
+* zero padding: taken as leaving the statistics as they are (as a convolution's own zero padding
+  at the borders is ignored).
 
-Anything else (an input, a layer with its own weights, a concatenation, a reshape) is not known,
+Anything else (an input, a layer with its own weights, a reshape) is not known,
 and layers reading it are left alone.  :func:`corrections` gives, for a rewrite that prunes, the
 new bias or following BatchNorm statistics of each layer whose input is known
 (:func:`wqkernels.correction.correct_layer`), as values to write instead of the file's.
@@ -154,6 +157,7 @@ _SAME = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", 
          "AlphaDropout", "Identity")
 _AVERAGE = ("AveragePooling1D", "AveragePooling2D", "AveragePooling3D", "GlobalAveragePooling1D",
             "GlobalAveragePooling2D", "GlobalAveragePooling3D")
+_PADDING = ("ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D")
 _MAX = ("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
         "GlobalMaxPooling3D")
 
@@ -195,7 +199,8 @@ def _moments(nodes, name, bn_weights, memo, depth=0):
 
 def _passes(cls: str | None) -> bool:
     """Whether a layer of class `cls` may pass known statistics on (so its inputs are worth following)."""
-    return cls in ("ReLU", "Activation", "Add", "Flatten") or cls in _SAME or cls in _AVERAGE or cls in _MAX
+    return cls in ("ReLU", "Activation", "Add", "Concatenate", "Flatten") or cls in _SAME or cls in _AVERAGE \
+        or cls in _MAX or cls in _PADDING
 
 
 def _relu(cls: str | None, cfg: dict) -> tuple[bool, float | None]:
@@ -237,6 +242,11 @@ def _moments_of(nodes, name, bn_weights, memo, depth=0) -> Moments | None:
         if len({p.mean.shape for p in parts}) != 1:
             return None
         return Moments(sum(p.mean for p in parts), sum(p.var for p in parts), all(p.gaussian for p in parts))
+    if cls == "Concatenate":
+        if cfg.get("axis", -1) != -1 or any(p.mean.ndim != 1 for p in parts):
+            return None
+        return Moments(np.concatenate([p.mean for p in parts]), np.concatenate([p.var for p in parts]),
+                       all(p.gaussian for p in parts))
     if len(parts) != 1:
         return None
     x = parts[0]
@@ -248,6 +258,8 @@ def _moments_of(nodes, name, bn_weights, memo, depth=0) -> Moments | None:
         return Moments(m1, np.maximum(m2 - m1 * m1, 0.0), False)
     if cls in _SAME or (cls == "Activation" and cfg.get("activation") == "linear"):
         return x
+    if cls in _PADDING:
+        return x if cfg.get("data_format", "channels_last") == "channels_last" else None
     if cls in _AVERAGE or cls == "Flatten":
         return x if cfg.get("data_format", "channels_last") == "channels_last" else None
     if cls in _MAX:
