@@ -683,7 +683,16 @@ WQK_CLONES static void wqk_unpack(const uint8_t *packed, ptrdiff_t n, int b, int
     }
 }
 
-/* Sum-preserving rounding of a tile of `w` groups of codes, in place.  Member (r, c) of group j
+/* The code of quotient y = x / s as a Code: wqk_code's, to the bit (two's complement when signed). */
+template <typename Code> static inline __attribute__((always_inline)) Code wqk_code_of(float y, float zp, float lo, float hi) {
+    y = y < lo ? lo : y;
+    y = y > hi ? hi : y;
+    return (Code)(int32_t)(((y + WQK_MAGIC) - WQK_MAGIC) + zp);
+}
+
+/* Sum-preserving rounding of a tile of `w` groups, codes and all: each member's code is made
+ * (wqk_code, from the same quotient) in the pass that adds up the residuals, written to q, and
+ * then moved.  Member (r, c) of group j
  * (r < rows, c < length; C order within the group) is at j * lane + r * row + c; channels
  * side by side (length 1, lane 1) are read a row across the groups at a time (wqk_sums_columns),
  * the others copied into `e` and `code`, rows * length entries per group.
@@ -786,20 +795,27 @@ static inline __attribute__((always_inline)) void wqk_sums_columns(const float *
                                                                    wqk_move *moves) {
     const ptrdiff_t w = W ? W : w0;
     double total[WQK_SUM_LANES] = {0.0};
+    float lo[WQK_SUM_LANES], hi[WQK_SUM_LANES]; /* each group's code bounds before its zero point */
+    for (ptrdiff_t j = 0; j < w; j++) {
+        lo[j] = qmin - zp[j];
+        hi[j] = qmax - zp[j];
+    }
     for (ptrdiff_t r = 0; r < rows; r++) {
         const float *xr = x + r * row;
-        const Code *qr = q + r * row;
+        Code *qr = q + r * row;
         if (r + WQK_SUM_AHEAD < rows) { /* short runs far apart: not fetched ahead by the hardware */
             wqk_prefetch_run(xr + WQK_SUM_AHEAD * row, w * (ptrdiff_t)sizeof(float));
             wqk_prefetch_run(qr + WQK_SUM_AHEAD * row, w * (ptrdiff_t)sizeof(Code));
         }
         float *yr = y + r * w;
-        Code *cr = code + r * w;
+        Code *__restrict cr = code + r * w; /* (codes are bytes, which may alias anything) */
         for (ptrdiff_t j = 0; j < w; j++) {
-            yr[j] = xr[j] / s[j];
-            cr[j] = qr[j];
-            total[j] += ((double)yr[j] + (double)zp[j]) - (double)cr[j];
+            const float y = xr[j] / s[j];
+            yr[j] = y;
+            cr[j] = wqk_code_of<Code>(y, zp[j], lo[j], hi[j]);
+            total[j] += ((double)y + (double)zp[j]) - (double)cr[j];
         }
+        memcpy(qr, cr, (size_t)w * sizeof(Code));
     }
     double limit[WQK_SUM_LANES], dir[WQK_SUM_LANES], k[WQK_SUM_LANES], edge[WQK_SUM_LANES];
     ptrdiff_t want[WQK_SUM_LANES], count[WQK_SUM_LANES];
@@ -877,10 +893,12 @@ WQK_CLONES WQK_NO_TRAPS static void wqk_preserve_sums(const float *x, Code *q, p
             const float sj = s[j];
             const double zj = (double)zp[j];
             double sum = total[j];
+            const float lo = qmin - zp[j], hi = qmax - zp[j];
             for (ptrdiff_t c = 0; c < length; c++) {
                 const ptrdiff_t at = j * lane + r * row + c, t = j * ld + r * length + c;
-                code[t] = q[at];
-                e[t] = ((double)(x[at] / sj) + zj) - (double)code[t];
+                const float y = x[at] / sj;
+                code[t] = q[at] = wqk_code_of<Code>(y, zp[j], lo, hi);
+                e[t] = ((double)y + zj) - (double)code[t];
                 sum += e[t];
             }
             total[j] = sum;
