@@ -468,6 +468,24 @@ def test_sum_rounding_of_channels_whose_costs_are_not_spread_agrees_with_referen
     assert moved[3] == 2 and moved[70] > 200 and moved[129] > 100
 
 
+def test_sum_rounding_of_channels_with_quotients_beyond_float32_residuals_agrees_with_reference():
+    """Channels side by side add up float32 residuals y - code while those are exact; quotients
+    of 2^25 and 2^26, clamped to the top and bottom codes, leave residuals that float32 rounds
+    (by one each, the three not cancelling): such a tile is settled from float64 residuals, and
+    its codes still sum to the integer nearest the exact sum."""
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((300, 70)) * 20).astype(np.float32)
+    x[:3, 5] = [-2.0 ** 26, 2.0 ** 25, 2.0 ** 25]  # residuals -(2^26 - 127), 2^25 - 127 twice: -127
+    x[3:, 5] = np.rint(x[3:, 5]) + np.float32(0.25)  # and 297 residuals of 0.25 ...
+    x[3:76, 5] -= np.float32(0.5)  # ... 73 of them -0.25: a sum of -89.25 (of float32 residuals -90.25)
+    opts = dict(bits=8, axis=-1, scale=np.ones(70, np.float32), rounding="sum")
+    qa = wqkernels.quantize(x, **opts)
+    assert_same_quantization(qa, ref.quantize(x, **opts))
+    codes = qa.values[:, 5].astype(np.int64)
+    unrounded = np.sum(x[:, 5].astype(np.float64) - np.clip(np.rint(x[:, 5]), -127, 127))
+    assert codes.sum() - np.clip(np.rint(x[:, 5]), -127, 127).sum() == np.rint(unrounded)
+
+
 def test_sum_rounding_ties_in_a_long_group_go_to_the_earlier_elements():
     x = np.full(5000, 0.25, np.float32)
     # scale 2/3 and zero point 2 at 2 bits: -1.0 is 0.5 above its code (the cheapest move), 1.0 at

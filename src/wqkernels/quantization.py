@@ -357,7 +357,8 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
     if scale is None and zero_point is not None:
         raise ValueError("zero_point needs scale: give both or neither")
 
-    if method == "minmax" and scale is None and not fixed and g.axis is not None and xf.size:
+    # (sum-preserving rounding makes its codes from scales found first)
+    if method == "minmax" and scale is None and not fixed and g.axis is not None and xf.size and rounding != "sum":
         return xf, g, sch, np.empty(g.count, np.float32), np.empty(g.count, np.float32), True
     lo, hi = _stats(xf, g, asymmetric=not sch.symmetric)
     if rounding == "sum":  # max |x| per group, before a percentile replaces lo and hi
@@ -392,11 +393,14 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
 def _codes(xf: np.ndarray, g: Groups, sch, s: np.ndarray, zp: np.ndarray, fit: bool, rounding: str) -> np.ndarray:
     """The codes of x; with fit, s and zp are set to the min/max scales as they are made."""
     codes = np.empty(g.shape, dtype=sch.dtype)
-    if not _core.quantize_into(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g),
-                               _per_block(s, g), _per_block(zp, g), float(sch.qmin), float(sch.qmax), fit):
+    if rounding == "sum":  # (x is finite: _prepare's statistics say so)
+        _core.quantize_sums_into(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g, search=True),
+                                 np.ascontiguousarray(s, dtype=np.float32).reshape(-1),
+                                 np.ascontiguousarray(zp, dtype=np.float32).reshape(-1), float(sch.qmin),
+                                 float(sch.qmax))
+    elif not _core.quantize_into(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g),
+                                 _per_block(s, g), _per_block(zp, g), float(sch.qmin), float(sch.qmax), fit):
         raise nonfinite_error(xf)
-    if rounding == "sum" and xf.size:
-        _preserve_sums(xf, codes, s, zp, g, sch)
     return codes
 
 
@@ -420,13 +424,6 @@ def _check_rounding(rounding) -> str:
     if not isinstance(rounding, str) or rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {', '.join(map(repr, ROUNDINGS))}, got {rounding!r}")
     return rounding
-
-
-def _preserve_sums(xf: np.ndarray, codes: np.ndarray, s: np.ndarray, zp: np.ndarray, g: Groups, sch) -> None:
-    """Sum-preserving rounding: adjust the round-to-nearest `codes` in place, group by group."""
-    _core.preserve_sums(xf.reshape(-1), codes.reshape(-1).view(np.uint8), *_layout(g, search=True),
-                        np.ascontiguousarray(s, dtype=np.float32).reshape(-1),
-                        np.ascontiguousarray(zp, dtype=np.float32).reshape(-1), float(sch.qmin), float(sch.qmax))
 
 
 def _grouping(shape, axis, block_size) -> Groups:

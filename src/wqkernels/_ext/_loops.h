@@ -683,7 +683,16 @@ WQK_CLONES static void wqk_unpack(const uint8_t *packed, ptrdiff_t n, int b, int
     }
 }
 
-/* Sum-preserving rounding of a tile of `w` groups of codes, in place.  Member (r, c) of group j
+/* The code of quotient y = x / s as a Code: wqk_code's, to the bit (two's complement when signed). */
+template <typename Code> static inline __attribute__((always_inline)) Code wqk_code_of(float y, float zp, float lo, float hi) {
+    y = y < lo ? lo : y;
+    y = y > hi ? hi : y;
+    return (Code)(int32_t)(((y + WQK_MAGIC) - WQK_MAGIC) + zp);
+}
+
+/* Sum-preserving rounding of a tile of `w` groups, codes and all: each member's code is made
+ * (wqk_code, from the same quotient) in the pass that adds up the residuals, written to q, and
+ * then moved.  Member (r, c) of group j
  * (r < rows, c < length; C order within the group) is at j * lane + r * row + c; channels
  * side by side (length 1, lane 1) are read a row across the groups at a time (wqk_sums_columns),
  * the others copied into `e` and `code`, rows * length entries per group.
@@ -749,59 +758,102 @@ static inline ptrdiff_t wqk_cheapest(wqk_move *moves, ptrdiff_t n, ptrdiff_t wan
 #define WQK_SUM_PAD 72
 
 /* The rule of wqk_preserve_sums for one group whose first bound left too few candidates, or
- * more than its list holds: its m members' residuals e(t) = ((double)y[t * ys] + zp) - code[t * ys]
- * (y the float32 quotients), the bound raised until it takes `want` of them, then a selection;
- * the chosen members' codes at q + t * row move one step. */
-template <typename Code>
-static void wqk_sums_group(const float *y, const Code *code, ptrdiff_t ys, ptrdiff_t m, float zp, double k,
+ * more than its list holds: its m members' residuals e(t) (Residual: residual[t * ys] itself;
+ * else ((double)residual[t * ys] + zp) - code[t * ys], from the float32 quotients), the bound
+ * raised until it takes `want` of them, then a selection; the chosen members' codes at
+ * q + t * row move one step. */
+template <typename Code, bool Residual>
+static void wqk_sums_group(const float *residual, const Code *code, ptrdiff_t ys, ptrdiff_t m, float zp, double k,
                            float qmin, float qmax, Code *q, ptrdiff_t row, wqk_move *moves) {
     const double dir = k > 0.0 ? 1.0 : -1.0;
     const Code edge = (Code)(k > 0.0 ? qmax : qmin);
     const ptrdiff_t want = std::fabs(k) < (double)m ? (ptrdiff_t)std::fabs(k) : m;
     const ptrdiff_t n = wqk_candidates(m, want, [&](ptrdiff_t t) {
         const Code c = code[t * ys];
-        return c == edge ? HUGE_VAL : 1.0 - 2.0 * dir * (((double)y[t * ys] + (double)zp) - (double)c);
+        const double e = Residual ? (double)residual[t * ys] : ((double)residual[t * ys] + (double)zp) - (double)c;
+        return c == edge ? HUGE_VAL : 1.0 - 2.0 * dir * e;
     }, moves);
     const ptrdiff_t take = wqk_cheapest(moves, n, want);
     const int step = k > 0.0 ? 1 : -1;
     for (ptrdiff_t i = 0; i < take; i++) q[moves[i].at * row] = (Code)(q[moves[i].at * row] + step);
 }
 
+/* Quotients below this magnitude leave a float32 residual y - rint(clamp(y)) that is exact:
+ * unclamped, y and its code are within a factor 2 (Sterbenz), or the code is 0; clamped, the
+ * difference is a multiple of y's unit in the last place no larger than 2 |y|. */
+#define WQK_EXACT_RESIDUAL 8388608.0f /* 2^23 */
+
 /* wqk_preserve_sums for channels side by side (member r of group j at r * row + j, w <= 64
  * groups; W: w when it is known), in two passes over the tile and no transpose.  The first
- * takes each member's float32 quotient x / s (into y, rows of w) and code (into code), and
- * adds the residuals up in member order, a row at a time across the groups (vectorised); the
- * second makes each member's cost from them again, to the bit, and lists per group those
+ * takes each member's float32 quotient x / s, makes its code (into code and q), and adds the
+ * residuals up in member order, a row at a time across the groups (vectorised); the second
+ * makes each member's cost from what the first kept, to the bit, and lists per group those
  * within its first bound (a compare a member, a branch per 8 groups of a row): about 4 * want
  * of m.  A group whose list is short of `want`, or full, takes the rule again on its own
- * (wqk_sums_group).  Scratch: y and code of rows * w, lists of `cap` moves a group. */
+ * (wqk_sums_group).  Scratch: rows * w floats and codes, lists of `cap` moves a group.
+ *
+ * Residual: every zero point is 0, so that ((double)y + zp) - code, the reference's residual,
+ * is the float32 y - code whenever that is exact (WQK_EXACT_RESIDUAL): the first pass keeps
+ * the residuals (floats: half the conversions and twice the lanes of doubles), and the second
+ * lists the members whose float32 residual is within a bound a little wider than the group's,
+ * then takes those whose cost, in float64, is within the group's own.  Returns false, before
+ * the second pass, when a quotient is too large for that (the caller then runs the tile
+ * without Residual); the codes written meanwhile are made again.  Without Residual the first
+ * pass keeps the quotients, and the costs are made from them as the reference makes them. */
 #ifndef WQK_SUM_AHEAD
 #define WQK_SUM_AHEAD 8
 #endif
-template <typename Code, int W>
-static inline __attribute__((always_inline)) void wqk_sums_columns(const float *x, Code *q, ptrdiff_t w0,
+template <typename Code, int W, bool Residual>
+static inline __attribute__((always_inline)) bool wqk_sums_columns(const float *x, Code *q, ptrdiff_t w0,
                                                                    ptrdiff_t rows, ptrdiff_t row, const float *s,
                                                                    const float *zp, float qmin, float qmax, float *y,
                                                                    Code *code, wqk_move *lists, ptrdiff_t cap,
                                                                    wqk_move *moves) {
     const ptrdiff_t w = W ? W : w0;
     double total[WQK_SUM_LANES] = {0.0};
+    float lo[WQK_SUM_LANES], hi[WQK_SUM_LANES]; /* each group's code bounds before its zero point */
+    float top[WQK_SUM_LANES] = {0.0f};          /* Residual: each group's largest |quotient| */
+    for (ptrdiff_t j = 0; j < w; j++) {
+        lo[j] = qmin - zp[j];
+        hi[j] = qmax - zp[j];
+    }
     for (ptrdiff_t r = 0; r < rows; r++) {
         const float *xr = x + r * row;
-        const Code *qr = q + r * row;
+        Code *qr = q + r * row;
         if (r + WQK_SUM_AHEAD < rows) { /* short runs far apart: not fetched ahead by the hardware */
             wqk_prefetch_run(xr + WQK_SUM_AHEAD * row, w * (ptrdiff_t)sizeof(float));
             wqk_prefetch_run(qr + WQK_SUM_AHEAD * row, w * (ptrdiff_t)sizeof(Code));
         }
         float *yr = y + r * w;
-        Code *cr = code + r * w;
-        for (ptrdiff_t j = 0; j < w; j++) {
-            yr[j] = xr[j] / s[j];
-            cr[j] = qr[j];
-            total[j] += ((double)yr[j] + (double)zp[j]) - (double)cr[j];
+        Code *__restrict cr = code + r * w; /* (codes are bytes, which may alias anything) */
+        if (Residual) {
+            for (ptrdiff_t j = 0; j < w; j++) {
+                const float v = xr[j] / s[j], a = v < 0.0f ? -v : v; /* (std::fabs: a call here) */
+                float c = v < lo[j] ? lo[j] : v;
+                c = c > hi[j] ? hi[j] : c;
+                c = (c + WQK_MAGIC) - WQK_MAGIC;
+                cr[j] = (Code)(int32_t)c;
+                yr[j] = v - c;
+                total[j] += (double)yr[j];
+                top[j] = a > top[j] ? a : top[j];
+            }
+        } else {
+            for (ptrdiff_t j = 0; j < w; j++) {
+                const float v = xr[j] / s[j];
+                yr[j] = v;
+                cr[j] = wqk_code_of<Code>(v, zp[j], lo[j], hi[j]);
+                total[j] += ((double)v + (double)zp[j]) - (double)cr[j];
+            }
         }
+        memcpy(qr, cr, (size_t)w * sizeof(Code));
+    }
+    if (Residual) {
+        float most = 0.0f;
+        for (ptrdiff_t j = 0; j < w; j++) most = top[j] > most ? top[j] : most;
+        if (!(most < WQK_EXACT_RESIDUAL)) return false;
     }
     double limit[WQK_SUM_LANES], dir[WQK_SUM_LANES], k[WQK_SUM_LANES], edge[WQK_SUM_LANES];
+    float fdir[WQK_SUM_LANES], least[WQK_SUM_LANES]; /* Residual: listed when fdir * e >= least */
     ptrdiff_t want[WQK_SUM_LANES], count[WQK_SUM_LANES];
     bool active = false;
     for (ptrdiff_t j = 0; j < w; j++) {
@@ -815,17 +867,26 @@ static inline __attribute__((always_inline)) void wqk_sums_columns(const float *
         limit[j] = k[j] == 0.0 ? -HUGE_VAL : bound >= 2.0 ? DBL_MAX : bound; /* none, or the first bound */
         count[j] = 0;
         active |= k[j] != 0.0;
+        /* cost 1 - 2 * dir * e <= limit asks dir * e >= (1 - limit) / 2: in float32, a bound
+         * 2^-20 lower (many units in the last place of any residual near it) lists a few more */
+        fdir[j] = (float)dir[j];
+        least[j] = k[j] == 0.0 ? HUGE_VALF : limit[j] == DBL_MAX ? -HUGE_VALF
+                                                                 : (float)((1.0 - limit[j]) / 2.0 - 0x1p-20);
     }
-    if (!active) return;
+    if (!active) return true;
     uint8_t hit[WQK_SUM_LANES] = {0};
     double cost[WQK_SUM_LANES];
     for (ptrdiff_t r = 0; r < rows; r++) {
         const float *yr = y + r * w;
         const Code *cr = code + r * w;
-        for (ptrdiff_t j = 0; j < w; j++) {
-            const double c = (double)cr[j], e = ((double)yr[j] + (double)zp[j]) - c, move = 1.0 - 2.0 * dir[j] * e;
-            cost[j] = c == edge[j] ? HUGE_VAL : move;
-            hit[j] = cost[j] <= limit[j];
+        if (Residual) {
+            for (ptrdiff_t j = 0; j < w; j++) hit[j] = fdir[j] * yr[j] >= least[j];
+        } else {
+            for (ptrdiff_t j = 0; j < w; j++) {
+                const double c = (double)cr[j], e = ((double)yr[j] + (double)zp[j]) - c, move = 1.0 - 2.0 * dir[j] * e;
+                cost[j] = c == edge[j] ? HUGE_VAL : move;
+                hit[j] = cost[j] <= limit[j];
+            }
         }
         for (ptrdiff_t j0 = 0; j0 < w; j0 += 8) {
             uint64_t h; /* 8 groups' hits, a byte each (0 or 1): taken lowest first */
@@ -833,6 +894,10 @@ static inline __attribute__((always_inline)) void wqk_sums_columns(const float *
             while (h) {
                 const ptrdiff_t j = j0 + (wqk_ctz64(h) >> 3);
                 h &= h - 1;
+                if (Residual) { /* listed by the wider float32 bound: the group's own, exactly */
+                    cost[j] = (double)cr[j] == edge[j] ? HUGE_VAL : 1.0 - 2.0 * dir[j] * (double)yr[j];
+                    if (!(cost[j] <= limit[j])) continue;
+                }
                 if (count[j] < cap) {
                     lists[j * cap + count[j]].cost = cost[j];
                     lists[j * cap + count[j]].at = r;
@@ -845,7 +910,7 @@ static inline __attribute__((always_inline)) void wqk_sums_columns(const float *
         if (k[j] == 0.0) continue;
         const ptrdiff_t n = count[j];
         if (n > cap || (n < want[j] && limit[j] != DBL_MAX)) { /* the list overflowed, or too few */
-            wqk_sums_group<Code>(y + j, code + j, w, rows, zp[j], k[j], qmin, qmax, q + j, row, moves);
+            wqk_sums_group<Code, Residual>(y + j, code + j, w, rows, zp[j], k[j], qmin, qmax, q + j, row, moves);
             continue;
         }
         wqk_move *list = lists + j * cap;
@@ -853,6 +918,7 @@ static inline __attribute__((always_inline)) void wqk_sums_columns(const float *
         const int step = k[j] > 0.0 ? 1 : -1;
         for (ptrdiff_t i = 0; i < take; i++) q[list[i].at * row + j] = (Code)(q[list[i].at * row + j] + step);
     }
+    return true;
 }
 
 template <typename Code>
@@ -865,10 +931,19 @@ WQK_CLONES WQK_NO_TRAPS static void wqk_preserve_sums(const float *x, Code *q, p
         const ptrdiff_t used = (w * m + 1) / 2 + 1; /* doubles, rounded up */
         const ptrdiff_t cap = (w * ld - used) * (ptrdiff_t)sizeof(double) / (ptrdiff_t)sizeof(wqk_move) / w;
         wqk_move *lists = (wqk_move *)(e + used);
+        bool zero = true; /* every zero point 0: the residuals are float32 differences (see wqk_sums_columns) */
+        for (ptrdiff_t j = 0; j < w; j++) zero &= zp[j] == 0.0f;
+        if (zero && (w == WQK_SUM_LANES
+                         ? wqk_sums_columns<Code, WQK_SUM_LANES, true>(x, q, w, rows, row, s, zp, qmin, qmax, y, code,
+                                                                       lists, cap, moves)
+                         : wqk_sums_columns<Code, 0, true>(x, q, w, rows, row, s, zp, qmin, qmax, y, code, lists, cap,
+                                                           moves)))
+            return;
         if (w == WQK_SUM_LANES)
-            wqk_sums_columns<Code, WQK_SUM_LANES>(x, q, w, rows, row, s, zp, qmin, qmax, y, code, lists, cap, moves);
+            wqk_sums_columns<Code, WQK_SUM_LANES, false>(x, q, w, rows, row, s, zp, qmin, qmax, y, code, lists, cap,
+                                                         moves);
         else
-            wqk_sums_columns<Code, 0>(x, q, w, rows, row, s, zp, qmin, qmax, y, code, lists, cap, moves);
+            wqk_sums_columns<Code, 0, false>(x, q, w, rows, row, s, zp, qmin, qmax, y, code, lists, cap, moves);
         return;
     }
     double total[WQK_SUM_LANES] = {0.0}; /* each group's members are met in their order */
@@ -877,10 +952,12 @@ WQK_CLONES WQK_NO_TRAPS static void wqk_preserve_sums(const float *x, Code *q, p
             const float sj = s[j];
             const double zj = (double)zp[j];
             double sum = total[j];
+            const float lo = qmin - zp[j], hi = qmax - zp[j];
             for (ptrdiff_t c = 0; c < length; c++) {
                 const ptrdiff_t at = j * lane + r * row + c, t = j * ld + r * length + c;
-                code[t] = q[at];
-                e[t] = ((double)(x[at] / sj) + zj) - (double)code[t];
+                const float y = x[at] / sj;
+                code[t] = q[at] = wqk_code_of<Code>(y, zp[j], lo, hi);
+                e[t] = ((double)y + zj) - (double)code[t];
                 sum += e[t];
             }
             total[j] = sum;

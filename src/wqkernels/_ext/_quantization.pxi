@@ -618,7 +618,7 @@ cdef SumTile sum_tile(Py_ssize_t t, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t i
 cdef void sum_tile_codes(const float* x, uint8_t* codes, SumTile T, const float* scale, const float* zero_point,
                          float qmin, float qmax, double* e, uint8_t* code, wqk_move* moves, Py_ssize_t scratch,
                          Py_ssize_t size, int own) noexcept nogil:
-    """Sum-preserving rounding of tile T with the scratch of thread `own`."""
+    """The sum-preserving codes of tile T, made with the scratch of thread `own`."""
     e += own * scratch
     code += own * scratch
     moves += own * size
@@ -630,13 +630,14 @@ cdef void sum_tile_codes(const float* x, uint8_t* codes, SumTile T, const float*
                                    scale + T.group, zero_point + T.group, qmin, qmax, e, code, moves)
 
 
-def preserve_sums(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner,
-                  Py_ssize_t block, bint per_axis, const float[::1] scale, const float[::1] zero_point,
-                  float qmin, float qmax):
-    """Sum-preserving rounding of the codes of x, in place, group by group (one scale each; a
-    per-tensor group is one block of the whole array): the fewest codes move one step so that
-    each group's codes sum to the integer nearest the sum of x / scale + zero_point (see
-    wqk_preserve_sums).  Codes are int8 when qmin < 0, else uint8; x is finite."""
+def quantize_sums_into(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_ssize_t n, Py_ssize_t inner,
+                       Py_ssize_t block, bint per_axis, const float[::1] scale, const float[::1] zero_point,
+                       float qmin, float qmax):
+    """codes = the sum-preserving rounding of x, group by group (one scale each; a per-tensor
+    group is one block of the whole array): the codes of quantize_into, made in the pass that
+    adds up their residuals, then the fewest moved one step so that each group's codes sum to
+    the integer nearest the sum of x / scale + zero_point (see wqk_preserve_sums).  Codes are
+    int8 when qmin < 0, else uint8; x is finite."""
     cdef Py_ssize_t size, lanes, tiles, t
     cdef int nt
     cdef double* e
