@@ -16,15 +16,36 @@ BatchNorm correction, applied to whatever kernels the variant pruned:
   mean-preserving);
 - ``L2 kept``, ``L1 kept``: each output channel's kept weights scaled to the channel's float
   norm (no BatchNorm correction);
+- ``obs <mask> <rho> [chan] [manhattan] [uniform] [raw]``: SparseGPT's column loop with a
+  *modelled* input Hessian on every kernel whose input statistics the correction knows, from the
+  BN moments: ``H_ij = m_i m_j + [same channel] s_i s_j rho^d(i, j)`` (d: distance of the two
+  patch positions, Euclidean or Manhattan; a Dense fed by Flatten of a square map as a conv over
+  it; rho "kernel": the correlation of the kernel's neighbouring taps); ``chan``: channels
+  correlated as the linear layer before the BN makes them (:func:`channel_covariance`).
+  <mask> "mask": the default's mask, only the reconstruction; "pick": the default's LAMP counts,
+  SparseGPT's saliency choosing within each tensor; ``uniform``: one sparsity for every eligible
+  tensor; ``raw``: without the BatchNorm correction after it;
+- ``covcorr <rho> [chan] [pool <r>]``: the default's masks, the correction with each output
+  channel's variance ``wᵀ Σ w`` under the modelled input covariance Σ of ``obs`` instead of
+  independent inputs (``pool``: with ``correlated max pooling <r>``);
+- ``correlated max pooling <r>``: the correction with max pooling's output moments those of the
+  max of its window's values taken as Gaussians of pairwise correlation r before the ReLU;
 - ``true statistics`` (``--oracle``): what the correction would reach with the statistics it
   estimates measured instead, on the training set: every BN's moving mean and variance re-estimated
   through the pruned model, and the biased layer fed by a BN (``dense``) scaled and shifted to its
-  float output's measured mean and variance (data: a diagnostic, not a data-free recipe).
+  float output's measured mean and variance (data: a diagnostic, not a data-free recipe);
+- ``--hessians``: per layer, the correlations of its inputs measured on the training set, and the
+  layer's output error under the measured covariance after OBS with the modelled Hessians and with
+  parts of the measured one (a diagnostic).
 
 ::
 
     PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/pruning_variants.py --archs cnn_bn_8,cnn_bn,cnn_bn_32
     PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/pruning_variants.py --oracle --archs cnn_bn_8,cnn_bn
+    PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/pruning_variants.py --hessians --sparsity 0.9 \
+        --archs cnn_bn_8,cnn_bn,cnn_bn_32,vgg_bn
+    PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/pruning_variants.py --compare --sparsity 0.9 \
+        --archs cnn_bn_8,cnn_bn,cnn_bn_32,vgg_bn,resnet_bn --variants "default;obs mask 0.3;obs pick 0.3"
 """
 from __future__ import annotations
 
@@ -168,9 +189,21 @@ def variant(name: str, sparsity: float) -> fidelity.Transform:
         w = {t.path: np.ascontiguousarray(weights[t.path], np.float32) for t in tensors}
         if name in ("L2 kept", "L1 kept"):
             return _norm_kept(w, pruned("default", w, tensors, sparsity), tensors, int(name[1]))
+        if name.startswith("covcorr "):
+            words = name.split()
+            new = pruned("default", w, tensors, sparsity)
+            pool = max_pooling_iid(float(words[words.index("pool") + 1])) if "pool" in words else contextlib.nullcontext()
+            with covariance_correction(modelled_covariances(context.path, tensors, w, float(words[1]),
+                                                            "chan" in words)), pool:
+                return {**new, **corrected(context.path, sparsity, new)}
+        if name.startswith("obs "):
+            new = obs_pruned(name, w, tensors, sparsity, context.path)
+            return new if "raw" in name.split() else {**new, **corrected(context.path, sparsity, new)}
         new = pruned(name, w, tensors, sparsity)
         cap = float(name.split()[-1]) if name.startswith("scale cap") else None
-        with max_pooling_iid() if name == "iid max pooling" else contextlib.nullcontext():
+        pooling = max_pooling_iid() if name == "iid max pooling" else max_pooling_iid(float(name.split()[-1])) \
+            if name.startswith("correlated max pooling") else contextlib.nullcontext()
+        with pooling:
             return {**new, **corrected(context.path, sparsity, new, cap)}
 
     return transform
@@ -200,10 +233,28 @@ def rectified_max_moments(mean, std, k, points=513):
     return m1, np.maximum(m2 - m1 * m1, 0.0)
 
 
+def rectified_max_moments_corr(mean, std, k, rho, points=513, nodes=32):
+    """Mean and variance of relu(max of k N(mean, std^2) with pairwise correlation rho), per
+    channel: given the common part sqrt(rho) z0, the values are independent (Gauss-Hermite over z0)."""
+    from scipy.special import ndtr
+
+    if rho <= 0:
+        return rectified_max_moments(mean, std, k, points)
+    mean, std = np.asarray(mean, np.float64), np.maximum(np.abs(np.asarray(std, np.float64)), 1e-12)
+    z0, wz = np.polynomial.hermite_e.hermegauss(nodes)
+    wz = wz / wz.sum()
+    t = np.linspace(0, 1, points)[:, None] * (np.maximum(mean, 0) + 8 * std)[None, :]
+    spread = std * math.sqrt(max(1 - rho, 1e-12))
+    cdf = sum(wi * ndtr((t - mean - std * math.sqrt(rho) * zi) / spread) ** k for zi, wi in zip(z0, wz))
+    tail = 1 - cdf
+    m1, m2 = np.trapezoid(tail, t, axis=0), np.trapezoid(2 * t * tail, t, axis=0)
+    return m1, np.maximum(m2 - m1 * m1, 0.0)
+
+
 @contextlib.contextmanager
-def max_pooling_iid():
+def max_pooling_iid(rho: float = 0.0):
     """The layer graph's moments with max pooling of a ReLU of a Gaussian as the max of its
-    window's values taken as independent."""
+    window's values taken as pairwise correlated `rho` (0: independent)."""
     import wqkernels.files.graph as graph
 
     real = graph._moments_of
@@ -216,10 +267,265 @@ def max_pooling_iid():
             if pre is not None and pre.gaussian:
                 size = node.config.get("pool_size", 2)
                 k = math.prod(size) if isinstance(size, (list, tuple)) else size * size
-                return graph.Moments(*rectified_max_moments(pre.mean, np.sqrt(pre.var), k), False)
+                return graph.Moments(*rectified_max_moments_corr(pre.mean, np.sqrt(pre.var), k, rho), False)
         return real(nodes, name, bn_weights, memo, depth)
 
     with mock.patch.object(graph, "_moments_of", patched):
+        yield
+
+
+# ---- OBS reconstruction with a modelled Hessian ---------------------------------------------------
+
+def layer_inputs(path, everything: bool = False):
+    """{layer name: (mean, var) of its input per channel} for the layers whose input statistics
+    the file layer knows (the BatchNorm correction's ``input_moments``); with `everything`,
+    also the layer graph and {(layer, role): values} of every layer's weights."""
+    import wqkernels.files.graph as graph
+    from wqkernels.files.buffers import Buffers
+    from wqkernels.files.source import Source
+
+    with Source(path) as source:
+        nodes = graph.graph(source.config)
+        entries, buffers, memo = graph._layer_entries(source, nodes), Buffers(), {}
+
+        def bn_weights(name):
+            roles = entries.get(name, {})
+            if not {"moving_mean", "moving_variance"} <= roles.keys():
+                return None
+            return {r: np.asarray(source.read(e, buffers), np.float64) for r, e in roles.items() if r in graph._BN_VARS}
+
+        out = {}
+        for name in nodes:
+            m = graph.input_moments(nodes, name, bn_weights, memo)
+            if m is not None:
+                out[name] = (np.asarray(m.mean, np.float64), np.asarray(m.var, np.float64))
+        if not everything:
+            return out
+        weights = {(layer, role): np.asarray(source.read(e, buffers), np.float64)
+                   for layer, roles in entries.items() for role, e in roles.items()}
+        return out, nodes, weights
+
+
+def spatial_correlation(grid: tuple, rho, metric: str = "euclid") -> np.ndarray:
+    """rho ** d(p, q) over the positions of `grid` (C order), (P, P); rho 0 is the identity."""
+    pos = np.stack(np.meshgrid(*[np.arange(n) for n in grid], indexing="ij"), -1).reshape(-1, len(grid))
+    diff = np.abs(pos[:, None, :] - pos[None, :, :]).astype(np.float64)
+    d = np.sqrt((diff ** 2).sum(-1)) if metric == "euclid" else diff.sum(-1)
+    return np.where(d == 0, 1.0, float(rho) ** d) if float(rho) > 0 else np.eye(len(pos))
+
+
+def modelled_hessian(mean, var, grid: tuple, rho, depthwise: bool = False, metric: str = "euclid",
+                     corr=None) -> np.ndarray:
+    """E[x xᵀ] of a layer's input rows laid out (positions of `grid`, channels) in C order:
+    ``m_i m_j + [same channel] s_i s_j rho^d(i, j)``; one (P, P) matrix per channel when
+    `depthwise` (groups, inputs, inputs).  With `corr` (channels x channels), channels c and d
+    are correlated ``corr[c, d] rho^d(i, j)`` instead of independent."""
+    mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
+    r = spatial_correlation(grid, rho, metric)
+    if depthwise:
+        return mean[:, None, None] ** 2 + var[:, None, None] * r[None]
+    p, c = r.shape[0], mean.size
+    m = np.tile(mean, p)
+    h = np.outer(m, m)
+    sd = np.sqrt(var)
+    h += np.kron(r, np.diag(var) if corr is None else corr * np.outer(sd, sd))
+    return h[None]
+
+
+def kernel_rho(x, grid: tuple, channels_axis_last: int) -> float:
+    """How alike neighbouring taps of a kernel are: the correlation of the weights of adjacent
+    positions (along every spatial axis), over channels and outputs, clipped to [0, 0.95]."""
+    k = np.asarray(x, np.float64).reshape(*grid, -1)
+    a, b = [], []
+    for axis in range(len(grid)):
+        if grid[axis] > 1:
+            a.append(np.take(k, range(grid[axis] - 1), axis=axis).ravel())
+            b.append(np.take(k, range(1, grid[axis]), axis=axis).ravel())
+    if not a:
+        return 0.0
+    a, b = np.concatenate(a), np.concatenate(b)
+    return float(np.clip(np.corrcoef(a, b)[0, 1], 0.0, 0.95))
+
+
+def layer_layout(t, x, mean):
+    """(spatial grid of the layer's input rows, depthwise?, KernelView) or None for a kernel the
+    modelled Hessian does not describe."""
+    from wqkernels.calibration import KernelView
+
+    if t.layer_class in ("Conv1D", "Conv2D", "Conv3D") and x.shape[-2] == mean.size:
+        return tuple(x.shape[:-2]), False, KernelView.linear(x.shape)
+    if t.layer_class in ("DepthwiseConv1D", "DepthwiseConv2D") and x.shape[-2] == mean.size:
+        return tuple(x.shape[:-2]), True, KernelView.depthwise(x.shape)
+    if t.layer_class == "Dense" and x.ndim == 2 and x.shape[0] % mean.size == 0:
+        positions = x.shape[0] // mean.size
+        side = math.isqrt(positions)
+        grid = (side, side) if side * side == positions else (positions,)
+        return grid, False, KernelView.linear(x.shape)
+    return None
+
+
+def obs_pruned(name: str, w: dict, tensors, sparsity: float, path) -> dict:
+    """Variants "obs <mask> <rho>": the default's LAMP counts (or "uniform": one sparsity over the
+    eligible tensors), then SparseGPT's column loop with the modelled Hessian on every kernel
+    whose input statistics are known; <mask> "mask" keeps the default's magnitude mask and only
+    reconstructs, "pick" lets the OBS saliency choose within the tensor. <rho> a number or
+    "kernel" (from the kernel's neighbouring taps); with "chan", channels correlated as
+    :func:`channel_covariance` models them. Other kernels: the default's."""
+    from wqkernels.calibration.solve import inverse_cholesky, reconstruct
+
+    words = name.split()
+    mode, rho_word = words[1], words[2]
+    inputs, nodes, weights = layer_inputs(path, everything=True)
+    metric = "manhattan" if "manhattan" in words else "euclid"
+    counts = prune_counts(w, sparsity)
+    if "uniform" in words:
+        eligible = [p for p, x in w.items() if x.size >= MIN_SIZE]
+        total, fixed = sum(x.size for x in w.values()), sum(x.size for p, x in w.items() if p not in eligible)
+        rate = math.floor(sparsity * total) / sum(w[p].size for p in eligible)
+        counts = {p: math.floor(rate * x.size) if p in eligible else 0 for p, x in w.items()}
+    out = {}
+    for t in tensors:
+        x, count = w[t.path], counts.get(t.path, 0)
+        stats = inputs.get(t.layer) if t.role == "kernel" else None
+        layout = None if stats is None or not count else layer_layout(t, x, stats[0])
+        if layout is None:
+            out[t.path] = by_magnitude(x, count)
+            continue
+        grid, depthwise, view = layout
+        rho = kernel_rho(x, grid, -2) if rho_word == "kernel" else float(rho_word)
+        corr = None
+        if "chan" in words and not depthwise:
+            cov = channel_covariance(nodes, t.layer, inputs, weights)
+            if cov is not None and cov.shape[0] == stats[0].size:
+                sd = np.sqrt(np.maximum(np.diag(cov), 1e-12))
+                corr = cov / np.outer(sd, sd)
+        h = modelled_hessian(*stats, grid, rho, depthwise, metric, corr)
+        matrix = view.matrix(x)
+        u = inverse_cholesky(h.copy(), 0.01)
+        if mode == "mask":
+            zero = view.matrix(by_magnitude(x, count)) == 0
+            reconstruct(matrix, u, zero=zero)
+        else:
+            reconstruct(matrix, u, zero=matrix == 0, count=count)
+        out[t.path] = view.kernel(matrix, x.shape)
+    return out
+
+
+def relu_covariance(mean, std, corr, points: int = 24) -> np.ndarray:
+    """Cov(relu(y_c), relu(y_d)) of y ~ N(mean, diag(std) corr diag(std)), pair by pair
+    (Gauss-Hermite quadrature over the two standardised coordinates)."""
+    z, wts = np.polynomial.hermite_e.hermegauss(points)
+    wts = wts / wts.sum()
+    mean, std = np.asarray(mean, np.float64), np.abs(np.asarray(std, np.float64))
+    r = np.clip(np.asarray(corr, np.float64), -1.0, 1.0)
+    a = np.maximum(mean[:, None] + std[:, None] * z[None, :], 0.0)  # relu(y_c) at z1, (C, n)
+    e1 = a @ wts
+    # y_d = mean_d + std_d (r z1 + sqrt(1 - r^2) z2)
+    zz = r[:, :, None, None] * z[None, None, :, None] + np.sqrt(1 - r * r)[:, :, None, None] * z[None, None, None, :]
+    b = np.maximum(mean[None, :, None, None] + std[None, :, None, None] * zz, 0.0)  # (C, D, n1, n2)
+    eb = b @ wts  # (C, D, n1): E over z2
+    joint = np.einsum("cn,cdn,n->cd", a, eb, wts)
+    cov = joint - np.outer(e1, e1)
+    return (cov + cov.T) / 2
+
+
+def channel_covariance(nodes, name, inputs, weights, depth=0):
+    """The modelled covariance of layer `name`'s input channels, or None: followed back through
+    Dropout, Flatten and pooling (taken as keeping it) and a ReLU to a BatchNormalization
+    whose input is a Dense or convolution with known input statistics, the linear layer's
+    output channels taken as N(., W^T diag(var) W) (its inputs independent), then the BN's
+    affine map, then the ReLU."""
+    node = nodes.get(name)
+    if node is None or len(node.inputs) != 1 or depth > 16:
+        return None
+    src = nodes.get(node.inputs[0])
+    prev = node.inputs[0]
+    while src is not None and (src.cls in ("Dropout", "Flatten") or "Pooling" in (src.cls or "")):
+        prev = src.inputs[0] if len(src.inputs) == 1 else None
+        src = nodes.get(prev)
+    if src is None or src.cls != "ReLU" or len(src.inputs) != 1:
+        return None
+    bn_name = src.inputs[0]
+    bn = nodes.get(bn_name)
+    if bn is None or bn.cls != "BatchNormalization" or len(bn.inputs) != 1:
+        return None
+    lin = bn.inputs[0]
+    if lin not in inputs or (lin, "kernel") not in weights or nodes[lin].cls not in ("Conv2D", "Dense", "Conv1D"):
+        return None
+    k = weights[(lin, "kernel")]
+    _, var = inputs[lin]
+    flat = k.reshape(-1, k.shape[-2], k.shape[-1])  # (taps, in, out)
+    if flat.shape[1] != var.size:
+        if nodes[lin].cls == "Dense" and k.shape[0] % var.size == 0:
+            flat = k.reshape(-1, var.size, k.shape[-1])
+        else:
+            return None
+    cov = np.einsum("tio,ti,tip->op", flat, np.broadcast_to(var, flat.shape[:2]), flat)
+    sd = np.sqrt(np.maximum(np.diag(cov), 1e-12))
+    corr = cov / np.outer(sd, sd)
+    gamma, beta = weights[(bn_name, "gamma")], weights[(bn_name, "beta")]
+    corr = corr * np.outer(np.sign(gamma), np.sign(gamma))
+    np.fill_diagonal(corr, 1.0)
+    return relu_covariance(beta, gamma, corr)
+
+
+def modelled_covariances(path, tensors, w, rho: float, chan: bool) -> dict:
+    """{kernel shape: the modelled covariance of its layer's input rows} (Dense and
+    convolutions with known input statistics; shapes that repeat in the model are left out)."""
+    inputs, nodes, weights = layer_inputs(path, everything=True)
+    out, seen = {}, set()
+    for t in tensors:
+        x = w[t.path]
+        stats = inputs.get(t.layer) if t.role == "kernel" else None
+        layout = None if stats is None else layer_layout(t, x, stats[0])
+        if x.shape in seen:
+            out.pop(x.shape, None)
+        seen.add(x.shape)
+        if layout is None or layout[1]:
+            continue
+        corr = None
+        if chan:
+            cov = channel_covariance(nodes, t.layer, inputs, weights)
+            if cov is not None and cov.shape[0] == stats[0].size:
+                sd = np.sqrt(np.maximum(np.diag(cov), 1e-12))
+                corr = cov / np.outer(sd, sd)
+        h = modelled_hessian(*stats, layout[0], rho, False, "euclid", corr)[0]
+        m = np.tile(stats[0], h.shape[0] // stats[0].size)
+        out[x.shape] = h - np.outer(m, m)
+    return out
+
+
+@contextlib.contextmanager
+def covariance_correction(sigmas: dict):
+    """The BatchNorm correction with each output channel's variance ``wᵀ Σ w`` under the modelled
+    covariance Σ of the layer's input rows (instead of independent inputs), where one is given."""
+    import wqkernels.files.graph as graph
+    from wqkernels.correction import Corrected, output_moments
+
+    real = graph.correct_layer
+
+    def patched(kernel, pruned, mean, var, kind, *, bias=None, moving_mean=None, moving_variance=None,
+                epsilon=1e-3):
+        k, p = np.asarray(kernel, np.float64), np.asarray(pruned, np.float64)
+        sigma = sigmas.get(k.shape)
+        if sigma is None or kind == "depthwise":
+            return real(kernel, pruned, mean, var, kind, bias=bias, moving_mean=moving_mean,
+                        moving_variance=moving_variance, epsilon=epsilon)
+        km, pm = k.reshape(-1, k.shape[-1]), p.reshape(-1, p.shape[-1])
+        var0 = np.einsum("io,ij,jo->o", km, sigma, km)
+        var1 = np.einsum("io,ij,jo->o", pm, sigma, pm)
+        ratio = np.ones_like(var0)
+        np.divide(var1, var0, out=ratio, where=(var0 > 0) & (var1 > 0))
+        mean0, mean1 = output_moments(k, mean, var, kind)[0], output_moments(p, mean, var, kind)[0]
+        if bias is not None:
+            scale = 1.0 / np.sqrt(ratio)
+            return Corrected(scale.astype(np.float32), (np.asarray(bias, np.float64) - (scale * mean1 - mean0))
+                             .astype(np.float32), None, None)
+        mv = np.asarray(moving_variance, np.float64)
+        return Corrected(None, None, (np.asarray(moving_mean, np.float64) + mean1 - mean0).astype(np.float32),
+                         ((mv + epsilon) * ratio - epsilon).astype(np.float32))
+
+    with mock.patch.object(graph, "correct_layer", patched):
         yield
 
 
@@ -279,6 +585,118 @@ def oracle(archs, seeds, sparsity):
                                                  + f" ({statistics.fmean(e for _, e in c):.3f})" for c in cells) + " |")
 
 
+# ---- the modelled Hessian against the measured one (a diagnostic) --------------------------------
+
+def _obs(view, x, h, base, count, mode):
+    from wqkernels.calibration.solve import inverse_cholesky, reconstruct
+
+    matrix = view.matrix(x)
+    u = inverse_cholesky(np.array(h, np.float64), 0.01)
+    if mode == "mask":
+        reconstruct(matrix, u, zero=view.matrix(base) == 0)
+    else:
+        reconstruct(matrix, u, zero=matrix == 0, count=count)
+    return view.kernel(matrix, x.shape)
+
+
+def hessians(archs, seeds, sparsity):
+    """Per layer with known input statistics: the measured correlations of its input rows (training
+    set), and the relative output error ``tr(dWᵀ C dW) / tr(Wᵀ C W)`` under the measured input
+    covariance C of the default's magnitude pruning and of OBS with modelled and measured Hessians."""
+    import keras
+
+    from wqkernels.calibration import patches
+
+    cols = ("magnitude", "ρ 0", "ρ 0.3", "ρ 0.7", "ρ kernel", "ρ 0.3 chan", "measured: diagonal",
+            "spatial blocks", "channel blocks", "full")
+    facts, errs = {}, {}
+    with tempfile.TemporaryDirectory(prefix="wqkernels-hessians-") as workdir:
+        for arch in archs:
+            for seed in seeds:
+                case = fidelity.Case(arch, seed, models.trained(arch, seed)[0], workdir)
+                inputs, nodes, weights = layer_inputs(case.path, everything=True)
+                w = {t.path: np.asarray(case.weights[t.path], np.float32) for t in case.tensors}
+                counts = prune_counts(w, sparsity)
+                for t in case.tensors:
+                    x, count = w[t.path], counts[t.path]
+                    stats = inputs.get(t.layer) if t.role == "kernel" else None
+                    layout = None if stats is None or not count else layer_layout(t, x, stats[0])
+                    if layout is None:
+                        continue
+                    grid, depthwise, view = layout
+                    layer = case.model.get_layer(t.layer)
+                    a = np.asarray(keras.Model(case.model.inputs, layer.input).predict(case.task.x_train, verbose=0),
+                                   np.float64)
+                    c = stats[0].size
+                    rows = a.reshape(a.shape[0], 1, -1) if t.layer_class == "Dense" else patches(
+                        a, x.shape[:-2], padding=layer.padding, groups=c if depthwise else 1).astype(np.float64)
+                    h_true = np.einsum("ngi,ngj->gij", rows, rows) / rows.shape[0]
+                    mu = rows.mean(0)
+                    mm = np.einsum("gi,gj->gij", mu, mu)
+                    cov = h_true - mm
+                    p = int(np.prod(grid))
+                    pos = np.stack(np.meshgrid(*[np.arange(n) for n in grid], indexing="ij"), -1).reshape(p, -1)
+                    dist = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1))
+                    sd = np.sqrt(np.maximum(np.einsum("gii->gi", cov), 1e-12))
+                    corr = cov / (sd[:, :, None] * sd[:, None, :])
+                    key = (arch, t.layer)
+                    if depthwise:
+                        within, across = corr[:, dist == 1].mean(), float("nan")
+                    else:
+                        r4 = corr[0].reshape(p, c, p, c)
+                        within = np.einsum("pcqc->pqc", r4)[dist == 1].mean()
+                        across = r4.transpose(0, 2, 1, 3)[np.eye(p, dtype=bool)][:, ~np.eye(c, dtype=bool)].mean()
+                    facts.setdefault(key, []).append((within, across, kernel_rho(x, grid, -2), count / x.size))
+                    base = by_magnitude(x, count)
+                    hs = {}
+                    for rho in ("0", "0.3", "0.7", "kernel"):
+                        hs[f"ρ {rho}"] = modelled_hessian(*stats, grid, kernel_rho(x, grid, -2) if rho == "kernel"
+                                                          else float(rho), depthwise)
+                    modelled = channel_covariance(nodes, t.layer, inputs, weights) if not depthwise else None
+                    if modelled is not None:
+                        msd = np.sqrt(np.maximum(np.diag(modelled), 1e-12))
+                        hs["ρ 0.3 chan"] = modelled_hessian(*stats, grid, 0.3, False, corr=modelled / np.outer(msd, msd))
+                    diag = np.einsum("gi,ij->gij", np.einsum("gii->gi", cov), np.eye(cov.shape[-1]))
+                    hs["measured: diagonal"] = mm + diag
+                    if not depthwise:
+                        c4 = cov[0].reshape(p, c, p, c)
+                        same_channel = np.einsum("pqc,cd->pcqd", np.einsum("pcqc->pqc", c4), np.eye(c))
+                        same_position = np.einsum("pcd,pq->pcqd", np.einsum("pcpd->pcd", c4), np.eye(p))
+                        hs["spatial blocks"] = mm + same_channel.reshape(1, p * c, p * c)
+                        hs["channel blocks"] = mm + same_position.reshape(1, p * c, p * c)
+                    else:
+                        hs["spatial blocks"] = h_true
+                    hs["full"] = h_true
+                    wm = view.matrix(x)
+
+                    def err(new):
+                        d = view.matrix(new) - wm
+                        return float(np.einsum("gio,gij,gjo->", d, cov, d) / np.einsum("gio,gij,gjo->", wm, cov, wm))
+
+                    for mode in ("mask", "pick"):
+                        row = errs.setdefault((mode, key), {})
+                        row.setdefault("magnitude", []).append(err(base))
+                        for label, h in hs.items():
+                            row.setdefault(label, []).append(err(_obs(view, x, h, base, count, mode)))
+                del case
+                keras.backend.clear_session()
+    print(f"\nsparsity {sparsity}: the inputs' measured correlation (training set), means over seeds")
+    print("| model | layer | sparsity | same channel, neighbouring positions | same position, two channels | "
+          "kernel's neighbouring taps |\n|---|---|---|---|---|---|")
+    for (arch, layer), f in facts.items():
+        m = np.nanmean(np.array(f, float), axis=0)
+        print(f"| `{arch}` | {layer} | {m[3]:.2f} | " + " | ".join("–" if np.isnan(v) else f"{v:+.3f}" for v in m[:3])
+              + " |")
+    for mode in ("mask", "pick"):
+        print(f"\n{'the default mask, reconstructed' if mode == 'mask' else 'the mask chosen by OBS saliency'}: "
+              "relative output error under the measured covariance, means over seeds")
+        print("| model | layer | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 2) + "|")
+        for (m_, key), row in errs.items():
+            if m_ == mode:
+                print(f"| `{key[0]}` | {key[1]} | " + " | ".join(f"{statistics.fmean(row[c_]):.3f}" if c_ in row else "–"
+                                                           for c_ in cols) + " |")
+
+
 # ---- tables -------------------------------------------------------------------------------------
 
 VARIANTS = ("default", "floor 2", "floor 4", "floor 8", "erk", "channel lamp", "size^-0.5", "size^-0.25",
@@ -300,6 +718,23 @@ def table(rows, archs) -> str:
     return "\n".join(text)
 
 
+def comparison(rows, archs) -> str:
+    """Per group and variant, per model: score loss per seed, and the variant against the default
+    (mean loss difference and error ratio over seeds, with their seed-to-seed spreads)."""
+    text = []
+    for group in dict.fromkeys(r["group"] for r in rows if r["group"] != "float"):
+        text += [f"\n{group}: loss per seed; against the default, loss difference (spread), error ratio (spread)\n",
+                 "| recipe | " + " | ".join(f"`{a}`" for a in archs) + " |", "|---" * (len(archs) + 1) + "|"]
+        c = fidelity.cells(rows)
+        for label in dict.fromkeys(r["label"] for r in rows if r["group"] == group):
+            d = fidelity.compare(rows, group, label, "default", archs)
+            text.append(f"| {label} | " + " | ".join(
+                " / ".join(f"{x:.2f}" for x in c[(group, label, a)].loss)
+                + ("" if label == "default" else f": {d[a]['loss_diff']:+.2f} ({d[a]['loss_spread']:.2f}), "
+                   f"x{math.exp(d[a]['log_ratio']):.2f} (x{math.exp(d[a]['log_spread']):.2f})") for a in archs) + " |")
+    return "\n".join(text)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default=",".join(models.ARCHITECTURES))
@@ -307,15 +742,28 @@ def main(argv=None):
     parser.add_argument("--sparsity", default="0.9,0.75")
     parser.add_argument("--variants", default=";".join(VARIANTS), help="';'-separated")
     parser.add_argument("--oracle", action="store_true", help="the default against the true statistics")
+    parser.add_argument("--compare", action="store_true",
+                        help="also each variant against the default, seed by seed (fidelity.compare)")
+    parser.add_argument("--hessians", action="store_true",
+                        help="the modelled input Hessian against the measured one, layer by layer")
     args = parser.parse_args(argv)
     archs, seeds = args.archs.split(","), range(args.seeds)
+    if {"vgg_bn", "resnet_bn"} & set(archs):
+        import bn_correction  # noqa: F401  (registers its BatchNorm architectures)
+    if args.hessians:
+        for sparsity in map(float, args.sparsity.split(",")):
+            hessians(archs, seeds, sparsity)
+        return
     if args.oracle:
         for sparsity in map(float, args.sparsity.split(",")):
             oracle(archs, seeds, sparsity)
         return
     candidates = [fidelity.Candidate(name, f"sparsity {s}", transform=variant(name, float(s)))
                   for s in args.sparsity.split(",") for name in args.variants.split(";")]
-    print(table(fidelity.run(archs, seeds, candidates, via="memory"), archs))
+    rows = fidelity.run(archs, seeds, candidates, via="memory")
+    print(table(rows, archs))
+    if args.compare:
+        print(comparison(rows, archs))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ layer's input back to a BatchNormalization through the layers whose statistics i
 * Dropout layers and linear activations: unchanged at inference; Flatten (channels last): each
   channel repeated, as :func:`~wqkernels.correction.output_moments` tiles it; average pooling:
   the mean exactly (padding aside), the variance an upper bound;
-* max pooling: taken as mean-preserving (an underestimate: the max of a window is larger than
-  its values' mean), no longer Gaussian;
+* max pooling of a plain ReLU of such a Gaussian: the rectified max of the window's values taken
+  as Gaussians of pairwise correlation :data:`~wqkernels.correction.POOL_CORRELATION`
+  (:func:`~wqkernels.correction.max_relu_moments`); of anything else, and global max pooling,
+  taken as mean-preserving (an underestimate: the max of a window is larger than its values'
+  mean); no longer Gaussian;
 * Add: the sum of the means and of the variances (the branches taken as independent);
   Concatenate on the channel axis: each branch's channels side by side;
 * zero padding: taken as leaving the statistics as they are (as a convolution's own zero padding
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..correction import correct_layer, relu_moments
+from ..correction import correct_layer, max_relu_moments, relu_moments
 from .buffers import Buffers
 from .layouts import Entry
 from .recipe import Recipe
@@ -265,8 +268,42 @@ def _moments_of(nodes, name, bn_weights, memo, depth=0) -> Moments | None:
     if cls in _MAX:
         if cfg.get("data_format", "channels_last") != "channels_last":
             return None
+        window = _window(cls, cfg)
+        before = _producer(nodes, node.inputs[0])
+        pre = _moments(nodes, before.inputs[0], bn_weights, memo, depth + 2) \
+            if window and before is not None and _is_relu(before) and len(before.inputs) == 1 else None
+        if pre is not None and pre.gaussian:
+            m1, m2 = max_relu_moments(pre.mean, np.sqrt(pre.var), window)
+            return Moments(m1, np.maximum(m2 - m1 * m1, 0.0), False)
         return Moments(x.mean, x.var, False)
     return None
+
+
+def _producer(nodes: dict, name: str) -> Node | None:
+    """The layer whose output `name` is: `name`'s node, or, through nested models' outputs and
+    input layers, the layer inside or outside that makes it."""
+    node = nodes.get(name)
+    for _ in range(_NESTING * 2):
+        if node is None or not (node.through or node.cls == "InputLayer") or len(node.inputs) != 1:
+            break
+        node = nodes.get(node.inputs[0])
+    return node
+
+
+def _is_relu(node: Node) -> bool:
+    """Whether the layer is a plain ReLU (no cap, slope or threshold)."""
+    return _relu(node.cls, node.config) == (True, None)
+
+
+def _window(cls: str, cfg: dict) -> int | None:
+    """The number of values a (non-global) max pooling layer takes the max of, or None."""
+    if cls.startswith("Global"):
+        return None
+    size = cfg.get("pool_size", 2)
+    sizes = size if isinstance(size, (list, tuple)) else [size] * int(cls[-2])
+    if not sizes or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
+        return None
+    return int(np.prod(sizes))
 
 
 def _channels_last_axis(axis) -> bool:

@@ -30,6 +30,31 @@ def relu_moments(mean, std, cap=None):
     return np.array(m1).reshape(shape), np.array(m2).reshape(shape)
 
 
+def max_relu_moments(mean, std, window, rho, points=4001, nodes=60):
+    """E[r], E[r^2] of the rectified max of `window` N(mean, std^2) of pairwise correlation rho,
+    from the max's distribution function: P(max <= t) = E_u[Phi((t - mean - std sqrt(rho) u)
+    / (std sqrt(1 - rho)))^window], integrated over t >= 0 (E[r] = int 1 - F, E[r^2] = int 2t (1 - F))."""
+    u, w = np.polynomial.hermite_e.hermegauss(nodes)
+    w = w / w.sum()
+    m1, m2 = [], []
+    for mu, s in zip(np.ravel(np.asarray(mean, np.float64)), np.ravel(np.abs(np.asarray(std, np.float64)))):
+        if s == 0 or window == 1 or rho == 1:
+            a, b = relu_moments([mu], [s])
+            m1.append(float(a[0]))
+            m2.append(float(b[0]))
+            continue
+        t = np.linspace(0.0, max(mu, 0.0) + 10 * s, points)
+        cdf = np.zeros_like(t)
+        for node, weight in zip(u, w):
+            z = (t - mu - s * math.sqrt(rho) * node) / (s * math.sqrt(1 - rho))
+            cdf += weight * np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in z]) ** window
+        tail = 1 - cdf
+        m1.append(float(np.trapezoid(tail, t)))
+        m2.append(float(np.trapezoid(2 * t * tail, t)))
+    shape = np.broadcast(np.asarray(mean), np.asarray(std)).shape
+    return np.array(m1).reshape(shape), np.array(m2).reshape(shape)
+
+
 def _channels(kernel, kind):
     """[(output channel, [(weight, input channel)...])] of a kernel."""
     k = np.asarray(kernel, np.float64)
