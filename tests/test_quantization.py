@@ -745,3 +745,24 @@ def test_mse_coarse_to_fine_on_subnormal_channels_agrees_with_reference(symmetri
     for granularity in (dict(axis=-1), dict(), dict(axis=0, block_size=1050)):
         opts = dict(bits=4, symmetric=symmetric, method="mse", **granularity)
         assert_same_quantization(wqkernels.quantize(x, **opts), ref.quantize(x, **opts))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_outputs_over_many_pages_match_reference(threads, symmetric):
+    """Outputs of several 2 MiB pages, each first written at its end by the unit that enters it:
+    lanes units of 16384 columns (and a short last one) over 130 rows, so a page's end lies in
+    a unit's later rows or in another unit's columns."""
+    x = np.random.default_rng(7).standard_normal((130, 20000), dtype=np.float32)
+    before = wqkernels.max_threads()
+    wqkernels.set_max_threads(threads)
+    try:
+        qa = wqkernels.quantize(x, 8, symmetric=symmetric, axis=-1)
+        fq = wqkernels.fake_quantize(x, 8, symmetric=symmetric, axis=-1)
+        dq = wqkernels.dequantize(qa)
+    finally:
+        wqkernels.set_max_threads(before)
+    expected = ref.quantize(x, 8, symmetric=symmetric, axis=-1)
+    assert_bit_equal(qa.values, expected.values, "codes")
+    assert_bit_equal(fq, ref.dequantize(expected), "fake-quantized values")
+    assert_bit_equal(dq, ref.dequantize(expected), "dequantized values")

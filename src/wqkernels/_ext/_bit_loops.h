@@ -153,11 +153,9 @@ template <typename T, int Bytes> struct wqk_vector {
  * memory already written the one extra store costs nothing.  The caller may own y up to `reach`
  * (>= n) and write all of it later in the same thread (the next arrays of a selection over
  * several): a page ending there is first written with a +0 that is overwritten then. */
-enum { WQK_PAGE = 1 << 21 };
 template <typename K>
 WQK_INLINE ptrdiff_t wqk_page_end(const K *x, K *y, ptrdiff_t i, ptrdiff_t n, ptrdiff_t reach, K guess) {
-    const uintptr_t at = (uintptr_t)(y + i);
-    const ptrdiff_t page = i + 1 + (ptrdiff_t)((WQK_PAGE - 1 - (at & (WQK_PAGE - 1))) / sizeof(K));
+    const ptrdiff_t page = wqk_page_stop(y, i);
     if (page > n && page <= reach) {
         y[page - 1] = 0;
         return n;

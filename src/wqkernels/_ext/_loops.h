@@ -313,6 +313,17 @@ WQK_CLONES static void wqk_groups_params(const float *lo, const float *hi, ptrdi
  * this CPU family divides fast enough that multiplying by 1/s, with the checks exactness would
  * need, is no faster. */
 
+/* Fresh outputs: the kernel zeroes a page when it is first written, and with transparent huge
+ * pages (2 MiB; NumPy asks for them on large arrays) a page first written at its end is left in
+ * the cache in the order a forward pass then writes it (measured on the prune scan; on
+ * last-axis fake-quantize of 64 MiB, about 7% less CPU time).  The index one past the end
+ * of the 2 MiB page that holds y[i]. */
+enum { WQK_PAGE = 1 << 21 };
+template <typename T> static inline ptrdiff_t wqk_page_stop(const T *y, ptrdiff_t i) {
+    const uintptr_t at = (uintptr_t)(y + i);
+    return i + 1 + (ptrdiff_t)((WQK_PAGE - 1 - (at & (WQK_PAGE - 1))) / sizeof(T));
+}
+
 /* Store a code: as a byte (two's complement when signed), or as (code - zp) * s. */
 static inline void wqk_put(uint8_t *q, float code, float s, float zp) {
     (void)s;

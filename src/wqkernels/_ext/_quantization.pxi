@@ -19,6 +19,7 @@ cdef extern from "_loops.h" nogil:
                                 const float* s, const float* zp, float qmin, float qmax)
     void wqk_quantize_lanes[Out](const float* x, Out* out, Py_ssize_t n, const float* s, const float* zp,
                                  float qmin, float qmax)
+    Py_ssize_t wqk_page_stop[T](const T* y, Py_ssize_t i)
     void wqk_dequantize_uniform(const uint8_t* q, float* y, Py_ssize_t n, float s, float zp, int is_signed)
     void wqk_dequantize_runs(const uint8_t* q, float* y, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
                              const float* s, const float* zp, int is_signed)
@@ -351,10 +352,47 @@ cdef inline const float* lane_zero_points(const float* zp, bint is_signed) noexc
     return zp
 
 
+cdef inline void unit_span(Op op, bint lanes, const float* x, uint8_t* q, float* y, Py_ssize_t p, Py_ssize_t m,
+                           const float* s, const float* zp, float qmin, float qmax, bint is_signed) noexcept nogil:
+    """The m elements from p of one run of a unit: lanes, element p + i with s[i] and zp[i]; else
+    all with s[0] and zp[0]."""
+    if op == QUANTIZE:
+        if lanes:
+            wqk_quantize_lanes(x + p, q + p, m, s, lane_zero_points(zp, is_signed), qmin, qmax)
+        else:
+            wqk_quantize_uniform(x + p, q + p, m, s[0], zp[0], qmin, qmax)
+    elif op == FAKE_QUANTIZE:
+        if lanes:
+            wqk_quantize_lanes(x + p, y + p, m, s, lane_zero_points(zp, is_signed), qmin, qmax)
+        else:
+            wqk_quantize_uniform(x + p, y + p, m, s[0], zp[0], qmin, qmax)
+    elif lanes:
+        wqk_dequantize_lanes(q + p, y + p, m, s, zp, is_signed)
+    else:
+        wqk_dequantize_uniform(q + p, y + p, m, s[0], zp[0], is_signed)
+
+
+cdef Py_ssize_t page_first(Op op, const Layout* L, const Unit* U, const float* x, uint8_t* q, float* y,
+                           const float* s, const float* zp, float qmin, float qmax, bint is_signed,
+                           Py_ssize_t i) noexcept nogil:
+    """Writes the unit's last element in the output page that holds element i (see
+    wqk_page_stop), before the unit's runs there are written in order; returns where that page
+    ends.  The element is the unit's own, with its final value: no other thread writes it."""
+    cdef Py_ssize_t stop = wqk_page_stop(q, i) if op == QUANTIZE else wqk_page_stop(y, i)
+    cdef Py_ssize_t r = min(U.rows - 1, (stop - 1 - U.start) // U.stride) if U.stride > 0 else 0
+    cdef Py_ssize_t p = U.start + r * U.stride  # the unit's last run that starts inside the page
+    cdef Py_ssize_t c = min(p + U.length, stop) - 1 - p
+    unit_span(op, L.lanes, x, q, y, p + c, 1, s + c if L.lanes else s, zp + c if L.lanes else zp, qmin, qmax,
+              is_signed)
+    return stop
+
+
 cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8_t* q, float* y,
                     const float* s, const float* zp, float qmin, float qmax, bint is_signed) noexcept nogil:
-    """The element loop over a unit's runs (s, zp point at the unit's first group)."""
-    cdef Py_ssize_t r, p
+    """The element loop over a unit's runs (s, zp point at the unit's first group).  A unit of
+    runs far apart (the rows of a lanes unit) writes each output page it enters at its end first
+    (page_first)."""
+    cdef Py_ssize_t r, p, stop = 0  # the end of the output page page_first wrote last
     if L.runs:
         if op == QUANTIZE:
             wqk_quantize_runs(x + U.start, q + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax)
@@ -365,20 +403,9 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
         return
     for r in range(U.rows):
         p = U.start + r * U.stride
-        if op == QUANTIZE:
-            if L.lanes:
-                wqk_quantize_lanes(x + p, q + p, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
-            else:
-                wqk_quantize_uniform(x + p, q + p, U.length, s[0], zp[0], qmin, qmax)
-        elif op == FAKE_QUANTIZE:
-            if L.lanes:
-                wqk_quantize_lanes(x + p, y + p, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
-            else:
-                wqk_quantize_uniform(x + p, y + p, U.length, s[0], zp[0], qmin, qmax)
-        elif L.lanes:
-            wqk_dequantize_lanes(q + p, y + p, U.length, s, zp, is_signed)
-        else:
-            wqk_dequantize_uniform(q + p, y + p, U.length, s[0], zp[0], is_signed)
+        if U.rows > 1 and p + U.length > stop:
+            stop = page_first(op, L, U, x, q, y, s, zp, qmin, qmax, is_signed, p + U.length - 1)
+        unit_span(op, L.lanes, x, q, y, p, U.length, s, zp, qmin, qmax, is_signed)
 
 
 cdef void unit_packed(const Layout* L, const Unit* U, const float* x, uint8_t* stream, uint8_t* codes,
