@@ -69,12 +69,17 @@ static inline int wqk_ctz64(uint64_t v) { unsigned long i; _BitScanForward64(&i,
 static inline int wqk_ctz64(uint64_t v) { return __builtin_ctzll(v); }
 #endif
 
-/* A code as float before its zero point: rint(clamp(x / s, lo, hi)), never -0. */
-static inline float wqk_rounded(float x, float s, float lo, float hi) {
-    float y = x / s;
+/* A quotient's code as float before its zero point: rint(clamp(y, lo, hi)), never -0 (always
+ * inlined: a call per element where the hot loops use it). */
+static inline __attribute__((always_inline)) float wqk_round_quotient(float y, float lo, float hi) {
     y = y < lo ? lo : y;
     y = y > hi ? hi : y;
     return (y + WQK_MAGIC) - WQK_MAGIC;
+}
+
+/* A code as float before its zero point: rint(clamp(x / s, lo, hi)). */
+static inline float wqk_rounded(float x, float s, float lo, float hi) {
+    return wqk_round_quotient(x / s, lo, hi);
 }
 
 /* A code as float: lo = qmin - zp, hi = qmax - zp. */
@@ -696,9 +701,7 @@ WQK_CLONES static void wqk_unpack(const uint8_t *packed, ptrdiff_t n, int b, int
 
 /* The code of quotient y = x / s as a Code: wqk_code's, to the bit (two's complement when signed). */
 template <typename Code> static inline __attribute__((always_inline)) Code wqk_code_of(float y, float zp, float lo, float hi) {
-    y = y < lo ? lo : y;
-    y = y > hi ? hi : y;
-    return (Code)(int32_t)(((y + WQK_MAGIC) - WQK_MAGIC) + zp);
+    return (Code)(int32_t)(wqk_round_quotient(y, lo, hi) + zp);
 }
 
 /* Sum-preserving rounding of a tile of `w` groups, codes and all: each member's code is made
@@ -840,9 +843,7 @@ static inline __attribute__((always_inline)) bool wqk_sums_columns(const float *
         if (Residual) {
             for (ptrdiff_t j = 0; j < w; j++) {
                 const float v = xr[j] / s[j], a = v < 0.0f ? -v : v; /* (std::fabs: a call here) */
-                float c = v < lo[j] ? lo[j] : v;
-                c = c > hi[j] ? hi[j] : c;
-                c = (c + WQK_MAGIC) - WQK_MAGIC;
+                const float c = wqk_round_quotient(v, lo[j], hi[j]);
                 cr[j] = (Code)(int32_t)c;
                 yr[j] = v - c;
                 total[j] += (double)yr[j];
