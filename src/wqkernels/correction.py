@@ -69,7 +69,7 @@ def relu_moments(mean, std, cap: float | None = None) -> tuple[np.ndarray, np.nd
     mean, std = np.broadcast_arrays(mean, std)
     safe = np.where(std > 0, std, 1.0)
     z = mean / safe
-    cdf = 0.5 * (1.0 + _erf(z / math.sqrt(2.0)))
+    cdf = 0.5 * (1.0 + _elementwise(math.erf, z / math.sqrt(2.0)))
     pdf = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
     point = np.maximum(mean, 0.0)
     m1 = mean * cdf + safe * pdf
@@ -79,7 +79,7 @@ def relu_moments(mean, std, cap: float | None = None) -> tuple[np.ndarray, np.nd
         if not cap > 0:
             raise ValueError(f"cap must be positive, got {cap}")
         b = (cap - mean) / safe
-        tail = 0.5 * _erfc(b / math.sqrt(2.0))
+        tail = 0.5 * _elementwise(math.erfc, b / math.sqrt(2.0))
         pdf_b = np.exp(-0.5 * b * b) / math.sqrt(2.0 * math.pi)
         m1 = m1 - mean * tail - safe * pdf_b + cap * tail
         m2 = m2 - (mean * mean + safe * safe) * tail - 2.0 * mean * safe * pdf_b - safe * safe * b * pdf_b \
@@ -132,7 +132,7 @@ def max_relu_moments(mean, std, window: int, rho: float = POOL_CORRELATION) -> t
     if window == 1 or rho == 1.0:
         return m1, m2
     v = _MAX_GRID
-    cdf = 0.5 * (1.0 + _erf(v / math.sqrt(2.0)))
+    cdf = 0.5 * (1.0 + _elementwise(math.erf, v / math.sqrt(2.0)))
     density = window * np.exp(-0.5 * v * v) / math.sqrt(2.0 * math.pi) * cdf ** (window - 1)
     weights = density * np.gradient(v)  # (the trapezoid rule: the density vanishes at both ends)
     weights /= weights.sum()
@@ -149,12 +149,9 @@ def max_relu_moments(mean, std, window: int, rho: float = POOL_CORRELATION) -> t
     return np.where(positive, e1.reshape(mean.shape), m1), np.where(positive, e2.reshape(mean.shape), m2)
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
-    return np.frompyfunc(math.erf, 1, 1)(x).astype(np.float64)
-
-
-def _erfc(x: np.ndarray) -> np.ndarray:
-    return np.frompyfunc(math.erfc, 1, 1)(x).astype(np.float64)
+def _elementwise(f, x: np.ndarray) -> np.ndarray:
+    """math function `f` (erf, erfc: NumPy has neither) of each element, as float64."""
+    return np.frompyfunc(f, 1, 1)(x).astype(np.float64)
 
 
 def output_moments(kernel, mean, var, kind: str) -> tuple[np.ndarray, np.ndarray]:
