@@ -11,6 +11,9 @@ BatchNorm correction, applied to whatever kernels the variant pruned:
 - ``size^a``: LAMP scores times (tensor size / mean eligible size) ** a, one threshold;
 - ``energy^p``: w^2 / (the tensor's sum of w^2) ** p, one threshold;
 - ``scale cap c``: the correction's kernel scale at most c;
+- ``independent inputs``: the correction with a Dense layer's inputs taken as independent even
+  where they are a flattened BN-ReLU map of a convolution (the default before it modelled their
+  covariance);
 - ``iid max pooling``: the correction with max pooling's output moments those of the max of its
   window's values taken as independent rectified Gaussians (the package takes it as
   mean-preserving);
@@ -203,6 +206,12 @@ def variant(name: str, sparsity: float) -> fidelity.Transform:
         if name.startswith("obs "):
             new = obs_pruned(name, w, tensors, sparsity, context.path)
             return new if "raw" in name.split() else {**new, **corrected(context.path, sparsity, new)}
+        if name == "independent inputs":
+            import wqkernels.files.graph as graph
+
+            new = pruned("default", w, tensors, sparsity)
+            with mock.patch.object(graph, "input_covariance", lambda *args: None):
+                return {**new, **corrected(context.path, sparsity, new)}
         new = pruned(name, w, tensors, sparsity)
         cap = float(name.split()[-1]) if name.startswith("scale cap") else None
         pooling = max_pooling_iid() if name == "iid max pooling" else max_pooling_iid(float(name.split()[-1])) \
