@@ -435,3 +435,6 @@ def test_input_covariance_of_a_dense_layer_reading_a_flattened_bn_relu_map():
                     [*chain[:3], layer("MaxPooling2D", "pool"), *chain[3:]]):
         assert input_covariance(graph(sequential(*head, *changed)), "d", weights.get, {"c": kernel}.get, {}) is None
     assert input_covariance(graph(sequential(*chain)), "d", weights.get, {"c": kernel}.get, {}) is None
+    # a recorded shape smaller than the kernel's window (valid padding): independent, not an error
+    small = [layer("Conv2D", "c", (2, 2, 2), padding="valid"), *chain[1:]]
+    assert input_covariance(graph(sequential(*head, *small)), "d", weights.get, {"c": kernel}.get, {}) is None

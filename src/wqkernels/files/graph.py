@@ -396,7 +396,10 @@ def input_covariance(nodes: dict, name: str, bn_weights, kernel_of, memo: dict) 
     if weights is None or kernel is None or moments is None or kernel.shape[-2] != conv.shape[-1] \
             or moments.var.size != kernel.shape[-2] or len(conv.shape) != kernel.ndim - 1:
         return None
-    z = conv_covariance(kernel, moments.var, conv.shape[:-1], cfg.get("padding", "valid"))
+    try:
+        z = conv_covariance(kernel, moments.var, conv.shape[:-1], cfg.get("padding", "valid"))
+    except ValueError:  # a recorded shape the kernel does not fit: the inputs stay independent
+        return None
     if z is None:
         return None
     outputs = kernel.shape[-1]
