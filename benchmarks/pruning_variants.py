@@ -11,6 +11,9 @@ BatchNorm correction, applied to whatever kernels the variant pruned:
 - ``size^a``: LAMP scores times (tensor size / mean eligible size) ** a, one threshold;
 - ``energy^p``: w^2 / (the tensor's sum of w^2) ** p, one threshold;
 - ``scale cap c``: the correction's kernel scale at most c;
+- ``independent inputs``: the correction with a Dense layer's inputs taken as independent even
+  where they are a flattened BN-ReLU map of a convolution (the default before it modelled their
+  covariance);
 - ``iid max pooling``: the correction with max pooling's output moments those of the max of its
   window's values taken as independent rectified Gaussians (the package takes it as
   mean-preserving);
@@ -34,6 +37,9 @@ BatchNorm correction, applied to whatever kernels the variant pruned:
   estimates measured instead, on the training set: every BN's moving mean and variance re-estimated
   through the pruned model, and the biased layer fed by a BN (``dense``) scaled and shifted to its
   float output's measured mean and variance (data: a diagnostic, not a data-free recipe);
+- ``--diagnose``: per layer the correction touches, the input moments, mean shift and variance
+  ratio it estimates against those measured on the training set (through the float model and
+  through the compressed one), then the score with one layer's statistic measured at a time;
 - ``--hessians``: per layer, the correlations of its inputs measured on the training set, and the
   layer's output error under the measured covariance after OBS with the modelled Hessians and with
   parts of the measured one (a diagnostic).
@@ -42,6 +48,7 @@ BatchNorm correction, applied to whatever kernels the variant pruned:
 
     PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/pruning_variants.py --archs cnn_bn_8,cnn_bn,cnn_bn_32
     PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/pruning_variants.py --oracle --archs cnn_bn_8,cnn_bn
+    PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/pruning_variants.py --diagnose --sparsity 0.9 --archs cnn_bn_8,cnn_bn
     PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/pruning_variants.py --hessians --sparsity 0.9 \
         --archs cnn_bn_8,cnn_bn,cnn_bn_32,vgg_bn
     PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/pruning_variants.py --compare --sparsity 0.9 \
@@ -199,6 +206,12 @@ def variant(name: str, sparsity: float) -> fidelity.Transform:
         if name.startswith("obs "):
             new = obs_pruned(name, w, tensors, sparsity, context.path)
             return new if "raw" in name.split() else {**new, **corrected(context.path, sparsity, new)}
+        if name == "independent inputs":
+            import wqkernels.files.graph as graph
+
+            new = pruned("default", w, tensors, sparsity)
+            with mock.patch.object(graph, "input_covariance", lambda *args: None):
+                return {**new, **corrected(context.path, sparsity, new)}
         new = pruned(name, w, tensors, sparsity)
         cap = float(name.split()[-1]) if name.startswith("scale cap") else None
         pooling = max_pooling_iid() if name == "iid max pooling" else max_pooling_iid(float(name.split()[-1])) \
@@ -585,6 +598,152 @@ def oracle(archs, seeds, sparsity):
                                                  + f" ({statistics.fmean(e for _, e in c):.3f})" for c in cells) + " |")
 
 
+# ---- which estimate costs the accuracy (a diagnostic) --------------------------------------------
+
+#: the layers of the BN CNNs the correction touches, and their kernels' kinds
+DIAGNOSED = {"depthwise": "depthwise", "pointwise": "conv", "conv2": "conv", "dense": "dense"}
+
+
+def _linear(layer, kernel, a):
+    """The layer's linear map (no bias) of its inputs `a` with `kernel`, as (samples x positions, channels)."""
+    import keras
+
+    k = np.asarray(kernel, np.float32)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        y = keras.ops.depthwise_conv(a.astype(np.float32), k, 1, padding=layer.padding)
+    elif isinstance(layer, keras.layers.Conv2D):
+        y = keras.ops.conv(a.astype(np.float32), k, 1, padding=layer.padding)
+    else:
+        y = a.reshape(a.shape[0], -1).astype(np.float32) @ k
+    y = np.asarray(y, np.float64)
+    return y.reshape(-1, y.shape[-1])
+
+
+def _rel(est, meas) -> float:
+    est, meas = np.ravel(np.asarray(est, float)), np.ravel(np.asarray(meas, float))
+    return float(np.linalg.norm(est - meas) / max(np.linalg.norm(meas), 1e-12))
+
+
+def _geo(x) -> float:
+    return float(np.exp(np.mean(np.log(np.maximum(x, 1e-12)))))
+
+
+def diagnose_case(case: fidelity.Case, sparsity: float) -> dict:
+    """Per corrected layer: the estimated input moments and output quantities the correction uses
+    against those measured on the training set through the float model and through the
+    default-compressed one; then the score with one layer's statistic measured (its mean shift,
+    its variance ratio, or both; the rest estimated), and with all of them (:func:`true_statistics`)."""
+    import keras
+
+    from wqkernels.correction import output_moments
+
+    model, ref, x = case.model, keras.models.load_model(case.path, compile=False), case.task.x_train
+    w = {t.path: np.asarray(case.weights[t.path], np.float32) for t in case.tensors}
+    plain = pruned("default", w, case.tensors, sparsity)
+    default = variant("default", sparsity)(w, case.tensors, case.context)
+    estimated = layer_inputs(case.path)
+    kernel = {t.layer: t.path for t in case.tensors if t.role == "kernel"}
+    variable = {id(v): path for path, (kind, j) in case.slots.items()
+                for v in [(model.trainable_variables if kind == 0 else model.non_trainable_variables)[j]]}
+
+    def inputs(m, layer):
+        return np.asarray(keras.Model(m.inputs, m.get_layer(layer).input).predict(x, verbose=0), np.float64)
+
+    def load(kernels):
+        model.load_weights(case.path)
+        for path, value in kernels.items():
+            kind, j = case.slots[path]
+            (model.trainable_variables if kind == 0 else model.non_trainable_variables)[j].assign(
+                np.asarray(value, np.float32))
+
+    float_score = fidelity.metrics(case.task, case.reference, case.reference)["score"]
+
+    def lost(kernels):
+        m = fidelity.metrics(case.task, case.predict(kernels), case.reference)
+        return float_score - m["score"], m["rel_err"]
+
+    rows, swaps = {}, {"default": lost(default)}
+    for name, kind in DIAGNOSED.items():
+        load(default)
+        layer, k, p = model.get_layer(name), w[kernel[name]], plain[kernel[name]]
+        mean, var = estimated[name]
+        a0, a1 = inputs(ref, name), inputs(model, name)  # the float model's inputs, the compressed one's
+        f0, f1 = a0.reshape(-1, mean.size), a1.reshape(-1, mean.size)
+        mean0, var0 = output_moments(k, mean, var, kind)
+        mean1, var1 = output_moments(p, mean, var, kind)
+        y00, y10, y11 = _linear(layer, k, a0), _linear(layer, p, a0), _linear(layer, p, a1)
+        rows[name] = {"mean": (mean.mean(), f0.mean(0).mean(), f1.mean(0).mean(), _rel(mean, f0.mean(0)),
+                               _rel(mean, f1.mean(0))),
+                      "var": (var.mean(), f0.var(0).mean(), f1.var(0).mean(), _rel(var, f0.var(0)), _rel(var, f1.var(0))),
+                      "shift": (_rel(mean1 - mean0, y10.mean(0) - y00.mean(0)), _rel(mean1 - mean0, y11.mean(0) - y00.mean(0))),
+                      "var0": _geo(var0 / y00.var(0)),
+                      "ratio": (_geo(np.where(var0 > 0, var1 / np.maximum(var0, 1e-12), 1.0)), _geo(y10.var(0) / y00.var(0)),
+                                _geo(y11.var(0) / y00.var(0)))}
+        bn = next((b for b in model.layers[model.layers.index(layer) + 1:][:1]
+                   if isinstance(b, keras.layers.BatchNormalization)), None)
+        h, h0 = y11, y00  # what the corrected layer outputs in the compressed model, and in the float one
+        for what in ("mean", "var", "both"):
+            new = dict(default)
+            if bn is not None:  # the BN's moving statistics, as true_statistics sets them, for one of the two
+                bn0 = ref.get_layer(bn.name)
+                mm0, mv0 = (np.asarray(v.numpy(), np.float64) for v in (bn0.moving_mean, bn0.moving_variance))
+                mm_path, mv_path = variable[id(bn.moving_mean)], variable[id(bn.moving_variance)]
+                s = np.sqrt(np.maximum(h.var(0), 1e-12) / np.maximum(h0.var(0), 1e-12))
+                mv = np.maximum((mv0 + bn.epsilon) * s * s - bn.epsilon, 0) if what != "mean" \
+                    else np.asarray(default[mv_path], np.float64)
+                mm = h.mean(0) - (h0.mean(0) - mm0) * np.sqrt((mv + bn.epsilon) / (mv0 + bn.epsilon)) \
+                    if what != "var" else np.asarray(default[mm_path], np.float64)
+                new[mm_path], new[mv_path] = mm.astype(np.float32), mv.astype(np.float32)
+            else:  # the biased layer: its kernel scale and bias
+                b = np.asarray(ref.get_layer(name).bias.numpy(), np.float64)
+                scaled = np.asarray(default[kernel[name]], np.float64)
+                estimate = np.abs(scaled).sum(0) / np.maximum(np.abs(p).sum(0), 1e-30)
+                measured = np.where(h.var(0) > 1e-12, np.sqrt(h0.var(0) / np.maximum(h.var(0), 1e-12)), 1.0)
+                scale = measured if what != "mean" else estimate
+                bias = b - (h.mean(0) * scale - h0.mean(0)) if what != "var" else \
+                    b - (output_moments(p * scale, mean, var, kind)[0] - mean0)
+                new[kernel[name]], new[variable[id(layer.bias)]] = (p * scale).astype(np.float32), bias.astype(np.float32)
+            swaps[f"{name} {what}"] = lost(new)
+    model.load_weights(case.path)
+    true = true_statistics(case, plain)
+    swaps["all measured"] = (float_score - true["score"], true["rel_err"])
+    return {"rows": rows, "swaps": swaps}
+
+
+def diagnose(archs, seeds, sparsity):
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="wqkernels-diagnose-") as workdir:
+        for arch in archs:
+            for seed in seeds:
+                import keras
+
+                results[arch, seed] = diagnose_case(fidelity.Case(arch, seed, models.trained(arch, seed)[0], workdir),
+                                                    sparsity)
+                keras.backend.clear_session()
+    for arch in archs:
+        cases = [results[arch, s] for s in seeds]
+
+        def cell(layer, key, i=None):
+            return statistics.fmean(float(c["rows"][layer][key] if i is None else c["rows"][layer][key][i]) for c in cases)
+
+        print(f"\n`{arch}`, sparsity {sparsity}: estimated / measured through the float model / through the "
+              "compressed one (relative error against each), means over seeds")
+        print("| layer | input mean | input variance | mean shift: rel. error | independent output variance / "
+              "measured | variance kept (pruned / float) |\n|---|---|---|---|---|---|")
+        for layer in DIAGNOSED:
+            print(f"| {layer} | " + " | ".join(
+                f"{cell(layer, key, 0):.3f} / {cell(layer, key, 1):.3f} / {cell(layer, key, 2):.3f} "
+                f"({cell(layer, key, 3):.2f}, {cell(layer, key, 4):.2f})" for key in ("mean", "var"))
+                + f" | {cell(layer, 'shift', 0):.2f}, {cell(layer, 'shift', 1):.2f} | {cell(layer, 'var0'):.2f} | "
+                + " / ".join(f"{cell(layer, 'ratio', i):.4f}" for i in range(3)) + " |")
+        print(f"\n`{arch}`: points lost per seed (relative output error) with one statistic measured")
+        print("| measured | points lost | error |\n|---|---|---|")
+        for label in cases[0]["swaps"]:
+            values = [c["swaps"][label] for c in cases]
+            print(f"| {label} | {statistics.fmean(v[0] for v in values):.2f} ("
+                  + " / ".join(f"{v[0]:.2f}" for v in values) + f") | {statistics.fmean(v[1] for v in values):.3f} |")
+
+
 # ---- the modelled Hessian against the measured one (a diagnostic) --------------------------------
 
 def _obs(view, x, h, base, count, mode):
@@ -744,6 +903,8 @@ def main(argv=None):
     parser.add_argument("--oracle", action="store_true", help="the default against the true statistics")
     parser.add_argument("--compare", action="store_true",
                         help="also each variant against the default, seed by seed (fidelity.compare)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="estimated against measured statistics per corrected layer, and one measured at a time")
     parser.add_argument("--hessians", action="store_true",
                         help="the modelled input Hessian against the measured one, layer by layer")
     args = parser.parse_args(argv)
@@ -753,6 +914,10 @@ def main(argv=None):
     if args.hessians:
         for sparsity in map(float, args.sparsity.split(",")):
             hessians(archs, seeds, sparsity)
+        return
+    if args.diagnose:
+        for sparsity in map(float, args.sparsity.split(",")):
+            diagnose(archs, seeds, sparsity)
         return
     if args.oracle:
         for sparsity in map(float, args.sparsity.split(",")):

@@ -305,3 +305,136 @@ def test_input_moments_through_concatenation_and_zero_padding():
     assert got.gaussian
     assert input_moments(nodes, "d", bn.get) is None  # not the channel axis
     assert input_moments(nodes, "e", bn.get) is None  # channels first
+
+
+def _correlation(rng, n, rank=2):
+    """A random correlation matrix of n variables sharing `rank` factors."""
+    f = rng.standard_normal((n, rank))
+    c = f @ f.T + np.diag(rng.random(n) * 0.5 + 0.1)
+    d = np.sqrt(np.diag(c))
+    return c / np.outer(d, d)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_relu_covariance_matches_the_reference_and_sampling(seed):
+    rng = np.random.default_rng(seed)
+    n = 5
+    mean, std = rng.normal(0, 1.5, n), rng.uniform(0.2, 2.0, n)
+    std[-1] = 0.0  # a constant: no covariance
+    corr = _correlation(rng, n)
+    assert corr.min() < 0  # (negative correlations among them)
+    got = correction.relu_covariance(mean, std, corr)
+    want = ref.relu_covariance(mean, std, corr)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    m1, m2 = correction.relu_moments(mean, std)
+    np.testing.assert_array_equal(np.diag(got), np.maximum(m2 - m1 * m1, 0.0))
+    assert np.all(got[-1, :-1] == 0) and np.all(got[:-1, -1] == 0)
+    y = mean[:-1] + std[:-1] * (rng.standard_normal((400_000, n - 1)) @ np.linalg.cholesky(
+        corr[:-1, :-1] + 1e-9 * np.eye(n - 1)).T)
+    np.testing.assert_allclose(got[:-1, :-1], np.cov(np.maximum(y, 0.0).T), atol=0.02)
+
+
+def test_relu_covariance_of_uncorrelated_and_identical_values():
+    mean, std = np.array([0.3, -0.2]), np.array([1.0, 0.5])
+    assert correction.relu_covariance(mean, std, np.eye(2))[0, 1] == 0.0
+    same = correction.relu_covariance([0.3, 0.3], [1.0, 1.0], np.ones((2, 2)))
+    assert same[0, 1] == pytest.approx(same[0, 0], rel=0.01)  # Mehler's tail at correlation 1
+    with pytest.raises(ValueError, match="corr has shape"):
+        correction.relu_covariance(mean, std, np.eye(3))
+
+
+@pytest.mark.parametrize("shape, taps, padding", [((4, 4), (3, 3), "same"), ((3, 5), (3, 2), "same"),
+                                                  ((4, 3), (2, 2), "valid"), ((6,), (3,), "same")])
+def test_conv_covariance_matches_the_reference(shape, taps, padding):
+    rng = np.random.default_rng(len(shape) + taps[0])
+    kernel = rng.standard_normal((*taps, 2, 3))
+    var = rng.random(2) + 0.1
+    got = correction.conv_covariance(kernel, var, shape, padding)
+    np.testing.assert_allclose(got, ref.conv_covariance(kernel, var, shape, padding), rtol=1e-12, atol=1e-12)
+    out = shape if padding == "same" else tuple(n - t + 1 for n, t in zip(shape, taps))
+    assert got.shape == (math.prod(out) * 3,) * 2
+
+
+def test_conv_covariance_limits_and_mistakes():
+    limit = correction.COVARIANCE_LIMIT
+    assert correction.conv_covariance(np.ones((3, 3, 1, limit // 64)), [1.0], (8, 8)) is not None
+    assert correction.conv_covariance(np.ones((3, 3, 1, limit // 64)), [1.0], (8, 9)) is None  # outputs
+    assert correction.conv_covariance(np.ones((1, 1, limit // 4, 1)), np.ones(limit // 4), (2, 3)) is None  # inputs
+    with pytest.raises(ValueError, match="does not convolve"):
+        correction.conv_covariance(np.ones((3, 3, 1, 2)), [1.0], (4,))
+    with pytest.raises(ValueError, match="does not convolve"):
+        correction.conv_covariance(np.ones((3, 3, 1, 2)), [1.0], (2, 2), "valid")
+    with pytest.raises(ValueError, match="channels"):
+        correction.conv_covariance(np.ones((3, 3, 2, 2)), [1.0], (4, 4))
+
+
+@pytest.mark.parametrize("target", ["bias", "bn"])
+def test_correct_layer_under_a_covariance(target):
+    rng = np.random.default_rng(7)
+    kernel = rng.standard_normal((8, 3)).astype(np.float32)
+    pruned = np.where(rng.random(kernel.shape) < 0.6, np.float32(0), kernel)
+    mean, var = rng.random(4) + 0.1, rng.random(4) + 0.1
+    options = {"bias": rng.standard_normal(3)} if target == "bias" else {
+        "moving_mean": rng.standard_normal(3), "moving_variance": rng.random(3) + 0.5, "epsilon": 1e-3}
+    sd = np.sqrt(np.tile(var, 2))
+    cov = _correlation(rng, 8) * np.outer(sd, sd)
+    got = correction.correct_layer(kernel, pruned, mean, var, "dense", cov=cov, **options)
+    want = ref.correct_layer(kernel, pruned, mean, var, "dense", cov=cov, **options)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if g is not None:
+            np.testing.assert_allclose(g, w, rtol=2e-6, atol=1e-6)
+    independent = correction.correct_layer(kernel, pruned, mean, var, "dense", **options)
+    diagonal = correction.correct_layer(kernel, pruned, mean, var, "dense", cov=np.diag(np.tile(var, 2)), **options)
+    for b, c in zip(independent, diagonal):  # a diagonal covariance is independence
+        if b is not None:
+            np.testing.assert_allclose(c, b, rtol=1e-6, atol=1e-7)
+    # the correlations move the variances (and the bias, through the scale), not the mean shift
+    moved = got.scale if target == "bias" else got.moving_variance
+    assert not np.allclose(moved, independent.scale if target == "bias" else independent.moving_variance)
+    if target == "bn":
+        np.testing.assert_array_equal(got.moving_mean, independent.moving_mean)
+    with pytest.raises(ValueError, match="cov has shape"):
+        correction.correct_layer(kernel, pruned, mean, var, "dense", cov=np.eye(4), **options)
+
+
+def test_input_covariance_of_a_dense_layer_reading_a_flattened_bn_relu_map():
+    from wqkernels.files.graph import input_covariance
+
+    def layer(cls, name, shape=None, **config):
+        out = {"class_name": cls, "config": {"name": name, **config}}
+        if shape is not None:
+            out["build_config"] = {"input_shape": [None, *shape]}
+        return out
+
+    def sequential(*layers):
+        return {"class_name": "Sequential", "config": {"layers": [layer("InputLayer", "x"), *layers]}}
+
+    rng = np.random.default_rng(3)
+    kernel = rng.standard_normal((3, 3, 2, 3))
+    weights = {"bn0": {"gamma": np.array([1.0, 0.5]), "beta": np.array([0.2, -0.1]), "moving_mean": np.zeros(2),
+                       "moving_variance": np.ones(2)},
+               "bn": {"gamma": np.array([1.0, -0.7, 1.3]), "beta": np.array([0.1, 0.4, -0.3]),
+                      "moving_mean": np.zeros(3), "moving_variance": np.ones(3)}}
+    head = [layer("Conv2D", "c0", (3, 4, 1)), layer("BatchNormalization", "bn0", axis=-1), layer("ReLU", "r0")]
+    chain = [layer("Conv2D", "c", (3, 4, 2), padding="same"), layer("BatchNormalization", "bn", axis=-1),
+             layer("ReLU", "r"), layer("Flatten", "flat"), layer("Dropout", "drop"), layer("Dense", "d", (36,))]
+    nodes = graph(sequential(*head, *chain))
+    got = input_covariance(nodes, "d", weights.get, {"c": kernel}.get, {})
+    m1, m2 = correction.relu_moments(weights["bn0"]["beta"], weights["bn0"]["gamma"])
+    z = correction.conv_covariance(kernel, m2 - m1 * m1, (3, 4), "same")
+    sd = np.sqrt(np.diag(z))
+    sign = np.tile(np.sign(weights["bn"]["gamma"]), 12)
+    want = correction.relu_covariance(np.tile(weights["bn"]["beta"], 12), np.tile(np.abs(weights["bn"]["gamma"]), 12),
+                                      z / np.outer(sd, sd) * np.outer(sign, sign))
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == (36, 36) and np.count_nonzero(got - np.diag(np.diag(got))) > 0
+    # what breaks the chain: no recorded shape, a stride, a pooling, a conv reading the image
+    for changed in ([layer("Conv2D", "c", None, padding="same"), *chain[1:]],
+                    [layer("Conv2D", "c", (3, 4, 2), padding="same", strides=[2, 2]), *chain[1:]],
+                    [*chain[:3], layer("MaxPooling2D", "pool"), *chain[3:]]):
+        assert input_covariance(graph(sequential(*head, *changed)), "d", weights.get, {"c": kernel}.get, {}) is None
+    assert input_covariance(graph(sequential(*chain)), "d", weights.get, {"c": kernel}.get, {}) is None
+    # a recorded shape smaller than the kernel's window (valid padding): independent, not an error
+    small = [layer("Conv2D", "c", (2, 2, 2), padding="valid"), *chain[1:]]
+    assert input_covariance(graph(sequential(*head, *small)), "d", weights.get, {"c": kernel}.get, {}) is None

@@ -178,3 +178,42 @@ def test_a_nested_model_is_corrected_as_the_same_model_flat(bn_model, tmp_path, 
     for layer in a.layers:
         for v, w in zip(layer.weights, inside[layer.name].weights if layer.weights else []):
             assert_bit_equal(np.asarray(w.numpy()), np.asarray(v.numpy()), f"{layer.name} {v.path}")
+
+
+def test_a_dense_layer_reading_a_flattened_bn_relu_map_is_corrected_under_its_covariance(tmp_path):
+    """Conv-BN-ReLU twice, Flatten, Dense: the second convolution's overlapping windows correlate
+    the Dense layer's inputs, and its correction uses their covariance (bit for bit what
+    wqkernels.correction gives from the file's weights), not independent inputs."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((6, 6, 3)), layers.Conv2D(8, 3, padding="same", use_bias=False, name="c1"),
+        layers.BatchNormalization(name="b1"), layers.ReLU(name="r1"),
+        layers.Conv2D(8, 3, padding="same", use_bias=False, name="c2"), layers.BatchNormalization(name="b2"),
+        layers.ReLU(name="r2"), layers.Flatten(name="flat"), layers.Dense(16, name="dense"),
+        layers.Dense(4, name="logits")], name="cnn")
+    _calibrated(model, np.random.default_rng(2).random((256, 6, 6, 3)).astype(np.float32))
+    path, plain, fixed = tmp_path / "m.keras", tmp_path / "plain.keras", tmp_path / "fixed.keras"
+    model.save(path)
+    wqkernels.rewrite(path, plain, Recipe(sparsity=0.75, bn_correction=False))
+    report = wqkernels.rewrite(path, fixed, Recipe(sparsity=0.75))
+    assert "dense (kernel scale, bias)" in next(n for n in report.notes if n.startswith("BatchNorm statistics"))
+    floats, pruned, got = ({layer.name: layer for layer in m.layers} for m in (model, _load(plain), _load(fixed)))
+
+    def value(layer, attr):
+        return np.asarray(getattr(layer, attr).numpy()).astype(np.float64)
+
+    m1, m2 = correction.relu_moments(value(floats["b1"], "beta"), np.abs(value(floats["b1"], "gamma")))
+    z = correction.conv_covariance(value(floats["c2"], "kernel"), m2 - m1 * m1, (6, 6), "same")
+    sd, gamma = np.sqrt(np.diag(z)), value(floats["b2"], "gamma")
+    sign = np.tile(np.sign(gamma), 36)
+    cov = correction.relu_covariance(np.tile(value(floats["b2"], "beta"), 36), np.tile(np.abs(gamma), 36),
+                                     z / np.outer(sd, sd) * np.outer(sign, sign))
+    r1, r2 = correction.relu_moments(value(floats["b2"], "beta"), np.abs(gamma))
+    args = (value(floats["dense"], "kernel"), value(pruned["dense"], "kernel"), r1, r2 - r1 * r1, "dense")
+    want = correction.correct_layer(*args, bias=value(floats["dense"], "bias"), cov=cov)
+    assert_bit_equal(np.asarray(got["dense"].bias.numpy()), want.bias, "dense bias")
+    assert_bit_equal(np.asarray(got["dense"].kernel.numpy()),
+                     (np.asarray(pruned["dense"].kernel.numpy()) * want.scale).astype(np.float32), "dense kernel")
+    independent = correction.correct_layer(*args, bias=value(floats["dense"], "bias"))
+    assert not np.allclose(independent.scale, want.scale, rtol=1e-3)
