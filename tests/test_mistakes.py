@@ -44,7 +44,8 @@ def files(tmp_path):
 @pytest.mark.parametrize("source,name,expected", [
     ("keras", "out.h5", ".keras"), ("h5", "out.keras", ".h5"), ("keras", "x.weights.h5", ".keras"),
     ("keras", "x.onnx", ".keras"), ("weights.h5", "x.h5", ".weights.h5"), ("h5", "x.weights.h5", ".h5"),
-    ("h5", "x", ".h5"),
+    ("h5", "x", ".h5"), ("keras", "x.KERAS", ".keras"), ("h5", "x.H5", ".h5"),
+    ("weights.h5", "x.Weights.h5", ".weights.h5"),
 ])
 def test_output_named_for_another_format_is_refused_before_any_work(source, name, expected, files, tmp_path,
                                                                     capsys):

@@ -108,7 +108,8 @@ _FORMAT_NAMES = {"zip": "a .keras archive", "keras3": "a Keras 3 .weights.h5 fil
 
 
 def _ending(name: str) -> str:
-    name = os.path.basename(name).lower()
+    """The ending Keras picks the loader by; as Keras, case-sensitive (``x.KERAS`` is no .keras)."""
+    name = os.path.basename(name)
     return ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
 
 
