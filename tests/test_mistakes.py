@@ -168,8 +168,29 @@ def test_float64_beyond_float32_says_it_overflows(tmp_path, capsys):
         f["dense_1/dense_1/kernel:0"] = data
     code, out, err = run_cli(["rewrite", src, "-o", tmp_path / "o.h5", "--bits", "8"], capsys)
     assert code == 1 and err.strip().endswith(
-        "weight 'dense_1/dense_1/kernel:0': 1 value of this float64 weight overflow float32, the first 1e+300 at "
+        "weight 'dense_1/dense_1/kernel:0': 1 value of this float64 weight overflows float32, the first 1e+300 at "
         "index (1, 2)"), err
+
+
+@pytest.mark.parametrize("value,refused", [(65519.0, False), (65520.0, True), (-1e6, True)])
+def test_float16_storage_beyond_its_range_says_it_overflows(value, refused, tmp_path, recwarn):
+    """float16 stores 65520 and beyond as infinity: an error naming the value, not an infinity
+    found afterwards in the stored values after a RuntimeWarning of the cast."""
+    src = tmp_path / "big.h5"
+    k2.write_tfkeras_weights(src)
+    with h5py.File(src, "a") as f:
+        f["dense_1/dense_1/kernel:0"][1, 2] = value
+    if not refused:
+        wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(storage="float16"))
+        assert np.isfinite(wqkernels.load_weights(tmp_path / "o.h5")["dense_1/dense_1/kernel:0"]).all()
+    else:
+        with pytest.raises(KerasFileError) as info:
+            wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(storage="float16"))
+        assert str(info.value).endswith(
+            f"weight 'dense_1/dense_1/kernel:0': 1 value of this weight overflows float16 (largest 65504), "
+            f"the first {value!r} at index (1, 2); store it as float32"), str(info.value)
+        assert not (tmp_path / "o.h5").exists()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_nan_printed_as_the_readme_shows():
