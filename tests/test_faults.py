@@ -271,6 +271,47 @@ def test_non_regular_destination_refused(kind, tmp_path):
     assert os.stat(target).st_mode == os.stat(target).st_mode and not os.path.isfile(target)
 
 
+@pytest.mark.parametrize("existing", [True, False])
+def test_destination_through_a_symbolic_link_writes_its_target(existing, tmp_path):
+    """A write through a link lands in its target and keeps the link (as Keras, h5py and the
+    shell write through it); renaming over the link replaced it with a regular file."""
+    src = tmp_path / "m.h5"
+    write_big_legacy(src, layers=1)
+    target, link = tmp_path / "models" / "v3.h5", tmp_path / "o.h5"
+    target.parent.mkdir()
+    if existing:
+        target.write_bytes(b"old")
+    link.symlink_to(target)
+    done = cli("rewrite", src, "-o", link, "--bits", "8")
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.is_file() and h5py.is_hdf5(target)
+    assert sorted(os.listdir(tmp_path)) == ["m.h5", "models", "o.h5"] and os.listdir(target.parent) == ["v3.h5"]
+
+
+def test_second_rewrite_through_a_link_to_the_destination_refused_while_the_first_runs(tmp_path):
+    src = tmp_path / "m.h5"
+    write_big_legacy(src, layers=1)
+    (tmp_path / "alias.h5").symlink_to(tmp_path / "o.h5")
+    writer = _writer_of(tmp_path / "o.h5")
+    try:
+        second = cli("rewrite", src, "-o", tmp_path / "alias.h5", "--bits", "8")
+        assert second.returncode == 1 and "another process is writing it right now" in second.stderr, second.stderr
+    finally:
+        writer.kill()
+        writer.communicate()
+    assert (tmp_path / "alias.h5").is_symlink()
+
+
+def test_link_to_a_device_refused_and_kept(tmp_path):
+    (tmp_path / "o.h5").symlink_to("/dev/null")
+    src = tmp_path / "m.h5"
+    write_big_legacy(src, layers=1)
+    done = cli("rewrite", src, "-o", tmp_path / "o.h5", "--bits", "8")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "is a device" in done.stderr, done.stderr
+    assert (tmp_path / "o.h5").is_symlink() and os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
 def test_interrupt_swallowed_on_its_way_still_stops_the_rename(tmp_path, monkeypatch, capsys):
     """Ctrl-C raised where Python cannot propagate it (a finaliser, a C callback) was lost and
     the rewrite completed with exit 0: the command line's handler also stops the rename."""
