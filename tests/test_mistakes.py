@@ -87,6 +87,20 @@ def test_recipe_that_changes_nothing_says_so(args, why, files, tmp_path, capsys)
     assert any(n.startswith("nothing rewritten") for n in report.notes) == (not args)
 
 
+def test_narrow_kernels_given_more_bits_say_so(files, tmp_path, capsys):
+    """A model whose kernels are all narrow (16 weights per output channel here) is summed up as
+    6.00 bits/weight at --bits 4: the summary says which kernels the narrow rule widened."""
+    code, out, err = run_cli(["rewrite", files["weights.h5"], "-o", tmp_path / "o.weights.h5", "--bits", "4",
+                              "--storage", "packed"], capsys)
+    assert code == 0 and "6.00 bits/weight" in out
+    note = ("note: 1 narrow kernel (at most 16 weights per output channel) at 6 bits, not 4: dense; "
+            "--narrow-bits 0 keeps them at 4")
+    assert note in out.splitlines()
+    for recipe in (Recipe(bits=4, narrow_bits=0), Recipe(bits=8), Recipe(target_sqnr=30)):
+        report = wqkernels.rewrite(files["weights.h5"], tmp_path / "p.weights.h5", recipe)
+        assert not [n for n in report.notes if "narrow" in n], (recipe, report.notes)
+
+
 def test_restore_is_not_nothing(files, tmp_path, capsys):
     wqkernels.rewrite(files["h5"], tmp_path / "p.h5", Recipe(bits=4, storage="packed"))
     code, out, err = run_cli(["restore", tmp_path / "p.h5", "-o", tmp_path / "r.h5"], capsys)
