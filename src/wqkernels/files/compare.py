@@ -219,7 +219,7 @@ def _compare(first, x: Entry, second, y: Entry) -> WeightComparison:
         va = first.values(x)
     with as_file_errors(second.path):
         vb = second.values(y)
-    row = WeightComparison(x.path, y.path, x.layer, x.layer_class or y.layer_class,
+    row = WeightComparison(x.path, y.path, x.layer_name, x.layer_class or y.layer_class,
                            x.role if x.role not in _ANY_ROLE else y.role, _shape(first, x), _dtype(first, x),
                            _dtype(second, y), None, None, _bits(first, x), _bits(second, y), None, None, None,
                            False, _bytes(first, x), _bytes(second, y))

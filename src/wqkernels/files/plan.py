@@ -80,7 +80,7 @@ def _narrow_kernels(selected: list, recipe: Recipe) -> list:
         return []
     widths = "/".join(str(b) for b in sorted({recipe.bits_for(e) for e in wider}))
     return [f"{len(wider)} narrow kernel{'s' if len(wider) != 1 else ''} (at most {NARROW_FAN_IN} weights per "
-            f"output channel) at {widths} bits, not {recipe.bits}: {listing(e.layer or e.path for e in wider)}; "
+            f"output channel) at {widths} bits, not {recipe.bits}: {listing(e.layer_name or e.path for e in wider)}; "
             f"--narrow-bits 0 keeps them at {recipe.bits}"]
 
 
