@@ -112,7 +112,7 @@ def slow_source(tmp_path):
     return src
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_stops_a_single_rewrite_leaving_nothing(signum, slow_source, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -123,6 +123,21 @@ def test_signal_stops_a_single_rewrite_leaving_nothing(signum, slow_source, tmp_
     assert proc.returncode == 128 + signum, stderr
     assert stderr == "wqkernels rewrite: interrupted\n"
     assert os.listdir(out) == []
+
+
+def test_signal_ignored_at_start_stays_ignored(slow_source, tmp_path):
+    """A rewrite started ignoring Ctrl-C and SIGHUP (nohup, a shell script's background job)
+    goes on through them, as Python leaves them ignored."""
+    out = tmp_path / "out"
+    out.mkdir()
+    ignoring = lambda: [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGHUP)]  # noqa: E731
+    proc = _slow_rewrite(slow_source, out / "o.h5", preexec_fn=ignoring)
+    _wait_for_temp(out, proc, written=True)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGHUP)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and stderr == "", stderr
+    assert os.listdir(out) == ["o.h5"]
 
 
 def test_interrupt_as_a_temporary_file_is_created_leaves_nothing(tmp_path, monkeypatch):

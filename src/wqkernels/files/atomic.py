@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import stat
 import tempfile
 import threading
@@ -27,12 +28,16 @@ except ImportError:  # no flock: nothing is ever proved abandoned, so nothing is
     fcntl = None
 
 __all__ = ["TEMP_PREFIX", "STOP", "temp_beside", "scratch_file", "remove", "is_temporary", "remove_abandoned",
-           "claimed", "replace", "same_file", "written", "write_json"]
+           "claimed", "replace", "same_file", "written", "write_json", "STOP_SIGNALS"]
 
-#: set when the user asked the process to stop (the command line's Ctrl-C and SIGTERM handler):
+#: set when the user asked the process to stop (the command line's handler of STOP_SIGNALS):
 #: no temporary file is renamed into place after that, even when the interrupt was swallowed on
 #: its way (in a finaliser, a C callback) and the work went on
 STOP = threading.Event()
+
+#: the signals that ask the command line to stop, where the platform has them: Ctrl-C, SIGTERM,
+#: and SIGHUP (its terminal closed: by default the process died there, leaving its temporary files)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 #: prefix of our scratch files (a .keras archive's extracted weights), never taken as input
 TEMP_PREFIX = ".wqkernels-"
