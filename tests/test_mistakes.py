@@ -272,6 +272,26 @@ def test_names_with_newlines_and_escapes_stay_on_one_line(tmp_path, capsys):
     assert code == 0 and "\x1b" not in out and "\x07" not in out and "dense\\x1b]0;owned\\x07" in out
 
 
+def test_names_in_summaries_and_notes_are_escaped(files, tmp_path, capsys):
+    """The lines around the tables (source -> destination, notes naming layers, compare's and a
+    batch's totals and failures) escape names as the cells do: a file named with a newline or a
+    terminal escape printed them raw, breaking the line or driving the terminal."""
+    src = tmp_path / "m\nname\x1b[2J.h5"
+    src.write_bytes(files["h5"].read_bytes())
+    dst = tmp_path / "o\x1b]0;owned\x07.h5"
+    commands = [["rewrite", src, "-o", dst, "--bits", "4"], ["rewrite", src, "-o", tmp_path / "same.h5"],
+                ["compare", src, dst]]
+    batch = tmp_path / "in"
+    batch.mkdir()
+    (batch / "bad\x1b[31m.h5").write_bytes(b"not a model")
+    commands.append(["rewrite", batch, "--out-dir", tmp_path / "out", "--bits", "8", "--workers", "1"])
+    for command in commands:
+        code, out, err = run_cli(command, capsys)
+        assert code in (0, 1) and not set("\x1b\x07") & set(out + err), (command, out, err)
+        assert "m\\nname\\x1b[2J.h5" in out or "bad\\x1b[31m.h5" in out, out
+        assert not [line for line in out.splitlines() if line.startswith(("name", ".h5"))], out
+
+
 def test_weights_listed_in_index_order(tmp_path):
     src = tmp_path / "order.weights.h5"
     with h5py.File(src, "w") as f:
