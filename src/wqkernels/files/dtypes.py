@@ -72,6 +72,8 @@ def _check_float16_range(part: np.ndarray, start: int, values: np.ndarray) -> No
     """ValueError naming the first value of `part` (elements `start`... of `values`, none before
     beyond the range) that float16 would store as infinity; checked before the cast, which may
     overwrite `values`."""
+    if not part.size or -_FLOAT16_OVERFLOW < part.min() and part.max() < _FLOAT16_OVERFLOW:  # (no temporaries)
+        return
     beyond = np.abs(part) >= _FLOAT16_OVERFLOW
     if beyond.any():
         rest = values.reshape(-1)[start:]
