@@ -1,6 +1,7 @@
 """pytest settings and fixtures shared by all tests: hypothesis profiles (CI runs more examples),
 and small Keras files of every layout written with h5py alone (no Keras needed)."""
 import os
+import signal
 import sys
 import zipfile
 
@@ -13,6 +14,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))
 import make_keras2_files as k2  # noqa: E402
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+
+# The command lines the tests interrupt keep a stop signal ignored when started ignoring it, as
+# a suite run in the background (nohup, a script's `&`) would pass it on: they are started as
+# from a terminal (Ctrl-C Python's own handler, SIGHUP the default; exec gives children SIG_DFL).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 settings.register_profile("dev", max_examples=100, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

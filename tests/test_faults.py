@@ -112,7 +112,7 @@ def slow_source(tmp_path):
     return src
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_stops_a_single_rewrite_leaving_nothing(signum, slow_source, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -123,6 +123,27 @@ def test_signal_stops_a_single_rewrite_leaving_nothing(signum, slow_source, tmp_
     assert proc.returncode == 128 + signum, stderr
     assert stderr == "wqkernels rewrite: interrupted\n"
     assert os.listdir(out) == []
+
+
+def test_signal_ignored_at_start_stays_ignored(slow_source, tmp_path):
+    """A rewrite started ignoring Ctrl-C and SIGHUP (nohup, a shell script's background job)
+    goes on through them, as Python leaves them ignored."""
+    out = tmp_path / "out"
+    out.mkdir()
+    # (ignored by the child itself before the package runs: a preexec_fn would fork this process)
+    start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+             "signal.signal(signal.SIGHUP, signal.SIG_IGN); sys.argv = ['wqkernels', *sys.argv[1:]]; "
+             "runpy.run_module('wqkernels', run_name='__main__')")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", start, "rewrite", str(slow_source), "-o", str(out / "o.h5"), "--bits",
+                             "3", "--method", "mse", "--granularity", "block:8"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    _wait_for_temp(out, proc, written=True)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGHUP)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and stderr == "", stderr
+    assert os.listdir(out) == ["o.h5"]
 
 
 def test_interrupt_as_a_temporary_file_is_created_leaves_nothing(tmp_path, monkeypatch):
@@ -269,6 +290,47 @@ def test_non_regular_destination_refused(kind, tmp_path):
         assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
         assert f"{target}: is a {'FIFO' if kind == 'fifo' else 'device'}, not a regular file; refused" in done.stderr
     assert os.stat(target).st_mode == os.stat(target).st_mode and not os.path.isfile(target)
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_destination_through_a_symbolic_link_writes_its_target(existing, tmp_path):
+    """A write through a link lands in its target and keeps the link (as Keras, h5py and the
+    shell write through it); renaming over the link replaced it with a regular file."""
+    src = tmp_path / "m.h5"
+    write_big_legacy(src, layers=1)
+    target, link = tmp_path / "models" / "v3.h5", tmp_path / "o.h5"
+    target.parent.mkdir()
+    if existing:
+        target.write_bytes(b"old")
+    link.symlink_to(target)
+    done = cli("rewrite", src, "-o", link, "--bits", "8")
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.is_file() and h5py.is_hdf5(target)
+    assert sorted(os.listdir(tmp_path)) == ["m.h5", "models", "o.h5"] and os.listdir(target.parent) == ["v3.h5"]
+
+
+def test_second_rewrite_through_a_link_to_the_destination_refused_while_the_first_runs(tmp_path):
+    src = tmp_path / "m.h5"
+    write_big_legacy(src, layers=1)
+    (tmp_path / "alias.h5").symlink_to(tmp_path / "o.h5")
+    writer = _writer_of(tmp_path / "o.h5")
+    try:
+        second = cli("rewrite", src, "-o", tmp_path / "alias.h5", "--bits", "8")
+        assert second.returncode == 1 and "another process is writing it right now" in second.stderr, second.stderr
+    finally:
+        writer.kill()
+        writer.communicate()
+    assert (tmp_path / "alias.h5").is_symlink()
+
+
+def test_link_to_a_device_refused_and_kept(tmp_path):
+    (tmp_path / "o.h5").symlink_to("/dev/null")
+    src = tmp_path / "m.h5"
+    write_big_legacy(src, layers=1)
+    done = cli("rewrite", src, "-o", tmp_path / "o.h5", "--bits", "8")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "is a device" in done.stderr, done.stderr
+    assert (tmp_path / "o.h5").is_symlink() and os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
 
 
 def test_interrupt_swallowed_on_its_way_still_stops_the_rename(tmp_path, monkeypatch, capsys):

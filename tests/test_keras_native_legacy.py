@@ -19,6 +19,7 @@ import pytest
 import wqkernels
 from wqkernels import Recipe
 from wqkernels.cli import main
+from wqkernels.files.compare import compare
 
 from .keras_env import KERAS_MARKS, keras, randomize, strip_ids
 from keras.quantizers import Int4QuantizationConfig  # noqa: E402
@@ -205,6 +206,29 @@ def test_keras2_fixtures_load_after_quantize(request, tmp_path, fixture, mode_na
         suffix = ["kernel_scale"] + (["kernel_zero", "g_idx"] if mode_name == "int4/32" else [])
         name = "dense_1_1" if not weights_only else "dense_1"
         assert listed == [f"{name}/bias:0", f"{name}/kernel:0"] + [f"{name}/{s}:0" for s in suffix]
+
+
+def test_nested_model_weights_listed_under_their_own_layer(tmp_path):
+    """In a legacy .h5 a nested model's weights sit in its group: inspect, the report and compare
+    name the layer each belongs to (as for a .keras), while the file keeps Keras's grouping."""
+    inner = keras.Sequential([keras.Input((12,)), layers.Dense(8, name="inner_dense")], name="inner")
+    inp = keras.Input((12,))
+    model = randomize(keras.Model(inp, layers.Dense(3, name="top")(inner(inp))), 3)
+    model.save(tmp_path / "nested.h5")
+    model.save(tmp_path / "nested.keras")
+    names = {}
+    for kind in ("h5", "keras"):
+        src = tmp_path / f"nested.{kind}"
+        listed = {w.path: w.layer for w in wqkernels.inspect(src)}
+        report = wqkernels.rewrite(src, tmp_path / f"o.{kind}", Recipe(bits=8))
+        assert report.rows and all(r.layer == listed[r.path] for r in report.rows)
+        names[kind] = sorted(listed.values())
+    assert names["h5"] == names["keras"] == ["inner_dense", "inner_dense", "top", "top"]
+    compared = compare(tmp_path / "nested.h5", tmp_path / "o.h5")
+    assert sorted(r.layer for r in compared.rows) == names["h5"]
+    with h5py.File(tmp_path / "o.h5") as f, h5py.File(tmp_path / "nested.h5") as g:  # (Keras's groups kept)
+        assert list(f["model_weights"].attrs["layer_names"]) == list(g["model_weights"].attrs["layer_names"])
+        assert "inner" in f["model_weights"] and "inner_dense" not in f["model_weights"]
 
 
 def test_nested_model_layers_stay_float(tmp_path):

@@ -44,7 +44,8 @@ def files(tmp_path):
 @pytest.mark.parametrize("source,name,expected", [
     ("keras", "out.h5", ".keras"), ("h5", "out.keras", ".h5"), ("keras", "x.weights.h5", ".keras"),
     ("keras", "x.onnx", ".keras"), ("weights.h5", "x.h5", ".weights.h5"), ("h5", "x.weights.h5", ".h5"),
-    ("h5", "x", ".h5"),
+    ("h5", "x", ".h5"), ("keras", "x.KERAS", ".keras"), ("h5", "x.H5", ".h5"),
+    ("weights.h5", "x.Weights.h5", ".weights.h5"),
 ])
 def test_output_named_for_another_format_is_refused_before_any_work(source, name, expected, files, tmp_path,
                                                                     capsys):
@@ -84,6 +85,20 @@ def test_recipe_that_changes_nothing_says_so(args, why, files, tmp_path, capsys)
     assert f"note: nothing rewritten: {why}" in out
     report = wqkernels.rewrite(files["h5"], tmp_path / "o2.h5", Recipe(**({"bits": 8} if args else {})))
     assert any(n.startswith("nothing rewritten") for n in report.notes) == (not args)
+
+
+def test_narrow_kernels_given_more_bits_say_so(files, tmp_path, capsys):
+    """A model whose kernels are all narrow (16 weights per output channel here) is summed up as
+    6.00 bits/weight at --bits 4: the summary says which kernels the narrow rule widened."""
+    code, out, err = run_cli(["rewrite", files["weights.h5"], "-o", tmp_path / "o.weights.h5", "--bits", "4",
+                              "--storage", "packed"], capsys)
+    assert code == 0 and "6.00 bits/weight" in out
+    note = ("note: 1 narrow kernel (at most 16 weights per output channel) at 6 bits, not 4: dense; "
+            "--narrow-bits 0 keeps them at 4")
+    assert note in out.splitlines()
+    for recipe in (Recipe(bits=4, narrow_bits=0), Recipe(bits=8), Recipe(target_sqnr=30)):
+        report = wqkernels.rewrite(files["weights.h5"], tmp_path / "p.weights.h5", recipe)
+        assert not [n for n in report.notes if "narrow" in n], (recipe, report.notes)
 
 
 def test_restore_is_not_nothing(files, tmp_path, capsys):
@@ -167,8 +182,29 @@ def test_float64_beyond_float32_says_it_overflows(tmp_path, capsys):
         f["dense_1/dense_1/kernel:0"] = data
     code, out, err = run_cli(["rewrite", src, "-o", tmp_path / "o.h5", "--bits", "8"], capsys)
     assert code == 1 and err.strip().endswith(
-        "weight 'dense_1/dense_1/kernel:0': 1 value of this float64 weight overflow float32, the first 1e+300 at "
+        "weight 'dense_1/dense_1/kernel:0': 1 value of this float64 weight overflows float32, the first 1e+300 at "
         "index (1, 2)"), err
+
+
+@pytest.mark.parametrize("value,refused", [(65519.0, False), (65520.0, True), (-1e6, True)])
+def test_float16_storage_beyond_its_range_says_it_overflows(value, refused, tmp_path, recwarn):
+    """float16 stores 65520 and beyond as infinity: an error naming the value, not an infinity
+    found afterwards in the stored values after a RuntimeWarning of the cast."""
+    src = tmp_path / "big.h5"
+    k2.write_tfkeras_weights(src)
+    with h5py.File(src, "a") as f:
+        f["dense_1/dense_1/kernel:0"][1, 2] = value
+    if not refused:
+        wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(storage="float16"))
+        assert np.isfinite(wqkernels.load_weights(tmp_path / "o.h5")["dense_1/dense_1/kernel:0"]).all()
+    else:
+        with pytest.raises(KerasFileError) as info:
+            wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(storage="float16"))
+        assert str(info.value).endswith(
+            f"weight 'dense_1/dense_1/kernel:0': 1 value of this weight overflows float16 (largest 65504), "
+            f"the first {value!r} at index (1, 2); store it as float32"), str(info.value)
+        assert not (tmp_path / "o.h5").exists()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_nan_printed_as_the_readme_shows():
@@ -234,6 +270,26 @@ def test_names_with_newlines_and_escapes_stay_on_one_line(tmp_path, capsys):
         g["dense\x1b]0;owned\x07/kernel:0"] = np.ones((4, 4), np.float32)
     code, out, err = run_cli(["inspect", src], capsys)
     assert code == 0 and "\x1b" not in out and "\x07" not in out and "dense\\x1b]0;owned\\x07" in out
+
+
+def test_names_in_summaries_and_notes_are_escaped(files, tmp_path, capsys):
+    """The lines around the tables (source -> destination, notes naming layers, compare's and a
+    batch's totals and failures) escape names as the cells do: a file named with a newline or a
+    terminal escape printed them raw, breaking the line or driving the terminal."""
+    src = tmp_path / "m\nname\x1b[2J.h5"
+    src.write_bytes(files["h5"].read_bytes())
+    dst = tmp_path / "o\x1b]0;owned\x07.h5"
+    commands = [["rewrite", src, "-o", dst, "--bits", "4"], ["rewrite", src, "-o", tmp_path / "same.h5"],
+                ["compare", src, dst]]
+    batch = tmp_path / "in"
+    batch.mkdir()
+    (batch / "bad\x1b[31m.h5").write_bytes(b"not a model")
+    commands.append(["rewrite", batch, "--out-dir", tmp_path / "out", "--bits", "8", "--workers", "1"])
+    for command in commands:
+        code, out, err = run_cli(command, capsys)
+        assert code in (0, 1) and not set("\x1b\x07") & set(out + err), (command, out, err)
+        assert "m\\nname\\x1b[2J.h5" in out or "bad\\x1b[31m.h5" in out, out
+        assert not [line for line in out.splitlines() if line.startswith(("name", ".h5"))], out
 
 
 def test_weights_listed_in_index_order(tmp_path):

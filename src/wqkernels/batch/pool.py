@@ -13,6 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, a
 from concurrent.futures.process import BrokenProcessPool
 
 from ..files import Recipe
+from ..files.atomic import STOP_SIGNALS
 from .plan import Job
 from .worker import describe_failure, init_worker, rewrite_job
 
@@ -190,9 +191,9 @@ def _stop_workers(pool: ProcessPoolExecutor, inflight: dict, done) -> None:
 
 @contextlib.contextmanager
 def _signals_ignored():
-    """A second Ctrl-C or SIGTERM must not interrupt the cleanup of the first (main thread only)."""
+    """A second Ctrl-C, SIGTERM or SIGHUP must not interrupt the cleanup of the first (main thread only)."""
     try:
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
     except ValueError:
         old = {}
     try:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._text import megabytes, table
+from .._text import megabytes, printable, table
 from ..files.report import Report
 from .plan import Job, file_size
 
@@ -101,7 +101,7 @@ class BatchResult(list):
             else:
                 rows.append((o.status, o.job.source, o.job.destination, megabytes(o.job.size), "-", "-", "-"))
         lines = table(head, rows) if rows else []
-        lines.extend(f"failed: {o.error}" for o in self.failed)
+        lines.extend(printable(f"failed: {o.error}") for o in self.failed)  # (names escaped: one line each)
         t = self.totals()
         ratio = f"ratio {t['ratio']:.2f}, " if t["ratio"] else ""
         rate = t["bytes_in"] / self.seconds / 1e6 if self.seconds > 0 else 0.0
@@ -109,5 +109,5 @@ class BatchResult(list):
                      + (f", {t['not_done']} not done (interrupted)" if self.interrupted else "")
                      + f" of {t['files']}; {megabytes(t['bytes_in'])} -> {megabytes(t['bytes_out'])}, "
                      f"{ratio}{self.seconds:.1f} s ({rate:.1f} MB/s)")
-        lines.extend(f"note: {n}" for n in self.notes)
+        lines.extend(printable(f"note: {n}") for n in self.notes)
         return "\n".join(lines)

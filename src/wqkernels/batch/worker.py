@@ -9,17 +9,18 @@ import threading
 
 from .._text import one_line
 from ..files import KerasFileError, Recipe, rewrite
+from ..files.atomic import STOP_SIGNALS
 from ..threads import set_max_threads
 
 __all__ = ["init_worker", "rewrite_job", "describe_failure"]
 
 
 def init_worker(threads: int) -> None:
-    """Pool worker setup: Ctrl-C is the parent's business, SIGTERM ends the worker at once (its
-    temporary file is removed by the parent), the worker ends when its parent dies, and the
-    kernels share the cores with the other workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """Pool worker setup: Ctrl-C and SIGHUP are the parent's business, SIGTERM ends the worker
+    at once (its temporary file is removed by the parent), the worker ends when its parent dies,
+    and the kernels share the cores with the other workers."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.SIG_IGN)
     set_max_threads(threads)
     parent = multiprocessing.parent_process()
     if parent is not None and parent.sentinel is not None:

@@ -91,9 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _interrupts():
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt for the duration and stop every rename into
-    place (:data:`~wqkernels.files.atomic.STOP`), even when the interrupt itself was swallowed
-    on its way (in a finaliser or a C callback); yields [the signal received, or None]."""
+    """Ctrl-C, SIGTERM and SIGHUP (:data:`~wqkernels.files.atomic.STOP_SIGNALS`) raise
+    KeyboardInterrupt for the duration and stop every rename into place
+    (:data:`~wqkernels.files.atomic.STOP`), even when the interrupt itself was swallowed on its
+    way (in a finaliser or a C callback); yields [the signal received, or None].  A signal the
+    process was started ignoring stays ignored (nohup, a shell's background job), as Python
+    leaves it."""
     received = [None]
 
     def handler(signum, frame):
@@ -109,7 +112,7 @@ def _interrupts():
 
     atomic.STOP.clear()
     try:
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, handler) for s in atomic.STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
     except ValueError:  # not the main thread: signals are someone else's business
         old = {}
     hook, sys.unraisablehook = sys.unraisablehook, unraisable

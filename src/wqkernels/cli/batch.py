@@ -6,6 +6,7 @@ import signal
 import sys
 from concurrent.futures import Executor
 
+from .._text import printable
 from ..batch import BatchError, execute, plan
 from ..files import Recipe
 from ..files.pages import report_page
@@ -55,7 +56,7 @@ def run_command(args, recipe: Recipe) -> int:
     print(result.summary(files=not args.quiet))
     sys.stdout.flush()
     for o in result.failed:
-        print(f"wqkernels rewrite: error: {o.error}", file=sys.stderr)
+        print(printable(f"wqkernels rewrite: error: {o.error}"), file=sys.stderr)
     if args.report:
         write_report(args.report, result.to_dict())
     write_html(args.html, lambda: report_page(result.to_dict()))

@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from .._text import one_line, table
+from .._text import one_line, printable, table
 from ..allocation import ALLOCATIONS
 from ..files import KerasFileError, Recipe, inspect, restore, rewrite, sharded
 from ..files.plan import NOTHING_REWRITTEN
@@ -154,7 +154,7 @@ def _finish(report, args) -> int:
     print(report.table(weights=not args.quiet))
     for note in report.notes:
         if note.startswith(NOTHING_REWRITTEN):
-            print(f"wqkernels {args.command}: note: {note}", file=sys.stderr)
+            print(printable(f"wqkernels {args.command}: note: {note}"), file=sys.stderr)
     if getattr(args, "report", None):
         write_report(args.report, report.to_dict())
     write_html(getattr(args, "html", None), lambda: report_page(report))

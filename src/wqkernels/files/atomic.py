@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import stat
 import tempfile
 import threading
@@ -27,12 +28,16 @@ except ImportError:  # no flock: nothing is ever proved abandoned, so nothing is
     fcntl = None
 
 __all__ = ["TEMP_PREFIX", "STOP", "temp_beside", "scratch_file", "remove", "is_temporary", "remove_abandoned",
-           "claimed", "replace", "same_file", "written", "write_json"]
+           "claimed", "replace", "same_file", "written", "write_json", "STOP_SIGNALS"]
 
-#: set when the user asked the process to stop (the command line's Ctrl-C and SIGTERM handler):
+#: set when the user asked the process to stop (the command line's handler of STOP_SIGNALS):
 #: no temporary file is renamed into place after that, even when the interrupt was swallowed on
 #: its way (in a finaliser, a C callback) and the work went on
 STOP = threading.Event()
+
+#: the signals that ask the command line to stop, where the platform has them: Ctrl-C, SIGTERM,
+#: and SIGHUP (its terminal closed: by default the process died there, leaving its temporary files)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 #: prefix of our scratch files (a .keras archive's extracted weights), never taken as input
 TEMP_PREFIX = ".wqkernels-"
@@ -166,6 +171,13 @@ def remove_abandoned(directory: str, destinations: set | None = None, scratch_on
     return removed
 
 
+def _target(dst: str) -> str:
+    """The file a write to `dst` lands in: through a symbolic link, its target (the link is kept,
+    as by Keras, h5py or the shell writing through it; renaming over the link would replace it
+    with a regular file, and two names of one file would be two destinations), else `dst`."""
+    return os.path.realpath(dst) if os.path.islink(dst) else dst
+
+
 def _check_regular(dst: str) -> None:
     """Refuse a destination that exists and is not a regular file (a FIFO, a device such as
     /dev/null, a socket): renaming over it would replace it."""
@@ -205,7 +217,9 @@ def _sync(path: str) -> None:
 def replace(tmp: str, dst: str) -> None:
     """Rename the complete `tmp` to `dst`.  Overwriting keeps the permissions the file had, and
     fsyncs the new data before the old is gone; a new destination is not fsynced (it costs
-    nothing if lost, and fsync can take longer than the rewrite itself)."""
+    nothing if lost, and fsync can take longer than the rewrite itself).  Through a symbolic
+    link, its target is replaced."""
+    dst = _target(dst)
     if os.path.exists(dst):
         os.chmod(tmp, os.stat(dst).st_mode & 0o7777)
         _sync(tmp)
@@ -239,7 +253,9 @@ def claimed(dst: str) -> str:
     """A temporary file beside `dst` (:func:`temp_beside`) that holds `dst` for this process:
     abandoned temporary files of `dst` are removed first, and a destination that is not a
     regular file, or that another process is writing, is refused (KerasFileError; nothing is
-    left).  Renamed with :func:`replace`, released with :func:`remove`."""
+    left); through a symbolic link, all of this is beside its target.  Renamed with
+    :func:`replace`, released with :func:`remove`."""
+    dst = _target(dst)
     _check_regular(dst)
     with _directory_locked(dst):  # (two writers starting at once: each would see the other's file)
         tmp = temp_beside(dst)
@@ -255,6 +271,7 @@ def claimed(dst: str) -> str:
 def written(dst: str):
     """Yield a temporary path beside `dst` (:func:`claimed`); renamed to `dst` when the block
     completes, removed whatever goes wrong (KeyboardInterrupt included)."""
+    dst = _target(dst)  # (once: the temporary file and the rename agree even if the link changes)
     tmp = claimed(dst)
     try:
         yield tmp

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._text import natural_key, table
+from .._text import natural_key, printable, table
 from ..progress import progress_bar
 from ..statistics import compare as compare_arrays
 from ..statistics import error, sparsity
@@ -142,14 +142,15 @@ class Comparison:
                           "=" if r.identical else _text(r.sqnr_db, ".1f")))
         out = table(head, lines) if lines else []
         t = self.totals()
-        out.append(f"{self.a} ({self.layout_a}) vs {self.b} ({self.layout_b}): {t['weights']} weights compared, "
+        # (file names, paths and notes escaped like the table's cells: one line each)
+        out.append(printable(f"{self.a} ({self.layout_a}) vs {self.b} ({self.layout_b}): {t['weights']} weights compared, "
                    f"{t['identical']} identical; only in the first: {t['only_in_a']}, only in the second: "
-                   f"{t['only_in_b']}")
+                   f"{t['only_in_b']}"))
         out.append(f"total: mse {self.mse:.3g}, max |diff| {self.max_abs:.3g}, SQNR {self.sqnr_db:.1f} dB; "
                    f"size {self.size_a} vs {self.size_b} bytes, {self.seconds:.2f} s")
-        out.extend(f"only in the first: {p}" for p in self.only_a)
-        out.extend(f"only in the second: {p}" for p in self.only_b)
-        out.extend(f"note: {n}" for n in self.notes)
+        out.extend(printable(f"only in the first: {p}") for p in self.only_a)
+        out.extend(printable(f"only in the second: {p}") for p in self.only_b)
+        out.extend(printable(f"note: {n}") for n in self.notes)
         return "\n".join(out)
 
 
@@ -219,7 +220,7 @@ def _compare(first, x: Entry, second, y: Entry) -> WeightComparison:
         va = first.values(x)
     with as_file_errors(second.path):
         vb = second.values(y)
-    row = WeightComparison(x.path, y.path, x.layer, x.layer_class or y.layer_class,
+    row = WeightComparison(x.path, y.path, x.layer_name, x.layer_class or y.layer_class,
                            x.role if x.role not in _ANY_ROLE else y.role, _shape(first, x), _dtype(first, x),
                            _dtype(second, y), None, None, _bits(first, x), _bits(second, y), None, None, None,
                            False, _bytes(first, x), _bytes(second, y))

@@ -56,8 +56,33 @@ def stored_values(values: np.ndarray, name: str, out: np.ndarray) -> np.ndarray:
     src, dst = values.reshape(-1), out.reshape(-1)
     for i in range(0, src.size, _SLICE):
         part = src[i:i + _SLICE]
-        dst[i:i + _SLICE] = part.astype(np.float16) if name == "float16" else round_bfloat16(part)
+        if name == "float16":
+            _check_float16_range(part, i, values)
+            dst[i:i + _SLICE] = part.astype(np.float16)
+        else:
+            dst[i:i + _SLICE] = round_bfloat16(part)
     return out
+
+
+#: the smallest magnitude float16 rounds to infinity (halfway between its largest, 65504, and 2^16)
+_FLOAT16_OVERFLOW = 65520.0
+
+
+def _check_float16_range(part: np.ndarray, start: int, values: np.ndarray) -> None:
+    """ValueError naming the first value of `part` (elements `start`... of `values`, none before
+    beyond the range) that float16 would store as infinity; checked before the cast, which may
+    overwrite `values`."""
+    if not part.size or -_FLOAT16_OVERFLOW < part.min() and part.max() < _FLOAT16_OVERFLOW:  # (no temporaries)
+        return
+    beyond = np.abs(part) >= _FLOAT16_OVERFLOW
+    if beyond.any():
+        rest = values.reshape(-1)[start:]
+        count = int(np.count_nonzero(np.abs(rest) >= _FLOAT16_OVERFLOW))
+        at = start + int(np.argmax(beyond))
+        first = tuple(int(k) for k in np.unravel_index(at, values.shape))
+        raise ValueError(f"{count} value{'s' if count != 1 else ''} of this weight "
+                         f"overflow{'s' if count == 1 else ''} float16 (largest {np.finfo(np.float16).max.item():g}), "
+                         f"the first {values.reshape(-1)[at].item()!r} at index {first}; store it as float32")
 
 
 def new_float(datasets, group: h5py.Group, name: str, values: np.ndarray, dtype: str, compress: str,

@@ -57,6 +57,14 @@ class Entry:
     shape: tuple
     dtype: str
     reduced: tuple | None = None  # the kernel axes an EinsumDense sums over (roles.reduced_axes)
+    own_layer: str | None = None  # in a legacy file, the layer inside the nested model `layer` names
+
+    @property
+    def layer_name(self) -> str:
+        """The layer the weight belongs to, as the model names it: inside a nested model of a
+        legacy file, its own layer (`layer` is the group holding it, the nested model's, as
+        Keras stores and loads it)."""
+        return self.own_layer or self.layer
 
 
 def file_path(value, name: str = "path") -> str:
@@ -108,7 +116,8 @@ _FORMAT_NAMES = {"zip": "a .keras archive", "keras3": "a Keras 3 .weights.h5 fil
 
 
 def _ending(name: str) -> str:
-    name = os.path.basename(name).lower()
+    """The ending Keras picks the loader by; as Keras, case-sensitive (``x.KERAS`` is no .keras)."""
+    name = os.path.basename(name)
     return ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
 
 
@@ -214,9 +223,9 @@ def entries(f: h5py.File, layout: str, config: dict | None, where: str, members:
 
 
 def _entry(path, info: DatasetInfo, layer, layer_class, role, source, quantized=False, dtype=None,
-           einsum: tuple = (None, None)) -> Entry:
+           einsum: tuple = (None, None), own_layer: str | None = None) -> Entry:
     """One weight; `einsum` is (the layer's config, its group name) for an EinsumDense kernel's
-    summed axes (:func:`~.roles.reduced_axes`)."""
+    summed axes (:func:`~.roles.reduced_axes`); `own_layer` that of :class:`Entry`."""
     shape = info.shape
     dtype = str(info.dtype) if dtype is None else dtype
     prunable = role in KERNEL_ROLES and is_float(dtype) and len(shape) >= 2 and not quantized
@@ -226,7 +235,7 @@ def _entry(path, info: DatasetInfo, layer, layer_class, role, source, quantized=
         kept = [a for a in range(len(shape)) if a not in reduced] if reduced is not None else None
         # (an EinsumDense keeping several axes has no one channel axis: see roles.channel_view)
         axis = channel_axis(layer_class, role, len(shape)) if kept is None else kept[0] if len(kept) == 1 else None
-    return Entry(path, layer, layer_class, role, source, prunable, axis, shape, dtype, reduced)
+    return Entry(path, layer, layer_class, role, source, prunable, axis, shape, dtype, reduced, own_layer)
 
 
 def _dataset(members: dict, path: str, where: str) -> DatasetInfo:
@@ -262,11 +271,11 @@ def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> lis
             path = f"{prefix}{name}/{wn}"
             info = _dataset(members, path, where)
             parts = wn.split("/")[:-1]
-            cls, quantized, how = layers.resolve(name, parts)
+            cls, quantized, how, own = layers.resolve(name, parts)
             owner = parts[-1] if parts else name
             config = (layers.find(owner) or layers.find(name)) if how == "config" else None
             out.append(_entry(path, info, name, cls, weight_role(wn), how if cls else "none", quantized,
-                              einsum=(config, owner)))
+                              einsum=(config, owner), own_layer=own))
     if "optimizer_weights" in members and members["optimizer_weights"] is None:  # a group
         opt = f["optimizer_weights"]
         for wn in name_list(opt, "weight_names", where, "optimizer_weights") or []:

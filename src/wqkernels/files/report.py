@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .._text import table
+from .._text import printable, table
 
 #: equal bins of the histograms a report keeps of each weight's values (before and after)
 HISTOGRAM_BINS = 128
@@ -166,9 +166,10 @@ class Report:
                           "-" if r.sqnr_db is None else f"{r.sqnr_db:.1f}",
                           f"{r.bytes_before}->{r.bytes_after}"))
         out = table(head, lines) if weights else []
-        out.append(f"{self.source} -> {self.destination} ({self.layout}; roles from {self.role_source})")
+        # (file names and notes naming layers escaped like the table's cells: one line each)
+        out.append(printable(f"{self.source} -> {self.destination} ({self.layout}; roles from {self.role_source})"))
         out.append(f"size {self.size_before} -> {self.size_after} bytes, ratio {self.ratio:.2f}, "
                    f"sparsity {self.sparsity:.3f}, {self.bits_per_weight:.2f} bits/weight, "
                    f"{self.seconds:.2f} s")
-        out.extend(f"note: {n}" for n in self.notes)
+        out.extend(printable(f"note: {n}") for n in self.notes)
         return "\n".join(out)

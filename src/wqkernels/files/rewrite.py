@@ -94,7 +94,7 @@ def inspect(path, *, histograms: bool = False) -> list[WeightInfo]:
                 counts = None
                 if histograms and is_float and data.size and e.role != "optimizer":
                     counts = Histogram.of(*histogram(data, HISTOGRAM_BINS))
-                out.append(WeightInfo(e.path, e.layer, e.layer_class, e.role, e.prunable, e.shape, e.dtype,
+                out.append(WeightInfo(e.path, e.layer_name, e.layer_class, e.role, e.prunable, e.shape, e.dtype,
                                       src.stored_bytes(e), zeros, e.role_source, storage, counts))
     return out
 
@@ -445,7 +445,7 @@ def _untouched_row(source: Source, e: Entry) -> WeightRow:
     sp = sparsity(source.read(e))
     nbytes = source.stored_bytes(e)
     return WeightRow(e.path, e.role, e.shape, False, sp, sp, None, None, None, nbytes, nbytes,
-                     e.dtype, e.layer, e.layer_class)
+                     e.dtype, e.layer_name, e.layer_class)
 
 
 def _checked_overrides(source: Source, recipe: Recipe, selected: list, weights: dict, grids: dict):
@@ -494,7 +494,7 @@ def _rewrite_hook(source: Source, e: Entry, recipe: Recipe, counts: dict, writer
         stored = writer.stored_dtype(e)
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, before, after, bits, mse, sqnr,
                                  source.stored_bytes(e), nbytes, e.dtype if stored == e.dtype else f"{e.dtype}->{stored}",
-                                 e.layer, e.layer_class, histograms)
+                                 e.layer_name, e.layer_class, histograms)
     return hook
 
 
@@ -524,7 +524,7 @@ def _restore_hook(source: Source, e: Entry, out: Datasets, rows: dict):
         sp = sparsity(x)
         rows[e.path] = WeightRow(e.path, e.role, e.shape, True, sp, sp, record["bits"], None, None,
                                  source.stored_bytes(e), int(written.id.get_storage_size()), f"codes->{dtype}",
-                                 e.layer, e.layer_class)
+                                 e.layer_name, e.layer_class)
     return hook
 
 

@@ -295,29 +295,31 @@ class ModelLayers:
         for child in children or []:
             self._index(child)
 
-    def resolve(self, top_name: str, parts: list[str]) -> tuple[str | None, bool, str]:
-        """(class, quantized, how) of the layer owning a weight of layer group `top_name`.
+    def resolve(self, top_name: str, parts: list[str]) -> tuple[str | None, bool, str, str | None]:
+        """(class, quantized, how, own name) of the layer owning a weight of layer group `top_name`.
 
         `parts` are the group components of the weight's path (without the weight name); inside
-        a nested model the component naming one of its layers selects it.
+        a nested model the component naming one of its layers selects it, and the own name is
+        that layer's (None for the top-level layer itself).
         """
         current = self.top.get(top_name)
         if current is None:
-            return class_from_name(top_name, self.classes), False, "names"
+            return class_from_name(top_name, self.classes), False, "names", None
+        own = None
         for part in parts:
             children = _children(current)
             if children is None:
                 break
             for child in children:
                 if layer_name(child) == part:
-                    current = child
+                    current, own = child, part
                     break
         if _children(current) is not None and parts:  # still at a model: guess from the names
             guess = class_from_name(parts[-1], self.classes)
-            return guess, False, "names"
+            return guess, False, "names", own
         if class_name(current) is None:  # a config naming no usable class: as without one
-            return class_from_name(top_name, self.classes), False, "names"
-        return class_name(current), _is_quantized(current), "config"
+            return class_from_name(top_name, self.classes), False, "names", None
+        return class_name(current), _is_quantized(current), "config", own
 
     def class_for_group(self, group_name: str, vars_name: str | None) -> tuple[str | None, bool, str]:
         """(class, quantized, how) for a Keras 3 ``layers/<group>`` with its ``vars`` name attribute."""

@@ -110,8 +110,8 @@ def as_float32(x: np.ndarray) -> np.ndarray:
         if beyond.any():
             count = int(np.count_nonzero(beyond))
             first = tuple(int(i) for i in np.unravel_index(int(np.argmax(beyond.ravel())), x.shape))
-            raise ValueError(f"{count} value{'s' if count != 1 else ''} of this {x.dtype} weight overflow "
-                             f"float32, the first {x[first].item()!r} at index {first}")
+            raise ValueError(f"{count} value{'s' if count != 1 else ''} of this {x.dtype} weight "
+                             f"overflow{'s' if count == 1 else ''} float32, the first {x[first].item()!r} at index {first}")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
