@@ -119,3 +119,48 @@ def test_group_creation_order_kept(tmp_path):
     wqkernels.rewrite(src, tmp_path / "o.h5", Recipe(bits=8))
     with h5py.File(tmp_path / "o.h5") as f:
         assert list(f["zeta"]) == ["zeta", "z_extra", "a_extra"]
+
+
+def test_string_attributes_of_every_kind_read_and_copied_exactly(tmp_path):
+    """Attributes of string types that differ only in length, character set or padding, read
+    one after another (their dtypes are remembered by type: none may stand for another)."""
+    from h5py import h5a, h5s, h5t
+
+    from wqkernels.files.h5tree import attr_value, copy_attrs, string_attr
+
+    kinds = {"vlen_ascii": (h5t.VARIABLE, h5t.CSET_ASCII, h5t.STR_NULLTERM),
+             "vlen_utf8": (h5t.VARIABLE, h5t.CSET_UTF8, h5t.STR_NULLTERM),
+             "fixed5_ascii": (5, h5t.CSET_ASCII, h5t.STR_NULLPAD),
+             "fixed5_utf8": (5, h5t.CSET_UTF8, h5t.STR_NULLTERM),
+             "fixed7_ascii": (7, h5t.CSET_ASCII, h5t.STR_SPACEPAD),
+             "fixed7_utf8": (7, h5t.CSET_UTF8, h5t.STR_NULLPAD)}
+    path = tmp_path / "strings.h5"
+    with h5py.File(path, "w") as f:
+        for name, (size, cset, pad) in kinds.items():
+            tid = h5t.C_S1.copy()
+            tid.set_size(size)
+            tid.set_cset(cset)
+            if size != h5t.VARIABLE:
+                tid.set_strpad(pad)
+            for shape, suffix in (((), ""), ((2,), "_list")):
+                words = ["abc", "d"] if shape else "abcde"
+                space = h5s.create_simple(shape) if shape else h5s.create(h5s.SCALAR)
+                aid = h5a.create(f.id, (name + suffix).encode(), tid, space)
+                if size == h5t.VARIABLE:
+                    aid.write(np.array(words, dtype=h5py.string_dtype()))
+                else:
+                    aid.write(np.array(words, dtype=f"S{size}"), mtype=tid)
+        g = f.create_group("copy")
+        copy_attrs(f, g)
+    with h5py.File(path) as f:
+        for name in f.attrs:
+            expected = f.attrs[name]
+            got = attr_value(f, name)
+            assert type(got) is type(expected) and np.array_equal(got, expected), name
+            if isinstance(got, np.ndarray):
+                assert got.dtype == expected.dtype and got.dtype.metadata == expected.dtype.metadata, name
+            else:
+                assert string_attr(f, name) == (expected.decode() if isinstance(expected, bytes) else expected), name
+            old, new = h5a.open(f.id, name.encode()), h5a.open(f["copy"].id, name.encode())
+            assert new.get_type().equal(old.get_type()), name
+            assert np.array_equal(f["copy"].attrs[name], expected), name

@@ -286,16 +286,17 @@ def fake_quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None 
     >>> y * 3
     array([-3., -2., -1.,  0.,  1.,  2.,  3.], dtype=float32)
     """
-    if _check_rounding(rounding) == "sum":  # the codes are needed whole before any value is written
-        qa = quantize(x, bits, symmetric=symmetric, axis=axis, block_size=block_size, method=method,
-                      frac_bits=frac_bits, scale=scale, zero_point=zero_point, percentile=percentile,
-                      rounding=rounding)
-        return dequantize(qa, out=_output(out, qa.shape))
+    rounding = _check_rounding(rounding)
     xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
-                                      zero_point, percentile)
+                                      zero_point, percentile, rounding)
     y = _output(out, g.shape)
-    if not _core.fake_quantize_into(xf.reshape(-1), y.reshape(-1), *_layout(g), _per_block(s, g),
-                                    _per_block(zp, g), float(sch.qmin), float(sch.qmax), fit):
+    if rounding == "sum":  # the codes are needed whole before any value is written
+        # (dequantized as dequantize() does, without validating again what _prepare made)
+        codes = _codes(xf, g, sch, s, zp, fit, rounding)
+        _core.dequantize_into(codes.reshape(-1).view(np.uint8), y.reshape(-1), *_layout(g), _per_block(s, g),
+                              _per_block(zp, g), sch.dtype == np.int8)
+    elif not _core.fake_quantize_into(xf.reshape(-1), y.reshape(-1), *_layout(g), _per_block(s, g),
+                                      _per_block(zp, g), float(sch.qmin), float(sch.qmax), fit):
         raise nonfinite_error(xf)
     return y
 

@@ -200,16 +200,33 @@ def copy_attrs(src, dst, cpl=None) -> None:
         if sid.get_simple_extent_type() == h5s.NULL:
             h5a.create(did, bname, tid, sid)
             continue
-        vlen_str = isinstance(tid, h5t.TypeStringID) and tid.is_variable_str()
-        arr = np.empty(sid.shape, dtype=tid.dtype)
-        converted = vlen_str or tid.dtype.kind == "O"
-        aid.read(arr) if converted else aid.read(arr, mtype=tid)
+        dtype, memory = _string_dtype(tid) if isinstance(tid, h5t.TypeStringID) else (tid.dtype, None)
+        arr = np.empty(sid.shape, dtype=dtype)
+        converted = dtype.kind == "O"
+        aid.read(arr, mtype=memory) if converted else aid.read(arr, mtype=tid)
         name = bname.decode("utf-8", "surrogateescape")
         if name in SPLIT_NAMES and arr.ndim == 1 and arr.size and aid.get_storage_size() > HEADER_LIMIT:
             split_name_list(dst if hasattr(dst, "attrs") else h5py.Group(did), name, arr)
             continue
         out = h5a.create(did, bname, tid, sid)
         out.write(arr) if converted else out.write(arr, mtype=tid)
+
+
+#: the NumPy dtype h5py gives a string type, and the memory type it reads a variable-length one
+#: with, by (variable length, character set, size), on which alone they depend: h5py makes both
+#: afresh for every attribute, which costs more than reading a short one
+_STRING_TYPES: dict = {}
+
+
+def _string_dtype(tid: h5t.TypeStringID) -> tuple:
+    """(the dtype of string type `tid` as h5py's ``tid.dtype``, the memory type h5py reads it
+    with when it is of variable length, else None: a fixed-length one is read in its own type)."""
+    key = (tid.is_variable_str(), tid.get_cset(), tid.get_size())
+    known = _STRING_TYPES.get(key)
+    if known is None:
+        dtype = tid.dtype
+        known = _STRING_TYPES[key] = (dtype, h5t.py_create(dtype) if key[0] else None)
+    return known
 
 
 def string_attr(obj, name: str):
@@ -222,8 +239,9 @@ def string_attr(obj, name: str):
     aid = h5a.open(oid, bname)
     tid = aid.get_type()
     if isinstance(tid, h5t.TypeStringID) and aid.get_space().get_simple_extent_type() == h5s.SCALAR:
-        arr = np.empty((), dtype=tid.dtype)
-        aid.read(arr) if tid.is_variable_str() else aid.read(arr, mtype=tid)
+        dtype, memory = _string_dtype(tid)
+        arr = np.empty((), dtype=dtype)
+        aid.read(arr, mtype=memory if dtype.kind == "O" else tid)
         value = arr[()]
         try:
             return value.decode("utf-8") if isinstance(value, bytes) else str(value)
@@ -263,9 +281,10 @@ def attr_value(obj, name: str, default=None):
     tid, space = aid.get_type(), aid.get_space()
     if not isinstance(tid, h5t.TypeStringID) or space.get_simple_extent_type() == h5s.NULL:
         return (h5py.Group(oid) if isinstance(oid, h5g.GroupID) else h5py.Dataset(oid)).attrs[name]
-    arr = np.empty(space.shape, dtype=tid.dtype)
-    if tid.is_variable_str():  # as h5py decodes them
-        aid.read(arr)
+    dtype, memory = _string_dtype(tid)
+    arr = np.empty(space.shape, dtype=dtype)
+    if dtype.kind == "O":  # variable-length, decoded as h5py decodes them
+        aid.read(arr, mtype=memory)
         arr = np.array([v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v for v in arr.flat],
                        dtype=arr.dtype).reshape(arr.shape)
     else:
