@@ -41,16 +41,18 @@ def speed(directory: str, files: int = 16, repeat: int = 2, layers: int = 5) -> 
         make_legacy_h5(os.path.join(src, f"m{i:02d}.h5"), layers=layers, side=1024, seed=i)
     size = sum(os.path.getsize(os.path.join(src, n)) for n in os.listdir(src))
     recipe = wqkernels.Recipe(bits=8, granularity="channel")
-    times = {1: [], 2: []}
+    times, loads = {1: [], 2: []}, []
     for r in range(repeat):
         for workers in (1, 2):
             out = os.path.join(directory, f"out-{workers}-{r}")
+            loads.append(os.getloadavg()[0])  # wall time counts other processes' turns too
             start = time.perf_counter()
             wqkernels.rewrite_many([src], out, recipe, workers=workers, progress=False)
             times[workers].append(time.perf_counter() - start)
     best = {w: min(t) for w, t in times.items()}
     return {"files": files, "mb": size / MB, "workers_1": best[1], "workers_2": best[2],
-            "speedup": best[1] / best[2], "cores": wqkernels.batch.available_cores()}
+            "speedup": best[1] / best[2], "cores": wqkernels.batch.available_cores(),
+            "runs": {w: t for w, t in times.items()}, "loads": loads}
 
 
 #: run the command line (or only the imports) and print the process's peak resident memory;
@@ -100,9 +102,11 @@ def memory(directory: str, recipes: list = RECIPES) -> list[dict]:
 
 
 def _print_speed(r: dict) -> None:
+    runs = "; ".join(f"--workers {w}: " + ", ".join(f"{t:.2f}" for t in ts) for w, ts in r["runs"].items())
     print(f"\n{r['files']} files, {r['mb']:.0f} MB, int8 per channel, {r['cores']} cores: "
           f"--workers 1 {r['workers_1']:.2f} s, --workers 2 {r['workers_2']:.2f} s, "
-          f"speed-up {r['speedup']:.2f}x (goal >= 1.6)")
+          f"speed-up {r['speedup']:.2f}x (goal >= 1.6); runs {runs} s; 1-minute load before each run "
+          + ", ".join(f"{v:.2f}" for v in r["loads"]))
 
 
 def _print_memory(rows: list[dict]) -> None:
