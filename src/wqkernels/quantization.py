@@ -292,9 +292,7 @@ def fake_quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None 
     y = _output(out, g.shape)
     if rounding == "sum":  # the codes are needed whole before any value is written
         # (dequantized as dequantize() does, without validating again what _prepare made)
-        codes = _codes(xf, g, sch, s, zp, fit, rounding)
-        _core.dequantize_into(codes.reshape(-1).view(np.uint8), y.reshape(-1), *_layout(g), _per_block(s, g),
-                              _per_block(zp, g), sch.dtype == np.int8)
+        _dequantized(_codes(xf, g, sch, s, zp, fit, rounding), g, s, zp, y)
     elif not _core.fake_quantize_into(xf.reshape(-1), y.reshape(-1), *_layout(g), _per_block(s, g),
                                       _per_block(zp, g), float(sch.qmin), float(sch.qmax), fit):
         raise nonfinite_error(xf)
@@ -325,9 +323,13 @@ def dequantize(qa: QuantizedArray, out: np.ndarray | None = None) -> np.ndarray:
     g = groups(values.shape, axis, block)
     s = _given(qa.scale, g, "qa.scale")
     zp = _given(qa.zero_point, g, "qa.zero_point")
-    y = _output(out, g.shape)
-    _core.dequantize_into(values.reshape(-1).view(np.uint8), y.reshape(-1), *_layout(g),
-                          _per_block(s, g), _per_block(zp, g), values.dtype == np.int8)
+    return _dequantized(values, g, s, zp, _output(out, g.shape))
+
+
+def _dequantized(codes: np.ndarray, g: Groups, s: np.ndarray, zp: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`y` holding ``(codes - zp) * s`` per group of `g`: codes, scales and zero points already checked."""
+    _core.dequantize_into(codes.reshape(-1).view(np.uint8), y.reshape(-1), *_layout(g), _per_block(s, g),
+                          _per_block(zp, g), codes.dtype == np.int8)
     return y
 
 
