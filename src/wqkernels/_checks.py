@@ -44,11 +44,16 @@ def bits_view(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(BITS[a.dtype])
 
 
+def count_and_first(mask: np.ndarray) -> tuple[int, tuple]:
+    """How many elements of boolean `mask` are set, and the index of the first (for errors that
+    say how many values are bad and where the first is)."""
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(mask.ravel())), mask.shape))
+    return int(np.count_nonzero(mask)), first
+
+
 def nonfinite_error(x: np.ndarray, name: str = "x") -> ValueError:
     """The error for an array holding NaN or infinity: how many, and where the first is."""
-    bad = ~np.isfinite(x)
-    count = int(np.count_nonzero(bad))
-    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad.ravel())), x.shape))
+    count, first = count_and_first(~np.isfinite(x))
     where = f"at index {first}" if x.ndim else "(a 0-d array)"
     return ValueError(f"{name} has {count} NaN or infinite value{'s' if count != 1 else ''}; the first is "
                       f"{x[first].item()!r} {where}")

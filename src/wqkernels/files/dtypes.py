@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
+from .._checks import count_and_first
 from ..keras_schemes import bfloat16_bits, bfloat16_values, round_bfloat16
 from .h5tree import filters
 
@@ -57,7 +58,7 @@ def stored_values(values: np.ndarray, name: str, out: np.ndarray) -> np.ndarray:
     for i in range(0, src.size, _SLICE):
         part = src[i:i + _SLICE]
         if name == "float16":
-            _check_float16_range(part, i, values)
+            _check_float16_range(part, values)
             dst[i:i + _SLICE] = part.astype(np.float16)
         else:
             dst[i:i + _SLICE] = round_bfloat16(part)
@@ -68,21 +69,18 @@ def stored_values(values: np.ndarray, name: str, out: np.ndarray) -> np.ndarray:
 _FLOAT16_OVERFLOW = 65520.0
 
 
-def _check_float16_range(part: np.ndarray, start: int, values: np.ndarray) -> None:
-    """ValueError naming the first value of `part` (elements `start`... of `values`, none before
-    beyond the range) that float16 would store as infinity; checked before the cast, which may
-    overwrite `values`."""
+def _check_float16_range(part: np.ndarray, values: np.ndarray) -> None:
+    """ValueError naming the first value of `values` that float16 would store as infinity, once a
+    slice `part` of it holds one; checked before each slice's cast, which may overwrite `values`
+    (the slices before hold none, cast or not)."""
     if not part.size or -_FLOAT16_OVERFLOW < part.min() and part.max() < _FLOAT16_OVERFLOW:  # (no temporaries)
         return
-    beyond = np.abs(part) >= _FLOAT16_OVERFLOW
-    if beyond.any():
-        rest = values.reshape(-1)[start:]
-        count = int(np.count_nonzero(np.abs(rest) >= _FLOAT16_OVERFLOW))
-        at = start + int(np.argmax(beyond))
-        first = tuple(int(k) for k in np.unravel_index(at, values.shape))
+    beyond = np.abs(values) >= _FLOAT16_OVERFLOW
+    if beyond.any():  # (part may only hold a NaN)
+        count, first = count_and_first(beyond)
         raise ValueError(f"{count} value{'s' if count != 1 else ''} of this weight "
                          f"overflow{'s' if count == 1 else ''} float16 (largest {np.finfo(np.float16).max.item():g}), "
-                         f"the first {values.reshape(-1)[at].item()!r} at index {first}; store it as float32")
+                         f"the first {values[first].item()!r} at index {first}; store it as float32")
 
 
 def new_float(datasets, group: h5py.Group, name: str, values: np.ndarray, dtype: str, compress: str,

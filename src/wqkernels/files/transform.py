@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._checks import count_and_first
 from ..allocation import bits_for_sqnr, count_fraction, default_min_size
 from ..pruning import prune, prune_n_m
 from ..quantization import PackedArray, QuantizedArray, fake_quantize, quantize, quantize_packed
@@ -108,8 +109,7 @@ def as_float32(x: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             beyond = np.abs(x) > _FLOAT32_MAX
         if beyond.any():
-            count = int(np.count_nonzero(beyond))
-            first = tuple(int(i) for i in np.unravel_index(int(np.argmax(beyond.ravel())), x.shape))
+            count, first = count_and_first(beyond)
             raise ValueError(f"{count} value{'s' if count != 1 else ''} of this {x.dtype} weight "
                              f"overflow{'s' if count == 1 else ''} float32, the first {x[first].item()!r} at index {first}")
     return np.ascontiguousarray(x, dtype=np.float32)
