@@ -245,7 +245,7 @@ def _moments_of(nodes, name, bn_weights, memo, depth=0) -> Moments | None:
     if node is None:
         return None
     cfg, cls = node.config, node.cls
-    if node.through or cls == "InputLayer":  # a nested model's output, or its input layer
+    if _forwards(node):  # a nested model's output, or its input layer
         return _moments(nodes, node.inputs[0], bn_weights, memo, depth + 1) if len(node.inputs) == 1 else None
     if cls != "BatchNormalization" and not _passes(cls):
         return None
@@ -278,7 +278,7 @@ def _moments_of(nodes, name, bn_weights, memo, depth=0) -> Moments | None:
             return None
         m1, m2 = relu_moments(x.mean, np.sqrt(x.var), cap)
         return Moments(m1, np.maximum(m2 - m1 * m1, 0.0), False)
-    if cls in _SAME or (cls == "Activation" and cfg.get("activation") == "linear"):
+    if _unchanged(node):
         return x
     if cls in _PADDING:
         return x if cfg.get("data_format", "channels_last") == "channels_last" else None
@@ -288,7 +288,7 @@ def _moments_of(nodes, name, bn_weights, memo, depth=0) -> Moments | None:
         if cfg.get("data_format", "channels_last") != "channels_last":
             return None
         window = _window(cls, cfg)
-        before = _producer(nodes, node.inputs[0])
+        before = nodes.get(_maker(nodes, node.inputs[0], _forwards))
         pre = _moments(nodes, before.inputs[0], bn_weights, memo, depth + 2) \
             if window and before is not None and _is_relu(before) and len(before.inputs) == 1 else None
         if pre is not None and pre.gaussian:
@@ -298,15 +298,30 @@ def _moments_of(nodes, name, bn_weights, memo, depth=0) -> Moments | None:
     return None
 
 
-def _producer(nodes: dict, name: str) -> Node | None:
-    """The layer whose output `name` is: `name`'s node, or, through nested models' outputs and
-    input layers, the layer inside or outside that makes it."""
-    node = nodes.get(name)
-    for _ in range(_NESTING * 2):
-        if node is None or not (node.through or node.cls == "InputLayer") or len(node.inputs) != 1:
-            break
-        node = nodes.get(node.inputs[0])
-    return node
+def _maker(nodes: dict, name: str | None, past) -> str | None:
+    """The name of the layer that makes `name`'s output: `name`, or, followed back through the
+    single input of each layer `past(node)` accepts, the first it does not; None where the chain
+    breaks (an unknown layer, one of several inputs, longer than :data:`_DEPTH`)."""
+    for _ in range(_DEPTH):
+        node = nodes.get(name)
+        if node is None:
+            return None
+        if not past(node):
+            return name
+        if len(node.inputs) != 1:
+            return None
+        name = node.inputs[0]
+    return None
+
+
+def _forwards(node: Node) -> bool:
+    """Whether the layer passes its input on as it is: a nested model's output, an input layer."""
+    return node.through or node.cls == "InputLayer"
+
+
+def _unchanged(node: Node) -> bool:
+    """Whether the layer changes nothing at inference: dropout, identity, a linear activation."""
+    return node.cls in _SAME or (node.cls == "Activation" and node.config.get("activation") == "linear")
 
 
 def _is_relu(node: Node) -> bool:
@@ -341,22 +356,11 @@ def _ones(value) -> bool:
 
 def _feeding(nodes: dict, name: str | None) -> str | None:
     """The layer whose output layer `name` reads, past those that change nothing at inference
-    (dropout, linear activations, nested models' outputs and input layers), or None."""
+    (:func:`_forwards`, :func:`_unchanged`), or None."""
     node = nodes.get(name)
     if node is None or len(node.inputs) != 1:
         return None
-    source = node.inputs[0]
-    for _ in range(_DEPTH):
-        node = nodes.get(source)
-        if node is None:
-            return None
-        if not (node.through or node.cls == "InputLayer" or node.cls in _SAME
-                or (node.cls == "Activation" and node.config.get("activation") == "linear")):
-            return source
-        if len(node.inputs) != 1:
-            return None
-        source = node.inputs[0]
-    return None
+    return _maker(nodes, node.inputs[0], lambda n: _forwards(n) or _unchanged(n))
 
 
 def input_covariance(nodes: dict, name: str, bn_weights, kernel_of, memo: dict) -> np.ndarray | None:
