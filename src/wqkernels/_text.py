@@ -39,6 +39,11 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
+def note_lines(notes) -> list[str]:
+    """A report's notes as its lines of output, ``note: ...``, each escaped (:func:`printable`)."""
+    return [printable(f"note: {n}") for n in notes]
+
+
 def first_line(exc) -> str:
     """The first line of an exception's (or warning's) message, with the next one when the first
     only announces it ("... error message for object <Dense name=d2>:"), at most 300 characters;

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._text import megabytes, printable, table
+from .._text import megabytes, note_lines, printable, table
 from ..files.report import Report
 from .plan import Job, file_size
 
@@ -109,5 +109,5 @@ class BatchResult(list):
                      + (f", {t['not_done']} not done (interrupted)" if self.interrupted else "")
                      + f" of {t['files']}; {megabytes(t['bytes_in'])} -> {megabytes(t['bytes_out'])}, "
                      f"{ratio}{self.seconds:.1f} s ({rate:.1f} MB/s)")
-        lines.extend(printable(f"note: {n}") for n in self.notes)
+        lines.extend(note_lines(self.notes))
         return "\n".join(lines)

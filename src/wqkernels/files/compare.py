@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._text import natural_key, printable, table
+from .._text import natural_key, note_lines, printable, table
 from ..progress import progress_bar
 from ..statistics import compare as compare_arrays
 from ..statistics import error, sparsity
@@ -150,7 +150,7 @@ class Comparison:
                    f"size {self.size_a} vs {self.size_b} bytes, {self.seconds:.2f} s")
         out.extend(printable(f"only in the first: {p}") for p in self.only_a)
         out.extend(printable(f"only in the second: {p}") for p in self.only_b)
-        out.extend(printable(f"note: {n}") for n in self.notes)
+        out.extend(note_lines(self.notes))
         return "\n".join(out)
 
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .._text import printable, table
+from .._text import note_lines, printable, table
 
 #: equal bins of the histograms a report keeps of each weight's values (before and after)
 HISTOGRAM_BINS = 128
@@ -171,5 +171,5 @@ class Report:
         out.append(f"size {self.size_before} -> {self.size_after} bytes, ratio {self.ratio:.2f}, "
                    f"sparsity {self.sparsity:.3f}, {self.bits_per_weight:.2f} bits/weight, "
                    f"{self.seconds:.2f} s")
-        out.extend(printable(f"note: {n}") for n in self.notes)
+        out.extend(note_lines(self.notes))
         return "\n".join(out)
