@@ -183,7 +183,14 @@ def _stop_workers(pool: ProcessPoolExecutor, inflight: dict, done) -> None:
             if p.is_alive():
                 p.kill()
                 p.join(1.0)
+    # The pool's manager thread must end here: left running, it closes its wake-up pipe while the
+    # interpreter's exit hook writes to it (CPython 3.11 checks and writes without a lock), and the
+    # process printed an OSError traceback after "interrupted".  Private, like _processes; taken
+    # before shutdown, which forgets it.
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
+    if manager is not None:
+        manager.join(max(1.0, deadline - time.monotonic()))
     for fut, job in inflight.items():
         if fut.done() and not fut.cancelled() and fut.exception() is None:
             done(job, fut.result())

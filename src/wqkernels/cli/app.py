@@ -146,8 +146,8 @@ def _run(args, received: list) -> int:
         with warnings.catch_warnings():  # a warning is not an error line: what matters is in the report
             warnings.simplefilter("ignore", RuntimeWarning)
             status = int(args.run(args) or 0)
-        if atomic.STOP.is_set():  # an interrupt swallowed on its way: the command did not finish
-            raise KeyboardInterrupt
+        if atomic.STOP.is_set() and status < 128:  # an interrupt swallowed on its way: the command
+            raise KeyboardInterrupt  # did not finish (a batch says so itself, and returns 128 + signal)
         return status
     except CommandError as exc:
         _error(name, str(exc), exc.lines)
