@@ -78,7 +78,7 @@ def prepare(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, buffers: Buff
     a large buffer is not kept from the last weight, so it never sits beside the codes.  A
     `grid` fixes the bits, scale and zero point instead of the recipe's search.
     """
-    x = as_float32(x)
+    x = _float32_weight(x)
     if release and not recipe.prunes:
         buffers.trim("stored")
     out = buffers.get("stored", e.shape)
@@ -102,7 +102,7 @@ def prepare(x: np.ndarray, e: Entry, recipe: Recipe, counts: dict, buffers: Buff
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def as_float32(x: np.ndarray) -> np.ndarray:
+def _float32_weight(x: np.ndarray) -> np.ndarray:
     """A weight as contiguous float32; ValueError naming the first value that overflows float32
     (a float64 beyond its range, which would become infinity)."""
     if x.dtype.itemsize > 4 and x.size:
