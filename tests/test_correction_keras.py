@@ -217,3 +217,71 @@ def test_a_dense_layer_reading_a_flattened_bn_relu_map_is_corrected_under_its_co
                      (np.asarray(pruned["dense"].kernel.numpy()) * want.scale).astype(np.float32), "dense kernel")
     independent = correction.correct_layer(*args, bias=value(floats["dense"], "bias"))
     assert not np.allclose(independent.scale, want.scale, rtol=1e-3)
+
+    # a legacy .h5 of the same model records no build_config: the map's shape follows from the
+    # model's input shape, and the correction is the same to the bit
+    legacy, legacy_fixed = tmp_path / "m.h5", tmp_path / "fixed.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(legacy)
+    wqkernels.rewrite(legacy, legacy_fixed, Recipe(sparsity=0.75))
+    again = {layer.name: layer for layer in _load(legacy_fixed).layers}
+    for attr in ("bias", "kernel"):
+        assert_bit_equal(np.asarray(again["dense"].__getattribute__(attr).numpy()),
+                         np.asarray(got["dense"].__getattribute__(attr).numpy()), f"legacy dense {attr}")
+
+
+def test_input_shapes_of_a_legacy_config_are_keras_own(tmp_path):
+    """Without build_config (a legacy .h5), each single-input layer's input shape is carried from
+    the model's input shape through the layers whose output shape their config gives: what Keras
+    itself computes, for convolutions of every padding, stride and dilation, pooling, zero padding,
+    merges and nested models; unknown past a layer whose rule is not known (Reshape)."""
+    from wqkernels.files.graph import graph
+
+    layers = keras.layers
+    inner = keras.Sequential([keras.Input((None, None, 6)), layers.Conv2D(5, 3, strides=2, padding="same", name="in_conv"),
+                              layers.ReLU(name="in_relu")], name="inner")
+    x = inputs = keras.Input((20, 19, 3), name="image")
+    x = layers.ZeroPadding2D(((1, 2), (0, 3)), name="pad")(x)
+    x = layers.Conv2D(4, (3, 2), strides=(2, 1), dilation_rate=1, name="valid")(x)
+    x = layers.BatchNormalization(name="bn")(x)
+    a = layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="depthwise")(x)
+    b = layers.SeparableConv2D(8, 3, padding="same", name="separable")(x)
+    x = layers.Add(name="add")([a, b])
+    x = layers.Conv2D(6, 3, dilation_rate=2, name="dilated")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="maxpool")(x)
+    x = layers.AveragePooling2D(2, name="avgpool")(x)
+    y = layers.Concatenate(name="concat")([x, x])
+    x = inner(layers.Conv2D(6, 1, name="one")(y))
+    g = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Flatten(name="flat")(x)
+    x = layers.Dense(7, name="dense")(x)
+    x = layers.Concatenate(name="heads")([x, g])
+    x = layers.Reshape((3, 4), name="reshape")(x)
+    x = layers.Conv1D(2, 2, padding="causal", name="after_reshape")(x)
+    model = keras.Model(inputs, x)
+    path = tmp_path / "m.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(path)
+    import json
+
+    import h5py
+    with h5py.File(path, "r") as f:
+        config = json.loads(f.attrs["model_config"])
+    nodes = graph(config)
+    assert not any("build_config" in str(k) for k in config["config"]["layers"][1])
+    want = {layer.name: tuple(layer.input.shape[1:]) for layer in model.layers if not isinstance(layer.input, list)}
+    mapped = (None, *want["inner"])  # (the nested model's own layers, on the map it is called on)
+    want["in_conv"] = want["inner"]
+    want["in_relu"] = tuple(inner.get_layer("in_conv").compute_output_shape(mapped)[1:])
+    checked = 0
+    for name, node in nodes.items():
+        if name not in want or len(node.inputs) != 1 or node.through or node.cls == "InputLayer":
+            continue
+        if name == "after_reshape":
+            assert node.shape is None  # (past a Reshape: not known)
+            continue
+        assert node.shape == want[name], f"{name}: {node.shape} != {want[name]}"
+        checked += 1
+    assert checked >= 14, checked

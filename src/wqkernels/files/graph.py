@@ -26,7 +26,7 @@ new bias or following BatchNorm statistics of each layer whose input is known
 (:func:`wqkernels.correction.correct_layer`), as values to write instead of the file's.
 
 A Dense layer reading a flattened map of a plain ReLU of a BatchNormalization of a convolution
-(stride 1, the map's shape recorded in the config) gets its inputs' covariance as well
+(stride 1, the map's shape known from the config) gets its inputs' covariance as well
 (:func:`input_covariance`): neighbouring positions of that map share the convolution's inputs, and
 their correlations make the Dense layer's output variance, and what pruning keeps of it, differ
 from independent inputs' (measured on the benchmark's BN CNNs: the float output variance is 4-5
@@ -34,7 +34,7 @@ times the independent estimate; FIDELITY.md).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,13 +52,14 @@ __all__ = ["Node", "graph", "owner", "input_moments", "input_covariance", "corre
 class Node:
     """One layer of a model config: its class, its config and the layers it reads; `through`
     for a nested model's name, which stands for its output (what it reads passes on unchanged);
-    `shape`, its input's shape (Keras 3's ``build_config``), when known."""
+    `shape`, its input's shape when known (Keras 3's ``build_config``, or carried forward from
+    the model's input shape: :func:`_with_shapes`)."""
 
     cls: str | None
     config: dict
     inputs: tuple
     through: bool = False
-    shape: tuple | None = None  # the input's shape without the batch axis, when the config records it
+    shape: tuple | None = None  # the input's shape without the batch axis, when known
 
 
 def graph(config: dict | None) -> dict:
@@ -72,7 +73,7 @@ def graph(config: dict | None) -> dict:
     """
     out = {}
     _add(config, (), out, 0)
-    return out
+    return _with_shapes(out)
 
 
 #: nested models followed inside one another: real models nest two or three deep
@@ -119,6 +120,38 @@ def _input_shape(layer: dict) -> tuple | None:
         return None
     return tuple(shape[1:])
 
+
+def _with_shapes(nodes: dict) -> dict:
+    """`nodes` with each single-input layer's input shape filled in where the config does not
+    record it (legacy ``.h5`` configs, Keras 2's and Keras 3's, carry no ``build_config``): the
+    model's input shapes carried forward, in config order, through the layers whose output shape
+    follows from their config (:func:`_output_shape`); unknown past any other."""
+    outputs, out = {}, {}
+    for name, node in nodes.items():
+        shapes = [outputs.get(s) for s in node.inputs]
+        shape = node.shape or (shapes[0] if len(shapes) == 1 else None) or _declared(node.config)
+        if _forwards(node):
+            outputs[name] = shape
+        else:
+            outputs[name] = _output_shape(node.cls, node.config, [shape] if len(shapes) <= 1 else shapes)
+        out[name] = node if node.shape is not None or shape is None or len(node.inputs) > 1 \
+            else replace(node, shape=shape)
+    return out
+
+
+def _declared(cfg: dict) -> tuple | None:
+    """The input shape a layer's config declares without the batch axis: an InputLayer's
+    ``batch_shape`` (Keras 3) or ``batch_input_shape`` (Keras 2, also on a Sequential's first
+    layer), or None."""
+    for key in ("batch_shape", "batch_input_shape"):
+        shape = cfg.get(key)
+        if isinstance(shape, list) and len(shape) >= 2 and all(_positive(n) for n in shape[1:]):
+            return tuple(shape[1:])
+    return None
+
+
+def _positive(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n > 0
 
 def _io_names(config: dict, key: str) -> list:
     """The layer names of a functional config's ``input_layers`` or ``output_layers`` (a list of
@@ -361,6 +394,92 @@ def _feeding(nodes: dict, name: str | None) -> str | None:
     if node is None or len(node.inputs) != 1:
         return None
     return _maker(nodes, node.inputs[0], lambda n: _forwards(n) or _unchanged(n))
+
+
+#: layers whose output has their input's shape
+_SHAPE_KEPT = _SAME + ("BatchNormalization", "LayerNormalization", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax",
+                       "Activation")
+_POOLING = ("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D")
+_ELEMENTWISE = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+
+
+def _output_shape(cls: str | None, cfg: dict, shapes: list) -> tuple | None:
+    """The output shape (no batch axis) of a layer of class `cls` and config `cfg` given its
+    inputs' shapes, or None where it is not known: channels-last convolutions (stride, dilation,
+    "same"/"valid"/"causal" padding), depthwise and separable ones, pooling, zero padding,
+    Flatten, Dense, element-wise merges, Concatenate on the last axis, and the layers that keep
+    their input's shape.  Anything else (a reshape, a transposed convolution, ...) is unknown."""
+    if not shapes or any(s is None for s in shapes):
+        return None
+    if cls in _ELEMENTWISE:
+        return shapes[0] if len(set(shapes)) == 1 else None
+    if cls == "Concatenate":
+        if cfg.get("axis", -1) not in (-1, len(shapes[0])) or len({s[:-1] for s in shapes}) != 1:
+            return None
+        return shapes[0][:-1] + (sum(s[-1] for s in shapes),)
+    if len(shapes) != 1:
+        return None
+    shape = shapes[0]
+    if cls in _SHAPE_KEPT:
+        return shape
+    if cls == "Flatten":
+        return (int(np.prod(shape)),) if cfg.get("data_format", "channels_last") == "channels_last" else None
+    if cls == "Dense":
+        return shape[:-1] + (cfg["units"],) if _positive(cfg.get("units")) else None
+    if cfg.get("data_format", "channels_last") != "channels_last" or len(cls or "") < 2 or not cls[-2].isdigit():
+        return None
+    rank = int(cls[-2])
+    if len(shape) != rank + 1:
+        return None
+    if cls.startswith("Global"):
+        return (1,) * rank + shape[-1:] if cfg.get("keepdims") is True else shape[-1:]
+    if cls.startswith("ZeroPadding"):
+        pads = _pairs(cfg.get("padding", 1), rank)
+        return None if pads is None else tuple(n + a + b for n, (a, b) in zip(shape, pads)) + shape[-1:]
+    if cls in _POOLING:
+        size = _sizes(cfg.get("pool_size", 2), rank)
+        strides = _sizes(cfg.get("strides") if cfg.get("strides") is not None else size, rank)
+        channels = shape[-1]
+        dilation = (1,) * rank
+    elif cls in _CONV or cls.startswith(("DepthwiseConv", "SeparableConv", "SeparableConvolution")):
+        size, strides = _sizes(cfg.get("kernel_size"), rank), _sizes(cfg.get("strides", 1), rank)
+        dilation = _sizes(cfg.get("dilation_rate", 1), rank)
+        multiplier = cfg.get("depth_multiplier", 1)
+        channels = shape[-1] * multiplier if cls.startswith("Depthwise") and _positive(multiplier) else \
+            cfg.get("filters")
+        if not _positive(channels):
+            return None
+    else:
+        return None
+    if size is None or strides is None or dilation is None:
+        return None
+    padding = cfg.get("padding", "valid")
+    spatial = []
+    for n, k, st, d in zip(shape, size, strides, dilation):
+        if padding in ("same", "causal"):
+            spatial.append((n + st - 1) // st)
+        elif padding == "valid" and n >= (k - 1) * d + 1:
+            spatial.append((n - (k - 1) * d - 1) // st + 1)
+        else:
+            return None
+    return tuple(spatial) + (channels,)
+
+
+def _sizes(value, rank: int) -> tuple | None:
+    """A config's size, stride or dilation (an int, or one per axis) as `rank` positive ints, or None."""
+    sizes = tuple(value) if isinstance(value, (list, tuple)) else (value,) * rank
+    return sizes if len(sizes) == rank and all(_positive(n) for n in sizes) else None
+
+
+def _pairs(value, rank: int) -> tuple | None:
+    """A ZeroPadding config's padding (an int, one per axis, or a (before, after) pair per axis)
+    as `rank` pairs of non-negative ints, or None."""
+    if not isinstance(value, (list, tuple)):
+        value = (value,) * rank
+    pairs = tuple(tuple(v) if isinstance(v, (list, tuple)) else (v, v) for v in value)
+    ok = len(pairs) == rank and all(len(p) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                        for n in p) for p in pairs)
+    return pairs if ok else None
 
 
 def input_covariance(nodes: dict, name: str, bn_weights, kernel_of, memo: dict) -> np.ndarray | None:
