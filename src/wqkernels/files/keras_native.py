@@ -173,7 +173,7 @@ def native_kernels(source, recipe) -> tuple[dict, dict]:
         if isinstance(why, NativeKernel):
             native[e.path] = why
         else:
-            kept[e.layer or e.path] = why
+            kept[e.layer_name or e.path] = why
     return native, kept
 
 
