@@ -14,11 +14,14 @@ cdef extern from "_loops.h" nogil:
     void wqk_key_runs(const uint32_t* x, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail, int asymmetric,
                       int32_t* lo, int32_t* hi)
     # Out: uint8_t (codes) or float (fake-quantized values)
-    void wqk_quantize_uniform[Out](const float* x, Out* out, Py_ssize_t n, float s, float zp, float qmin, float qmax)
+    # ahead: the next unit's elements at these ones' place, fetched as these are made (NULL: none)
+    void wqk_quantize_uniform[Out](const float* x, Out* out, Py_ssize_t n, float s, float zp, float qmin, float qmax,
+                                   const float* ahead, Py_ssize_t ahead_n)
     void wqk_quantize_runs[Out](const float* x, Out* out, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
-                                const float* s, const float* zp, float qmin, float qmax)
+                                const float* s, const float* zp, float qmin, float qmax, const float* ahead,
+                                Py_ssize_t ahead_n)
     void wqk_quantize_lanes[Out](const float* x, Out* out, Py_ssize_t n, const float* s, const float* zp,
-                                 float qmin, float qmax)
+                                 float qmin, float qmax, const float* ahead, Py_ssize_t ahead_n)
     Py_ssize_t wqk_page_stop[T](const T* y, Py_ssize_t i)
     void wqk_dequantize_uniform(const uint8_t* q, float* y, Py_ssize_t n, float s, float zp, int is_signed)
     void wqk_dequantize_runs(const uint8_t* q, float* y, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
@@ -352,20 +355,29 @@ cdef inline const float* lane_zero_points(const float* zp, bint is_signed) noexc
     return zp
 
 
+cdef inline const float* row_ahead(const float* x, const Unit* V, Py_ssize_t r) noexcept nogil:
+    """Row r of unit V, the next one, which the same row of this unit fetches as it is made (see
+    wqk_ahead); NULL when V is NULL or has no such row."""
+    if V == NULL or r >= V.rows:
+        return NULL
+    return x + V.start + r * V.stride
+
+
 cdef inline void unit_span(Op op, bint lanes, const float* x, uint8_t* q, float* y, Py_ssize_t p, Py_ssize_t m,
-                           const float* s, const float* zp, float qmin, float qmax, bint is_signed) noexcept nogil:
+                           const float* s, const float* zp, float qmin, float qmax, bint is_signed,
+                           const float* ahead=NULL, Py_ssize_t ahead_n=0) noexcept nogil:
     """The m elements from p of one run of a unit: lanes, element p + i with s[i] and zp[i]; else
-    all with s[0] and zp[0]."""
+    all with s[0] and zp[0].  Quantizing, the first ahead_n elements of `ahead` are fetched."""
     if op == QUANTIZE:
         if lanes:
-            wqk_quantize_lanes(x + p, q + p, m, s, lane_zero_points(zp, is_signed), qmin, qmax)
+            wqk_quantize_lanes(x + p, q + p, m, s, lane_zero_points(zp, is_signed), qmin, qmax, ahead, ahead_n)
         else:
-            wqk_quantize_uniform(x + p, q + p, m, s[0], zp[0], qmin, qmax)
+            wqk_quantize_uniform(x + p, q + p, m, s[0], zp[0], qmin, qmax, ahead, ahead_n)
     elif op == FAKE_QUANTIZE:
         if lanes:
-            wqk_quantize_lanes(x + p, y + p, m, s, lane_zero_points(zp, is_signed), qmin, qmax)
+            wqk_quantize_lanes(x + p, y + p, m, s, lane_zero_points(zp, is_signed), qmin, qmax, ahead, ahead_n)
         else:
-            wqk_quantize_uniform(x + p, y + p, m, s[0], zp[0], qmin, qmax)
+            wqk_quantize_uniform(x + p, y + p, m, s[0], zp[0], qmin, qmax, ahead, ahead_n)
     elif lanes:
         wqk_dequantize_lanes(q + p, y + p, m, s, zp, is_signed)
     else:
@@ -387,17 +399,20 @@ cdef Py_ssize_t page_first(Op op, const Layout* L, const Unit* U, const float* x
     return stop
 
 
-cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8_t* q, float* y,
+cdef void unit_rows(Op op, const Layout* L, const Unit* U, const Unit* V, const float* x, uint8_t* q, float* y,
                     const float* s, const float* zp, float qmin, float qmax, bint is_signed) noexcept nogil:
-    """The element loop over a unit's runs (s, zp point at the unit's first group).  A unit of
-    runs far apart (the rows of a lanes unit) writes each output page it enters at its end first
-    (page_first)."""
+    """The element loop over a unit's runs (s, zp point at the unit's first group), fetching the
+    next unit V (NULL: none) as it goes.  A unit of runs far apart (the rows of a lanes unit)
+    writes each output page it enters at its end first (page_first)."""
     cdef Py_ssize_t r, p, stop = 0  # the end of the output page page_first wrote last
+    cdef const float* ahead
+    cdef Py_ssize_t ahead_n
     if L.runs:
+        ahead, ahead_n = row_ahead(x, V, 0), span_length(V) if V != NULL else 0
         if op == QUANTIZE:
-            wqk_quantize_runs(x + U.start, q + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax)
+            wqk_quantize_runs(x + U.start, q + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax, ahead, ahead_n)
         elif op == FAKE_QUANTIZE:
-            wqk_quantize_runs(x + U.start, y + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax)
+            wqk_quantize_runs(x + U.start, y + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax, ahead, ahead_n)
         else:
             wqk_dequantize_runs(q + U.start, y + U.start, U.rows, U.length, U.tail, s, zp, is_signed)
         return
@@ -405,29 +420,36 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
         p = U.start + r * U.stride
         if U.rows > 1 and p + U.length > stop:
             stop = page_first(op, L, U, x, q, y, s, zp, qmin, qmax, is_signed, p + U.length - 1)
-        unit_span(op, L.lanes, x, q, y, p, U.length, s, zp, qmin, qmax, is_signed)
+        unit_span(op, L.lanes, x, q, y, p, U.length, s, zp, qmin, qmax, is_signed, row_ahead(x, V, r),
+                  V.length if V != NULL else 0)
 
 
-cdef void unit_packed(const Layout* L, const Unit* U, const float* x, uint8_t* stream, uint8_t* codes,
-                      const float* s, const float* zp, float qmin, float qmax, bint is_signed,
+cdef void unit_packed(const Layout* L, const Unit* U, const Unit* V, const float* x, uint8_t* stream,
+                      uint8_t* codes, const float* s, const float* zp, float qmin, float qmax, bint is_signed,
                       int bits) noexcept nogil:
     """A unit's codes made a piece at a time into `codes` (PACK_PIECE bytes, in cache), each
-    piece then packed into its place in the b-bit stream."""
-    cdef Py_ssize_t r, p, c, m
+    piece then packed into its place in the b-bit stream; the next unit V (NULL: none) is
+    fetched as they are made."""
+    cdef Py_ssize_t r, p, c, m, ahead_n
+    cdef const float* ahead
     if L.runs:  # its blocks are one contiguous span
-        wqk_quantize_runs(x + U.start, codes, U.rows, U.length, U.tail, s, zp, qmin, qmax)
-        wqk_pack_span(codes, (U.rows - 1) * U.length + U.tail, U.start, bits, stream)
+        wqk_quantize_runs(x + U.start, codes, U.rows, U.length, U.tail, s, zp, qmin, qmax, row_ahead(x, V, 0),
+                          span_length(V) if V != NULL else 0)
+        wqk_pack_span(codes, span_length(U), U.start, bits, stream)
         return
     for r in range(U.rows):
         p = U.start + r * U.stride
+        ahead = row_ahead(x, V, r)
+        ahead_n = V.length if V != NULL else 0
         if L.lanes:
-            wqk_quantize_lanes(x + p, codes, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
+            wqk_quantize_lanes(x + p, codes, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax, ahead, ahead_n)
             wqk_pack_span(codes, U.length, p, bits, stream)
             continue
         c = 0
         while c < U.length:  # pieces after the first start on a byte of the stream
             m = min(<Py_ssize_t>PACK_PIECE - (p + c) % 8, U.length - c)
-            wqk_quantize_uniform(x + p + c, codes, m, s[0], zp[0], qmin, qmax)
+            wqk_quantize_uniform(x + p + c, codes, m, s[0], zp[0], qmin, qmax, ahead + c if ahead != NULL else NULL,
+                                 ahead_n - c)
             wqk_pack_span(codes, m, p + c, bits, stream)
             c += m
 
@@ -453,7 +475,7 @@ cdef void zero_shared(const Layout* L, uint8_t* stream, Py_ssize_t nbytes, int b
     for u in range(L.count):
         U = unit_at(L, u)
         if L.runs:
-            zero_cut(stream, nbytes, U.start, (U.rows - 1) * U.length + U.tail, bits)
+            zero_cut(stream, nbytes, U.start, span_length(&U), bits)
         else:
             for r in range(U.rows):
                 zero_cut(stream, nbytes, U.start + r * U.stride, U.length, bits)
@@ -492,7 +514,7 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
     holds NaN or infinity (fit only), or -1 if scratch memory cannot be allocated."""
     cdef int nt = threads_for(size)
     cdef Layout L = make_layout(outer, n, inner, block, per_axis, lane_width(inner if inner > 1 else n, nt, LANE_WIDTH))
-    cdef Unit U
+    cdef Unit U, V
     cdef Py_ssize_t u, ngroups = n if per_axis else outer * L.nblocks * inner
     cdef int bad = 0
     cdef bint fused = fit and L.count > 0
@@ -531,11 +553,15 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
         if fused and not unit_fit(x, &L, &U, is_signed, qmin, qmax, s + U.group, zp + U.group,
                                   fitting + fit_scratch(&L) * threadid()):
             bad += 1
+        if fused and u + 1 < L.count:  # read twice, in cache the second time: fetch the next unit then
+            V = unit_at(&L, u + 1)
         if op == QUANTIZE_PACKED:
-            unit_packed(&L, &U, x, q, codes + <Py_ssize_t>PACK_PIECE * threadid(), ls + U.group, lz + U.group,
-                        qmin, qmax, is_signed, bits)
+            unit_packed(&L, &U, &V if fused and u + 1 < L.count else NULL, x, q,
+                        codes + <Py_ssize_t>PACK_PIECE * threadid(), ls + U.group, lz + U.group, qmin, qmax,
+                        is_signed, bits)
         else:
-            unit_rows(op, &L, &U, x, q, y, ls + U.group, lz + U.group, qmin, qmax, is_signed)
+            unit_rows(op, &L, &U, &V if fused and u + 1 < L.count else NULL, x, q, y, ls + U.group, lz + U.group,
+                      qmin, qmax, is_signed)
     free(phased)
     free(codes)
     free(fitting)
