@@ -101,6 +101,9 @@ static inline void wqk_prefetch_run(const void *p, ptrdiff_t bytes) {
 #endif
 }
 
+/* p + i, or NULL when p is NULL (an optional pointer moved along with the others). */
+template <typename T> static inline T *wqk_offset(T *p, ptrdiff_t i) { return p ? p + i : p; }
+
 /* ---- reductions -------------------------------------------------------------------------- */
 
 /* Elements of x before its first 64-byte boundary (at most n; none when x is not aligned to its
@@ -311,10 +314,13 @@ static inline __attribute__((always_inline)) void wqk_group_params(float lo, flo
 }
 
 /* wqk_group_params of n groups (lo unused when symmetric), in a loop GCC vectorises; s and zp
- * may be lo and hi themselves. */
+ * may be lo and hi themselves.  Symmetric zero points are all 0: zp may be NULL, not written. */
 WQK_CLONES static void wqk_groups_params(const float *lo, const float *hi, ptrdiff_t n, float ratio, int symmetric,
                                          float qmax, float *s, float *zp) {
-    if (symmetric)
+    float z;
+    if (symmetric && !zp)
+        for (ptrdiff_t i = 0; i < n; i++) wqk_group_params(0.0f, hi[i], ratio, 1, qmax, s + i, &z);
+    else if (symmetric)
         for (ptrdiff_t i = 0; i < n; i++) wqk_group_params(0.0f, hi[i], ratio, 1, qmax, s + i, zp + i);
     else
         for (ptrdiff_t i = 0; i < n; i++) wqk_group_params(lo[i], hi[i], ratio, 0, qmax, s + i, zp + i);
@@ -383,14 +389,11 @@ static inline __attribute__((always_inline)) void wqk_ahead(const float *ahead, 
     }
 }
 
-/* The run ahead of the one `offset` elements further on. */
-static inline const float *wqk_ahead_at(const float *ahead, ptrdiff_t offset) { return ahead ? ahead + offset : ahead; }
-
 template <typename Out>
 WQK_CLONES static void wqk_quantize_uniform(const float *x, Out *out, ptrdiff_t n, float s, float zp, float qmin,
                                             float qmax, const float *ahead, ptrdiff_t ahead_n) {
     const ptrdiff_t h = wqk_head(x, n);
-    const float *a = wqk_ahead_at(ahead, h);
+    const float *a = wqk_offset(ahead, h);
     if (zp == 0.0f) {
         wqk_quantize_run<Out, true>(x, out, h, s, zp, qmin, qmax);
         wqk_ahead(a, ahead_n - h, n - h, [=](ptrdiff_t i, ptrdiff_t m) __attribute__((always_inline)) {
@@ -404,7 +407,8 @@ WQK_CLONES static void wqk_quantize_uniform(const float *x, Out *out, ptrdiff_t 
     }
 }
 
-/* `count` runs of `length` (L, when not 0) elements, run r with scale s[r], zero point zp[r]. */
+/* `count` runs of `length` (L, when not 0) elements, run r with scale s[r], zero point zp[r]
+ * (zp NULL: all 0). */
 template <typename Out, int L>
 static inline __attribute__((always_inline)) void wqk_quantize_runs_of(const float *x, Out *out, ptrdiff_t count,
                                                                        ptrdiff_t length, const float *s,
@@ -412,19 +416,23 @@ static inline __attribute__((always_inline)) void wqk_quantize_runs_of(const flo
                                                                        const float *ahead, ptrdiff_t ahead_n) {
     const ptrdiff_t n = L ? L : length;
     for (ptrdiff_t r = 0; r < count; r++) {
-        const float *xr = x + r * n, sr = s[r], zr = zp[r];
+        const float *xr = x + r * n, *a = wqk_offset(ahead, r * n);
+        const float sr = s[r], zr = zp ? zp[r] : 0.0f;
         Out *o = out + r * n;
         if (zr == 0.0f)
-            wqk_ahead(wqk_ahead_at(ahead, r * n), ahead_n - r * n, n, [=](ptrdiff_t i, ptrdiff_t m)
-                      __attribute__((always_inline)) { wqk_quantize_run<Out, true>(xr + i, o + i, m, sr, zr, qmin, qmax); });
+            wqk_ahead(a, ahead_n - r * n, n, [=](ptrdiff_t i, ptrdiff_t m) __attribute__((always_inline)) {
+                wqk_quantize_run<Out, true>(xr + i, o + i, m, sr, zr, qmin, qmax);
+            });
         else
-            wqk_ahead(wqk_ahead_at(ahead, r * n), ahead_n - r * n, n, [=](ptrdiff_t i, ptrdiff_t m)
-                      __attribute__((always_inline)) { wqk_quantize_run<Out, false>(xr + i, o + i, m, sr, zr, qmin, qmax); });
+            wqk_ahead(a, ahead_n - r * n, n, [=](ptrdiff_t i, ptrdiff_t m) __attribute__((always_inline)) {
+                wqk_quantize_run<Out, false>(xr + i, o + i, m, sr, zr, qmin, qmax);
+            });
     }
 }
 
 /* `count` runs of `length` elements one after another (the last one `tail`), run r with
- * scale s[r] and zero point zp[r]; `ahead` as for wqk_ahead, over the runs taken as one. */
+ * scale s[r] and zero point zp[r] (zp NULL: all 0); `ahead` as for wqk_ahead, over the runs
+ * taken as one. */
 template <typename Out>
 WQK_CLONES static void wqk_quantize_runs(const float *x, Out *out, ptrdiff_t count, ptrdiff_t length,
                                          ptrdiff_t tail, const float *s, const float *zp, float qmin, float qmax,
@@ -437,8 +445,8 @@ WQK_CLONES static void wqk_quantize_runs(const float *x, Out *out, ptrdiff_t cou
     default: wqk_quantize_runs_of<Out, 0>(x, out, full, length, s, zp, qmin, qmax, ahead, ahead_n);
     }
     if (full < count)
-        wqk_quantize_runs_of<Out, 0>(x + full * length, out + full * length, 1, tail, s + full, zp + full, qmin,
-                                     qmax, wqk_ahead_at(ahead, full * length), ahead_n - full * length);
+        wqk_quantize_runs_of<Out, 0>(x + full * length, out + full * length, 1, tail, s + full, wqk_offset(zp, full),
+                                     qmin, qmax, wqk_offset(ahead, full * length), ahead_n - full * length);
 }
 
 /* Element i with scale s[i] and zero point zp[i] (zp NULL: all 0).  s and zp are read as x is,
@@ -459,8 +467,8 @@ WQK_CLONES static void wqk_quantize_lanes(const float *x, Out *out, ptrdiff_t n,
                                           float qmin, float qmax, const float *ahead, ptrdiff_t ahead_n) {
     const ptrdiff_t h = wqk_head(x, n);
     wqk_quantize_lanes_of(x, out, h, s, zp, qmin, qmax);
-    wqk_ahead(wqk_ahead_at(ahead, h), ahead_n - h, n - h, [=](ptrdiff_t i, ptrdiff_t m) __attribute__((always_inline)) {
-        wqk_quantize_lanes_of(x + h + i, out + h + i, m, s + h + i, zp ? zp + h + i : zp, qmin, qmax);
+    wqk_ahead(wqk_offset(ahead, h), ahead_n - h, n - h, [=](ptrdiff_t i, ptrdiff_t m) __attribute__((always_inline)) {
+        wqk_quantize_lanes_of(x + h + i, out + h + i, m, s + h + i, wqk_offset(zp, h + i), qmin, qmax);
     });
 }
 

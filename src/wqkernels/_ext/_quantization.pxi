@@ -23,6 +23,7 @@ cdef extern from "_loops.h" nogil:
     void wqk_quantize_lanes[Out](const float* x, Out* out, Py_ssize_t n, const float* s, const float* zp,
                                  float qmin, float qmax, const float* ahead, Py_ssize_t ahead_n)
     Py_ssize_t wqk_page_stop[T](const T* y, Py_ssize_t i)
+    T* wqk_offset[T](T* p, Py_ssize_t i)  # p + i, or NULL when p is NULL
     void wqk_dequantize_uniform(const uint8_t* q, float* y, Py_ssize_t n, float s, float zp, int is_signed)
     void wqk_dequantize_runs(const uint8_t* q, float* y, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
                              const float* s, const float* zp, int is_signed)
@@ -367,17 +368,18 @@ cdef inline void unit_span(Op op, bint lanes, const float* x, uint8_t* q, float*
                            const float* s, const float* zp, float qmin, float qmax, bint is_signed,
                            const float* ahead=NULL, Py_ssize_t ahead_n=0) noexcept nogil:
     """The m elements from p of one run of a unit: lanes, element p + i with s[i] and zp[i]; else
-    all with s[0] and zp[0].  Quantizing, the first ahead_n elements of `ahead` are fetched."""
+    all with s[0] and zp[0] (zp NULL: zero points 0).  Quantizing, the first ahead_n elements of
+    `ahead` are fetched."""
     if op == QUANTIZE:
         if lanes:
             wqk_quantize_lanes(x + p, q + p, m, s, lane_zero_points(zp, is_signed), qmin, qmax, ahead, ahead_n)
         else:
-            wqk_quantize_uniform(x + p, q + p, m, s[0], zp[0], qmin, qmax, ahead, ahead_n)
+            wqk_quantize_uniform(x + p, q + p, m, s[0], zp[0] if zp != NULL else 0.0, qmin, qmax, ahead, ahead_n)
     elif op == FAKE_QUANTIZE:
         if lanes:
             wqk_quantize_lanes(x + p, y + p, m, s, lane_zero_points(zp, is_signed), qmin, qmax, ahead, ahead_n)
         else:
-            wqk_quantize_uniform(x + p, y + p, m, s[0], zp[0], qmin, qmax, ahead, ahead_n)
+            wqk_quantize_uniform(x + p, y + p, m, s[0], zp[0] if zp != NULL else 0.0, qmin, qmax, ahead, ahead_n)
     elif lanes:
         wqk_dequantize_lanes(q + p, y + p, m, s, zp, is_signed)
     else:
@@ -394,8 +396,8 @@ cdef Py_ssize_t page_first(Op op, const Layout* L, const Unit* U, const float* x
     cdef Py_ssize_t r = min(U.rows - 1, (stop - 1 - U.start) // U.stride) if U.stride > 0 else 0
     cdef Py_ssize_t p = U.start + r * U.stride  # the unit's last run that starts inside the page
     cdef Py_ssize_t c = min(p + U.length, stop) - 1 - p
-    unit_span(op, L.lanes, x, q, y, p + c, 1, s + c if L.lanes else s, zp + c if L.lanes else zp, qmin, qmax,
-              is_signed)
+    unit_span(op, L.lanes, x, q, y, p + c, 1, s + c if L.lanes else s, wqk_offset(zp, c) if L.lanes else zp, qmin,
+              qmax, is_signed)
     return stop
 
 
@@ -448,8 +450,8 @@ cdef void unit_packed(const Layout* L, const Unit* U, const Unit* V, const float
         c = 0
         while c < U.length:  # pieces after the first start on a byte of the stream
             m = min(<Py_ssize_t>PACK_PIECE - (p + c) % 8, U.length - c)
-            wqk_quantize_uniform(x + p + c, codes, m, s[0], zp[0], qmin, qmax, ahead + c if ahead != NULL else NULL,
-                                 ahead_n - c)
+            wqk_quantize_uniform(x + p + c, codes, m, s[0], zp[0] if zp != NULL else 0.0, qmin, qmax,
+                                 wqk_offset(ahead, c), ahead_n - c)
             wqk_pack_span(codes, m, p + c, bits, stream)
             c += m
 
@@ -489,8 +491,8 @@ cdef inline Py_ssize_t fit_scratch(const Layout* L) noexcept nogil:
 
 cdef bint unit_fit(const float* x, const Layout* L, const Unit* U, bint symmetric, float qmin,
                    float qmax, float* s, float* zp, void* scratch) noexcept nogil:
-    """The min/max scale and zero point of a unit's groups; False if one holds NaN or infinity.
-    `scratch`: fit_scratch(L) bytes."""
+    """The min/max scale and zero point of a unit's groups (zp NULL when symmetric: not written);
+    False if one holds NaN or infinity.  `scratch`: fit_scratch(L) bytes."""
     cdef Py_ssize_t w = unit_groups(L, U)
     cdef int32_t* klo = <int32_t*>at_phase(scratch, x + U.start)  # lanes: group i beside element i of a row
     cdef int32_t* khi = <int32_t*>at_phase(klo + w, x + U.start)
@@ -510,12 +512,15 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
     """Quantize, quantize into a `bits`-bit stream (q, of ceil(size * bits / 8) bytes, which need
     not be zeroed), fake-quantize or dequantize.
     With `fit`, first set every group's min/max scale (symmetric when is_signed): in the same
-    visit of each unit when units fit in cache, else in a pass of its own.  Returns 1, or 0 if x
-    holds NaN or infinity (fit only), or -1 if scratch memory cannot be allocated."""
+    visit of each unit when units fit in cache, else in a pass of its own.  Making signed codes,
+    whose zero points are all 0, zp is neither read nor written (a fresh array of zeros stays
+    untouched: no page of it is faulted in).  Returns 1, or 0 if x holds NaN or infinity (fit
+    only), or -1 if scratch memory cannot be allocated."""
     cdef int nt = threads_for(size)
     cdef Layout L = make_layout(outer, n, inner, block, per_axis, lane_width(inner if inner > 1 else n, nt, LANE_WIDTH))
     cdef Unit U, V
     cdef Py_ssize_t u, ngroups = n if per_axis else outer * L.nblocks * inner
+    cdef float* zp_codes = <float*>NULL if is_signed and op != DEQUANTIZE else zp  # the zero points the codes use
     cdef int bad = 0
     cdef bint fused = fit and L.count > 0
     cdef uint8_t* codes = NULL  # per thread, PACK_PIECE codes of QUANTIZE_PACKED
@@ -537,31 +542,32 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
         if not stats_pass(x, size, &L, not is_signed, ngroups, zp, s):
             free(codes)
             return False
-        wqk_groups_params(zp, s, ngroups, 1.0, is_signed, qmax if is_signed else qmax - qmin, s, zp)
+        wqk_groups_params(zp, s, ngroups, 1.0, is_signed, qmax if is_signed else qmax - qmin, s, zp_codes)
     cdef const float* ls = s  # the scales and zero points the loops read
-    cdef const float* lz = zp
+    cdef const float* lz = zp_codes
     cdef void* phased = NULL
     if L.lanes and not fused and x != NULL:  # read beside x: copies at x's phase (see at_phase)
         phased = malloc(sizeof(float) * 2 * ngroups + 128)
         if phased != NULL:
             ls = <float*>at_phase(phased, x)
-            lz = <float*>at_phase(<void*>(ls + ngroups), x)
+            lz = <float*>at_phase(<void*>(ls + ngroups), x) if zp_codes != NULL else <float*>NULL
             memcpy(<void*>ls, s, sizeof(float) * ngroups)
-            memcpy(<void*>lz, zp, sizeof(float) * ngroups)
+            if lz != NULL:
+                memcpy(<void*>lz, zp_codes, sizeof(float) * ngroups)
     for u in prange(L.count, num_threads=nt, schedule="static"):
         U = unit_at(&L, u)
-        if fused and not unit_fit(x, &L, &U, is_signed, qmin, qmax, s + U.group, zp + U.group,
+        if fused and not unit_fit(x, &L, &U, is_signed, qmin, qmax, s + U.group, wqk_offset(zp_codes, U.group),
                                   fitting + fit_scratch(&L) * threadid()):
             bad += 1
         if fused and u + 1 < L.count:  # read twice, in cache the second time: fetch the next unit then
             V = unit_at(&L, u + 1)
         if op == QUANTIZE_PACKED:
             unit_packed(&L, &U, &V if fused and u + 1 < L.count else NULL, x, q,
-                        codes + <Py_ssize_t>PACK_PIECE * threadid(), ls + U.group, lz + U.group, qmin, qmax,
-                        is_signed, bits)
+                        codes + <Py_ssize_t>PACK_PIECE * threadid(), ls + U.group, wqk_offset(lz, U.group), qmin,
+                        qmax, is_signed, bits)
         else:
-            unit_rows(op, &L, &U, &V if fused and u + 1 < L.count else NULL, x, q, y, ls + U.group, lz + U.group,
-                      qmin, qmax, is_signed)
+            unit_rows(op, &L, &U, &V if fused and u + 1 < L.count else NULL, x, q, y, ls + U.group,
+                      wqk_offset(lz, U.group), qmin, qmax, is_signed)
     free(phased)
     free(codes)
     free(fitting)
@@ -574,7 +580,8 @@ def quantize_into(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_s
     """codes = clamp(rint(x / scale) + zero_point, qmin, qmax), as bytes (two's complement).
 
     With fit, scale and zero_point are outputs: each group's min/max ones (symmetric when
-    qmin < 0).  Returns False if x holds NaN or infinity (then nothing written is meaningful).
+    qmin < 0).  Signed codes (qmin < 0) have zero points 0: zero_point is neither read nor
+    written then.  Returns False if x holds NaN or infinity (then nothing written is meaningful).
     """
     cdef int ok
     if x.shape[0] == 0:
