@@ -625,6 +625,37 @@ def test_quantize_packed_stream_need_not_be_zeroed(threads, bits, shape, options
         _core.set_max_threads(saved)
 
 
+@pytest.mark.parametrize("shape, options", [
+    ((300, 1203), dict(axis=0, block_size=32)), ((1203, 301), dict(axis=-1, block_size=32)),
+    ((31, 77, 97), dict(axis=1, block_size=5)), ((2, 129, 1031), dict(axis=-1, block_size=7000)),
+    ((513, 517), dict(axis=1)), ((517, 513), dict(axis=0)), ((300, 1031), dict(axis=0, block_size=64)),
+])
+@pytest.mark.parametrize("fit", [True, False])
+def test_signed_codes_neither_read_nor_write_zero_points(shape, options, fit):
+    """Signed codes have zero points 0: the kernels leave the zero-point array alone (a fresh
+    array of zeros is never faulted in), whatever it holds, fitting scales or given them."""
+    from wqkernels import _core
+    from wqkernels.quantization import _grouping, _layout
+    x = np.random.default_rng(len(shape) + fit).standard_normal(shape).astype(np.float32)
+    qa = wqkernels.quantize(x, 4, **options)
+    g = _grouping(x.shape, options.get("axis"), options.get("block_size"))
+    given = qa.scale.reshape(-1).copy()
+    for kernel, out, expected in (
+            (_core.quantize_into, np.empty(x.size, np.uint8), qa.values.reshape(-1).view(np.uint8)),
+            (_core.fake_quantize_into, np.empty(x.size, np.float32), ref.dequantize(qa).reshape(-1))):
+        s = np.empty(g.count, np.float32) if fit else given.copy()
+        zp = np.full(g.count, np.nan, np.float32)
+        assert kernel(x.reshape(-1), out, *_layout(g), s, zp, -7.0, 7.0, fit)
+        assert_bit_equal(out, expected, kernel.__name__)
+        assert_bit_equal(s, given, "scale")
+        assert np.isnan(zp).all(), f"{kernel.__name__} wrote zero points"
+    stream = np.empty(wqkernels.packed_size(x.size, 4), np.uint8)
+    s, zp = (np.empty(g.count, np.float32) if fit else given.copy()), np.full(g.count, np.nan, np.float32)
+    assert _core.quantize_packed_into(x.reshape(-1), stream, *_layout(g), s, zp, -7.0, 7.0, 4, fit)
+    assert_bit_equal(stream, wqkernels.pack_bits(qa.values, 4), "stream")
+    assert np.isnan(zp).all(), "quantize_packed_into wrote zero points"
+
+
 _STAT_VALUES = st.sampled_from([0.0, -0.0, 1e-45, -1e-45, 1e-38, 3e38, -3e38, 3.4028235e38, -3.4028235e38,
                                 1.0, -1.0, 0.1, 7.0, 1e-30]) | st.floats(width=32, allow_nan=False, allow_infinity=False)
 

@@ -207,8 +207,7 @@ def quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = Non
     xf, g, sch, s, zp, fit = _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale,
                                       zero_point, percentile, rounding)
     codes = _codes(xf, g, sch, s, zp, fit, rounding)
-    return QuantizedArray(codes, s.reshape(g.scale_shape), zp.astype(sch.dtype).reshape(g.scale_shape),
-                          bits, g.axis, g.block)
+    return QuantizedArray(codes, s.reshape(g.scale_shape), _zero_points(zp, g, sch), bits, g.axis, g.block)
 
 
 def quantize_packed(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = None,
@@ -258,8 +257,8 @@ def quantize_packed(x, bits: int = 8, *, symmetric: bool = True, axis: int | Non
         if not _core.quantize_packed_into(xf.reshape(-1), stream, *_layout(g), _per_block(s, g),
                                           _per_block(zp, g), float(sch.qmin), float(sch.qmax), bits, fit):
             raise nonfinite_error(xf)
-    return PackedArray(stream, g.shape, sch.dtype == np.int8, s.reshape(g.scale_shape),
-                       zp.astype(sch.dtype).reshape(g.scale_shape), bits, g.axis, g.block)
+    return PackedArray(stream, g.shape, sch.dtype == np.int8, s.reshape(g.scale_shape), _zero_points(zp, g, sch),
+                       bits, g.axis, g.block)
 
 
 def fake_quantize(x, bits: int = 8, *, symmetric: bool = True, axis: int | None = None,
@@ -360,9 +359,11 @@ def _prepare(x, bits, symmetric, axis, block_size, method, frac_bits, scale, zer
     if scale is None and zero_point is not None:
         raise ValueError("zero_point needs scale: give both or neither")
 
-    # (sum-preserving rounding makes its codes from scales found first)
+    # (sum-preserving rounding makes its codes from scales found first; symmetric zero points,
+    # all 0, are left to a fresh array of zeros that the kernel never touches)
     if method == "minmax" and scale is None and not fixed and g.axis is not None and xf.size and rounding != "sum":
-        return xf, g, sch, np.empty(g.count, np.float32), np.empty(g.count, np.float32), True
+        zp = np.zeros(g.count, np.float32) if sch.symmetric else np.empty(g.count, np.float32)
+        return xf, g, sch, np.empty(g.count, np.float32), zp, True
     lo, hi = _stats(xf, g, asymmetric=not sch.symmetric)
     if rounding == "sum":  # max |x| per group, before a percentile replaces lo and hi
         magnitude = hi if sch.symmetric else np.maximum(-lo, hi)
@@ -405,6 +406,14 @@ def _codes(xf: np.ndarray, g: Groups, sch, s: np.ndarray, zp: np.ndarray, fit: b
                                  _per_block(s, g), _per_block(zp, g), float(sch.qmin), float(sch.qmax), fit):
         raise nonfinite_error(xf)
     return codes
+
+
+def _zero_points(zp: np.ndarray, g: Groups, sch) -> np.ndarray:
+    """The zero points as codes, of the granularity's shape: symmetric ones are all 0 (an array
+    of zeros made without reading zp, whose pages may never have been touched)."""
+    if sch.symmetric:
+        return np.zeros(g.scale_shape, sch.dtype)
+    return zp.astype(sch.dtype).reshape(g.scale_shape)
 
 
 def _check_quotients(magnitude: np.ndarray, s: np.ndarray, g: Groups) -> None:

@@ -14,12 +14,16 @@ cdef extern from "_loops.h" nogil:
     void wqk_key_runs(const uint32_t* x, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail, int asymmetric,
                       int32_t* lo, int32_t* hi)
     # Out: uint8_t (codes) or float (fake-quantized values)
-    void wqk_quantize_uniform[Out](const float* x, Out* out, Py_ssize_t n, float s, float zp, float qmin, float qmax)
+    # ahead: the next unit's elements at these ones' place, fetched as these are made (NULL: none)
+    void wqk_quantize_uniform[Out](const float* x, Out* out, Py_ssize_t n, float s, float zp, float qmin, float qmax,
+                                   const float* ahead, Py_ssize_t ahead_n)
     void wqk_quantize_runs[Out](const float* x, Out* out, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
-                                const float* s, const float* zp, float qmin, float qmax)
+                                const float* s, const float* zp, float qmin, float qmax, const float* ahead,
+                                Py_ssize_t ahead_n)
     void wqk_quantize_lanes[Out](const float* x, Out* out, Py_ssize_t n, const float* s, const float* zp,
-                                 float qmin, float qmax)
+                                 float qmin, float qmax, const float* ahead, Py_ssize_t ahead_n)
     Py_ssize_t wqk_page_stop[T](const T* y, Py_ssize_t i)
+    T* wqk_offset[T](T* p, Py_ssize_t i)  # p + i, or NULL when p is NULL
     void wqk_dequantize_uniform(const uint8_t* q, float* y, Py_ssize_t n, float s, float zp, int is_signed)
     void wqk_dequantize_runs(const uint8_t* q, float* y, Py_ssize_t count, Py_ssize_t length, Py_ssize_t tail,
                              const float* s, const float* zp, int is_signed)
@@ -352,20 +356,30 @@ cdef inline const float* lane_zero_points(const float* zp, bint is_signed) noexc
     return zp
 
 
+cdef inline const float* row_ahead(const float* x, const Unit* V, Py_ssize_t r) noexcept nogil:
+    """Row r of unit V, the next one, which the same row of this unit fetches as it is made (see
+    wqk_ahead); NULL when V is NULL or has no such row."""
+    if V == NULL or r >= V.rows:
+        return NULL
+    return x + V.start + r * V.stride
+
+
 cdef inline void unit_span(Op op, bint lanes, const float* x, uint8_t* q, float* y, Py_ssize_t p, Py_ssize_t m,
-                           const float* s, const float* zp, float qmin, float qmax, bint is_signed) noexcept nogil:
+                           const float* s, const float* zp, float qmin, float qmax, bint is_signed,
+                           const float* ahead=NULL, Py_ssize_t ahead_n=0) noexcept nogil:
     """The m elements from p of one run of a unit: lanes, element p + i with s[i] and zp[i]; else
-    all with s[0] and zp[0]."""
+    all with s[0] and zp[0] (zp NULL: zero points 0).  Quantizing, the first ahead_n elements of
+    `ahead` are fetched."""
     if op == QUANTIZE:
         if lanes:
-            wqk_quantize_lanes(x + p, q + p, m, s, lane_zero_points(zp, is_signed), qmin, qmax)
+            wqk_quantize_lanes(x + p, q + p, m, s, lane_zero_points(zp, is_signed), qmin, qmax, ahead, ahead_n)
         else:
-            wqk_quantize_uniform(x + p, q + p, m, s[0], zp[0], qmin, qmax)
+            wqk_quantize_uniform(x + p, q + p, m, s[0], zp[0] if zp != NULL else 0.0, qmin, qmax, ahead, ahead_n)
     elif op == FAKE_QUANTIZE:
         if lanes:
-            wqk_quantize_lanes(x + p, y + p, m, s, lane_zero_points(zp, is_signed), qmin, qmax)
+            wqk_quantize_lanes(x + p, y + p, m, s, lane_zero_points(zp, is_signed), qmin, qmax, ahead, ahead_n)
         else:
-            wqk_quantize_uniform(x + p, y + p, m, s[0], zp[0], qmin, qmax)
+            wqk_quantize_uniform(x + p, y + p, m, s[0], zp[0] if zp != NULL else 0.0, qmin, qmax, ahead, ahead_n)
     elif lanes:
         wqk_dequantize_lanes(q + p, y + p, m, s, zp, is_signed)
     else:
@@ -382,22 +396,25 @@ cdef Py_ssize_t page_first(Op op, const Layout* L, const Unit* U, const float* x
     cdef Py_ssize_t r = min(U.rows - 1, (stop - 1 - U.start) // U.stride) if U.stride > 0 else 0
     cdef Py_ssize_t p = U.start + r * U.stride  # the unit's last run that starts inside the page
     cdef Py_ssize_t c = min(p + U.length, stop) - 1 - p
-    unit_span(op, L.lanes, x, q, y, p + c, 1, s + c if L.lanes else s, zp + c if L.lanes else zp, qmin, qmax,
-              is_signed)
+    unit_span(op, L.lanes, x, q, y, p + c, 1, s + c if L.lanes else s, wqk_offset(zp, c) if L.lanes else zp, qmin,
+              qmax, is_signed)
     return stop
 
 
-cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8_t* q, float* y,
+cdef void unit_rows(Op op, const Layout* L, const Unit* U, const Unit* V, const float* x, uint8_t* q, float* y,
                     const float* s, const float* zp, float qmin, float qmax, bint is_signed) noexcept nogil:
-    """The element loop over a unit's runs (s, zp point at the unit's first group).  A unit of
-    runs far apart (the rows of a lanes unit) writes each output page it enters at its end first
-    (page_first)."""
+    """The element loop over a unit's runs (s, zp point at the unit's first group), fetching the
+    next unit V (NULL: none) as it goes.  A unit of runs far apart (the rows of a lanes unit)
+    writes each output page it enters at its end first (page_first)."""
     cdef Py_ssize_t r, p, stop = 0  # the end of the output page page_first wrote last
+    cdef const float* ahead
+    cdef Py_ssize_t ahead_n
     if L.runs:
+        ahead, ahead_n = row_ahead(x, V, 0), span_length(V) if V != NULL else 0
         if op == QUANTIZE:
-            wqk_quantize_runs(x + U.start, q + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax)
+            wqk_quantize_runs(x + U.start, q + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax, ahead, ahead_n)
         elif op == FAKE_QUANTIZE:
-            wqk_quantize_runs(x + U.start, y + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax)
+            wqk_quantize_runs(x + U.start, y + U.start, U.rows, U.length, U.tail, s, zp, qmin, qmax, ahead, ahead_n)
         else:
             wqk_dequantize_runs(q + U.start, y + U.start, U.rows, U.length, U.tail, s, zp, is_signed)
         return
@@ -405,29 +422,36 @@ cdef void unit_rows(Op op, const Layout* L, const Unit* U, const float* x, uint8
         p = U.start + r * U.stride
         if U.rows > 1 and p + U.length > stop:
             stop = page_first(op, L, U, x, q, y, s, zp, qmin, qmax, is_signed, p + U.length - 1)
-        unit_span(op, L.lanes, x, q, y, p, U.length, s, zp, qmin, qmax, is_signed)
+        unit_span(op, L.lanes, x, q, y, p, U.length, s, zp, qmin, qmax, is_signed, row_ahead(x, V, r),
+                  V.length if V != NULL else 0)
 
 
-cdef void unit_packed(const Layout* L, const Unit* U, const float* x, uint8_t* stream, uint8_t* codes,
-                      const float* s, const float* zp, float qmin, float qmax, bint is_signed,
+cdef void unit_packed(const Layout* L, const Unit* U, const Unit* V, const float* x, uint8_t* stream,
+                      uint8_t* codes, const float* s, const float* zp, float qmin, float qmax, bint is_signed,
                       int bits) noexcept nogil:
     """A unit's codes made a piece at a time into `codes` (PACK_PIECE bytes, in cache), each
-    piece then packed into its place in the b-bit stream."""
-    cdef Py_ssize_t r, p, c, m
+    piece then packed into its place in the b-bit stream; the next unit V (NULL: none) is
+    fetched as they are made."""
+    cdef Py_ssize_t r, p, c, m, ahead_n
+    cdef const float* ahead
     if L.runs:  # its blocks are one contiguous span
-        wqk_quantize_runs(x + U.start, codes, U.rows, U.length, U.tail, s, zp, qmin, qmax)
-        wqk_pack_span(codes, (U.rows - 1) * U.length + U.tail, U.start, bits, stream)
+        wqk_quantize_runs(x + U.start, codes, U.rows, U.length, U.tail, s, zp, qmin, qmax, row_ahead(x, V, 0),
+                          span_length(V) if V != NULL else 0)
+        wqk_pack_span(codes, span_length(U), U.start, bits, stream)
         return
     for r in range(U.rows):
         p = U.start + r * U.stride
+        ahead = row_ahead(x, V, r)
+        ahead_n = V.length if V != NULL else 0
         if L.lanes:
-            wqk_quantize_lanes(x + p, codes, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax)
+            wqk_quantize_lanes(x + p, codes, U.length, s, lane_zero_points(zp, is_signed), qmin, qmax, ahead, ahead_n)
             wqk_pack_span(codes, U.length, p, bits, stream)
             continue
         c = 0
         while c < U.length:  # pieces after the first start on a byte of the stream
             m = min(<Py_ssize_t>PACK_PIECE - (p + c) % 8, U.length - c)
-            wqk_quantize_uniform(x + p + c, codes, m, s[0], zp[0], qmin, qmax)
+            wqk_quantize_uniform(x + p + c, codes, m, s[0], zp[0] if zp != NULL else 0.0, qmin, qmax,
+                                 wqk_offset(ahead, c), ahead_n - c)
             wqk_pack_span(codes, m, p + c, bits, stream)
             c += m
 
@@ -453,7 +477,7 @@ cdef void zero_shared(const Layout* L, uint8_t* stream, Py_ssize_t nbytes, int b
     for u in range(L.count):
         U = unit_at(L, u)
         if L.runs:
-            zero_cut(stream, nbytes, U.start, (U.rows - 1) * U.length + U.tail, bits)
+            zero_cut(stream, nbytes, U.start, span_length(&U), bits)
         else:
             for r in range(U.rows):
                 zero_cut(stream, nbytes, U.start + r * U.stride, U.length, bits)
@@ -467,8 +491,8 @@ cdef inline Py_ssize_t fit_scratch(const Layout* L) noexcept nogil:
 
 cdef bint unit_fit(const float* x, const Layout* L, const Unit* U, bint symmetric, float qmin,
                    float qmax, float* s, float* zp, void* scratch) noexcept nogil:
-    """The min/max scale and zero point of a unit's groups; False if one holds NaN or infinity.
-    `scratch`: fit_scratch(L) bytes."""
+    """The min/max scale and zero point of a unit's groups (zp NULL when symmetric: not written);
+    False if one holds NaN or infinity.  `scratch`: fit_scratch(L) bytes."""
     cdef Py_ssize_t w = unit_groups(L, U)
     cdef int32_t* klo = <int32_t*>at_phase(scratch, x + U.start)  # lanes: group i beside element i of a row
     cdef int32_t* khi = <int32_t*>at_phase(klo + w, x + U.start)
@@ -488,12 +512,15 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
     """Quantize, quantize into a `bits`-bit stream (q, of ceil(size * bits / 8) bytes, which need
     not be zeroed), fake-quantize or dequantize.
     With `fit`, first set every group's min/max scale (symmetric when is_signed): in the same
-    visit of each unit when units fit in cache, else in a pass of its own.  Returns 1, or 0 if x
-    holds NaN or infinity (fit only), or -1 if scratch memory cannot be allocated."""
+    visit of each unit when units fit in cache, else in a pass of its own.  Making signed codes,
+    whose zero points are all 0, zp is neither read nor written (a fresh array of zeros stays
+    untouched: no page of it is faulted in).  Returns 1, or 0 if x holds NaN or infinity (fit
+    only), or -1 if scratch memory cannot be allocated."""
     cdef int nt = threads_for(size)
     cdef Layout L = make_layout(outer, n, inner, block, per_axis, lane_width(inner if inner > 1 else n, nt, LANE_WIDTH))
-    cdef Unit U
+    cdef Unit U, V
     cdef Py_ssize_t u, ngroups = n if per_axis else outer * L.nblocks * inner
+    cdef float* zp_codes = <float*>NULL if is_signed and op != DEQUANTIZE else zp  # the zero points the codes use
     cdef int bad = 0
     cdef bint fused = fit and L.count > 0
     cdef uint8_t* codes = NULL  # per thread, PACK_PIECE codes of QUANTIZE_PACKED
@@ -515,27 +542,32 @@ cdef int elementwise(Op op, const float* x, uint8_t* q, float* y, Py_ssize_t siz
         if not stats_pass(x, size, &L, not is_signed, ngroups, zp, s):
             free(codes)
             return False
-        wqk_groups_params(zp, s, ngroups, 1.0, is_signed, qmax if is_signed else qmax - qmin, s, zp)
+        wqk_groups_params(zp, s, ngroups, 1.0, is_signed, qmax if is_signed else qmax - qmin, s, zp_codes)
     cdef const float* ls = s  # the scales and zero points the loops read
-    cdef const float* lz = zp
+    cdef const float* lz = zp_codes
     cdef void* phased = NULL
     if L.lanes and not fused and x != NULL:  # read beside x: copies at x's phase (see at_phase)
         phased = malloc(sizeof(float) * 2 * ngroups + 128)
         if phased != NULL:
             ls = <float*>at_phase(phased, x)
-            lz = <float*>at_phase(<void*>(ls + ngroups), x)
+            lz = <float*>at_phase(<void*>(ls + ngroups), x) if zp_codes != NULL else <float*>NULL
             memcpy(<void*>ls, s, sizeof(float) * ngroups)
-            memcpy(<void*>lz, zp, sizeof(float) * ngroups)
+            if lz != NULL:
+                memcpy(<void*>lz, zp_codes, sizeof(float) * ngroups)
     for u in prange(L.count, num_threads=nt, schedule="static"):
         U = unit_at(&L, u)
-        if fused and not unit_fit(x, &L, &U, is_signed, qmin, qmax, s + U.group, zp + U.group,
+        if fused and not unit_fit(x, &L, &U, is_signed, qmin, qmax, s + U.group, wqk_offset(zp_codes, U.group),
                                   fitting + fit_scratch(&L) * threadid()):
             bad += 1
+        if fused and u + 1 < L.count:  # read twice, in cache the second time: fetch the next unit then
+            V = unit_at(&L, u + 1)
         if op == QUANTIZE_PACKED:
-            unit_packed(&L, &U, x, q, codes + <Py_ssize_t>PACK_PIECE * threadid(), ls + U.group, lz + U.group,
-                        qmin, qmax, is_signed, bits)
+            unit_packed(&L, &U, &V if fused and u + 1 < L.count else NULL, x, q,
+                        codes + <Py_ssize_t>PACK_PIECE * threadid(), ls + U.group, wqk_offset(lz, U.group), qmin,
+                        qmax, is_signed, bits)
         else:
-            unit_rows(op, &L, &U, x, q, y, ls + U.group, lz + U.group, qmin, qmax, is_signed)
+            unit_rows(op, &L, &U, &V if fused and u + 1 < L.count else NULL, x, q, y, ls + U.group,
+                      wqk_offset(lz, U.group), qmin, qmax, is_signed)
     free(phased)
     free(codes)
     free(fitting)
@@ -548,7 +580,8 @@ def quantize_into(const float[::1] x, uint8_t[::1] codes, Py_ssize_t outer, Py_s
     """codes = clamp(rint(x / scale) + zero_point, qmin, qmax), as bytes (two's complement).
 
     With fit, scale and zero_point are outputs: each group's min/max ones (symmetric when
-    qmin < 0).  Returns False if x holds NaN or infinity (then nothing written is meaningful).
+    qmin < 0).  Signed codes (qmin < 0) have zero points 0: zero_point is neither read nor
+    written then.  Returns False if x holds NaN or infinity (then nothing written is meaningful).
     """
     cdef int ok
     if x.shape[0] == 0:

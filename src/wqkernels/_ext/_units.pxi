@@ -94,6 +94,11 @@ cdef inline Unit unit_at(const Layout* L, Py_ssize_t u) noexcept nogil:
     return U
 
 
+cdef inline Py_ssize_t span_length(const Unit* U) noexcept nogil:
+    """The elements from a unit's start to its end (all of them for a runs unit)."""
+    return (U.rows - 1) * U.stride + U.tail
+
+
 cdef inline Py_ssize_t unit_groups(const Layout* L, const Unit* U) noexcept nogil:
     """The number of groups in a unit (consecutive from U.group)."""
     return U.length if L.lanes else (U.rows if L.runs else 1)
