@@ -486,6 +486,44 @@ def test_sum_rounding_of_channels_with_quotients_beyond_float32_residuals_agrees
     assert codes.sum() - np.clip(np.rint(x[:, 5]), -127, 127).sum() == np.rint(unrounded)
 
 
+@pytest.mark.parametrize("column", [5, 69])
+def test_sum_rounding_of_asymmetric_channels_with_quotients_beyond_float32_residuals_agrees_with_reference(column):
+    """With zero points, channels side by side list the members within a bound by the float32
+    residual y - (code - zero point), exact below 2^23: quotients of 2^25 and 2^26, clamped to
+    the ends of the grid, leave residuals it rounds, which must neither be taken nor hide a
+    cheaper member; the codes still sum to the integer nearest the exact sum."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((300, 70)) * 20).astype(np.float32)
+    x[:3, column] = [-2.0 ** 26, 2.0 ** 25, 2.0 ** 25]  # residuals -(2^26 - 128), 2^25 - 127 twice
+    x[3:, column] = np.rint(x[3:, column]) + np.float32(0.25)  # 297 residuals of 0.25 ...
+    x[3:76, column] -= np.float32(0.5)  # ... 73 of them -0.25
+    zero_point = np.full(70, 128, np.float32)
+    opts = dict(bits=8, symmetric=False, axis=-1, scale=np.ones(70, np.float32), zero_point=zero_point,
+                rounding="sum")
+    qa = wqkernels.quantize(x, **opts)
+    assert_same_quantization(qa, ref.quantize(x, **opts))
+    nearest = np.clip(np.rint(x[:, column].astype(np.float64)) + 128, 0, 255)
+    unrounded = np.sum((x[:, column].astype(np.float64) + 128) - nearest)
+    assert qa.values[:, column].astype(np.int64).sum() - nearest.sum() == np.rint(unrounded)
+
+
+def test_sum_rounding_of_asymmetric_channels_ranks_by_the_float64_residual():
+    """Channels side by side list members by their float32 residual y - (code - zero point) but
+    rank them by the reference's ((double)y + zero point) - code: a quotient of 2^-50 above its
+    code has a float32 residual of 2^-50 and a float64 one of 0 (2^-50 + 128 rounds to 128), so
+    it ties with the members on the grid, and the earlier of those move first.  The group's
+    bound (50 moves of 150 members) takes costs up to 1, and lists those 60 members only."""
+    x = np.zeros((150, 3), np.float32)
+    x[0] = 199.25  # code 255 (clamped), residual 199.25 + 128 - 255 = 72.25
+    x[31:61] = np.float32(2.0 ** -50)
+    x[61:] = -0.25  # 89 residuals of -0.25: a sum of 50
+    opts = dict(bits=8, symmetric=False, axis=-1, scale=np.ones(3, np.float32),
+                zero_point=np.full(3, 128, np.float32), rounding="sum")
+    qa = wqkernels.quantize(x, **opts)
+    assert_same_quantization(qa, ref.quantize(x, **opts))
+    assert (qa.values[1:51] == 129).all() and (qa.values[51:] == 128).all()
+
+
 def test_sum_rounding_ties_in_a_long_group_go_to_the_earlier_elements():
     x = np.full(5000, 0.25, np.float32)
     # scale 2/3 and zero point 2 at 2 bits: -1.0 is 0.5 above its code (the cheapest move), 1.0 at

@@ -861,7 +861,11 @@ static void wqk_sums_group(const float *residual, const Code *code, ptrdiff_t ys
  * then takes those whose cost, in float64, is within the group's own.  Returns false, before
  * the second pass, when a quotient is too large for that (the caller then runs the tile
  * without Residual); the codes written meanwhile are made again.  Without Residual the first
- * pass keeps the quotients, and the costs are made from them as the reference makes them. */
+ * pass keeps the quotients, and the costs are made from them as the reference makes them, for
+ * the members whose float32 residual y - (code - zp) is within the wider bound (a float32
+ * compare a member, not float64 costs: the file layer's asymmetric grids take this path).  That
+ * residual is exact below WQK_EXACT_RESIDUAL; beyond, its code is clamped and its residual so
+ * far past any bound (|e| > 2^22) that rounding it lists the member or not as its exact one. */
 #ifndef WQK_SUM_AHEAD
 #define WQK_SUM_AHEAD 8
 #endif
@@ -941,12 +945,8 @@ static inline __attribute__((always_inline)) bool wqk_sums_columns(const float *
         const Code *cr = code + r * w;
         if (Residual) {
             for (ptrdiff_t j = 0; j < w; j++) hit[j] = fdir[j] * yr[j] >= least[j];
-        } else {
-            for (ptrdiff_t j = 0; j < w; j++) {
-                const double c = (double)cr[j], e = ((double)yr[j] + (double)zp[j]) - c, move = 1.0 - 2.0 * dir[j] * e;
-                cost[j] = c == edge[j] ? HUGE_VAL : move;
-                hit[j] = cost[j] <= limit[j];
-            }
+        } else { /* the float32 residual y - (code - zp), exact below WQK_EXACT_RESIDUAL */
+            for (ptrdiff_t j = 0; j < w; j++) hit[j] = fdir[j] * (yr[j] - ((float)cr[j] - zp[j])) >= least[j];
         }
         for (ptrdiff_t j0 = 0; j0 < w; j0 += 8) {
             uint64_t h; /* 8 groups' hits, a byte each (0 or 1): taken lowest first */
@@ -954,8 +954,9 @@ static inline __attribute__((always_inline)) bool wqk_sums_columns(const float *
             while (h) {
                 const ptrdiff_t j = j0 + (wqk_ctz64(h) >> 3);
                 h &= h - 1;
-                if (Residual) { /* listed by the wider float32 bound: the group's own, exactly */
-                    cost[j] = (double)cr[j] == edge[j] ? HUGE_VAL : 1.0 - 2.0 * dir[j] * (double)yr[j];
+                { /* listed by the wider float32 bound: the group's own, exactly */
+                    const double c = (double)cr[j], e = Residual ? (double)yr[j] : ((double)yr[j] + (double)zp[j]) - c;
+                    cost[j] = c == edge[j] ? HUGE_VAL : 1.0 - 2.0 * dir[j] * e;
                     if (!(cost[j] <= limit[j])) continue;
                 }
                 if (count[j] < cap) {
