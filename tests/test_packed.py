@@ -48,6 +48,24 @@ def test_packed_skeleton_read_in_memory_by_hdf5(keras20, tmp_path):
         assert {e.path for e in source.entries} == {i.path for i in wqkernels.inspect(keras20[0])}
 
 
+def test_images_open_at_once_keep_their_contents():
+    """Two HDF5 images open at the same time (the shards of a packed set) are two files."""
+    from wqkernels.files.h5tree import open_image
+    images = []
+    for k in range(2):
+        with h5py.File(f"image{k}", "w", driver="core", backing_store=False) as f:
+            f[f"only{k}"] = np.arange(3) + k
+            f.flush()
+            images.append(f.id.get_file_image())
+    first, second = (open_image(image) for image in images)
+    try:
+        assert list(first) == ["only0"] and list(second) == ["only1"]
+        assert second["only1"][()].tolist() == [1, 2, 3]
+    finally:
+        first.close()
+        second.close()
+
+
 def test_packed_inspect_and_rewrite_from_packed(keras20, tmp_path):
     packed = tmp_path / "p.h5"
     wqkernels.rewrite(keras20[0], packed, Recipe(bits=4, storage="packed"))
