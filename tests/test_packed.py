@@ -37,6 +37,35 @@ def test_packed_restore_is_bit_identical_to_float32(keras20, tmp_path, capsys):
         assert os.path.getsize(packed) < os.path.getsize(f32)
 
 
+def test_packed_skeleton_read_in_memory_by_hdf5(keras20, tmp_path):
+    """The skeleton is opened from its image by HDF5's core driver, not through a Python file
+    object (whose driver makes a Python call for each piece of metadata read)."""
+    from wqkernels.files.source import Source
+    packed = tmp_path / "p.h5"
+    wqkernels.rewrite(keras20[0], packed, Recipe(bits=4, storage="packed"))
+    with Source(packed) as source:
+        assert source.packed.skeleton.driver == "core"
+        assert {e.path for e in source.entries} == {i.path for i in wqkernels.inspect(keras20[0])}
+
+
+def test_images_open_at_once_keep_their_contents():
+    """Two HDF5 images open at the same time (the shards of a packed set) are two files."""
+    from wqkernels.files.h5tree import open_image
+    images = []
+    for k in range(2):
+        with h5py.File(f"image{k}", "w", driver="core", backing_store=False) as f:
+            f[f"only{k}"] = np.arange(3) + k
+            f.flush()
+            images.append(f.id.get_file_image())
+    first, second = (open_image(image) for image in images)
+    try:
+        assert list(first) == ["only0"] and list(second) == ["only1"]
+        assert second["only1"][()].tolist() == [1, 2, 3]
+    finally:
+        first.close()
+        second.close()
+
+
 def test_packed_inspect_and_rewrite_from_packed(keras20, tmp_path):
     packed = tmp_path / "p.h5"
     wqkernels.rewrite(keras20[0], packed, Recipe(bits=4, storage="packed"))
@@ -78,7 +107,7 @@ def _assert_refused(packed, tmp_path, capsys) -> None:
     assert not (tmp_path / "r.h5").exists()
 
 
-@pytest.mark.parametrize("damage", ["index-size", "offsets", "skeleton", "format", "version"])
+@pytest.mark.parametrize("damage", ["index-size", "offsets", "skeleton", "image", "format", "version"])
 def test_corrupt_packed_container(damage, keras20, tmp_path, capsys):
     packed = tmp_path / "p.h5"
     wqkernels.rewrite(keras20[0], packed, Recipe(bits=4, storage="packed"))
@@ -94,6 +123,11 @@ def test_corrupt_packed_container(damage, keras20, tmp_path, capsys):
             data = g["skeleton"][()]
             del g["skeleton"]
             g["skeleton"] = data[: len(data) // 2]
+        elif damage == "image":  # whole xz data, of bytes that are no HDF5 file
+            image = lzma.decompress(g["skeleton"][()].tobytes())
+            del g["skeleton"]
+            g["skeleton"] = np.frombuffer(xz_compress(image[:len(image) // 2]), np.uint8)
+            g.attrs["skeleton_bytes"] = len(image) // 2
         else:
             _edit_index(g, lambda index: index["tensors"][0]["codes"].__setitem__(0, 10**9))
     _assert_refused(packed, tmp_path, capsys)

@@ -38,7 +38,6 @@ small rest of the skeleton is held in memory.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import lzma
 import math
@@ -52,7 +51,7 @@ from ..packing import packed_size, unpack_bits
 from ..quantization import PackedArray, QuantizedArray
 from .errors import KerasFileError
 from .h5tree import (DatasetInfo, bounded, check_declared, check_global_heaps, check_total_declared, filters,
-                     is_placeholder, new_dataset, new_file, placeholder, string_attr, walk)
+                     is_placeholder, new_dataset, new_file, open_image, placeholder, string_attr, walk)
 from .layouts import PACKED_GROUP, weights_layout
 from .writers import Writer
 
@@ -310,7 +309,7 @@ class PackedReader:
                 raise KerasFileError(f"{where}: packed container lacks a proper {name!r} dataset")
         raw = self._skeleton_image(group)
         check_global_heaps(raw, where)
-        self.skeleton = bounded(h5py.File(io.BytesIO(raw), "r"))
+        self.skeleton = open_image(raw)
         del raw
         try:
             self._open(group)
