@@ -26,8 +26,10 @@ cdef extern from "_bit_loops.h" nogil:
     void wqk_histogram[K](const K* x, Py_ssize_t n, K prefix, int above, int shift, uint32_t mask,
                           int64_t* hist)
     Py_ssize_t wqk_compact[K](const K* x, Py_ssize_t n, K prefix, int above, K* out)
-    void wqk_fix_listed[K](const K* x, K* y, const K* keys, const int64_t* index, Py_ssize_t count,
+    void wqk_fix_listed[K](const K* x, K* y, K* keys, int64_t* index, Py_ssize_t count,
                            K guess, K t, int64_t cut, int64_t base)
+    void* wqk_scratch_take(size_t bytes)
+    void wqk_scratch_give(void* p, size_t bytes)
     Py_ssize_t wqk_find_equal[K](const K* x, Py_ssize_t n, K t, int64_t* r)
     K wqk_mask_below[K](const K* x, K* y, Py_ssize_t n, K t, Py_ssize_t cut)
     K wqk_n_m_runs[K](const K* x, K* y, Py_ssize_t runs, int m, int n, K* rank)
@@ -289,8 +291,8 @@ cdef Status sample_window(const Segment[key_t]* segs, Py_ssize_t nseg, int64_t t
     return status
 
 
-cdef void fix_window(const Segment[key_t]* segs, Py_ssize_t nseg, const key_t* keys,
-                     const int64_t* index, Py_ssize_t count, key_t guess, key_t t,
+cdef void fix_window(const Segment[key_t]* segs, Py_ssize_t nseg, key_t* keys,
+                     int64_t* index, Py_ssize_t count, key_t guess, key_t t,
                      int64_t cut) noexcept nogil:
     """Write again in y the window entries the scan wrote by `guess` instead of t: those that
     go are key < t, or key == t at a position <= cut."""
@@ -314,6 +316,7 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
     cdef int nt = parts_for(total), p, bits
     cdef key_t lo, hi, guess, t = 0, top = 0
     cdef int64_t r, cut = -1, less = 0, inside = 0, cap, room, expected
+    cdef size_t scratch
     cdef bint scanned_into_y = not inplace, copied_out
     cdef Py_ssize_t s, c, start, length
     cdef Status status
@@ -346,12 +349,12 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
     # value needs no room (its ties are found by a scan)
     cap = 0 if lo == hi else min(2 * expected + 1024, total // nt + 1)  # a part holds no more
     room = cap + WQK_SCAN_SLACK  # the scan may store this far past what it appends
-    keys = <key_t*>malloc(sizeof(key_t) * nt * room)
-    index = <int64_t*>malloc(sizeof(int64_t) * nt * room)
-    if keys == NULL or index == NULL:
-        free(keys)
-        free(index)
+    # one block: the positions (8-byte aligned) first, then the keys
+    scratch = (sizeof(int64_t) + sizeof(key_t)) * nt * room
+    index = <int64_t*>wqk_scratch_take(scratch)
+    if index == NULL:
         return NO_MEMORY
+    keys = <key_t*>(index + nt * room)
     memset(counts, 0, sizeof(counts))
     for p in prange(nt, num_threads=nt, schedule="static"):
         tops[p] = 0
@@ -403,8 +406,7 @@ cdef Status prune_rank_segments(const Segment[key_t]* segs, Py_ssize_t nseg,
             fix_window(segs, nseg, keys + p * room, index + p * room, cand[p].n, guess, t, cut)
     elif status == DONE:
         mask_segments(segs, nseg, total, t, cut)
-    free(keys)
-    free(index)
+    wqk_scratch_give(index, scratch)
     return status
 
 
