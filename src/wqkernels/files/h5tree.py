@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import math
 import os
+import re
 import zlib
 from collections import Counter
 from typing import Callable, NamedTuple
@@ -278,8 +279,13 @@ def attr_value(obj, name: str, default=None):
     oid, bname = _low(obj), name.encode("utf-8")
     if not h5a.exists(oid, bname):
         return default
-    aid = h5a.open(oid, bname)
-    tid, space = aid.get_type(), aid.get_space()
+    return _read_attr(oid, h5a.open(oid, bname), name)
+
+
+def _read_attr(oid, aid: h5a.AttrID, name: str, tid=None):
+    """The value of attribute `aid` (`name`, of object `oid`; `tid` its type when the caller has
+    it) as :func:`attr_value` returns it."""
+    tid, space = aid.get_type() if tid is None else tid, aid.get_space()
     if not isinstance(tid, h5t.TypeStringID) or space.get_simple_extent_type() == h5s.NULL:
         return (h5py.Group(oid) if isinstance(oid, h5g.GroupID) else h5py.Dataset(oid)).attrs[name]
     dtype, memory = _string_dtype(tid)
@@ -293,10 +299,12 @@ def attr_value(obj, name: str, default=None):
     return arr[()] if arr.ndim == 0 else arr
 
 
-def read_name_list(obj, name: str) -> list[str] | None:
+def read_name_list(obj, name: str, known: dict | None = None) -> list[str] | None:
     """A Keras list attribute of `obj` (an h5py object or a low-level id), also when split into
-    ``name0``, ``name1``, ... (the plain name wins)."""
-    value = attr_value(obj, name, _MISSING)
+    ``name0``, ``name1``, ... (the plain name wins).  `known`: the attributes of `obj` a
+    :func:`walk` kept (all of those it keeps, so that a name missing there is missing in the
+    file), read instead of the file's."""
+    value = attr_value(obj, name, _MISSING) if known is None else known.get(name, _MISSING)
     if value is not _MISSING:
         value = decode(value)
         if isinstance(value, str):
@@ -304,11 +312,15 @@ def read_name_list(obj, name: str) -> list[str] | None:
         if isinstance(value, np.ndarray):  # the empty float64 array of a weightless layer
             return [] if value.size == 0 else [str(v) for v in value.reshape(-1)]
         return value
-    if not h5a.exists(_low(obj), f"{name}0".encode()):
+
+    def exists(k):
+        return h5a.exists(_low(obj), f"{name}{k}".encode()) if known is None else f"{name}{k}" in known
+
+    if not exists(0):
         return None
     out, k = [], 0
-    while h5a.exists(_low(obj), f"{name}{k}".encode()):
-        out.extend(read_name_list(obj, f"{name}{k}") or [])
+    while exists(k):
+        out.extend(read_name_list(obj, f"{name}{k}", known) or [])
         k += 1
     return out
 
@@ -395,14 +407,34 @@ def type_problem(tid: h5t.TypeID) -> str | None:
     return f"an unsupported HDF5 type class ({cls})"
 
 
-def check_attrs(oid, path: str, where: str) -> None:
-    """Refuse attributes of types we do not read or copy safely (before anything reads them)."""
+#: the attributes a :func:`walk` keeps the values of (given `kept`): the name lists of a Keras
+#: file, also split (``layer_names0``, ...), and a Keras 3 ``vars`` group's ``name``: read while
+#: the walk has their objects open, as a later lookup of each group costs more than the read
+KEPT_ATTRS = re.compile(rb"(?:layer_names|weight_names)\d*|name")
+
+
+def check_attrs(oid, path: str, where: str, kept: dict | None = None) -> bool:
+    """Refuse attributes of types we do not read or copy safely (before anything reads them).
+    With `kept`, the values of those KEPT_ATTRS names go into it (``{name: value}`` as
+    :func:`attr_value` reads them); False when one of them did not read (a damaged attribute
+    is an error only where it is needed: the caller reads it from the file then)."""
+    whole = True
     for k in range(h5a.get_num_attrs(oid)):
         aid = h5a.open(oid, index=k)
-        problem = type_problem(aid.get_type())
+        tid = aid.get_type()
+        problem = type_problem(tid)
         if problem is not None:
             name = aid.get_name().decode("utf-8", "replace")
             raise KerasFileError(f"{where}: attribute {name!r} of {path or '/'!r} has {problem}; refused")
+        if kept is not None:
+            bname = aid.get_name()
+            if whole and KEPT_ATTRS.fullmatch(bname):
+                name = bname.decode("ascii")
+                try:
+                    kept[name] = _read_attr(oid, aid, name, tid)
+                except (OSError, ValueError, TypeError, RuntimeError, KeyError):
+                    whole = False
+    return whole
 
 
 def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = False,
@@ -475,7 +507,7 @@ SMALL_TOTAL_BYTES = 16 << 20
 
 
 def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
-         read_small: bool = False) -> dict[str, DatasetInfo | None]:
+         read_small: bool = False, kept: dict | None = None) -> dict[str, DatasetInfo | None]:
     """Check every member below `group` (and `group` itself); return ``{path: DatasetInfo, or
     None for a group}``, depth first in name order.
 
@@ -485,6 +517,9 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
     (:func:`type_problem`); datasets whose path is in `exempt` (the unallocated placeholders of
     a packed skeleton), or all when not `sizes`, skip the size check (:func:`check_declared`).
     With `read_small`, the numbers of small datasets are read once checked (see SMALL_BYTES).
+    With `kept` (a dict), the values of each object's KEPT_ATTRS are read once checked, into
+    ``kept[path]`` (``{name: value}``, or None when one did not read; an object without any has
+    no entry): see :func:`kept_attrs`.
 
     The walk lists each group's links once (H5Literate) and opens each member in its own
     group, on low-level handles: a lookup by the full path from the root, or h5py's objects,
@@ -492,7 +527,8 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
     the member at hand are open at a time.
     """
     root = group.id
-    check_attrs(root, "", where)
+    if not check_attrs(root, "", where, _kept_of(kept, "")):
+        kept[""] = None
     members = {}
     budget = SMALL_TOTAL_BYTES if read_small else 0
     types: list = []  # (see check_dataset)
@@ -528,7 +564,8 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
             else:
                 raise KerasFileError(f"{where}: unsupported object at {path!r}")
             if object_info.num_attrs:
-                check_attrs(oid, path, where)
+                if not check_attrs(oid, path, where, _kept_of(kept, path)):
+                    kept[path] = None
         except KerasFileError:
             raise
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
@@ -540,7 +577,25 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
                                  f"({text})") from None
     if sizes:
         check_total_declared(members, where, exempt)
+    if kept is not None:
+        for path in [path for path, values in kept.items() if values == {}]:
+            del kept[path]
     return members
+
+
+def _kept_of(kept: dict | None, path: str) -> dict | None:
+    """A new dict for the attributes kept of the object at `path` (see :func:`walk`)."""
+    if kept is None:
+        return None
+    out = kept[path] = {}
+    return out
+
+
+def kept_attrs(kept: dict | None, path: str) -> dict | None:
+    """The KEPT_ATTRS of the object at `path` as the walk that filled `kept` read them (all it
+    has of those names), or None when they are to be read from the file (no walk kept them, or
+    one did not read)."""
+    return None if kept is None else kept.get(path, {})
 
 
 def _read_early(oid, info: DatasetInfo):

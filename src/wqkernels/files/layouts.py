@@ -23,7 +23,7 @@ from h5py import h5g
 from .._text import natural_key
 from .dtypes import dtype_name, is_bfloat16, is_float
 from .errors import KerasFileError
-from .h5tree import DatasetInfo, read_name_list, string_attr
+from .h5tree import DatasetInfo, kept_attrs, read_name_list, string_attr
 from .roles import KERNEL_ROLES, ModelLayers, channel_axis, parse_config, reduced_axes, var_role, weight_role
 
 PACKED_GROUP = "wqkernels"
@@ -133,10 +133,11 @@ def check_output_name(dst: str, src: str, kind: str, layout: str) -> None:
                          f"format); name it {NAME_ENDINGS[fmt][0]}, as Keras picks its loader by the name")
 
 
-def name_list(obj, attr: str, where: str, path: str) -> list[str] | None:
+def name_list(obj, attr: str, where: str, path: str, known: dict | None = None) -> list[str] | None:
     """The Keras list attribute `attr` (``layer_names``, ``weight_names``) of `obj`, at `path`
-    in the file, or None when it has none; KerasFileError when it is not a list of names."""
-    names = read_name_list(obj, attr)
+    in the file, or None when it has none; KerasFileError when it is not a list of names.
+    `known`: the attributes of `obj` the walk kept (:func:`~.h5tree.kept_attrs`), else None."""
+    names = read_name_list(obj, attr, known)
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) and n for n in names)):
         raise KerasFileError(f"{where}: attribute {attr!r} of {path or '/'!r} is not a list of names")
     return names
@@ -211,14 +212,15 @@ def read_zip_config(zf: zipfile.ZipFile, where: str) -> bytes | None:
             parts.append(part)
 
 
-def entries(f: h5py.File, layout: str, config: dict | None, where: str, members: dict) -> list[Entry]:
+def entries(f: h5py.File, layout: str, config: dict | None, where: str, members: dict,
+            kept: dict | None = None) -> list[Entry]:
     """Every weight dataset of the file in file order, with its role; `members` is the checked
-    :func:`~.h5tree.walk` of the file."""
+    :func:`~.h5tree.walk` of the file, `kept` the attributes it kept, if any."""
     layers = ModelLayers(config)
     if layout in ("legacy", "legacy-weights"):
-        return _legacy_entries(f, members, layout, layers, where)
+        return _legacy_entries(f, members, layout, layers, where, kept)
     if layout == "keras3":
-        return _keras3_entries(f, members, layers, where)
+        return _keras3_entries(f, members, layers, where, kept)
     raise KerasFileError(f"{where}: unsupported layout {layout!r}")
 
 
@@ -257,17 +259,18 @@ def _numbers(info: DatasetInfo, path: str, where: str) -> DatasetInfo:
     return info
 
 
-def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> list[Entry]:
+def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where, kept: dict | None) -> list[Entry]:
     prefix = "model_weights/" if layout == "legacy" else ""
     root = f["model_weights"] if layout == "legacy" else f
     out = []
-    for name in name_list(root, "layer_names", where, prefix.rstrip("/")) or []:
+    for name in name_list(root, "layer_names", where, prefix.rstrip("/"), kept_attrs(kept, prefix.rstrip("/"))) or []:
         group = f"{prefix}{name}".strip("/")
         if group not in members or members[group] is not None:
             raise KerasFileError(f"{where}: layer group {name!r} listed in layer_names is missing")
-        # (opened in `root` on a low-level handle: an h5py lookup costs more than a small weight's read)
-        layer_group = h5g.open(root.id, name.encode("utf-8", "surrogateescape"))
-        for wn in name_list(layer_group, "weight_names", where, group) or []:
+        known = kept_attrs(kept, group)
+        # (else opened in `root` on a low-level handle: an h5py lookup costs more than a small weight's read)
+        layer_group = h5g.open(root.id, name.encode("utf-8", "surrogateescape")) if known is None else None
+        for wn in name_list(layer_group, "weight_names", where, group, known) or []:
             path = f"{prefix}{name}/{wn}"
             info = _dataset(members, path, where)
             parts = wn.split("/")[:-1]
@@ -278,17 +281,19 @@ def _legacy_entries(f, members: dict, layout, layers: ModelLayers, where) -> lis
                               einsum=(config, owner), own_layer=own))
     if "optimizer_weights" in members and members["optimizer_weights"] is None:  # a group
         opt = f["optimizer_weights"]
-        for wn in name_list(opt, "weight_names", where, "optimizer_weights") or []:
+        for wn in name_list(opt, "weight_names", where, "optimizer_weights", kept_attrs(kept, "optimizer_weights")) or []:
             path = f"optimizer_weights/{wn}"
             out.append(_entry(path, _dataset(members, path, where), "optimizer", None, "optimizer", "names"))
     return out
 
 
-def _vars_name(f, group: str, names: dict) -> str | None:
-    """The ``name`` attribute of a ``vars`` group, read once per group (in `names`), through a
-    low-level handle: an h5py lookup by path costs more than a small weight's read."""
+def _vars_name(f, group: str, names: dict, kept: dict | None) -> str | None:
+    """The ``name`` attribute of a ``vars`` group, read once per group (in `names`), as the walk
+    kept it (`kept`), else through a low-level handle: an h5py lookup by path costs more than a
+    small weight's read."""
     if group not in names:
-        vname = string_attr(h5g.open(f.id, group.encode()), "name")
+        known = kept_attrs(kept, group)
+        vname = string_attr(h5g.open(f.id, group.encode()), "name") if known is None else known.get("name")
         names[group] = vname.decode() if isinstance(vname, bytes) else (str(vname) if vname is not None else None)
     return names[group]
 
@@ -311,7 +316,7 @@ def check_indices(paths, where: str) -> None:
                                  f"a layer's variables 0 to n-1 in order; refused")
 
 
-def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]:
+def _keras3_entries(f, members: dict, layers: ModelLayers, where, kept: dict | None) -> list[Entry]:
     out, names = [], {}
     for path in sorted(members, key=natural_key):
         obj = members[path]
@@ -330,7 +335,7 @@ def _keras3_entries(f, members: dict, layers: ModelLayers, where) -> list[Entry]
             continue
         in_cell = len(parts) >= 4 and parts[-3] == "cell"
         owner = parts[-4] if in_cell else parts[-3]
-        vname = _vars_name(f, "/".join(parts[:-1]), names)
+        vname = _vars_name(f, "/".join(parts[:-1]), names, kept)
         cls, quantized, how = layers.class_for_group(owner, None if in_cell else vname)
         role = var_role(cls, index, in_cell)
         if role is None:  # no class for the layer: a float tensor of 2 or more axes is taken for a kernel

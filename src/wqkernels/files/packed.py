@@ -339,7 +339,8 @@ class PackedReader:
     def _open(self, group: h5py.Group) -> None:
         """Walk the skeleton, parse the index within a bound set by it, check one against the other."""
         where = self.where
-        self.members = walk(self.skeleton, where, sizes=False)  # sizes checked once placeholders are known
+        self.kept: dict = {}  # (the skeleton's name lists, see h5tree.walk)
+        self.members = walk(self.skeleton, where, sizes=False, kept=self.kept)  # sizes checked once placeholders are known
         index = self._index(group, sum(info is not None for info in self.members.values()))
         if _index_int(index.get("skeleton_bytes", self._skeleton_bytes), "skeleton_bytes", where) != self._skeleton_bytes:
             raise KerasFileError(f"{where}: packed index does not describe this skeleton")

@@ -99,7 +99,8 @@ class Source:
         except OSError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "unreadable"
             raise KerasFileError(f"{where}: not a readable HDF5 file, truncated or corrupt ({first})") from None
-        members = walk(self.h5, where, read_small=True)  # before anything reads an attribute or a dataset
+        kept: dict = {}  # (the name lists, read by the walk)
+        members = walk(self.h5, where, read_small=True, kept=kept)  # before anything reads an attribute or a dataset
         layout = weights_layout(self.h5, where)
         self.root = self.h5
         if layout == "packed":
@@ -107,10 +108,11 @@ class Source:
             self.root = self.packed.skeleton
             layout = self.packed.layout
             members = self.packed.members
+            kept = self.packed.kept
         self.layout = layout
         self.members = members  # {path: DatasetInfo, None for a group}, as the walk found them
         self.config = model_config(self.root, zip_config, where)
-        self.entries = entries(self.root, layout, self.config, where, members)
+        self.entries = entries(self.root, layout, self.config, where, members, kept)
         if layout == "keras3" and not self.shard:
             check_indices([e.path for e in self.entries], where)
         self.quantized = quantized_layers(self.root, self.entries, self.config, layout)
