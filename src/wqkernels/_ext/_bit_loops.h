@@ -266,11 +266,6 @@ WQK_CLONES static K wqk_scan_portable(const K *x, K *y, ptrdiff_t n, K lo, K hi,
     return wqk_scan_impl<K, false>(x, y, n, lo, hi, guess, base, keys, index, cap, counts);
 }
 
-/* The same pass with AVX-512 (F, BW, VL, DQ), chosen at run time: 16 keys at a time are compared
- * into mask registers, and the window's keys and positions are appended with a compress and a
- * full-width store whether or not the step holds any, so that no step branches on the data.  The
- * stores write up to WQK_SCAN_SLACK entries past the appended ones (and past cap, where the
- * appending stops): the buffers must have that room.  Only the x86-64 GCC/clang builds have it. */
 /* Scratch memory that the calling thread keeps between calls, up to WQK_SCRATCH_KEEP bytes:
  * the pages of a fresh allocation are zeroed by the kernel when first written (2 MiB at a time
  * with transparent huge pages), which cost a selection over 16 Mi keys about as much as writing
@@ -306,6 +301,11 @@ static void wqk_scratch_give(void *p, size_t bytes) {
     wqk_kept.size = bytes;
 }
 
+/* The same pass with AVX-512 (F, BW, VL, DQ), chosen at run time: 16 keys at a time are compared
+ * into mask registers, and a step that holds window keys appends them and their positions with a
+ * compress and a full-width store (the window is ~1 % of the keys: most steps hold none, and the
+ * branch skipping them costs less than three compresses on every step).  The stores write up to WQK_SCAN_SLACK entries past the appended ones (and past cap, where the
+ * appending stops): the buffers must have that room.  Only the x86-64 GCC/clang builds have it. */
 enum { WQK_SCAN_SLACK = 16 };
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(WQK_NO_VECTORS)
 #define WQK_AVX512_SCAN 1

@@ -413,12 +413,11 @@ def type_problem(tid: h5t.TypeID) -> str | None:
 KEPT_ATTRS = re.compile(rb"(?:layer_names|weight_names)\d*|name")
 
 
-def check_attrs(oid, path: str, where: str, kept: dict | None = None) -> bool:
+def check_attrs(oid, path: str, where: str, kept: dict | None = None) -> None:
     """Refuse attributes of types we do not read or copy safely (before anything reads them).
-    With `kept`, the values of those KEPT_ATTRS names go into it (``{name: value}`` as
-    :func:`attr_value` reads them); False when one of them did not read (a damaged attribute
-    is an error only where it is needed: the caller reads it from the file then)."""
-    whole = True
+    With `kept`, the values of the object's KEPT_ATTRS go into ``kept[path]`` (``{name: value}``
+    as :func:`attr_value` reads them), which is None when one did not read (a damaged attribute
+    is an error only where it is needed: it is read from the file then)."""
     for k in range(h5a.get_num_attrs(oid)):
         aid = h5a.open(oid, index=k)
         tid = aid.get_type()
@@ -426,15 +425,14 @@ def check_attrs(oid, path: str, where: str, kept: dict | None = None) -> bool:
         if problem is not None:
             name = aid.get_name().decode("utf-8", "replace")
             raise KerasFileError(f"{where}: attribute {name!r} of {path or '/'!r} has {problem}; refused")
-        if kept is not None:
-            bname = aid.get_name()
-            if whole and KEPT_ATTRS.fullmatch(bname):
+        if kept is not None and KEPT_ATTRS.fullmatch(bname := aid.get_name()):
+            values = kept.setdefault(path, {})
+            if values is not None:
                 name = bname.decode("ascii")
                 try:
-                    kept[name] = _read_attr(oid, aid, name, tid)
+                    values[name] = _read_attr(oid, aid, name, tid)
                 except (OSError, ValueError, TypeError, RuntimeError, KeyError):
-                    whole = False
-    return whole
+                    kept[path] = None
 
 
 def check_dataset(dsid: h5d.DatasetID, path: str, where: str, exempt: bool = False,
@@ -527,8 +525,7 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
     the member at hand are open at a time.
     """
     root = group.id
-    if not check_attrs(root, "", where, _kept_of(kept, "")):
-        kept[""] = None
+    check_attrs(root, "", where, kept)
     members = {}
     budget = SMALL_TOTAL_BYTES if read_small else 0
     types: list = []  # (see check_dataset)
@@ -564,8 +561,7 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
             else:
                 raise KerasFileError(f"{where}: unsupported object at {path!r}")
             if object_info.num_attrs:
-                if not check_attrs(oid, path, where, _kept_of(kept, path)):
-                    kept[path] = None
+                check_attrs(oid, path, where, kept)
         except KerasFileError:
             raise
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
@@ -577,18 +573,7 @@ def walk(group: h5py.Group, where: str, exempt=frozenset(), sizes: bool = True,
                                  f"({text})") from None
     if sizes:
         check_total_declared(members, where, exempt)
-    if kept is not None:
-        for path in [path for path, values in kept.items() if values == {}]:
-            del kept[path]
     return members
-
-
-def _kept_of(kept: dict | None, path: str) -> dict | None:
-    """A new dict for the attributes kept of the object at `path` (see :func:`walk`)."""
-    if kept is None:
-        return None
-    out = kept[path] = {}
-    return out
 
 
 def kept_attrs(kept: dict | None, path: str) -> dict | None:
